@@ -1,0 +1,51 @@
+// swift-tools-version:6.2
+// Ferry: live migration for KVM virtual machines. See README.md for the layout.
+import PackageDescription
+
+let strict: [SwiftSetting] = [.strictMemorySafety()]
+let system = Target.Dependency.product(name: "SystemPackage", package: "swift-system")
+let nioCore = Target.Dependency.product(name: "NIOCore", package: "swift-nio")
+let nioPosix = Target.Dependency.product(name: "NIOPosix", package: "swift-nio")
+let argumentParser = Target.Dependency.product(name: "ArgumentParser", package: "swift-argument-parser")
+let logging = Target.Dependency.product(name: "Logging", package: "swift-log")
+
+let package = Package(
+    name: "Ferry",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "ferry", targets: ["ferry"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+    ],
+    targets: [
+        // C only: kernel UAPI numbers as constants, fixed-arity ioctl/syscall entry points.
+        .target(name: "CLinuxUAPI"),
+        // Typed units, RAM blocks and their host mappings.
+        .target(name: "GuestMemory", dependencies: ["CLinuxUAPI", system], swiftSettings: strict),
+        // /dev/kvm: system, VM, vCPU, irqchip, PIT, register state.
+        .target(name: "KVM", dependencies: ["CLinuxUAPI", "GuestMemory", system], swiftSettings: strict),
+        // PVH ELF kernels: loader and hvm_start_info.
+        .target(name: "PVHBoot", dependencies: ["GuestMemory"], swiftSettings: strict),
+        // The built-in test guest: image bytes, its ABI, the host-side page verifier.
+        .target(name: "EmbeddedGuest", dependencies: ["GuestMemory"], swiftSettings: strict),
+        // Emulated devices: 16550 UART, the guest service port.
+        .target(name: "Devices", dependencies: ["GuestMemory", "EmbeddedGuest"], swiftSettings: strict),
+        // Pure QMP: commands, replies, events, negotiation. No I/O.
+        .target(name: "QMP", swiftSettings: strict),
+        // QMP over a Unix socket, on SwiftNIO.
+        .target(name: "QMPSocket", dependencies: ["QMP", nioCore, nioPosix, logging], swiftSettings: strict),
+        // Composition root: the machine, vCPU threads, run state.
+        .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "PVHBoot", "EmbeddedGuest", "Devices", "QMP", logging],
+                swiftSettings: strict),
+        .executableTarget(name: "ferry", dependencies: ["VMM", "QMPSocket", "QMP", "EmbeddedGuest", "GuestMemory",
+                                                        argumentParser, logging], swiftSettings: strict),
+        .testTarget(name: "GuestMemoryTests", dependencies: ["GuestMemory"]),
+        .testTarget(name: "EmbeddedGuestTests", dependencies: ["EmbeddedGuest", "GuestMemory", "PVHBoot"]),
+        .testTarget(name: "QMPTests", dependencies: ["QMP"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["VMM", "KVM", "GuestMemory", "EmbeddedGuest", "QMP"]),
+    ]
+)

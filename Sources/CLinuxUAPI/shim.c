@@ -1,0 +1,2 @@
+/* CLinuxUAPI is header-only; this file gives SwiftPM a compilation unit. */
+#include "CLinuxUAPI.h"

@@ -1,0 +1,80 @@
+import GuestMemory
+
+/// The host-side verifier: checks every page of guest RAM the workload owns
+/// against the header the guest wrote into it (magic, page index, checksum of
+/// the body).  Pages never written must be all zero.
+public enum PageVerifier {
+    public struct Report: Equatable, Sendable, CustomStringConvertible {
+        public var pagesChecked = 0
+        public var pagesWritten = 0
+        /// Pages whose header or body does not check out, lowest first (at most 64 listed).
+        public var failures: [GuestAddress] = []
+        public var failureCount = 0
+
+        public var description: String {
+            "\(pagesChecked) pages checked, \(pagesWritten) written by the guest, \(failureCount) failed"
+                + (failures.isEmpty ? "" : " (first at \(failures[0]))")
+        }
+    }
+
+    /// Verifies all RAM from `GuestABI.workBase` up.  Pause the guest first, or
+    /// the page it is writing at that moment may be caught half written.
+    public static func verify(_ memory: GuestMemoryMap) -> Report {
+        var report = Report()
+        let pageBytes = UInt64(PageSize.base.byteCount)
+        for range in memory.ramRanges {
+            var address = max(range.start, GuestAddress(GuestABI.workBase))
+            while address.rawValue + pageBytes <= range.end.rawValue {
+                let index = address.rawValue / pageBytes
+                let result = try! memory.withPageWords(at: address) { check(words: $0, index: index) }
+                report.pagesChecked += 1
+                switch result {
+                case .untouched: break
+                case .valid: report.pagesWritten += 1
+                case .corrupt:
+                    report.failureCount += 1
+                    if report.failures.count < 64 { report.failures.append(address) }
+                }
+                address = address.advanced(by: pageBytes)!
+            }
+        }
+        return report
+    }
+
+    public enum PageState: Equatable, Sendable { case untouched, valid, corrupt }
+
+    /// Checks one page's words (512 of them) as the guest wrote them for `index`.
+    public static func check(words: UnsafeBufferPointer<UInt64>, index: UInt64) -> PageState {
+        if words[0] == 0 {
+            return words.allSatisfy { $0 == 0 } ? .untouched : .corrupt
+        }
+        guard words[0] == GuestABI.pageMagic, words[1] == index, words[3] == checksum(body: words) else { return .corrupt }
+        return .valid
+    }
+
+    /// The guest's body checksum: four FNV-style lanes over words 4..511, mixed.
+    /// Must match checksum_body() in guest/embedded/workload.c.
+    public static func checksum(body words: UnsafeBufferPointer<UInt64>) -> UInt64 {
+        let prime: UInt64 = 0x100_0000_01b3
+        var h0: UInt64 = 0xcbf2_9ce4_8422_2325
+        var h1 = h0 ^ 1, h2 = h0 ^ 2, h3 = h0 ^ 3
+        var i = 4
+        while i < GuestABI.pageWords {
+            h0 = (h0 ^ words[i]) &* prime
+            h1 = (h1 ^ words[i + 1]) &* prime
+            h2 = (h2 ^ words[i + 2]) &* prime
+            h3 = (h3 ^ words[i + 3]) &* prime
+            i += 4
+        }
+        return mix(h0 ^ rotate(h1, 16) ^ rotate(h2, 32) ^ rotate(h3, 48))
+    }
+
+    static func rotate(_ x: UInt64, _ n: UInt64) -> UInt64 { x << n | x >> (64 - n) }
+
+    static func mix(_ value: UInt64) -> UInt64 {
+        var x = value
+        x ^= x >> 30; x = x &* 0xbf58_476d_1ce4_e5b9
+        x ^= x >> 27; x = x &* 0x94d0_49bb_1331_11eb
+        return x ^ (x >> 31)
+    }
+}

@@ -1,0 +1,91 @@
+/// What the embedded guest does (`--workload`): `idle`, or
+/// `dirty-rate=RATE[,working-set=SIZE]` with RATE in bytes per second (or `max`)
+/// and sizes with K, M or G suffixes.
+public struct WorkloadSpec: Equatable, Sendable, CustomStringConvertible {
+    public enum DirtyRate: Equatable, Sendable {
+        /// Touch the working set once, then only beat.
+        case idle
+        case max
+        case bytesPerSecond(UInt64)
+    }
+
+    public var dirtyRate: DirtyRate
+    /// Bytes of guest RAM the workload cycles through; `nil` for all of it.
+    public var workingSet: UInt64?
+
+    public init(dirtyRate: DirtyRate, workingSet: UInt64? = nil) {
+        self.dirtyRate = dirtyRate
+        self.workingSet = workingSet
+    }
+
+    public static let idle = WorkloadSpec(dirtyRate: .idle)
+
+    public enum ParseError: Error, Equatable, CustomStringConvertible {
+        case unknownKey(String), badValue(key: String, value: String), missingRate
+        public var description: String {
+            switch self {
+            case .unknownKey(let key): "unknown workload key '\(key)' (expected dirty-rate or working-set)"
+            case .badValue(let key, let value): "invalid value '\(value)' for workload key '\(key)'"
+            case .missingRate: "a workload needs dirty-rate=RATE, or is 'idle'"
+            }
+        }
+    }
+
+    public init(parsing text: String) throws(ParseError) {
+        if text == "idle" { self = .idle; return }
+        var rate: DirtyRate?
+        var workingSet: UInt64?
+        for item in text.split(separator: ",", omittingEmptySubsequences: false) {
+            let parts = item.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2 else { throw .unknownKey(String(item)) }
+            switch parts[0] {
+            case "dirty-rate":
+                if parts[1] == "max" { rate = .max }
+                else if let bytes = ByteSize.parse(parts[1]) { rate = bytes == 0 ? .idle : .bytesPerSecond(bytes) }
+                else { throw .badValue(key: parts[0], value: parts[1]) }
+            case "working-set":
+                guard let bytes = ByteSize.parse(parts[1]), bytes >= 4096 else { throw .badValue(key: parts[0], value: parts[1]) }
+                workingSet = bytes
+            default:
+                throw .unknownKey(parts[0])
+            }
+        }
+        guard let rate else { throw .missingRate }
+        self.init(dirtyRate: rate, workingSet: workingSet)
+    }
+
+    public var description: String {
+        let rate = switch dirtyRate {
+        case .idle: "0"
+        case .max: "max"
+        case .bytesPerSecond(let bytes): ByteSize.format(bytes)
+        }
+        if dirtyRate == .idle && workingSet == nil { return "idle" }
+        return "dirty-rate=\(rate)" + (workingSet.map { ",working-set=\(ByteSize.format($0))" } ?? "")
+    }
+}
+
+/// Sizes as users write them: `512M`, `1G`, `4096`, `64K` (binary multiples).
+public enum ByteSize {
+    public static func parse(_ text: String) -> UInt64? {
+        guard let last = text.last else { return nil }
+        let shift: UInt64 = switch last {
+        case "k", "K": 10
+        case "m", "M": 20
+        case "g", "G": 30
+        case "t", "T": 40
+        default: 0
+        }
+        let digits = shift == 0 ? Substring(text) : text.dropLast()
+        guard !digits.isEmpty, digits.allSatisfy(\.isASCII), let value = UInt64(digits) else { return nil }
+        let (result, overflow) = value.multipliedReportingOverflow(by: 1 << shift)
+        return overflow ? nil : result
+    }
+
+    public static func format(_ bytes: UInt64) -> String {
+        for (shift, suffix) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] where bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+            return "\(bytes >> shift)\(suffix)"
+        }
+        return "\(bytes)"
+    }
+}

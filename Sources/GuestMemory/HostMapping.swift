@@ -1,0 +1,124 @@
+import CLinuxUAPI
+import Glibc
+import SystemPackage
+
+/// One host mapping of guest RAM, unmapped (and its memfd closed) on deinit.
+///
+/// The mapping is reserved with `MAP_NORESERVE` and never touched here, so a
+/// 16 GiB guest costs nothing until the guest writes its pages.
+@safe public final class HostMapping: @unchecked Sendable {
+    // @unchecked: `base` and `byteCount` never change after init; guest bytes are
+    // only copied in and out through bounds-checked methods.
+    public let byteCount: Int
+    public let backend: MemoryBackend
+    let base: UnsafeMutableRawPointer
+    /// The memfd behind a shared mapping; `nil` for anonymous memory.
+    public let memfd: FileDescriptor?
+
+    public init(byteCount: UInt64, backend: MemoryBackend) throws(GuestMemoryError) {
+        let pageSize = backend.pageSize
+        guard byteCount > 0, byteCount % UInt64(pageSize.byteCount) == 0, byteCount <= UInt64(Int.max) else {
+            throw .invalidSize(byteCount, pageSize: pageSize)
+        }
+        if backend == .hugetlb {
+            let needed = Int(byteCount / UInt64(pageSize.byteCount))
+            let free = HostMemory.freeHugePages2M
+            guard free >= needed else { throw .notEnoughHugePages(needed: needed, free: free) }
+        }
+        let length = Int(byteCount)
+        var fd: Int32 = -1
+        if backend != .anon {
+            let flags = CLinuxUAPI_MFD_CLOEXEC | (backend == .hugetlb ? CLinuxUAPI_MFD_HUGETLB | UInt32(CLinuxUAPI_MAP_HUGE_2MB) : 0)
+            let result = unsafe CLinuxUAPI_memfd_create("ferry-guest-ram", flags)
+            guard result >= 0 else { throw .mapFailed(backend: backend, byteCount: byteCount, errno: Int32(-result)) }
+            fd = Int32(result)
+            if ftruncate(fd, off_t(length)) != 0 {
+                let error = errno
+                close(fd)
+                throw .mapFailed(backend: backend, byteCount: byteCount, errno: error)
+            }
+        }
+        let flags = backend == .anon
+            ? MAP_PRIVATE | MAP_ANONYMOUS | CLinuxUAPI_MAP_NORESERVE
+            : MAP_SHARED | CLinuxUAPI_MAP_NORESERVE
+        let address = unsafe CLinuxUAPI_mmap(nil, length, PROT_READ | PROT_WRITE, flags, fd, 0)
+        guard address > 0, let pointer = unsafe UnsafeMutableRawPointer(bitPattern: address) else {
+            if fd >= 0 { close(fd) }
+            throw .mapFailed(backend: backend, byteCount: byteCount, errno: Int32(-address))
+        }
+        unsafe self.base = pointer
+        self.byteCount = length
+        self.backend = backend
+        self.memfd = fd >= 0 ? FileDescriptor(rawValue: fd) : nil
+    }
+
+    deinit {
+        _ = unsafe munmap(base, byteCount)
+        try? memfd?.close()
+    }
+
+    /// The host virtual address of byte `offset`, for handing to the kernel
+    /// (KVM memory slots).  The caller must keep this mapping alive while the
+    /// kernel uses it; `VirtualMachine.map` does so by retaining the `RAMBlock`.
+    public func hostAddress(at offset: Int) -> UInt64 {
+        precondition(offset >= 0 && offset <= byteCount)
+        return UInt64(UInt(bitPattern: unsafe base + offset))
+    }
+
+    /// Copies `count` bytes at `offset` out of the mapping.
+    func copyBytes(at offset: Int, into destination: UnsafeMutableRawBufferPointer) {
+        precondition(offset >= 0 && destination.count <= byteCount - offset)
+        // SAFETY: the precondition proved [offset, offset + count) lies inside the mapping.
+        unsafe destination.copyMemory(from: UnsafeRawBufferPointer(start: base + offset, count: destination.count))
+    }
+
+    /// Copies bytes into the mapping at `offset`.
+    func storeBytes(_ source: UnsafeRawBufferPointer, at offset: Int) {
+        precondition(offset >= 0 && source.count <= byteCount - offset)
+        // SAFETY: the precondition proved the destination lies inside the mapping.
+        unsafe UnsafeMutableRawBufferPointer(start: base + offset, count: source.count).copyMemory(from: source)
+    }
+
+    /// Calls `body` with a read-only view of `[offset, offset + count)`.  The
+    /// guest may be writing these bytes concurrently; `body` must not keep the pointer.
+    func withBytes<R>(at offset: Int, count: Int, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        precondition(offset >= 0 && count >= 0 && count <= byteCount - offset)
+        // SAFETY: bounds checked above; the view does not escape `body`.
+        return try unsafe body(UnsafeRawBufferPointer(start: base + offset, count: count))
+    }
+}
+
+/// Facts about the host's memory, read from /proc and /sys.
+public enum HostMemory {
+    /// Free 2 MiB huge pages (`free_hugepages`), 0 if unknown.
+    public static var freeHugePages2M: Int {
+        Int(readFirstLine("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages") ?? "") ?? 0
+    }
+
+    /// Total host RAM in bytes (`MemTotal` in /proc/meminfo).
+    public static var totalBytes: UInt64 {
+        guard let text = readFile("/proc/meminfo") else { return 0 }
+        for line in text.split(separator: "\n") where line.hasPrefix("MemTotal:") {
+            let fields = line.split(separator: " ")
+            if fields.count >= 2, let kib = UInt64(fields[1]) { return kib * 1024 }
+        }
+        return 0
+    }
+
+    static func readFirstLine(_ path: String) -> String? {
+        readFile(path)?.split(separator: "\n").first.map(String.init)
+    }
+
+    static func readFile(_ path: String) -> String? {
+        guard let fd = try? FileDescriptor.open(FilePath(path), .readOnly) else { return nil }
+        defer { try? fd.close() }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = (try? chunk.withUnsafeMutableBytes { try fd.read(into: $0) }) ?? 0
+            if count <= 0 { break }
+            bytes += chunk[..<count]
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}

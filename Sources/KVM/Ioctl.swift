@@ -1,0 +1,89 @@
+import Glibc
+import CLinuxUAPI
+import SystemPackage
+
+/// A KVM ioctl request: the kernel's name (for errors and traces) and its number.
+public struct IoctlRequest: Hashable, Sendable, CustomStringConvertible {
+    public let name: String
+    let number: UInt
+
+    public var description: String { name }
+
+    static let getAPIVersion = IoctlRequest(name: "KVM_GET_API_VERSION", number: CLinuxUAPI_KVM_GET_API_VERSION)
+    static let createVM = IoctlRequest(name: "KVM_CREATE_VM", number: CLinuxUAPI_KVM_CREATE_VM)
+    static let checkExtension = IoctlRequest(name: "KVM_CHECK_EXTENSION", number: CLinuxUAPI_KVM_CHECK_EXTENSION)
+    static let getVCPUMmapSize = IoctlRequest(name: "KVM_GET_VCPU_MMAP_SIZE", number: CLinuxUAPI_KVM_GET_VCPU_MMAP_SIZE)
+    static let getSupportedCPUID = IoctlRequest(name: "KVM_GET_SUPPORTED_CPUID", number: CLinuxUAPI_KVM_GET_SUPPORTED_CPUID)
+    static let createIRQChip = IoctlRequest(name: "KVM_CREATE_IRQCHIP", number: CLinuxUAPI_KVM_CREATE_IRQCHIP)
+    static let createPIT2 = IoctlRequest(name: "KVM_CREATE_PIT2", number: CLinuxUAPI_KVM_CREATE_PIT2)
+    static let setUserMemoryRegion = IoctlRequest(name: "KVM_SET_USER_MEMORY_REGION", number: CLinuxUAPI_KVM_SET_USER_MEMORY_REGION)
+    static let createVCPU = IoctlRequest(name: "KVM_CREATE_VCPU", number: CLinuxUAPI_KVM_CREATE_VCPU)
+    static let irqLine = IoctlRequest(name: "KVM_IRQ_LINE", number: CLinuxUAPI_KVM_IRQ_LINE)
+    static let setTSSAddress = IoctlRequest(name: "KVM_SET_TSS_ADDR", number: CLinuxUAPI_KVM_SET_TSS_ADDR)
+    static let setIdentityMapAddress = IoctlRequest(name: "KVM_SET_IDENTITY_MAP_ADDR", number: CLinuxUAPI_KVM_SET_IDENTITY_MAP_ADDR)
+    static let run = IoctlRequest(name: "KVM_RUN", number: CLinuxUAPI_KVM_RUN)
+    static let getRegs = IoctlRequest(name: "KVM_GET_REGS", number: CLinuxUAPI_KVM_GET_REGS)
+    static let setRegs = IoctlRequest(name: "KVM_SET_REGS", number: CLinuxUAPI_KVM_SET_REGS)
+    static let getSregs = IoctlRequest(name: "KVM_GET_SREGS", number: CLinuxUAPI_KVM_GET_SREGS)
+    static let setSregs = IoctlRequest(name: "KVM_SET_SREGS", number: CLinuxUAPI_KVM_SET_SREGS)
+    static let setCPUID2 = IoctlRequest(name: "KVM_SET_CPUID2", number: CLinuxUAPI_KVM_SET_CPUID2)
+    static let getMPState = IoctlRequest(name: "KVM_GET_MP_STATE", number: CLinuxUAPI_KVM_GET_MP_STATE)
+    static let setMPState = IoctlRequest(name: "KVM_SET_MP_STATE", number: CLinuxUAPI_KVM_SET_MP_STATE)
+    static let getTSCKHz = IoctlRequest(name: "KVM_GET_TSC_KHZ", number: CLinuxUAPI_KVM_GET_TSC_KHZ)
+}
+
+/// The KVM module's only caller of ioctl(2).  EINTR is retried in the shim
+/// except for KVM_RUN, where it means "kicked".
+enum Ioctl {
+    @discardableResult
+    static func value(_ fd: Int32, _ request: IoctlRequest, _ value: UInt = 0) throws(KVMError) -> Int32 {
+        let result = CLinuxUAPI_ioctl_value(fd, request.number, value)
+        guard result >= 0 else { throw .ioctl(request, Errno(rawValue: Int32(-result))) }
+        return Int32(result)
+    }
+
+    /// Passes a pointer to `argument`, which the kernel reads and may update.
+    @discardableResult
+    static func pointer<T>(_ fd: Int32, _ request: IoctlRequest, _ argument: inout T) throws(KVMError) -> Int32 {
+        // SAFETY: `argument` is a value of the struct type `request` expects, live for the call.
+        let result = unsafe withUnsafeMutablePointer(to: &argument) { unsafe CLinuxUAPI_ioctl_pointer(fd, request.number, $0) }
+        guard result >= 0 else { throw .ioctl(request, Errno(rawValue: Int32(-result))) }
+        return Int32(result)
+    }
+
+    /// KVM_RUN: `nil` when interrupted by a kick (EINTR).
+    static func run(_ fd: Int32) throws(KVMError) -> Int32? {
+        let result = CLinuxUAPI_ioctl_value(fd, IoctlRequest.run.number, 0)
+        if result == -Int(EINTR) || result == -Int(EAGAIN) { return nil }
+        guard result >= 0 else { throw .ioctl(.run, Errno(rawValue: Int32(-result))) }
+        return Int32(result)
+    }
+
+    static func open(_ path: String) throws(KVMError) -> Int32 {
+        let fd = CLinuxUAPI_open(path, O_RDWR)
+        guard fd >= 0 else { throw .open(path, Errno(rawValue: -fd)) }
+        return fd
+    }
+
+    static func mapShared(_ fd: Int32, byteCount: Int) throws(KVMError) -> UnsafeMutableRawPointer {
+        let address = unsafe CLinuxUAPI_mmap(nil, byteCount, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        guard address > 0, let pointer = unsafe UnsafeMutableRawPointer(bitPattern: address) else {
+            throw .mmapRun(Errno(rawValue: Int32(-address)))
+        }
+        return unsafe pointer
+    }
+
+    static func unmap(_ pointer: UnsafeMutableRawPointer, byteCount: Int) {
+        _ = unsafe munmap(pointer, byteCount)
+    }
+
+    static func closeDescriptor(_ fd: Int32) { _ = close(fd) }
+
+    static func installKickSignal(_ signal: Int32) { _ = CLinuxUAPI_install_kick_signal(signal) }
+
+    static func kick(_ thread: pthread_t, signal: Int32) { _ = CLinuxUAPI_kick_thread(thread, signal) }
+
+    static func currentThread() -> pthread_t { pthread_self() }
+
+    static func currentThreadID() -> Int32 { CLinuxUAPI_gettid() }
+}

@@ -1,0 +1,20 @@
+import SystemPackage
+
+/// Failures of the KVM layer: the operation and what the kernel said.
+public enum KVMError: Error, Equatable, Sendable, CustomStringConvertible {
+    case open(String, Errno)
+    case ioctl(IoctlRequest, Errno)
+    case unsupportedAPIVersion(Int32)
+    case missingCapability(String)
+    case mmapRun(Errno)
+
+    public var description: String {
+        switch self {
+        case .open(let path, let errno): "cannot open \(path): \(errno)"
+        case .ioctl(let request, let errno): "\(request) failed: \(errno)"
+        case .unsupportedAPIVersion(let version): "KVM API version \(version) is not 12"
+        case .missingCapability(let name): "KVM lacks \(name)"
+        case .mmapRun(let errno): "cannot map the vCPU's kvm_run area: \(errno)"
+        }
+    }
+}

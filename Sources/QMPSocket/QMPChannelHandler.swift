@@ -1,0 +1,64 @@
+import Dispatch
+import NIOCore
+import QMP
+
+/// One QMP connection: greeting on connect, then each JSON text through a
+/// `QMPSession`; decoded commands go to the executor off the event loop.
+final class QMPChannelHandler: ChannelInboundHandler, @unchecked Sendable {
+    // @unchecked: `session` is touched only on this channel's event loop.
+    typealias InboundIn = [UInt8]
+    typealias OutboundOut = ByteBuffer
+
+    private var session = QMPSession()
+    private let version: QMPVersion
+    private let execute: QMPServer.Executor
+    private let queue: DispatchQueue
+    private let connections: Connections
+
+    init(version: QMPVersion, execute: @escaping QMPServer.Executor, queue: DispatchQueue, connections: Connections) {
+        self.version = version
+        self.execute = execute
+        self.queue = queue
+        self.connections = connections
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        send(QMPSession.greeting(version: version), context: context)
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        connections.remove(context.channel)
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let text = unwrapInboundIn(data)
+        let wasNegotiating = session.phase == .negotiating
+        switch session.step(text) {
+        case .reply(let reply):
+            send(reply, context: context)
+            if wasNegotiating && session.phase == .commandMode { connections.add(context.channel) }
+        case .execute(let command, let id):
+            let channel = context.channel
+            let execute = self.execute
+            queue.async {
+                let reply = switch execute(command) {
+                case .success(let value): QMPSession.success(value, id: id)
+                case .failure(let error): QMPSession.error(error, id: id)
+                }
+                channel.writeAndFlush(ByteBuffer(string: reply + "\r\n"), promise: nil)
+            }
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // Oversized or unbalanced input: say so and drop the connection.
+        send(QMPSession.error(.generic("JSON parse error, \(error)"), id: nil), context: context)
+        context.close(promise: nil)
+    }
+
+    private func send(_ text: String, context: ChannelHandlerContext) {
+        context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: text + "\r\n")), promise: nil)
+    }
+}

@@ -1,0 +1,70 @@
+import EmbeddedGuest
+import GuestMemory
+import KVM
+import PVHBoot
+
+extension Machine {
+    /// Maps RAM, loads the kernel (embedded or outside, both PVH) and creates
+    /// the vCPUs at its 32-bit entry, as the PVH boot ABI says.
+    static func boot(_ configuration: MachineConfiguration, vm: VirtualMachine, memory: GuestMemoryMap)
+        throws(MachineError) -> ([VirtualCPU], UInt32) {
+        do {
+            var slot: UInt32 = 0
+            for block in memory.blocks {
+                let slots = try vm.map(block, firstSlot: MemorySlot(rawValue: slot), logDirtyPages: false)
+                slot += UInt32(slots.count)
+            }
+            let cpuid = try vm.supportedCPUID
+            var vcpus: [VirtualCPU] = []
+            for index in 0..<configuration.cpus {
+                let vcpu = try vm.makeVCPU(VCPUIndex(index))
+                var table = cpuid
+                table.setAPICID(UInt32(index))
+                try vcpu.setCPUID(table)
+                vcpus.append(vcpu)
+            }
+            let tscKHz = try vcpus[0].tscKHz()
+            let entry = try loadKernel(configuration, tscKHz: tscKHz, into: memory)
+            for vcpu in vcpus {
+                try enterPVH(vcpu, entry: entry)
+            }
+            return (vcpus, tscKHz)
+        } catch let error as KVMError { throw .kvm(error) }
+        catch let error as PVHError { throw .boot(error) }
+        catch let error as MachineError { throw error }
+        catch { throw .invalidState("\(error)") }
+    }
+
+    static func loadKernel(_ configuration: MachineConfiguration, tscKHz: UInt32, into memory: GuestMemoryMap) throws(PVHError) -> PVHLoader.Entry {
+        switch configuration.boot {
+        case .embedded(let workload):
+            let commandLine = EmbeddedGuest.commandLine(workload: workload, cpus: configuration.cpus, tscKHz: tscKHz)
+            return try PVHLoader.load(kernel: EmbeddedGuest.elfImage, commandLine: commandLine, initrd: nil, into: memory)
+        case .kernel(let image, let commandLine, let initrd):
+            return try PVHLoader.load(kernel: image, commandLine: commandLine, initrd: initrd, into: memory)
+        }
+    }
+
+    /// PVH entry state: 32-bit protected mode, flat 4 GiB segments, paging off,
+    /// %ebx = hvm_start_info.  Every vCPU starts here (the kernel tells them
+    /// apart by APIC ID), runnable at once rather than waiting for INIT/SIPI.
+    static func enterPVH(_ vcpu: VirtualCPU, entry: PVHLoader.Entry) throws(KVMError) {
+        var special = try vcpu.specialRegisters()
+        let code = SegmentRegister(base: 0, limit: 0xffff_ffff, selector: 0x10, type: 0xb, db: true, g: true)
+        let data = SegmentRegister(base: 0, limit: 0xffff_ffff, selector: 0x18, type: 0x3, db: true, g: true)
+        special.cs = code
+        (special.ds, special.es, special.fs, special.gs, special.ss) = (data, data, data, data, data)
+        special.tr = SegmentRegister(base: 0, limit: 0x67, selector: 0x20, type: 0xb, db: false, s: false, g: false)
+        special.cr0 = 0x11          // PE | ET
+        special.cr3 = 0
+        special.cr4 = 0
+        special.efer = 0
+        try vcpu.setSpecialRegisters(special)
+        var registers = Registers()
+        registers.rip = UInt64(entry.entryPoint)
+        registers.rbx = UInt64(entry.startInfoAddress)
+        registers.rflags = 0x2
+        try vcpu.setRegisters(registers)
+        try vcpu.makeRunnable()
+    }
+}

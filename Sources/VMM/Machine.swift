@@ -1,0 +1,136 @@
+import Devices
+import EmbeddedGuest
+import Foundation
+import GuestMemory
+import KVM
+import QMP
+import Synchronization
+
+/// A running virtual machine: KVM objects, guest RAM, devices and vCPU threads.
+///
+/// The composition root: the only type that sees kernel objects, devices and
+/// the control plane together.  Its run state changes only through `pause()`,
+/// `resume()`, `quit()` and guest exits, each emitting QEMU's event.
+public final class Machine: Sendable {
+    public let configuration: MachineConfiguration
+    public let memory: GuestMemoryMap
+    public let serial: Serial16550
+    let vm: VirtualMachine
+    let vcpus: [VirtualCPU]
+    let control: RunControl
+    let tracker: GuestProgressTracker
+    let runState = Mutex<RunState>(.paused)
+    let eventSink: @Sendable (QMPEvent) -> Void
+    let finished = Mutex<Bool>(false)
+    public let createdAt: ContinuousClock.Instant
+    /// Guest TSC frequency, as KVM reports it for vCPU 0.
+    public let tscKHz: UInt32
+
+    /// Builds the machine and loads its kernel; the vCPUs start with `start()`.
+    public init(_ configuration: MachineConfiguration, serialOutput: @escaping @Sendable ([UInt8]) -> Void,
+                events: @escaping @Sendable (QMPEvent) -> Void = { _ in }) throws(MachineError) {
+        createdAt = .now
+        try configuration.validate()
+        self.configuration = configuration
+        self.eventSink = events
+        do {
+            let system = try KVMSystem()
+            vm = try system.makeVirtualMachine()
+            try vm.createPlatform()
+        } catch { throw .kvm(error) }
+        do { memory = try GuestMemoryMap.pc(byteCount: configuration.memoryBytes, backend: configuration.backend) }
+        catch { throw .memory(error) }
+        let vm = self.vm
+        serial = Serial16550(output: serialOutput, setInterruptLine: { level in
+            try? vm.setIRQLine(Serial16550.com1IRQ, level: level)
+        })
+        control = RunControl(vcpuCount: configuration.cpus)
+        tracker = GuestProgressTracker(cpuCount: configuration.cpus)
+        (vcpus, tscKHz) = try Self.boot(configuration, vm: vm, memory: memory)
+    }
+
+    /// Starts one thread per vCPU and runs the guest.
+    public func start() {
+        for vcpu in vcpus {
+            let thread = Thread { [self] in VCPURunLoop(machine: self, vcpu: vcpu).run() }
+            thread.name = "ferry-\(vcpu.index)"
+            thread.stackSize = 1 << 20
+            thread.start()
+        }
+        runState.withLock { $0 = .running }
+        control.resume()
+    }
+
+    public var state: RunState { runState.withLock { $0 } }
+    public var progress: GuestProgress { tracker.snapshot }
+
+    /// Freezes every vCPU (QMP `stop`).  Emits STOP if the guest was running.
+    public func pause() {
+        let wasRunning = runState.withLock { state -> Bool in
+            guard state == .running else { return false }
+            state = .paused
+            return true
+        }
+        guard wasRunning else { return }
+        control.pause { kickAll() }
+        emit("STOP")
+    }
+
+    /// Resumes a paused guest (QMP `cont`).  Emits RESUME.
+    public func resume() throws(MachineError) {
+        let resumed = runState.withLock { state -> Bool in
+            guard state == .paused else { return false }
+            state = .running
+            return true
+        }
+        guard resumed else {
+            let current = state
+            if current == .running { return }
+            throw .invalidState("the guest cannot be resumed from state '\(current.rawValue)'")
+        }
+        tracker.state.withLock { $0.forgetLastBeats() }
+        control.resume()
+        emit("RESUME")
+    }
+
+    /// Stops the vCPUs for good (QMP `quit`); `waitUntilFinished()` then returns.
+    public func quit() {
+        control.terminate { kickAll() }
+        runState.withLock { $0 = .shutdown }
+        emit("SHUTDOWN", data: ["guest": false, "reason": "host-qmp-quit"])
+        finished.withLock { $0 = true }
+    }
+
+    /// Blocks until `quit()` or a guest shutdown.
+    public func waitUntilFinished() async {
+        while !finished.withLock({ $0 }) { try? await Task.sleep(for: .milliseconds(20)) }
+    }
+
+    public var isFinished: Bool { finished.withLock { $0 } }
+
+    func kickAll() { for vcpu in vcpus { vcpu.kick() } }
+
+    /// The guest stopped itself (triple fault, panic, KVM internal error).
+    func guestStopped(_ state: RunState, reason: String) {
+        let changed = runState.withLock { current -> Bool in
+            guard current == .running else { return false }
+            current = state
+            return true
+        }
+        guard changed else { return }
+        Thread { [self] in
+            control.pause { kickAll() }
+            switch state {
+            case .guestPanicked: emit("GUEST_PANICKED", data: ["action": "pause", "info": ["type": "ferry", "reason": .string(reason)]])
+            case .shutdown: emit("SHUTDOWN", data: ["guest": true, "reason": .string(reason)])
+            default: emit("STOP")
+            }
+        }.start()
+    }
+
+    func emit(_ name: String, data: JSONValue? = nil) {
+        let now = Date().timeIntervalSince1970
+        let seconds = Int64(now)
+        eventSink(QMPEvent(name: name, data: data, seconds: seconds, microseconds: Int64((now - Double(seconds)) * 1_000_000)))
+    }
+}

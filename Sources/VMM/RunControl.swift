@@ -1,0 +1,74 @@
+import Foundation
+
+/// Parks and releases vCPU threads.  `pause()` returns only once every vCPU
+/// thread is parked outside KVM_RUN, so the guest is really frozen.
+final class RunControl: @unchecked Sendable {
+    // @unchecked: every field is guarded by `condition`.
+    enum Desired { case run, pause, terminate }
+
+    private let condition = NSCondition()
+    private var desired: Desired = .pause
+    private var parked = 0
+    private var exited = 0
+    private let vcpuCount: Int
+
+    init(vcpuCount: Int) { self.vcpuCount = vcpuCount }
+
+    /// Called by a vCPU thread before each KVM_RUN: blocks while paused;
+    /// `false` means the thread should exit.
+    func shouldRun() -> Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        while desired == .pause {
+            parked += 1
+            condition.broadcast()
+            condition.wait()
+            parked -= 1
+        }
+        return desired == .run
+    }
+
+    /// Whether a pause or termination is requested (checked after a kick).
+    var isRunRequested: Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        return desired == .run
+    }
+
+    func threadExited() {
+        condition.lock()
+        exited += 1
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// Requests a pause; `kick` makes running vCPUs leave KVM_RUN.  Waits for all to park.
+    func pause(kick: () -> Void) {
+        condition.lock()
+        desired = .pause
+        condition.unlock()
+        kick()
+        condition.lock()
+        while parked + exited < vcpuCount { condition.wait() }
+        condition.unlock()
+    }
+
+    func resume() {
+        condition.lock()
+        desired = .run
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// Stops every vCPU thread for good and waits for them to exit.
+    func terminate(kick: () -> Void) {
+        condition.lock()
+        desired = .terminate
+        condition.broadcast()
+        condition.unlock()
+        kick()
+        condition.lock()
+        while exited < vcpuCount { condition.wait() }
+        condition.unlock()
+    }
+}

@@ -1,0 +1,74 @@
+import ArgumentParser
+import EmbeddedGuest
+import Foundation
+import GuestMemory
+import VMM
+
+/// The options that describe a VM, shared by `run` and `demo`.
+struct MachineOptions: ParsableArguments {
+    @Option(name: [.customShort("m"), .long], help: "Guest RAM, with K, M or G suffix (e.g. 1G, 512M).")
+    var memory: String = "1G"
+
+    @Option(name: .customLong("memory-backend"), help: "What backs guest RAM: anon, memfd or hugetlb (2 MiB pages reserved in /proc/sys/vm/nr_hugepages).")
+    var memoryBackend: String = "anon"
+
+    @Option(help: "Number of vCPUs (1-32).")
+    var cpus: Int = 1
+
+    @Option(help: ArgumentHelp("What the embedded guest does: 'idle' (touch its memory once, then only beat) or 'dirty-rate=RATE[,working-set=SIZE]' with RATE in bytes per second or 'max', e.g. dirty-rate=512M,working-set=1G.", valueName: "spec"))
+    var workload: String = "idle"
+
+    @Option(help: "Boot this PVH ELF kernel instead of the embedded guest.")
+    var kernel: String?
+
+    @Option(help: "Kernel command line (with --kernel).")
+    var append: String = ""
+
+    @Option(help: "Initial ramdisk handed to the kernel as PVH module 0 (with --kernel).")
+    var initrd: String?
+
+    func configuration() throws -> MachineConfiguration {
+        guard let bytes = ByteSize.parse(memory) else {
+            throw FerryFailure.badInput("invalid memory size '\(memory)' (expected a number with optional K, M or G suffix)")
+        }
+        guard let backend = MemoryBackend(rawValue: memoryBackend) else {
+            throw FerryFailure.badInput("unknown memory backend '\(memoryBackend)' (expected anon, memfd or hugetlb)")
+        }
+        let boot: MachineConfiguration.Boot
+        if let kernel {
+            let image = try readInput(kernel, what: "kernel")
+            let initrdBytes = try initrd.map { try readInput($0, what: "initrd") }
+            boot = .kernel(image: image, commandLine: append, initrd: initrdBytes)
+        } else {
+            guard initrd == nil, append.isEmpty else { throw FerryFailure.badInput("--append and --initrd need --kernel") }
+            do { boot = .embedded(try WorkloadSpec(parsing: workload)) } catch {
+                throw FerryFailure.badInput("invalid --workload: \(error)")
+            }
+        }
+        let configuration = MachineConfiguration(memoryBytes: bytes, backend: backend, cpus: cpus, boot: boot)
+        do { try configuration.validate() } catch { throw FerryFailure.badInput(error.description) }
+        return configuration
+    }
+
+    private func readInput(_ path: String, what: String) throws -> [UInt8] {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw FerryFailure.badInput("cannot read \(what) file '\(path)'")
+        }
+        return [UInt8](data)
+    }
+}
+
+/// Builds a machine, mapping its errors to exit statuses: configuration and
+/// boot-image problems are bad input (2), the rest runtime failures (1).
+func makeMachine(_ configuration: MachineConfiguration, serialOutput: @escaping @Sendable ([UInt8]) -> Void,
+                 events: @escaping @Sendable (QMPEventForwarder.Event) -> Void = { _ in }) throws -> Machine {
+    do {
+        return try Machine(configuration, serialOutput: serialOutput, events: events)
+    } catch {
+        switch error {
+        case .kvm, .invalidState: throw FerryFailure.runtime(error.description)
+        case .memory(.mapFailed): throw FerryFailure.runtime(error.description)
+        default: throw FerryFailure.badInput(error.description)
+        }
+    }
+}

@@ -1,0 +1,89 @@
+import ArgumentParser
+import EmbeddedGuest
+import Foundation
+import QMP
+import QMPSocket
+import VMM
+
+/// `ferry run`: run a VM until `quit` (QMP), the guest stops, or --run-for elapses.
+struct RunCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Run a virtual machine.",
+        discussion: """
+            Without --kernel, runs Ferry's embedded test guest: it dirties its working set at the \
+            --workload rate, verifies every page before rewriting it, and prints a heartbeat line \
+            'HB <seq> t=<ms> pages=<n> err=<n>' on COM1 about every 100 ms.
+            Exit status: 0 after quit or --run-for, 1 on a runtime failure or failed verification, \
+            2 on bad input.
+            """)
+
+    @OptionGroup var machine: MachineOptions
+
+    @Option(help: "COM1 output: stdio (input is read from stdin too), file:PATH or none.")
+    var serial: String = "stdio"
+
+    @Option(help: ArgumentHelp("QMP control socket, e.g. unix:/tmp/ferry.qmp.", valueName: "unix:PATH"))
+    var qmp: String?
+
+    @Flag(help: "Print guest progress (heartbeats per second, pages written, verify failures) to stderr every second.")
+    var progress = false
+
+    @Option(help: ArgumentHelp("Quit after this many seconds (default: run until QMP quit).", valueName: "seconds"))
+    var runFor: Double?
+
+    @Flag(help: "On exit, verify every guest page on the host against the header the guest wrote; exit 1 on a failure.")
+    var verifyOnExit = false
+
+    func run() async throws {
+        let configuration = try machine.configuration()
+        let serialOption = try SerialOption(parsing: serial)
+        let qmpPath = try qmp.map(Self.parseQMP)
+        if let runFor, !(runFor > 0 && runFor.isFinite) { throw FerryFailure.badInput("--run-for must be a positive number of seconds") }
+        let forwarder = QMPEventForwarder()
+        let vm = try makeMachine(configuration, serialOutput: try serialOption.makeOutput(), events: { forwarder.forward($0) })
+        var server: QMPServer?
+        if let qmpPath {
+            do {
+                server = try await QMPServer.start(path: qmpPath, version: Machine.version) { vm.execute($0) }
+            } catch {
+                throw FerryFailure.runtime("cannot listen on QMP socket '\(qmpPath)': \(error)")
+            }
+            forwarder.attach(server!)
+        }
+        vm.start()
+        if case .stdio = serialOption { SerialInput.forward(to: vm.serial) }
+        let reporter = progress ? ProgressReporter(machine: vm) : nil
+        reporter?.start()
+        if let runFor {
+            let deadline = ContinuousClock.now + .milliseconds(Int(runFor * 1000))
+            while !vm.isFinished && ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(20)) }
+            if !vm.isFinished { vm.quit() }
+        } else {
+            await vm.waitUntilFinished()
+        }
+        reporter?.stop()
+        await server?.shutdown()
+        try report(vm)
+    }
+
+    private func report(_ vm: Machine) throws {
+        let progress = vm.progress
+        if let vector = progress.panicVector { throw FerryFailure.runtime("guest panicked with exception \(vector)") }
+        guard verifyOnExit else { return }
+        let result = PageVerifier.verify(vm.memory)
+        FileHandle.standardError.write(Data("ferry: verify: \(result); guest-reported verify failures: \(progress.verifyErrors)\n".utf8))
+        if result.failureCount > 0 || progress.verifyErrors > 0 { throw FerryFailure.runtime("guest memory failed verification") }
+    }
+
+    /// `unix:PATH`, optionally with QEMU's `,server=on,wait=off` (or `,server,nowait`) suffixes.
+    static func parseQMP(_ text: String) throws -> String {
+        guard text.hasPrefix("unix:") else { throw FerryFailure.badInput("invalid --qmp '\(text)' (expected unix:PATH)") }
+        let parts = text.dropFirst(5).split(separator: ",", omittingEmptySubsequences: false)
+        guard let path = parts.first, !path.isEmpty else { throw FerryFailure.badInput("--qmp unix: needs a socket path") }
+        for option in parts.dropFirst() where !["server", "server=on", "nowait", "wait=off"].contains(option) {
+            throw FerryFailure.badInput("unsupported --qmp option '\(option)'")
+        }
+        return String(path)
+    }
+}

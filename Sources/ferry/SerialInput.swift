@@ -1,0 +1,16 @@
+import Devices
+import Foundation
+
+/// Copies stdin to the guest's COM1 receive buffer on a background thread.
+enum SerialInput {
+    static func forward(to serial: Serial16550) {
+        Thread {
+            let input = FileHandle.standardInput
+            while true {
+                let data = input.availableData
+                if data.isEmpty { return }          // EOF (or /dev/null in CI)
+                serial.receive([UInt8](data))
+            }
+        }.start()
+    }
+}

@@ -1,0 +1,333 @@
+/*
+ * Ring-3 workload of Ferry's embedded test guest: runs natively under PVM.
+ *
+ * Every vCPU owns one stripe of the working set and sweeps it page by page at
+ * the configured dirty rate.  Each page written carries a header (magic, page
+ * index, generation, checksum of the body) and a body derived from index and
+ * generation, so both the guest and the host can verify it.  Before a page is
+ * rewritten it is verified against the generation this vCPU last wrote there;
+ * a page that lost a write (for example in a migration) shows up as a failure.
+ *
+ * Every ~100 ms each vCPU fills its heartbeat record and asks ring 0 to report
+ * it to the VMM (port 0x510); vCPU 0 also prints "HB <seq> t=<ms> pages=<n>
+ * err=<n>" on COM1, totals over all vCPUs.
+ *
+ * Command line (hvm_start_info): cpus=N tsc-khz=N dirty-rate=BYTES|max
+ * working-set=BYTES (K/M/G suffixes).  dirty-rate=0 is the idle workload:
+ * touch the working set once, then only beat.
+ */
+#include "layout.h"
+
+typedef unsigned long u64;
+typedef unsigned int u32;
+typedef unsigned char u8;
+
+struct start_info {                     /* hvm_start_info, version 1 */
+    u32 magic, version, flags, nr_modules;
+    u64 modlist_paddr, cmdline_paddr, rsdp_paddr, memmap_paddr;
+    u32 memmap_entries, reserved;
+};
+struct memmap_entry { u64 addr, size; u32 type, reserved; };
+
+struct heartbeat {                      /* 64 bytes: GuestABI.swift HeartbeatRecord */
+    u32 magic, cpu;
+    u64 seq, tsc, pages_written, verify_errors, ticks, pass;
+    u64 first_error_page;
+};
+
+struct percpu {                         /* matches PC_* in layout.h */
+    u64 self, cpu, ticks, kstack_top, ustack_top;
+    u64 pad[3];
+    struct heartbeat hb;                /* at offset 64 */
+};
+
+extern u64 pdpt[512];
+extern u64 high_pds[HIGH_PD_COUNT][512];
+#define MAPPED_LIMIT ((4ull + HIGH_PD_COUNT) << 30)
+
+/* Set by vCPU 0 once RAM above 4 GiB is mapped; the others wait for it. */
+static volatile u64 memory_mapped;
+
+/* Totals for the serial line, one slot per vCPU (vCPU 0 sums them). */
+static volatile u64 shared_pages[MAX_CPUS];
+static volatile u64 shared_errors[MAX_CPUS];
+
+struct range { u64 base, pages; };
+#define MAX_RANGES 16
+
+struct config {
+    u64 cpus, tsc_khz, dirty_rate, working_set;
+    int max_rate;
+};
+
+static inline u64 rdtsc(void) {
+    u32 lo, hi;
+    __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+    return ((u64)hi << 32) | lo;
+}
+
+static inline void service(u64 number, u64 a, u64 b) {
+    __asm__ volatile("ud2" : : "a"(number), "D"(a), "S"(b) : "memory");
+}
+
+static struct percpu *this_cpu(void) {
+    struct percpu *p;
+    __asm__ volatile("movq %%gs:0, %0" : "=r"(p));
+    return p;
+}
+
+/* ------------------------------------------------------------ page format */
+static inline u64 mix(u64 x) {          /* splitmix64 finaliser */
+    x ^= x >> 30; x *= 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 27; x *= 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+/* Body words 4..511: word i = (seed + i) * K, seed = mix(index, generation). */
+static void fill_page(u64 *page, u64 index, u64 generation) {
+    u64 seed = mix(index * 0x9e3779b97f4a7c15ull ^ generation);
+    for (u64 i = 4; i < 512; i++) page[i] = (seed + i) * 0xd6e8feb86659fd93ull;
+}
+
+/* Four independent FNV-style lanes so the multiply chain pipelines. */
+static u64 checksum_body(const u64 *page) {
+    u64 h0 = 0xcbf29ce484222325ull, h1 = h0 ^ 1, h2 = h0 ^ 2, h3 = h0 ^ 3;
+    for (u64 i = 4; i < 512; i += 4) {
+        h0 = (h0 ^ page[i]) * 0x100000001b3ull;
+        h1 = (h1 ^ page[i + 1]) * 0x100000001b3ull;
+        h2 = (h2 ^ page[i + 2]) * 0x100000001b3ull;
+        h3 = (h3 ^ page[i + 3]) * 0x100000001b3ull;
+    }
+    return mix(h0 ^ (h1 << 16 | h1 >> 48) ^ (h2 << 32 | h2 >> 32) ^ (h3 << 48 | h3 >> 16));
+}
+
+static void write_page(u64 *page, u64 index, u64 generation) {
+    fill_page(page, index, generation);
+    page[1] = index;
+    page[2] = generation;
+    page[3] = checksum_body(page);
+    page[0] = PAGE_MAGIC;
+}
+
+/* Generation 0 means "never written": the page must still be all zero. */
+static int verify_page(const u64 *page, u64 index, u64 generation) {
+    if (generation == 0) {
+        u64 any = 0;
+        for (u64 i = 0; i < 512; i++) any |= page[i];
+        return any == 0;
+    }
+    return page[0] == PAGE_MAGIC && page[1] == index && page[2] == generation
+        && page[3] == checksum_body(page);
+}
+
+/* ------------------------------------------------------------ text output */
+static u64 put_str(char *out, u64 at, const char *s) {
+    while (*s) out[at++] = *s++;
+    return at;
+}
+static u64 put_dec(char *out, u64 at, u64 v) {
+    char tmp[20];
+    int n = 0;
+    do { tmp[n++] = (char)('0' + v % 10); v /= 10; } while (v);
+    while (n) out[at++] = tmp[--n];
+    return at;
+}
+static void print(const char *buf, u64 len) { service(SVC_WRITE, (u64)buf, len); }
+
+/* ------------------------------------------------------------ command line */
+static int is_space(char c) { return c == ' ' || c == '\t' || c == '\n'; }
+
+static int key_is(const char *s, const char *key, const char **value) {
+    while (*key && *s == *key) { s++; key++; }
+    if (*key || *s != '=') return 0;
+    *value = s + 1;
+    return 1;
+}
+
+static u64 parse_size(const char *s) {
+    u64 v = 0;
+    while (*s >= '0' && *s <= '9') v = v * 10 + (u64)(*s++ - '0');
+    switch (*s) {
+    case 'k': case 'K': v <<= 10; break;
+    case 'm': case 'M': v <<= 20; break;
+    case 'g': case 'G': v <<= 30; break;
+    default: break;
+    }
+    return v;
+}
+
+static void parse_cmdline(const char *s, struct config *c) {
+    while (s && *s) {
+        while (is_space(*s)) s++;
+        const char *v;
+        if (key_is(s, "cpus", &v)) c->cpus = parse_size(v);
+        else if (key_is(s, "tsc-khz", &v)) c->tsc_khz = parse_size(v);
+        else if (key_is(s, "working-set", &v)) c->working_set = parse_size(v);
+        else if (key_is(s, "dirty-rate", &v)) {
+            if (v[0] == 'm' && v[1] == 'a' && v[2] == 'x') c->max_rate = 1;
+            else c->dirty_rate = parse_size(v);
+        }
+        while (*s && !is_space(*s)) s++;
+    }
+}
+
+/* --------------------------------------------------------------- workload */
+struct stripe {
+    struct range ranges[MAX_RANGES];
+    u64 nranges, pages;
+};
+
+/* The usable RAM above WORK_BASE, capped at the working set, cut into this
+ * vCPU's stripe [cpu * total / cpus, (cpu + 1) * total / cpus). */
+static void make_stripe(const struct start_info *si, const struct config *c, u64 cpu, struct stripe *st) {
+    struct range all[MAX_RANGES];
+    u64 n = 0, total = 0, limit = c->working_set / PAGE_SIZE;
+    const struct memmap_entry *map = (const struct memmap_entry *)si->memmap_paddr;
+    for (u32 i = 0; i < si->memmap_entries && n < MAX_RANGES; i++) {
+        if (map[i].type != 1) continue;
+        u64 start = map[i].addr, end = map[i].addr + map[i].size;
+        if (start < WORK_BASE) start = WORK_BASE;
+        if (end > MAPPED_LIMIT) end = MAPPED_LIMIT;
+        start = (start + PAGE_SIZE - 1) & ~(u64)(PAGE_SIZE - 1);
+        end &= ~(u64)(PAGE_SIZE - 1);
+        if (end <= start) continue;
+        u64 pages = (end - start) / PAGE_SIZE;
+        if (limit && total + pages > limit) pages = limit - total;
+        if (!pages) break;
+        all[n].base = start; all[n].pages = pages; n++;
+        total += pages;
+    }
+    u64 first = cpu * total / c->cpus, last = (cpu + 1) * total / c->cpus, seen = 0;
+    st->nranges = 0; st->pages = last - first;
+    for (u64 i = 0; i < n; i++) {
+        u64 lo = seen, hi = seen + all[i].pages;
+        seen = hi;
+        if (hi <= first || lo >= last) continue;
+        u64 from = lo < first ? first : lo, to = hi > last ? last : hi;
+        st->ranges[st->nranges].base = all[i].base + (from - lo) * PAGE_SIZE;
+        st->ranges[st->nranges].pages = to - from;
+        st->nranges++;
+    }
+}
+
+/* Maps RAM above 4 GiB with 2 MiB pages.  Each directory is filled while it is
+ * not yet part of the page tables (plain native stores), then linked into the
+ * PDPT: under shadow paging only those few linking stores trap. */
+static void map_high_memory(const struct start_info *si) {
+    const struct memmap_entry *map = (const struct memmap_entry *)si->memmap_paddr;
+    for (u32 i = 0; i < si->memmap_entries; i++) {
+        if (map[i].type != 1) continue;
+        u64 end = map[i].addr + map[i].size;
+        if (end > MAPPED_LIMIT) end = MAPPED_LIMIT;
+        for (u64 gib = map[i].addr >> 30; (gib << 30) < end; gib++) {
+            if (gib < 4 || pdpt[gib]) continue;
+            u64 *pd = high_pds[gib - 4];
+            for (u64 e = 0; e < 512; e++) pd[e] = (gib << 30) + (e << 21) + 0x87;
+            pdpt[gib] = (u64)pd + 0x7;
+        }
+    }
+    memory_mapped = 1;
+}
+
+struct cursor { u64 range, offset, pass; };
+
+static u64 *cursor_page(const struct stripe *st, const struct cursor *cur) {
+    return (u64 *)(st->ranges[cur->range].base + cur->offset * PAGE_SIZE);
+}
+
+static void advance(const struct stripe *st, struct cursor *cur) {
+    if (++cur->offset < st->ranges[cur->range].pages) return;
+    cur->offset = 0;
+    if (++cur->range < st->nranges) return;
+    cur->range = 0;
+    cur->pass++;
+}
+
+static void heartbeat(struct percpu *pc, const struct config *c, u64 t0, u64 now, u64 cpu) {
+    struct heartbeat *hb = &pc->hb;
+    hb->magic = HB_MAGIC;
+    hb->cpu = (u32)cpu;
+    hb->seq++;
+    hb->tsc = now;
+    hb->ticks = pc->ticks;
+    shared_pages[cpu] = hb->pages_written;
+    shared_errors[cpu] = hb->verify_errors;
+    service(SVC_HEARTBEAT, (u64)hb, 0);
+    if (cpu != 0) return;
+    u64 pages = 0, errors = 0;
+    for (u64 i = 0; i < c->cpus && i < MAX_CPUS; i++) { pages += shared_pages[i]; errors += shared_errors[i]; }
+    char line[96];
+    u64 at = put_str(line, 0, "HB ");
+    at = put_dec(line, at, hb->seq);
+    at = put_str(line, at, " t=");
+    at = put_dec(line, at, (now - t0) / c->tsc_khz);
+    at = put_str(line, at, " pages=");
+    at = put_dec(line, at, pages);
+    at = put_str(line, at, " err=");
+    at = put_dec(line, at, errors);
+    line[at++] = '\n';
+    print(line, at);
+}
+
+static void banner(const struct config *c, const struct stripe *st) {
+    char line[128];
+    u64 at = put_str(line, 0, "ferry-guest: cpus=");
+    at = put_dec(line, at, c->cpus);
+    at = put_str(line, at, " working-set-pages=");
+    at = put_dec(line, at, st->pages * c->cpus);
+    at = put_str(line, at, " dirty-rate=");
+    if (c->max_rate) at = put_str(line, at, "max");
+    else at = put_dec(line, at, c->dirty_rate);
+    line[at++] = '\n';
+    print(line, at);
+}
+
+void workload_main(u64 cpu, const struct start_info *si) {
+    struct config c = { .cpus = 1, .tsc_khz = 0, .dirty_rate = 0, .working_set = 0, .max_rate = 0 };
+    if (si && si->cmdline_paddr) parse_cmdline((const char *)si->cmdline_paddr, &c);
+    if (c.cpus == 0 || c.cpus > MAX_CPUS) c.cpus = 1;
+    if (c.tsc_khz == 0) c.tsc_khz = 1000000;        /* assume 1 GHz if not told */
+    struct percpu *pc = this_cpu();
+    if (cpu == 0) map_high_memory(si);
+    while (!memory_mapped) __asm__ volatile("pause");
+    struct stripe st;
+    make_stripe(si, &c, cpu, &st);
+    if (cpu == 0) banner(&c, &st);
+
+    u64 hz = c.tsc_khz * 1000, beat = hz / 10;
+    u64 t0 = rdtsc(), next_beat = t0;      /* first heartbeat at once */
+    u64 rate_pages = c.dirty_rate / PAGE_SIZE / c.cpus;   /* per vCPU per second */
+    struct cursor cur = { 0, 0, 0 };
+    u64 written = 0;                     /* pages written since t0 (rate control) */
+
+    for (;;) {
+        u64 now = rdtsc();
+        if (now >= next_beat) {
+            heartbeat(pc, &c, t0, now, cpu);
+            next_beat += beat;
+            if (next_beat <= now) next_beat = now + beat;   /* after a long pause */
+        }
+        u64 due;
+        if (st.pages == 0) due = 0;
+        else if (c.max_rate) due = written + 64;
+        else if (rate_pages == 0) due = cur.pass == 0 ? written + 64 : 0;   /* idle: one pass */
+        else {
+            due = (now - t0) / 1000 * rate_pages / (hz / 1000);
+            if (due > written + 4096) { written = due - 4096; }           /* do not bank a backlog */
+        }
+        if (due <= written) { service(SVC_SLEEP, 0, 0); continue; }
+        for (u64 n = due - written; n; n--) {
+            u64 *page = cursor_page(&st, &cur);
+            u64 index = (u64)page / PAGE_SIZE;
+            if (!verify_page(page, index, cur.pass)) {
+                if (pc->hb.verify_errors++ == 0) pc->hb.first_error_page = index;
+            }
+            write_page(page, index, cur.pass + 1);
+            pc->hb.pages_written++;
+            pc->hb.pass = cur.pass;
+            advance(&st, &cur);
+            written++;
+            if (rdtsc() >= next_beat) break;
+        }
+    }
+}
