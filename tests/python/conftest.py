@@ -1,0 +1,36 @@
+"""Shared fixtures: the ferry binary and a running VM with a QMP socket."""
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+FERRY = Path(os.environ.get("FERRY", ROOT / ".build" / "debug" / "ferry"))
+
+
+@pytest.fixture(scope="session")
+def ferry():
+    assert FERRY.exists(), f"build ferry first ({FERRY})"
+    return str(FERRY)
+
+
+@pytest.fixture
+def running_vm(ferry, tmp_path):
+    """A ferry process with the embedded guest dirtying memory and a QMP socket."""
+    sock = tmp_path / "qmp.sock"
+    serial = tmp_path / "serial.log"
+    proc = subprocess.Popen(
+        [ferry, "run", "--cpus", "2", "--memory", "256M", "--workload", "dirty-rate=16M,working-set=32M",
+         "--serial", f"file:{serial}", "--qmp", f"unix:{sock}"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 15
+    while not sock.exists():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "QMP socket never appeared"
+        time.sleep(0.02)
+    yield proc, sock, serial
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()

@@ -1,0 +1,87 @@
+"""The ferry CLI: bad input gets one clear error line and exit status 2."""
+import subprocess
+
+import pytest
+
+
+def run(ferry, *args, timeout=30):
+    return subprocess.run([ferry, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def free_huge_pages():
+    try:
+        with open("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages") as f:
+            return int(f.read())
+    except OSError:
+        return 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--memory-backend", "tmpfs"], "unknown memory backend 'tmpfs'"),
+    (["--memory", "lots"], "invalid memory size 'lots'"),
+    (["--memory", "1X"], "invalid memory size '1X'"),
+    (["--memory", "4T"], "exceeds the limit"),
+    (["--memory", "99999999999999999999G"], "invalid memory size"),
+    (["--memory", "1M"], "below the minimum"),
+    (["--cpus", "0"], "--cpus must be between 1 and 32, not 0"),
+    (["--cpus", "33"], "--cpus must be between 1 and 32, not 33"),
+    (["--workload", "dirty-rate=fast"], "invalid --workload"),
+    (["--serial", "tcp:1234"], "invalid --serial"),
+    (["--qmp", "tcp:localhost:4444"], "invalid --qmp"),
+    (["--kernel", "/nonexistent/vmlinux"], "cannot read kernel file"),
+    (["--kernel", "/etc/hostname"], "not an ELF file"),
+    (["--append", "console=ttyS0"], "--append and --initrd need --kernel"),
+    (["--run-for", "0"], "--run-for must be a positive number"),
+    (["--run-for=-1"], "--run-for must be a positive number"),
+])
+def test_bad_input_is_one_error_line_and_status_2(ferry, args, message):
+    result = run(ferry, "run", "--serial", "none", *args) if "--serial" not in args else run(ferry, "run", *args)
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0]
+    assert "Fatal error" not in result.stderr
+
+
+def test_missing_hugepages_is_a_clear_error(ferry):
+    pages = max(free_huge_pages() + 1, 64)
+    result = run(ferry, "run", "--serial", "none", "--memory-backend", "hugetlb", "--memory", f"{pages * 2}M")
+    assert result.returncode == 2, result
+    assert "huge pages" in result.stderr and "nr_hugepages" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_help_is_complete(ferry):
+    result = run(ferry, "run", "--help")
+    assert result.returncode == 0
+    for flag in ["--memory", "--memory-backend", "--cpus", "--workload", "--kernel", "--append", "--initrd",
+                 "--serial", "--qmp", "--progress", "--run-for", "--verify-on-exit"]:
+        assert flag in result.stdout, flag
+    top = run(ferry, "--help")
+    assert top.returncode == 0 and all(c in top.stdout for c in ["run", "demo", "guest"])
+
+
+@pytest.mark.parametrize("backend", ["anon", "memfd"])
+def test_run_verifies_clean_and_exits_0(ferry, backend):
+    result = run(ferry, "run", "--memory-backend", backend, "--memory", "128M", "--cpus", "2",
+                 "--workload", "dirty-rate=16M,working-set=16M", "--run-for", "1", "--verify-on-exit", "--progress")
+    assert result.returncode == 0, result.stderr
+    assert "HB 1 t=0 pages=0 err=0" in result.stdout
+    assert "0 failed; guest-reported verify failures: 0" in result.stderr
+    assert "heartbeats/s=" in result.stderr
+
+
+def test_exported_guest_boots_with_kernel_flag(ferry, tmp_path):
+    image = tmp_path / "guest.elf"
+    assert run(ferry, "guest", "export", "--output", str(image)).returncode == 0
+    assert image.read_bytes()[:4] == b"\x7fELF"
+    result = run(ferry, "run", "--kernel", str(image), "--append", "cpus=1 dirty-rate=8M working-set=8M",
+                 "--memory", "64M", "--run-for", "1", "--verify-on-exit")
+    assert result.returncode == 0, result.stderr
+    assert "HB 3 " in result.stdout
+
+
+def test_demo_runs(ferry):
+    result = run(ferry, "demo", "--seconds", "1.5", timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "host verifier:" in result.stdout and "0 failed" in result.stdout
