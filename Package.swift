@@ -7,7 +7,6 @@ let system = Target.Dependency.product(name: "SystemPackage", package: "swift-sy
 let nioCore = Target.Dependency.product(name: "NIOCore", package: "swift-nio")
 let nioPosix = Target.Dependency.product(name: "NIOPosix", package: "swift-nio")
 let argumentParser = Target.Dependency.product(name: "ArgumentParser", package: "swift-argument-parser")
-let logging = Target.Dependency.product(name: "Logging", package: "swift-log")
 
 let package = Package(
     name: "Ferry",
@@ -17,7 +16,6 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
-        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
@@ -33,16 +31,16 @@ let package = Package(
         // The built-in test guest: image bytes, its ABI, the host-side page verifier.
         .target(name: "EmbeddedGuest", dependencies: ["GuestMemory"], swiftSettings: strict),
         // Emulated devices: 16550 UART, the guest service port.
-        .target(name: "Devices", dependencies: ["GuestMemory", "EmbeddedGuest"], swiftSettings: strict),
+        .target(name: "Devices", dependencies: ["GuestMemory"], swiftSettings: strict),
         // Pure QMP: commands, replies, events, negotiation. No I/O.
         .target(name: "QMP", swiftSettings: strict),
         // QMP over a Unix socket, on SwiftNIO.
-        .target(name: "QMPSocket", dependencies: ["QMP", nioCore, nioPosix, logging], swiftSettings: strict),
+        .target(name: "QMPSocket", dependencies: ["QMP", nioCore, nioPosix], swiftSettings: strict),
         // Composition root: the machine, vCPU threads, run state.
-        .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "PVHBoot", "EmbeddedGuest", "Devices", "QMP", logging],
+        .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "PVHBoot", "EmbeddedGuest", "Devices", "QMP"],
                 swiftSettings: strict),
         .executableTarget(name: "ferry", dependencies: ["VMM", "QMPSocket", "QMP", "EmbeddedGuest", "GuestMemory",
-                                                        argumentParser, logging], swiftSettings: strict),
+                                                        argumentParser], swiftSettings: strict),
         .testTarget(name: "GuestMemoryTests", dependencies: ["GuestMemory"]),
         .testTarget(name: "EmbeddedGuestTests", dependencies: ["EmbeddedGuest", "GuestMemory", "PVHBoot"]),
         .testTarget(name: "QMPTests", dependencies: ["QMP"]),
