@@ -21,7 +21,9 @@ public final class Machine: Sendable {
     let tracker: GuestProgressTracker
     let runState = Mutex<RunState>(.paused)
     let eventSink: @Sendable (QMPEvent) -> Void
-    let finished = Mutex<Bool>(false)
+    /// live → quitting → finished: `quit()` runs once, and waiters wake only after SHUTDOWN went out.
+    enum Lifecycle { case live, quitting, finished }
+    let lifecycle = Mutex<Lifecycle>(.live)
     public let createdAt: ContinuousClock.Instant
     /// Guest TSC frequency, as KVM reports it for vCPU 0.
     public let tscKHz: UInt32
@@ -95,18 +97,24 @@ public final class Machine: Sendable {
 
     /// Stops the vCPUs for good (QMP `quit`); `waitUntilFinished()` then returns.
     public func quit() {
+        let first = lifecycle.withLock { phase -> Bool in
+            guard phase == .live else { return false }
+            phase = .quitting
+            return true
+        }
+        guard first else { return }
         control.terminate { kickAll() }
         runState.withLock { $0 = .shutdown }
         emit("SHUTDOWN", data: ["guest": false, "reason": "host-qmp-quit"])
-        finished.withLock { $0 = true }
+        lifecycle.withLock { $0 = .finished }
     }
 
     /// Blocks until `quit()` or a guest shutdown.
     public func waitUntilFinished() async {
-        while !finished.withLock({ $0 }) { try? await Task.sleep(for: .milliseconds(20)) }
+        while !isFinished { try? await Task.sleep(for: .milliseconds(20)) }
     }
 
-    public var isFinished: Bool { finished.withLock { $0 } }
+    public var isFinished: Bool { lifecycle.withLock { $0 == .finished } }
 
     func kickAll() { for vcpu in vcpus { vcpu.kick() } }
 

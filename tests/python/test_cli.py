@@ -85,3 +85,27 @@ def test_demo_runs(ferry):
     result = run(ferry, "demo", "--seconds", "1.5", timeout=60)
     assert result.returncode == 0, result.stderr
     assert "host verifier:" in result.stdout and "0 failed" in result.stdout
+
+
+def test_hugetlb_backend_runs_and_verifies(ferry):
+    """Reserves 2 MiB huge pages for the run (root only) and restores the setting."""
+    path = "/proc/sys/vm/nr_hugepages"
+    try:
+        with open(path) as f:
+            before = int(f.read())
+        needed = 64
+        if free_huge_pages() < needed:
+            with open(path, "w") as f:
+                f.write(str(before + needed))
+    except OSError as error:
+        pytest.skip(f"cannot reserve huge pages: {error}")
+    try:
+        if free_huge_pages() < 64:
+            pytest.skip("the kernel could not reserve 64 huge pages")
+        result = run(ferry, "run", "--memory-backend", "hugetlb", "--memory", "128M", "--cpus", "2",
+                     "--workload", "dirty-rate=16M,working-set=16M", "--run-for", "1", "--verify-on-exit", "--serial", "none")
+        assert result.returncode == 0, result.stderr
+        assert "0 failed; guest-reported verify failures: 0" in result.stderr
+    finally:
+        with open(path, "w") as f:
+            f.write(str(before))
