@@ -25,9 +25,9 @@ extension Machine {
             }
             let tscKHz = try vcpus[0].tscKHz()
             let entry = try loadKernel(configuration, tscKHz: tscKHz, into: memory)
-            for vcpu in vcpus {
-                try enterPVH(vcpu, entry: entry)
-            }
+            // Only the BSP starts at the PVH entry; the APs wait for INIT/SIPI
+            // from the guest, as on hardware and under QEMU.
+            try enterPVH(vcpus[0], entry: entry)
             return (vcpus, tscKHz)
         } catch let error as KVMError { throw .kvm(error) }
         catch let error as PVHError { throw .boot(error) }
@@ -45,9 +45,8 @@ extension Machine {
         }
     }
 
-    /// PVH entry state: 32-bit protected mode, flat 4 GiB segments, paging off,
-    /// %ebx = hvm_start_info.  Every vCPU starts here (the kernel tells them
-    /// apart by APIC ID), runnable at once rather than waiting for INIT/SIPI.
+    /// PVH entry state for the boot vCPU: 32-bit protected mode, flat 4 GiB
+    /// segments, paging off, %ebx = hvm_start_info.
     static func enterPVH(_ vcpu: VirtualCPU, entry: PVHLoader.Entry) throws(KVMError) {
         var special = try vcpu.specialRegisters()
         let code = SegmentRegister(base: 0, limit: 0xffff_ffff, selector: 0x10, type: 0xb, db: true, g: true)

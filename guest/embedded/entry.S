@@ -18,6 +18,8 @@
 
 #define MSR_EFER        0xc0000080
 #define MSR_GS_BASE     0xc0000101
+/* An address in .text as an assemble-time constant (the image is linked at LOAD_ADDRESS). */
+#define ADDR(sym) ((sym) - _start + LOAD_ADDRESS)
 
         .section .note.Xen, "a", @note
         .balign 4
@@ -118,6 +120,20 @@ long_mode:
         movl    $0x20000 | TIMER_VECTOR, 0x320(%rdi)
         movl    $TIMER_INITIAL, 0x380(%rdi)
 
+        /* The BSP wakes the APs the standard way (every VMM keeps them waiting
+         * for SIPI): copy the real-mode trampoline below 1 MiB, then INIT and
+         * SIPI to all but itself.  The APs come back through pvh_entry. */
+        testq   %rbp, %rbp
+        jnz     1f
+        leaq    ap_trampoline, %rsi
+        movl    $AP_TRAMPOLINE, %edi
+        movl    $ap_trampoline_end - ap_trampoline, %ecx
+        rep movsb
+        movl    $LAPIC_BASE, %edi
+        movl    $0xc4500, 0x300(%rdi)              /* INIT, assert, all excluding self */
+        movl    $0xc4600 | (AP_TRAMPOLINE >> 12), 0x300(%rdi)   /* STARTUP */
+1:
+
         /* user stack top = ustacks + (cpu + 1) * USTACK_SIZE */
         leaq    1(%rbp), %rax
         shlq    $14, %rax
@@ -209,10 +225,34 @@ timer_interrupt:
 spurious_interrupt:
         iretq
 
+/* ---------------------------------------------------- AP trampoline */
+/* Copied to AP_TRAMPOLINE; an AP starts here in real mode (CS = 0x0800). */
+        .code16
+ap_trampoline:
+        cli
+        cld
+        lgdtl   %cs:(ap_gdt_pointer - ap_trampoline)
+        movl    %cr0, %eax
+        orl     $1, %eax
+        movl    %eax, %cr0
+        ljmpl   $SEL_KCODE32, $ap_protected
+        .balign 8
+ap_gdt_pointer:
+        .word   gdt_end - gdt - 1
+        .long   ADDR(gdt)
+ap_trampoline_end:
+        .code32
+ap_protected:
+        movl    $SEL_KDATA, %eax
+        movl    %eax, %ds
+        movl    %eax, %es
+        movl    %eax, %ss
+        jmp     pvh_entry
+        .code64
+
 /* ------------------------------------------------------------ static data */
 /* Static tables stay in .text so that the assembler can split their
- * addresses into descriptor fields: ADDR() is then an assemble-time constant. */
-#define ADDR(sym) ((sym) - _start + LOAD_ADDRESS)
+ * addresses into descriptor fields (ADDR() is an assemble-time constant). */
 
 /* Identity map of the first 4 GiB (RAM below the hole, IOAPIC, LAPIC) with
  * 2 MiB pages, user-accessible.  PVM's shadow MMU does not take 1 GiB pages.
@@ -245,7 +285,7 @@ tss_array:
 gdt:
         .quad 0
         .quad 0x00209a0000000000        /* 0x08 kernel code, 64-bit */
-        .quad 0x0000920000000000        /* 0x10 kernel data */
+        .quad 0x00cf92000000ffff        /* 0x10 kernel data, flat 4 GiB (APs use it in 32-bit mode) */
         .quad 0x0000f20000000000        /* 0x1b user data */
         .quad 0x0020fa0000000000        /* 0x23 user code, 64-bit */
         .set cpu, 0
@@ -261,6 +301,7 @@ gdt:
         .long 0
         .set cpu, cpu + 1
         .endr
+        .quad 0x00cf9a000000ffff        /* SEL_KCODE32: flat 32-bit code, for APs */
 gdt_end:
 gdt_pointer:
         .word gdt_end - gdt - 1

@@ -18,6 +18,7 @@
 #define SEL_UDATA         0x1b          /* index 3, RPL 3 */
 #define SEL_UCODE         0x23          /* index 4, RPL 3 */
 #define SEL_TSS0          0x28          /* index 5: two 8-byte slots per CPU */
+#define SEL_KCODE32       0x228         /* SEL_TSS0 + 16 * MAX_CPUS: flat 32-bit code, after the TSSs */
 
 /* Per-CPU sizes */
 #define KSTACK_SIZE       4096
@@ -33,6 +34,9 @@
 #define SVC_HEARTBEAT     1             /* rdi = record address */
 #define SVC_WRITE         2             /* rdi = buffer, rsi = length: bytes to COM1 */
 #define SVC_SLEEP         3             /* halt until the next interrupt */
+
+#define AP_TRAMPOLINE     0x8000        /* real-mode AP entry, below 1 MiB (SIPI vector 8) */
+#define TIMER_HZ          100           /* LAPIC timer ticks per second (KVM's APIC bus is 1 GHz) */
 
 /* LAPIC */
 #define LAPIC_BASE        0xfee00000

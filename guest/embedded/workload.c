@@ -13,7 +13,8 @@
  * err=<n>" on COM1, totals over all vCPUs.
  *
  * Command line (hvm_start_info): cpus=N tsc-khz=N dirty-rate=BYTES|max
- * working-set=BYTES (K/M/G suffixes).  dirty-rate=0 is the idle workload:
+ * working-set=BYTES (K/M/G suffixes).  Without tsc-khz the guest measures the
+ * TSC against its LAPIC timer.  dirty-rate=0 is the idle workload:
  * touch the working set once, then only beat.
  */
 #include "layout.h"
@@ -282,12 +283,35 @@ static void banner(const struct config *c, const struct stripe *st) {
     print(line, at);
 }
 
+/* vCPU 0 measures the TSC against its LAPIC timer (KVM's in-kernel LAPIC
+ * runs at a 1 GHz bus under every VMM, so TIMER_HZ ticks a second) when the
+ * command line has no tsc-khz; the others wait for its answer. */
+static volatile u64 calibrated_khz;
+
+static u64 tsc_at_next_tick(const struct percpu *pc) {
+    u64 ticks = ((volatile const struct percpu *)pc)->ticks;
+    while (((volatile const struct percpu *)pc)->ticks == ticks) __asm__ volatile("pause");
+    return rdtsc();
+}
+
+static u64 tsc_khz_shared(u64 cpu, const struct percpu *pc) {
+    if (cpu == 0) {
+        const u64 span = 5;                     /* 50 ms */
+        u64 start = tsc_at_next_tick(pc), end = start;
+        for (u64 i = 0; i < span; i++) end = tsc_at_next_tick(pc);
+        u64 khz = (end - start) * TIMER_HZ / span / 1000;
+        calibrated_khz = khz ? khz : 1000000;
+    }
+    while (!calibrated_khz) __asm__ volatile("pause");
+    return calibrated_khz;
+}
+
 void workload_main(u64 cpu, const struct start_info *si) {
     struct config c = { .cpus = 1, .tsc_khz = 0, .dirty_rate = 0, .working_set = 0, .max_rate = 0 };
     if (si && si->cmdline_paddr) parse_cmdline((const char *)si->cmdline_paddr, &c);
     if (c.cpus == 0 || c.cpus > MAX_CPUS) c.cpus = 1;
-    if (c.tsc_khz == 0) c.tsc_khz = 1000000;        /* assume 1 GHz if not told */
     struct percpu *pc = this_cpu();
+    if (c.tsc_khz == 0) c.tsc_khz = tsc_khz_shared(cpu, pc);
     if (cpu == 0) map_high_memory(si);
     while (!memory_mapped) __asm__ volatile("pause");
     struct stripe st;
