@@ -30,11 +30,17 @@ if ! cmp -s "$tmp" Sources/EmbeddedGuest/EmbeddedGuestImage.swift; then
     exit 1
 fi
 
+echo "== installing QEMU 10 (bookworm-backports) for the side-by-side tests"
+scripts/install-qemu.sh
+
 echo "== swift build"
 swift build --build-tests
+
+echo "== building the tiny PVH test kernel"
+guest/pvhtest/build.sh .build/pvhtest.elf
 
 echo "== swift test"
 swift test --skip-build
 
 echo "== pytest (CLI and qemu.qmp)"
-FERRY="$PWD/.build/debug/ferry" .venv/bin/pytest -q tests/python
+FERRY="$PWD/.build/debug/ferry" FERRY_PVHTEST="$PWD/.build/pvhtest.elf" .venv/bin/pytest -q tests/python

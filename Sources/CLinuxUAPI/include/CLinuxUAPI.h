@@ -106,14 +106,20 @@ static inline long CLinuxUAPI_mmap(void *address, size_t length, int protection,
 }
 
 /* The signal that kicks a vCPU thread out of KVM_RUN: a no-op handler installed
- * without SA_RESTART, so the ioctl returns EINTR. */
+ * without SA_RESTART, so the ioctl returns EINTR; unblocked in the calling thread. */
 static void CLinuxUAPI_kick_handler(int signal) { (void)signal; }
 static inline int CLinuxUAPI_install_kick_signal(int signal) {
     struct sigaction action;
     memset(&action, 0, sizeof action);
     action.sa_handler = CLinuxUAPI_kick_handler;
     sigemptyset(&action.sa_mask);
-    return sigaction(signal, &action, NULL) == 0 ? 0 : -errno;
+    if (sigaction(signal, &action, NULL) != 0) return -errno;
+    /* Threads may start with the signal blocked (the runtime blocks signals in
+     * threads it creates); a blocked kick cannot wake a vCPU halted in the kernel. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, signal);
+    return -pthread_sigmask(SIG_UNBLOCK, &set, NULL);
 }
 static inline int CLinuxUAPI_kick_thread(pthread_t thread, int signal) {
     return -pthread_kill(thread, signal);
