@@ -1,13 +1,14 @@
 import ArgumentParser
 import EmbeddedGuest
 import Foundation
+import VMM
 
 /// `ferry guest export`: write the embedded test guest as a PVH ELF file.
 struct GuestCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "guest",
         abstract: "Work with the embedded test guest.",
-        subcommands: [Export.self])
+        subcommands: [Export.self, CommandLine.self])
 
     struct Export: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -26,6 +27,30 @@ struct GuestCommand: ParsableCommand {
                 throw FerryFailure.badInput("cannot write '\(output)'")
             }
             print("wrote \(EmbeddedGuest.elfImage.count) bytes to \(output)")
+        }
+    }
+
+    struct CommandLine: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "cmdline",
+            abstract: "Print the kernel command line Ferry gives the embedded guest.",
+            discussion: "Pass it to another VMM (QEMU's -append) to run the exported guest exactly as Ferry runs it, with this host's TSC frequency.")
+
+        @Option(help: "Number of vCPUs (1-32).")
+        var cpus: Int = 1
+
+        @Option(help: ArgumentHelp("The workload, as for 'ferry run --workload'.", valueName: "spec"))
+        var workload: String = "idle"
+
+        func run() throws {
+            guard MachineConfiguration.cpuRange.contains(cpus) else {
+                throw FerryFailure.badInput(MachineError.invalidCPUCount(cpus).description)
+            }
+            let spec: WorkloadSpec
+            do { spec = try WorkloadSpec(parsing: workload) } catch { throw FerryFailure.badInput("invalid --workload: \(error)") }
+            let khz: UInt32
+            do { khz = try HostFacts.guestTSCKHz() } catch { throw FerryFailure.runtime(error.description) }
+            print(EmbeddedGuest.commandLine(workload: spec, cpus: cpus, tscKHz: khz))
         }
     }
 }

@@ -109,3 +109,13 @@ def test_hugetlb_backend_runs_and_verifies(ferry):
     finally:
         with open(path, "w") as f:
             f.write(str(before))
+
+
+def test_guest_cmdline_prints_what_ferry_passes(ferry):
+    result = run(ferry, "guest", "cmdline", "--cpus", "2", "--workload", "dirty-rate=64M,working-set=1G")
+    assert result.returncode == 0, result.stderr
+    fields = dict(item.split("=", 1) for item in result.stdout.split())
+    assert fields["cpus"] == "2" and fields["dirty-rate"] == str(64 << 20) and fields["working-set"] == str(1 << 30)
+    assert int(fields["tsc-khz"]) > 100000
+    bad = run(ferry, "guest", "cmdline", "--cpus", "0")
+    assert bad.returncode == 2 and "--cpus must be between 1 and 32" in bad.stderr
