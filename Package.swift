@@ -30,6 +30,8 @@ let package = Package(
         .target(name: "PVHBoot", dependencies: ["GuestMemory"], swiftSettings: strict),
         // The built-in test guest: image bytes, its ABI, the host-side page verifier.
         .target(name: "EmbeddedGuest", dependencies: ["GuestMemory"], swiftSettings: strict),
+        // The migration engine: RAM blocks, pages, channels and state. No KVM, no NIO.
+        .target(name: "Migration", dependencies: ["GuestMemory"], swiftSettings: strict),
         // Emulated devices: 16550 UART, the guest service port.
         .target(name: "Devices", dependencies: ["GuestMemory"], swiftSettings: strict),
         // Pure QMP: commands, replies, events, negotiation. No I/O.
@@ -37,13 +39,13 @@ let package = Package(
         // QMP over a Unix socket, on SwiftNIO.
         .target(name: "QMPSocket", dependencies: ["QMP", nioCore, nioPosix], swiftSettings: strict),
         // Composition root: the machine, vCPU threads, run state.
-        .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "PVHBoot", "EmbeddedGuest", "Devices", "QMP"],
+        .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "PVHBoot", "EmbeddedGuest", "Devices", "QMP", "Migration"],
                 swiftSettings: strict),
         .executableTarget(name: "ferry", dependencies: ["VMM", "QMPSocket", "QMP", "EmbeddedGuest", "GuestMemory",
                                                         argumentParser], swiftSettings: strict),
         .testTarget(name: "GuestMemoryTests", dependencies: ["GuestMemory"]),
         .testTarget(name: "EmbeddedGuestTests", dependencies: ["EmbeddedGuest", "GuestMemory", "PVHBoot"]),
         .testTarget(name: "QMPTests", dependencies: ["QMP"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["VMM", "KVM", "GuestMemory", "EmbeddedGuest", "QMP"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["VMM", "KVM", "GuestMemory", "EmbeddedGuest", "QMP", "Migration"]),
     ]
 )

@@ -1,3 +1,4 @@
+import SystemPackage
 import Glibc
 import CLinuxUAPI
 import SystemPackage
@@ -86,4 +87,30 @@ enum Ioctl {
     static func currentThread() -> pthread_t { pthread_self() }
 
     static func currentThreadID() -> Int32 { CLinuxUAPI_gettid() }
+}
+
+extension Ioctl {
+    /// KVM_GET_DIRTY_LOG into `words` (sized by the caller for the slot).
+    static func getDirtyLog(_ vm: Int32, slot: UInt32, into words: inout [UInt64]) throws(KVMError) {
+        // SAFETY: `words` holds ceil(pages / 64) words, what KVM writes for this slot.
+        let result = unsafe words.withUnsafeMutableBufferPointer { unsafe CLinuxUAPI_get_dirty_log(vm, slot, $0.baseAddress) }
+        guard result >= 0 else { throw .ioctl(IoctlRequest(name: "KVM_GET_DIRTY_LOG", number: CLinuxUAPI_KVM_GET_DIRTY_LOG), Errno(rawValue: Int32(-result))) }
+    }
+
+    /// KVM_CLEAR_DIRTY_LOG of the pages set in `words`, from page 0 of the slot.
+    static func clearDirtyLog(_ vm: Int32, slot: UInt32, pageCount: Int, words: inout [UInt64]) throws(KVMError) {
+        // SAFETY: `words` covers `pageCount` pages; KVM only reads it.
+        let result = unsafe words.withUnsafeMutableBufferPointer {
+            unsafe CLinuxUAPI_clear_dirty_log(vm, slot, 0, UInt32(pageCount), $0.baseAddress)
+        }
+        guard result >= 0 else { throw .ioctl(IoctlRequest(name: "KVM_CLEAR_DIRTY_LOG", number: CLinuxUAPI_KVM_CLEAR_DIRTY_LOG), Errno(rawValue: Int32(-result))) }
+    }
+
+    /// KVM_ENABLE_CAP on the VM with one argument.
+    static func enableCapability(_ vm: Int32, _ capability: UInt32, argument: UInt64) throws(KVMError) {
+        var cap = kvm_enable_cap()
+        cap.cap = capability
+        cap.args.0 = argument
+        try pointer(vm, IoctlRequest(name: "KVM_ENABLE_CAP", number: CLinuxUAPI_KVM_ENABLE_CAP), &cap)
+    }
 }

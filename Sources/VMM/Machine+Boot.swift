@@ -3,15 +3,31 @@ import GuestMemory
 import KVM
 import PVHBoot
 
+/// One KVM memory slot: which block and placement it maps.
+struct MemorySlotMapping: Sendable {
+    let slot: MemorySlot
+    let block: RAMBlock
+    let firstSlotOfBlock: MemorySlot
+    let placement: RAMBlock.Placement
+
+    var pageCount: Int { Int(placement.guestRange.byteCount / UInt64(PageSize.base.byteCount)) }
+    var firstBlockPage: Int { Int(placement.blockOffset / UInt64(PageSize.base.byteCount)) }
+}
+
 extension Machine {
     /// Maps RAM, loads the kernel (embedded or outside, both PVH) and creates
     /// the vCPUs at its 32-bit entry, as the PVH boot ABI says.
     static func boot(_ configuration: MachineConfiguration, vm: VirtualMachine, memory: GuestMemoryMap)
-        throws(MachineError) -> ([VirtualCPU], UInt32) {
+        throws(MachineError) -> ([VirtualCPU], UInt32, [MemorySlotMapping]) {
         do {
             var slot: UInt32 = 0
+            var mappings: [MemorySlotMapping] = []
             for block in memory.blocks {
-                let slots = try vm.map(block, firstSlot: MemorySlot(rawValue: slot), logDirtyPages: false)
+                let first = MemorySlot(rawValue: slot)
+                let slots = try vm.map(block, firstSlot: first, logDirtyPages: false)
+                for (placement, number) in zip(block.placements, slots) {
+                    mappings.append(MemorySlotMapping(slot: number, block: block, firstSlotOfBlock: first, placement: placement))
+                }
                 slot += UInt32(slots.count)
             }
             let cpuid = try vm.supportedCPUID
@@ -28,7 +44,7 @@ extension Machine {
             // Only the BSP starts at the PVH entry; the APs wait for INIT/SIPI
             // from the guest, as on hardware and under QEMU.
             try enterPVH(vcpus[0], entry: entry)
-            return (vcpus, tscKHz)
+            return (vcpus, tscKHz, mappings)
         } catch let error as KVMError { throw .kvm(error) }
         catch let error as PVHError { throw .boot(error) }
         catch let error as MachineError { throw error }

@@ -17,6 +17,7 @@ public final class Machine: Sendable {
     public let serial: Serial16550
     let vm: VirtualMachine
     let vcpus: [VirtualCPU]
+    let memorySlots: [MemorySlotMapping]
     let control: RunControl
     let tracker: GuestProgressTracker
     let runState = Mutex<RunState>(.paused)
@@ -39,6 +40,7 @@ public final class Machine: Sendable {
             let system = try KVMSystem()
             vm = try system.makeVirtualMachine()
             try vm.createPlatform()
+            try vm.enableManualDirtyLogProtection()
         } catch { throw .kvm(error) }
         do { memory = try GuestMemoryMap.pc(byteCount: configuration.memoryBytes, backend: configuration.backend) }
         catch { throw .memory(error) }
@@ -48,7 +50,7 @@ public final class Machine: Sendable {
         })
         control = RunControl(vcpuCount: configuration.cpus)
         tracker = GuestProgressTracker(cpuCount: configuration.cpus)
-        (vcpus, tscKHz) = try Self.boot(configuration, vm: vm, memory: memory)
+        (vcpus, tscKHz, memorySlots) = try Self.boot(configuration, vm: vm, memory: memory)
     }
 
     /// Starts one thread per vCPU and runs the guest.

@@ -40,6 +40,7 @@ static const unsigned long CLinuxUAPI_KVM_SET_TSS_ADDR = KVM_SET_TSS_ADDR;
 static const unsigned long CLinuxUAPI_KVM_SET_IDENTITY_MAP_ADDR = KVM_SET_IDENTITY_MAP_ADDR;
 static const unsigned long CLinuxUAPI_KVM_GET_DIRTY_LOG = KVM_GET_DIRTY_LOG;
 static const unsigned long CLinuxUAPI_KVM_ENABLE_CAP = KVM_ENABLE_CAP;
+static const unsigned long CLinuxUAPI_KVM_CLEAR_DIRTY_LOG = KVM_CLEAR_DIRTY_LOG;
 /* ---- vCPU ioctls */
 static const unsigned long CLinuxUAPI_KVM_RUN = KVM_RUN;
 static const unsigned long CLinuxUAPI_KVM_GET_REGS = KVM_GET_REGS;
@@ -126,6 +127,25 @@ static inline int CLinuxUAPI_kick_thread(pthread_t thread, int signal) {
 }
 
 static inline int CLinuxUAPI_gettid(void) { return (int)syscall(SYS_gettid); }
+
+/* KVM_GET_DIRTY_LOG / KVM_CLEAR_DIRTY_LOG with a caller-owned bitmap of
+ * ceil(pages / 64) words: the structs hold a pointer, so they are built here. */
+static inline long CLinuxUAPI_get_dirty_log(int vm, unsigned int slot, uint64_t *bitmap) {
+    struct kvm_dirty_log log;
+    memset(&log, 0, sizeof log);
+    log.slot = slot;
+    log.dirty_bitmap = bitmap;
+    return CLinuxUAPI_ioctl_pointer(vm, KVM_GET_DIRTY_LOG, &log);
+}
+static inline long CLinuxUAPI_clear_dirty_log(int vm, unsigned int slot, uint64_t first_page, uint32_t pages, uint64_t *bitmap) {
+    struct kvm_clear_dirty_log clear;
+    memset(&clear, 0, sizeof clear);
+    clear.slot = slot;
+    clear.first_page = first_page;
+    clear.num_pages = pages;
+    clear.dirty_bitmap = bitmap;
+    return CLinuxUAPI_ioctl_pointer(vm, KVM_CLEAR_DIRTY_LOG, &clear);
+}
 
 /* kvm_cpuid2 with room for entries: Swift cannot express the flexible array. */
 #define CLINUXUAPI_MAX_CPUID_ENTRIES 256

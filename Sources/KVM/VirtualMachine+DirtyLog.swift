@@ -1,0 +1,39 @@
+import CLinuxUAPI
+import GuestMemory
+
+extension VirtualMachine {
+    /// Turns on manual dirty-log protection with initially-set bitmaps
+    /// (`KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2`): enabling logging then costs
+    /// nothing up front, the first collection reports every page, and pages are
+    /// write-protected again only when `collectDirtyLog` clears them.
+    public func enableManualDirtyLogProtection() throws(KVMError) {
+        guard system.checkExtension(Int32(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2)) != 0 else {
+            throw .missingCapability("KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2")
+        }
+        try Ioctl.enableCapability(descriptor, UInt32(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2),
+                                   argument: UInt64(KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | KVM_DIRTY_LOG_INITIALLY_SET))
+    }
+
+    /// Starts or stops dirty logging on the slots of `block` (numbered from `firstSlot`
+    /// as `map` numbered them), by re-installing each slot with the new flag.
+    public func setDirtyLogging(_ block: RAMBlock, firstSlot: MemorySlot, enabled: Bool) throws(KVMError) {
+        try map(block, firstSlot: firstSlot, logDirtyPages: enabled)
+    }
+
+    /// Returns and clears the pages the guest wrote in `slot` since the last call
+    /// (every page on the first call after logging starts).  Corresponds to
+    /// `KVM_GET_DIRTY_LOG` followed by `KVM_CLEAR_DIRTY_LOG` of exactly the pages
+    /// returned: a page written after the clear is reported by the next call, so
+    /// read a page's contents only after collecting it.
+    ///
+    /// Pages written by the VMM itself are not included.
+    /// - Throws: ``KVMError/ioctl(_:_:)`` with `ENOENT` if `slot` is not logging.
+    public func collectDirtyLog(slot: MemorySlot, pageCount: Int) throws(KVMError) -> DirtyBitmap {
+        var words = [UInt64](repeating: 0, count: (pageCount + 63) / 64)
+        try Ioctl.getDirtyLog(descriptor, slot: slot.rawValue, into: &words)
+        if words.contains(where: { $0 != 0 }) {
+            try Ioctl.clearDirtyLog(descriptor, slot: slot.rawValue, pageCount: pageCount, words: &words)
+        }
+        return DirtyBitmap(words: words, pageCount: pageCount)
+    }
+}

@@ -1,0 +1,45 @@
+import GuestMemory
+import KVM
+import Migration
+
+/// Dirty pages from KVM's dirty log with manual clearing, per RAM block.
+///
+/// Every slot of every block logs while tracking is on; `collectDirtyPages`
+/// gets and clears each slot's log and places it in its block's bitmap.
+final class KVMDirtyLogSource: DirtyPageSource {
+    let vm: VirtualMachine
+    let slots: [MemorySlotMapping]
+
+    init(vm: VirtualMachine, slots: [MemorySlotMapping]) {
+        self.vm = vm
+        self.slots = slots
+    }
+
+    func startTracking() throws { try setLogging(true) }
+    func stopTracking() throws { try setLogging(false) }
+
+    private func setLogging(_ enabled: Bool) throws {
+        var done = Set<ObjectIdentifier>()
+        for mapping in slots where done.insert(ObjectIdentifier(mapping.block)).inserted {
+            try vm.setDirtyLogging(mapping.block, firstSlot: mapping.firstSlotOfBlock, enabled: enabled)
+        }
+    }
+
+    func collectDirtyPages() throws -> [String: DirtyBitmap] {
+        var result: [String: DirtyBitmap] = [:]
+        for mapping in slots {
+            let log = try vm.collectDirtyLog(slot: mapping.slot, pageCount: mapping.pageCount)
+            var bitmap = result[mapping.block.name] ?? DirtyBitmap(pageCount: Int(mapping.block.byteCount) / PageSize.base.byteCount)
+            bitmap.insert(log, atPage: mapping.firstBlockPage)
+            result[mapping.block.name] = bitmap
+        }
+        return result
+    }
+}
+
+extension Machine {
+    /// A dirty-page source over all of this machine's RAM (KVM's dirty log).
+    public func makeDirtyPageSource() -> any DirtyPageSource {
+        KVMDirtyLogSource(vm: vm, slots: memorySlots)
+    }
+}
