@@ -30,8 +30,10 @@ let package = Package(
         .target(name: "PVHBoot", dependencies: ["GuestMemory"], swiftSettings: strict),
         // The built-in test guest: image bytes, its ABI, the host-side page verifier.
         .target(name: "EmbeddedGuest", dependencies: ["GuestMemory"], swiftSettings: strict),
+        // Pure: the migration stream format (framing, configuration, page records, sections).
+        .target(name: "MigrationProtocol", swiftSettings: strict),
         // The migration engine: RAM blocks, pages, channels and state. No KVM, no NIO.
-        .target(name: "Migration", dependencies: ["GuestMemory"], swiftSettings: strict),
+        .target(name: "Migration", dependencies: ["GuestMemory", "MigrationProtocol"], swiftSettings: strict),
         // Emulated devices: 16550 UART, the guest service port.
         .target(name: "Devices", dependencies: ["GuestMemory"], swiftSettings: strict),
         // Pure QMP: commands, replies, events, negotiation. No I/O.
@@ -46,6 +48,7 @@ let package = Package(
         .testTarget(name: "GuestMemoryTests", dependencies: ["GuestMemory"]),
         .testTarget(name: "EmbeddedGuestTests", dependencies: ["EmbeddedGuest", "GuestMemory", "PVHBoot"]),
         .testTarget(name: "QMPTests", dependencies: ["QMP"]),
+        .testTarget(name: "MigrationProtocolTests", dependencies: ["MigrationProtocol"]),
         .testTarget(name: "IntegrationTests", dependencies: ["VMM", "KVM", "GuestMemory", "EmbeddedGuest", "QMP", "Migration"]),
     ]
 )

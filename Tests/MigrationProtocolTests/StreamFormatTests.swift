@@ -1,0 +1,134 @@
+import Testing
+@testable import MigrationProtocol
+
+@Suite struct StreamFormatTests {
+    let layout = MigrationConfiguration(blocks: [.init(name: "pc.ram", byteCount: 1 << 20, pageSize: 4096),
+                                                 .init(name: "vga.ram", byteCount: 64 << 10, pageSize: 4096)], vcpuCount: 2)
+
+    func page(_ fill: UInt8) -> ArraySlice<UInt8> { [UInt8](repeating: fill, count: 4096)[...] }
+
+    func sampleStream() -> [UInt8] {
+        var batch = PageBatchWriter()
+        batch.append(block: 0, offset: 0, page: page(1))
+        batch.append(block: 0, offset: 4096, page: nil)
+        batch.append(block: 1, offset: 8192, page: page(2))
+        batch.append(block: 1, offset: 12288, page: page(3))
+        return StreamHeader.encode()
+            + FrameEncoder.frame(.configuration, payload: layout.encode())
+            + FrameEncoder.frame(.pages, payload: batch.payload())
+            + FrameEncoder.frame(.section, payload: StateSection(name: "cpu/0", version: 1, state: [9, 8, 7]).encode())
+            + FrameEncoder.frame(.end, payload: [])
+    }
+
+    /// Decodes a whole stream fed `chunk` bytes at a time.
+    func decode(_ stream: [UInt8], chunk: Int) throws -> [(FrameKind, [UInt8])] {
+        _ = try StreamHeader.decode(Array(stream.prefix(StreamHeader.byteCount)))
+        var decoder = FrameDecoder()
+        var frames: [(FrameKind, [UInt8])] = []
+        var at = StreamHeader.byteCount
+        while at < stream.count {
+            decoder.feed(stream[at..<min(at + chunk, stream.count)])
+            at += chunk
+            while case .frame(let header, let payload) = try decoder.next() { frames.append((header.kind, payload)) }
+        }
+        #expect(decoder.bufferedByteCount == 0)
+        return frames
+    }
+
+    @Test("a stream round-trips fed whole or split at every byte boundary")
+    func roundTrip() throws {
+        let stream = sampleStream()
+        let whole = try decode(stream, chunk: stream.count)
+        #expect(whole.map(\.0) == [.configuration, .pages, .section, .end])
+        for chunk in [1, 2, 7, 15, 16, 17, 4095, 4096, 4097] {
+            let split = try decode(stream, chunk: chunk)
+            #expect(split.map(\.0) == whole.map(\.0) && split.map(\.1) == whole.map(\.1), "chunk \(chunk)")
+        }
+        #expect(try MigrationConfiguration(decoding: whole[0].1) == layout)
+        let records = try PageBatchReader(layout: layout.blocks).records(in: whole[1].1)
+        #expect(records.map(\.block) == [0, 0, 1, 1])
+        #expect(records.map(\.offset) == [0, 4096, 8192, 12288])
+        #expect(records.map(\.kind) == [.data, .zero, .data, .data])
+        #expect(records[2].data == page(2))
+        #expect(try StateSection(decoding: whole[2].1) == StateSection(name: "cpu/0", version: 1, state: [9, 8, 7]))
+    }
+
+    @Test func headerIsChecked() {
+        #expect(throws: ProtocolError.badMagic) { try StreamHeader.decode(Array("QEMU".utf8) + [UInt8](repeating: 0, count: 12)) }
+        var future = StreamHeader.encode()
+        future[8] = 9
+        #expect(throws: ProtocolError.unsupportedVersion(9, supported: 1...1)) { try StreamHeader.decode(future) }
+        #expect(throws: ProtocolError.truncated("stream header")) { try StreamHeader.decode([0x46]) }
+    }
+
+    @Test("a corrupted byte anywhere in a frame is caught")
+    func corruptionIsCaught() {
+        let frame = FrameEncoder.frame(.pages, payload: { var b = PageBatchWriter(); b.append(block: 0, offset: 0, page: page(5)); return b.payload() }())
+        for position in stride(from: FrameHeader.byteCount, to: frame.count, by: 97) {
+            var bad = frame
+            bad[position] ^= 0x10
+            var decoder = FrameDecoder()
+            decoder.feed(bad)
+            #expect(throws: ProtocolError.checksumMismatch(kind: 2)) { _ = try decoder.next() }
+        }
+    }
+
+    @Test("hostile headers: invalid kind, reserved bits, huge lengths")
+    func hostileHeaders() {
+        func header(kind: UInt16, version: UInt16 = 1, reserved: UInt32 = 0, length: UInt64) -> [UInt8] {
+            var w = WireWriter()
+            w.u16(kind); w.u16(version); w.u32(reserved); w.u64(length)
+            return w.bytes
+        }
+        for (bytes, error) in [(header(kind: 0, length: 0), ProtocolError.invalidFrameKind(0)),
+                               (header(kind: 99, length: 0), .invalidFrameKind(99)),
+                               (header(kind: 2, version: 2, length: 0), .unsupportedFrameVersion(kind: 2, version: 2)),
+                               (header(kind: 2, reserved: 1, length: 0), .reservedFieldNotZero),
+                               (header(kind: 2, length: UInt64.max), .payloadTooLarge(UInt64.max, limit: 64 << 20))] {
+            var decoder = FrameDecoder()
+            decoder.feed(bytes)
+            #expect(throws: error) { _ = try decoder.next() }
+        }
+    }
+
+    @Test("hostile page records never point outside a block")
+    func hostilePageRecords() {
+        let reader = PageBatchReader(layout: layout.blocks)
+        func records(_ build: (inout WireWriter) -> Void) throws -> [PageRecord] {
+            var w = WireWriter()
+            build(&w)
+            return try reader.records(in: w.bytes)
+        }
+        // Offset at the end of the block, unaligned, wrapping, unknown block, continuation first, lying count.
+        #expect(throws: ProtocolError.pageOutsideBlock(block: "pc.ram", offset: 1 << 20)) {
+            try records { $0.u32(1); $0.u8(2); $0.u8(0); $0.u16(0); $0.u64(1 << 20) }
+        }
+        #expect(throws: ProtocolError.pageOutsideBlock(block: "pc.ram", offset: 100)) {
+            try records { $0.u32(1); $0.u8(2); $0.u8(0); $0.u16(0); $0.u64(100) }
+        }
+        #expect(throws: ProtocolError.pageOutsideBlock(block: "vga.ram", offset: UInt64.max - 4095)) {
+            try records { $0.u32(1); $0.u8(2); $0.u8(0); $0.u16(1); $0.u64(UInt64.max - 4095) }
+        }
+        #expect(throws: ProtocolError.unknownBlock(7)) { try records { $0.u32(1); $0.u8(2); $0.u8(0); $0.u16(7); $0.u64(0) } }
+        #expect(throws: ProtocolError.self) { try records { $0.u32(1); $0.u8(2); $0.u8(1); $0.u64(0) } }
+        #expect(throws: ProtocolError.malformed("record count 4000000000 exceeds the frame")) { try records { $0.u32(4_000_000_000) } }
+        #expect(throws: ProtocolError.truncated("record 0 page")) {
+            try records { $0.u32(1); $0.u8(1); $0.u8(0); $0.u16(0); $0.u64(0); $0.append([1, 2, 3]) }
+        }
+        #expect(throws: ProtocolError.self) { try records { $0.u32(1); $0.u8(0); $0.u8(0); $0.u16(0); $0.u64(0) } }
+    }
+
+    @Test("a configuration mismatch names the difference")
+    func configurationMismatch() throws {
+        let other = MigrationConfiguration(blocks: [.init(name: "pc.ram", byteCount: 2 << 20, pageSize: 4096),
+                                                    .init(name: "vga.ram", byteCount: 64 << 10, pageSize: 4096)], vcpuCount: 2)
+        #expect(throws: ProtocolError.configurationMismatch("RAM block 'pc.ram' is 2097152 bytes on the source, 1048576 here")) {
+            try layout.check(incoming: other)
+        }
+        #expect(throws: ProtocolError.configurationMismatch("source has 1 vCPUs, destination 2")) {
+            try layout.check(incoming: MigrationConfiguration(blocks: layout.blocks, vcpuCount: 1))
+        }
+        try layout.check(incoming: try MigrationConfiguration(decoding: layout.encode()))
+        #expect(throws: ProtocolError.self) { try MigrationConfiguration(decoding: [1, 0, 0, 0, 0, 0]) }
+    }
+}
