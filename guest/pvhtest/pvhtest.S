@@ -62,13 +62,7 @@ start:
         jz      3f
         pushl   %ecx
         puts    $s_memmap
-        movl    0(%edi), %eax
-        movl    4(%edi), %edx
-        call    put_hex64
-        call    space
-        movl    8(%edi), %eax
-        movl    12(%edi), %edx
-        call    put_hex64
+        call    put_address_size
         call    space
         movl    16(%edi), %eax
         call    put_dec
@@ -86,13 +80,7 @@ start:
         je      4f
         movl    16(%ebp), %edi          /* modlist_paddr */
         puts    $s_module0
-        movl    0(%edi), %eax
-        movl    4(%edi), %edx
-        call    put_hex64
-        call    space
-        movl    8(%edi), %eax
-        movl    12(%edi), %edx
-        call    put_hex64
+        call    put_address_size
         puts    $s_head
         movl    0(%edi), %esi
         movl    $8, %ecx
@@ -119,6 +107,16 @@ put_cstring:
         movl    $COM1, %edx
         rep outsb
         ret
+
+/* put_address_size: the two u64 at %edi (address, size) as hex, space between. */
+put_address_size:
+        movl    0(%edi), %eax
+        movl    4(%edi), %edx
+        call    put_hex64
+        call    space
+        movl    8(%edi), %eax
+        movl    12(%edi), %edx
+        jmp     put_hex64
 
 /* put_hex64: %edx:%eax as 16 hex digits. */
 put_hex64:
