@@ -44,9 +44,10 @@ public enum PageVerifier {
     public enum PageState: Equatable, Sendable { case untouched, valid, corrupt }
 
     /// Checks one page's words (512 of them) as the guest wrote them for `index`.
-    public static func check(words: UnsafeBufferPointer<UInt64>, index: UInt64) -> PageState {
+    public static func check(words: Span<UInt64>, index: UInt64) -> PageState {
         if words[0] == 0 {
-            return words.allSatisfy { $0 == 0 } ? .untouched : .corrupt
+            for i in words.indices where words[i] != 0 { return .corrupt }
+            return .untouched
         }
         guard words[0] == GuestABI.pageMagic, words[1] == index, words[3] == checksum(body: words) else { return .corrupt }
         return .valid
@@ -54,7 +55,7 @@ public enum PageVerifier {
 
     /// The guest's body checksum: four FNV-style lanes over words 4..511, mixed.
     /// Must match checksum_body() in guest/embedded/workload.c.
-    public static func checksum(body words: UnsafeBufferPointer<UInt64>) -> UInt64 {
+    public static func checksum(body words: Span<UInt64>) -> UInt64 {
         let prime: UInt64 = 0x100_0000_01b3
         var h0: UInt64 = 0xcbf2_9ce4_8422_2325
         var h1 = h0 ^ 1, h2 = h0 ^ 2, h3 = h0 ^ 3

@@ -69,11 +69,13 @@ public final class GuestMemoryMap: Sendable {
 
     /// Calls `body` with a read-only view of the 64-bit words of the page at
     /// `address` (4 KiB, inside one placement).  The guest may be writing them.
-    public func withPageWords<R>(at address: GuestAddress, _ body: (UnsafeBufferPointer<UInt64>) -> R) throws(GuestMemoryError) -> R {
+    public func withPageWords<R>(at address: GuestAddress, _ body: (Span<UInt64>) -> R) throws(GuestMemoryError) -> R {
         let (block, offset) = try locate(address, length: UInt64(PageSize.base.byteCount))
         return unsafe block.mapping.withBytes(at: offset, count: PageSize.base.byteCount) { raw in
-            // SAFETY: mappings are page-aligned and offsets 4 KiB-aligned here, so the words are aligned.
-            unsafe body(raw.assumingMemoryBound(to: UInt64.self))
+            // SAFETY: mappings are page-aligned and the offset 4 KiB-aligned, so the words are
+            // aligned; the span cannot outlive `body`.
+            let words = unsafe raw.assumingMemoryBound(to: UInt64.self)
+            return body(unsafe Span(_unsafeElements: words))
         }
     }
 
@@ -86,7 +88,7 @@ public final class GuestMemoryMap: Sendable {
             while address < range.end {
                 let word = try! withPageWords(at: address) { words in
                     var h: UInt64 = 0xcbf2_9ce4_8422_2325
-                    for word in words { h = (h ^ word) &* 0x100_0000_01b3 }
+                    for i in words.indices { h = (h ^ words[i]) &* 0x100_0000_01b3 }
                     return h
                 }
                 hash = (hash ^ word) &* 0x100_0000_01b3

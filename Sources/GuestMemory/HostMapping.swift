@@ -41,7 +41,7 @@ import SystemPackage
         let flags = backend == .anon
             ? MAP_PRIVATE | MAP_ANONYMOUS | CLinuxUAPI_MAP_NORESERVE
             : MAP_SHARED | CLinuxUAPI_MAP_NORESERVE
-        let address = unsafe CLinuxUAPI_mmap(nil, length, PROT_READ | PROT_WRITE, flags, fd, 0)
+        let address = CLinuxUAPI_mmap(nil, length, PROT_READ | PROT_WRITE, flags, fd, 0)
         guard address > 0, let pointer = unsafe UnsafeMutableRawPointer(bitPattern: address) else {
             if fd >= 0 { close(fd) }
             throw .mapFailed(backend: backend, byteCount: byteCount, errno: Int32(-address))
@@ -115,7 +115,7 @@ public enum HostMemory {
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
         while true {
-            let count = (try? chunk.withUnsafeMutableBytes { try fd.read(into: $0) }) ?? 0
+            let count = (try? unsafe chunk.withUnsafeMutableBytes { try unsafe fd.read(into: $0) }) ?? 0
             if count <= 0 { break }
             bytes += chunk[..<count]
         }

@@ -29,11 +29,12 @@ public struct CPUIDTable: @unchecked Sendable {
         return unsafe withUnsafeBytes(of: &table.raw.entries) { raw in
             let entries = unsafe raw.bindMemory(to: kvm_cpuid_entry2.self)
             for i in 0..<count where unsafe entries[i].function == function && entries[i].index == 0 {
-                let value = unsafe switch register {
-                case .eax: entries[i].eax
-                case .ebx: entries[i].ebx
-                case .ecx: entries[i].ecx
-                case .edx: entries[i].edx
+                let entry = unsafe entries[i]
+                let value = switch register {
+                case .eax: entry.eax
+                case .ebx: entry.ebx
+                case .ecx: entry.ecx
+                case .edx: entry.edx
                 }
                 return value & (1 << UInt32(bit)) != 0
             }

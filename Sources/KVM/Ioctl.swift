@@ -61,13 +61,13 @@ enum Ioctl {
     }
 
     static func open(_ path: String) throws(KVMError) -> Int32 {
-        let fd = CLinuxUAPI_open(path, O_RDWR)
+        let fd = unsafe CLinuxUAPI_open(path, O_RDWR)
         guard fd >= 0 else { throw .open(path, Errno(rawValue: -fd)) }
         return fd
     }
 
     static func mapShared(_ fd: Int32, byteCount: Int) throws(KVMError) -> UnsafeMutableRawPointer {
-        let address = unsafe CLinuxUAPI_mmap(nil, byteCount, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        let address = CLinuxUAPI_mmap(nil, byteCount, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
         guard address > 0, let pointer = unsafe UnsafeMutableRawPointer(bitPattern: address) else {
             throw .mmapRun(Errno(rawValue: Int32(-address)))
         }

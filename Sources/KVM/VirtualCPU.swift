@@ -103,11 +103,10 @@ import Synchronization
             clearKick()
             return .interrupted
         }
-        return unsafe decodeExit()
+        return decodeExit()
     }
 
     private func decodeExit() -> VCPUExit {
-        let run = unsafe self.runState
         switch Int32(unsafe runState.pointee.exit_reason) {
         case KVM_EXIT_IO:
             let io = unsafe runState.pointee.io
@@ -121,7 +120,7 @@ import Synchronization
             let mmio = unsafe runState.pointee.mmio
             let length = Int(mmio.len)
             if mmio.is_write != 0 {
-                let data = unsafe withUnsafeBytes(of: mmio.data) { Array($0.prefix(length)) }
+                let data = unsafe withUnsafeBytes(of: mmio.data) { unsafe Array($0.prefix(length)) }
                 return .mmioWrite(address: mmio.phys_addr, data: data)
             }
             return .mmioRead(address: mmio.phys_addr, length: length)
@@ -148,7 +147,7 @@ import Synchronization
     /// Supplies the bytes of the pending `.mmioRead` exit (at most 8).
     public func completeMMIORead(_ bytes: [UInt8]) {
         unsafe withUnsafeMutableBytes(of: &runState.pointee.mmio.data) { data in
-            for (i, byte) in bytes.prefix(data.count).enumerated() { data[i] = byte }
+            for (i, byte) in bytes.prefix(data.count).enumerated() { unsafe data[i] = byte }
         }
     }
 }

@@ -66,8 +66,9 @@ public final class VirtualMachine: Sendable {
     public func makeVCPU(_ index: VCPUIndex) throws(KVMError) -> VirtualCPU {
         let fd = try Ioctl.value(descriptor, .createVCPU, UInt(index.rawValue))
         do {
-            let run = try Ioctl.mapShared(fd, byteCount: runAreaSize)
-            return VirtualCPU(descriptor: fd, index: index, runArea: run, runAreaSize: runAreaSize, vm: self)
+            // SAFETY: the VirtualCPU owns the mapping from here on and unmaps it in deinit.
+            let run = unsafe try Ioctl.mapShared(fd, byteCount: runAreaSize)
+            return unsafe VirtualCPU(descriptor: fd, index: index, runArea: run, runAreaSize: runAreaSize, vm: self)
         } catch {
             Ioctl.closeDescriptor(fd)
             throw error
