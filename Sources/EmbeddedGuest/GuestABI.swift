@@ -12,6 +12,30 @@ public enum GuestABI {
     public static let pageMagic: UInt64 = 0x3147_5059_5252_4546
     public static let heartbeatMagic: UInt32 = 0x3154_4248
     public static let pageWords = 512
+    /// Where the image header sits (the ELF's load address), and its fields.
+    public static let imageHeaderAddress: UInt64 = 0x10_0000
+    static let imageHeaderMagic = Array("FERRYGST".utf8)
+    static let maximumCPUsOffset: UInt64 = 12
+    static let perCPUOffset: UInt64 = 24
+    static let perCPUSize: UInt64 = 256
+    static let writingOffset: UInt64 = 40
+
+    /// The pages the guest's vCPUs are writing right now (at most one each),
+    /// read from their per-CPU blocks.  A paused guest may have one half
+    /// written; the verifier sets these aside.  Empty if the embedded guest is
+    /// not what runs.
+    public static func pagesBeingWritten(in memory: GuestMemoryMap) -> Set<GuestAddress> {
+        guard (try? memory.read(at: GuestAddress(imageHeaderAddress), count: 8)) == imageHeaderMagic,
+              let cpus = try? memory.readUInt32(at: GuestAddress(imageHeaderAddress + maximumCPUsOffset)),
+              let perCPU = try? memory.readUInt64(at: GuestAddress(imageHeaderAddress + perCPUOffset)) else { return [] }
+        var pages = Set<GuestAddress>()
+        for cpu in 0..<UInt64(min(cpus, 256)) {
+            if let writing = try? memory.readUInt64(at: GuestAddress(perCPU + cpu * perCPUSize + writingOffset)), writing != 0 {
+                pages.insert(GuestAddress(writing - 1))
+            }
+        }
+        return pages
+    }
 }
 
 /// One heartbeat, as the guest's vCPU wrote it (64 bytes, little-endian).

@@ -50,6 +50,7 @@
 #define PC_TICKS          16
 #define PC_KSTACK_TOP     24
 #define PC_USTACK_TOP     32
+#define PC_WRITING        40            /* address of the page being written + 1, or 0 */
 
 /* Heartbeat record, 64 bytes, little-endian (GuestABI.swift: HeartbeatRecord). */
 #define HB_MAGIC          0x31544248    /* "HBT1" */
