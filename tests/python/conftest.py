@@ -34,3 +34,12 @@ def running_vm(ferry, tmp_path):
     if proc.poll() is None:
         proc.kill()
         proc.wait()
+
+
+def assert_verified_clean(stderr):
+    """`--verify-on-exit` found no corrupt page and the guest reported no verify failure."""
+    import re
+    match = re.search(r"ferry: verify: (\d+) pages checked, (\d+) written by the guest, (\d+) failed.*"
+                      r"guest-reported verify failures: (\d+)", stderr)
+    assert match, stderr
+    assert int(match[2]) > 0 and match[3] == "0" and match[4] == "0", stderr
