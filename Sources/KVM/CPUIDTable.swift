@@ -21,26 +21,4 @@ public struct CPUIDTable: @unchecked Sendable {
             }
         }
     }
-
-    /// Whether leaf `function` EDX/ECX has `bit` set (subleaf 0).
-    public func hasFeature(function: UInt32, register: Register, bit: Int) -> Bool {
-        var table = self
-        let count = count
-        return unsafe withUnsafeBytes(of: &table.raw.entries) { raw in
-            let entries = unsafe raw.bindMemory(to: kvm_cpuid_entry2.self)
-            for i in 0..<count where unsafe entries[i].function == function && entries[i].index == 0 {
-                let entry = unsafe entries[i]
-                let value = switch register {
-                case .eax: entry.eax
-                case .ebx: entry.ebx
-                case .ecx: entry.ecx
-                case .edx: entry.edx
-                }
-                return value & (1 << UInt32(bit)) != 0
-            }
-            return false
-        }
-    }
-
-    public enum Register: Sendable { case eax, ebx, ecx, edx }
 }

@@ -1,6 +1,5 @@
-import SystemPackage
-import Glibc
 import CLinuxUAPI
+import Glibc
 import SystemPackage
 
 /// A KVM ioctl request: the kernel's name (for errors and traces) and its number.
@@ -28,7 +27,9 @@ public struct IoctlRequest: Hashable, Sendable, CustomStringConvertible {
     static let getSregs = IoctlRequest(name: "KVM_GET_SREGS", number: CLinuxUAPI_KVM_GET_SREGS)
     static let setSregs = IoctlRequest(name: "KVM_SET_SREGS", number: CLinuxUAPI_KVM_SET_SREGS)
     static let setCPUID2 = IoctlRequest(name: "KVM_SET_CPUID2", number: CLinuxUAPI_KVM_SET_CPUID2)
-    static let getMPState = IoctlRequest(name: "KVM_GET_MP_STATE", number: CLinuxUAPI_KVM_GET_MP_STATE)
+    static let getDirtyLog = IoctlRequest(name: "KVM_GET_DIRTY_LOG", number: CLinuxUAPI_KVM_GET_DIRTY_LOG)
+    static let clearDirtyLog = IoctlRequest(name: "KVM_CLEAR_DIRTY_LOG", number: CLinuxUAPI_KVM_CLEAR_DIRTY_LOG)
+    static let enableCap = IoctlRequest(name: "KVM_ENABLE_CAP", number: CLinuxUAPI_KVM_ENABLE_CAP)
     static let setMPState = IoctlRequest(name: "KVM_SET_MP_STATE", number: CLinuxUAPI_KVM_SET_MP_STATE)
     static let getTSCKHz = IoctlRequest(name: "KVM_GET_TSC_KHZ", number: CLinuxUAPI_KVM_GET_TSC_KHZ)
 }
@@ -94,7 +95,7 @@ extension Ioctl {
     static func getDirtyLog(_ vm: Int32, slot: UInt32, into words: inout [UInt64]) throws(KVMError) {
         // SAFETY: `words` holds ceil(pages / 64) words, what KVM writes for this slot.
         let result = unsafe words.withUnsafeMutableBufferPointer { unsafe CLinuxUAPI_get_dirty_log(vm, slot, $0.baseAddress) }
-        guard result >= 0 else { throw .ioctl(IoctlRequest(name: "KVM_GET_DIRTY_LOG", number: CLinuxUAPI_KVM_GET_DIRTY_LOG), Errno(rawValue: Int32(-result))) }
+        guard result >= 0 else { throw .ioctl(.getDirtyLog, Errno(rawValue: Int32(-result))) }
     }
 
     /// KVM_CLEAR_DIRTY_LOG of the pages set in `words`, from page 0 of the slot.
@@ -103,7 +104,7 @@ extension Ioctl {
         let result = unsafe words.withUnsafeMutableBufferPointer {
             unsafe CLinuxUAPI_clear_dirty_log(vm, slot, 0, UInt32(pageCount), $0.baseAddress)
         }
-        guard result >= 0 else { throw .ioctl(IoctlRequest(name: "KVM_CLEAR_DIRTY_LOG", number: CLinuxUAPI_KVM_CLEAR_DIRTY_LOG), Errno(rawValue: Int32(-result))) }
+        guard result >= 0 else { throw .ioctl(.clearDirtyLog, Errno(rawValue: Int32(-result))) }
     }
 
     /// KVM_ENABLE_CAP on the VM with one argument.
@@ -111,6 +112,6 @@ extension Ioctl {
         var cap = kvm_enable_cap()
         cap.cap = capability
         cap.args.0 = argument
-        try pointer(vm, IoctlRequest(name: "KVM_ENABLE_CAP", number: CLinuxUAPI_KVM_ENABLE_CAP), &cap)
+        try pointer(vm, .enableCap, &cap)
     }
 }

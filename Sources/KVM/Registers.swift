@@ -71,11 +71,4 @@ public struct SpecialRegisters: @unchecked Sendable {
     public var cr4: UInt64 { get { raw.cr4 } set { raw.cr4 = newValue } }
     public var efer: UInt64 { get { raw.efer } set { raw.efer = newValue } }
 
-    /// Sets the GDT and IDT registers.
-    public mutating func setDescriptorTables(gdtBase: UInt64, gdtLimit: UInt16, idtBase: UInt64, idtLimit: UInt16) {
-        raw.gdt.base = gdtBase
-        raw.gdt.limit = gdtLimit
-        raw.idt.base = idtBase
-        raw.idt.limit = idtLimit
-    }
 }

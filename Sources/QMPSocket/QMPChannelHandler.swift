@@ -12,12 +12,15 @@ final class QMPChannelHandler: ChannelInboundHandler, @unchecked Sendable {
     private var session = QMPSession()
     private let version: QMPVersion
     private let execute: QMPServer.Executor
+    private let afterReply: QMPServer.AfterReply
     private let queue: DispatchQueue
     private let connections: Connections
 
-    init(version: QMPVersion, execute: @escaping QMPServer.Executor, queue: DispatchQueue, connections: Connections) {
+    init(version: QMPVersion, execute: @escaping QMPServer.Executor, afterReply: @escaping QMPServer.AfterReply,
+         queue: DispatchQueue, connections: Connections) {
         self.version = version
         self.execute = execute
+        self.afterReply = afterReply
         self.queue = queue
         self.connections = connections
     }
@@ -41,13 +44,15 @@ final class QMPChannelHandler: ChannelInboundHandler, @unchecked Sendable {
             if wasNegotiating && session.phase == .commandMode { connections.add(context.channel) }
         case .execute(let command, let id):
             let channel = context.channel
-            let execute = self.execute
+            let (execute, afterReply) = (self.execute, self.afterReply)
             queue.async {
                 let reply = switch execute(command) {
                 case .success(let value): QMPSession.success(value, id: id)
                 case .failure(let error): QMPSession.error(error, id: id)
                 }
-                channel.writeAndFlush(ByteBuffer(string: reply + "\r\n"), promise: nil)
+                // The queue is not an event loop, so it may wait for the flush.
+                try? channel.writeAndFlush(ByteBuffer(string: reply + "\r\n")).wait()
+                afterReply(command)
             }
         }
     }

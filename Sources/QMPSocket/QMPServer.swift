@@ -11,13 +11,16 @@ import Synchronization
 /// back in order.  Events go to every connection past negotiation.
 public final class QMPServer: Sendable {
     public typealias Executor = @Sendable (QMPCommand) -> Result<JSONValue, QMPError>
+    /// Runs after a command's reply has been flushed to its client.
+    public typealias AfterReply = @Sendable (QMPCommand) -> Void
 
     let group: MultiThreadedEventLoopGroup
     let channel: any Channel
     let connections: Connections
 
     /// Binds `path` (replacing a stale socket file) and starts serving.
-    public static func start(path: String, version: QMPVersion, execute: @escaping Executor) async throws -> QMPServer {
+    public static func start(path: String, version: QMPVersion, execute: @escaping Executor,
+                             afterReply: @escaping AfterReply = { _ in }) async throws -> QMPServer {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let connections = Connections()
         let queue = DispatchQueue(label: "ferry.qmp.commands")
@@ -27,7 +30,8 @@ public final class QMPServer: Sendable {
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(JSONObjectDecoder()))
                     try channel.pipeline.syncOperations.addHandler(
-                        QMPChannelHandler(version: version, execute: execute, queue: queue, connections: connections))
+                        QMPChannelHandler(version: version, execute: execute, afterReply: afterReply,
+                                          queue: queue, connections: connections))
                 }
             }
             .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true)

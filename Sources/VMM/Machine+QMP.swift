@@ -1,4 +1,3 @@
-import Foundation
 import QMP
 
 extension Machine {
@@ -30,12 +29,14 @@ extension Machine {
             do { try resume() } catch { return .failure(.generic(error.description)) }
             return .success(.object([:]))
         case .quit:
-            // Reply first, as QEMU does; the machine stops right after.
-            Thread { [self] in
-                Thread.sleep(forTimeInterval: 0.05)
-                quit()
-            }.start()
+            // Reply first, as QEMU does: the machine stops in `afterReply`.
             return .success(.object([:]))
         }
+    }
+
+    /// What a command does once its reply has been sent: `quit` stops the machine
+    /// (emitting SHUTDOWN) only after the client has its `{"return": {}}`.
+    public func afterReply(to command: QMPCommand) {
+        if command == .quit { quit() }
     }
 }

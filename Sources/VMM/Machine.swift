@@ -25,14 +25,12 @@ public final class Machine: Sendable {
     /// live → quitting → finished: `quit()` runs once, and waiters wake only after SHUTDOWN went out.
     enum Lifecycle { case live, quitting, finished }
     let lifecycle = Mutex<Lifecycle>(.live)
-    public let createdAt: ContinuousClock.Instant
     /// Guest TSC frequency, as KVM reports it for vCPU 0.
     public let tscKHz: UInt32
 
     /// Builds the machine and loads its kernel; the vCPUs start with `start()`.
     public init(_ configuration: MachineConfiguration, serialOutput: @escaping @Sendable ([UInt8]) -> Void,
                 events: @escaping @Sendable (QMPEvent) -> Void = { _ in }) throws(MachineError) {
-        createdAt = .now
         try configuration.validate()
         self.configuration = configuration
         self.eventSink = events

@@ -28,13 +28,6 @@ final class RunControl: @unchecked Sendable {
         return desired == .run
     }
 
-    /// Whether a pause or termination is requested (checked after a kick).
-    var isRunRequested: Bool {
-        condition.lock()
-        defer { condition.unlock() }
-        return desired == .run
-    }
-
     func threadExited() {
         condition.lock()
         exited += 1

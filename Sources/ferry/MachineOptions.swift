@@ -2,6 +2,7 @@ import ArgumentParser
 import EmbeddedGuest
 import Foundation
 import GuestMemory
+import QMP
 import VMM
 
 /// The options that describe a VM, shared by `run` and `demo`.
@@ -61,7 +62,7 @@ struct MachineOptions: ParsableArguments {
 /// Builds a machine, mapping its errors to exit statuses: configuration and
 /// boot-image problems are bad input (2), the rest runtime failures (1).
 func makeMachine(_ configuration: MachineConfiguration, serialOutput: @escaping @Sendable ([UInt8]) -> Void,
-                 events: @escaping @Sendable (QMPEventForwarder.Event) -> Void = { _ in }) throws -> Machine {
+                 events: @escaping @Sendable (QMPEvent) -> Void = { _ in }) throws -> Machine {
     do {
         return try Machine(configuration, serialOutput: serialOutput, events: events)
     } catch {

@@ -4,7 +4,6 @@ import Synchronization
 
 /// Hands machine events to the QMP server once it exists (the machine is built first).
 final class QMPEventForwarder: Sendable {
-    typealias Event = QMPEvent
     private let server = Mutex<QMPServer?>(nil)
 
     func attach(_ server: QMPServer) { self.server.withLock { $0 = server } }

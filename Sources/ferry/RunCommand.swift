@@ -45,7 +45,8 @@ struct RunCommand: AsyncParsableCommand {
         var server: QMPServer?
         if let qmpPath {
             do {
-                server = try await QMPServer.start(path: qmpPath, version: Machine.version) { vm.execute($0) }
+                server = try await QMPServer.start(path: qmpPath, version: Machine.version,
+                                                   execute: { vm.execute($0) }, afterReply: { vm.afterReply(to: $0) })
             } catch {
                 throw FerryFailure.runtime("cannot listen on QMP socket '\(qmpPath)': \(error)")
             }

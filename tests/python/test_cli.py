@@ -122,3 +122,10 @@ def test_guest_cmdline_prints_what_ferry_passes(ferry):
     assert int(fields["tsc-khz"]) > 100000
     bad = run(ferry, "guest", "cmdline", "--cpus", "0")
     assert bad.returncode == 2 and "--cpus must be between 1 and 32" in bad.stderr
+
+
+@pytest.mark.parametrize("seconds", ["0", "-1", "nan", "soon"])
+def test_demo_rejects_bad_durations(ferry, seconds):
+    result = run(ferry, "demo", f"--seconds={seconds}")
+    assert result.returncode == 2, result
+    assert len(result.stderr.strip().splitlines()) == 1 and "error" in result.stderr

@@ -48,7 +48,6 @@ static const unsigned long CLinuxUAPI_KVM_SET_REGS = KVM_SET_REGS;
 static const unsigned long CLinuxUAPI_KVM_GET_SREGS = KVM_GET_SREGS;
 static const unsigned long CLinuxUAPI_KVM_SET_SREGS = KVM_SET_SREGS;
 static const unsigned long CLinuxUAPI_KVM_SET_CPUID2 = KVM_SET_CPUID2;
-static const unsigned long CLinuxUAPI_KVM_GET_MP_STATE = KVM_GET_MP_STATE;
 static const unsigned long CLinuxUAPI_KVM_SET_MP_STATE = KVM_SET_MP_STATE;
 static const unsigned long CLinuxUAPI_KVM_GET_TSC_KHZ = KVM_GET_TSC_KHZ;
 
@@ -149,10 +148,14 @@ static inline long CLinuxUAPI_clear_dirty_log(int vm, unsigned int slot, uint64_
 
 /* kvm_cpuid2 with room for entries: Swift cannot express the flexible array. */
 #define CLINUXUAPI_MAX_CPUID_ENTRIES 256
+#pragma clang diagnostic push
+/* The header's flexible array is followed by its storage: the layout KVM reads. */
+#pragma clang diagnostic ignored "-Wgnu-variable-sized-type-not-at-end"
 struct CLinuxUAPI_cpuid {
     struct kvm_cpuid2 header;
     struct kvm_cpuid_entry2 entries[CLINUXUAPI_MAX_CPUID_ENTRIES];
 };
+#pragma clang diagnostic pop
 
 _Static_assert(sizeof(struct kvm_userspace_memory_region) == 32, "layout Swift relies on");
 _Static_assert(sizeof(struct kvm_dirty_log) == 16, "layout Swift relies on");
