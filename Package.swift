@@ -34,6 +34,8 @@ let package = Package(
         .target(name: "MigrationProtocol", swiftSettings: strict),
         // The migration engine: RAM blocks, pages, channels and state. No KVM, no NIO.
         .target(name: "Migration", dependencies: ["GuestMemory", "MigrationProtocol"], swiftSettings: strict),
+        // Migration channels: sockets, files and descriptors behind `ByteChannel`.
+        .target(name: "Transport", dependencies: ["CLinuxUAPI", "Migration"], swiftSettings: strict),
         // Emulated devices: 16550 UART, the guest service port.
         .target(name: "Devices", dependencies: ["GuestMemory"], swiftSettings: strict),
         // Pure QMP: commands, replies, events, negotiation. No I/O.
@@ -41,14 +43,16 @@ let package = Package(
         // QMP over a Unix socket, on SwiftNIO.
         .target(name: "QMPSocket", dependencies: ["QMP", nioCore, nioPosix], swiftSettings: strict),
         // Composition root: the machine, vCPU threads, run state.
-        .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "PVHBoot", "EmbeddedGuest", "Devices", "QMP", "Migration"],
+        .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "PVHBoot", "EmbeddedGuest", "Devices", "QMP", "Migration",
+                                           "MigrationProtocol", "Transport"],
                 swiftSettings: strict),
-        .executableTarget(name: "ferry", dependencies: ["VMM", "QMPSocket", "QMP", "EmbeddedGuest", "GuestMemory",
+        .executableTarget(name: "ferry", dependencies: ["VMM", "QMPSocket", "QMP", "EmbeddedGuest", "GuestMemory", "Migration",
                                                         argumentParser], swiftSettings: strict),
         .testTarget(name: "GuestMemoryTests", dependencies: ["GuestMemory"]),
         .testTarget(name: "EmbeddedGuestTests", dependencies: ["EmbeddedGuest", "GuestMemory", "PVHBoot"]),
         .testTarget(name: "QMPTests", dependencies: ["QMP"]),
         .testTarget(name: "MigrationProtocolTests", dependencies: ["MigrationProtocol"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["VMM", "KVM", "GuestMemory", "EmbeddedGuest", "QMP", "Migration"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["VMM", "KVM", "GuestMemory", "EmbeddedGuest", "QMP", "Migration",
+                                                           "MigrationProtocol", "Transport"]),
     ]
 )

@@ -79,3 +79,30 @@ public struct DirtyBitmap: Equatable, Sendable {
         return result
     }
 }
+
+extension DirtyBitmap {
+    /// The first set page at or after `page`, or `nil`.
+    public func nextSetPage(from page: Int) -> Int? {
+        guard page < pageCount else { return nil }
+        var index = page >> 6
+        var word = words[index] & (~0 << UInt64(page & 63))
+        while word == 0 {
+            index += 1
+            guard index < words.count else { return nil }
+            word = words[index]
+        }
+        return index * 64 + word.trailingZeroBitCount
+    }
+
+    /// ORs `other` in and returns how many pages were newly set.
+    @discardableResult
+    public mutating func merge(_ other: DirtyBitmap) -> Int {
+        precondition(other.pageCount == pageCount)
+        var added = 0
+        for i in words.indices {
+            added += (other.words[i] & ~words[i]).nonzeroBitCount
+            words[i] |= other.words[i]
+        }
+        return added
+    }
+}

@@ -1,7 +1,13 @@
+import Synchronization
+
 /// All guest RAM: the RAM blocks and where they sit in guest physical space.
 /// Every access is bounds-checked against the placements; nothing here can
 /// reach outside a host mapping.
 public final class GuestMemoryMap: Sendable {
+    /// Pages the VMM itself wrote while recording is on, by block name: KVM's
+    /// dirty log sees only guest writes, so a migration merges these in.
+    let recordedWrites = Mutex<[String: DirtyBitmap]?>(nil)
+
     /// The start of the 32-bit MMIO hole (IOAPIC, LAPIC): RAM above 3 GiB moves to 4 GiB.
     public static let lowMemoryLimit: UInt64 = 3 << 30
     public static let highMemoryStart: UInt64 = 4 << 30
@@ -54,7 +60,28 @@ public final class GuestMemoryMap: Sendable {
     public func write(_ bytes: [UInt8], at address: GuestAddress) throws(GuestMemoryError) {
         let (block, offset) = try locate(address, length: UInt64(bytes.count))
         unsafe bytes.withUnsafeBytes { unsafe block.mapping.storeBytes($0, at: offset) }
+        // Recorded after the store: a collection between the two sends the page again next time.
+        recordedWrites.withLock { record in
+            guard record != nil, !bytes.isEmpty else { return }
+            let pageSize = PageSize.base.byteCount
+            var bitmap = record![block.name] ?? DirtyBitmap(pageCount: Int(block.byteCount) / pageSize)
+            for page in (offset / pageSize)...((offset + bytes.count - 1) / pageSize) { bitmap[page] = true }
+            record![block.name] = bitmap
+        }
     }
+
+    /// Starts recording the pages `write` touches (for dirty tracking).
+    public func startRecordingWrites() { recordedWrites.withLock { $0 = [:] } }
+
+    /// The pages written since the last call, by block name; recording goes on.
+    public func takeRecordedWrites() -> [String: DirtyBitmap] {
+        recordedWrites.withLock { record in
+            defer { if record != nil { record = [:] } }
+            return record ?? [:]
+        }
+    }
+
+    public func stopRecordingWrites() { recordedWrites.withLock { $0 = nil } }
 
     /// Little-endian integer reads, bounds-checked like `read`.
     public func readUInt32(at address: GuestAddress) throws(GuestMemoryError) -> UInt32 {

@@ -122,3 +122,46 @@ public enum HostMemory {
         return String(decoding: bytes, as: UTF8.self)
     }
 }
+
+extension HostMapping {
+    /// Whether the 4 KiB page at `offset` reads as all zeroes.  The guest may be writing it.
+    public func isZeroPage(at offset: Int) -> Bool {
+        unsafe withBytes(at: offset, count: PageSize.base.byteCount) { raw in
+            // SAFETY: mappings are page-aligned and `offset` is 4 KiB-aligned, so the words are aligned.
+            let words = unsafe raw.assumingMemoryBound(to: UInt64.self)
+            var any: UInt64 = 0
+            for i in 0..<(PageSize.base.byteCount / 8) { any |= unsafe words[i] }
+            return any == 0
+        }
+    }
+
+    /// Appends the 4 KiB page at `offset` to `buffer` (one copy, no allocation when it has capacity).
+    public func appendPage(at offset: Int, to buffer: inout [UInt8]) {
+        let count = PageSize.base.byteCount
+        unsafe withBytes(at: offset, count: count) { source in
+            unsafe buffer.append(contentsOf: source)
+        }
+    }
+
+    /// Writes one 4 KiB page at `offset` from `bytes` (exactly a page long).
+    public func storePage(_ bytes: ArraySlice<UInt8>, at offset: Int) {
+        precondition(bytes.count == PageSize.base.byteCount)
+        unsafe bytes.withUnsafeBytes { unsafe storeBytes($0, at: offset) }
+    }
+
+    /// Makes the 4 KiB page at `offset` zero, writing only if it is not zero already
+    /// (so untouched memory stays unallocated).
+    public func zeroPage(at offset: Int) {
+        guard !isZeroPage(at: offset) else { return }
+        precondition(offset >= 0 && offset <= byteCount - PageSize.base.byteCount)
+        // SAFETY: bounds checked above.
+        unsafe (base + offset).initializeMemory(as: UInt8.self, repeating: 0, count: PageSize.base.byteCount)
+    }
+
+    /// Asks the kernel to back this mapping with transparent huge pages
+    /// (`MADV_HUGEPAGE`), so filling it costs one fault per 2 MiB.  Best effort.
+    public func adviseHugePages() {
+        guard backend == .anon else { return }
+        _ = unsafe madvise(base, byteCount, 14 /* MADV_HUGEPAGE */)
+    }
+}

@@ -32,6 +32,27 @@ public struct IoctlRequest: Hashable, Sendable, CustomStringConvertible {
     static let enableCap = IoctlRequest(name: "KVM_ENABLE_CAP", number: CLinuxUAPI_KVM_ENABLE_CAP)
     static let setMPState = IoctlRequest(name: "KVM_SET_MP_STATE", number: CLinuxUAPI_KVM_SET_MP_STATE)
     static let getTSCKHz = IoctlRequest(name: "KVM_GET_TSC_KHZ", number: CLinuxUAPI_KVM_GET_TSC_KHZ)
+    static let getMSRIndexList = IoctlRequest(name: "KVM_GET_MSR_INDEX_LIST", number: CLinuxUAPI_KVM_GET_MSR_INDEX_LIST)
+    static let getIRQChip = IoctlRequest(name: "KVM_GET_IRQCHIP", number: CLinuxUAPI_KVM_GET_IRQCHIP)
+    static let setIRQChip = IoctlRequest(name: "KVM_SET_IRQCHIP", number: CLinuxUAPI_KVM_SET_IRQCHIP)
+    static let getPIT2 = IoctlRequest(name: "KVM_GET_PIT2", number: CLinuxUAPI_KVM_GET_PIT2)
+    static let setPIT2 = IoctlRequest(name: "KVM_SET_PIT2", number: CLinuxUAPI_KVM_SET_PIT2)
+    static let getClock = IoctlRequest(name: "KVM_GET_CLOCK", number: CLinuxUAPI_KVM_GET_CLOCK)
+    static let setClock = IoctlRequest(name: "KVM_SET_CLOCK", number: CLinuxUAPI_KVM_SET_CLOCK)
+    static let setTSCKHz = IoctlRequest(name: "KVM_SET_TSC_KHZ", number: CLinuxUAPI_KVM_SET_TSC_KHZ)
+    static let getMPState = IoctlRequest(name: "KVM_GET_MP_STATE", number: CLinuxUAPI_KVM_GET_MP_STATE)
+    static let getXSave = IoctlRequest(name: "KVM_GET_XSAVE", number: CLinuxUAPI_KVM_GET_XSAVE)
+    static let setXSave = IoctlRequest(name: "KVM_SET_XSAVE", number: CLinuxUAPI_KVM_SET_XSAVE)
+    static let getXCRs = IoctlRequest(name: "KVM_GET_XCRS", number: CLinuxUAPI_KVM_GET_XCRS)
+    static let setXCRs = IoctlRequest(name: "KVM_SET_XCRS", number: CLinuxUAPI_KVM_SET_XCRS)
+    static let getMSRs = IoctlRequest(name: "KVM_GET_MSRS", number: CLinuxUAPI_KVM_GET_MSRS)
+    static let setMSRs = IoctlRequest(name: "KVM_SET_MSRS", number: CLinuxUAPI_KVM_SET_MSRS)
+    static let getLAPIC = IoctlRequest(name: "KVM_GET_LAPIC", number: CLinuxUAPI_KVM_GET_LAPIC)
+    static let setLAPIC = IoctlRequest(name: "KVM_SET_LAPIC", number: CLinuxUAPI_KVM_SET_LAPIC)
+    static let getVCPUEvents = IoctlRequest(name: "KVM_GET_VCPU_EVENTS", number: CLinuxUAPI_KVM_GET_VCPU_EVENTS)
+    static let setVCPUEvents = IoctlRequest(name: "KVM_SET_VCPU_EVENTS", number: CLinuxUAPI_KVM_SET_VCPU_EVENTS)
+    static let getDebugRegs = IoctlRequest(name: "KVM_GET_DEBUGREGS", number: CLinuxUAPI_KVM_GET_DEBUGREGS)
+    static let setDebugRegs = IoctlRequest(name: "KVM_SET_DEBUGREGS", number: CLinuxUAPI_KVM_SET_DEBUGREGS)
 }
 
 /// The KVM module's only caller of ioctl(2).  EINTR is retried in the shim
@@ -113,5 +134,24 @@ extension Ioctl {
         cap.cap = capability
         cap.args.0 = argument
         try pointer(vm, .enableCap, &cap)
+    }
+}
+
+extension Ioctl {
+    /// The bytes of a plain C struct, for migration.
+    static func bytes<T>(of value: T) -> [UInt8] {
+        // SAFETY: T is a kernel UAPI struct without pointers; its bytes are its state.
+        unsafe withUnsafeBytes(of: value) { unsafe Array($0) }
+    }
+
+    /// A plain C struct from exactly `MemoryLayout<T>.size` bytes; `nil` for any other count.
+    static func value<T>(_ type: T.Type, from bytes: [UInt8], zero: T) -> T? {
+        guard bytes.count == MemoryLayout<T>.size else { return nil }
+        var value = zero
+        // SAFETY: sizes match and T has no pointers, so any byte pattern is a valid T.
+        unsafe withUnsafeMutableBytes(of: &value) { target in
+            unsafe bytes.withUnsafeBytes { unsafe target.copyMemory(from: $0) }
+        }
+        return value
     }
 }

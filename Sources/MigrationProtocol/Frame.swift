@@ -25,6 +25,37 @@ public struct FrameHeader: Equatable, Sendable {
     public let kind: FrameKind
     public let version: UInt16
     public let payloadLength: UInt64
+
+    /// Decodes and checks the 16 header bytes at the start of `bytes`.
+    public static func decode(_ bytes: [UInt8], at start: Int = 0,
+                              maximumPayload: UInt64 = FrameDecoder.defaultMaximumPayload) throws(ProtocolError) -> FrameHeader {
+        var r = WireReader(bytes, range: start..<min(bytes.count, start + byteCount))
+        let rawKind = try r.u16("frame kind")
+        guard let kind = FrameKind(rawValue: rawKind), kind != .invalid else { throw .invalidFrameKind(rawKind) }
+        let version = try r.u16("frame version")
+        guard kind.supportedVersions.contains(version) else { throw .unsupportedFrameVersion(kind: rawKind, version: version) }
+        guard try r.u32("frame reserved") == 0 else { throw .reservedFieldNotZero }
+        let length = try r.u64("frame length")
+        guard length <= maximumPayload else { throw .payloadTooLarge(length, limit: maximumPayload) }
+        return FrameHeader(kind: kind, version: version, payloadLength: length)
+    }
+
+    /// The header bytes of a frame of `kind` with a payload of `length` bytes.
+    public static func encode(_ kind: FrameKind, payloadLength length: Int) -> [UInt8] {
+        var w = WireWriter(capacity: byteCount)
+        w.u16(kind.rawValue)
+        w.u16(1)
+        w.u32(0)
+        w.u64(UInt64(length))
+        return w.bytes
+    }
+
+    /// The trailer that closes a frame: the payload's checksum.
+    public static func trailer(for payload: [UInt8]) -> [UInt8] {
+        var w = WireWriter(capacity: trailerByteCount)
+        w.u64(FrameChecksum.of(payload.span))
+        return w.bytes
+    }
 }
 
 /// The 16 bytes that open a stream: magic "FERRYMIG", version, flags (0).
@@ -57,12 +88,9 @@ public enum FrameEncoder {
     /// One complete frame around `payload`.
     public static func frame(_ kind: FrameKind, payload: [UInt8]) -> [UInt8] {
         var w = WireWriter(capacity: payload.count + FrameHeader.byteCount + FrameHeader.trailerByteCount)
-        w.u16(kind.rawValue)
-        w.u16(1)
-        w.u32(0)
-        w.u64(UInt64(payload.count))
+        w.append(FrameHeader.encode(kind, payloadLength: payload.count))
         w.append(payload)
-        w.u64(FrameChecksum.of(payload[...]))
+        w.append(FrameHeader.trailer(for: payload))
         return w.bytes
     }
 }
@@ -96,14 +124,8 @@ public struct FrameDecoder: Sendable {
 
     public mutating func next() throws(ProtocolError) -> Result {
         guard bufferedByteCount >= FrameHeader.byteCount else { return .needMoreData }
-        var r = WireReader(buffer, range: readIndex..<buffer.count)
-        let rawKind = try r.u16("frame kind")
-        guard let kind = FrameKind(rawValue: rawKind), kind != .invalid else { throw .invalidFrameKind(rawKind) }
-        let version = try r.u16("frame version")
-        guard kind.supportedVersions.contains(version) else { throw .unsupportedFrameVersion(kind: rawKind, version: version) }
-        guard try r.u32("frame reserved") == 0 else { throw .reservedFieldNotZero }
-        let length = try r.u64("frame length")
-        guard length <= maximumPayload else { throw .payloadTooLarge(length, limit: maximumPayload) }
+        let header = try FrameHeader.decode(buffer, at: readIndex, maximumPayload: maximumPayload)
+        let (kind, version, length, rawKind) = (header.kind, header.version, header.payloadLength, header.kind.rawValue)
         let total = FrameHeader.byteCount + Int(length) + FrameHeader.trailerByteCount
         guard bufferedByteCount >= total else { return .needMoreData }
         let payloadStart = readIndex + FrameHeader.byteCount

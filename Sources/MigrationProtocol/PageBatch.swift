@@ -42,7 +42,27 @@ public struct PageBatchWriter: Sendable {
     public var byteCount: Int { writer.bytes.count }
 
     public mutating func append(block: Int, offset: UInt64, page: ArraySlice<UInt8>?) {
-        writer.u8(page == nil ? PageRecordKind.zero.rawValue : PageRecordKind.data.rawValue)
+        appendHeader(block: block, offset: offset, kind: page == nil ? .zero : .data)
+        if let page { writer.append(page) }
+    }
+
+    /// Appends a data record whose page bytes `fill` appends to the payload
+    /// (straight from guest memory, without an intermediate copy).
+    public mutating func appendData(block: Int, offset: UInt64, fill: (inout [UInt8]) -> Void) {
+        appendHeader(block: block, offset: offset, kind: .data)
+        writer.withBytes(fill)
+    }
+
+    /// Starts a new batch, keeping the buffer's capacity.
+    public mutating func reset() {
+        writer.removeAll()
+        writer.u32(0)
+        lastBlock = nil
+        count = 0
+    }
+
+    private mutating func appendHeader(block: Int, offset: UInt64, kind: PageRecordKind) {
+        writer.u8(kind.rawValue)
         if lastBlock == block {
             writer.u8(1)
         } else {
@@ -51,7 +71,6 @@ public struct PageBatchWriter: Sendable {
             lastBlock = block
         }
         writer.u64(offset)
-        if let page { writer.append(page) }
         count += 1
     }
 
@@ -60,6 +79,15 @@ public struct PageBatchWriter: Sendable {
         var bytes = writer.bytes
         for i in 0..<4 { bytes[i] = UInt8(truncatingIfNeeded: count >> (8 * UInt32(i))) }
         return bytes
+    }
+
+    /// Patches the record count in and lends the payload to `body` without copying it.
+    public mutating func withPayload<R>(_ body: ([UInt8]) throws -> R) rethrows -> R {
+        let count = self.count
+        writer.withBytes { bytes in
+            for i in 0..<4 { bytes[i] = UInt8(truncatingIfNeeded: count >> (8 * UInt32(i))) }
+        }
+        return try body(writer.bytes)
     }
 }
 
@@ -73,12 +101,22 @@ public struct PageBatchReader: Sendable {
     public init(layout: [MigrationConfiguration.Block]) { self.layout = layout }
 
     public func records(in payload: [UInt8]) throws(ProtocolError) -> [PageRecord] {
+        var records: [PageRecord] = []
+        try forEachRecord(in: payload) { block, offset, kind, data throws(ProtocolError) in
+            records.append(PageRecord(block: block, offset: offset, kind: kind, data: payload[data]))
+        }
+        return records
+    }
+
+    /// Validates each record and hands it to `body` as (block index, byte
+    /// offset, kind, range of the page bytes in `payload`), without copying.
+    /// A record reaches `body` only once its block, offset and length are checked.
+    public func forEachRecord(in payload: [UInt8],
+                              _ body: (Int, UInt64, PageRecordKind, Range<Int>) throws(ProtocolError) -> Void) throws(ProtocolError) {
         var r = WireReader(payload)
         let count = try r.u32("record count")
-        // Each record is at least 12 bytes: a count beyond that is a lie.
-        guard UInt64(count) * 12 <= UInt64(r.remaining) else { throw .malformed("record count \(count) exceeds the frame") }
-        var records: [PageRecord] = []
-        records.reserveCapacity(Int(count))
+        // Each record is at least 10 bytes (a zero record continuing a block): a count beyond that is a lie.
+        guard UInt64(count) * 10 <= UInt64(r.remaining) else { throw .malformed("record count \(count) exceeds the frame") }
         var current: Int?
         for index in 0..<Int(count) {
             let rawKind = try r.u8("record \(index) kind")
@@ -96,10 +134,9 @@ public struct PageBatchReader: Sendable {
             guard offset % pageSize == 0, offset <= layout[block].byteCount - pageSize else {
                 throw .pageOutsideBlock(block: layout[block].name, offset: offset)
             }
-            let data = kind == .data ? try r.bytes(Int(pageSize), "record \(index) page") : []
-            records.append(PageRecord(block: block, offset: offset, kind: kind, data: data))
+            let data = kind == .data ? try r.range(Int(pageSize), "record \(index) page") : r.index..<r.index
+            try body(block, offset, kind, data)
         }
         guard r.isAtEnd else { throw .malformed("\(r.remaining) bytes after the last page record") }
-        return records
     }
 }

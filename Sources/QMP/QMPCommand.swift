@@ -8,10 +8,26 @@ public enum QMPCommand: Equatable, Sendable {
     case stop                           // "stop"
     case cont                           // "cont"
     case quit                           // "quit"
+    case migrate(uri: String)           // "migrate"
+    case migrateIncoming(uri: String, exitOnError: Bool)   // "migrate-incoming"
+    case migrateCancel                  // "migrate_cancel"
+    case migrateSetCapabilities([CapabilityState])         // "migrate-set-capabilities"
+    case queryMigrateCapabilities       // "query-migrate-capabilities"
+    case migrateSetParameters([String: JSONValue])          // "migrate-set-parameters"
+    case queryMigrateParameters         // "query-migrate-parameters"
+    case queryMigrate                   // "query-migrate"
+
+    /// One `{"capability": NAME, "state": BOOL}` of migrate-set-capabilities.
+    public struct CapabilityState: Equatable, Sendable {
+        public let capability: String
+        public let state: Bool
+    }
 
     /// The wire names, for `query-commands` and error messages.
     public static let allNames = ["qmp_capabilities", "query-version", "query-status", "query-commands",
-                                  "query-cpus-fast", "stop", "cont", "quit"]
+                                  "query-cpus-fast", "stop", "cont", "quit", "migrate", "migrate-incoming",
+                                  "migrate_cancel", "migrate-set-capabilities", "query-migrate-capabilities",
+                                  "migrate-set-parameters", "query-migrate-parameters", "query-migrate"]
 
     /// Decodes `execute` and `arguments`; every argument is checked, unknown ones refused.
     public init(name: String, arguments: [String: JSONValue]) throws(QMPError) {
@@ -33,6 +49,51 @@ public enum QMPCommand: Equatable, Sendable {
         case "stop": command = .stop
         case "cont": command = .cont
         case "quit": command = .quit
+        case "migrate":
+            try Self.refuseUnknown(arguments, allowed: ["uri", "channels", "detach", "resume"])
+            if arguments["channels"] != nil { throw .generic("Parameter 'channels' is not supported by Ferry; use 'uri'") }
+            if let detach = arguments["detach"], case .bool = detach {} else if arguments["detach"] != nil {
+                throw .generic("Invalid parameter type for 'detach', expected: boolean")
+            }
+            if let resume = arguments["resume"] {
+                guard case .bool(let value) = resume else { throw .generic("Invalid parameter type for 'resume', expected: boolean") }
+                if value { throw .generic("Parameter 'resume' is only for postcopy recovery, which Ferry does not offer yet") }
+            }
+            self = .migrate(uri: try Self.requiredString(arguments, "uri"))
+            return
+        case "migrate-incoming":
+            try Self.refuseUnknown(arguments, allowed: ["uri", "channels", "exit-on-error"])
+            if arguments["channels"] != nil { throw .generic("Parameter 'channels' is not supported by Ferry; use 'uri'") }
+            var exitOnError = true
+            if let value = arguments["exit-on-error"] {
+                guard case .bool(let flag) = value else { throw .generic("Invalid parameter type for 'exit-on-error', expected: boolean") }
+                exitOnError = flag
+            }
+            self = .migrateIncoming(uri: try Self.requiredString(arguments, "uri"), exitOnError: exitOnError)
+            return
+        case "migrate_cancel": command = .migrateCancel
+        case "migrate-set-capabilities":
+            try Self.refuseUnknown(arguments, allowed: ["capabilities"])
+            guard let list = arguments["capabilities"] else { throw .generic("Parameter 'capabilities' is missing") }
+            guard case .array(let items) = list else { throw .generic("Invalid parameter type for 'capabilities', expected: array") }
+            var states: [CapabilityState] = []
+            for item in items {
+                guard case .object(let members) = item else { throw .generic("Invalid parameter type for 'capabilities[\(states.count)]', expected: object") }
+                try Self.refuseUnknown(members, allowed: ["capability", "state"])
+                let name = try Self.requiredString(members, "capability")
+                guard case .bool(let state)? = members["state"] else {
+                    throw .generic(members["state"] == nil ? "Parameter 'state' is missing" : "Invalid parameter type for 'state', expected: boolean")
+                }
+                states.append(CapabilityState(capability: name, state: state))
+            }
+            self = .migrateSetCapabilities(states)
+            return
+        case "query-migrate-capabilities": command = .queryMigrateCapabilities
+        case "migrate-set-parameters":
+            self = .migrateSetParameters(arguments)
+            return
+        case "query-migrate-parameters": command = .queryMigrateParameters
+        case "query-migrate": command = .queryMigrate
         default: throw QMPError(.commandNotFound, "The command \(name) has not been found")
         }
         try Self.refuseUnknown(arguments, allowed: [])
@@ -43,6 +104,12 @@ public enum QMPCommand: Equatable, Sendable {
         if let extra = arguments.keys.sorted().first(where: { !allowed.contains($0) }) {
             throw .generic("Parameter '\(extra)' is unexpected")
         }
+    }
+
+    static func requiredString(_ arguments: [String: JSONValue], _ name: String) throws(QMPError) -> String {
+        guard let value = arguments[name] else { throw .generic("Parameter '\(name)' is missing") }
+        guard case .string(let text) = value else { throw .generic("Invalid parameter type for '\(name)', expected: string") }
+        return text
     }
 
     static func string(_ value: JSONValue) -> String {

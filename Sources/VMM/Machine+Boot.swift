@@ -17,7 +17,7 @@ struct MemorySlotMapping: Sendable {
 extension Machine {
     /// Maps RAM, loads the kernel (embedded or outside, both PVH) and creates
     /// the vCPUs at its 32-bit entry, as the PVH boot ABI says.
-    static func boot(_ configuration: MachineConfiguration, vm: VirtualMachine, memory: GuestMemoryMap)
+    static func boot(_ configuration: MachineConfiguration, vm: VirtualMachine, memory: GuestMemoryMap, loadKernel: Bool)
         throws(MachineError) -> ([VirtualCPU], UInt32, [MemorySlotMapping]) {
         do {
             var slot: UInt32 = 0
@@ -40,7 +40,8 @@ extension Machine {
                 vcpus.append(vcpu)
             }
             let tscKHz = try vcpus[0].tscKHz()
-            let entry = try loadKernel(configuration, tscKHz: tscKHz, into: memory)
+            guard loadKernel else { return (vcpus, tscKHz, mappings) }
+            let entry = try Self.loadKernel(configuration, tscKHz: tscKHz, into: memory)
             // Only the BSP starts at the PVH entry; the APs wait for INIT/SIPI
             // from the guest, as on hardware and under QEMU.
             try enterPVH(vcpus[0], entry: entry)

@@ -31,6 +31,29 @@ extension Machine {
         case .quit:
             // Reply first, as QEMU does: the machine stops in `afterReply`.
             return .success(.object([:]))
+        case .migrate(let uri):
+            return Result { () throws(QMPError) in try startMigration(to: uri); return .object([:]) }
+        case .migrateIncoming(let uri, let exitOnError):
+            return Result { () throws(QMPError) in
+                try startIncoming(from: uri, onFailure: { [self] reason in if exitOnError { failIncoming(reason) } })
+                return .object([:])
+            }
+        case .migrateCancel:
+            cancelMigration()
+            return .success(.object([:]))
+        case .migrateSetCapabilities(let list):
+            return Result { () throws(QMPError) in
+                try setMigrationCapabilities(list.map { ($0.capability, $0.state) })
+                return .object([:])
+            }
+        case .queryMigrateCapabilities:
+            return .success(.array(migrationCapabilities.states.map { ["capability": .string($0.name), "state": .bool($0.enabled)] }))
+        case .migrateSetParameters(let arguments):
+            return Result { () throws(QMPError) in try setMigrationParameters(arguments); return .object([:]) }
+        case .queryMigrateParameters:
+            return .success(migrationParametersJSON)
+        case .queryMigrate:
+            return .success(queryMigrateJSON)
         }
     }
 

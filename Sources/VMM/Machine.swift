@@ -27,13 +27,26 @@ public final class Machine: Sendable {
     let lifecycle = Mutex<Lifecycle>(.live)
     /// Guest TSC frequency, as KVM reports it for vCPU 0.
     public let tscKHz: UInt32
+    /// Migration settings and the current outgoing or incoming migration.
+    let migration = MigrationSlot()
+    /// The run state a switchover stopped, so a failed one can go back to it.
+    let switchoverPreviousState = Mutex<RunState?>(nil)
+    let incomingFailureStorage = Mutex<String?>(nil)
+
+    /// Whether this machine waits for its state from a migration instead of booting.
+    public let isIncoming: Bool
 
     /// Builds the machine and loads its kernel; the vCPUs start with `start()`.
-    public init(_ configuration: MachineConfiguration, serialOutput: @escaping @Sendable ([UInt8]) -> Void,
+    /// An `incoming` machine loads nothing: its memory and vCPU state come
+    /// from a migration stream, and it runs once that is loaded.
+    public init(_ configuration: MachineConfiguration, incoming: Bool = false,
+                serialOutput: @escaping @Sendable ([UInt8]) -> Void,
                 events: @escaping @Sendable (QMPEvent) -> Void = { _ in }) throws(MachineError) {
         try configuration.validate()
         self.configuration = configuration
         self.eventSink = events
+        self.isIncoming = incoming
+        if incoming { runState.withLock { $0 = .inmigrate } }
         do {
             let system = try KVMSystem()
             vm = try system.makeVirtualMachine()
@@ -48,10 +61,11 @@ public final class Machine: Sendable {
         })
         control = RunControl(vcpuCount: configuration.cpus)
         tracker = GuestProgressTracker(cpuCount: configuration.cpus)
-        (vcpus, tscKHz, memorySlots) = try Self.boot(configuration, vm: vm, memory: memory)
+        (vcpus, tscKHz, memorySlots) = try Self.boot(configuration, vm: vm, memory: memory, loadKernel: !incoming)
     }
 
-    /// Starts one thread per vCPU and runs the guest.
+    /// Starts one thread per vCPU and runs the guest.  An incoming machine's
+    /// vCPU threads wait parked until the migration has loaded its state.
     public func start() {
         for vcpu in vcpus {
             let thread = Thread { [self] in VCPURunLoop(machine: self, vcpu: vcpu).run() }
@@ -59,6 +73,7 @@ public final class Machine: Sendable {
             thread.stackSize = 1 << 20
             thread.start()
         }
+        if isIncoming { return }
         runState.withLock { $0 = .running }
         control.resume()
     }

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// Parks and releases vCPU threads.  `pause()` returns only once every vCPU
 /// thread is parked outside KVM_RUN, so the guest is really frozen.
@@ -12,7 +13,21 @@ final class RunControl: @unchecked Sendable {
     private var exited = 0
     private let vcpuCount: Int
 
+    /// Auto-converge's throttle: the percentage of time each vCPU sleeps (0: none).
+    let throttlePercent = Atomic<Int>(0)
+    /// Whether a thread is kicking the vCPUs for the throttle.
+    let throttleTickerRunning = Atomic<Bool>(false)
+    /// QEMU's CPU_THROTTLE_TIMESLICE: a throttled vCPU runs in slices of this length.
+    static let throttleTimeslice: Duration = .milliseconds(10)
+
     init(vcpuCount: Int) { self.vcpuCount = vcpuCount }
+
+    /// How long a vCPU sleeps after each throttle kick: timeslice × p / (100 − p).
+    var throttleSleep: Duration? {
+        let percent = throttlePercent.load(ordering: .relaxed)
+        guard percent > 0 else { return nil }
+        return Self.throttleTimeslice * Double(percent) / Double(100 - percent)
+    }
 
     /// Called by a vCPU thread before each KVM_RUN: blocks while paused;
     /// `false` means the thread should exit.

@@ -1,4 +1,5 @@
 import Devices
+import Foundation
 import EmbeddedGuest
 import GuestMemory
 import KVM
@@ -29,7 +30,10 @@ struct VCPURunLoop {
             vcpu.completeIORead(portRead(port, byteCount: size * count))
         case .mmioRead(_, let length):
             vcpu.completeMMIORead([UInt8](repeating: 0xff, count: length))
-        case .mmioWrite, .interrupted, .halt:
+        case .interrupted:
+            // Auto-converge: a throttled vCPU sleeps its share of each timeslice.
+            if let sleep = machine.control.throttleSleep { Thread.sleep(forTimeInterval: Double(sleep.components.attoseconds) / 1e18 + Double(sleep.components.seconds)) }
+        case .mmioWrite, .halt:
             break
         case .shutdown:
             machine.guestStopped(.shutdown, reason: "guest-reset")

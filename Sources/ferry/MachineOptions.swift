@@ -61,10 +61,10 @@ struct MachineOptions: ParsableArguments {
 
 /// Builds a machine, mapping its errors to exit statuses: configuration and
 /// boot-image problems are bad input (2), the rest runtime failures (1).
-func makeMachine(_ configuration: MachineConfiguration, serialOutput: @escaping @Sendable ([UInt8]) -> Void,
+func makeMachine(_ configuration: MachineConfiguration, incoming: Bool = false, serialOutput: @escaping @Sendable ([UInt8]) -> Void,
                  events: @escaping @Sendable (QMPEvent) -> Void = { _ in }) throws -> Machine {
     do {
-        return try Machine(configuration, serialOutput: serialOutput, events: events)
+        return try Machine(configuration, incoming: incoming, serialOutput: serialOutput, events: events)
     } catch {
         switch error {
         case .kvm, .invalidState: throw FerryFailure.runtime(error.description)

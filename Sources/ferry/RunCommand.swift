@@ -1,5 +1,6 @@
 import ArgumentParser
 import EmbeddedGuest
+import Migration
 import Foundation
 import QMP
 import QMPSocket
@@ -32,6 +33,10 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Quit after this many seconds (default: run until QMP quit).", valueName: "seconds"))
     var runFor: Double?
 
+    @Option(name: [.long, .customLong("incoming", withSingleDash: true)],
+            help: ArgumentHelp("Receive the VM from a migration instead of booting: tcp:HOST:PORT, unix:PATH, fd:N or file:PATH to listen on or read, or 'defer' to wait for QMP migrate-incoming. The machine options (memory, cpus) must match the source's.", valueName: "uri"))
+    var incoming: String?
+
     @Flag(help: "On exit, verify every guest page on the host against the header the guest wrote; exit 1 on a failure.")
     var verifyOnExit = false
 
@@ -41,7 +46,11 @@ struct RunCommand: AsyncParsableCommand {
         let qmpPath = try qmp.map(Self.parseQMP)
         if let runFor, !(runFor > 0 && runFor.isFinite) { throw FerryFailure.badInput("--run-for must be a positive number of seconds") }
         let forwarder = QMPEventForwarder()
-        let vm = try makeMachine(configuration, serialOutput: try serialOption.makeOutput(), events: { forwarder.forward($0) })
+        if let incoming, incoming != "defer" {
+            do { _ = try MigrationURI(parsing: incoming) } catch { throw FerryFailure.badInput("invalid --incoming: \(error)") }
+        }
+        let vm = try makeMachine(configuration, incoming: incoming != nil, serialOutput: try serialOption.makeOutput(),
+                                 events: { forwarder.forward($0) })
         var server: QMPServer?
         if let qmpPath {
             do {
@@ -53,6 +62,11 @@ struct RunCommand: AsyncParsableCommand {
             forwarder.attach(server!)
         }
         vm.start()
+        if let incoming, incoming != "defer" {
+            do throws(QMPError) { try vm.startIncoming(from: incoming, onFailure: { vm.failIncoming($0) }) } catch {
+                throw FerryFailure.runtime(error.desc)
+            }
+        }
         if case .stdio = serialOption { SerialInput.forward(to: vm.serial) }
         let reporter = progress ? ProgressReporter(machine: vm) : nil
         reporter?.start()
@@ -69,6 +83,7 @@ struct RunCommand: AsyncParsableCommand {
     }
 
     private func report(_ vm: Machine) throws {
+        if let failure = vm.incomingFailure { throw FerryFailure.runtime(failure) }
         let progress = vm.progress
         if let vector = progress.panicVector { throw FerryFailure.runtime("guest panicked with exception \(vector)") }
         guard verifyOnExit else { return }

@@ -9,6 +9,9 @@
  * reads the thread-local errno after another call.
  */
 #ifndef CLINUXUAPI_H
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
 #define CLINUXUAPI_H
 
 #include <linux/kvm.h>
@@ -23,6 +26,14 @@
 #include <string.h>
 #include <unistd.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 
 /* ---- system ioctls (on /dev/kvm) */
 static const unsigned long CLinuxUAPI_KVM_GET_API_VERSION = KVM_GET_API_VERSION;
@@ -30,6 +41,7 @@ static const unsigned long CLinuxUAPI_KVM_CREATE_VM = KVM_CREATE_VM;
 static const unsigned long CLinuxUAPI_KVM_CHECK_EXTENSION = KVM_CHECK_EXTENSION;
 static const unsigned long CLinuxUAPI_KVM_GET_VCPU_MMAP_SIZE = KVM_GET_VCPU_MMAP_SIZE;
 static const unsigned long CLinuxUAPI_KVM_GET_SUPPORTED_CPUID = KVM_GET_SUPPORTED_CPUID;
+static const unsigned long CLinuxUAPI_KVM_GET_MSR_INDEX_LIST = KVM_GET_MSR_INDEX_LIST;
 /* ---- VM ioctls */
 static const unsigned long CLinuxUAPI_KVM_CREATE_IRQCHIP = KVM_CREATE_IRQCHIP;
 static const unsigned long CLinuxUAPI_KVM_CREATE_PIT2 = KVM_CREATE_PIT2;
@@ -41,6 +53,12 @@ static const unsigned long CLinuxUAPI_KVM_SET_IDENTITY_MAP_ADDR = KVM_SET_IDENTI
 static const unsigned long CLinuxUAPI_KVM_GET_DIRTY_LOG = KVM_GET_DIRTY_LOG;
 static const unsigned long CLinuxUAPI_KVM_ENABLE_CAP = KVM_ENABLE_CAP;
 static const unsigned long CLinuxUAPI_KVM_CLEAR_DIRTY_LOG = KVM_CLEAR_DIRTY_LOG;
+static const unsigned long CLinuxUAPI_KVM_GET_IRQCHIP = KVM_GET_IRQCHIP;
+static const unsigned long CLinuxUAPI_KVM_SET_IRQCHIP = KVM_SET_IRQCHIP;
+static const unsigned long CLinuxUAPI_KVM_GET_PIT2 = KVM_GET_PIT2;
+static const unsigned long CLinuxUAPI_KVM_SET_PIT2 = KVM_SET_PIT2;
+static const unsigned long CLinuxUAPI_KVM_GET_CLOCK = KVM_GET_CLOCK;
+static const unsigned long CLinuxUAPI_KVM_SET_CLOCK = KVM_SET_CLOCK;
 /* ---- vCPU ioctls */
 static const unsigned long CLinuxUAPI_KVM_RUN = KVM_RUN;
 static const unsigned long CLinuxUAPI_KVM_GET_REGS = KVM_GET_REGS;
@@ -50,6 +68,20 @@ static const unsigned long CLinuxUAPI_KVM_SET_SREGS = KVM_SET_SREGS;
 static const unsigned long CLinuxUAPI_KVM_SET_CPUID2 = KVM_SET_CPUID2;
 static const unsigned long CLinuxUAPI_KVM_SET_MP_STATE = KVM_SET_MP_STATE;
 static const unsigned long CLinuxUAPI_KVM_GET_TSC_KHZ = KVM_GET_TSC_KHZ;
+static const unsigned long CLinuxUAPI_KVM_SET_TSC_KHZ = KVM_SET_TSC_KHZ;
+static const unsigned long CLinuxUAPI_KVM_GET_MP_STATE = KVM_GET_MP_STATE;
+static const unsigned long CLinuxUAPI_KVM_GET_XSAVE = KVM_GET_XSAVE;
+static const unsigned long CLinuxUAPI_KVM_SET_XSAVE = KVM_SET_XSAVE;
+static const unsigned long CLinuxUAPI_KVM_GET_XCRS = KVM_GET_XCRS;
+static const unsigned long CLinuxUAPI_KVM_SET_XCRS = KVM_SET_XCRS;
+static const unsigned long CLinuxUAPI_KVM_GET_MSRS = KVM_GET_MSRS;
+static const unsigned long CLinuxUAPI_KVM_SET_MSRS = KVM_SET_MSRS;
+static const unsigned long CLinuxUAPI_KVM_GET_LAPIC = KVM_GET_LAPIC;
+static const unsigned long CLinuxUAPI_KVM_SET_LAPIC = KVM_SET_LAPIC;
+static const unsigned long CLinuxUAPI_KVM_GET_VCPU_EVENTS = KVM_GET_VCPU_EVENTS;
+static const unsigned long CLinuxUAPI_KVM_SET_VCPU_EVENTS = KVM_SET_VCPU_EVENTS;
+static const unsigned long CLinuxUAPI_KVM_GET_DEBUGREGS = KVM_GET_DEBUGREGS;
+static const unsigned long CLinuxUAPI_KVM_SET_DEBUGREGS = KVM_SET_DEBUGREGS;
 
 /* Constants newer than the installed headers (values from the kernel's UAPI). */
 #ifndef UFFD_FEATURE_WP_ASYNC
@@ -146,6 +178,111 @@ static inline long CLinuxUAPI_clear_dirty_log(int vm, unsigned int slot, uint64_
     return CLinuxUAPI_ioctl_pointer(vm, KVM_CLEAR_DIRTY_LOG, &clear);
 }
 
+/* ---- sockets for migration channels.  Each returns a descriptor or -errno;
+ * name-resolution failures return CLINUXUAPI_EAI_BASE - EAI code (EAI codes are negative). */
+#define CLINUXUAPI_EAI_BASE (-100000)
+static inline int CLinuxUAPI_socket_tune(int fd) {
+    int one = 1, size = 4 << 20;
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
+    (void)one;
+    return fd;
+}
+static inline int CLinuxUAPI_tcp_open(const char *host, int port, int listening) {
+    struct addrinfo hints, *result = NULL, *ai;
+    char service[16];
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = listening ? AI_PASSIVE : 0;
+    snprintf(service, sizeof service, "%d", port);
+    int rc = getaddrinfo(host && host[0] ? host : NULL, service, &hints, &result);
+    if (rc != 0) return CLINUXUAPI_EAI_BASE + rc;
+    int error = ECONNREFUSED;
+    for (ai = result; ai; ai = ai->ai_next) {
+        int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+        if (fd < 0) { error = errno; continue; }
+        CLinuxUAPI_socket_tune(fd);
+        if (listening) {
+            int one = 1;
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+            if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 1) == 0) { freeaddrinfo(result); return fd; }
+        } else {
+            int r;
+            do { r = connect(fd, ai->ai_addr, ai->ai_addrlen); } while (r != 0 && errno == EINTR);
+            if (r == 0) { freeaddrinfo(result); return fd; }
+        }
+        error = errno;
+        close(fd);
+    }
+    freeaddrinfo(result);
+    return -error;
+}
+static inline int CLinuxUAPI_unix_open(const char *path, int listening) {
+    struct sockaddr_un address;
+    memset(&address, 0, sizeof address);
+    address.sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof address.sun_path) return -ENAMETOOLONG;
+    strcpy(address.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    CLinuxUAPI_socket_tune(fd);
+    int r;
+    if (listening) {
+        unlink(path);
+        r = bind(fd, (struct sockaddr *)&address, sizeof address);
+        if (r == 0) r = listen(fd, 1);
+    } else {
+        do { r = connect(fd, (struct sockaddr *)&address, sizeof address); } while (r != 0 && errno == EINTR);
+    }
+    if (r != 0) { int error = errno; close(fd); return -error; }
+    return fd;
+}
+static inline int CLinuxUAPI_accept(int fd) {
+    int r;
+    do { r = accept4(fd, NULL, NULL, SOCK_CLOEXEC); } while (r < 0 && errno == EINTR);
+    if (r >= 0) CLinuxUAPI_socket_tune(r);
+    return r >= 0 ? r : -errno;
+}
+/* The port a listening TCP socket is bound to (after binding port 0). */
+static inline int CLinuxUAPI_local_port(int fd) {
+    struct sockaddr_storage address;
+    socklen_t length = sizeof address;
+    if (getsockname(fd, (struct sockaddr *)&address, &length) != 0) return -errno;
+    if (address.ss_family == AF_INET) return ntohs(((struct sockaddr_in *)&address)->sin_port);
+    if (address.ss_family == AF_INET6) return ntohs(((struct sockaddr_in6 *)&address)->sin6_port);
+    return -EAFNOSUPPORT;
+}
+static inline int CLinuxUAPI_is_socket(int fd) {
+    struct stat st;
+    if (fstat(fd, &st) != 0) return -errno;
+    return S_ISSOCK(st.st_mode) ? 1 : 0;
+}
+/* poll for readability: 1 readable, 0 timeout, -errno. */
+static inline int CLinuxUAPI_wait_readable(int fd, int milliseconds) {
+    struct pollfd p = { .fd = fd, .events = POLLIN };
+    int r;
+    do { r = poll(&p, 1, milliseconds); } while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : r;
+}
+static inline long CLinuxUAPI_read(int fd, void *buffer, size_t count) {
+    long r;
+    do { r = read(fd, buffer, count); } while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : r;
+}
+static inline long CLinuxUAPI_write(int fd, const void *buffer, size_t count) {
+    long r;
+    do { r = write(fd, buffer, count); } while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : r;
+}
+/* A peer that vanishes must give EPIPE, not kill the process. */
+static inline void CLinuxUAPI_ignore_sigpipe(void) { signal(SIGPIPE, SIG_IGN); }
+static inline int CLinuxUAPI_shutdown(int fd) { return shutdown(fd, SHUT_RDWR) == 0 ? 0 : -errno; }
+static inline int CLinuxUAPI_open_file(const char *path, int writing) {
+    int r = writing ? open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600) : open(path, O_RDONLY | O_CLOEXEC);
+    return r >= 0 ? r : -errno;
+}
+
 /* kvm_cpuid2 with room for entries: Swift cannot express the flexible array. */
 #define CLINUXUAPI_MAX_CPUID_ENTRIES 256
 #pragma clang diagnostic push
@@ -157,6 +294,25 @@ struct CLinuxUAPI_cpuid {
 };
 #pragma clang diagnostic pop
 
+/* kvm_msrs / kvm_msr_list with room for entries (flexible arrays again). */
+#define CLINUXUAPI_MAX_MSRS 64
+#define CLINUXUAPI_MAX_MSR_INDICES 1024
+#pragma clang diagnostic push
+#pragma clang diagnostic ignored "-Wgnu-variable-sized-type-not-at-end"
+struct CLinuxUAPI_msrs {
+    struct kvm_msrs header;
+    struct kvm_msr_entry entries[CLINUXUAPI_MAX_MSRS];
+};
+struct CLinuxUAPI_msr_list {
+    struct kvm_msr_list header;
+    uint32_t indices[CLINUXUAPI_MAX_MSR_INDICES];
+};
+#pragma clang diagnostic pop
+
+_Static_assert(sizeof(struct kvm_xsave) == 4096, "layout Swift relies on");
+_Static_assert(sizeof(struct kvm_lapic_state) == 1024, "layout Swift relies on");
+_Static_assert(sizeof(struct kvm_irqchip) == 520, "layout Swift relies on");
+_Static_assert(sizeof(struct kvm_msr_entry) == 16, "layout Swift relies on");
 _Static_assert(sizeof(struct kvm_userspace_memory_region) == 32, "layout Swift relies on");
 _Static_assert(sizeof(struct kvm_dirty_log) == 16, "layout Swift relies on");
 _Static_assert(sizeof(struct kvm_regs) == 144, "layout Swift relies on");

@@ -117,3 +117,30 @@ public final class Serial16550: Sendable {
         setInterruptLine(line)
     }
 }
+
+extension Serial16550 {
+    /// The UART's registers for migration (input not yet read by the guest included):
+    /// IER, LCR, MCR, SCR, divisor (2), flags (THRE pending, overrun), then the input bytes.
+    public func saveState() -> [UInt8] {
+        state.withLock { r in
+            [r.interruptEnable, r.lineControl, r.modemControl, r.scratch,
+             UInt8(truncatingIfNeeded: r.divisor), UInt8(truncatingIfNeeded: r.divisor >> 8),
+             (r.transmitInterruptPending ? 1 : 0) | (r.overrun ? 2 : 0)] + r.input
+        }
+    }
+
+    /// Loads `saveState()`'s bytes; `false` (nothing changed) if they are malformed.
+    public func loadState(_ bytes: [UInt8]) -> Bool {
+        guard bytes.count >= 7, bytes.count - 7 <= Self.inputCapacity, bytes[6] & ~3 == 0 else { return false }
+        let asserted = state.withLock { r -> Bool in
+            (r.interruptEnable, r.lineControl, r.modemControl, r.scratch) = (bytes[0] & 0x0f, bytes[1], bytes[2], bytes[3])
+            r.divisor = UInt16(bytes[4]) | UInt16(bytes[5]) << 8
+            r.transmitInterruptPending = bytes[6] & 1 != 0
+            r.overrun = bytes[6] & 2 != 0
+            r.input = Array(bytes[7...])
+            return r.interruptAsserted
+        }
+        setInterruptLine(asserted)
+        return true
+    }
+}

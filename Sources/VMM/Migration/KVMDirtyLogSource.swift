@@ -2,21 +2,31 @@ import GuestMemory
 import KVM
 import Migration
 
-/// Dirty pages from KVM's dirty log with manual clearing, per RAM block.
+/// Dirty pages from KVM's dirty log with manual clearing, per RAM block,
+/// plus the pages the VMM itself wrote (which KVM cannot see).
 ///
 /// Every slot of every block logs while tracking is on; `collectDirtyPages`
 /// gets and clears each slot's log and places it in its block's bitmap.
 final class KVMDirtyLogSource: DirtyPageSource {
     let vm: VirtualMachine
     let slots: [MemorySlotMapping]
+    let memory: GuestMemoryMap
 
-    init(vm: VirtualMachine, slots: [MemorySlotMapping]) {
+    init(vm: VirtualMachine, slots: [MemorySlotMapping], memory: GuestMemoryMap) {
         self.vm = vm
         self.slots = slots
+        self.memory = memory
     }
 
-    func startTracking() throws { try setLogging(true) }
-    func stopTracking() throws { try setLogging(false) }
+    func startTracking() throws {
+        memory.startRecordingWrites()
+        try setLogging(true)
+    }
+
+    func stopTracking() throws {
+        memory.stopRecordingWrites()
+        try setLogging(false)
+    }
 
     private func setLogging(_ enabled: Bool) throws {
         var done = Set<ObjectIdentifier>()
@@ -33,6 +43,10 @@ final class KVMDirtyLogSource: DirtyPageSource {
             bitmap.insert(log, atPage: mapping.firstBlockPage)
             result[mapping.block.name] = bitmap
         }
+        // The VMM's own writes, which KVM does not log.
+        for (name, written) in memory.takeRecordedWrites() {
+            result[name]?.formUnion(written)
+        }
         return result
     }
 }
@@ -40,6 +54,6 @@ final class KVMDirtyLogSource: DirtyPageSource {
 extension Machine {
     /// A dirty-page source over all of this machine's RAM (KVM's dirty log).
     public func makeDirtyPageSource() -> any DirtyPageSource {
-        KVMDirtyLogSource(vm: vm, slots: memorySlots)
+        KVMDirtyLogSource(vm: vm, slots: memorySlots, memory: memory)
     }
 }

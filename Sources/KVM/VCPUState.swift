@@ -1,0 +1,191 @@
+import CLinuxUAPI
+
+/// Everything KVM holds for one vCPU, as the kernel's own structs in bytes:
+/// what a migration moves so the guest continues mid-instruction elsewhere.
+///
+/// Each part is one `KVM_GET_*` struct; `restore` checks every size before a
+/// byte reaches the kernel.
+public struct VCPUState: Equatable, Sendable {
+    /// The pieces of vCPU state, one KVM struct each.
+    public enum Part: UInt8, CaseIterable, Sendable {
+        case registers = 1      // kvm_regs
+        case special = 2        // kvm_sregs
+        case xsave = 3          // kvm_xsave (FPU, SSE, AVX)
+        case xcrs = 4           // kvm_xcrs
+        case events = 5         // kvm_vcpu_events (pending exceptions, interrupts, NMI)
+        case lapic = 6          // kvm_lapic_state (registers incl. timer)
+        case debugRegisters = 7 // kvm_debugregs
+        case mpState = 8        // kvm_mp_state (runnable, halted, waiting for SIPI)
+
+        /// The kernel struct's size: a part of any other size is refused.
+        public var byteCount: Int {
+            switch self {
+            case .registers: MemoryLayout<kvm_regs>.size
+            case .special: MemoryLayout<kvm_sregs>.size
+            case .xsave: MemoryLayout<kvm_xsave>.size
+            case .xcrs: MemoryLayout<kvm_xcrs>.size
+            case .events: MemoryLayout<kvm_vcpu_events>.size
+            case .lapic: MemoryLayout<kvm_lapic_state>.size
+            case .debugRegisters: MemoryLayout<kvm_debugregs>.size
+            case .mpState: MemoryLayout<kvm_mp_state>.size
+            }
+        }
+    }
+
+    /// One model-specific register.
+    public struct MSR: Equatable, Sendable {
+        public let index: UInt32
+        public let value: UInt64
+        public init(index: UInt32, value: UInt64) { (self.index, self.value) = (index, value) }
+    }
+
+    public var parts: [Part: [UInt8]]
+    public var msrs: [MSR]
+    public var tscKHz: UInt32
+
+    public init(parts: [Part: [UInt8]], msrs: [MSR], tscKHz: UInt32) {
+        self.parts = parts
+        self.msrs = msrs
+        self.tscKHz = tscKHz
+    }
+
+    /// The MSRs a guest's state lives in beyond the structs above (QEMU saves
+    /// the same set): SYSCALL/SYSENTER, PAT, TSC and TSC_ADJUST, kernel GS base,
+    /// TSC_AUX, MISC_ENABLE, MTRR default, kvm-clock and the other KVM
+    /// paravirtual MSRs.  Only those this host's KVM lists are moved.
+    public static let migratedMSRs: [UInt32] = [
+        0x10, 0x3b, 0x174, 0x175, 0x176, 0x1a0, 0x277, 0x2ff,
+        0xc000_0081, 0xc000_0082, 0xc000_0083, 0xc000_0084, 0xc000_0102, 0xc000_0103,
+        0x4b56_4d00, 0x4b56_4d01, 0x4b56_4d02, 0x4b56_4d03, 0x4b56_4d04,
+    ]
+    /// IA32_TSC_DEADLINE: restored after the LAPIC, whose timer mode gives it meaning.
+    public static let tscDeadlineMSR: UInt32 = 0x6e0
+}
+
+extension VirtualCPU {
+    /// Reads the whole vCPU state.  The vCPU must not be running.
+    public func captureState() throws(KVMError) -> VCPUState {
+        var parts: [VCPUState.Part: [UInt8]] = [:]
+        var regs = kvm_regs()
+        try Ioctl.pointer(descriptor, .getRegs, &regs)
+        parts[.registers] = Ioctl.bytes(of: regs)
+        var sregs = kvm_sregs()
+        try Ioctl.pointer(descriptor, .getSregs, &sregs)
+        parts[.special] = Ioctl.bytes(of: sregs)
+        var xsave = kvm_xsave()
+        try Ioctl.pointer(descriptor, .getXSave, &xsave)
+        parts[.xsave] = Ioctl.bytes(of: xsave)
+        var xcrs = kvm_xcrs()
+        try Ioctl.pointer(descriptor, .getXCRs, &xcrs)
+        parts[.xcrs] = Ioctl.bytes(of: xcrs)
+        var events = kvm_vcpu_events()
+        try Ioctl.pointer(descriptor, .getVCPUEvents, &events)
+        parts[.events] = Ioctl.bytes(of: events)
+        var lapic = kvm_lapic_state()
+        try Ioctl.pointer(descriptor, .getLAPIC, &lapic)
+        parts[.lapic] = Ioctl.bytes(of: lapic)
+        var debug = kvm_debugregs()
+        try Ioctl.pointer(descriptor, .getDebugRegs, &debug)
+        parts[.debugRegisters] = Ioctl.bytes(of: debug)
+        var mp = kvm_mp_state()
+        try Ioctl.pointer(descriptor, .getMPState, &mp)
+        parts[.mpState] = Ioctl.bytes(of: mp)
+        let indices = vm.system.msrIndices.filter { VCPUState.migratedMSRs.contains($0) || $0 == VCPUState.tscDeadlineMSR }
+        let msrs = try readMSRs(indices)
+        return VCPUState(parts: parts, msrs: msrs, tscKHz: try tscKHz())
+    }
+
+    /// Loads `state` into this (not running) vCPU, in the order KVM needs:
+    /// special registers, registers, XSAVE, XCRs, MSRs, events, MP state,
+    /// LAPIC, then the TSC deadline and debug registers.
+    public func restoreState(_ state: VCPUState) throws(VCPUStateError) {
+        func part<T>(_ part: VCPUState.Part, _ zero: T) throws(VCPUStateError) -> T {
+            guard let bytes = state.parts[part] else { throw .missingPart(part) }
+            guard let value = Ioctl.value(T.self, from: bytes, zero: zero) else {
+                throw .wrongSize(part, bytes.count, expected: part.byteCount)
+            }
+            return value
+        }
+        var sregs = try part(.special, kvm_sregs())
+        var regs = try part(.registers, kvm_regs())
+        var xsave = try part(.xsave, kvm_xsave())
+        var xcrs = try part(.xcrs, kvm_xcrs())
+        var events = try part(.events, kvm_vcpu_events())
+        var mp = try part(.mpState, kvm_mp_state())
+        var lapic = try part(.lapic, kvm_lapic_state())
+        var debug = try part(.debugRegisters, kvm_debugregs())
+        guard state.msrs.count <= Int(CLINUXUAPI_MAX_MSRS) else { throw .tooManyMSRs(state.msrs.count) }
+        // Pending NMI and SIPI vector are only applied when flagged valid, as QEMU does.
+        events.flags |= UInt32(KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SIPI_VECTOR)
+        do {
+            if state.tscKHz != 0, state.tscKHz != (try tscKHz()) {
+                try Ioctl.value(descriptor, .setTSCKHz, UInt(state.tscKHz))
+            }
+            try Ioctl.pointer(descriptor, .setSregs, &sregs)
+            try Ioctl.pointer(descriptor, .setRegs, &regs)
+            try Ioctl.pointer(descriptor, .setXSave, &xsave)
+            try Ioctl.pointer(descriptor, .setXCRs, &xcrs)
+            try writeMSRs(state.msrs.filter { $0.index != VCPUState.tscDeadlineMSR })
+            try Ioctl.pointer(descriptor, .setVCPUEvents, &events)
+            try Ioctl.pointer(descriptor, .setMPState, &mp)
+            try Ioctl.pointer(descriptor, .setLAPIC, &lapic)
+            try writeMSRs(state.msrs.filter { $0.index == VCPUState.tscDeadlineMSR })
+            try Ioctl.pointer(descriptor, .setDebugRegs, &debug)
+        } catch { throw .kvm(error) }
+    }
+
+    func readMSRs(_ indices: [UInt32]) throws(KVMError) -> [VCPUState.MSR] {
+        var request = CLinuxUAPI_msrs()
+        let count = min(indices.count, Int(CLINUXUAPI_MAX_MSRS))
+        request.header.nmsrs = UInt32(count)
+        unsafe withUnsafeMutableBytes(of: &request.entries) { raw in
+            let entries = unsafe raw.bindMemory(to: kvm_msr_entry.self)
+            for i in 0..<count { unsafe entries[i].index = indices[i] }
+        }
+        let read = Int(try Ioctl.pointer(descriptor, .getMSRs, &request))
+        return unsafe withUnsafeBytes(of: &request.entries) { raw in
+            let entries = unsafe raw.bindMemory(to: kvm_msr_entry.self)
+            return (0..<min(read, count)).map { unsafe VCPUState.MSR(index: entries[$0].index, value: entries[$0].data) }
+        }
+    }
+
+    func writeMSRs(_ msrs: [VCPUState.MSR]) throws(KVMError) {
+        guard !msrs.isEmpty else { return }
+        var request = CLinuxUAPI_msrs()
+        request.header.nmsrs = UInt32(msrs.count)
+        unsafe withUnsafeMutableBytes(of: &request.entries) { raw in
+            let entries = unsafe raw.bindMemory(to: kvm_msr_entry.self)
+            for (i, msr) in msrs.enumerated() {
+                unsafe entries[i].index = msr.index
+                unsafe entries[i].data = msr.value
+            }
+        }
+        let written = Int(try Ioctl.pointer(descriptor, .setMSRs, &request))
+        guard written == msrs.count else {
+            throw .ioctl(.setMSRs, .invalidArgument)     // KVM stops at the first MSR it refuses
+        }
+    }
+}
+
+/// Why a vCPU state could not be loaded.
+public enum VCPUStateError: Error, Equatable, Sendable, CustomStringConvertible {
+    case missingPart(VCPUState.Part)
+    case wrongSize(VCPUState.Part, Int, expected: Int)
+    case tooManyMSRs(Int)
+    case missingPlatformPart(String)
+    case wrongPlatformSize(String, Int, expected: Int)
+    case invalid(String)
+    case kvm(KVMError)
+
+    public var description: String {
+        switch self {
+        case .missingPart(let part): "vCPU state lacks its \(part) part"
+        case .wrongSize(let part, let size, let expected): "vCPU \(part) state is \(size) bytes, expected \(expected)"
+        case .tooManyMSRs(let count): "vCPU state has \(count) MSRs, more than \(CLINUXUAPI_MAX_MSRS)"
+        case .missingPlatformPart(let part): "platform state lacks its \(part) part"
+        case .wrongPlatformSize(let part, let size, let expected): "platform \(part) state is \(size) bytes, expected \(expected)"
+        case .invalid(let why): why
+        case .kvm(let error): error.description
+        }
+    }
+}

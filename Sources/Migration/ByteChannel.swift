@@ -1,0 +1,43 @@
+/// A byte stream between the two sides of a migration (a socket, a file, a
+/// descriptor), as the engine sees it.  Blocking; one writer and one reader.
+public protocol ByteChannel: Sendable {
+    /// Writes all of `bytes` or throws.
+    func write(_ bytes: [UInt8]) throws(ChannelError)
+    /// Reads exactly `count` bytes into `buffer[offset...]`, which must have room;
+    /// throws `.endOfStream` if the stream ends first.
+    func readExactly(_ count: Int, into buffer: inout [UInt8], at offset: Int) throws(ChannelError)
+    /// Waits up to `timeout` for the next bytes; `false` if none came (for the return path).
+    func waitReadable(timeout: Duration) throws(ChannelError) -> Bool
+    /// Whether the other side can answer on this channel (sockets: yes; files: no).
+    var hasReturnPath: Bool { get }
+    /// Makes blocked and future reads and writes fail at once (cancel).
+    func shutdown()
+    func close()
+}
+
+public enum ChannelError: Error, Equatable, Sendable, CustomStringConvertible {
+    case endOfStream
+    case system(String, errno: Int32)
+    case invalidURI(String)
+
+    public var description: String {
+        switch self {
+        case .endOfStream: "the migration stream ended early (the other side closed it)"
+        case .system(let what, let errno): "\(what): \(ChannelError.describe(errno))"
+        case .invalidURI(let why): why
+        }
+    }
+
+    static func describe(_ errno: Int32) -> String {
+        switch errno {
+        case 2: "No such file or directory"
+        case 13: "Permission denied"
+        case 32: "Broken pipe"
+        case 98: "Address already in use"
+        case 104: "Connection reset by peer"
+        case 110: "Connection timed out"
+        case 111: "Connection refused"
+        default: "errno \(errno)"
+        }
+    }
+}

@@ -1,0 +1,41 @@
+/// A snapshot of one migration for `query-migrate`: QEMU's fields, in Swift units.
+public struct MigrationInfo: Equatable, Sendable {
+    public var status: MigrationStatus = .none
+    /// Milliseconds from `migrate` to now (or to the end).
+    public var totalTime: UInt64 = 0
+    /// Milliseconds spent in setup (tracking on, configuration sent).
+    public var setupTime: UInt64 = 0
+    /// Milliseconds the guest was stopped (completed migrations).
+    public var downtime: UInt64?
+    /// Milliseconds the switchover would take now: pending bytes over bandwidth.
+    public var expectedDowntime: UInt64?
+    public var ram = RAMStatistics()
+    /// Every byte of the stream so far.
+    public var transferredBytes: UInt64 = 0
+    /// Bytes sent while the guest was stopped.
+    public var downtimeBytes: UInt64 = 0
+    /// Measured bandwidth in bytes per second (over the last window).
+    public var bandwidth: Double = 0
+    public var pagesPerSecond: UInt64 = 0
+    /// Auto-converge's current throttle, when it is throttling.
+    public var cpuThrottlePercentage: Int?
+    /// Times the switchover was called off because the exact pending size broke the limit.
+    public var switchoverRetries = 0
+    public var errorDescription: String?
+
+    public init() {}
+}
+
+/// What the source engine needs from the VM: stopping it for switchover,
+/// resuming it on failure, throttling its vCPUs.
+public protocol MigrationVMControl: Sendable {
+    /// Stops the vCPUs (run state `finish-migrate`); returns whether the guest was running.
+    func stopForSwitchover() -> Bool
+    /// The migration completed: the source stays stopped (`postmigrate`).
+    func migrationCompleted()
+    /// The migration failed or was cancelled after `stopForSwitchover`: the guest
+    /// runs again if it was running before.
+    func resumeAfterFailedSwitchover(wasRunning: Bool)
+    /// Makes the vCPUs sleep `percent` of the time (0 ends throttling).
+    func setThrottle(percent: Int)
+}

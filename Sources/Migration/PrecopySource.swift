@@ -1,0 +1,270 @@
+import MigrationProtocol
+import Synchronization
+
+/// The source side of a precopy migration, run on its own thread:
+///
+///     setup ──▶ active ──(pending ≤ threshold, exactly)──▶ device ──▶ completed
+///       │          │                                         │
+///       └──────────┴────────── error / cancel ───────────────┴──▶ failed / cancelled
+///
+/// `active` sends dirty RAM while the guest runs.  Every 100 ms it measures
+/// the bandwidth and turns `downtime-limit` into a byte threshold.  When the
+/// cheap estimate of what is pending falls under it, the exact size is asked
+/// (RAM syncs the dirty log); under the threshold still, the guest is stopped,
+/// the rest goes out with every device's state, and the destination's answer
+/// on the return path completes the migration.  Failure or cancellation at any
+/// point resumes the source guest as it was.
+public final class PrecopySource: Sendable {
+    public struct Dependencies: Sendable {
+        public let channel: any ByteChannel
+        public let configuration: MigrationConfiguration
+        public let ram: RAMMigration
+        public let devices: [any Migratable]
+        public let vm: any MigrationVMControl
+        public init(channel: any ByteChannel, configuration: MigrationConfiguration, ram: RAMMigration,
+                    devices: [any Migratable], vm: any MigrationVMControl) {
+            (self.channel, self.configuration, self.ram, self.devices, self.vm) = (channel, configuration, ram, devices, vm)
+        }
+    }
+
+    struct Progress {
+        var info = MigrationInfo()
+        var cancelRequested = false
+        var startedAt = ContinuousClock.now
+        var endedAt: ContinuousClock.Instant?
+    }
+
+    let parts: Dependencies
+    let writer: StreamWriter
+    let parameters: MigrationParameters
+    let capabilities: MigrationCapabilities
+    let onStatus: @Sendable (MigrationStatus) -> Void
+    let onPass: @Sendable (UInt64) -> Void
+    let progress = Mutex(Progress())
+    static let window: Duration = .milliseconds(100)
+    static let returnPathTimeout: Duration = .seconds(60)
+
+    public init(_ parts: Dependencies, parameters: MigrationParameters, capabilities: MigrationCapabilities,
+                onStatus: @escaping @Sendable (MigrationStatus) -> Void, onPass: @escaping @Sendable (UInt64) -> Void = { _ in }) {
+        self.parts = parts
+        self.writer = StreamWriter(channel: parts.channel)
+        self.parameters = parameters
+        self.capabilities = capabilities
+        self.onStatus = onStatus
+        self.onPass = onPass
+    }
+
+    /// The state for `query-migrate`.
+    public var info: MigrationInfo {
+        var (info, started, ended) = progress.withLock { ($0.info, $0.startedAt, $0.endedAt) }
+        info.totalTime = Self.milliseconds((ended ?? .now) - started)
+        info.ram = parts.ram.stats
+        info.transferredBytes = writer.bytesWritten
+        return info
+    }
+
+    public var status: MigrationStatus { progress.withLock { $0.info.status } }
+
+    /// Asks a running migration to stop; the source guest keeps (or resumes) running.
+    public func cancel() {
+        let changed = progress.withLock { p -> Bool in
+            guard !p.info.status.isFinished, p.info.status != .cancelling else { return false }
+            p.cancelRequested = true
+            p.info.status = .cancelling
+            return true
+        }
+        guard changed else { return }
+        onStatus(.cancelling)
+        parts.channel.shutdown()
+    }
+
+    /// Runs the whole migration; returns when it has completed, failed or been cancelled.
+    public func run() {
+        progress.withLock { $0.startedAt = .now }
+        setStatus(.setup)
+        var stoppedGuest: Bool?      // non-nil once the guest was stopped: whether it had been running
+        do {
+            writer.setRateLimit(parameters.maxBandwidth)
+            try writer.sendStreamHeader()
+            try writer.send(.configuration, payload: parts.configuration.encode())
+            try parts.ram.setup()
+            for device in parts.devices { try device.setup() }
+            progress.withLock { $0.info.setupTime = Self.milliseconds(.now - $0.startedAt) }
+            try checkCancelled()
+            setStatus(.active)
+            while true {
+                try iterateUntilThresholdMet()
+                let wasRunning = parts.vm.stopForSwitchover()
+                stoppedGuest = wasRunning
+                if try switchover(wasRunning: wasRunning) { break }
+                // The exact device state broke the limit: the guest runs on, and so do we.
+                parts.vm.resumeAfterFailedSwitchover(wasRunning: wasRunning)
+                stoppedGuest = nil
+                setStatus(.active)
+            }
+            parts.vm.setThrottle(percent: 0)
+            parts.ram.cleanup()
+            for device in parts.devices { device.cleanup() }
+            parts.vm.migrationCompleted()
+            finish(.completed)
+        } catch {
+            parts.vm.setThrottle(percent: 0)
+            parts.ram.cleanup()
+            for device in parts.devices { device.cleanup() }
+            if let wasRunning = stoppedGuest { parts.vm.resumeAfterFailedSwitchover(wasRunning: wasRunning) }
+            let cancelled = progress.withLock { $0.cancelRequested }
+            progress.withLock { $0.info.errorDescription = cancelled ? nil : error.description }
+            finish(cancelled ? .cancelled : .failed)
+        }
+        parts.channel.close()
+    }
+
+    // MARK: the live phase
+
+    /// Sends while the guest runs until what is pending, asked exactly, fits the threshold.
+    func iterateUntilThresholdMet() throws(MigrationError) {
+        var windowStart = ContinuousClock.now
+        var windowBytes = writer.bytesWritten
+        var windowPages = parts.ram.stats.normalPages + parts.ram.stats.zeroPages
+        var threshold: UInt64 = 0
+        var bytesAtSync = writer.bytesWritten
+        var dirtyHighCount = 0
+        var throttle = 0
+        while true {
+            try checkCancelled()
+            let now = ContinuousClock.now
+            if now - windowStart >= Self.window {
+                let seconds = Self.seconds(now - windowStart)
+                let bytes = writer.bytesWritten, stats = parts.ram.stats
+                let bandwidth = Double(bytes - windowBytes) / seconds
+                let switchoverBandwidth = parameters.availSwitchoverBandwidth > 0 ? Double(parameters.availSwitchoverBandwidth) : bandwidth
+                threshold = UInt64(switchoverBandwidth * Double(parameters.downtimeLimit) / 1000)
+                let pending = pendingEstimate()
+                progress.withLock { p in
+                    p.info.bandwidth = bandwidth
+                    p.info.pagesPerSecond = UInt64(Double(stats.normalPages + stats.zeroPages - windowPages) / seconds)
+                    p.info.expectedDowntime = switchoverBandwidth > 0 ? UInt64(Double(pending) / switchoverBandwidth * 1000) : nil
+                }
+                (windowStart, windowBytes, windowPages) = (now, bytes, stats.normalPages + stats.zeroPages)
+            }
+            if pendingEstimate() <= threshold {
+                let dirtied = try parts.ram.sync()
+                onPass(parts.ram.stats.dirtySyncCount)
+                if capabilities.autoConverge {
+                    let dirtyBytes = UInt64(dirtied * RAMMigration.pageSize)
+                    let sentBytes = writer.bytesWritten - bytesAtSync
+                    if dirtyBytes > sentBytes * UInt64(parameters.throttleTriggerThreshold) / 100 {
+                        dirtyHighCount += 1
+                        if dirtyHighCount >= 2 {
+                            dirtyHighCount = 0
+                            throttle = throttle == 0 ? Int(parameters.cpuThrottleInitial)
+                                : min(throttle + Int(parameters.cpuThrottleIncrement), Int(parameters.maxCPUThrottle))
+                            parts.vm.setThrottle(percent: throttle)
+                            progress.withLock { $0.info.cpuThrottlePercentage = throttle }
+                        }
+                    }
+                }
+                bytesAtSync = writer.bytesWritten
+                var exact = parts.ram.pendingEstimate()
+                for device in parts.devices { exact += try device.pendingExact() }
+                if exact <= threshold {
+                    progress.withLock { $0.info.expectedDowntime = nil }
+                    return
+                }
+            }
+            _ = try parts.ram.iterate(writer)
+            for device in parts.devices { _ = try device.iterate(writer) }
+            writer.waitForBudget()
+        }
+    }
+
+    func pendingEstimate() -> UInt64 {
+        parts.devices.reduce(parts.ram.pendingEstimate()) { $0 + $1.pendingEstimate() }
+    }
+
+    // MARK: switchover
+
+    /// Guest stopped: the last RAM, every device, end, and the destination's answer.
+    /// `false` when the exact device state would break the downtime limit (retried
+    /// at most three times, as a device that grows while stopped must not stall us).
+    func switchover(wasRunning: Bool) throws(MigrationError) -> Bool {
+        let stoppedAt = ContinuousClock.now
+        setStatus(.device)
+        writer.setRateLimit(0)
+        let bytesBefore = writer.bytesWritten
+        var deviceBytes: UInt64 = 0
+        for device in parts.devices { deviceBytes += try device.pendingExact() }
+        let limitBytes = max(UInt64(progress.withLock { $0.info.bandwidth } * Double(parameters.downtimeLimit) / 1000), 1 << 20)
+        let retries = progress.withLock { $0.info.switchoverRetries }
+        if deviceBytes > limitBytes && retries < 3 {
+            progress.withLock { $0.info.switchoverRetries += 1 }
+            writer.setRateLimit(parameters.maxBandwidth)
+            return false
+        }
+        try parts.ram.complete(writer)
+        for device in parts.devices { try device.complete(writer) }
+        try writer.send(.end, payload: [])
+        if parts.channel.hasReturnPath { try awaitDestination() }
+        let downtime = ContinuousClock.now - stoppedAt
+        progress.withLock { p in
+            p.info.downtime = Self.milliseconds(downtime)
+            p.info.downtimeBytes = writer.bytesWritten - bytesBefore
+        }
+        return true
+    }
+
+    /// Waits for the destination's "loaded" on the return path.
+    func awaitDestination() throws(MigrationError) {
+        let channel = parts.channel
+        do {
+            guard try channel.waitReadable(timeout: Self.returnPathTimeout) else {
+                throw MigrationError.destination("no answer within \(Self.returnPathTimeout)")
+            }
+            var header = [UInt8](repeating: 0, count: ReturnMessage.headerByteCount)
+            try channel.readExactly(header.count, into: &header, at: 0)
+            let (failed, length) = try ReturnMessage.decodeHeader(header)
+            guard failed else { return }
+            var message = [UInt8](repeating: 0, count: length)
+            if length > 0 { try channel.readExactly(length, into: &message, at: 0) }
+            throw MigrationError.destination(String(decoding: message, as: UTF8.self))
+        } catch let error as MigrationError { throw error }
+        catch let error as ChannelError {
+            throw error == .endOfStream ? .destination("it closed the connection before confirming") : .channel(error)
+        }
+        catch let error as ProtocolError { throw .stream(error) }
+        catch { throw .state("\(error)") }
+    }
+
+    // MARK: status
+
+    func checkCancelled() throws(MigrationError) {
+        if progress.withLock({ $0.cancelRequested }) { throw .cancelled }
+    }
+
+    func setStatus(_ status: MigrationStatus) {
+        let changed = progress.withLock { p -> Bool in
+            guard p.info.status != status, !p.cancelRequested || status == .cancelled else { return false }
+            p.info.status = status
+            return true
+        }
+        if changed { onStatus(status) }
+    }
+
+    func finish(_ status: MigrationStatus) {
+        progress.withLock { p in
+            p.endedAt = .now
+            p.info.status = status
+            p.info.bandwidth = 0
+        }
+        onStatus(status)
+    }
+
+    static func milliseconds(_ duration: Duration) -> UInt64 {
+        let (seconds, attoseconds) = duration.components
+        return UInt64(max(0, seconds)) * 1000 + UInt64(max(0, attoseconds)) / 1_000_000_000_000_000
+    }
+
+    static func seconds(_ duration: Duration) -> Double {
+        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+    }
+}

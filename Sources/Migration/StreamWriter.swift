@@ -1,0 +1,76 @@
+import MigrationProtocol
+import Glibc
+import Synchronization
+
+/// The sending end of a stream: frames payloads onto a channel, counts the
+/// bytes and applies the bandwidth limit (QEMU's rate limiter: a budget per
+/// 100 ms window, waiting out the window when it is spent).
+public final class StreamWriter: Sendable {
+    let channel: any ByteChannel
+    struct Counters {
+        var bytes: UInt64 = 0
+        var windowStart = ContinuousClock.now
+        var windowBytes: UInt64 = 0
+        /// Bytes per second; 0 = unlimited.
+        var limit: UInt64 = 0
+    }
+    let counters = Mutex(Counters())
+    static let window: Duration = .milliseconds(100)
+
+    public init(channel: any ByteChannel) { self.channel = channel }
+
+    /// Every byte written so far, framing included.
+    public var bytesWritten: UInt64 { counters.withLock { $0.bytes } }
+
+    /// Sets the bandwidth limit in bytes per second (0: none).
+    public func setRateLimit(_ bytesPerSecond: UInt64) { counters.withLock { $0.limit = bytesPerSecond } }
+
+    public func sendStreamHeader() throws(MigrationError) { try write(StreamHeader.encode()) }
+
+    /// One frame: header, payload, checksum.
+    public func send(_ kind: FrameKind, payload: [UInt8]) throws(MigrationError) {
+        try write(FrameHeader.encode(kind, payloadLength: payload.count))
+        try write(payload)
+        try write(FrameHeader.trailer(for: payload))
+    }
+
+    private func write(_ bytes: [UInt8]) throws(MigrationError) {
+        do { try channel.write(bytes) } catch { throw .channel(error) }
+        counters.withLock {
+            $0.bytes += UInt64(bytes.count)
+            $0.windowBytes += UInt64(bytes.count)
+        }
+    }
+
+    /// Whether this window's budget is spent (the caller should `waitForBudget`).
+    public var isRateLimited: Bool {
+        counters.withLock { c in c.limit != 0 && c.windowBytes >= c.limit / 10 }
+    }
+
+    /// Sleeps until the current window ends if its budget is spent; starts a new window when due.
+    public func waitForBudget() {
+        let (limited, windowEnd) = counters.withLock { c in
+            (c.limit != 0 && c.windowBytes >= c.limit / 10, c.windowStart + Self.window)
+        }
+        let now = ContinuousClock.now
+        if limited && now < windowEnd {
+            sleepUntil(windowEnd)
+        }
+        counters.withLock { c in
+            if ContinuousClock.now >= c.windowStart + Self.window {
+                c.windowStart = ContinuousClock.now
+                c.windowBytes = 0
+            }
+        }
+    }
+}
+
+/// Blocks the calling (migration) thread until `instant`.
+func sleepUntil(_ instant: ContinuousClock.Instant) {
+    while true {
+        let remaining = instant - ContinuousClock.now
+        guard remaining > .zero else { return }
+        let (seconds, attoseconds) = remaining.components
+        _ = usleep(UInt32(min(seconds * 1_000_000 + attoseconds / 1_000_000_000_000, 1_000_000)))
+    }
+}

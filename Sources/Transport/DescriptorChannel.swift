@@ -1,0 +1,66 @@
+import CLinuxUAPI
+import Glibc
+import Migration
+import Synchronization
+
+/// A migration channel over one file descriptor: a connected socket, a file,
+/// or a descriptor handed over with `fd:N`.  Closes it once.
+public final class DescriptorChannel: ByteChannel {
+    let descriptor: Int32
+    public let hasReturnPath: Bool
+    let closed = Mutex(false)
+
+    /// Adopts `descriptor`; `returnPath` is whether the other side can answer on it.
+    public init(adopting descriptor: Int32, returnPath: Bool) {
+        CLinuxUAPI_ignore_sigpipe()
+        self.descriptor = descriptor
+        self.hasReturnPath = returnPath
+    }
+
+    deinit { close() }
+
+    public func write(_ bytes: [UInt8]) throws(ChannelError) {
+        var written = 0
+        while written < bytes.count {
+            let result = unsafe bytes.withUnsafeBytes { raw in
+                // SAFETY: the range [written, count) lies inside the array.
+                unsafe CLinuxUAPI_write(descriptor, raw.baseAddress! + written, raw.count - written)
+            }
+            guard result > 0 else {
+                throw .system("write to the migration channel", errno: result == 0 ? 32 : Int32(-result))
+            }
+            written += result
+        }
+    }
+
+    public func readExactly(_ count: Int, into buffer: inout [UInt8], at offset: Int) throws(ChannelError) {
+        precondition(offset >= 0 && count >= 0 && offset + count <= buffer.count)
+        var done = 0
+        while done < count {
+            let result = unsafe buffer.withUnsafeMutableBytes { raw in
+                // SAFETY: the precondition keeps [offset + done, offset + count) inside the buffer.
+                unsafe CLinuxUAPI_read(descriptor, raw.baseAddress! + offset + done, count - done)
+            }
+            if result == 0 { throw .endOfStream }
+            guard result > 0 else { throw .system("read from the migration channel", errno: Int32(-result)) }
+            done += result
+        }
+    }
+
+    public func waitReadable(timeout: Duration) throws(ChannelError) -> Bool {
+        let milliseconds = Int32(clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
+        let result = CLinuxUAPI_wait_readable(descriptor, milliseconds)
+        guard result >= 0 else { throw .system("poll on the migration channel", errno: -result) }
+        return result > 0
+    }
+
+    public func shutdown() { _ = CLinuxUAPI_shutdown(descriptor) }
+
+    public func close() {
+        let first = closed.withLock { done -> Bool in
+            defer { done = true }
+            return !done
+        }
+        if first { _ = Glibc.close(descriptor) }
+    }
+}

@@ -1,0 +1,168 @@
+import Foundation
+import Migration
+import MigrationProtocol
+import QMP
+import Transport
+
+extension Machine {
+    /// What both sides of a migration must agree on.
+    var migrationConfiguration: MigrationConfiguration {
+        MigrationConfiguration(blocks: ramMigrationLayout, vcpuCount: UInt32(vcpus.count))
+    }
+
+    var ramMigrationLayout: [MigrationConfiguration.Block] {
+        RAMMigration(blocks: memory.blocks, tracker: nil).layout
+    }
+
+    /// The state sections besides RAM, in load order: run state, in-kernel
+    /// platform devices, each vCPU, the UART.
+    func migratableDevices(global: GlobalStateMigratable) -> [any Migratable] {
+        [global, PlatformMigratable(vm)] + vcpus.map { VCPUMigratable($0) } + [SerialMigratable(serial)]
+    }
+
+    // MARK: source
+
+    /// Starts migrating this machine to `uri` on a thread of its own (QMP `migrate`).
+    /// Errors found at once (a bad URI, a migration already running, a machine
+    /// that cannot migrate) are thrown; later ones end the migration `failed`
+    /// with the source guest running on.
+    public func startMigration(to text: String) throws(QMPError) {
+        let uri: MigrationURI
+        do { uri = try MigrationURI(parsing: text) } catch { throw .generic(error.description) }
+        switch state {
+        case .running, .paused, .postmigrate: break
+        case let other: throw .generic("The VM cannot be migrated in state '\(other.rawValue)'")
+        }
+        let (parameters, capabilities) = try migration.state.withLock { s throws(QMPError) in
+            if let current = s.outgoing, !current.status.isFinished {
+                throw QMPError.generic("There's a migration process in progress")
+            }
+            if s.incoming != nil { throw QMPError.generic("The VM is receiving a migration") }
+            return (s.parameters, s.capabilities)
+        }
+        let global = GlobalStateMigratable(wasRunning: { [self] in self.wasRunningBeforeSwitchover })
+        let channel: DescriptorChannel
+        do { channel = try Transport.connect(uri) } catch { throw .generic("Failed to connect to '\(text)': \(error)") }
+        let source = PrecopySource(
+            .init(channel: channel, configuration: migrationConfiguration,
+                  ram: RAMMigration(blocks: memory.blocks, tracker: makeDirtyPageSource()),
+                  devices: migratableDevices(global: global), vm: MachineMigrationControl(machine: self)),
+            parameters: parameters, capabilities: capabilities,
+            onStatus: { [self] status in if capabilities.events { emit("MIGRATION", data: ["status": .string(status.rawValue)]) } },
+            onPass: { [self] pass in if capabilities.events { emit("MIGRATION_PASS", data: ["pass": .int(Int64(pass))]) } })
+        migration.state.withLock { $0.outgoing = source }
+        let thread = Thread { source.run() }
+        thread.name = "ferry-migration"
+        thread.start()
+    }
+
+    /// QMP `migrate_cancel`: the source guest keeps running.
+    public func cancelMigration() {
+        migration.state.withLock { $0.outgoing }?.cancel()
+    }
+
+    /// The last outgoing migration's state, for tests and the demo.
+    public var outgoingMigration: MigrationInfo? { migration.state.withLock { $0.outgoing }?.info }
+
+    // MARK: destination
+
+    /// Starts listening for an incoming migration on `uri` (`--incoming URI`
+    /// or QMP `migrate-incoming`).  The stream is loaded on a thread; the
+    /// guest then runs, or `onFailure` is told why not.
+    public func startIncoming(from text: String, onFailure: @escaping @Sendable (String) -> Void) throws(QMPError) {
+        guard isIncoming else { throw .generic("Guest is not in the 'inmigrate' state: start with --incoming to receive a migration") }
+        let uri: MigrationURI
+        do { uri = try MigrationURI(parsing: text) } catch { throw .generic(error.description) }
+        let incoming: MigrationSlot.Incoming = try migration.state.withLock { s throws(QMPError) in
+            if let current = s.incoming, current.status.withLock({ $0 }) != .failed {
+                throw QMPError.generic("The incoming migration has already been started")
+            }
+            let listener: IncomingListener
+            do { listener = try Transport.listen(uri) } catch { throw .generic("Failed to listen on '\(text)': \(error)") }
+            let incoming = MigrationSlot.Incoming(address: listener.address, listener: listener)
+            s.incoming = incoming
+            return incoming
+        }
+        let thread = Thread { [self] in receive(incoming, onFailure: onFailure) }
+        thread.name = "ferry-incoming"
+        thread.start()
+    }
+
+    private func receive(_ incoming: MigrationSlot.Incoming, onFailure: @Sendable (String) -> Void) {
+        let events = migration.state.withLock { $0.capabilities.events }
+        let setStatus: @Sendable (MigrationStatus) -> Void = { [self] status in
+            incoming.status.withLock { $0 = status }
+            if events { emit("MIGRATION", data: ["status": .string(status.rawValue)]) }
+        }
+        let global = GlobalStateMigratable(wasRunning: { false })
+        do {
+            let channel = try incoming.listener.accept()
+            let destination = MigrationDestination(
+                channel: channel, configuration: migrationConfiguration,
+                ram: RAMMigration(blocks: memory.blocks, tracker: nil),
+                devices: migratableDevices(global: global), onStatus: setStatus)
+            try destination.run()
+        } catch {
+            incoming.error.withLock { $0 = "\(error)" }
+            if incoming.status.withLock({ $0 }) != .failed { setStatus(.failed) }
+            onFailure("load of migration failed: \(error)")
+            return
+        }
+        finishIncoming(run: global.sourceWasRunning ?? false)
+    }
+
+    /// The migration is loaded: the guest runs here if it ran on the source.
+    func finishIncoming(run: Bool) {
+        let next: RunState = run ? .running : .paused
+        runState.withLock { $0 = next }
+        if run {
+            control.resume()
+            emit("RESUME")
+        }
+    }
+
+    /// The destination's status for `query-migrate` (nil on a machine that is not incoming).
+    var incomingMigration: MigrationSlot.Incoming? { migration.state.withLock { $0.incoming } }
+
+    // MARK: settings
+
+    public func setMigrationParameters(_ arguments: [String: JSONValue]) throws(QMPError) {
+        try migration.state.withLock { s throws(QMPError) in
+            var parameters = s.parameters
+            for (name, value) in arguments.sorted(by: { $0.key < $1.key }) {
+                guard case .int(let number) = value else {
+                    if MigrationParameters.names.contains(name) { throw QMPError.generic("Invalid parameter type for '\(name)', expected: integer") }
+                    throw QMPError.generic("Parameter '\(name)' is unexpected")
+                }
+                do { try parameters.set(name, to: number) } catch { throw QMPError.generic("\(error)") }
+            }
+            s.parameters = parameters
+        }
+    }
+
+    public func setMigrationCapabilities(_ list: [(String, Bool)]) throws(QMPError) {
+        try migration.state.withLock { s throws(QMPError) in
+            if let current = s.outgoing, !current.status.isFinished {
+                throw QMPError.generic("There's a migration process in progress")
+            }
+            var capabilities = s.capabilities
+            for (name, enabled) in list {
+                do { try capabilities.set(name, to: enabled) } catch { throw QMPError.generic("\(error)") }
+            }
+            s.capabilities = capabilities
+        }
+    }
+
+    var migrationParameters: MigrationParameters { migration.state.withLock { $0.parameters } }
+    var migrationCapabilities: MigrationCapabilities { migration.state.withLock { $0.capabilities } }
+}
+
+/// The source engine's handle on the machine.
+struct MachineMigrationControl: MigrationVMControl {
+    let machine: Machine
+
+    func stopForSwitchover() -> Bool { machine.stopForSwitchover() }
+    func migrationCompleted() { machine.runState.withLock { $0 = .postmigrate } }
+    func resumeAfterFailedSwitchover(wasRunning: Bool) { machine.resumeAfterFailedSwitchover(wasRunning: wasRunning) }
+    func setThrottle(percent: Int) { machine.setThrottle(percent: percent) }
+}

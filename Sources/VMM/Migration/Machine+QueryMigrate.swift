@@ -1,0 +1,62 @@
+import Migration
+import QMP
+
+extension Machine {
+    /// `query-migrate`: QEMU's MigrationInfo.  Empty before any migration; on a
+    /// destination, the status (and where it listens); on a source, timings and `ram`.
+    var queryMigrateJSON: JSONValue {
+        if let incoming = incomingMigration {
+            var result: [String: JSONValue] = ["status": .string(incoming.status.withLock { $0 }.rawValue)]
+            switch incoming.address {
+            case .tcp(let host, let port):
+                result["socket-address"] = [["type": "inet", "host": .string(host), "port": .string(String(port))]]
+            case .unix(let path):
+                result["socket-address"] = [["type": "unix", "path": .string(path)]]
+            default: break
+            }
+            if let error = incoming.error.withLock({ $0 }) { result["error-desc"] = .string(error) }
+            return .object(result)
+        }
+        guard let info = outgoingMigration else { return .object([:]) }
+        var result: [String: JSONValue] = ["status": .string(info.status.rawValue)]
+        guard info.status != .setup else { return .object(result) }
+        result["total-time"] = .int(Int64(info.totalTime))
+        result["setup-time"] = .int(Int64(info.setupTime))
+        if let downtime = info.downtime { result["downtime"] = .int(Int64(downtime)) }
+        if let expected = info.expectedDowntime, !info.status.isFinished { result["expected-downtime"] = .int(Int64(expected)) }
+        if let throttle = info.cpuThrottlePercentage { result["cpu-throttle-percentage"] = .int(Int64(throttle)) }
+        if let error = info.errorDescription { result["error-desc"] = .string(error) }
+        let ram = info.ram
+        // While running, the last window's rate; once finished, the average, as QEMU reports.
+        let mbps = info.status.isFinished
+            ? (info.totalTime > 0 ? Double(info.transferredBytes) * 8 / Double(info.totalTime) / 1000 : 0)
+            : info.bandwidth * 8 / 1_000_000
+        result["ram"] = [
+            "transferred": .int(Int64(info.transferredBytes)),
+            "remaining": .int(Int64(ram.remainingPages * ram.pageSize)),
+            "total": .int(Int64(ram.totalBytes)),
+            "duplicate": .int(Int64(ram.zeroPages)),
+            "normal": .int(Int64(ram.normalPages)),
+            "normal-bytes": .int(Int64(ram.normalPages * ram.pageSize)),
+            "dirty-sync-count": .int(Int64(ram.dirtySyncCount)),
+            "dirty-pages-rate": .int(Int64(ram.dirtyPagesRate)),
+            "mbps": .double(mbps),
+            "pages-per-second": .int(Int64(info.pagesPerSecond)),
+            "page-size": .int(Int64(ram.pageSize)),
+            "precopy-bytes": .int(Int64(info.transferredBytes - info.downtimeBytes)),
+            "downtime-bytes": .int(Int64(info.downtimeBytes)),
+            "postcopy-bytes": 0,
+            "multifd-bytes": 0,
+            "postcopy-requests": 0,
+            "dirty-sync-missed-zero-copy": 0,
+        ]
+        return .object(result)
+    }
+
+    /// `query-migrate-parameters`: the values Ferry honours, QEMU's names.
+    var migrationParametersJSON: JSONValue {
+        var result: [String: JSONValue] = [:]
+        for (name, value) in migrationParameters.values { result[name] = .int(Int64(value)) }
+        return .object(result)
+    }
+}
