@@ -3,6 +3,9 @@
 import PackageDescription
 
 let strict: [SwiftSetting] = [.strictMemorySafety()]
+/// The page-moving modules are optimized even in debug builds: unoptimized Swift
+/// moves pages at a few MB/s, which would make the migration tests test nothing but patience.
+let hot: [SwiftSetting] = strict + [.unsafeFlags(["-O"], .when(configuration: .debug))]
 let system = Target.Dependency.product(name: "SystemPackage", package: "swift-system")
 let nioCore = Target.Dependency.product(name: "NIOCore", package: "swift-nio")
 let nioPosix = Target.Dependency.product(name: "NIOPosix", package: "swift-nio")
@@ -23,19 +26,19 @@ let package = Package(
         // C only: kernel UAPI numbers as constants, fixed-arity ioctl/syscall entry points.
         .target(name: "CLinuxUAPI"),
         // Typed units, RAM blocks and their host mappings.
-        .target(name: "GuestMemory", dependencies: ["CLinuxUAPI", system], swiftSettings: strict),
+        .target(name: "GuestMemory", dependencies: ["CLinuxUAPI", system], swiftSettings: hot),
         // /dev/kvm: system, VM, vCPU, irqchip, PIT, register state.
         .target(name: "KVM", dependencies: ["CLinuxUAPI", "GuestMemory", system], swiftSettings: strict),
         // PVH ELF kernels: loader and hvm_start_info.
         .target(name: "PVHBoot", dependencies: ["GuestMemory"], swiftSettings: strict),
         // The built-in test guest: image bytes, its ABI, the host-side page verifier.
-        .target(name: "EmbeddedGuest", dependencies: ["GuestMemory"], swiftSettings: strict),
+        .target(name: "EmbeddedGuest", dependencies: ["GuestMemory"], swiftSettings: hot),
         // Pure: the migration stream format (framing, configuration, page records, sections).
-        .target(name: "MigrationProtocol", swiftSettings: strict),
+        .target(name: "MigrationProtocol", swiftSettings: hot),
         // The migration engine: RAM blocks, pages, channels and state. No KVM, no NIO.
-        .target(name: "Migration", dependencies: ["GuestMemory", "MigrationProtocol"], swiftSettings: strict),
+        .target(name: "Migration", dependencies: ["GuestMemory", "MigrationProtocol"], swiftSettings: hot),
         // Migration channels: sockets, files and descriptors behind `ByteChannel`.
-        .target(name: "Transport", dependencies: ["CLinuxUAPI", "Migration"], swiftSettings: strict),
+        .target(name: "Transport", dependencies: ["CLinuxUAPI", "Migration"], swiftSettings: hot),
         // Emulated devices: 16550 UART, the guest service port.
         .target(name: "Devices", dependencies: ["GuestMemory"], swiftSettings: strict),
         // Pure QMP: commands, replies, events, negotiation. No I/O.

@@ -29,7 +29,8 @@ public final class MigrationDestination: Sendable {
     public var status: MigrationStatus { statusStorage.withLock { $0 } }
 
     /// Loads the whole stream.  Throws on the first problem (after telling the
-    /// source on the return path); on success the source has been told too.
+    /// source on the return path); on success the source has been told too, and
+    /// the caller, once its guest is ready, reports `completed` with `complete()`.
     public func run() throws(MigrationError) {
         setStatus(.setup)
         do {
@@ -47,9 +48,11 @@ public final class MigrationDestination: Sendable {
                 throw .channel(error)
             }
         }
-        setStatus(.completed)
         channel.close()
     }
+
+    /// The VM runs (or waits, with -S) on the loaded state: the migration is complete.
+    public func complete() { setStatus(.completed) }
 
     func load() throws(MigrationError) {
         var reader = FrameReader(channel: channel)

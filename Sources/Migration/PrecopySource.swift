@@ -113,7 +113,10 @@ public final class PrecopySource: Sendable {
             for device in parts.devices { device.cleanup() }
             if let wasRunning = stoppedGuest { parts.vm.resumeAfterFailedSwitchover(wasRunning: wasRunning) }
             let cancelled = progress.withLock { $0.cancelRequested }
-            progress.withLock { $0.info.errorDescription = cancelled ? nil : error.description }
+            // A destination that refused the stream said why on the return path
+            // before closing; that beats "broken pipe".
+            let reason = cancelled ? nil : (destinationRefusal().map { MigrationError.destination($0) } ?? error)
+            progress.withLock { $0.info.errorDescription = reason?.description }
             finish(cancelled ? .cancelled : .failed)
         }
         parts.channel.close()
@@ -233,6 +236,18 @@ public final class PrecopySource: Sendable {
         }
         catch let error as ProtocolError { throw .stream(error) }
         catch { throw .state("\(error)") }
+    }
+
+    /// The destination's "failed" answer, if one is waiting on the return path.
+    func destinationRefusal() -> String? {
+        let channel = parts.channel
+        guard channel.hasReturnPath, (try? channel.waitReadable(timeout: .milliseconds(200))) == true else { return nil }
+        var header = [UInt8](repeating: 0, count: ReturnMessage.headerByteCount)
+        guard (try? channel.readExactly(header.count, into: &header, at: 0)) != nil,
+              let (failed, length) = try? ReturnMessage.decodeHeader(header), failed else { return nil }
+        var message = [UInt8](repeating: 0, count: length)
+        if length > 0 { guard (try? channel.readExactly(length, into: &message, at: 0)) != nil else { return nil } }
+        return String(decoding: message, as: UTF8.self)
     }
 
     // MARK: status

@@ -6,6 +6,8 @@ public enum RunState: String, Equatable, Sendable {
     /// The guest died (triple fault, or its panic port); QEMU's "guest-panicked".
     case guestPanicked = "guest-panicked"
     case internalError = "internal-error"
+    /// Created with `-S`: the vCPUs wait for `cont`.
+    case prelaunch
     /// Waiting for an incoming migration (`--incoming`).
     case inmigrate
     /// The source after a completed migration: paused for good, its guest lives elsewhere.

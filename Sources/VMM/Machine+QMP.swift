@@ -35,7 +35,7 @@ extension Machine {
             return Result { () throws(QMPError) in try startMigration(to: uri); return .object([:]) }
         case .migrateIncoming(let uri, let exitOnError):
             return Result { () throws(QMPError) in
-                try startIncoming(from: uri, onFailure: { [self] reason in if exitOnError { failIncoming(reason) } })
+                try startIncoming(from: uri, autostart: autostart, onFailure: { [self] reason in if exitOnError { failIncoming(reason) } })
                 return .object([:])
             }
         case .migrateCancel:

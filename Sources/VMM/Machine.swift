@@ -32,6 +32,9 @@ public final class Machine: Sendable {
     /// The run state a switchover stopped, so a failed one can go back to it.
     let switchoverPreviousState = Mutex<RunState?>(nil)
     let incomingFailureStorage = Mutex<String?>(nil)
+    /// False after `start(paused: true)` (`-S`): nothing runs until `cont`, not even after an incoming migration.
+    let autostartStorage = Mutex(true)
+    var autostart: Bool { autostartStorage.withLock { $0 } }
 
     /// Whether this machine waits for its state from a migration instead of booting.
     public let isIncoming: Bool
@@ -66,7 +69,8 @@ public final class Machine: Sendable {
 
     /// Starts one thread per vCPU and runs the guest.  An incoming machine's
     /// vCPU threads wait parked until the migration has loaded its state.
-    public func start() {
+    public func start(paused: Bool = false) {
+        autostartStorage.withLock { $0 = !paused }
         for vcpu in vcpus {
             let thread = Thread { [self] in VCPURunLoop(machine: self, vcpu: vcpu).run() }
             thread.name = "ferry-\(vcpu.index)"
@@ -74,6 +78,10 @@ public final class Machine: Sendable {
             thread.start()
         }
         if isIncoming { return }
+        if paused {
+            runState.withLock { $0 = .prelaunch }
+            return
+        }
         runState.withLock { $0 = .running }
         control.resume()
     }
@@ -96,7 +104,7 @@ public final class Machine: Sendable {
     /// Resumes a paused guest (QMP `cont`).  Emits RESUME.
     public func resume() throws(MachineError) {
         let resumed = runState.withLock { state -> Bool in
-            guard state == .paused else { return false }
+            guard state == .paused || state == .prelaunch else { return false }
             state = .running
             return true
         }

@@ -37,6 +37,10 @@ struct RunCommand: AsyncParsableCommand {
             help: ArgumentHelp("Receive the VM from a migration instead of booting: tcp:HOST:PORT, unix:PATH, fd:N or file:PATH to listen on or read, or 'defer' to wait for QMP migrate-incoming. The machine options (memory, cpus) must match the source's.", valueName: "uri"))
     var incoming: String?
 
+    @Flag(name: [.customShort("S"), .long],
+          help: "Do not start the guest: wait for QMP 'cont' (with --incoming: stay paused after the migration loads).")
+    var paused = false
+
     @Flag(help: "On exit, verify every guest page on the host against the header the guest wrote; exit 1 on a failure.")
     var verifyOnExit = false
 
@@ -61,9 +65,9 @@ struct RunCommand: AsyncParsableCommand {
             }
             forwarder.attach(server!)
         }
-        vm.start()
+        vm.start(paused: paused)
         if let incoming, incoming != "defer" {
-            do throws(QMPError) { try vm.startIncoming(from: incoming, onFailure: { vm.failIncoming($0) }) } catch {
+            do throws(QMPError) { try vm.startIncoming(from: incoming, autostart: !paused, onFailure: { vm.failIncoming($0) }) } catch {
                 throw FerryFailure.runtime(error.desc)
             }
         }

@@ -9,9 +9,6 @@
  * reads the thread-local errno after another call.
  */
 #ifndef CLINUXUAPI_H
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
 #define CLINUXUAPI_H
 
 #include <linux/kvm.h>
@@ -240,8 +237,8 @@ static inline int CLinuxUAPI_unix_open(const char *path, int listening) {
 }
 static inline int CLinuxUAPI_accept(int fd) {
     int r;
-    do { r = accept4(fd, NULL, NULL, SOCK_CLOEXEC); } while (r < 0 && errno == EINTR);
-    if (r >= 0) CLinuxUAPI_socket_tune(r);
+    do { r = accept(fd, NULL, NULL); } while (r < 0 && errno == EINTR);
+    if (r >= 0) { fcntl(r, F_SETFD, FD_CLOEXEC); CLinuxUAPI_socket_tune(r); }
     return r >= 0 ? r : -errno;
 }
 /* The port a listening TCP socket is bound to (after binding port 0). */

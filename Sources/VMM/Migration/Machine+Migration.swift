@@ -69,7 +69,9 @@ extension Machine {
     /// Starts listening for an incoming migration on `uri` (`--incoming URI`
     /// or QMP `migrate-incoming`).  The stream is loaded on a thread; the
     /// guest then runs, or `onFailure` is told why not.
-    public func startIncoming(from text: String, onFailure: @escaping @Sendable (String) -> Void) throws(QMPError) {
+    /// With `autostart` false (`-S`), the guest stays paused after the load until `cont`.
+    public func startIncoming(from text: String, autostart: Bool = true,
+                              onFailure: @escaping @Sendable (String) -> Void) throws(QMPError) {
         guard isIncoming else { throw .generic("Guest is not in the 'inmigrate' state: start with --incoming to receive a migration") }
         let uri: MigrationURI
         do { uri = try MigrationURI(parsing: text) } catch { throw .generic(error.description) }
@@ -83,21 +85,22 @@ extension Machine {
             s.incoming = incoming
             return incoming
         }
-        let thread = Thread { [self] in receive(incoming, onFailure: onFailure) }
+        let thread = Thread { [self] in receive(incoming, autostart: autostart, onFailure: onFailure) }
         thread.name = "ferry-incoming"
         thread.start()
     }
 
-    private func receive(_ incoming: MigrationSlot.Incoming, onFailure: @Sendable (String) -> Void) {
+    private func receive(_ incoming: MigrationSlot.Incoming, autostart: Bool, onFailure: @Sendable (String) -> Void) {
         let events = migration.state.withLock { $0.capabilities.events }
         let setStatus: @Sendable (MigrationStatus) -> Void = { [self] status in
             incoming.status.withLock { $0 = status }
             if events { emit("MIGRATION", data: ["status": .string(status.rawValue)]) }
         }
         let global = GlobalStateMigratable(wasRunning: { false })
+        let destination: MigrationDestination
         do {
             let channel = try incoming.listener.accept()
-            let destination = MigrationDestination(
+            destination = MigrationDestination(
                 channel: channel, configuration: migrationConfiguration,
                 ram: RAMMigration(blocks: memory.blocks, tracker: nil),
                 devices: migratableDevices(global: global), onStatus: setStatus)
@@ -108,7 +111,8 @@ extension Machine {
             onFailure("load of migration failed: \(error)")
             return
         }
-        finishIncoming(run: global.sourceWasRunning ?? false)
+        finishIncoming(run: autostart && global.sourceWasRunning == true)
+        destination.complete()
     }
 
     /// The migration is loaded: the guest runs here if it ran on the source.
