@@ -1,0 +1,246 @@
+"""Live migration between two ferry processes, driven with qemu.qmp exactly as one drives QEMU."""
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+from qemu.qmp import QMPClient, ExecuteError
+
+from conftest import assert_verified_clean
+
+
+def beats(serial):
+    """(sequence, guest milliseconds) of every heartbeat line of vCPU 0's log."""
+    return [(int(s), int(t)) for s, t in re.findall(r"^HB (\d+) t=(\d+) ", serial.read_text(), re.M)]
+
+
+class VM:
+    """One ferry process with a QMP socket and a serial log."""
+
+    def __init__(self, ferry, tmp_path, name, args):
+        self.sock = tmp_path / f"{name}.qmp"
+        self.serial = tmp_path / f"{name}.log"
+        self.stderr = tmp_path / f"{name}.err"
+        self.proc = subprocess.Popen(
+            [ferry, "run", "--serial", f"file:{self.serial}", "--qmp", f"unix:{self.sock}", "--verify-on-exit", *args],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(self.stderr, "w"))
+        deadline = time.monotonic() + 15
+        while not self.sock.exists():
+            assert self.proc.poll() is None, self.stderr.read_text()
+            assert time.monotonic() < deadline, "QMP socket never appeared"
+            time.sleep(0.02)
+        self.qmp = QMPClient(name)
+
+    async def connect(self):
+        await self.qmp.connect(str(self.sock))
+        return self
+
+    async def quit(self):
+        await self.qmp.execute("quit")
+        await self.qmp.disconnect()
+        assert self.proc.wait(timeout=20) == 0, self.stderr.read_text()
+        return self.stderr.read_text()
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def vms(ferry, tmp_path):
+    made = []
+
+    def make(name, *args):
+        vm = VM(ferry, tmp_path, name, args)
+        made.append(vm)
+        return vm
+    yield make
+    for vm in made:
+        vm.kill()
+
+
+async def migration_statuses(client, until=("completed", "failed", "cancelled"), timeout=60):
+    """MIGRATION event statuses up to the first final one."""
+    seen = []
+
+    async def collect():
+        async for event in client.events:
+            if event["event"] == "MIGRATION":
+                seen.append(event["data"]["status"])
+                if seen[-1] in until:
+                    return seen
+    return await asyncio.wait_for(collect(), timeout)
+
+
+async def wait_status(client, wanted, timeout=60):
+    deadline = time.monotonic() + timeout
+    while True:
+        info = await client.execute("query-migrate")
+        if info.get("status") in wanted:
+            return info
+        assert time.monotonic() < deadline, info
+        await asyncio.sleep(0.05)
+
+
+MACHINE = ["--cpus", "2", "--memory", "512M"]
+
+
+def test_qemu_qmp_drives_both_sides_over_tcp(vms):
+    """The QEMU recipe: -incoming defer, migrate-incoming, migrate, MIGRATION events, query-migrate."""
+    source = vms("src", *MACHINE, "--workload", "dirty-rate=32M,working-set=128M")
+    destination = vms("dst", *MACHINE, "--incoming", "defer")
+
+    async def scenario():
+        src, dst = await source.connect(), await destination.connect()
+        assert (await dst.qmp.execute("query-status"))["status"] == "inmigrate"
+        caps = {c["capability"]: c["state"] for c in await src.qmp.execute("query-migrate-capabilities")}
+        assert caps["auto-converge"] is False and caps["events"] is True and caps["postcopy-ram"] is False
+        await src.qmp.execute("migrate-set-capabilities", {"capabilities": [{"capability": "events", "state": True}]})
+        await src.qmp.execute("migrate-set-parameters", {"max-bandwidth": 4 << 30, "downtime-limit": 300})
+        params = await src.qmp.execute("query-migrate-parameters")
+        assert params["max-bandwidth"] == 4 << 30 and params["downtime-limit"] == 300
+        assert params["cpu-throttle-initial"] == 20 and params["cpu-throttle-increment"] == 10
+
+        await dst.qmp.execute("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
+        listening = await dst.qmp.execute("query-migrate")
+        port = int(listening["socket-address"][0]["port"])
+        assert port > 0
+
+        await asyncio.sleep(1.0)
+        src_events = asyncio.ensure_future(migration_statuses(src.qmp))
+        dst_events = asyncio.ensure_future(migration_statuses(dst.qmp))
+        await src.qmp.execute("migrate", {"uri": f"tcp:127.0.0.1:{port}"})
+        active = await wait_status(src.qmp, ("active", "device", "completed"))
+        assert active["status"] in ("active", "device", "completed")
+        assert await src_events == ["setup", "active", "device", "completed"]
+        assert await dst_events == ["setup", "active", "completed"]
+
+        info = await src.qmp.execute("query-migrate")
+        ram = info["ram"]
+        assert info["status"] == "completed" and info["downtime"] >= 0 and info["total-time"] >= info["downtime"]
+        assert "setup-time" in info
+        assert ram["total"] == 512 << 20 and ram["remaining"] == 0
+        assert ram["normal"] > 0 and ram["normal-bytes"] == ram["normal"] * 4096 and ram["duplicate"] > 0
+        assert ram["transferred"] >= ram["normal-bytes"] and ram["dirty-sync-count"] >= 2 and ram["mbps"] > 0
+        for field in ("dirty-pages-rate", "pages-per-second"):
+            assert field in ram
+        assert (await src.qmp.execute("query-status"))["status"] == "postmigrate"
+        assert (await dst.qmp.execute("query-status"))["status"] == "running"
+        assert (await dst.qmp.execute("query-migrate"))["status"] == "completed"
+
+        last_on_source = beats(source.serial)[-1][0]
+        await asyncio.sleep(1.0)
+        after = beats(destination.serial)
+        assert after and after[0][0] == last_on_source + 1, "heartbeats continue their sequence on the destination"
+        assert len(after) >= 5
+        assert "err=0" in destination.serial.read_text().splitlines()[-1]
+        await src.quit()
+        assert_verified_clean(await dst.quit())
+
+    asyncio.run(scenario())
+
+
+def test_exported_pvh_guest_migrates_while_dirtying(ferry, vms, tmp_path):
+    """The guest as an outside PVH kernel (--kernel): it keeps beating, its clock jumps no more than the pause."""
+    kernel = tmp_path / "guest.elf"
+    subprocess.run([ferry, "guest", "export", "--output", str(kernel)], check=True)
+    cmdline = subprocess.run([ferry, "guest", "cmdline", "--cpus", "1", "--workload", "dirty-rate=64M,working-set=128M"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    uri = f"unix:{tmp_path}/migration.sock"
+    source = vms("src", "--memory", "512M", "--kernel", str(kernel), "--append", cmdline)
+    destination = vms("dst", "--memory", "512M", "--kernel", str(kernel), "--append", cmdline, "--incoming", uri)
+
+    async def scenario():
+        src, dst = await source.connect(), await destination.connect()
+        await asyncio.sleep(1.0)
+        await src.qmp.execute("migrate-set-parameters", {"max-bandwidth": 4 << 30})
+        await src.qmp.execute("migrate", {"uri": uri})
+        info = await wait_status(src.qmp, ("completed", "failed"))
+        assert info["status"] == "completed", info
+        await asyncio.sleep(1.0)
+        before, after = beats(source.serial), beats(destination.serial)
+        assert after[0][0] == before[-1][0] + 1
+        assert [s for s, _ in after] == list(range(after[0][0], after[0][0] + len(after)))
+        clock_jump = after[0][1] - before[-1][1] - 100          # beyond the usual 100 ms between beats
+        assert clock_jump <= info["downtime"] + 50, (clock_jump, info["downtime"])
+        assert "err=0" in destination.serial.read_text().splitlines()[-1]
+        await src.quit()
+        assert_verified_clean(await dst.quit())
+
+    asyncio.run(scenario())
+
+
+def test_killed_destination_leaves_source_running_then_retry_succeeds(vms, tmp_path):
+    source = vms("src", *MACHINE, "--workload", "dirty-rate=16M,working-set=128M")
+    first = vms("dst1", *MACHINE, "--incoming", f"unix:{tmp_path}/m1.sock")
+
+    async def scenario():
+        src = await source.connect()
+        await asyncio.sleep(1.5)
+        await src.qmp.execute("migrate-set-parameters", {"max-bandwidth": 32 << 20})
+        await src.qmp.execute("migrate", {"uri": f"unix:{tmp_path}/m1.sock"})
+        await wait_status(src.qmp, ("active",))
+        await asyncio.sleep(0.5)
+        first.proc.send_signal(signal.SIGKILL)
+        info = await wait_status(src.qmp, ("failed",))
+        assert info["error-desc"]
+        assert (await src.qmp.execute("query-status"))["status"] == "running"
+        count = len(beats(source.serial))
+        await asyncio.sleep(0.6)
+        assert len(beats(source.serial)) > count + 3, "the source guest runs on"
+
+        second = await vms("dst2", *MACHINE, "--incoming", f"unix:{tmp_path}/m2.sock").connect()
+        await src.qmp.execute("migrate-set-parameters", {"max-bandwidth": 4 << 30})
+        await src.qmp.execute("migrate", {"uri": f"unix:{tmp_path}/m2.sock"})
+        assert (await wait_status(src.qmp, ("completed", "failed")))["status"] == "completed"
+        await asyncio.sleep(0.5)
+        await src.quit()
+        assert_verified_clean(await second.quit())
+
+    asyncio.run(scenario())
+
+
+def test_migration_commands_refuse_bad_arguments(vms):
+    vm = vms("vm", "--memory", "64M")
+
+    async def scenario():
+        client = (await vm.connect()).qmp
+        cases = [
+            ("migrate", {"uri": "bogus:1"}, "unknown migration protocol: bogus:1"),
+            ("migrate", {"uri": "tcp:127.0.0.1:99999"}, "invalid port '99999'"),
+            ("migrate", {}, "Parameter 'uri' is missing"),
+            ("migrate", {"uri": "unix:/nonexistent/dir/sock"}, "Failed to connect"),
+            ("migrate-set-parameters", {"downtime-limit": -1}, "downtime_limit"),
+            ("migrate-set-parameters", {"cpu-throttle-initial": 100}, "range of 1 to 99"),
+            ("migrate-set-parameters", {"no-such": 1}, "Parameter 'no-such' is unexpected"),
+            ("migrate-set-capabilities", {"capabilities": [{"capability": "postcopy-ram", "state": True}]},
+             "Capability 'postcopy-ram' is not supported"),
+            ("migrate-set-capabilities", {"capabilities": [{"capability": "warp-drive", "state": True}]},
+             "does not accept value 'warp-drive'"),
+            ("migrate-incoming", {"uri": "tcp:127.0.0.1:0"}, "start with --incoming"),
+        ]
+        for command, arguments, message in cases:
+            with pytest.raises(ExecuteError) as caught:
+                await client.execute(command, arguments)
+            assert caught.value.error_class == "GenericError" and message in str(caught.value), (command, str(caught.value))
+        assert await client.execute("query-migrate") == {}
+        assert (await client.execute("query-status"))["status"] == "running"
+        await vm.quit()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("bogus:x", "unknown migration protocol"),
+    ("tcp:localhost:port", "invalid port"),
+    ("unix:", "needs a socket path"),
+    ("fd:minus", "descriptor number"),
+])
+def test_bad_incoming_uri_is_one_error_line(ferry, uri, message):
+    result = subprocess.run([ferry, "run", "--memory", "64M", "--incoming", uri], capture_output=True, text=True, timeout=20)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
