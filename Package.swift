@@ -49,7 +49,7 @@ let package = Package(
         .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "PVHBoot", "EmbeddedGuest", "Devices", "QMP", "Migration",
                                            "MigrationProtocol", "Transport"],
                 swiftSettings: strict),
-        .executableTarget(name: "ferry", dependencies: ["VMM", "QMPSocket", "QMP", "EmbeddedGuest", "GuestMemory", "Migration",
+        .executableTarget(name: "ferry", dependencies: ["VMM", "QMPSocket", "QMP", "EmbeddedGuest", "GuestMemory", "Migration", "Transport",
                                                         argumentParser], swiftSettings: strict),
         .testTarget(name: "GuestMemoryTests", dependencies: ["GuestMemory"]),
         .testTarget(name: "EmbeddedGuestTests", dependencies: ["EmbeddedGuest", "GuestMemory", "PVHBoot"]),

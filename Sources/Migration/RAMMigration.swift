@@ -17,8 +17,10 @@ public final class RAMMigration: Migratable {
     public static let pageSize = PageSize.base.byteCount
     /// Page frames are cut at about this size.
     static let batchBytes = 1 << 20
-    /// One `iterate` call sends at most this much, so the loop re-checks often.
+    /// One `iterate` call sends at most this much, or looks at this many pages
+    /// (zero pages cost little to send), so the loop re-checks often.
     static let iterationBytes = 16 << 20
+    static let iterationPages = 64 << 10
 
     let blocks: [RAMBlock]
     let tracker: (any DirtyPageSource)?
@@ -146,9 +148,11 @@ public final class RAMMigration: Migratable {
                     state.batch.appendData(block: blockIndex, offset: UInt64(offset)) { mapping.appendPage(at: offset, to: &$0) }
                     normal += 1
                 }
-                if state.batch.byteCount >= Self.batchBytes {
+                if state.batch.byteCount >= Self.batchBytes || (respectRateLimit && normal + zero >= Self.iterationPages) {
                     sent += try flush(&state.batch, output)
-                    if sent >= limit || (respectRateLimit && output.isRateLimited) { return state.dirtyCount == 0 }
+                    if sent >= limit || (respectRateLimit && (output.isRateLimited || normal + zero >= Self.iterationPages)) {
+                        return state.dirtyCount == 0
+                    }
                 }
             }
             sent += try flush(&state.batch, output)

@@ -85,9 +85,16 @@ def test_exported_guest_boots_with_kernel_flag(ferry, tmp_path):
 
 
 def test_demo_runs(ferry):
-    result = run(ferry, "demo", "--seconds", "1.5", timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert re.search(r"guest verifier: 0 failures; host verifier: \d+ pages checked, [1-9]\d* written by the guest, 0 failed", result.stdout), result.stdout
+    result = run(ferry, "demo", "--seconds", "1.5", timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert re.search(r"^  migration active .* MiB sent", out, re.M), out
+    assert re.search(r"^migration completed in \d+ ms, downtime \d+ ms", out, re.M), out
+    assert re.search(r"dst\| ferry: verify: \d+ pages checked, [1-9]\d* written by the guest, 0 failed.*verify failures: 0", out), out
+    # The guest's heartbeats continue on the destination where they stopped on the source.
+    src = [int(n) for n in re.findall(r"^  src\| HB (\d+) ", out, re.M)]
+    dst = [int(n) for n in re.findall(r"^  dst\| HB (\d+) ", out, re.M)]
+    assert src and dst and dst[0] > src[-1] - 2 and "the guest moved between two processes" in out
 
 
 def test_hugetlb_backend_runs_and_verifies(ferry):
