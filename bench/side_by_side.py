@@ -4,9 +4,16 @@
 with the qemu.qmp library, in one run.  Prints each figure with the ratio.
 
 Scenarios (more arrive with later capabilities):
-  boot   time from process start to the guest's first heartbeat, 1 and 2 vCPUs, 2 GiB
+  boot           time from process start to the guest's first heartbeat, 1 and 2 vCPUs, 2 GiB
+  migrate-idle   precopy over loopback TCP, 2 GiB guest with 1.5 GiB of non-zero memory, idle
+  migrate-dirty  the same guest dirtying a 256 MiB working set as fast as it can
+  migrate        both migration scenarios
 
-Usage: bench/run.sh [--runs N] [--scenario boot]
+Every migration reports total time, downtime (as the VMM reports it),
+throughput, and the guest-observed pause: the largest gap between two
+heartbeats as the host saw their serial lines arrive, across the move.
+
+Usage: bench/run.sh [--runs N] [--scenario boot|migrate-idle|migrate-dirty|migrate|all]
 """
 import argparse
 import asyncio
@@ -98,19 +105,136 @@ def scenario_boot(ferry_vmm, qemu_vmm, runs):
         print(f"{cpus:>6} {figures['ferry']:9.1f} {figures['qemu']:9.1f} {figures['qemu'] / figures['ferry']:10.2f}x")
 
 
+class Console:
+    """Reads a VMM's serial output on a thread, stamping each heartbeat line with host time."""
+
+    def __init__(self, proc):
+        import threading
+        self.beats = []     # (host monotonic seconds, sequence, guest ms, pages)
+        self.thread = threading.Thread(target=self._read, args=(proc.stdout,), daemon=True)
+        self.thread.start()
+
+    def _read(self, stream):
+        import re
+        pattern = re.compile(rb"HB (\d+) t=(\d+) pages=(\d+)")
+        for line in stream:
+            match = pattern.search(line)
+            if match:
+                self.beats.append((time.monotonic(), int(match[1]), int(match[2]), int(match[3])))
+
+    def pages(self):
+        return self.beats[-1][3] if self.beats else 0
+
+
+PREALLOC = []     # ["-mem-prealloc"] with --mem-prealloc: both VMMs allocate guest RAM up front
+
+
+def migration_command(vmm, memory, cmdline, sock, incoming=None):
+    command = vmm.command(memory, 1, cmdline, sock) + PREALLOC
+    if incoming:
+        command += ["--incoming", incoming] if vmm.name == "ferry" else ["-incoming", incoming]
+    return command
+
+
+async def migrate_once(vmm, cmdline, ready_pages, port):
+    """One migration: source and destination processes, QMP on both, as a QEMU user drives it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src_sock, dst_sock = Path(tmp) / "src.qmp", Path(tmp) / "dst.qmp"
+        uri = f"tcp:127.0.0.1:{port}"
+        procs = []
+        try:
+            for sock, incoming in ((src_sock, None), (dst_sock, uri)):
+                procs.append(subprocess.Popen(migration_command(vmm, "2G", cmdline, sock, incoming), stdout=subprocess.PIPE,
+                                              stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL))
+            consoles = [Console(p) for p in procs]
+            clients = []
+            for sock in (src_sock, dst_sock):
+                for _ in range(1000):
+                    if sock.exists():
+                        break
+                    await asyncio.sleep(0.01)
+                client = QMPClient("bench")
+                await client.connect(str(sock))
+                clients.append(client)
+            src, dst = clients
+            deadline = time.monotonic() + 120
+            while consoles[0].pages() < ready_pages or len(consoles[0].beats) < 10:
+                assert time.monotonic() < deadline, f"{vmm.name}: guest never got ready ({consoles[0].pages()} pages)"
+                await asyncio.sleep(0.05)
+            await src.execute("migrate-set-parameters", {"max-bandwidth": 100 << 30, "downtime-limit": 300})
+            await src.execute("migrate", {"uri": uri})
+            while True:
+                info = await src.execute("query-migrate")
+                if info["status"] in ("completed", "failed", "cancelled"):
+                    break
+                await asyncio.sleep(0.02)
+            assert info["status"] == "completed", f"{vmm.name}: {info}"
+            beats_before = len(consoles[1].beats)
+            while len(consoles[1].beats) < beats_before + 3:
+                assert time.monotonic() < deadline + 30, f"{vmm.name}: the guest does not beat on the destination"
+                await asyncio.sleep(0.05)
+            # Guest-observed pause: the largest host-time gap between consecutive heartbeats across the move.
+            timeline = sorted(consoles[0].beats + consoles[1].beats, key=lambda b: b[1])
+            gap = max(b[0] - a[0] for a, b in zip(timeline, timeline[1:]) if b[1] == a[1] + 1)
+            for client in clients:
+                try:
+                    await client.execute("quit")
+                    await client.disconnect()
+                except EOFError:
+                    pass
+            for proc in procs:
+                proc.wait(timeout=20)
+            return {"total": info["total-time"], "downtime": info["downtime"],
+                    "mbps": info["ram"]["transferred"] * 8 / info["total-time"] / 1000,
+                    "transferred": info["ram"]["transferred"], "gap": gap * 1000}
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+
+
+def scenario_migrate(ferry_vmm, qemu_vmm, runs, name, workload, ready_pages):
+    cmdline = subprocess.run([ferry_vmm.ferry, "guest", "cmdline", "--cpus", "1", "--workload", workload],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    print(f"scenario {name}: 2 GiB, 1 vCPU, workload {workload}, loopback TCP, max-bandwidth 100 GiB/s, "
+          f"downtime-limit 300 ms{', -mem-prealloc' if PREALLOC else ''}, median of {runs} runs")
+    results = {}
+    for vmm in (ferry_vmm, qemu_vmm):
+        runs_of = [asyncio.run(migrate_once(vmm, cmdline, ready_pages, 47000 + i + (0 if vmm.name == "ferry" else 100)))
+                   for i in range(runs)]
+        results[vmm.name] = {key: statistics.median(r[key] for r in runs_of) for key in runs_of[0]}
+    f, q = results["ferry"], results["qemu"]
+    print(f"{'':>26} {'Ferry':>10} {'QEMU 10':>10} {'ratio':>8}")
+    print(f"{'total time (ms)':>26} {f['total']:10.0f} {q['total']:10.0f} {q['total'] / f['total']:7.2f}x  (QEMU/Ferry)")
+    print(f"{'downtime, reported (ms)':>26} {f['downtime']:10.0f} {q['downtime']:10.0f} "
+          f"{q['downtime'] / max(f['downtime'], 1):7.2f}x  (QEMU/Ferry)")
+    print(f"{'guest-observed pause (ms)':>26} {f['gap']:10.0f} {q['gap']:10.0f}   (largest heartbeat gap; 100 ms is normal)")
+    print(f"{'throughput (MB/s)':>26} {f['mbps'] / 8:10.0f} {q['mbps'] / 8:10.0f} {f['mbps'] / q['mbps']:7.2f}x  (Ferry/QEMU)")
+    print(f"{'bytes sent (MiB)':>26} {f['transferred'] / 2**20:10.0f} {q['transferred'] / 2**20:10.0f}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ferry", default=str(ROOT / ".build" / "release" / "ferry"))
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--scenario", choices=["boot"], default="boot")
+    parser.add_argument("--scenario", choices=["boot", "migrate-idle", "migrate-dirty", "migrate", "all"], default="all")
+    parser.add_argument("--mem-prealloc", action="store_true",
+                        help="run both VMMs with -mem-prealloc (guest RAM allocated at start)")
     args = parser.parse_args()
+    if args.mem_prealloc:
+        PREALLOC.append("-mem-prealloc")
     with tempfile.TemporaryDirectory() as tmp:
         image = os.path.join(tmp, "guest.elf")
         subprocess.run([args.ferry, "guest", "export", "--output", image], check=True, capture_output=True)
         ferry_vmm, qemu_vmm = VMM("ferry", args.ferry, image), VMM("qemu", args.ferry, image)
         print(subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout.splitlines()[0])
-        if args.scenario == "boot":
+        if args.scenario in ("boot", "all"):
             scenario_boot(ferry_vmm, qemu_vmm, args.runs)
+        if args.scenario in ("migrate-idle", "migrate", "all"):
+            scenario_migrate(ferry_vmm, qemu_vmm, args.runs, "migrate-idle", "dirty-rate=0,working-set=1536M", 393216)
+        if args.scenario in ("migrate-dirty", "migrate", "all"):
+            scenario_migrate(ferry_vmm, qemu_vmm, args.runs, "migrate-dirty", "dirty-rate=max,working-set=256M", 65536)
 
 
 if __name__ == "__main__":

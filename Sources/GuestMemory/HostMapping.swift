@@ -143,10 +143,13 @@ extension HostMapping {
         }
     }
 
-    /// Writes one 4 KiB page at `offset` from `bytes` (exactly a page long).
-    public func storePage(_ bytes: ArraySlice<UInt8>, at offset: Int) {
-        precondition(bytes.count == PageSize.base.byteCount)
-        unsafe bytes.withUnsafeBytes { unsafe storeBytes($0, at: offset) }
+    /// Writes one 4 KiB page at `offset` from `bytes[range]` (exactly a page long).
+    public func storePage(_ bytes: [UInt8], range: Range<Int>, at offset: Int) {
+        precondition(range.count == PageSize.base.byteCount && range.lowerBound >= 0 && range.upperBound <= bytes.count)
+        unsafe bytes.withUnsafeBytes { raw in
+            // SAFETY: the precondition keeps `range` inside the array.
+            unsafe storeBytes(UnsafeRawBufferPointer(rebasing: raw[range]), at: offset)
+        }
     }
 
     /// Makes the 4 KiB page at `offset` zero, writing only if it is not zero already
@@ -156,6 +159,13 @@ extension HostMapping {
         precondition(offset >= 0 && offset <= byteCount - PageSize.base.byteCount)
         // SAFETY: bounds checked above.
         unsafe (base + offset).initializeMemory(as: UInt8.self, repeating: 0, count: PageSize.base.byteCount)
+    }
+
+    /// Allocates every page now (`MADV_POPULATE_WRITE`, QEMU's `-mem-prealloc`),
+    /// so no page fault or page clearing is left for later.  Throws the errno.
+    public func prefault() throws(GuestMemoryError) {
+        let result = unsafe madvise(base, byteCount, 23 /* MADV_POPULATE_WRITE */)
+        guard result == 0 else { throw .mapFailed(backend: backend, byteCount: UInt64(byteCount), errno: errno) }
     }
 
     /// Asks the kernel to back this mapping with transparent huge pages

@@ -175,12 +175,13 @@ public final class RAMMigration: Migratable {
     /// before its page is written.
     public func loadPages(_ payload: [UInt8]) throws(MigrationError) {
         let reader = PageBatchReader(layout: layout)
+        let mappings = blocks.map(\.mapping)      // a local array: borrowed per record, not retained
         var normal = 0, zero = 0
         do {
             try reader.forEachRecord(in: payload) { block, offset, kind, range throws(ProtocolError) in
-                let mapping = blocks[block].mapping
+                let mapping = mappings[block]
                 if kind == .data {
-                    mapping.storePage(payload[range], at: Int(offset))
+                    mapping.storePage(payload, range: range, at: Int(offset))
                     normal += 1
                 } else {
                     mapping.zeroPage(at: Int(offset))

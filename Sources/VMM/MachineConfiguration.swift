@@ -16,6 +16,8 @@ public struct MachineConfiguration: Sendable {
     public var backend: MemoryBackend
     public var cpus: Int
     public var boot: Boot
+    /// Allocate all guest RAM up front (QEMU's `-mem-prealloc`).
+    public var preallocate = false
 
     public init(memoryBytes: UInt64, backend: MemoryBackend = .anon, cpus: Int = 1, boot: Boot = .embedded(.idle)) {
         self.memoryBytes = memoryBytes

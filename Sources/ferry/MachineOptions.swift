@@ -13,6 +13,10 @@ struct MachineOptions: ParsableArguments {
     @Option(name: .customLong("memory-backend"), help: "What backs guest RAM: anon, memfd or hugetlb (2 MiB pages reserved in /proc/sys/vm/nr_hugepages).")
     var memoryBackend: String = "anon"
 
+    @Flag(name: [.customLong("mem-prealloc"), .customLong("mem-prealloc", withSingleDash: true)],
+          help: "Allocate all guest RAM at start (as QEMU's -mem-prealloc): no page faults later, e.g. while a migration arrives.")
+    var memPrealloc = false
+
     @Option(help: "Number of vCPUs (1-32).")
     var cpus: Int = 1
 
@@ -46,7 +50,8 @@ struct MachineOptions: ParsableArguments {
                 throw FerryFailure.badInput("invalid --workload: \(error)")
             }
         }
-        let configuration = MachineConfiguration(memoryBytes: bytes, backend: backend, cpus: cpus, boot: boot)
+        var configuration = MachineConfiguration(memoryBytes: bytes, backend: backend, cpus: cpus, boot: boot)
+        configuration.preallocate = memPrealloc
         do { try configuration.validate() } catch { throw FerryFailure.badInput(error.description) }
         return configuration
     }

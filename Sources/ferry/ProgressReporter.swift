@@ -1,4 +1,5 @@
 import Foundation
+import Migration
 import Synchronization
 import VMM
 
@@ -17,14 +18,24 @@ final class ProgressReporter: Sendable {
                 Thread.sleep(forTimeInterval: 1)
                 guard running.withLock({ $0 }) else { break }
                 let now = machine.progress
-                FileHandle.standardError.write(Data(Self.line(elapsed: ContinuousClock.now - start, state: machine.state.rawValue,
-                                                               previous: previous, now: now).utf8))
+                var line = Self.line(elapsed: ContinuousClock.now - start, state: machine.state.rawValue,
+                                     previous: previous, now: now)
+                if let migration = machine.outgoingMigration, [.setup, .active, .device].contains(migration.status) {
+                    line = String(line.dropLast()) + "  " + Self.migrationLine(migration) + "\n"
+                }
+                FileHandle.standardError.write(Data(line.utf8))
                 previous = now
             }
         }.start()
     }
 
     func stop() { running.withLock { $0 = false } }
+
+    static func migrationLine(_ info: MigrationInfo) -> String {
+        String(format: "migration=%@ sent=%lluMiB remaining=%lluMiB %.0fMbit/s pass=%llu", info.status.rawValue,
+               info.transferredBytes >> 20, (info.ram.remainingPages * info.ram.pageSize) >> 20,
+               info.bandwidth * 8 / 1e6, info.ram.dirtySyncCount)
+    }
 
     static func line(elapsed: Duration, state: String, previous: GuestProgress, now: GuestProgress) -> String {
         let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18

@@ -27,7 +27,7 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("QMP control socket, e.g. unix:/tmp/ferry.qmp.", valueName: "unix:PATH"))
     var qmp: String?
 
-    @Flag(help: "Print guest progress (heartbeats per second, pages written, verify failures) to stderr every second.")
+    @Flag(help: "Print guest progress (heartbeats per second, pages written, verify failures) and any outgoing migration's progress to stderr every second.")
     var progress = false
 
     @Option(help: ArgumentHelp("Quit after this many seconds (default: run until QMP quit).", valueName: "seconds"))

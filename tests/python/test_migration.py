@@ -244,3 +244,70 @@ def test_bad_incoming_uri_is_one_error_line(ferry, uri, message):
     result = subprocess.run([ferry, "run", "--memory", "64M", "--incoming", uri], capture_output=True, text=True, timeout=20)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+
+
+def test_auto_converge_throttles_a_guest_that_outruns_the_link(vms, tmp_path):
+    """A guest dirtying about as fast as a 32 MiB/s link: with auto-converge the vCPUs get throttled and it converges."""
+    uri = f"unix:{tmp_path}/m.sock"
+    source = vms("src", "--memory", "256M", "--workload", "dirty-rate=48M,working-set=32M")
+    destination = vms("dst", "--memory", "256M", "--incoming", uri)
+
+    async def scenario():
+        src, dst = await source.connect(), await destination.connect()
+        await asyncio.sleep(1.0)
+        await src.qmp.execute("migrate-set-capabilities", {"capabilities": [{"capability": "auto-converge", "state": True}]})
+        await src.qmp.execute("migrate-set-parameters", {"max-bandwidth": 32 << 20, "downtime-limit": 50,
+                                                         "cpu-throttle-initial": 30, "cpu-throttle-increment": 20})
+        await src.qmp.execute("migrate", {"uri": uri})
+        throttles = []
+        while True:
+            info = await src.qmp.execute("query-migrate")
+            if "cpu-throttle-percentage" in info:
+                throttles.append(info["cpu-throttle-percentage"])
+            if info["status"] in ("completed", "failed"):
+                break
+            await asyncio.sleep(0.05)
+        assert info["status"] == "completed", info
+        assert throttles and throttles[0] == 30 and max(throttles) >= 50, throttles
+        await asyncio.sleep(0.5)
+        await src.quit()
+        assert_verified_clean(await dst.quit())
+
+    asyncio.run(scenario())
+
+
+def test_file_save_restores_through_an_inherited_descriptor(ferry, vms, tmp_path):
+    """migrate to file:, then restore with --incoming fd:N (a descriptor the parent opened), as QEMU users do."""
+    state = tmp_path / "vm.state"
+    source = vms("src", "--memory", "128M", "--workload", "dirty-rate=8M,working-set=16M")
+
+    async def save():
+        src = await source.connect()
+        await asyncio.sleep(1.0)
+        await src.qmp.execute("migrate-set-parameters", {"max-bandwidth": 4 << 30})
+        await src.qmp.execute("migrate", {"uri": f"file:{state}"})
+        assert (await wait_status(src.qmp, ("completed", "failed")))["status"] == "completed"
+        assert (await src.qmp.execute("query-status"))["status"] == "postmigrate"
+        await src.quit()
+
+    asyncio.run(save())
+    assert state.read_bytes()[:8] == b"FERRYMIG"
+    last = beats(source.serial)[-1][0]
+    fd = os.open(state, os.O_RDONLY)
+    serial = tmp_path / "restored.log"
+    result = subprocess.run([ferry, "run", "--memory", "128M", "--incoming", f"fd:{fd}", "--serial", f"file:{serial}",
+                             "--run-for", "1.5", "--verify-on-exit"], pass_fds=(fd,), capture_output=True, text=True, timeout=60)
+    os.close(fd)
+    assert result.returncode == 0, result.stderr
+    assert_verified_clean(result.stderr)
+    restored = beats(serial)
+    assert restored and restored[0][0] == last + 1
+
+
+def test_truncated_file_fails_the_restore_with_a_clear_error(ferry, tmp_path):
+    state = tmp_path / "short.state"
+    state.write_bytes(b"FERRYMIG" + bytes([1, 0, 0, 0, 0, 0, 0, 0]))
+    result = subprocess.run([ferry, "run", "--memory", "64M", "--incoming", f"file:{state}", "--serial", "none"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert result.stderr.startswith("ferry: error: load of migration failed: stream truncated"), result.stderr
