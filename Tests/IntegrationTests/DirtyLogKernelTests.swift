@@ -56,4 +56,24 @@ struct DirtyLogKernelTests {
         machine.quit()
         #expect(machine.progress.verifyErrors == 0)
     }
+
+    @Test("pages the VMM itself writes are reported with the guest's")
+    func vmmWritesAreTracked() throws {
+        let machine = try Machine(MachineConfiguration(memoryBytes: 64 << 20, cpus: 1, boot: .embedded(.idle)), serialOutput: { _ in })
+        machine.start(paused: true)                             // vCPU threads parked: the guest never runs
+        let source = machine.makeDirtyPageSource()
+        try source.startTracking()
+        _ = try source.collectDirtyPages()                      // every page, once
+        #expect(try source.collectDirtyPages()["pc.ram"]?.isEmpty == true, "the guest has not run")
+        // A write that straddles two pages marks both.
+        try machine.memory.write([UInt8](repeating: 0x5a, count: 16), at: GuestAddress((40 << 20) + 4096 - 8))
+        let dirty = try #require(try source.collectDirtyPages()["pc.ram"])
+        #expect(dirty.setPages == [(40 << 20) / 4096, (40 << 20) / 4096 + 1])
+        try source.stopTracking()
+        try machine.memory.write([1], at: GuestAddress(41 << 20))
+        try source.startTracking()
+        #expect(try source.collectDirtyPages()["pc.ram"]?.count == (64 << 20) / 4096, "a new round starts with every page")
+        try source.stopTracking()
+        machine.quit()
+    }
 }
