@@ -72,11 +72,12 @@ public struct MigrationCapabilities: Equatable, Sendable {
 
     public init() {}
 
-    /// Capabilities Ferry implements.
-    public static let supported = ["auto-converge", "events"]
+    /// Capabilities Ferry implements.  `return-path` is always on: on sockets the
+    /// destination always confirms (or refuses) the stream.
+    public static let supported = ["auto-converge", "events", "return-path"]
     /// QEMU 10's other capabilities: listed as off; enabling one is refused, naming it.
     public static let unsupported = ["xbzrle", "rdma-pin-all", "zero-blocks", "postcopy-ram", "x-colo", "release-ram",
-                                     "return-path", "pause-before-switchover", "multifd", "dirty-bitmaps",
+                                     "pause-before-switchover", "multifd", "dirty-bitmaps",
                                      "postcopy-blocktime", "late-block-activate", "x-ignore-shared", "validate-uuid",
                                      "background-snapshot", "zero-copy-send", "postcopy-preempt", "switchover-ack",
                                      "dirty-limit", "mapped-ram"]
@@ -85,6 +86,8 @@ public struct MigrationCapabilities: Equatable, Sendable {
         switch name {
         case "auto-converge": autoConverge = enabled
         case "events": events = enabled
+        case "return-path":
+            if !enabled { throw .invalidParameter("Capability 'return-path' cannot be turned off: Ferry always confirms a migration on the return path") }
         case _ where Self.unsupported.contains(name):
             if enabled { throw .invalidParameter("Capability '\(name)' is not supported by Ferry") }
         default: throw .invalidParameter("Parameter 'capability' does not accept value '\(name)'")
@@ -92,6 +95,6 @@ public struct MigrationCapabilities: Equatable, Sendable {
     }
 
     public var states: [(name: String, enabled: Bool)] {
-        [("auto-converge", autoConverge), ("events", events)] + Self.unsupported.map { ($0, false) }
+        [("auto-converge", autoConverge), ("events", events), ("return-path", true)] + Self.unsupported.map { ($0, false) }
     }
 }

@@ -99,7 +99,9 @@ def test_qemu_qmp_drives_both_sides_over_tcp(vms):
         assert (await dst.qmp.execute("query-status"))["status"] == "inmigrate"
         caps = {c["capability"]: c["state"] for c in await src.qmp.execute("query-migrate-capabilities")}
         assert caps["auto-converge"] is False and caps["events"] is True and caps["postcopy-ram"] is False
-        await src.qmp.execute("migrate-set-capabilities", {"capabilities": [{"capability": "events", "state": True}]})
+        assert caps["return-path"] is True
+        await src.qmp.execute("migrate-set-capabilities", {"capabilities": [{"capability": "events", "state": True},
+                                                                            {"capability": "return-path", "state": True}]})
         await src.qmp.execute("migrate-set-parameters", {"max-bandwidth": 4 << 30, "downtime-limit": 300})
         params = await src.qmp.execute("query-migrate-parameters")
         assert params["max-bandwidth"] == 4 << 30 and params["downtime-limit"] == 300
