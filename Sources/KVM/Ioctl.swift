@@ -144,6 +144,13 @@ extension Ioctl {
         unsafe withUnsafeBytes(of: value) { unsafe Array($0) }
     }
 
+    /// Runs a `KVM_GET_*` ioctl that fills a `T` and returns the struct's bytes.
+    static func read<T>(_ fd: Int32, _ request: IoctlRequest, _ zero: T) throws(KVMError) -> [UInt8] {
+        var value = zero
+        try pointer(fd, request, &value)
+        return bytes(of: value)
+    }
+
     /// A plain C struct from exactly `MemoryLayout<T>.size` bytes; `nil` for any other count.
     static func value<T>(_ type: T.Type, from bytes: [UInt8], zero: T) -> T? {
         guard bytes.count == MemoryLayout<T>.size else { return nil }

@@ -3,7 +3,7 @@ import CLinuxUAPI
 /// The VM-wide in-kernel devices' state: both 8259 PICs, the IOAPIC, the PIT
 /// and kvm-clock, as the kernel's structs in bytes.
 public struct PlatformState: Equatable, Sendable {
-    public enum Part: UInt8, CaseIterable, Sendable {
+    public enum Part: UInt8, CaseIterable, Sendable, KVMStatePart {
         case picMaster = 1  // kvm_irqchip, chip 0
         case picSlave = 2   // kvm_irqchip, chip 1
         case ioapic = 3     // kvm_irqchip, chip 2
@@ -39,26 +39,17 @@ extension VirtualMachine {
         for part in [PlatformState.Part.picMaster, .picSlave, .ioapic] {
             var chip = kvm_irqchip()
             chip.chip_id = part.chipID!
-            try Ioctl.pointer(descriptor, .getIRQChip, &chip)
-            parts[part] = Ioctl.bytes(of: chip)
+            parts[part] = try Ioctl.read(descriptor, .getIRQChip, chip)
         }
-        var pit = kvm_pit_state2()
-        try Ioctl.pointer(descriptor, .getPIT2, &pit)
-        parts[.pit] = Ioctl.bytes(of: pit)
-        var clock = kvm_clock_data()
-        try Ioctl.pointer(descriptor, .getClock, &clock)
-        parts[.clock] = Ioctl.bytes(of: clock)
+        parts[.pit] = try Ioctl.read(descriptor, .getPIT2, kvm_pit_state2())
+        parts[.clock] = try Ioctl.read(descriptor, .getClock, kvm_clock_data())
         return PlatformState(parts: parts)
     }
 
     /// Loads `state`, checking each part's size and chip number first.
     public func restorePlatformState(_ state: PlatformState) throws(VCPUStateError) {
         func part<T>(_ part: PlatformState.Part, _ zero: T) throws(VCPUStateError) -> T {
-            guard let bytes = state.parts[part] else { throw .missingPlatformPart("\(part)") }
-            guard let value = Ioctl.value(T.self, from: bytes, zero: zero) else {
-                throw .wrongPlatformSize("\(part)", bytes.count, expected: part.byteCount)
-            }
-            return value
+            try decodePart(state.parts, part, zero)
         }
         var chips: [kvm_irqchip] = []
         for which in [PlatformState.Part.picMaster, .picSlave, .ioapic] {

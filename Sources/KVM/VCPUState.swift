@@ -7,7 +7,7 @@ import CLinuxUAPI
 /// byte reaches the kernel.
 public struct VCPUState: Equatable, Sendable {
     /// The pieces of vCPU state, one KVM struct each.
-    public enum Part: UInt8, CaseIterable, Sendable {
+    public enum Part: UInt8, CaseIterable, Sendable, KVMStatePart {
         case registers = 1      // kvm_regs
         case special = 2        // kvm_sregs
         case xsave = 3          // kvm_xsave (FPU, SSE, AVX)
@@ -65,31 +65,16 @@ public struct VCPUState: Equatable, Sendable {
 extension VirtualCPU {
     /// Reads the whole vCPU state.  The vCPU must not be running.
     public func captureState() throws(KVMError) -> VCPUState {
-        var parts: [VCPUState.Part: [UInt8]] = [:]
-        var regs = kvm_regs()
-        try Ioctl.pointer(descriptor, .getRegs, &regs)
-        parts[.registers] = Ioctl.bytes(of: regs)
-        var sregs = kvm_sregs()
-        try Ioctl.pointer(descriptor, .getSregs, &sregs)
-        parts[.special] = Ioctl.bytes(of: sregs)
-        var xsave = kvm_xsave()
-        try Ioctl.pointer(descriptor, .getXSave, &xsave)
-        parts[.xsave] = Ioctl.bytes(of: xsave)
-        var xcrs = kvm_xcrs()
-        try Ioctl.pointer(descriptor, .getXCRs, &xcrs)
-        parts[.xcrs] = Ioctl.bytes(of: xcrs)
-        var events = kvm_vcpu_events()
-        try Ioctl.pointer(descriptor, .getVCPUEvents, &events)
-        parts[.events] = Ioctl.bytes(of: events)
-        var lapic = kvm_lapic_state()
-        try Ioctl.pointer(descriptor, .getLAPIC, &lapic)
-        parts[.lapic] = Ioctl.bytes(of: lapic)
-        var debug = kvm_debugregs()
-        try Ioctl.pointer(descriptor, .getDebugRegs, &debug)
-        parts[.debugRegisters] = Ioctl.bytes(of: debug)
-        var mp = kvm_mp_state()
-        try Ioctl.pointer(descriptor, .getMPState, &mp)
-        parts[.mpState] = Ioctl.bytes(of: mp)
+        let parts: [VCPUState.Part: [UInt8]] = [
+            .registers: try Ioctl.read(descriptor, .getRegs, kvm_regs()),
+            .special: try Ioctl.read(descriptor, .getSregs, kvm_sregs()),
+            .xsave: try Ioctl.read(descriptor, .getXSave, kvm_xsave()),
+            .xcrs: try Ioctl.read(descriptor, .getXCRs, kvm_xcrs()),
+            .events: try Ioctl.read(descriptor, .getVCPUEvents, kvm_vcpu_events()),
+            .lapic: try Ioctl.read(descriptor, .getLAPIC, kvm_lapic_state()),
+            .debugRegisters: try Ioctl.read(descriptor, .getDebugRegs, kvm_debugregs()),
+            .mpState: try Ioctl.read(descriptor, .getMPState, kvm_mp_state()),
+        ]
         let indices = vm.system.msrIndices.filter { VCPUState.migratedMSRs.contains($0) || $0 == VCPUState.tscDeadlineMSR }
         let msrs = try readMSRs(indices)
         return VCPUState(parts: parts, msrs: msrs, tscKHz: try tscKHz())
@@ -100,11 +85,7 @@ extension VirtualCPU {
     /// LAPIC, then the TSC deadline and debug registers.
     public func restoreState(_ state: VCPUState) throws(VCPUStateError) {
         func part<T>(_ part: VCPUState.Part, _ zero: T) throws(VCPUStateError) -> T {
-            guard let bytes = state.parts[part] else { throw .missingPart(part) }
-            guard let value = Ioctl.value(T.self, from: bytes, zero: zero) else {
-                throw .wrongSize(part, bytes.count, expected: part.byteCount)
-            }
-            return value
+            try decodePart(state.parts, part, zero)
         }
         var sregs = try part(.special, kvm_sregs())
         var regs = try part(.registers, kvm_regs())
@@ -169,23 +150,33 @@ extension VirtualCPU {
 
 /// Why a vCPU state could not be loaded.
 public enum VCPUStateError: Error, Equatable, Sendable, CustomStringConvertible {
-    case missingPart(VCPUState.Part)
-    case wrongSize(VCPUState.Part, Int, expected: Int)
+    case missingPart(String)
+    case wrongSize(String, Int, expected: Int)
     case tooManyMSRs(Int)
-    case missingPlatformPart(String)
-    case wrongPlatformSize(String, Int, expected: Int)
     case invalid(String)
     case kvm(KVMError)
 
     public var description: String {
         switch self {
-        case .missingPart(let part): "vCPU state lacks its \(part) part"
-        case .wrongSize(let part, let size, let expected): "vCPU \(part) state is \(size) bytes, expected \(expected)"
+        case .missingPart(let part): "the state lacks its \(part) part"
+        case .wrongSize(let part, let size, let expected): "the \(part) state is \(size) bytes, expected \(expected)"
         case .tooManyMSRs(let count): "vCPU state has \(count) MSRs, more than \(CLINUXUAPI_MAX_MSRS)"
-        case .missingPlatformPart(let part): "platform state lacks its \(part) part"
-        case .wrongPlatformSize(let part, let size, let expected): "platform \(part) state is \(size) bytes, expected \(expected)"
         case .invalid(let why): why
         case .kvm(let error): error.description
         }
     }
+}
+
+/// One part of a saved state: a kernel struct of a fixed size.
+protocol KVMStatePart: Hashable {
+    var byteCount: Int { get }
+}
+
+/// The struct a part's bytes hold, once their presence and size are checked.
+func decodePart<P: KVMStatePart, T>(_ parts: [P: [UInt8]], _ part: P, _ zero: T) throws(VCPUStateError) -> T {
+    guard let bytes = parts[part] else { throw .missingPart("\(part)") }
+    guard let value = Ioctl.value(T.self, from: bytes, zero: zero) else {
+        throw .wrongSize("\(part)", bytes.count, expected: part.byteCount)
+    }
+    return value
 }

@@ -93,10 +93,10 @@ public final class PrecopySource: Sendable {
             try checkCancelled()
             setStatus(.active)
             while true {
-                try iterateUntilThresholdMet()
+                let threshold = try iterateUntilThresholdMet()
                 let wasRunning = parts.vm.stopForSwitchover()
                 stoppedGuest = wasRunning
-                if try switchover(wasRunning: wasRunning) { break }
+                if try switchover(threshold: threshold) { break }
                 // The exact device state broke the limit: the guest runs on, and so do we.
                 parts.vm.resumeAfterFailedSwitchover(wasRunning: wasRunning)
                 stoppedGuest = nil
@@ -124,8 +124,9 @@ public final class PrecopySource: Sendable {
 
     // MARK: the live phase
 
-    /// Sends while the guest runs until what is pending, asked exactly, fits the threshold.
-    func iterateUntilThresholdMet() throws(MigrationError) {
+    /// Sends while the guest runs until what is pending, asked exactly, fits the
+    /// threshold; returns that threshold in bytes.
+    func iterateUntilThresholdMet() throws(MigrationError) -> UInt64 {
         var windowStart = ContinuousClock.now
         var windowBytes = writer.bytesWritten
         var windowPages = parts.ram.stats.normalPages + parts.ram.stats.zeroPages
@@ -139,7 +140,11 @@ public final class PrecopySource: Sendable {
             if now - windowStart >= Self.window {
                 let seconds = Self.seconds(now - windowStart)
                 let bytes = writer.bytesWritten, stats = parts.ram.stats
-                let bandwidth = Double(bytes - windowBytes) / seconds
+                // A window that sent nothing (everything already out, the guest idle or
+                // stopped) says nothing about the link: use the average since the start.
+                let bandwidth = bytes > windowBytes
+                    ? Double(bytes - windowBytes) / seconds
+                    : Double(bytes) / Self.seconds(now - progress.withLock { $0.startedAt })
                 let switchoverBandwidth = parameters.availSwitchoverBandwidth > 0 ? Double(parameters.availSwitchoverBandwidth) : bandwidth
                 threshold = UInt64(switchoverBandwidth * Double(parameters.downtimeLimit) / 1000)
                 let pending = pendingEstimate()
@@ -172,7 +177,7 @@ public final class PrecopySource: Sendable {
                 for device in parts.devices { exact += try device.pendingExact() }
                 if exact <= threshold {
                     progress.withLock { $0.info.expectedDowntime = nil }
-                    return
+                    return threshold
                 }
             }
             _ = try parts.ram.iterate(writer)
@@ -188,18 +193,18 @@ public final class PrecopySource: Sendable {
     // MARK: switchover
 
     /// Guest stopped: the last RAM, every device, end, and the destination's answer.
-    /// `false` when the exact device state would break the downtime limit (retried
-    /// at most three times, as a device that grows while stopped must not stall us).
-    func switchover(wasRunning: Bool) throws(MigrationError) -> Bool {
+    /// `false` when the exact device state would break the downtime limit's
+    /// `threshold` (retried at most three times, as a device that grows while
+    /// stopped must not stall us).
+    func switchover(threshold: UInt64) throws(MigrationError) -> Bool {
         let stoppedAt = ContinuousClock.now
         setStatus(.device)
         writer.setRateLimit(0)
         let bytesBefore = writer.bytesWritten
         var deviceBytes: UInt64 = 0
         for device in parts.devices { deviceBytes += try device.pendingExact() }
-        let limitBytes = max(UInt64(progress.withLock { $0.info.bandwidth } * Double(parameters.downtimeLimit) / 1000), 1 << 20)
         let retries = progress.withLock { $0.info.switchoverRetries }
-        if deviceBytes > limitBytes && retries < 3 {
+        if deviceBytes > threshold && retries < 3 {
             progress.withLock { $0.info.switchoverRetries += 1 }
             writer.setRateLimit(parameters.maxBandwidth)
             return false

@@ -41,12 +41,17 @@ public final class RAMMigration: Migratable {
     public init(blocks: [RAMBlock], tracker: (any DirtyPageSource)?) {
         self.blocks = blocks
         self.tracker = tracker
-        layout = blocks.map { MigrationConfiguration.Block(name: $0.name, byteCount: $0.byteCount, pageSize: UInt32(Self.pageSize)) }
+        layout = Self.layout(of: blocks)
         send = Mutex(SendState(bitmaps: blocks.map { DirtyBitmap(pageCount: Int($0.byteCount) / Self.pageSize) }))
         statistics.withLock { $0.totalBytes = blocks.reduce(0) { $0 + $1.byteCount } }
     }
 
     public var stats: RAMStatistics { statistics.withLock { $0 } }
+
+    /// The blocks as the configuration describes them: name, size, 4 KiB migration pages.
+    public static func layout(of blocks: [RAMBlock]) -> [MigrationConfiguration.Block] {
+        blocks.map { MigrationConfiguration.Block(name: $0.name, byteCount: $0.byteCount, pageSize: UInt32(pageSize)) }
+    }
 
     // MARK: source
 
@@ -118,6 +123,7 @@ public final class RAMMigration: Migratable {
     /// limit's window is spent, or no dirty page is left (`true`).
     func sendDirtyPages(_ output: StreamWriter, limit: Int, respectRateLimit: Bool) throws(MigrationError) -> Bool {
         let pageSize = Self.pageSize
+        let mappings = blocks.map(\.mapping)      // a local array: borrowed per page, not retained
         var sent = 0
         return try send.withLock { state throws(MigrationError) -> Bool in
             var normal = 0, zero = 0
@@ -140,7 +146,7 @@ public final class RAMMigration: Migratable {
                 state.dirtyCount -= 1
                 state.cursor.page = page + 1
                 let offset = page * pageSize
-                let mapping = blocks[blockIndex].mapping
+                let mapping = mappings[blockIndex]
                 if mapping.isZeroPage(at: offset) {
                     state.batch.append(block: blockIndex, offset: UInt64(offset), page: nil)
                     zero += 1

@@ -27,12 +27,19 @@ public final class StreamWriter: Sendable {
 
     public func sendStreamHeader() throws(MigrationError) { try write(StreamHeader.encode()) }
 
-    /// One frame: header, payload, checksum.
+    /// One frame: header, payload, checksum.  A small frame goes out in one
+    /// write; a page batch in three, so its megabyte is never copied again.
     public func send(_ kind: FrameKind, payload: [UInt8]) throws(MigrationError) {
+        if payload.count < Self.coalesceLimit {
+            try write(FrameHeader.encode(kind, payloadLength: payload.count) + payload + FrameHeader.trailer(for: payload))
+            return
+        }
         try write(FrameHeader.encode(kind, payloadLength: payload.count))
         try write(payload)
         try write(FrameHeader.trailer(for: payload))
     }
+
+    static let coalesceLimit = 64 << 10
 
     private func write(_ bytes: [UInt8]) throws(MigrationError) {
         do { try channel.write(bytes) } catch { throw .channel(error) }

@@ -57,14 +57,7 @@ extension Machine {
     /// stop for good; `incomingFailure` tells the CLI why (it exits 1).
     public func failIncoming(_ reason: String) {
         incomingFailureStorage.withLock { $0 = reason }
-        let first = lifecycle.withLock { phase -> Bool in
-            guard phase == .live else { return false }
-            phase = .quitting
-            return true
-        }
-        guard first else { return }
-        control.terminate { kickAll() }
-        lifecycle.withLock { $0 = .finished }
+        end()
     }
 
     /// Why an incoming migration failed, if it did.

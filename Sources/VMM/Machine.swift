@@ -126,6 +126,15 @@ public final class Machine: Sendable {
 
     /// Stops the vCPUs for good (QMP `quit`); `waitUntilFinished()` then returns.
     public func quit() {
+        end {
+            runState.withLock { $0 = .shutdown }
+            emit("SHUTDOWN", data: ["guest": false, "reason": "host-qmp-quit"])
+        }
+    }
+
+    /// Ends the machine once: stops every vCPU thread, runs `last` (before any
+    /// waiter wakes), then marks it finished.  Later calls do nothing.
+    func end(_ last: () -> Void = {}) {
         let first = lifecycle.withLock { phase -> Bool in
             guard phase == .live else { return false }
             phase = .quitting
@@ -133,8 +142,7 @@ public final class Machine: Sendable {
         }
         guard first else { return }
         control.terminate { kickAll() }
-        runState.withLock { $0 = .shutdown }
-        emit("SHUTDOWN", data: ["guest": false, "reason": "host-qmp-quit"])
+        last()
         lifecycle.withLock { $0 = .finished }
     }
 

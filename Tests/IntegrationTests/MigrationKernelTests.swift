@@ -114,6 +114,30 @@ struct MigrationKernelTests {
         destination.quit()
     }
 
+    @Test("a stopped guest migrates and stays stopped on the destination")
+    func stoppedGuestStaysStopped() async throws {
+        let (source, _) = try machine(memory: 64 << 20, cpus: 1, workload: WorkloadSpec(dirtyRate: .bytesPerSecond(4 << 20), workingSet: 8 << 20))
+        let (destination, capture) = try machine(memory: 64 << 20, cpus: 1, incoming: true)
+        source.start()
+        destination.start()
+        try await waitFor { source.progress.minimumHeartbeats >= 3 }
+        source.pause()
+        let uri = "unix:" + Self.socketPath()
+        try destination.startIncoming(from: uri, onFailure: { reason in capture.failure.withLock { $0 = reason } })
+        _ = source.execute(.migrate(uri: uri))
+        try await waitFor { outgoingStatus(source).isFinished && outgoingStatus(source) != .none }
+        try await waitFor { [.completed, .failed].contains(destination.incomingMigration?.status.withLock({ $0 })) }
+        #expect(outgoingStatus(source) == .completed)
+        #expect(destination.state == .paused, "the source was stopped, so the destination does not start it")
+        #expect(try differingPages(source.memory, destination.memory) == [])
+        let beats = source.progress.cpus[0].last?.sequence ?? 0
+        #expect(destination.execute(.cont) == .success(.object([:])))
+        try await waitFor { (destination.progress.cpus[0].last?.sequence ?? 0) > beats + 2 }
+        #expect(destination.progress.verifyErrors == 0)
+        source.quit()
+        destination.quit()
+    }
+
     @Test("file: save and restore round trip")
     func fileRoundTrip() async throws {
         let path = "/tmp/ferry-test-\(getpid()).state"
@@ -279,6 +303,22 @@ struct MigrationKernelTests {
         #expect(beyond?.contains("lies outside RAM block 'pc.ram'") == true, "\(beyond ?? "")")
         #expect(third.memory.digest() == GuestMemoryMap.zeroDigest(of: third.memory))
         third.quit()
+
+        // Sections: a name nobody owns, and a vCPU section whose parts are garbage.
+        let unknown = StreamHeader.encode() + FrameEncoder.frame(.configuration, payload: layout.encode())
+            + FrameEncoder.frame(.section, payload: StateSection(name: "bogus", version: 1, state: [1, 2, 3]).encode())
+        let (unknownSection, fifth) = try await feedDestination(unknown)
+        #expect(unknownSection?.contains("unknown section 'bogus'") == true, "\(unknownSection ?? "")")
+        fifth.quit()
+        let badCPU = StreamHeader.encode() + FrameEncoder.frame(.configuration, payload: layout.encode())
+            + FrameEncoder.frame(.section, payload: StateSection(name: "cpu/0", version: 1, state: [8, 1, 0xff, 0xff, 0xff, 0x7f]).encode())
+        let (cpuSection, sixth) = try await feedDestination(badCPU)
+        #expect(cpuSection?.contains("state part 1 is 2147483647 bytes, expected 144") == true, "\(cpuSection ?? "")")
+        sixth.quit()
+        let early = StreamHeader.encode() + FrameEncoder.frame(.configuration, payload: layout.encode()) + FrameEncoder.frame(.end, payload: [])
+        let (missing, seventh) = try await feedDestination(early)
+        #expect(missing?.contains("the stream ended without section") == true, "\(missing ?? "")")
+        seventh.quit()
 
         // Not a migration stream at all.
         let (garbage, fourth) = try await feedDestination(Array("GET / HTTP/1.1\r\n\r\n".utf8))

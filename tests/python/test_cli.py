@@ -58,7 +58,8 @@ def test_help_is_complete(ferry):
     result = run(ferry, "run", "--help")
     assert result.returncode == 0
     for flag in ["--memory", "--memory-backend", "--cpus", "--workload", "--kernel", "--append", "--initrd",
-                 "--serial", "--qmp", "--progress", "--run-for", "--verify-on-exit"]:
+                 "--serial", "--qmp", "--progress", "--run-for", "--verify-on-exit", "--incoming",
+                 "--paused", "--mem-prealloc"]:
         assert flag in result.stdout, flag
     top = run(ferry, "--help")
     assert top.returncode == 0 and all(c in top.stdout for c in ["run", "demo", "guest"])
@@ -136,3 +137,9 @@ def test_demo_rejects_bad_durations(ferry, seconds):
     result = run(ferry, "demo", f"--seconds={seconds}")
     assert result.returncode == 2, result
     assert len(result.stderr.strip().splitlines()) == 1 and "error" in result.stderr
+
+
+@pytest.mark.parametrize("rate", ["fast", "0", "-5M"])
+def test_demo_rejects_bad_bandwidth(ferry, rate):
+    result = run(ferry, "demo", f"--max-bandwidth={rate}")
+    assert result.returncode == 2 and "invalid --max-bandwidth" in result.stderr and result.stderr.count("\n") == 1, result.stderr

@@ -224,6 +224,15 @@ def test_migration_commands_refuse_bad_arguments(vms):
             ("migrate-set-capabilities", {"capabilities": [{"capability": "warp-drive", "state": True}]},
              "does not accept value 'warp-drive'"),
             ("migrate-incoming", {"uri": "tcp:127.0.0.1:0"}, "start with --incoming"),
+            ("migrate", {"uri": "unix:/tmp/x.sock", "detach": "yes"}, "Invalid parameter type for 'detach', expected: boolean"),
+            ("migrate", {"uri": "unix:/tmp/x.sock", "resume": True}, "only for postcopy recovery"),
+            ("migrate", {"channels": []}, "Parameter 'channels' is not supported"),
+            ("migrate-incoming", {"uri": "tcp:127.0.0.1:0", "exit-on-error": 3}, "'exit-on-error', expected: boolean"),
+            ("migrate-set-parameters", {"max-bandwidth": "fast"}, "'max-bandwidth', expected: integer"),
+            ("migrate-set-capabilities", {"capabilities": "all"}, "'capabilities', expected: array"),
+            ("migrate-set-capabilities", {"capabilities": [{"capability": "events"}]}, "Parameter 'state' is missing"),
+            ("migrate-set-capabilities", {"capabilities": [{"capability": "return-path", "state": False}]},
+             "cannot be turned off"),
         ]
         for command, arguments, message in cases:
             with pytest.raises(ExecuteError) as caught:
@@ -313,3 +322,21 @@ def test_truncated_file_fails_the_restore_with_a_clear_error(ferry, tmp_path):
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     assert result.stderr.startswith("ferry: error: load of migration failed: stream truncated"), result.stderr
+
+
+def test_paused_start_waits_for_cont(vms):
+    """-S: the guest does not run (QEMU's prelaunch) until cont."""
+    vm = vms("vm", "--memory", "64M", "-S", "--workload", "dirty-rate=1M,working-set=1M")
+
+    async def scenario():
+        client = (await vm.connect()).qmp
+        await asyncio.sleep(0.5)
+        assert (await client.execute("query-status"))["status"] == "prelaunch"
+        assert beats(vm.serial) == []
+        await client.execute("cont")
+        await asyncio.sleep(0.5)
+        assert (await client.execute("query-status"))["status"] == "running"
+        assert len(beats(vm.serial)) >= 3
+        assert_verified_clean(await vm.quit())
+
+    asyncio.run(scenario())

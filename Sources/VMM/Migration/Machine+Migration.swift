@@ -7,11 +7,7 @@ import Transport
 extension Machine {
     /// What both sides of a migration must agree on.
     var migrationConfiguration: MigrationConfiguration {
-        MigrationConfiguration(blocks: ramMigrationLayout, vcpuCount: UInt32(vcpus.count))
-    }
-
-    var ramMigrationLayout: [MigrationConfiguration.Block] {
-        RAMMigration(blocks: memory.blocks, tracker: nil).layout
+        MigrationConfiguration(blocks: RAMMigration.layout(of: memory.blocks), vcpuCount: UInt32(vcpus.count))
     }
 
     /// The state sections besides RAM, in load order: run state, in-kernel
@@ -81,7 +77,7 @@ extension Machine {
             }
             let listener: IncomingListener
             do { listener = try Transport.listen(uri) } catch { throw .generic("Failed to listen on '\(text)': \(error)") }
-            let incoming = MigrationSlot.Incoming(address: listener.address, listener: listener)
+            let incoming = MigrationSlot.Incoming(listener: listener)
             s.incoming = incoming
             return incoming
         }

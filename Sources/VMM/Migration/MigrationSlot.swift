@@ -14,13 +14,11 @@ final class MigrationSlot: Sendable {
     /// The destination side, from `--incoming` or `migrate-incoming` to the end.
     final class Incoming: Sendable {
         let status = Mutex(MigrationStatus.none)
-        let address: MigrationURI
         let listener: IncomingListener
         let error = Mutex<String?>(nil)
-        init(address: MigrationURI, listener: IncomingListener) {
-            self.address = address
-            self.listener = listener
-        }
+        init(listener: IncomingListener) { self.listener = listener }
+        /// Where it listens (for `tcp:HOST:0`, with the port chosen).
+        var address: MigrationURI { listener.address }
     }
 
     let state = Mutex(State())
