@@ -34,6 +34,7 @@ public final class MigrationDestination: Sendable {
     public func run() throws(MigrationError) {
         setStatus(.setup)
         do {
+            defer { ram.endLoad() }     // before the guest can run, whatever happened
             try load()
         } catch {
             if channel.hasReturnPath { try? channel.write(ReturnMessage.failed(error.description).encode()) }
@@ -70,6 +71,8 @@ public final class MigrationDestination: Sendable {
             switch header.kind {
             case .pages:
                 try ram.loadPages(payload)
+            case .residency:
+                try ram.loadResidency(payload)
             case .section:
                 let section: StateSection
                 do { section = try StateSection(decoding: payload) } catch { throw .stream(error) }

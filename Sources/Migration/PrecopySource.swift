@@ -43,6 +43,9 @@ public final class PrecopySource: Sendable {
     let progress = Mutex(Progress())
     static let window: Duration = .milliseconds(100)
     static let returnPathTimeout: Duration = .seconds(60)
+    /// Under the threshold, a stop expected to take this long or less happens at once.
+    static let quickSwitchover: Duration = .milliseconds(10)
+    static let maximumConvergingPasses = 8
 
     public init(_ parts: Dependencies, parameters: MigrationParameters, capabilities: MigrationCapabilities,
                 onStatus: @escaping @Sendable (MigrationStatus) -> Void, onPass: @escaping @Sendable (UInt64) -> Void = { _ in }) {
@@ -88,6 +91,7 @@ public final class PrecopySource: Sendable {
             try writer.sendStreamHeader()
             try writer.send(.configuration, payload: parts.configuration.encode())
             try parts.ram.setup()
+            try writer.send(.residency, payload: parts.ram.residency().encode())
             for device in parts.devices { try device.setup() }
             progress.withLock { $0.info.setupTime = Self.milliseconds(.now - $0.startedAt) }
             try checkCancelled()
@@ -126,6 +130,12 @@ public final class PrecopySource: Sendable {
 
     /// Sends while the guest runs until what is pending, asked exactly, fits the
     /// threshold; returns that threshold in bytes.
+    ///
+    /// The threshold is the limit, not the aim: once under it, another pass is
+    /// made while passes still halve what the stop would send (a guest whose
+    /// dirty rate is well below the bandwidth converges in a few short passes),
+    /// and the switch happens when the stop would take under `quickSwitchover`,
+    /// a pass stops halving, or after `maximumConvergingPasses`.
     func iterateUntilThresholdMet() throws(MigrationError) -> UInt64 {
         var windowStart = ContinuousClock.now
         var windowBytes = writer.bytesWritten
@@ -134,6 +144,8 @@ public final class PrecopySource: Sendable {
         var bytesAtSync = writer.bytesWritten
         var dirtyHighCount = 0
         var throttle = 0
+        var switchoverBandwidth = 0.0
+        var converging: (lastExact: UInt64, passes: Int)?     // under the threshold, making more passes
         while true {
             try checkCancelled()
             let now = ContinuousClock.now
@@ -145,7 +157,7 @@ public final class PrecopySource: Sendable {
                 let bandwidth = bytes > windowBytes
                     ? Double(bytes - windowBytes) / seconds
                     : Double(bytes) / Self.seconds(now - progress.withLock { $0.startedAt })
-                let switchoverBandwidth = parameters.availSwitchoverBandwidth > 0 ? Double(parameters.availSwitchoverBandwidth) : bandwidth
+                switchoverBandwidth = parameters.availSwitchoverBandwidth > 0 ? Double(parameters.availSwitchoverBandwidth) : bandwidth
                 threshold = UInt64(switchoverBandwidth * Double(parameters.downtimeLimit) / 1000)
                 let pending = pendingEstimate()
                 progress.withLock { p in
@@ -155,7 +167,8 @@ public final class PrecopySource: Sendable {
                 }
                 (windowStart, windowBytes, windowPages) = (now, bytes, stats.normalPages + stats.zeroPages)
             }
-            if pendingEstimate() <= threshold {
+            // While converging, the next sync waits until the last one's pages are all out.
+            if converging == nil ? pendingEstimate() <= threshold : parts.ram.pendingEstimate() == 0 {
                 let dirtied = try parts.ram.sync()
                 onPass(parts.ram.stats.dirtySyncCount)
                 if capabilities.autoConverge {
@@ -176,8 +189,15 @@ public final class PrecopySource: Sendable {
                 var exact = parts.ram.pendingEstimate()
                 for device in parts.devices { exact += try device.pendingExact() }
                 if exact <= threshold {
-                    progress.withLock { $0.info.expectedDowntime = nil }
-                    return threshold
+                    let quick = UInt64(switchoverBandwidth * Self.seconds(Self.quickSwitchover))
+                    let stalled = converging.map { exact * 2 > $0.lastExact || $0.passes >= Self.maximumConvergingPasses } ?? false
+                    if exact <= quick || stalled {
+                        progress.withLock { $0.info.expectedDowntime = nil }
+                        return threshold
+                    }
+                    converging = (exact, (converging?.passes ?? 0) + 1)
+                } else {
+                    converging = nil
                 }
             }
             _ = try parts.ram.iterate(writer)

@@ -10,7 +10,11 @@ import Synchronization
 /// `pendingExact` syncs the dirty log.  The bitmap and its count are exact:
 /// a page is cleared the moment its record is built, and a sync ORs new pages
 /// in, counting only those not already pending.
-/// Destination: `loadPages` writes checked records into the blocks.
+/// Destination: `loadResidency` starts allocating the chunks the source has
+/// resident on helper threads, ahead of the pages; `loadPages` writes checked
+/// records into the blocks; `endLoad` stops the helpers.  When the blocks are
+/// known to start zero (a fresh incoming machine), zero records for pages never
+/// loaded are skipped, so idle memory is neither read nor allocated.
 public final class RAMMigration: Migratable {
     public let sectionName = "ram"
     public let sectionVersion: UInt16 = 1
@@ -33,14 +37,32 @@ public final class RAMMigration: Migratable {
         var batch = PageBatchWriter(capacity: RAMMigration.batchBytes + 2 * RAMMigration.pageSize)
         var lastSync = ContinuousClock.now
         var tracking = false
+        /// The chunks resident when tracking started (mincore), until the next
+        /// sync: a page in a chunk that was not resident is zero for this pass
+        /// (a later write is in the dirty log), so it is not even read.
+        var resident: [DirtyBitmap]?
     }
     let send: Mutex<SendState>
     let statistics = Mutex(RAMStatistics())
 
-    /// `tracker` is needed on the source only.
-    public init(blocks: [RAMBlock], tracker: (any DirtyPageSource)?) {
+    struct LoadState {
+        /// Pages `loadPages` wrote data into; kept when the blocks started zero.
+        var loaded: [DirtyBitmap]
+        var populators: [ChunkPopulator] = []
+        var residencyLoaded = false
+        var pagesLoaded = false
+    }
+    let load: Mutex<LoadState>
+    let destinationStartsZero: Bool
+
+    /// `tracker` is needed on the source only.  `destinationStartsZero`: on the
+    /// destination, every byte of `blocks` is zero before the load (a fresh
+    /// incoming machine whose guest has not run).
+    public init(blocks: [RAMBlock], tracker: (any DirtyPageSource)?, destinationStartsZero: Bool = false) {
         self.blocks = blocks
         self.tracker = tracker
+        self.destinationStartsZero = destinationStartsZero
+        load = Mutex(LoadState(loaded: destinationStartsZero ? blocks.map { DirtyBitmap(pageCount: Int($0.byteCount) / Self.pageSize) } : []))
         layout = Self.layout(of: blocks)
         send = Mutex(SendState(bitmaps: blocks.map { DirtyBitmap(pageCount: Int($0.byteCount) / Self.pageSize) }))
         statistics.withLock { $0.totalBytes = blocks.reduce(0) { $0 + $1.byteCount } }
@@ -60,6 +82,8 @@ public final class RAMMigration: Migratable {
         do { try tracker.startTracking() } catch { throw .state("cannot start dirty tracking: \(error)") }
         send.withLock { $0.tracking = true }
         _ = try sync()      // the first collection reports every page
+        let resident = blocks.map { $0.mapping.residentChunks(chunkBytes: Int(RAMResidency.chunkBytes)) }
+        send.withLock { $0.resident = resident }
     }
 
     public func cleanup() {
@@ -68,6 +92,14 @@ public final class RAMMigration: Migratable {
             return state.tracking
         }
         if wasTracking { try? tracker?.stopTracking() }
+    }
+
+    /// Which chunks of each block held memory when tracking started (sent
+    /// before the first page).
+    public func residency() -> RAMResidency {
+        let resident = send.withLock { $0.resident }
+            ?? blocks.map { $0.mapping.residentChunks(chunkBytes: Int(RAMResidency.chunkBytes)) }
+        return RAMResidency(words: resident.map(\.words))
     }
 
     public func pendingEstimate() -> UInt64 {
@@ -95,6 +127,7 @@ public final class RAMMigration: Migratable {
                 state.dirtyCount += state.bitmaps[index].merge(bitmap)
             }
             defer { state.lastSync = now }
+            state.resident = nil        // pages dirtied since setup may sit in chunks that were not resident
             return (dirtied, state.dirtyCount, now - state.lastSync)
         }
         statistics.withLock { s in
@@ -147,7 +180,8 @@ public final class RAMMigration: Migratable {
                 state.cursor.page = page + 1
                 let offset = page * pageSize
                 let mapping = mappings[blockIndex]
-                if mapping.isZeroPage(at: offset) {
+                let chunkWasResident = state.resident?[blockIndex][offset / Int(RAMResidency.chunkBytes)] ?? true
+                if !chunkWasResident || mapping.isZeroPage(at: offset) {
                     state.batch.append(block: blockIndex, offset: UInt64(offset), page: nil)
                     zero += 1
                 } else {
@@ -177,21 +211,49 @@ public final class RAMMigration: Migratable {
 
     // MARK: destination
 
+    /// Starts allocating the chunks the source reports resident, one helper per
+    /// block.  At most once, before the first page.
+    public func loadResidency(_ payload: [UInt8]) throws(MigrationError) {
+        let residency: RAMResidency
+        do { residency = try RAMResidency(decoding: payload, layout: layout) } catch { throw .stream(error) }
+        try load.withLock { (state: inout LoadState) throws(MigrationError) in
+            guard !state.residencyLoaded, !state.pagesLoaded else {
+                throw .stream(.unexpectedFrame("a residency frame after \(state.pagesLoaded ? "pages" : "another residency frame")"))
+            }
+            state.residencyLoaded = true
+            state.populators = zip(blocks, residency.words).map { block, words in
+                let chunks = DirtyBitmap(words: words, pageCount: RAMResidency.chunkCount(byteCount: block.byteCount))
+                return ChunkPopulator.start(mapping: block.mapping, chunks: chunks, chunkBytes: Int(RAMResidency.chunkBytes))
+            }
+        }
+    }
+
     /// Applies one `pages` frame: every record is checked against the layout
     /// before its page is written.
     public func loadPages(_ payload: [UInt8]) throws(MigrationError) {
         let reader = PageBatchReader(layout: layout)
         let mappings = blocks.map(\.mapping)      // a local array: borrowed per record, not retained
         var normal = 0, zero = 0
+        let startsZero = destinationStartsZero
         do {
-            try reader.forEachRecord(in: payload) { block, offset, kind, range throws(ProtocolError) in
-                let mapping = mappings[block]
-                if kind == .data {
-                    mapping.storePage(payload, range: range, at: Int(offset))
-                    normal += 1
-                } else {
-                    mapping.zeroPage(at: Int(offset))
-                    zero += 1
+            try load.withLock { (state: inout LoadState) throws(ProtocolError) in
+                state.pagesLoaded = true
+                var last = (block: -1, offset: 0)
+                try reader.forEachRecord(in: payload) { block, offset, kind, range throws(ProtocolError) in
+                    let page = Int(offset) / Self.pageSize
+                    if kind == .data {
+                        mappings[block].storePage(payload, range: range, at: Int(offset))
+                        if startsZero { state.loaded[block][page] = true }
+                        normal += 1
+                    } else {
+                        // A page never loaded into memory that started zero is zero already.
+                        if !startsZero || state.loaded[block][page] { mappings[block].zeroPage(at: Int(offset)) }
+                        zero += 1
+                    }
+                    last = (block, Int(offset))
+                }
+                if last.block >= 0 && last.block < state.populators.count {
+                    state.populators[last.block].writerReached(offset: last.offset)
                 }
             }
         } catch { throw .stream(error) }
@@ -199,6 +261,15 @@ public final class RAMMigration: Migratable {
             s.normalPages += UInt64(normal)
             s.zeroPages += UInt64(zero)
         }
+    }
+
+    /// The load is over, finished or failed: the allocation helpers stop.
+    public func endLoad() {
+        let populators = load.withLock { state in
+            defer { state.populators = [] }
+            return state.populators
+        }
+        for populator in populators { populator.stop() }
     }
 }
 

@@ -14,6 +14,8 @@ public enum FrameKind: UInt16, Sendable, CaseIterable {
     case section = 3
     /// The last frame: the stream is complete.
     case end = 4
+    /// Which chunks of RAM are resident on the source (`RAMResidency`); optional, before the first page.
+    case residency = 5
 
     /// Each kind's current version; the decoder accepts exactly these (v1 of the stream).
     var supportedVersions: ClosedRange<UInt16> { 1...1 }

@@ -320,6 +320,18 @@ struct MigrationKernelTests {
         #expect(missing?.contains("the stream ended without section") == true, "\(missing ?? "")")
         seventh.quit()
 
+        // A residency frame after pages, and one sized for another RAM.
+        let late = hostileStream(layout, pages: batch.payload())
+            + FrameEncoder.frame(.residency, payload: RAMResidency(words: [[1]]).encode())
+        let (lateResidency, eighth) = try await feedDestination(late)
+        #expect(lateResidency?.contains("a residency frame after pages") == true, "\(lateResidency ?? "")")
+        eighth.quit()
+        let wrongSize = StreamHeader.encode() + FrameEncoder.frame(.configuration, payload: layout.encode())
+            + FrameEncoder.frame(.residency, payload: RAMResidency(words: [[1, 0]]).encode())
+        let (badResidency, ninth) = try await feedDestination(wrongSize)
+        #expect(badResidency?.contains("residency of block 'pc.ram' has 2 words, expected 1") == true, "\(badResidency ?? "")")
+        ninth.quit()
+
         // Not a migration stream at all.
         let (garbage, fourth) = try await feedDestination(Array("GET / HTTP/1.1\r\n\r\n".utf8))
         #expect(garbage?.contains("bad magic") == true, "\(garbage ?? "")")

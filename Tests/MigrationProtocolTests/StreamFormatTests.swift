@@ -131,4 +131,56 @@ import Testing
         try layout.check(incoming: try MigrationConfiguration(decoding: layout.encode()))
         #expect(throws: ProtocolError.self) { try MigrationConfiguration(decoding: [1, 0, 0, 0, 0, 0]) }
     }
+
+    @Test("a residency round-trips, and a hostile one is refused field by field")
+    func residency() throws {
+        // 1 MiB block: one 2 MiB chunk; the second block covers 3 chunks.
+        let blocks: [MigrationConfiguration.Block] = [.init(name: "pc.ram", byteCount: 1 << 20, pageSize: 4096),
+                                                      .init(name: "vga.ram", byteCount: 5 << 20, pageSize: 4096)]
+        let residency = RAMResidency(words: [[1], [0b101]])
+        #expect(try RAMResidency(decoding: residency.encode(), layout: blocks) == residency)
+        #expect(RAMResidency.chunkCount(byteCount: 5 << 20) == 3)
+        #expect(throws: ProtocolError.malformed("residency of block 'vga.ram' marks chunks past its end")) {
+            try RAMResidency(decoding: RAMResidency(words: [[1], [0b1000]]).encode(), layout: blocks)
+        }
+        #expect(throws: ProtocolError.malformed("residency for 1 blocks, the configuration has 2")) {
+            try RAMResidency(decoding: RAMResidency(words: [[1]]).encode(), layout: blocks)
+        }
+        #expect(throws: ProtocolError.malformed("residency of block 'pc.ram' has 2 words, expected 1")) {
+            try RAMResidency(decoding: RAMResidency(words: [[1, 0], [1]]).encode(), layout: blocks)
+        }
+        var otherChunk = residency.encode()
+        otherChunk[2] = 0x40      // 4 MiB chunks
+        #expect(throws: ProtocolError.malformed("residency chunk size 4194304, expected 2097152")) {
+            try RAMResidency(decoding: otherChunk, layout: blocks)
+        }
+        #expect(throws: ProtocolError.malformed("1 extra bytes after the residency")) {
+            try RAMResidency(decoding: residency.encode() + [0], layout: blocks)
+        }
+        #expect(throws: ProtocolError.truncated("residency word 0 of block 'vga.ram'")) {
+            try RAMResidency(decoding: Array(residency.encode().dropLast(8)), layout: blocks)
+        }
+    }
+
+    @Test("every single-bit flip and every swap of two 8-byte words changes the checksum")
+    func checksumSeesEveryFlip() {
+        let bytes = (0..<(3 * 64 + 13)).map { UInt8(truncatingIfNeeded: $0 &* 37 &+ 11) }
+        let original = FrameChecksum.of(bytes[...])
+        for index in bytes.indices {
+            for bit in 0..<8 {
+                var flipped = bytes
+                flipped[index] ^= 1 << bit
+                #expect(FrameChecksum.of(flipped[...]) != original, "byte \(index) bit \(bit)")
+            }
+        }
+        for a in stride(from: 0, to: 3 * 64, by: 8) {
+            for b in stride(from: a + 8, to: 3 * 64, by: 8) where bytes[a..<a + 8] != bytes[b..<b + 8] {
+                var swapped = bytes
+                for k in 0..<8 { swapped.swapAt(a + k, b + k) }
+                #expect(FrameChecksum.of(swapped[...]) != original, "words at \(a) and \(b)")
+            }
+        }
+        #expect(FrameChecksum.of(bytes[...]) == original, "deterministic")
+        #expect(FrameChecksum.of([]) != FrameChecksum.of([0]), "the length counts")
+    }
 }

@@ -98,7 +98,7 @@ extension Machine {
             let channel = try incoming.listener.accept()
             destination = MigrationDestination(
                 channel: channel, configuration: migrationConfiguration,
-                ram: RAMMigration(blocks: memory.blocks, tracker: nil),
+                ram: RAMMigration(blocks: memory.blocks, tracker: nil, destinationStartsZero: true),
                 devices: migratableDevices(global: global), onStatus: setStatus)
             try destination.run()
         } catch {
