@@ -171,9 +171,12 @@ extension HostMapping {
     /// Allocates every page now (`MADV_POPULATE_WRITE`, QEMU's `-mem-prealloc`),
     /// so no page fault or page clearing is left for later.  Throws the errno.
     public func prefault() throws(GuestMemoryError) {
-        let result = unsafe madvise(base, byteCount, 23 /* MADV_POPULATE_WRITE */)
+        let result = unsafe madvise(base, byteCount, Self.madvisePopulateWrite)
         guard result == 0 else { throw .mapFailed(backend: backend, byteCount: UInt64(byteCount), errno: errno) }
     }
+
+    /// Linux 5.14's `MADV_POPULATE_WRITE` (newer than Glibc's headers here).
+    static let madvisePopulateWrite: Int32 = 23
 
     /// Allocates the pages of `[offset, offset + count)` in one call
     /// (`MADV_POPULATE_WRITE`).  Best effort: if the kernel refuses, the pages
@@ -181,7 +184,7 @@ extension HostMapping {
     public func populate(offset: Int, count: Int) {
         precondition(offset >= 0 && count >= 0 && count <= byteCount - offset)
         // SAFETY: bounds checked above; madvise only allocates inside the range.
-        _ = unsafe madvise(base + offset, count, 23 /* MADV_POPULATE_WRITE */)
+        _ = unsafe madvise(base + offset, count, Self.madvisePopulateWrite)
     }
 
     /// The `chunkBytes`-sized chunks holding at least one resident page

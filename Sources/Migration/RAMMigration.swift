@@ -25,6 +25,8 @@ public final class RAMMigration: Migratable {
     /// (zero pages cost little to send), so the loop re-checks often.
     static let iterationBytes = 16 << 20
     static let iterationPages = 64 << 10
+    /// The residency granule: what the source reports and the destination allocates ahead.
+    static let chunkBytes = Int(RAMResidency.chunkBytes)
 
     let blocks: [RAMBlock]
     let tracker: (any DirtyPageSource)?
@@ -82,7 +84,7 @@ public final class RAMMigration: Migratable {
         do { try tracker.startTracking() } catch { throw .state("cannot start dirty tracking: \(error)") }
         send.withLock { $0.tracking = true }
         _ = try sync()      // the first collection reports every page
-        let resident = blocks.map { $0.mapping.residentChunks(chunkBytes: Int(RAMResidency.chunkBytes)) }
+        let resident = residentChunks()
         send.withLock { $0.resident = resident }
     }
 
@@ -97,9 +99,11 @@ public final class RAMMigration: Migratable {
     /// Which chunks of each block held memory when tracking started (sent
     /// before the first page).
     public func residency() -> RAMResidency {
-        let resident = send.withLock { $0.resident }
-            ?? blocks.map { $0.mapping.residentChunks(chunkBytes: Int(RAMResidency.chunkBytes)) }
-        return RAMResidency(words: resident.map(\.words))
+        RAMResidency(words: (send.withLock { $0.resident } ?? residentChunks()).map(\.words))
+    }
+
+    private func residentChunks() -> [DirtyBitmap] {
+        blocks.map { $0.mapping.residentChunks(chunkBytes: Self.chunkBytes) }
     }
 
     public func pendingEstimate() -> UInt64 {
@@ -180,7 +184,7 @@ public final class RAMMigration: Migratable {
                 state.cursor.page = page + 1
                 let offset = page * pageSize
                 let mapping = mappings[blockIndex]
-                let chunkWasResident = state.resident?[blockIndex][offset / Int(RAMResidency.chunkBytes)] ?? true
+                let chunkWasResident = state.resident?[blockIndex][offset / Self.chunkBytes] ?? true
                 if !chunkWasResident || mapping.isZeroPage(at: offset) {
                     state.batch.append(block: blockIndex, offset: UInt64(offset), page: nil)
                     zero += 1
@@ -223,7 +227,7 @@ public final class RAMMigration: Migratable {
             state.residencyLoaded = true
             state.populators = zip(blocks, residency.words).map { block, words in
                 let chunks = DirtyBitmap(words: words, pageCount: RAMResidency.chunkCount(byteCount: block.byteCount))
-                return ChunkPopulator.start(mapping: block.mapping, chunks: chunks, chunkBytes: Int(RAMResidency.chunkBytes))
+                return ChunkPopulator.start(mapping: block.mapping, chunks: chunks, chunkBytes: Self.chunkBytes)
             }
         }
     }
