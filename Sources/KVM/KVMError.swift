@@ -7,6 +7,7 @@ public enum KVMError: Error, Equatable, Sendable, CustomStringConvertible {
     case unsupportedAPIVersion(Int32)
     case missingCapability(String)
     case mmapRun(Errno)
+    case unknownSlot(UInt32)
 
     public var description: String {
         switch self {
@@ -15,6 +16,7 @@ public enum KVMError: Error, Equatable, Sendable, CustomStringConvertible {
         case .unsupportedAPIVersion(let version): "KVM API version \(version) is not 12"
         case .missingCapability(let name): "KVM lacks \(name)"
         case .mmapRun(let errno): "cannot map the vCPU's kvm_run area: \(errno)"
+        case .unknownSlot(let slot): "memory slot \(slot) was never mapped"
         }
     }
 }

@@ -24,11 +24,14 @@ extension VirtualMachine {
     /// (every page on the first call after logging starts).  Corresponds to
     /// `KVM_GET_DIRTY_LOG` followed by `KVM_CLEAR_DIRTY_LOG` of exactly the pages
     /// returned: a page written after the clear is reported by the next call, so
-    /// read a page's contents only after collecting it.
+    /// read a page's contents only after collecting it.  The bitmap is sized
+    /// from the slot as `map` installed it, so KVM never writes past it.
     ///
     /// Pages written by the VMM itself are not included.
-    /// - Throws: ``KVMError/ioctl(_:_:)`` with `ENOENT` if `slot` is not logging.
-    public func collectDirtyLog(slot: MemorySlot, pageCount: Int) throws(KVMError) -> DirtyBitmap {
+    /// - Throws: ``KVMError/unknownSlot(_:)`` for a slot never mapped;
+    ///   ``KVMError/ioctl(_:_:)`` with `ENOENT` if `slot` is not logging.
+    public func collectDirtyLog(slot: MemorySlot) throws(KVMError) -> DirtyBitmap {
+        guard let pageCount = pageCount(of: slot) else { throw .unknownSlot(slot.rawValue) }
         var words = [UInt64](repeating: 0, count: (pageCount + 63) / 64)
         try Ioctl.getDirtyLog(descriptor, slot: slot.rawValue, into: &words)
         if words.contains(where: { $0 != 0 }) {

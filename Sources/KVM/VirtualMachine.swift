@@ -8,8 +8,8 @@ public final class VirtualMachine: Sendable {
     let descriptor: Int32
     let system: KVMSystem
     let runAreaSize: Int
-    /// Keeps every mapped RAM block alive as long as its slot exists.
-    private let mapped = Mutex<[MemorySlot: RAMBlock]>([:])
+    /// Keeps every mapped RAM block alive as long as its slot exists, with the slot's size in pages.
+    private let mapped = Mutex<[MemorySlot: (block: RAMBlock, pageCount: Int)]>([:])
 
     init(descriptor: Int32, system: KVMSystem, runAreaSize: Int) {
         self.descriptor = descriptor
@@ -48,11 +48,15 @@ public final class VirtualMachine: Sendable {
             region.memory_size = placement.guestRange.byteCount
             region.userspace_addr = block.mapping.hostAddress(at: Int(placement.blockOffset))
             try Ioctl.pointer(descriptor, .setUserMemoryRegion, &region)
-            mapped.withLock { $0[slot] = block }
+            let pages = Int(placement.guestRange.byteCount) / PageSize.base.byteCount
+            mapped.withLock { $0[slot] = (block, pages) }
             slots.append(slot)
         }
         return slots
     }
+
+    /// The number of 4 KiB pages `slot` covers, as `map` installed it; nil for a slot never mapped.
+    func pageCount(of slot: MemorySlot) -> Int? { mapped.withLock { $0[slot]?.pageCount } }
 
     /// Raises or lowers an interrupt line of the in-kernel PIC/IOAPIC (`KVM_IRQ_LINE`).
     public func setIRQLine(_ irq: UInt32, level: Bool) throws(KVMError) {

@@ -3,9 +3,9 @@
 public protocol ByteChannel: Sendable {
     /// Writes all of `bytes` or throws.
     func write(_ bytes: [UInt8]) throws(ChannelError)
-    /// Reads exactly `count` bytes into `buffer[offset...]`, which must have room;
-    /// throws `.endOfStream` if the stream ends first.
-    func readExactly(_ count: Int, into buffer: inout [UInt8], at offset: Int) throws(ChannelError)
+    /// Reads what is there, at most `count` bytes, into `buffer[offset...]`
+    /// (which must have room), waiting for at least one; 0 at the end of the stream.
+    func read(upTo count: Int, into buffer: inout [UInt8], at offset: Int) throws(ChannelError) -> Int
     /// Waits up to `timeout` for the next bytes; `false` if none came (for the return path).
     func waitReadable(timeout: Duration) throws(ChannelError) -> Bool
     /// Whether the other side can answer on this channel (sockets: yes; files: no).
@@ -15,16 +15,34 @@ public protocol ByteChannel: Sendable {
     func close()
 }
 
+extension ByteChannel {
+    /// Reads exactly `count` bytes into `buffer[offset...]`, which must have room;
+    /// throws `.endOfStream` if the stream ends first.
+    public func readExactly(_ count: Int, into buffer: inout [UInt8], at offset: Int) throws(ChannelError) {
+        var done = 0
+        while done < count {
+            let got = try read(upTo: count - done, into: &buffer, at: offset + done)
+            if got == 0 { throw .endOfStream }
+            done += got
+        }
+    }
+}
+
 public enum ChannelError: Error, Equatable, Sendable, CustomStringConvertible {
     case endOfStream
     case system(String, errno: Int32)
     case invalidURI(String)
+    /// Nothing arrived for longer than the inactivity limit.
+    case inactive(Duration)
+    case connectFailed(uri: String, reason: String)
 
     public var description: String {
         switch self {
         case .endOfStream: "the migration stream ended early (the other side closed it)"
         case .system(let what, let errno): "\(what): \(ChannelError.describe(errno))"
         case .invalidURI(let why): why
+        case .connectFailed(let uri, let reason): "Failed to connect to '\(uri)': \(reason)"
+        case .inactive(let limit): "nothing arrived from the other side for \(limit) (x-inactivity-limit)"
         }
     }
 
@@ -37,6 +55,7 @@ public enum ChannelError: Error, Equatable, Sendable, CustomStringConvertible {
         case 104: "Connection reset by peer"
         case 110: "Connection timed out"
         case 111: "Connection refused"
+        case 125: "Operation canceled"
         default: "errno \(errno)"
         }
     }

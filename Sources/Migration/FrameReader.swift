@@ -1,55 +1,67 @@
 import MigrationProtocol
 
 /// The receiving end of a stream: reads one frame at a time into a reused
-/// buffer, checking the header before reading the payload (so a hostile length
-/// is refused before anything is allocated) and the checksum before the
-/// payload is handed on.
+/// buffer.  Every frame goes through the same `StreamValidator` as
+/// `FrameDecoder` (header fields before the payload is read, so a hostile
+/// length is refused before anything is allocated; the sequence number; the
+/// checksum before the payload is handed on; the end frame's digest).
 public struct FrameReader: ~Copyable {
     let channel: any ByteChannel
-    let maximumPayload: UInt64
+    var validator: StreamValidator
     var header = [UInt8](repeating: 0, count: FrameHeader.byteCount)
     var trailer = [UInt8](repeating: 0, count: FrameHeader.trailerByteCount)
     public private(set) var bytesRead: UInt64 = 0
+    /// A read that waits longer than this for its first byte fails (`nil`: wait forever).
+    let inactivityLimit: Duration?
 
-    public init(channel: any ByteChannel, maximumPayload: UInt64 = FrameDecoder.defaultMaximumPayload) {
+    public init(channel: any ByteChannel, maximumPayload: UInt64 = FrameDecoder.defaultMaximumPayload,
+                inactivityLimit: Duration? = nil) {
         self.channel = channel
-        self.maximumPayload = maximumPayload
+        self.inactivityLimit = inactivityLimit
+        validator = StreamValidator(maximumPayload: maximumPayload)
     }
 
     public mutating func readStreamHeader() throws(MigrationError) -> UInt32 {
         var bytes = [UInt8](repeating: 0, count: StreamHeader.byteCount)
-        try Self.read(channel, StreamHeader.byteCount, into: &bytes, after: bytesRead)
-        bytesRead += UInt64(StreamHeader.byteCount)
+        try Self.read(channel, inactivityLimit, &bytesRead, StreamHeader.byteCount, into: &bytes, what: "the stream header")
         do { return try StreamHeader.decode(bytes) } catch { throw .stream(error) }
     }
 
     /// Reads the next frame; `payload` is resized to its payload.
     public mutating func next(into payload: inout [UInt8]) throws(MigrationError) -> FrameHeader {
-        try Self.read(channel, FrameHeader.byteCount, into: &header, after: bytesRead)
-        bytesRead += UInt64(FrameHeader.byteCount)
+        try Self.read(channel, inactivityLimit, &bytesRead, FrameHeader.byteCount, into: &header, what: "a frame header")
         let decoded: FrameHeader
-        do { decoded = try FrameHeader.decode(header, maximumPayload: maximumPayload) } catch { throw .stream(error) }
+        do { decoded = try validator.header(header) } catch { throw .stream(error) }
         let length = Int(decoded.payloadLength)
         if payload.count != length {
             if payload.count > length { payload.removeLast(payload.count - length) }
             else { payload.append(contentsOf: repeatElement(0, count: length - payload.count)) }
         }
-        try Self.read(channel, length, into: &payload, after: bytesRead)
-        try Self.read(channel, FrameHeader.trailerByteCount, into: &trailer, after: bytesRead + UInt64(length))
-        bytesRead += UInt64(length + FrameHeader.trailerByteCount)
+        try Self.read(channel, inactivityLimit, &bytesRead, length, into: &payload,
+                      what: "the payload of a frame of kind \(decoded.kind.rawValue)")
+        try Self.read(channel, inactivityLimit, &bytesRead, FrameHeader.trailerByteCount, into: &trailer,
+                      what: "the checksum of a frame of kind \(decoded.kind.rawValue)")
         var r = WireReader(trailer)
-        let expected = (try? r.u64("frame checksum")) ?? 0
-        guard expected == FrameChecksum.of(payload.span) else {
-            throw .stream(.checksumMismatch(kind: decoded.kind.rawValue))
-        }
+        let checksum = (try? r.u64("frame checksum")) ?? 0
+        do { try validator.accept(decoded, payload: payload.span, checksum: checksum) } catch { throw .stream(error) }
         return decoded
     }
 
-    private static func read(_ channel: any ByteChannel, _ count: Int, into buffer: inout [UInt8], after bytesRead: UInt64) throws(MigrationError) {
-        guard count > 0 else { return }
-        do { try channel.readExactly(count, into: &buffer, at: 0) } catch {
-            if error == .endOfStream { throw .stream(.truncated("the stream ended after \(bytesRead) bytes")) }
-            throw .channel(error)
+    /// Reads exactly `count` bytes; a stream that ends first says how far it got.
+    private static func read(_ channel: any ByteChannel, _ inactivityLimit: Duration?, _ bytesRead: inout UInt64,
+                             _ count: Int, into buffer: inout [UInt8], what: @autoclosure () -> String) throws(MigrationError) {
+        var done = 0
+        while done < count {
+            let got: Int
+            do throws(ChannelError) {
+                if let limit = inactivityLimit, try !channel.waitReadable(timeout: limit) { throw ChannelError.inactive(limit) }
+                got = try channel.read(upTo: count - done, into: &buffer, at: done)
+            } catch { throw .channel(error) }
+            bytesRead += UInt64(got)
+            if got == 0 {
+                throw .stream(.truncated("the stream ended after \(bytesRead) bytes, \(done) of the \(count) bytes of \(what())"))
+            }
+            done += got
         }
     }
 }

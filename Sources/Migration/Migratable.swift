@@ -24,8 +24,9 @@ public protocol Migratable: AnyObject, Sendable {
     func complete(_ output: StreamWriter) throws(MigrationError)
     /// Destination: loads this object's section.
     func load(_ section: StateSection) throws(MigrationError)
-    /// Source, after success or failure: releases what `setup` took.
-    func cleanup()
+    /// Source, after success or failure: releases what `setup` took.  A failure
+    /// (say, dirty tracking that will not stop) is reported with the migration.
+    func cleanup() throws(MigrationError)
 }
 
 /// State saved whole at switchover (vCPUs, devices): implement `save` and `load`.

@@ -16,13 +16,20 @@ public final class MigrationDestination: Sendable {
     let devices: [String: any Migratable]
     let onStatus: @Sendable (MigrationStatus) -> Void
     let statusStorage = Mutex(MigrationStatus.none)
+    let inactivityLimit: Duration?
+    /// Set when two devices claim one section name: the load refuses to start.
+    let duplicateSection: String?
 
+    /// `inactivityLimit`: fail if the source sends nothing for this long (`nil`: wait forever).
     public init(channel: any ByteChannel, configuration: MigrationConfiguration, ram: RAMMigration,
-                devices: [any Migratable], onStatus: @escaping @Sendable (MigrationStatus) -> Void) {
+                devices: [any Migratable], inactivityLimit: Duration? = nil,
+                onStatus: @escaping @Sendable (MigrationStatus) -> Void) {
         self.channel = channel
+        self.inactivityLimit = inactivityLimit
         self.configuration = configuration
         self.ram = ram
         self.devices = Dictionary(devices.map { ($0.sectionName, $0) }, uniquingKeysWith: { first, _ in first })
+        duplicateSection = PrecopySource.duplicateSectionName(devices)
         self.onStatus = onStatus
     }
 
@@ -56,7 +63,8 @@ public final class MigrationDestination: Sendable {
     public func complete() { setStatus(.completed) }
 
     func load() throws(MigrationError) {
-        var reader = FrameReader(channel: channel)
+        if let name = duplicateSection { throw .invalidState("two pieces of state claim section '\(name)'") }
+        var reader = FrameReader(channel: channel, inactivityLimit: inactivityLimit)
         _ = try reader.readStreamHeader()
         var payload: [UInt8] = []
         let first = try reader.next(into: &payload)
@@ -87,12 +95,15 @@ public final class MigrationDestination: Sendable {
                 }
                 try owner.load(section)
             case .end:
+                // The reader has checked the end's frame count and digest: every frame arrived, in order.
                 if let missing = devices.keys.sorted().first(where: { !loaded.contains($0) }) {
                     throw .stream(.unexpectedFrame("the stream ended without section '\(missing)'"))
                 }
                 return
-            case .configuration, .invalid:
+            case .configuration:
                 throw .stream(.unexpectedFrame("a second configuration"))
+            case .invalid:
+                throw .stream(.invalidFrameKind(FrameKind.invalid.rawValue))
             }
         }
     }

@@ -7,7 +7,13 @@ public enum MigrationError: Error, Equatable, Sendable, CustomStringConvertible 
     case invalidParameter(String)
     case invalidState(String)
     case cancelled
+    /// The destination could not be heard from (no answer, closed, timed out).
     case destination(String)
+    /// The destination answered that it refused or failed to load the stream: it will not run the guest.
+    case refused(String)
+    /// The `end` frame may have reached the destination, which may run the guest,
+    /// but its answer did not arrive: the source guest stays paused.
+    case uncertainOutcome(String)
     case state(String)
 
     public var description: String {
@@ -16,8 +22,15 @@ public enum MigrationError: Error, Equatable, Sendable, CustomStringConvertible 
         case .stream(let error): error.description
         case .invalidParameter(let why), .invalidState(let why): why
         case .cancelled: "migration cancelled"
-        case .destination(let why): "the destination failed: \(why)"
+        case .destination(let why), .refused(let why): "the destination failed: \(why)"
+        case .uncertainOutcome(let why):
+            "the destination's answer was lost after the switchover (\(why)); it may be running the guest, so the guest stays paused here: check the destination before 'cont'"
         case .state(let why): why
         }
     }
+}
+
+extension MigrationError {
+    /// Whether this is the destination's own answer that it did not load the stream.
+    public var isDestinationAnswer: Bool { if case .refused = self { true } else { false } }
 }

@@ -36,6 +36,9 @@ public protocol MigrationVMControl: Sendable {
     /// The migration failed or was cancelled after `stopForSwitchover`: the guest
     /// runs again if it was running before.
     func resumeAfterFailedSwitchover(wasRunning: Bool)
+    /// The switchover passed the point of no return but the destination's answer
+    /// was lost: the guest may run there, so it stays stopped here (run state `paused`).
+    func holdAfterUncertainSwitchover()
     /// Makes the vCPUs sleep `percent` of the time (0 ends throttling).
     func setThrottle(percent: Int)
 }

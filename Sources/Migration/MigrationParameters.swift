@@ -15,6 +15,10 @@ public struct MigrationParameters: Equatable, Sendable {
     /// Auto-converge starts throttling when the pages dirtied in a period exceed
     /// this percentage of the bytes sent in it, twice in a row.
     public var throttleTriggerThreshold: UInt8 = 50
+    /// Ferry's own (`x-inactivity-limit`, ms): a destination that receives
+    /// nothing for this long fails the migration instead of waiting forever
+    /// for a source that went silent.  0: wait forever.
+    public var inactivityLimit: UInt64 = 60_000
 
     public init() {}
 
@@ -24,7 +28,7 @@ public struct MigrationParameters: Equatable, Sendable {
 
     /// The parameters Ferry honours, by QEMU name.
     public static let names = ["max-bandwidth", "avail-switchover-bandwidth", "downtime-limit", "cpu-throttle-initial",
-                               "cpu-throttle-increment", "max-cpu-throttle", "throttle-trigger-threshold"]
+                               "cpu-throttle-increment", "max-cpu-throttle", "throttle-trigger-threshold", "x-inactivity-limit"]
 
     /// Sets one parameter from an integer, with QEMU's range checks and error texts.
     public mutating func set(_ name: String, to value: Int64) throws(MigrationError) {
@@ -49,6 +53,11 @@ public struct MigrationParameters: Equatable, Sendable {
         case "cpu-throttle-increment": cpuThrottleIncrement = try percent(1...99)
         case "max-cpu-throttle": maxCPUThrottle = try percent(1...99)
         case "throttle-trigger-threshold": throttleTriggerThreshold = try percent(1...100)
+        case "x-inactivity-limit":
+            guard value >= 0, UInt64(value) <= Self.maximumDowntimeLimit * 1000 else {
+                throw .invalidParameter("Parameter 'x-inactivity-limit' expects an integer in the range of 0 to \(Self.maximumDowntimeLimit * 1000) ms")
+            }
+            inactivityLimit = UInt64(value)
         default: throw .invalidParameter("Parameter '\(name)' is unexpected")
         }
     }
@@ -58,7 +67,7 @@ public struct MigrationParameters: Equatable, Sendable {
         [("max-bandwidth", maxBandwidth), ("avail-switchover-bandwidth", availSwitchoverBandwidth),
          ("downtime-limit", downtimeLimit), ("cpu-throttle-initial", UInt64(cpuThrottleInitial)),
          ("cpu-throttle-increment", UInt64(cpuThrottleIncrement)), ("max-cpu-throttle", UInt64(maxCPUThrottle)),
-         ("throttle-trigger-threshold", UInt64(throttleTriggerThreshold))]
+         ("throttle-trigger-threshold", UInt64(throttleTriggerThreshold)), ("x-inactivity-limit", inactivityLimit)]
     }
 }
 

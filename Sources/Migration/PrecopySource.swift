@@ -12,31 +12,52 @@ import Synchronization
 /// cheap estimate of what is pending falls under it, the exact size is asked
 /// (RAM syncs the dirty log); under the threshold still, the guest is stopped,
 /// the rest goes out with every device's state, and the destination's answer
-/// on the return path completes the migration.  Failure or cancellation at any
-/// point resumes the source guest as it was.
+/// on the return path completes the migration.
+///
+/// Failure or cancellation before the point of no return resumes the source
+/// guest as it was.  The point of no return is the `end` frame: once it may
+/// have reached the destination, the destination may run the guest, so the
+/// source never resumes on its own.  A cancel is then ignored; the
+/// destination's answer settles the outcome: "loaded" completes the migration,
+/// a refusal resumes the source, and no answer leaves the source paused and
+/// the migration failed with a reason that says so.  (QEMU resumes the source
+/// on any precopy failure and so can leave two guests running.)
 public final class PrecopySource: Sendable {
     public struct Dependencies: Sendable {
-        public let channel: any ByteChannel
+        public let opener: any ChannelOpener
         public let configuration: MigrationConfiguration
         public let ram: RAMMigration
         public let devices: [any Migratable]
         public let vm: any MigrationVMControl
+        /// `opener` connects on the migration thread (setup), not the caller's.
+        public init(opener: any ChannelOpener, configuration: MigrationConfiguration, ram: RAMMigration,
+                    devices: [any Migratable], vm: any MigrationVMControl) {
+            (self.opener, self.configuration, self.ram, self.devices, self.vm) = (opener, configuration, ram, devices, vm)
+        }
         public init(channel: any ByteChannel, configuration: MigrationConfiguration, ram: RAMMigration,
                     devices: [any Migratable], vm: any MigrationVMControl) {
-            (self.channel, self.configuration, self.ram, self.devices, self.vm) = (channel, configuration, ram, devices, vm)
+            self.init(opener: OpenChannel(channel), configuration: configuration, ram: ram, devices: devices, vm: vm)
         }
     }
 
     struct Progress {
         var info = MigrationInfo()
         var cancelRequested = false
+        /// The `end` frame is being or has been sent: the destination may run the guest.
+        var pastPointOfNoReturn = false
+        /// The guest is stopped for the switchover (no rate limit then).
+        var switchingOver = false
+        /// What `cleanup` could not release, if anything.
+        var cleanupFailure: String?
         var startedAt = ContinuousClock.now
         var endedAt: ContinuousClock.Instant?
     }
 
     let parts: Dependencies
+    let channel: PendingChannel
     let writer: StreamWriter
-    let parameters: MigrationParameters
+    /// `migrate-set-parameters` applies to a running migration, as in QEMU.
+    let parameterStorage: Mutex<MigrationParameters>
     let capabilities: MigrationCapabilities
     let onStatus: @Sendable (MigrationStatus) -> Void
     let onPass: @Sendable (UInt64) -> Void
@@ -50,8 +71,9 @@ public final class PrecopySource: Sendable {
     public init(_ parts: Dependencies, parameters: MigrationParameters, capabilities: MigrationCapabilities,
                 onStatus: @escaping @Sendable (MigrationStatus) -> Void, onPass: @escaping @Sendable (UInt64) -> Void = { _ in }) {
         self.parts = parts
-        self.writer = StreamWriter(channel: parts.channel)
-        self.parameters = parameters
+        self.channel = PendingChannel(parts.opener)
+        self.writer = StreamWriter(channel: channel)
+        self.parameterStorage = Mutex(parameters)
         self.capabilities = capabilities
         self.onStatus = onStatus
         self.onPass = onPass
@@ -68,17 +90,30 @@ public final class PrecopySource: Sendable {
 
     public var status: MigrationStatus { progress.withLock { $0.info.status } }
 
-    /// Asks a running migration to stop; the source guest keeps (or resumes) running.
+    var parameters: MigrationParameters { parameterStorage.withLock { $0 } }
+
+    /// New parameters for this migration, in force at once: the bandwidth limit
+    /// for the next window, the downtime limit and switchover bandwidth at the
+    /// next threshold, the throttle settings at the next step.
+    public func update(_ parameters: MigrationParameters) {
+        parameterStorage.withLock { $0 = parameters }
+        let switchingOver = progress.withLock { $0.switchingOver }
+        if !switchingOver { writer.setRateLimit(parameters.maxBandwidth) }
+    }
+
+    /// Asks a running migration to stop; the source guest keeps (or resumes)
+    /// running.  Past the point of no return the request is ignored: the
+    /// destination may already run the guest, and its answer decides.
     public func cancel() {
         let changed = progress.withLock { p -> Bool in
-            guard !p.info.status.isFinished, p.info.status != .cancelling else { return false }
+            guard !p.info.status.isFinished, p.info.status != .cancelling, !p.pastPointOfNoReturn else { return false }
             p.cancelRequested = true
             p.info.status = .cancelling
             return true
         }
         guard changed else { return }
         onStatus(.cancelling)
-        parts.channel.shutdown()
+        channel.shutdown()      // before the connect is done, this abandons it
     }
 
     /// Runs the whole migration; returns when it has completed, failed or been cancelled.
@@ -86,7 +121,13 @@ public final class PrecopySource: Sendable {
         progress.withLock { $0.startedAt = .now }
         setStatus(.setup)
         var stoppedGuest: Bool?      // non-nil once the guest was stopped: whether it had been running
-        do {
+        var throttle = 0             // auto-converge's level: it only rises during one migration
+        do throws(MigrationError) {
+            if let name = Self.duplicateSectionName(parts.devices) {
+                throw MigrationError.invalidState("two pieces of state claim section '\(name)'")
+            }
+            do { try channel.open() } catch { throw MigrationError.channel(error) }
+            try checkCancelled()
             writer.setRateLimit(parameters.maxBandwidth)
             try writer.sendStreamHeader()
             try writer.send(.configuration, payload: parts.configuration.encode())
@@ -97,33 +138,68 @@ public final class PrecopySource: Sendable {
             try checkCancelled()
             setStatus(.active)
             while true {
-                let threshold = try iterateUntilThresholdMet()
+                let threshold = try iterateUntilThresholdMet(throttle: &throttle)
+                // Downtime counts from the stop request, as QEMU counts it: a throttled
+                // vCPU may sleep out its share before it parks.
+                let stopRequested = ContinuousClock.now
+                progress.withLock { $0.switchingOver = true }
                 let wasRunning = parts.vm.stopForSwitchover()
                 stoppedGuest = wasRunning
-                if try switchover(threshold: threshold) { break }
+                if try switchover(threshold: threshold, stopRequested: stopRequested) { break }
                 // The exact device state broke the limit: the guest runs on, and so do we.
                 parts.vm.resumeAfterFailedSwitchover(wasRunning: wasRunning)
                 stoppedGuest = nil
+                progress.withLock { $0.switchingOver = false }
+                writer.setRateLimit(parameters.maxBandwidth)
                 setStatus(.active)
             }
-            parts.vm.setThrottle(percent: 0)
-            parts.ram.cleanup()
-            for device in parts.devices { device.cleanup() }
+            endTracking()
             parts.vm.migrationCompleted()
+            progress.withLock { p in p.info.errorDescription = p.cleanupFailure.map { "completed, but \($0)" } }
             finish(.completed)
         } catch {
-            parts.vm.setThrottle(percent: 0)
-            parts.ram.cleanup()
-            for device in parts.devices { device.cleanup() }
-            if let wasRunning = stoppedGuest { parts.vm.resumeAfterFailedSwitchover(wasRunning: wasRunning) }
-            let cancelled = progress.withLock { $0.cancelRequested }
+            endTracking()
+            let (cancelled, uncertain) = progress.withLock { ($0.cancelRequested, $0.pastPointOfNoReturn) }
             // A destination that refused the stream said why on the return path
             // before closing; that beats "broken pipe".
-            let reason = cancelled ? nil : (destinationRefusal().map { MigrationError.destination($0) } ?? error)
-            progress.withLock { $0.info.errorDescription = reason?.description }
+            var reason: MigrationError? = cancelled ? nil : error
+            if !cancelled, let refusal = (error.isDestinationAnswer ? nil : destinationRefusal()) {
+                reason = .destination(refusal)
+            }
+            let refused = reason?.isDestinationAnswer == true
+            if uncertain && !refused {
+                // The end frame may have arrived and the destination may run the guest:
+                // never both.  The guest stays paused here until the operator decides.
+                parts.vm.holdAfterUncertainSwitchover()
+                reason = .uncertainOutcome(reason?.description ?? "no answer")
+            } else if let wasRunning = stoppedGuest {
+                parts.vm.resumeAfterFailedSwitchover(wasRunning: wasRunning)
+            }
+            progress.withLock { p in
+                p.info.errorDescription = [reason?.description, p.cleanupFailure].compactMap { $0 }.joined(separator: "; ")
+                if p.info.errorDescription?.isEmpty == true { p.info.errorDescription = nil }
+            }
             finish(cancelled ? .cancelled : .failed)
         }
-        parts.channel.close()
+        channel.close()
+    }
+
+    /// Throttle off, dirty tracking off, devices released: after any outcome.
+    /// What failed to clean up is reported in `error-desc`.
+    func endTracking() {
+        parts.vm.setThrottle(percent: 0)
+        var failures: [String] = []
+        for part in [parts.ram as any Migratable] + parts.devices {
+            do { try part.cleanup() } catch { failures.append(error.description) }
+        }
+        guard !failures.isEmpty else { return }
+        progress.withLock { $0.cleanupFailure = failures.joined(separator: "; ") }
+    }
+
+    /// The first section name that more than one device claims.
+    static func duplicateSectionName(_ devices: [any Migratable]) -> String? {
+        var seen = Set<String>()
+        return devices.first { !seen.insert($0.sectionName).inserted }?.sectionName
     }
 
     // MARK: the live phase
@@ -136,18 +212,18 @@ public final class PrecopySource: Sendable {
     /// dirty rate is well below the bandwidth converges in a few short passes),
     /// and the switch happens when the stop would take under `quickSwitchover`,
     /// a pass stops halving, or after `maximumConvergingPasses`.
-    func iterateUntilThresholdMet() throws(MigrationError) -> UInt64 {
+    func iterateUntilThresholdMet(throttle: inout Int) throws(MigrationError) -> UInt64 {
         var windowStart = ContinuousClock.now
         var windowBytes = writer.bytesWritten
         var windowPages = parts.ram.stats.normalPages + parts.ram.stats.zeroPages
         var threshold: UInt64 = 0
         var bytesAtSync = writer.bytesWritten
         var dirtyHighCount = 0
-        var throttle = 0
         var switchoverBandwidth = 0.0
         var converging: (lastExact: UInt64, passes: Int)?     // under the threshold, making more passes
         while true {
             try checkCancelled()
+            let parameters = self.parameters      // live: re-read every round
             let now = ContinuousClock.now
             if now - windowStart >= Self.window {
                 let seconds = Self.seconds(now - windowStart)
@@ -178,8 +254,9 @@ public final class PrecopySource: Sendable {
                         dirtyHighCount += 1
                         if dirtyHighCount >= 2 {
                             dirtyHighCount = 0
-                            throttle = throttle == 0 ? Int(parameters.cpuThrottleInitial)
+                            let next = throttle == 0 ? Int(parameters.cpuThrottleInitial)
                                 : min(throttle + Int(parameters.cpuThrottleIncrement), Int(parameters.maxCPUThrottle))
+                            throttle = max(throttle, next)      // a lowered max-cpu-throttle never lowers it mid-migration
                             parts.vm.setThrottle(percent: throttle)
                             progress.withLock { $0.info.cpuThrottlePercentage = throttle }
                         }
@@ -216,8 +293,7 @@ public final class PrecopySource: Sendable {
     /// `false` when the exact device state would break the downtime limit's
     /// `threshold` (retried at most three times, as a device that grows while
     /// stopped must not stall us).
-    func switchover(threshold: UInt64) throws(MigrationError) -> Bool {
-        let stoppedAt = ContinuousClock.now
+    func switchover(threshold: UInt64, stopRequested: ContinuousClock.Instant) throws(MigrationError) -> Bool {
         setStatus(.device)
         writer.setRateLimit(0)
         let bytesBefore = writer.bytesWritten
@@ -226,14 +302,18 @@ public final class PrecopySource: Sendable {
         let retries = progress.withLock { $0.info.switchoverRetries }
         if deviceBytes > threshold && retries < 3 {
             progress.withLock { $0.info.switchoverRetries += 1 }
-            writer.setRateLimit(parameters.maxBandwidth)
             return false
         }
         try parts.ram.complete(writer)
         for device in parts.devices { try device.complete(writer) }
-        try writer.send(.end, payload: [])
-        if parts.channel.hasReturnPath { try awaitDestination() }
-        let downtime = ContinuousClock.now - stoppedAt
+        // The point of no return: from the first byte of `end` on, the destination may run.
+        try progress.withLock { p throws(MigrationError) in
+            if p.cancelRequested { throw .cancelled }
+            p.pastPointOfNoReturn = true
+        }
+        try writer.sendEnd()
+        if channel.hasReturnPath { try awaitDestination() }
+        let downtime = ContinuousClock.now - stopRequested
         progress.withLock { p in
             p.info.downtime = Self.milliseconds(downtime)
             p.info.downtimeBytes = writer.bytesWritten - bytesBefore
@@ -243,7 +323,6 @@ public final class PrecopySource: Sendable {
 
     /// Waits for the destination's "loaded" on the return path.
     func awaitDestination() throws(MigrationError) {
-        let channel = parts.channel
         do {
             guard try channel.waitReadable(timeout: Self.returnPathTimeout) else {
                 throw MigrationError.destination("no answer within \(Self.returnPathTimeout)")
@@ -254,7 +333,7 @@ public final class PrecopySource: Sendable {
             guard failed else { return }
             var message = [UInt8](repeating: 0, count: length)
             if length > 0 { try channel.readExactly(length, into: &message, at: 0) }
-            throw MigrationError.destination(String(decoding: message, as: UTF8.self))
+            throw MigrationError.refused(String(decoding: message, as: UTF8.self))
         } catch let error as MigrationError { throw error }
         catch let error as ChannelError {
             throw error == .endOfStream ? .destination("it closed the connection before confirming") : .channel(error)
@@ -265,7 +344,6 @@ public final class PrecopySource: Sendable {
 
     /// The destination's "failed" answer, if one is waiting on the return path.
     func destinationRefusal() -> String? {
-        let channel = parts.channel
         guard channel.hasReturnPath, (try? channel.waitReadable(timeout: .milliseconds(200))) == true else { return nil }
         var header = [UInt8](repeating: 0, count: ReturnMessage.headerByteCount)
         guard (try? channel.readExactly(header.count, into: &header, at: 0)) != nil,

@@ -88,12 +88,13 @@ public final class RAMMigration: Migratable {
         send.withLock { $0.resident = resident }
     }
 
-    public func cleanup() {
+    public func cleanup() throws(MigrationError) {
         let wasTracking = send.withLock { state in
             defer { state.tracking = false }
             return state.tracking
         }
-        if wasTracking { try? tracker?.stopTracking() }
+        guard wasTracking, let tracker else { return }
+        do { try tracker.stopTracking() } catch { throw .state("cannot stop dirty tracking: \(error)") }
     }
 
     /// Which chunks of each block held memory when tracking started (sent

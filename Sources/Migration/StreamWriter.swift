@@ -2,9 +2,10 @@ import MigrationProtocol
 import Glibc
 import Synchronization
 
-/// The sending end of a stream: frames payloads onto a channel, counts the
-/// bytes and applies the bandwidth limit (QEMU's rate limiter: a budget per
-/// 100 ms window, waiting out the window when it is spent).
+/// The sending end of a stream: frames payloads onto a channel, numbers them
+/// and keeps the stream digest the `end` frame carries, counts the bytes and
+/// applies the bandwidth limit (QEMU's rate limiter: a budget per 100 ms
+/// window, waiting out the window when it is spent).
 public final class StreamWriter: Sendable {
     let channel: any ByteChannel
     struct Counters {
@@ -13,6 +14,7 @@ public final class StreamWriter: Sendable {
         var windowBytes: UInt64 = 0
         /// Bytes per second; 0 = unlimited.
         var limit: UInt64 = 0
+        var digest = StreamDigest()
     }
     let counters = Mutex(Counters())
     static let window: Duration = .milliseconds(100)
@@ -22,21 +24,32 @@ public final class StreamWriter: Sendable {
     /// Every byte written so far, framing included.
     public var bytesWritten: UInt64 { counters.withLock { $0.bytes } }
 
-    /// Sets the bandwidth limit in bytes per second (0: none).
+    /// Sets the bandwidth limit in bytes per second (0: none); takes effect at once.
     public func setRateLimit(_ bytesPerSecond: UInt64) { counters.withLock { $0.limit = bytesPerSecond } }
 
     public func sendStreamHeader() throws(MigrationError) { try write(StreamHeader.encode()) }
 
     /// One frame: header, payload, checksum.  A small frame goes out in one
     /// write; a page batch in three, so its megabyte is never copied again.
+    /// Frames are numbered in the order they are sent; one thread sends.
     public func send(_ kind: FrameKind, payload: [UInt8]) throws(MigrationError) {
+        let checksum = FrameChecksum.of(payload.span)
+        let sequence = counters.withLock { $0.digest.frames }
+        let header = FrameHeader.encode(kind, sequence: sequence, payloadLength: payload.count)
         if payload.count < Self.coalesceLimit {
-            try write(FrameHeader.encode(kind, payloadLength: payload.count) + payload + FrameHeader.trailer(for: payload))
-            return
+            try write(header + payload + FrameHeader.trailer(checksum: checksum))
+        } else {
+            try write(header)
+            try write(payload)
+            try write(FrameHeader.trailer(checksum: checksum))
         }
-        try write(FrameHeader.encode(kind, payloadLength: payload.count))
-        try write(payload)
-        try write(FrameHeader.trailer(for: payload))
+        counters.withLock { $0.digest.add(kind: kind, payloadLength: payload.count, checksum: checksum) }
+    }
+
+    /// The last frame: the count and digest of every frame before it.
+    public func sendEnd() throws(MigrationError) {
+        let end = EndOfStream(counters.withLock { $0.digest })
+        try send(.end, payload: end.encode())
     }
 
     static let coalesceLimit = 64 << 10
@@ -55,6 +68,8 @@ public final class StreamWriter: Sendable {
     }
 
     /// Sleeps until the current window ends if its budget is spent; starts a new window when due.
+    /// What a window sent beyond its budget (a frame is never cut) is charged to
+    /// the next ones, so the limit holds on average, not only per window.
     public func waitForBudget() {
         let (limited, windowEnd) = counters.withLock { c in
             (c.limit != 0 && c.windowBytes >= c.limit / 10, c.windowStart + Self.window)
@@ -64,10 +79,13 @@ public final class StreamWriter: Sendable {
             sleepUntil(windowEnd)
         }
         counters.withLock { c in
-            if ContinuousClock.now >= c.windowStart + Self.window {
-                c.windowStart = ContinuousClock.now
-                c.windowBytes = 0
-            }
+            let now = ContinuousClock.now
+            guard now >= c.windowStart + Self.window else { return }
+            let budget = c.limit / 10
+            // Overshoot carries over only from the window that just ended, and only while limited.
+            let late = now - c.windowStart >= Self.window * 2
+            c.windowBytes = c.limit == 0 || late ? 0 : c.windowBytes - min(c.windowBytes, budget)
+            c.windowStart = now
         }
     }
 }

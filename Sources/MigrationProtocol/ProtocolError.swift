@@ -13,6 +13,8 @@ public enum ProtocolError: Error, Equatable, Sendable, CustomStringConvertible {
     case pageOutsideBlock(block: String, offset: UInt64)
     case unknownBlock(UInt16)
     case unexpectedFrame(String)
+    case outOfSequence(kind: UInt16, sequence: UInt32, expected: UInt32)
+    case incomplete(String)
 
     public var description: String {
         switch self {
@@ -30,6 +32,9 @@ public enum ProtocolError: Error, Equatable, Sendable, CustomStringConvertible {
         case .pageOutsideBlock(let block, let offset): "page at offset \(offset) lies outside RAM block '\(block)' or is not page-aligned"
         case .unknownBlock(let index): "page record names unknown RAM block \(index)"
         case .unexpectedFrame(let what): "unexpected frame: \(what)"
+        case .outOfSequence(let kind, let sequence, let expected):
+            "frame out of sequence: a frame of kind \(kind) numbered \(sequence) where frame \(expected) was due (a frame was lost, repeated or reordered)"
+        case .incomplete(let what): "incomplete stream: \(what)"
         }
     }
 }

@@ -33,17 +33,17 @@ public final class DescriptorChannel: ByteChannel {
         }
     }
 
-    public func readExactly(_ count: Int, into buffer: inout [UInt8], at offset: Int) throws(ChannelError) {
+    public func read(upTo count: Int, into buffer: inout [UInt8], at offset: Int) throws(ChannelError) -> Int {
         precondition(offset >= 0 && count >= 0 && offset + count <= buffer.count)
-        var done = 0
-        while done < count {
+        guard count > 0 else { return 0 }
+        while true {
             let result = unsafe buffer.withUnsafeMutableBytes { raw in
-                // SAFETY: the precondition keeps [offset + done, offset + count) inside the buffer.
-                unsafe CLinuxUAPI_read(descriptor, raw.baseAddress! + offset + done, count - done)
+                // SAFETY: the precondition keeps [offset, offset + count) inside the buffer.
+                unsafe CLinuxUAPI_read(descriptor, raw.baseAddress! + offset, count)
             }
-            if result == 0 { throw .endOfStream }
-            guard result > 0 else { throw .system("read from the migration channel", errno: Int32(-result)) }
-            done += result
+            if result >= 0 { return result }
+            if result == -4 { continue }        // EINTR
+            throw .system("read from the migration channel", errno: Int32(-result))
         }
     }
 

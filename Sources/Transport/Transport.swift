@@ -6,13 +6,15 @@ import Synchronization
 /// Opens migration channels from QEMU-style URIs.
 public enum Transport {
     /// The source side: connects (tcp, unix), creates the file (file), or adopts
-    /// the descriptor (fd).
-    public static func connect(_ uri: MigrationURI) throws(ChannelError) -> DescriptorChannel {
+    /// the descriptor (fd).  A connect ends early, with "Operation canceled",
+    /// when `cancellation` is signalled.
+    public static func connect(_ uri: MigrationURI, cancellation: ConnectCancellation? = nil) throws(ChannelError) -> DescriptorChannel {
+        let cancel = cancellation?.descriptor ?? -1
         switch uri {
         case .tcp(let host, let port):
-            return DescriptorChannel(adopting: try unsafe check(CLinuxUAPI_tcp_open(host, Int32(port), 0), "connect to \(uri)"), returnPath: true)
+            return DescriptorChannel(adopting: try unsafe check(CLinuxUAPI_tcp_open(host, Int32(port), 0, cancel), "connect to \(uri)"), returnPath: true)
         case .unix(let path):
-            return DescriptorChannel(adopting: try unsafe check(CLinuxUAPI_unix_open(path, 0), "connect to \(uri)"), returnPath: true)
+            return DescriptorChannel(adopting: try unsafe check(CLinuxUAPI_unix_open(path, 0, cancel), "connect to \(uri)"), returnPath: true)
         case .file(let path):
             return DescriptorChannel(adopting: try unsafe check(CLinuxUAPI_open_file(path, 1), "create \(path)"), returnPath: false)
         case .fd(let number):
@@ -24,11 +26,11 @@ public enum Transport {
     public static func listen(_ uri: MigrationURI) throws(ChannelError) -> IncomingListener {
         switch uri {
         case .tcp(let host, let port):
-            let fd = try unsafe check(CLinuxUAPI_tcp_open(host, Int32(port), 1), "listen on \(uri)")
+            let fd = try unsafe check(CLinuxUAPI_tcp_open(host, Int32(port), 1, -1), "listen on \(uri)")
             let bound = CLinuxUAPI_local_port(fd)
             return IncomingListener(kind: .socket(fd), address: .tcp(host: host, port: bound > 0 ? UInt16(bound) : port))
         case .unix(let path):
-            return IncomingListener(kind: .socket(try unsafe check(CLinuxUAPI_unix_open(path, 1), "listen on \(uri)")), address: uri)
+            return IncomingListener(kind: .socket(try unsafe check(CLinuxUAPI_unix_open(path, 1, -1), "listen on \(uri)")), address: uri)
         case .file(let path):
             let fd = try unsafe check(CLinuxUAPI_open_file(path, 0), "open \(path)")
             return IncomingListener(kind: .ready(DescriptorChannel(adopting: fd, returnPath: false)), address: uri)
@@ -91,4 +93,36 @@ public final class IncomingListener: Sendable {
         _ = Glibc.close(fd)
         if case .unix(let path) = address { _ = unsafe unlink(path) }
     }
+}
+
+/// Cancels a `Transport.connect` in progress from another thread (an eventfd).
+public final class ConnectCancellation: Sendable {
+    let descriptor: Int32
+
+    public init() throws(ChannelError) {
+        descriptor = try Transport.check(CLinuxUAPI_eventfd(), "create an eventfd")
+    }
+
+    deinit { _ = Glibc.close(descriptor) }
+
+    public func cancel() { CLinuxUAPI_eventfd_signal(descriptor) }
+}
+
+/// Opens a migration URI on the migration thread; `migrate_cancel` abandons the connect.
+public struct URIChannelOpener: ChannelOpener {
+    let uri: MigrationURI
+    let cancellation: ConnectCancellation
+
+    public init(_ uri: MigrationURI) throws(ChannelError) {
+        self.uri = uri
+        cancellation = try ConnectCancellation()
+    }
+
+    public func open() throws(ChannelError) -> any ByteChannel {
+        do { return try Transport.connect(uri, cancellation: cancellation) } catch {
+            throw .connectFailed(uri: uri.description, reason: error.description)
+        }
+    }
+
+    public func cancel() { cancellation.cancel() }
 }

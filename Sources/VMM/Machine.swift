@@ -31,7 +31,12 @@ public final class Machine: Sendable {
     let migration = MigrationSlot()
     /// The run state a switchover stopped, so a failed one can go back to it.
     let switchoverPreviousState = Mutex<RunState?>(nil)
+    /// Held while a run-state change parks the vCPUs (`stop`, a switchover, a
+    /// guest that stopped itself), so "paused" is never seen before the park is done.
+    let stopping = Mutex(())
     let incomingFailureStorage = Mutex<String?>(nil)
+    /// Where a device's failed kernel call goes: the guest stops with the reason.
+    let deviceFaults: DeviceFaults
     /// False after `start(paused: true)` (`-S`): nothing runs until `cont`, not even after an incoming migration.
     let autostartStorage = Mutex(true)
     var autostart: Bool { autostartStorage.withLock { $0 } }
@@ -65,12 +70,17 @@ public final class Machine: Sendable {
             do { for block in memory.blocks { try block.mapping.prefault() } } catch { throw .memory(error) }
         }
         let vm = self.vm
+        let faults = DeviceFaults()
+        self.deviceFaults = faults
         serial = Serial16550(output: serialOutput, setInterruptLine: { level in
-            try? vm.setIRQLine(Serial16550.com1IRQ, level: level)
+            do { try vm.setIRQLine(Serial16550.com1IRQ, level: level) } catch {
+                faults.report("cannot set IRQ \(Serial16550.com1IRQ) of the UART: \(error)")
+            }
         })
         control = RunControl(vcpuCount: configuration.cpus)
         tracker = GuestProgressTracker(cpuCount: configuration.cpus)
         (vcpus, tscKHz, memorySlots) = try Self.boot(configuration, vm: vm, memory: memory, loadKernel: !incoming)
+        faults.attach(self)
     }
 
     /// Starts one thread per vCPU and runs the guest.  An incoming machine's
@@ -96,31 +106,42 @@ public final class Machine: Sendable {
     public var progress: GuestProgress { tracker.snapshot }
 
     /// Freezes every vCPU (QMP `stop`).  Emits STOP if the guest was running.
+    ///
+    /// `paused` means parked: the run state changes and the vCPUs park under
+    /// `stopping`, so a switchover that sees `paused` (and takes the same lock)
+    /// knows no vCPU can still write.
     public func pause() {
-        let wasRunning = runState.withLock { state -> Bool in
-            guard state == .running else { return false }
-            state = .paused
-            return true
+        let wasRunning = stopping.withLock { _ -> Bool in
+            let wasRunning = runState.withLock { state -> Bool in
+                guard state == .running else { return false }
+                state = .paused
+                return true
+            }
+            if wasRunning { control.pause { kickAll() } }
+            return wasRunning
         }
-        guard wasRunning else { return }
-        control.pause { kickAll() }
-        emit("STOP")
+        if wasRunning { emit("STOP") }
     }
 
     /// Resumes a paused guest (QMP `cont`).  Emits RESUME.
     public func resume() throws(MachineError) {
-        let resumed = runState.withLock { state -> Bool in
-            guard state == .paused || state == .prelaunch else { return false }
-            state = .running
-            return true
+        let resumed = stopping.withLock { _ -> Bool in
+            let resumed = runState.withLock { state -> Bool in
+                guard state == .paused || state == .prelaunch else { return false }
+                state = .running
+                return true
+            }
+            if resumed {
+                tracker.state.withLock { $0.forgetLastBeats() }
+                control.resume()
+            }
+            return resumed
         }
         guard resumed else {
             let current = state
             if current == .running { return }
             throw .invalidState("the guest cannot be resumed from state '\(current.rawValue)'")
         }
-        tracker.state.withLock { $0.forgetLastBeats() }
-        control.resume()
         emit("RESUME")
     }
 
@@ -163,8 +184,10 @@ public final class Machine: Sendable {
             return true
         }
         guard changed else { return }
+        // This is a vCPU thread, which must return to park: another thread waits for it.
+        // (A switchover parks the vCPUs itself, whatever the run state says.)
         Thread { [self] in
-            control.pause { kickAll() }
+            stopping.withLock { _ in control.pause { kickAll() } }
             switch state {
             case .guestPanicked: emit("GUEST_PANICKED", data: ["action": "pause", "info": ["type": "ferry", "reason": .string(reason)]])
             case .shutdown: emit("SHUTDOWN", data: ["guest": true, "reason": .string(reason)])
@@ -178,4 +201,24 @@ public final class Machine: Sendable {
         let seconds = Int64(now)
         eventSink(QMPEvent(name: name, data: data, seconds: seconds, microseconds: Int64((now - Double(seconds)) * 1_000_000)))
     }
+}
+
+/// A device whose kernel call failed (an interrupt line KVM would not set)
+/// cannot go on silently: the guest stops with an internal error naming it,
+/// as QEMU stops on a KVM failure.  Holds the machine weakly (the machine owns
+/// the devices that report here).
+final class DeviceFaults: Sendable {
+    struct Reference { weak var machine: Machine? }
+    let reference = Mutex(Reference())
+    let first = Mutex<String?>(nil)
+
+    func attach(_ machine: Machine) { reference.withLock { $0.machine = machine } }
+
+    func report(_ reason: String) {
+        first.withLock { if $0 == nil { $0 = reason } }
+        reference.withLock { $0.machine }?.guestStopped(.internalError, reason: reason)
+    }
+
+    /// The first fault reported, if any.
+    var firstFault: String? { first.withLock { $0 } }
 }

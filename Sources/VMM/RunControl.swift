@@ -54,11 +54,21 @@ final class RunControl: @unchecked Sendable {
     func pause(kick: () -> Void) {
         condition.lock()
         desired = .pause
+        condition.broadcast()       // a vCPU sleeping out its throttle share parks at once
         condition.unlock()
         kick()
         condition.lock()
         while parked + exited < vcpuCount { condition.wait() }
         condition.unlock()
+    }
+
+    /// A throttled vCPU's sleep: `duration`, cut short by a pause or terminate.
+    func sleepThrottled(for duration: Duration) {
+        let seconds = Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+        let deadline = Date(timeIntervalSinceNow: seconds)
+        condition.lock()
+        defer { condition.unlock() }
+        while desired == .run, condition.wait(until: deadline) {}
     }
 
     func resume() {

@@ -32,7 +32,7 @@ struct VCPURunLoop {
             vcpu.completeMMIORead([UInt8](repeating: 0xff, count: length))
         case .interrupted:
             // Auto-converge: a throttled vCPU sleeps its share of each timeslice.
-            if let sleep = machine.control.throttleSleep { Thread.sleep(forTimeInterval: Double(sleep.components.attoseconds) / 1e18 + Double(sleep.components.seconds)) }
+            if let sleep = machine.control.throttleSleep { machine.control.sleepThrottled(for: sleep) }
         case .mmioWrite, .halt:
             break
         case .shutdown:

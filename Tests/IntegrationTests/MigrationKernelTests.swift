@@ -272,9 +272,14 @@ struct MigrationKernelTests {
         return (capture.failure.withLock { $0 }, destination)
     }
 
+    /// A stream of these frames, numbered as a source numbers them, with the end frame if `end`.
+    func encodeStream(_ frames: [(FrameKind, [UInt8])], end: Bool = false) -> [UInt8] {
+        var encoder = FrameEncoder()
+        return StreamHeader.encode() + frames.flatMap { encoder.frame($0.0, payload: $0.1) } + (end ? encoder.end() : [])
+    }
+
     func hostileStream(_ destinationLayout: MigrationConfiguration, pages: [UInt8]) -> [UInt8] {
-        StreamHeader.encode() + FrameEncoder.frame(.configuration, payload: destinationLayout.encode())
-            + FrameEncoder.frame(.pages, payload: pages)
+        encodeStream([(.configuration, destinationLayout.encode()), (.pages, pages)])
     }
 
     @Test("truncated, corrupted and out-of-RAM streams each fail the destination with a clear error")
@@ -305,29 +310,28 @@ struct MigrationKernelTests {
         third.quit()
 
         // Sections: a name nobody owns, and a vCPU section whose parts are garbage.
-        let unknown = StreamHeader.encode() + FrameEncoder.frame(.configuration, payload: layout.encode())
-            + FrameEncoder.frame(.section, payload: StateSection(name: "bogus", version: 1, state: [1, 2, 3]).encode())
+        let unknown = encodeStream([(.configuration, layout.encode()),
+                                    (.section, StateSection(name: "bogus", version: 1, state: [1, 2, 3]).encode())])
         let (unknownSection, fifth) = try await feedDestination(unknown)
         #expect(unknownSection?.contains("unknown section 'bogus'") == true, "\(unknownSection ?? "")")
         fifth.quit()
-        let badCPU = StreamHeader.encode() + FrameEncoder.frame(.configuration, payload: layout.encode())
-            + FrameEncoder.frame(.section, payload: StateSection(name: "cpu/0", version: 1, state: [8, 1, 0xff, 0xff, 0xff, 0x7f]).encode())
+        let badCPU = encodeStream([(.configuration, layout.encode()),
+                                   (.section, StateSection(name: "cpu/0", version: 1, state: [8, 1, 0xff, 0xff, 0xff, 0x7f]).encode())])
         let (cpuSection, sixth) = try await feedDestination(badCPU)
         #expect(cpuSection?.contains("state part 1 is 2147483647 bytes, expected 144") == true, "\(cpuSection ?? "")")
         sixth.quit()
-        let early = StreamHeader.encode() + FrameEncoder.frame(.configuration, payload: layout.encode()) + FrameEncoder.frame(.end, payload: [])
+        let early = encodeStream([(.configuration, layout.encode())], end: true)
         let (missing, seventh) = try await feedDestination(early)
         #expect(missing?.contains("the stream ended without section") == true, "\(missing ?? "")")
         seventh.quit()
 
         // A residency frame after pages, and one sized for another RAM.
-        let late = hostileStream(layout, pages: batch.payload())
-            + FrameEncoder.frame(.residency, payload: RAMResidency(words: [[1]]).encode())
+        let late = encodeStream([(.configuration, layout.encode()), (.pages, batch.payload()),
+                                 (.residency, RAMResidency(words: [[1]]).encode())])
         let (lateResidency, eighth) = try await feedDestination(late)
         #expect(lateResidency?.contains("a residency frame after pages") == true, "\(lateResidency ?? "")")
         eighth.quit()
-        let wrongSize = StreamHeader.encode() + FrameEncoder.frame(.configuration, payload: layout.encode())
-            + FrameEncoder.frame(.residency, payload: RAMResidency(words: [[1, 0]]).encode())
+        let wrongSize = encodeStream([(.configuration, layout.encode()), (.residency, RAMResidency(words: [[1, 0]]).encode())])
         let (badResidency, ninth) = try await feedDestination(wrongSize)
         #expect(badResidency?.contains("residency of block 'pc.ram' has 2 words, expected 1") == true, "\(badResidency ?? "")")
         ninth.quit()

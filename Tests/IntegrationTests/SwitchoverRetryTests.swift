@@ -26,7 +26,9 @@ import Transport
             stopped.store(false, ordering: .relaxed)
             events.withLock { $0.append(wasRunning ? "resume" : "stay stopped") }
         }
-        func setThrottle(percent: Int) {}
+        func holdAfterUncertainSwitchover() { events.withLock { $0.append("hold") } }
+        let throttles = Mutex<[Int]>([])
+        func setThrottle(percent: Int) { throttles.withLock { $0.append(percent) } }
     }
 
     /// A device that looks small while the guest runs and, stopped, reports

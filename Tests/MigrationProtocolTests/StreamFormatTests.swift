@@ -7,17 +7,26 @@ import Testing
 
     func page(_ fill: UInt8) -> ArraySlice<UInt8> { [UInt8](repeating: fill, count: 4096)[...] }
 
-    func sampleStream() -> [UInt8] {
+    func samplePayloads() -> [(FrameKind, [UInt8])] {
         var batch = PageBatchWriter()
         batch.append(block: 0, offset: 0, page: page(1))
         batch.append(block: 0, offset: 4096, page: nil)
         batch.append(block: 1, offset: 8192, page: page(2))
         batch.append(block: 1, offset: 12288, page: page(3))
-        return StreamHeader.encode()
-            + FrameEncoder.frame(.configuration, payload: layout.encode())
-            + FrameEncoder.frame(.pages, payload: batch.payload())
-            + FrameEncoder.frame(.section, payload: StateSection(name: "cpu/0", version: 1, state: [9, 8, 7]).encode())
-            + FrameEncoder.frame(.end, payload: [])
+        return [(.configuration, layout.encode()), (.pages, batch.payload()),
+                (.section, StateSection(name: "cpu/0", version: 1, state: [9, 8, 7]).encode())]
+    }
+
+    func sampleStream() -> [UInt8] {
+        var encoder = FrameEncoder()
+        return StreamHeader.encode() + samplePayloads().flatMap { encoder.frame($0.0, payload: $0.1) } + encoder.end()
+    }
+
+    /// The sample stream's frames, each encoded as the sender numbered it, and its end frame.
+    func sampleFrames() -> (frames: [[UInt8]], end: [UInt8]) {
+        var encoder = FrameEncoder()
+        let frames = samplePayloads().map { encoder.frame($0.0, payload: $0.1) }
+        return (frames, encoder.end())
     }
 
     /// Decodes a whole stream fed `chunk` bytes at a time.
@@ -40,6 +49,7 @@ import Testing
         let stream = sampleStream()
         let whole = try decode(stream, chunk: stream.count)
         #expect(whole.map(\.0) == [.configuration, .pages, .section, .end])
+        #expect(try EndOfStream(decoding: whole[3].1).frames == 3)
         for chunk in [1, 2, 7, 15, 16, 17, 4095, 4096, 4097] {
             let split = try decode(stream, chunk: chunk)
             #expect(split.map(\.0) == whole.map(\.0) && split.map(\.1) == whole.map(\.1), "chunk \(chunk)")
@@ -57,13 +67,19 @@ import Testing
         #expect(throws: ProtocolError.badMagic) { try StreamHeader.decode(Array("QEMU".utf8) + [UInt8](repeating: 0, count: 12)) }
         var future = StreamHeader.encode()
         future[8] = 9
-        #expect(throws: ProtocolError.unsupportedVersion(9, supported: 1...1)) { try StreamHeader.decode(future) }
+        #expect(throws: ProtocolError.unsupportedVersion(9, supported: 2...2)) { try StreamHeader.decode(future) }
+        var version1 = StreamHeader.encode()
+        version1[8] = 1
+        #expect(throws: ProtocolError.unsupportedVersion(1, supported: 2...2), "v1 streams had no sequence numbers") {
+            try StreamHeader.decode(version1)
+        }
         #expect(throws: ProtocolError.truncated("stream header")) { try StreamHeader.decode([0x46]) }
     }
 
     @Test("a corrupted byte anywhere in a frame is caught")
     func corruptionIsCaught() {
-        let frame = FrameEncoder.frame(.pages, payload: { var b = PageBatchWriter(); b.append(block: 0, offset: 0, page: page(5)); return b.payload() }())
+        var encoder = FrameEncoder()
+        let frame = encoder.frame(.pages, payload: { var b = PageBatchWriter(); b.append(block: 0, offset: 0, page: page(5)); return b.payload() }())
         for position in stride(from: FrameHeader.byteCount, to: frame.count, by: 97) {
             var bad = frame
             bad[position] ^= 0x10
@@ -73,17 +89,17 @@ import Testing
         }
     }
 
-    @Test("hostile headers: invalid kind, reserved bits, huge lengths")
+    @Test("hostile headers: invalid kind, wrong sequence, huge lengths")
     func hostileHeaders() {
-        func header(kind: UInt16, version: UInt16 = 1, reserved: UInt32 = 0, length: UInt64) -> [UInt8] {
+        func header(kind: UInt16, version: UInt16 = 1, sequence: UInt32 = 0, length: UInt64) -> [UInt8] {
             var w = WireWriter()
-            w.u16(kind); w.u16(version); w.u32(reserved); w.u64(length)
+            w.u16(kind); w.u16(version); w.u32(sequence); w.u64(length)
             return w.bytes
         }
         for (bytes, error) in [(header(kind: 0, length: 0), ProtocolError.invalidFrameKind(0)),
                                (header(kind: 99, length: 0), .invalidFrameKind(99)),
                                (header(kind: 2, version: 2, length: 0), .unsupportedFrameVersion(kind: 2, version: 2)),
-                               (header(kind: 2, reserved: 1, length: 0), .reservedFieldNotZero),
+                               (header(kind: 2, sequence: 1, length: 0), .outOfSequence(kind: 2, sequence: 1, expected: 0)),
                                (header(kind: 2, length: UInt64.max), .payloadTooLarge(UInt64.max, limit: 64 << 20))] {
             var decoder = FrameDecoder()
             decoder.feed(bytes)
@@ -182,5 +198,61 @@ import Testing
         }
         #expect(FrameChecksum.of(bytes[...]) == original, "deterministic")
         #expect(FrameChecksum.of([]) != FrameChecksum.of([0]), "the length counts")
+    }
+
+    /// Decodes frames (after the stream header) until the end frame or an error.
+    func decodeFrames(_ bytes: [UInt8]) throws -> [FrameKind] {
+        var decoder = FrameDecoder()
+        decoder.feed(bytes)
+        var kinds: [FrameKind] = []
+        while case .frame(let header, _) = try decoder.next() { kinds.append(header.kind) }
+        return kinds
+    }
+
+    @Test("a valid frame dropped, duplicated, swapped or moved is refused where it happens")
+    func wholeFramesOutOfOrder() throws {
+        let (frames, end) = sampleFrames()
+        #expect(try decodeFrames(frames.flatMap { $0 } + end) == [.configuration, .pages, .section, .end])
+        let dropped = [frames[0], frames[2]].flatMap { $0 } + end
+        #expect(throws: ProtocolError.outOfSequence(kind: 3, sequence: 2, expected: 1)) { try decodeFrames(dropped) }
+        let duplicated = [frames[0], frames[1], frames[1], frames[2]].flatMap { $0 } + end
+        #expect(throws: ProtocolError.outOfSequence(kind: 2, sequence: 1, expected: 2)) { try decodeFrames(duplicated) }
+        let swapped = [frames[0], frames[2], frames[1]].flatMap { $0 } + end
+        #expect(throws: ProtocolError.outOfSequence(kind: 3, sequence: 2, expected: 1)) { try decodeFrames(swapped) }
+        let moved = [frames[1], frames[2], frames[0]].flatMap { $0 } + end
+        #expect(throws: ProtocolError.outOfSequence(kind: 2, sequence: 1, expected: 0)) { try decodeFrames(moved) }
+        let dropLast = [frames[0], frames[1]].flatMap { $0 }
+        var renumbered = FrameEncoder()
+        _ = renumbered.frame(.configuration, payload: [])
+        _ = renumbered.frame(.pages, payload: [])
+        let endOfTwo = renumbered.end()
+        // The last frame dropped and an end that claims what arrived: the digest still differs.
+        #expect(throws: ProtocolError.self) { try decodeFrames(dropLast + endOfTwo) }
+    }
+
+    @Test("frames renumbered to hide a change still fail the end frame's digest; the end must be whole and last")
+    func endFrameDigest() throws {
+        // A forger renumbers the frames after swapping two: the sequence checks pass, the digest does not.
+        let payloads = samplePayloads()
+        var honest = FrameEncoder()
+        _ = payloads.map { honest.frame($0.0, payload: $0.1) }
+        let honestEnd = honest.end()
+        var forger = FrameEncoder()
+        let reordered = [payloads[0], payloads[2], payloads[1]].flatMap { forger.frame($0.0, payload: $0.1) }
+        #expect(throws: ProtocolError.incomplete("the frames that arrived are not the ones the source sent (stream digest differs)")) {
+            try decodeFrames(reordered + honestEnd)
+        }
+        // An end frame with extra payload, or none.
+        var short = FrameEncoder()
+        let bad = short.frame(.configuration, payload: []) + short.frame(.end, payload: [])
+        #expect(throws: ProtocolError.malformed("the end frame has 0 bytes of payload, expected 16")) { try decodeFrames(bad) }
+        var long = FrameEncoder()
+        let first = long.frame(.configuration, payload: [])
+        let longEnd = long.frame(.end, payload: EndOfStream(long.digest).encode() + [0])
+        #expect(throws: ProtocolError.malformed("the end frame has 17 bytes of payload, expected 16")) { try decodeFrames(first + longEnd) }
+        // Nothing may follow the end.
+        var after = FrameEncoder()
+        let tail = after.end() + after.frame(.pages, payload: [])
+        #expect(throws: ProtocolError.unexpectedFrame("a frame after the end of the stream")) { try decodeFrames(tail) }
     }
 }

@@ -29,6 +29,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 
@@ -187,7 +188,45 @@ static inline int CLinuxUAPI_socket_tune(int fd) {
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     return fd;
 }
-static inline int CLinuxUAPI_tcp_open(const char *host, int port, int listening) {
+/* A connect that a write to `cancel_fd` (an eventfd; -1 for none) abandons
+ * with -ECANCELED.  TCP connects in the background and is polled; a Unix
+ * socket whose listener's backlog is full refuses a non-blocking connect with
+ * EAGAIN, so that one is retried every 10 ms.  The socket is blocking again on return. */
+static inline int CLinuxUAPI_connect_cancellable(int fd, const struct sockaddr *address, socklen_t length, int cancel_fd) {
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) return -errno;
+    int r = connect(fd, address, length), result = 0;
+    while (r != 0) {
+        int error = errno;
+        struct pollfd p[2] = { { .fd = fd, .events = POLLOUT }, { .fd = cancel_fd, .events = POLLIN } };
+        if (error == EINTR) { r = connect(fd, address, length); continue; }
+        if (error == EINPROGRESS || error == EALREADY) {
+            int n = poll(p, cancel_fd >= 0 ? 2 : 1, -1);
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0) { result = -errno; break; }
+            if (cancel_fd >= 0 && (p[1].revents & POLLIN)) { result = -ECANCELED; break; }
+            if (p[0].revents) {
+                int so_error = 0;
+                socklen_t size = sizeof so_error;
+                getsockopt(fd, SOL_SOCKET, SO_ERROR, &so_error, &size);
+                result = -so_error;
+                break;
+            }
+            continue;
+        }
+        if (error == EAGAIN) {
+            int n = poll(&p[1], cancel_fd >= 0 ? 1 : 0, 10);
+            if (n > 0) { result = -ECANCELED; break; }
+            r = connect(fd, address, length);
+            continue;
+        }
+        result = -error;
+        break;
+    }
+    fcntl(fd, F_SETFL, flags);
+    return result;
+}
+static inline int CLinuxUAPI_tcp_open(const char *host, int port, int listening, int cancel_fd) {
     struct addrinfo hints, *result = NULL, *ai;
     char service[16];
     memset(&hints, 0, sizeof hints);
@@ -207,9 +246,10 @@ static inline int CLinuxUAPI_tcp_open(const char *host, int port, int listening)
             setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
             if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 1) == 0) { freeaddrinfo(result); return fd; }
         } else {
-            int r;
-            do { r = connect(fd, ai->ai_addr, ai->ai_addrlen); } while (r != 0 && errno == EINTR);
+            int r = CLinuxUAPI_connect_cancellable(fd, ai->ai_addr, ai->ai_addrlen, cancel_fd);
             if (r == 0) { freeaddrinfo(result); return fd; }
+            errno = -r;
+            if (r == -ECANCELED) { close(fd); freeaddrinfo(result); return r; }
         }
         error = errno;
         close(fd);
@@ -217,7 +257,7 @@ static inline int CLinuxUAPI_tcp_open(const char *host, int port, int listening)
     freeaddrinfo(result);
     return -error;
 }
-static inline int CLinuxUAPI_unix_open(const char *path, int listening) {
+static inline int CLinuxUAPI_unix_open(const char *path, int listening, int cancel_fd) {
     struct sockaddr_un address;
     memset(&address, 0, sizeof address);
     address.sun_family = AF_UNIX;
@@ -232,7 +272,8 @@ static inline int CLinuxUAPI_unix_open(const char *path, int listening) {
         r = bind(fd, (struct sockaddr *)&address, sizeof address);
         if (r == 0) r = listen(fd, 1);
     } else {
-        do { r = connect(fd, (struct sockaddr *)&address, sizeof address); } while (r != 0 && errno == EINTR);
+        r = CLinuxUAPI_connect_cancellable(fd, (struct sockaddr *)&address, sizeof address, cancel_fd);
+        if (r != 0) { close(fd); return r; }
     }
     if (r != 0) { int error = errno; close(fd); return -error; }
     return fd;
@@ -257,6 +298,9 @@ static inline int CLinuxUAPI_is_socket(int fd) {
     if (fstat(fd, &st) != 0) return -errno;
     return S_ISSOCK(st.st_mode) ? 1 : 0;
 }
+/* The eventfd that cancels a connect: created, signalled. */
+static inline int CLinuxUAPI_eventfd(void) { int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); return fd >= 0 ? fd : -errno; }
+static inline void CLinuxUAPI_eventfd_signal(int fd) { uint64_t one = 1; ssize_t r = write(fd, &one, sizeof one); (void)r; }
 /* poll for readability: 1 readable, 0 timeout, -errno. */
 static inline int CLinuxUAPI_wait_readable(int fd, int milliseconds) {
     struct pollfd p = { .fd = fd, .events = POLLIN };

@@ -38,7 +38,7 @@ final class KVMDirtyLogSource: DirtyPageSource {
     func collectDirtyPages() throws -> [String: DirtyBitmap] {
         var result: [String: DirtyBitmap] = [:]
         for mapping in slots {
-            let log = try vm.collectDirtyLog(slot: mapping.slot, pageCount: mapping.pageCount)
+            let log = try vm.collectDirtyLog(slot: mapping.slot)
             var bitmap = result[mapping.block.name] ?? DirtyBitmap(pageCount: Int(mapping.block.byteCount) / PageSize.base.byteCount)
             bitmap.insert(log, atPage: mapping.firstBlockPage)
             result[mapping.block.name] = bitmap

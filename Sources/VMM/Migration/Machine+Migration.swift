@@ -33,14 +33,19 @@ extension Machine {
             if let current = s.outgoing, !current.status.isFinished {
                 throw QMPError.generic("There's a migration process in progress")
             }
-            if s.incoming != nil { throw QMPError.generic("The VM is receiving a migration") }
+            // A guest that arrived by migration may leave again once it has arrived.
+            if let incoming = s.incoming, incoming.status.withLock({ $0 }) != .completed {
+                throw QMPError.generic("The VM is receiving a migration")
+            }
             return (s.parameters, s.capabilities)
         }
         let global = GlobalStateMigratable(wasRunning: { [self] in self.wasRunningBeforeSwitchover })
-        let channel: DescriptorChannel
-        do { channel = try Transport.connect(uri) } catch { throw .generic("Failed to connect to '\(text)': \(error)") }
+        // The connect happens on the migration thread: QMP stays responsive, and
+        // migrate_cancel abandons a connect that hangs.
+        let opener: URIChannelOpener
+        do { opener = try URIChannelOpener(uri) } catch { throw .generic("Failed to connect to '\(text)': \(error)") }
         let source = PrecopySource(
-            .init(channel: channel, configuration: migrationConfiguration,
+            .init(opener: opener, configuration: migrationConfiguration,
                   ram: RAMMigration(blocks: memory.blocks, tracker: makeDirtyPageSource()),
                   devices: migratableDevices(global: global), vm: MachineMigrationControl(machine: self)),
             parameters: parameters, capabilities: capabilities,
@@ -93,13 +98,21 @@ extension Machine {
             if events { emit("MIGRATION", data: ["status": .string(status.rawValue)]) }
         }
         let global = GlobalStateMigratable(wasRunning: { false })
+        // Only the first load finds RAM as it was created, all zero: after a failed
+        // one, pages it wrote are still there, and every zero record must be applied.
+        let startsZero = migration.state.withLock { s in
+            defer { s.incomingRAMTouched = true }
+            return !s.incomingRAMTouched
+        }
+        let limit = migration.state.withLock { $0.parameters.inactivityLimit }
         let destination: MigrationDestination
         do {
             let channel = try incoming.listener.accept()
             destination = MigrationDestination(
                 channel: channel, configuration: migrationConfiguration,
-                ram: RAMMigration(blocks: memory.blocks, tracker: nil, destinationStartsZero: true),
-                devices: migratableDevices(global: global), onStatus: setStatus)
+                ram: RAMMigration(blocks: memory.blocks, tracker: nil, destinationStartsZero: startsZero),
+                devices: migratableDevices(global: global),
+                inactivityLimit: limit == 0 ? nil : .milliseconds(Int64(limit)), onStatus: setStatus)
             try destination.run()
         } catch {
             incoming.error.withLock { $0 = "\(error)" }
@@ -137,6 +150,8 @@ extension Machine {
                 do { try parameters.set(name, to: number) } catch { throw QMPError.generic("\(error)") }
             }
             s.parameters = parameters
+            // As in QEMU, a running migration takes the new values at once.
+            if let current = s.outgoing, !current.status.isFinished { current.update(parameters) }
         }
     }
 
@@ -164,5 +179,6 @@ struct MachineMigrationControl: MigrationVMControl {
     func stopForSwitchover() -> Bool { machine.stopForSwitchover() }
     func migrationCompleted() { machine.runState.withLock { $0 = .postmigrate } }
     func resumeAfterFailedSwitchover(wasRunning: Bool) { machine.resumeAfterFailedSwitchover(wasRunning: wasRunning) }
+    func holdAfterUncertainSwitchover() { machine.runState.withLock { $0 = .paused } }
     func setThrottle(percent: Int) { machine.setThrottle(percent: percent) }
 }

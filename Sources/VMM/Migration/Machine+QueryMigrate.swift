@@ -5,7 +5,8 @@ extension Machine {
     /// `query-migrate`: QEMU's MigrationInfo.  Empty before any migration; on a
     /// destination, the status (and where it listens); on a source, timings and `ram`.
     var queryMigrateJSON: JSONValue {
-        if let incoming = incomingMigration {
+        // The latest migration: an outgoing one started after the guest arrived wins.
+        if let incoming = incomingMigration, outgoingMigration == nil {
             var result: [String: JSONValue] = ["status": .string(incoming.status.withLock { $0 }.rawValue)]
             switch incoming.address {
             case .tcp(let host, let port):

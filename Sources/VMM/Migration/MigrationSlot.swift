@@ -9,6 +9,8 @@ final class MigrationSlot: Sendable {
         var capabilities = MigrationCapabilities()
         var outgoing: PrecopySource?
         var incoming: Incoming?
+        /// An incoming load has started: guest RAM may no longer be all zero.
+        var incomingRAMTouched = false
     }
 
     /// The destination side, from `--incoming` or `migrate-incoming` to the end.

@@ -1,0 +1,74 @@
+import Synchronization
+
+/// How the source reaches its destination.  Opened on the migration thread,
+/// so a slow connect never blocks the control plane; `cancel` abandons an
+/// open in progress (QMP `migrate_cancel` during the connect).
+public protocol ChannelOpener: Sendable {
+    func open() throws(ChannelError) -> any ByteChannel
+    func cancel()
+}
+
+/// A channel that is already open (tests, tools).
+public struct OpenChannel: ChannelOpener {
+    let channel: any ByteChannel
+    public init(_ channel: any ByteChannel) { self.channel = channel }
+    public func open() throws(ChannelError) -> any ByteChannel { channel }
+    public func cancel() {}
+}
+
+/// The source's channel before and after it is open: `shutdown` before the
+/// open cancels the open, after it shuts the channel.
+final class PendingChannel: ByteChannel {
+    enum State { case pending, open(any ByteChannel), shut }
+    let opener: any ChannelOpener
+    let state = Mutex(State.pending)
+
+    init(_ opener: any ChannelOpener) { self.opener = opener }
+
+    /// Opens the channel; throws if it was shut (cancelled) before or during the open.
+    func open() throws(ChannelError) {
+        guard case .pending = state.withLock({ $0 }) else { throw Self.cancelled }
+        let channel = try opener.open()
+        let kept = state.withLock { s -> Bool in
+            guard case .pending = s else { return false }
+            s = .open(channel)
+            return true
+        }
+        if !kept {
+            channel.close()
+            throw Self.cancelled
+        }
+    }
+
+    static let cancelled = ChannelError.system("connect", errno: 125)
+
+    var channel: any ByteChannel {
+        get throws(ChannelError) {
+            guard case .open(let channel) = state.withLock({ $0 }) else { throw Self.cancelled }
+            return channel
+        }
+    }
+
+    func write(_ bytes: [UInt8]) throws(ChannelError) { try channel.write(bytes) }
+    func read(upTo count: Int, into buffer: inout [UInt8], at offset: Int) throws(ChannelError) -> Int {
+        try channel.read(upTo: count, into: &buffer, at: offset)
+    }
+    func waitReadable(timeout: Duration) throws(ChannelError) -> Bool { try channel.waitReadable(timeout: timeout) }
+    var hasReturnPath: Bool { (try? channel.hasReturnPath) ?? false }
+
+    func shutdown() {
+        let previous = state.withLock { s -> State in
+            defer { if case .pending = s { s = .shut } }
+            return s
+        }
+        switch previous {
+        case .pending: opener.cancel()
+        case .open(let channel): channel.shutdown()
+        case .shut: break
+        }
+    }
+
+    func close() {
+        if case .open(let channel) = state.withLock({ $0 }) { channel.close() }
+    }
+}
