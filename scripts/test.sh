@@ -40,7 +40,7 @@ echo "== building the tiny PVH test kernel"
 guest/pvhtest/build.sh .build/pvhtest.elf
 
 echo "== swift test"
-swift test --skip-build
+swift test --skip-build --no-parallel   # KVM suites share two cores: one test at a time
 
 echo "== pytest (CLI and qemu.qmp)"
 FERRY="$PWD/.build/debug/ferry" FERRY_PVHTEST="$PWD/.build/pvhtest.elf" .venv/bin/pytest -q tests/python

@@ -77,6 +77,8 @@ public final class PrecopySource: Sendable {
         self.capabilities = capabilities
         self.onStatus = onStatus
         self.onPass = onPass
+        // In setup from the moment `migrate` returns, as in QEMU (the connect may take a while).
+        progress.withLock { $0.info.status = .setup }
     }
 
     /// The state for `query-migrate`.
@@ -119,7 +121,7 @@ public final class PrecopySource: Sendable {
     /// Runs the whole migration; returns when it has completed, failed or been cancelled.
     public func run() {
         progress.withLock { $0.startedAt = .now }
-        setStatus(.setup)
+        if status == .setup { onStatus(.setup) }
         var stoppedGuest: Bool?      // non-nil once the guest was stopped: whether it had been running
         var throttle = 0             // auto-converge's level: it only rises during one migration
         do throws(MigrationError) {

@@ -85,12 +85,34 @@ import Transport
     }
 
     func migrate(largeStops: Int) throws -> (MigrationInfo, [String], StopSizedDevice, RAMBlock, RAMBlock) {
+        let vm = RecordingVM()
+        let loadedDevice = StopSizedDevice(vm: nil, largeStops: 0)
+        var parameters = MigrationParameters()
+        parameters.maxBandwidth = 1 << 40
+        let run = try Self.runMigration(vm: vm, tracker: OneShotDirtyLog(pages: 1024),
+                                        sourceDevices: [StopSizedDevice(vm: vm, largeStops: largeStops)],
+                                        destinationDevices: [loadedDevice], parameters: parameters)
+        if case .failure(let error)? = run.destination { Issue.record("destination: \(error)") }
+        return (run.info, vm.events.withLock { $0 }, loadedDevice, run.source, run.target)
+    }
+
+    struct Run {
+        let info: MigrationInfo
+        let source: RAMBlock, target: RAMBlock
+        let destination: Result<Void, MigrationError>?
+    }
+
+    /// The real engine, over a real Unix socket, from a 4 MiB block half full of
+    /// data into an empty one; `configure` sees the engine before it runs.
+    static func runMigration(vm: any MigrationVMControl, tracker: any DirtyPageSource, sourceDevices: [any Migratable],
+                             destinationDevices: [any Migratable], parameters: MigrationParameters,
+                             capabilities: MigrationCapabilities = MigrationCapabilities(),
+                             configure: (PrecopySource) -> Void = { _ in }) throws -> Run {
         let source = try Self.block(filled: true), target = try Self.block(filled: false)
         let configuration = MigrationConfiguration(blocks: RAMMigration.layout(of: [source]), vcpuCount: 1)
         let path = "/tmp/ferry-retry-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
         let listener = try Transport.listen(.unix(path: path))
         defer { listener.close() }
-        let loadedDevice = StopSizedDevice(vm: nil, largeStops: 0)
         let destinationResult = Mutex<Result<Void, MigrationError>?>(nil)
         let destinationThread = Thread {
             do {
@@ -98,7 +120,7 @@ import Transport
                 let destination = MigrationDestination(
                     channel: channel, configuration: configuration,
                     ram: RAMMigration(blocks: [target], tracker: nil, destinationStartsZero: true),
-                    devices: [loadedDevice], onStatus: { _ in })
+                    devices: destinationDevices, onStatus: { _ in })
                 try destination.run()
                 destinationResult.withLock { $0 = .success(()) }
             } catch let error as MigrationError {
@@ -108,20 +130,15 @@ import Transport
             }
         }
         destinationThread.start()
-
-        let vm = RecordingVM()
-        var parameters = MigrationParameters()
-        parameters.maxBandwidth = 1 << 40
         let engine = PrecopySource(
             .init(channel: try Transport.connect(.unix(path: path)), configuration: configuration,
-                  ram: RAMMigration(blocks: [source], tracker: OneShotDirtyLog(pages: 1024)),
-                  devices: [StopSizedDevice(vm: vm, largeStops: largeStops)], vm: vm),
-            parameters: parameters, capabilities: MigrationCapabilities(), onStatus: { _ in })
+                  ram: RAMMigration(blocks: [source], tracker: tracker), devices: sourceDevices, vm: vm),
+            parameters: parameters, capabilities: capabilities, onStatus: { _ in })
+        configure(engine)
         engine.run()
         let deadline = ContinuousClock.now + .seconds(30)
         while destinationResult.withLock({ $0 }) == nil && ContinuousClock.now < deadline { usleep(1000) }
-        if case .failure(let error)? = destinationResult.withLock({ $0 }) { Issue.record("destination: \(error)") }
-        return (engine.info, vm.events.withLock { $0 }, loadedDevice, source, target)
+        return Run(info: engine.info, source: source, target: target, destination: destinationResult.withLock { $0 })
     }
 
     static func sameBytes(_ a: RAMBlock, _ b: RAMBlock) -> Bool {

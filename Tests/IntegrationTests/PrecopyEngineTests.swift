@@ -1,0 +1,146 @@
+import Foundation
+import Synchronization
+import Testing
+@testable import GuestMemory
+@testable import Migration
+import MigrationProtocol
+import Transport
+
+/// The source engine's own rules, with the real engine, real RAM and a real
+/// socket, and a VM that records what it was asked: downtime counted from the
+/// stop request, a throttle that never goes down, errors that are reported.
+@Suite struct PrecopyEngineTests {
+    typealias Kit = SwitchoverRetryTests
+
+    /// A VM whose vCPUs take `stopDelay` to park (a throttled vCPU sleeping out its share).
+    final class SlowStopVM: MigrationVMControl {
+        let inner = Kit.RecordingVM()
+        let stopDelay: Duration
+        init(stopDelay: Duration) { self.stopDelay = stopDelay }
+        func stopForSwitchover() -> Bool {
+            sleepUntil(.now + stopDelay)
+            return inner.stopForSwitchover()
+        }
+        func migrationCompleted() { inner.migrationCompleted() }
+        func resumeAfterFailedSwitchover(wasRunning: Bool) { inner.resumeAfterFailedSwitchover(wasRunning: wasRunning) }
+        func holdAfterUncertainSwitchover() { inner.holdAfterUncertainSwitchover() }
+        func setThrottle(percent: Int) { inner.setThrottle(percent: percent) }
+    }
+
+    static var fast: MigrationParameters {
+        var parameters = MigrationParameters()
+        parameters.maxBandwidth = 1 << 40
+        return parameters
+    }
+
+    @Test("downtime counts from the stop request, not from when the vCPUs parked")
+    func downtimeFromStopRequest() throws {
+        let vm = SlowStopVM(stopDelay: .milliseconds(250))
+        let run = try Kit.runMigration(vm: vm, tracker: Kit.OneShotDirtyLog(pages: 1024),
+                                       sourceDevices: [Kit.StopSizedDevice(vm: vm.inner, largeStops: 0)],
+                                       destinationDevices: [Kit.StopSizedDevice(vm: nil, largeStops: 0)], parameters: Self.fast)
+        #expect(run.info.status == .completed, "\(run.info.errorDescription ?? "")")
+        #expect((run.info.downtime ?? 0) >= 250, "downtime \(run.info.downtime ?? 0) ms leaves out the 250 ms the stop took")
+    }
+
+    @Test("auto-converge never lowers the throttle in one migration, across called-off switchovers")
+    func throttleNeverDecreases() throws {
+        let vm = Kit.RecordingVM()
+        var parameters = Self.fast
+        parameters.maxBandwidth = 64 << 20      // 6.4 MiB a window against 4 MiB dirtied each sync: never converges alone
+        parameters.downtimeLimit = 1
+        parameters.cpuThrottleInitial = 20
+        parameters.cpuThrottleIncrement = 10
+        parameters.maxCPUThrottle = 99
+        var capabilities = MigrationCapabilities()
+        capabilities.autoConverge = true
+        // A device too large once stopped, twice: two switchovers are called off and iteration goes on.
+        let device = Kit.StopSizedDevice(vm: vm, largeStops: 2)
+        // Calms down only once the throttle is high, and again higher after each resume.
+        let run = try Kit.runMigration(
+            vm: vm, tracker: ThrottleGatedLog(pages: 1024, vm: vm, until: 60), sourceDevices: [device],
+            destinationDevices: [Kit.StopSizedDevice(vm: nil, largeStops: 0)], parameters: parameters, capabilities: capabilities)
+        #expect(run.info.status == .completed, "\(run.info.errorDescription ?? "")")
+        let throttles = vm.throttles.withLock { $0 }.filter { $0 > 0 }
+        #expect(throttles.count >= 3, "\(throttles)")
+        #expect(throttles == throttles.sorted(), "the throttle went down: \(throttles)")
+        #expect(run.info.switchoverRetries == 2)
+    }
+
+    /// Dirties every page at each sync while the guest runs and the throttle is
+    /// under `until`; after each called-off switchover it dirties again.
+    final class ThrottleGatedLog: DirtyPageSource {
+        let pages: Int
+        let vm: Kit.RecordingVM
+        let until: Int
+        init(pages: Int, vm: Kit.RecordingVM, until: Int) { (self.pages, self.vm, self.until) = (pages, vm, until) }
+        func startTracking() throws {}
+        func collectDirtyPages() throws -> [String: DirtyBitmap] {
+            let throttle = vm.throttles.withLock { $0.last } ?? 0
+            let resumes = vm.events.withLock { $0.filter { $0 == "resume" }.count }
+            // Each round after a resume needs the throttle 10 points higher before it calms down.
+            let busy = !vm.stopped.load(ordering: .relaxed) && throttle < until + 10 * resumes
+            return ["pc.ram": DirtyBitmap(pageCount: pages, allSet: busy)]
+        }
+        func stopTracking() throws {}
+    }
+
+    final class StuckTrackingLog: DirtyPageSource {
+        let inner = Kit.OneShotDirtyLog(pages: 1024)
+        func startTracking() throws {}
+        func collectDirtyPages() throws -> [String: DirtyBitmap] { try inner.collectDirtyPages() }
+        func stopTracking() throws { throw MigrationError.state("KVM_SET_USER_MEMORY_REGION failed: EBUSY") }
+    }
+
+    @Test("dirty tracking that will not stop is reported, not swallowed")
+    func stopTrackingFailureReported() throws {
+        let vm = Kit.RecordingVM()
+        let run = try Kit.runMigration(vm: vm, tracker: StuckTrackingLog(),
+                                       sourceDevices: [Kit.StopSizedDevice(vm: vm, largeStops: 0)],
+                                       destinationDevices: [Kit.StopSizedDevice(vm: nil, largeStops: 0)], parameters: Self.fast)
+        #expect(run.info.status == .completed)
+        #expect(run.info.errorDescription?.contains("cannot stop dirty tracking: KVM_SET_USER_MEMORY_REGION failed: EBUSY") == true,
+                "\(run.info.errorDescription ?? "nothing reported")")
+    }
+
+    @Test("two pieces of state claiming one section name fail the migration with a reason")
+    func duplicateSectionNames() throws {
+        let vm = Kit.RecordingVM()
+        let run = try Kit.runMigration(vm: vm, tracker: Kit.OneShotDirtyLog(pages: 1024),
+                                       sourceDevices: [Kit.StopSizedDevice(vm: vm, largeStops: 0)],
+                                       destinationDevices: [Kit.StopSizedDevice(vm: nil, largeStops: 0), Kit.StopSizedDevice(vm: nil, largeStops: 0)],
+                                       parameters: Self.fast)
+        #expect(run.info.status == .failed)
+        #expect(run.info.errorDescription?.contains("two pieces of state claim section 'stop-sized'") == true, "\(run.info.errorDescription ?? "")")
+        if case .failure(let error)? = run.destination {
+            #expect(error.description == "two pieces of state claim section 'stop-sized'")
+        } else { Issue.record("the destination loaded with two owners of one section") }
+    }
+
+    /// A channel that swallows everything (a link as fast as memory).
+    final class NullChannel: ByteChannel {
+        func write(_ bytes: [UInt8]) throws(ChannelError) {}
+        func read(upTo count: Int, into buffer: inout [UInt8], at offset: Int) throws(ChannelError) -> Int { 0 }
+        func waitReadable(timeout: Duration) throws(ChannelError) -> Bool { false }
+        var hasReturnPath: Bool { false }
+        func shutdown() {}
+        func close() {}
+    }
+
+    @Test("max-bandwidth holds on average: 1 MiB frames at 64 MiB/s send 64 MiB a second, not 10 % more")
+    func rateLimitDoesNotOvershoot() throws {
+        let writer = StreamWriter(channel: NullChannel())
+        writer.setRateLimit(64 << 20)
+        let frame = [UInt8](repeating: 1, count: 1 << 20)
+        let start = ContinuousClock.now
+        while ContinuousClock.now - start < .seconds(2) {
+            try writer.send(.pages, payload: frame)
+            if writer.isRateLimited { writer.waitForBudget() }
+        }
+        let elapsed = ContinuousClock.now - start
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        let rate = Double(writer.bytesWritten) / seconds
+        #expect(rate <= Double(64 << 20) * 1.04, "sent \(Int(rate / 1_048_576)) MiB/s at a 64 MiB/s limit")
+        #expect(rate >= Double(64 << 20) * 0.85, "sent only \(Int(rate / 1_048_576)) MiB/s")
+    }
+}
