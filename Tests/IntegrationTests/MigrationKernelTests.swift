@@ -291,7 +291,8 @@ struct MigrationKernelTests {
 
         // Truncated: the stream stops inside the page frame.
         let (truncated, first) = try await feedDestination(Array(good.prefix(good.count - 100)))
-        #expect(truncated?.contains("stream truncated") == true, "\(truncated ?? "")")
+        // The offset is how much arrived, not where the frame's payload began.
+        #expect(truncated?.contains("stream truncated: the stream ended after \(good.count - 100) bytes") == true, "\(truncated ?? "")")
         first.quit()
 
         // Corrupted: one byte of the page flipped; the checksum catches it.
@@ -335,6 +336,17 @@ struct MigrationKernelTests {
         let (badResidency, ninth) = try await feedDestination(wrongSize)
         #expect(badResidency?.contains("residency of block 'pc.ram' has 2 words, expected 1") == true, "\(badResidency ?? "")")
         ninth.quit()
+
+        // A whole, valid page frame dropped from a stream: refused where the gap is, nothing after it applied.
+        var encoder = FrameEncoder()
+        var later = PageBatchWriter()
+        later.append(block: 0, offset: 12 << 20, page: ArraySlice(repeating: 0xee, count: 4096))
+        let frames = [encoder.frame(.configuration, payload: layout.encode()), encoder.frame(.pages, payload: batch.payload()),
+                      encoder.frame(.pages, payload: later.payload())]
+        let (gap, tenth) = try await feedDestination(StreamHeader.encode() + frames[0] + frames[2] + encoder.end())
+        #expect(gap?.contains("frame out of sequence: a frame of kind 2 numbered 2 where frame 1 was due") == true, "\(gap ?? "")")
+        #expect(tenth.memory.digest() == GuestMemoryMap.zeroDigest(of: tenth.memory), "the frame after the gap was not applied")
+        tenth.quit()
 
         // Not a migration stream at all.
         let (garbage, fourth) = try await feedDestination(Array("GET / HTTP/1.1\r\n\r\n".utf8))
