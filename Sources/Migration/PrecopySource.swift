@@ -40,13 +40,30 @@ public final class PrecopySource: Sendable {
         }
     }
 
+    /// Where the switchover stands, for cancel and for live parameters.
+    enum Phase: Equatable {
+        /// The guest runs (or was stopped by its user): rate-limited, cancellable.
+        case live
+        /// The guest is stopped for the switchover: no rate limit; still cancellable.
+        case switchingOver
+        /// The `end` frame is being or has been sent: the destination may run the
+        /// guest, so nothing here may resume it on its own and cancel is ignored.
+        case pastPointOfNoReturn
+
+        /// The transitions `run` makes; anything else is a bug.
+        func next(_ to: Phase) -> Phase {
+            switch (self, to) {
+            case (.live, .switchingOver), (.switchingOver, .live), (.switchingOver, .pastPointOfNoReturn): return to
+            case (.live, _), (.switchingOver, _), (.pastPointOfNoReturn, _):
+                preconditionFailure("switchover phase \(self) cannot become \(to)")
+            }
+        }
+    }
+
     struct Progress {
         var info = MigrationInfo()
         var cancelRequested = false
-        /// The `end` frame is being or has been sent: the destination may run the guest.
-        var pastPointOfNoReturn = false
-        /// The guest is stopped for the switchover (no rate limit then).
-        var switchingOver = false
+        var phase = Phase.live
         /// What `cleanup` could not release, if anything.
         var cleanupFailure: String?
         var startedAt = ContinuousClock.now
@@ -99,8 +116,8 @@ public final class PrecopySource: Sendable {
     /// next threshold, the throttle settings at the next step.
     public func update(_ parameters: MigrationParameters) {
         parameterStorage.withLock { $0 = parameters }
-        let switchingOver = progress.withLock { $0.switchingOver }
-        if !switchingOver { writer.setRateLimit(parameters.maxBandwidth) }
+        // Under the progress lock, so a switchover starting now cannot be limited by it.
+        progress.withLock { p in if p.phase == .live { writer.setRateLimit(parameters.maxBandwidth) } }
     }
 
     /// Asks a running migration to stop; the source guest keeps (or resumes)
@@ -108,7 +125,7 @@ public final class PrecopySource: Sendable {
     /// destination may already run the guest, and its answer decides.
     public func cancel() {
         let changed = progress.withLock { p -> Bool in
-            guard !p.info.status.isFinished, p.info.status != .cancelling, !p.pastPointOfNoReturn else { return false }
+            guard !p.info.status.isFinished, p.info.status != .cancelling, p.phase != .pastPointOfNoReturn else { return false }
             p.cancelRequested = true
             p.info.status = .cancelling
             return true
@@ -144,15 +161,20 @@ public final class PrecopySource: Sendable {
                 // Downtime counts from the stop request, as QEMU counts it: a throttled
                 // vCPU may sleep out its share before it parks.
                 let stopRequested = ContinuousClock.now
-                progress.withLock { $0.switchingOver = true }
+                progress.withLock { p in
+                    p.phase = p.phase.next(.switchingOver)
+                    writer.setRateLimit(0)          // the switchover is not rate-limited, as in QEMU
+                }
                 let wasRunning = parts.vm.stopForSwitchover()
                 stoppedGuest = wasRunning
                 if try switchover(threshold: threshold, stopRequested: stopRequested) { break }
                 // The exact device state broke the limit: the guest runs on, and so do we.
                 parts.vm.resumeAfterFailedSwitchover(wasRunning: wasRunning)
                 stoppedGuest = nil
-                progress.withLock { $0.switchingOver = false }
-                writer.setRateLimit(parameters.maxBandwidth)
+                progress.withLock { p in
+                    p.phase = p.phase.next(.live)
+                    writer.setRateLimit(parameters.maxBandwidth)
+                }
                 setStatus(.active)
             }
             endTracking()
@@ -161,7 +183,7 @@ public final class PrecopySource: Sendable {
             finish(.completed)
         } catch {
             endTracking()
-            let (cancelled, uncertain) = progress.withLock { ($0.cancelRequested, $0.pastPointOfNoReturn) }
+            let (cancelled, uncertain) = progress.withLock { ($0.cancelRequested, $0.phase == .pastPointOfNoReturn) }
             // A destination that refused the stream said why on the return path
             // before closing; that beats "broken pipe".
             var reason: MigrationError? = cancelled ? nil : error
@@ -297,7 +319,6 @@ public final class PrecopySource: Sendable {
     /// stopped must not stall us).
     func switchover(threshold: UInt64, stopRequested: ContinuousClock.Instant) throws(MigrationError) -> Bool {
         setStatus(.device)
-        writer.setRateLimit(0)
         let bytesBefore = writer.bytesWritten
         var deviceBytes: UInt64 = 0
         for device in parts.devices { deviceBytes += try device.pendingExact() }
@@ -311,7 +332,7 @@ public final class PrecopySource: Sendable {
         // The point of no return: from the first byte of `end` on, the destination may run.
         try progress.withLock { p throws(MigrationError) in
             if p.cancelRequested { throw .cancelled }
-            p.pastPointOfNoReturn = true
+            p.phase = p.phase.next(.pastPointOfNoReturn)
         }
         try writer.sendEnd()
         if channel.hasReturnPath { try awaitDestination() }

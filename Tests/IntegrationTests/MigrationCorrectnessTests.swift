@@ -295,4 +295,19 @@ struct MigrationCorrectnessTests {
         machine.setThrottle(percent: 0)
         machine.quit()
     }
+
+    @Test("a device whose kernel call fails stops the guest with the reason, instead of going on silently")
+    func deviceFaultStopsTheGuest() async throws {
+        let (machine, capture) = try kit.machine(memory: 64 << 20, cpus: 1)
+        machine.start()
+        try await kit.waitFor { machine.progress.minimumHeartbeats >= 2 }
+        machine.deviceFaults.report("cannot set IRQ 4 of the UART: KVM_IRQ_LINE failed: EINVAL")
+        try await kit.waitFor { machine.state == .internalError }
+        #expect(machine.deviceFaults.firstFault == "cannot set IRQ 4 of the UART: KVM_IRQ_LINE failed: EINVAL")
+        try await kit.waitFor { capture.events.withLock { $0 }.contains("STOP") }
+        let beats = machine.progress.heartbeats
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(machine.progress.heartbeats == beats, "the guest stopped")
+        machine.quit()
+    }
 }
