@@ -144,3 +144,57 @@ import Transport
         #expect(rate >= Double(64 << 20) * 0.85, "sent only \(Int(rate / 1_048_576)) MiB/s")
     }
 }
+
+/// The engine's blocking reader is the tested decoder: the same frames, the
+/// same refusals, whatever sizes the channel's reads come in.
+@Suite struct FrameReaderTests {
+    /// A stream in memory that hands out at most `chunk` bytes a read.
+    final class ChunkedChannel: ByteChannel {
+        let bytes: [UInt8]
+        let chunk: Int
+        let position = Mutex(0)
+        init(_ bytes: [UInt8], chunk: Int) { (self.bytes, self.chunk) = (bytes, chunk) }
+        func write(_ bytes: [UInt8]) throws(ChannelError) {}
+        func read(upTo count: Int, into buffer: inout [UInt8], at offset: Int) throws(ChannelError) -> Int {
+            let start = position.withLock { $0 }
+            let n = min(count, chunk, bytes.count - start)
+            for i in 0..<n { buffer[offset + i] = bytes[start + i] }
+            position.withLock { $0 += n }
+            return n
+        }
+        func waitReadable(timeout: Duration) throws(ChannelError) -> Bool { true }
+        var hasReturnPath: Bool { false }
+        func shutdown() {}
+        func close() {}
+    }
+
+    static func stream() -> (bytes: [UInt8], payloads: [[UInt8]]) {
+        var encoder = FrameEncoder()
+        var batch = PageBatchWriter()
+        batch.append(block: 0, offset: 4096, page: ArraySlice((0..<4096).map { UInt8(truncatingIfNeeded: $0) }))
+        let payloads = [[UInt8](repeating: 7, count: 33), batch.payload(), StateSection(name: "x", version: 1, state: [1, 2]).encode()]
+        let kinds: [FrameKind] = [.configuration, .pages, .section]
+        let bytes = StreamHeader.encode() + zip(kinds, payloads).flatMap { encoder.frame($0, payload: $1) } + encoder.end()
+        return (bytes, payloads)
+    }
+
+    func readAll(_ bytes: [UInt8], chunk: Int) throws(MigrationError) -> [[UInt8]] {
+        var reader = FrameReader(channel: ChunkedChannel(bytes, chunk: chunk))
+        _ = try reader.readStreamHeader()
+        var payloads: [[UInt8]] = []
+        var payload: [UInt8] = []
+        while try reader.next(into: &payload).kind != .end { payloads.append(payload) }
+        return payloads
+    }
+
+    @Test("frames read whole or a byte at a time are the same; a cut stream says how much arrived")
+    func splitReads() throws {
+        let (bytes, payloads) = Self.stream()
+        for chunk in [1, 3, 16, 17, 4095, 4096, 1 << 20] {
+            #expect(try readAll(bytes, chunk: chunk) == payloads, "reads of \(chunk)")
+        }
+        #expect(throws: MigrationError.stream(.truncated("the stream ended after \(bytes.count - 5) bytes, 3 of the 8 bytes of the checksum of a frame of kind 4"))) {
+            _ = try readAll(Array(bytes.dropLast(5)), chunk: 7)
+        }
+    }
+}
