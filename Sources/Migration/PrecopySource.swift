@@ -188,7 +188,7 @@ public final class PrecopySource: Sendable {
             // before closing; that beats "broken pipe".
             var reason: MigrationError? = cancelled ? nil : error
             if !cancelled, let refusal = (error.isDestinationAnswer ? nil : destinationRefusal()) {
-                reason = .destination(refusal)
+                reason = .refused(refusal)
             }
             let refused = reason?.isDestinationAnswer == true
             if uncertain && !refused {

@@ -117,6 +117,68 @@ import Transport
         } else { Issue.record("the destination loaded with two owners of one section") }
     }
 
+    /// A section the source never sends.
+    final class MissingDevice: Migratable {
+        let sectionName = "missing"
+        let sectionVersion: UInt16 = 1
+        func setup() throws(MigrationError) {}
+        func pendingEstimate() -> UInt64 { 0 }
+        func pendingExact() throws(MigrationError) -> UInt64 { 0 }
+        func iterate(_ output: StreamWriter) throws(MigrationError) -> Bool { true }
+        func complete(_ output: StreamWriter) throws(MigrationError) {}
+        func load(_ section: StateSection) throws(MigrationError) {}
+        func cleanup() {}
+    }
+
+    @Test("past the point of no return, a destination that refuses the stream: the source resumes")
+    func refusalAfterEndResumes() throws {
+        let vm = Kit.RecordingVM()
+        let run = try Kit.runMigration(vm: vm, tracker: Kit.OneShotDirtyLog(pages: 1024),
+                                       sourceDevices: [Kit.StopSizedDevice(vm: vm, largeStops: 0)],
+                                       destinationDevices: [Kit.StopSizedDevice(vm: nil, largeStops: 0), MissingDevice()],
+                                       parameters: Self.fast)
+        #expect(run.info.status == .failed)
+        #expect(run.info.errorDescription == "the destination failed: unexpected frame: the stream ended without section 'missing'",
+                "\(run.info.errorDescription ?? "")")
+        #expect(vm.events.withLock { $0 } == ["stop", "resume"], "the destination said it will not run the guest")
+    }
+
+    @Test("past the point of no return, the destination's answer lost: the source stays paused, never both running")
+    func lostAnswerHolds() throws {
+        let source = try Kit.block(filled: true)
+        let configuration = MigrationConfiguration(blocks: RAMMigration.layout(of: [source]), vcpuCount: 1)
+        let path = "/tmp/ferry-hold-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
+        let listener = try Transport.listen(.unix(path: path))
+        defer { listener.close() }
+        let sawEnd = Mutex(false)
+        let destination = Thread {
+            // Reads the whole stream, end included, then vanishes without answering.
+            guard let channel = try? listener.accept() else { return }
+            var reader = FrameReader(channel: channel)
+            var payload: [UInt8] = []
+            _ = try? reader.readStreamHeader()
+            while let header = try? reader.next(into: &payload) {
+                if header.kind == .end { sawEnd.withLock { $0 = true }; break }
+            }
+            channel.close()
+        }
+        destination.start()
+        let vm = Kit.RecordingVM()
+        let engine = PrecopySource(
+            .init(channel: try Transport.connect(.unix(path: path)), configuration: configuration,
+                  ram: RAMMigration(blocks: [source], tracker: Kit.OneShotDirtyLog(pages: 1024)),
+                  devices: [Kit.StopSizedDevice(vm: vm, largeStops: 0)], vm: vm),
+            parameters: Self.fast, capabilities: MigrationCapabilities(), onStatus: { _ in })
+        engine.run()
+        #expect(sawEnd.withLock { $0 })
+        #expect(engine.info.status == .failed)
+        #expect(engine.info.errorDescription?.contains("the destination's answer was lost after the switchover") == true,
+                "\(engine.info.errorDescription ?? "")")
+        #expect(vm.events.withLock { $0 } == ["stop", "hold"], "the source must not resume a guest the destination may run")
+        engine.cancel()
+        #expect(engine.info.status == .failed, "a cancel after the end changes nothing")
+    }
+
     /// A channel that swallows everything (a link as fast as memory).
     final class NullChannel: ByteChannel {
         func write(_ bytes: [UInt8]) throws(ChannelError) {}
