@@ -20,6 +20,7 @@ import asyncio
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +28,8 @@ from pathlib import Path
 from qemu.qmp import QMPClient
 
 ROOT = Path(__file__).resolve().parents[1]
-QBOOT = "/usr/share/qemu/qboot.rom"
+sys.path.insert(0, str(ROOT / "tests" / "python"))
+from qemu_microvm import microvm_command  # noqa: E402  (the tests' QEMU command line, shared)
 
 
 class VMM:
@@ -40,10 +42,8 @@ class VMM:
         if self.name == "ferry":
             return [self.ferry, "run", "--memory", memory, "--cpus", str(cpus), "--kernel", self.image,
                     "--append", cmdline, "--serial", "stdio", "--qmp", f"unix:{sock}"]
-        return ["qemu-system-x86_64", "-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", memory,
-                "-smp", str(cpus), "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio",
-                "-bios", QBOOT, "-kernel", self.image, "-append", cmdline,
-                "-qmp", f"unix:{sock},server=on,wait=off"]
+        return microvm_command("qemu-system-x86_64", self.image, memory, cpus, cmdline) + [
+            "-qmp", f"unix:{sock},server=on,wait=off"]
 
 
 async def qmp_quit(sock):

@@ -3,6 +3,12 @@ import GuestMemory
 /// The host-side verifier: checks every page of guest RAM the workload owns
 /// against the header the guest wrote into it (magic, page index, checksum of
 /// the body).  Pages never written must be all zero.
+///
+/// Which pages were written comes from the guest's written-page bitmap
+/// (``GuestABI/writtenPages(in:)``): a page the guest recorded must check out,
+/// even if it reads all zero (a migration that dropped it), and a page it did
+/// not record must be all zero.  Without the bitmap (another image, or an
+/// older one), an all-zero page counts as never written.
 public enum PageVerifier {
     public struct Report: Equatable, Sendable, CustomStringConvertible {
         public var pagesChecked = 0
@@ -10,11 +16,16 @@ public enum PageVerifier {
         /// Pages whose header or body does not check out, lowest first (at most 64 listed).
         public var failures: [GuestAddress] = []
         public var failureCount = 0
+        /// Of the failures, pages the guest recorded writing that read all zero.
+        public var pagesLost = 0
+        /// Whether the guest's written-page bitmap was there to check against.
+        public var checkedAgainstBitmap = false
         /// Pages a vCPU was in the middle of writing, set aside rather than checked.
         public var pagesInFlight = 0
 
         public var description: String {
             "\(pagesChecked) pages checked, \(pagesWritten) written by the guest, \(failureCount) failed"
+                + (pagesLost > 0 ? ", \(pagesLost) of them lost (written, now zero)" : "")
                 + (pagesInFlight > 0 ? ", \(pagesInFlight) being written set aside" : "")
                 + (failures.isEmpty ? "" : " (first at \(failures[0]))")
         }
@@ -26,6 +37,8 @@ public enum PageVerifier {
     public static func verify(_ memory: GuestMemoryMap) -> Report {
         var report = Report()
         let inFlight = GuestABI.pagesBeingWritten(in: memory)
+        let written = GuestABI.writtenPages(in: memory)
+        report.checkedAgainstBitmap = written != nil
         let pageBytes = UInt64(PageSize.base.byteCount)
         for range in memory.ramRanges {
             var address = max(range.start, GuestAddress(GuestABI.workBase))
@@ -36,13 +49,15 @@ public enum PageVerifier {
                     address = address.advanced(by: pageBytes)!
                     continue
                 }
-                let result = try! memory.withPageWords(at: address) { check(words: $0, index: index) }
+                let state = try! memory.withPageWords(at: address) { check(words: $0, index: index) }
                 report.pagesChecked += 1
+                let result = outcome(of: state, recorded: written.map { $0.contains(index) })
                 switch result {
-                case .untouched: break
-                case .valid: report.pagesWritten += 1
-                case .corrupt:
+                case .neverWritten: break
+                case .written: report.pagesWritten += 1
+                case .lost, .corrupt, .unrecorded:
                     report.failureCount += 1
+                    if result == .lost { report.pagesLost += 1 }
                     if report.failures.count < 64 { report.failures.append(address) }
                 }
                 address = address.advanced(by: pageBytes)!
@@ -52,6 +67,26 @@ public enum PageVerifier {
     }
 
     public enum PageState: Equatable, Sendable { case untouched, valid, corrupt }
+
+    /// What a page's contents and the guest's record of it say together.
+    public enum Outcome: Equatable, Sendable {
+        case neverWritten   // all zero, and not recorded (or no record)
+        case written        // valid, and recorded (or no record)
+        case lost           // recorded as written, but all zero
+        case unrecorded     // valid, but the guest never recorded writing it
+        case corrupt        // neither zero nor a valid page
+    }
+
+    /// Combines a page's state with the bitmap's bit for it (`nil`: no bitmap).
+    public static func outcome(of state: PageState, recorded: Bool?) -> Outcome {
+        switch (state, recorded) {
+        case (.corrupt, _): .corrupt
+        case (.untouched, nil), (.untouched, false): .neverWritten
+        case (.untouched, true): .lost
+        case (.valid, nil), (.valid, true): .written
+        case (.valid, false): .unrecorded
+        }
+    }
 
     /// Checks one page's words (512 of them) as the guest wrote them for `index`.
     public static func check(words: Span<UInt64>, index: UInt64) -> PageState {

@@ -8,6 +8,10 @@ public enum KVMError: Error, Equatable, Sendable, CustomStringConvertible {
     case missingCapability(String)
     case mmapRun(Errno)
     case unknownSlot(UInt32)
+    /// `KVM_GET_MSR_INDEX_LIST` lacks MSRs every x86-64 KVM lists.
+    case msrIndexListLacks([UInt32])
+    /// `KVM_GET_MSRS` stopped at this MSR: KVM listed it but cannot read it.
+    case msrNotReadable(UInt32)
 
     public var description: String {
         switch self {
@@ -17,6 +21,9 @@ public enum KVMError: Error, Equatable, Sendable, CustomStringConvertible {
         case .missingCapability(let name): "KVM lacks \(name)"
         case .mmapRun(let errno): "cannot map the vCPU's kvm_run area: \(errno)"
         case .unknownSlot(let slot): "memory slot \(slot) was never mapped"
+        case .msrIndexListLacks(let missing):
+            "KVM_GET_MSR_INDEX_LIST lacks required MSRs \(missing.map(hex).joined(separator: ", ")): the vCPU state would be incomplete"
+        case .msrNotReadable(let index): "KVM_GET_MSRS cannot read MSR \(hex(index)), which KVM_GET_MSR_INDEX_LIST lists"
         }
     }
 }

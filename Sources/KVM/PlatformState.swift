@@ -71,10 +71,13 @@ extension VirtualMachine {
 
 extension KVMSystem {
     /// The MSRs this KVM can save and restore (`KVM_GET_MSR_INDEX_LIST`).
-    var msrIndices: [UInt32] {
+    ///
+    /// - Throws: ``KVMError/ioctl(_:_:)`` when the list cannot be read: a vCPU
+    ///   is never captured without its MSRs.
+    func msrIndexList() throws(KVMError) -> [UInt32] {
         var list = CLinuxUAPI_msr_list()
         list.header.nmsrs = UInt32(CLINUXUAPI_MAX_MSR_INDICES)
-        guard (try? Ioctl.pointer(descriptor, .getMSRIndexList, &list)) != nil else { return [] }
+        try Ioctl.pointer(descriptor, .getMSRIndexList, &list)
         let count = min(Int(list.header.nmsrs), Int(CLINUXUAPI_MAX_MSR_INDICES))
         return unsafe withUnsafeBytes(of: &list.indices) { raw in
             unsafe Array(raw.bindMemory(to: UInt32.self).prefix(count))

@@ -48,18 +48,6 @@ public struct VCPUState: Equatable, Sendable {
         self.msrs = msrs
         self.tscKHz = tscKHz
     }
-
-    /// The MSRs a guest's state lives in beyond the structs above (QEMU saves
-    /// the same set): SYSCALL/SYSENTER, PAT, TSC and TSC_ADJUST, kernel GS base,
-    /// TSC_AUX, MISC_ENABLE, MTRR default, kvm-clock and the other KVM
-    /// paravirtual MSRs.  Only those this host's KVM lists are moved.
-    public static let migratedMSRs: [UInt32] = [
-        0x10, 0x3b, 0x174, 0x175, 0x176, 0x1a0, 0x277, 0x2ff,
-        0xc000_0081, 0xc000_0082, 0xc000_0083, 0xc000_0084, 0xc000_0102, 0xc000_0103,
-        0x4b56_4d00, 0x4b56_4d01, 0x4b56_4d02, 0x4b56_4d03, 0x4b56_4d04,
-    ]
-    /// IA32_TSC_DEADLINE: restored after the LAPIC, whose timer mode gives it meaning.
-    public static let tscDeadlineMSR: UInt32 = 0x6e0
 }
 
 extension VirtualCPU {
@@ -75,8 +63,7 @@ extension VirtualCPU {
             .debugRegisters: try Ioctl.read(descriptor, .getDebugRegs, kvm_debugregs()),
             .mpState: try Ioctl.read(descriptor, .getMPState, kvm_mp_state()),
         ]
-        let indices = vm.system.msrIndices.filter { VCPUState.migratedMSRs.contains($0) || $0 == VCPUState.tscDeadlineMSR }
-        let msrs = try readMSRs(indices)
+        let msrs = try readMSRs(try VCPUState.msrsToSave(from: try vm.system.msrIndexList()))
         return VCPUState(parts: parts, msrs: msrs, tscKHz: try tscKHz())
     }
 
@@ -95,7 +82,8 @@ extension VirtualCPU {
         var mp = try part(.mpState, kvm_mp_state())
         var lapic = try part(.lapic, kvm_lapic_state())
         var debug = try part(.debugRegisters, kvm_debugregs())
-        guard state.msrs.count <= Int(CLINUXUAPI_MAX_MSRS) else { throw .tooManyMSRs(state.msrs.count) }
+        guard state.msrs.count <= VCPUState.maximumMSRCount else { throw .tooManyMSRs(state.msrs.count) }
+        let (msrsBeforeLAPIC, msrsAfterLAPIC) = VCPUState.restoreOrder(state.msrs)
         // Pending NMI and SIPI vector are only applied when flagged valid, as QEMU does.
         events.flags |= UInt32(KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SIPI_VECTOR)
         do {
@@ -106,27 +94,31 @@ extension VirtualCPU {
             try Ioctl.pointer(descriptor, .setRegs, &regs)
             try Ioctl.pointer(descriptor, .setXSave, &xsave)
             try Ioctl.pointer(descriptor, .setXCRs, &xcrs)
-            try writeMSRs(state.msrs.filter { $0.index != VCPUState.tscDeadlineMSR })
+            try writeMSRs(msrsBeforeLAPIC)
             try Ioctl.pointer(descriptor, .setVCPUEvents, &events)
             try Ioctl.pointer(descriptor, .setMPState, &mp)
             try Ioctl.pointer(descriptor, .setLAPIC, &lapic)
-            try writeMSRs(state.msrs.filter { $0.index == VCPUState.tscDeadlineMSR })
+            try writeMSRs(msrsAfterLAPIC)
             try Ioctl.pointer(descriptor, .setDebugRegs, &debug)
         } catch { throw .kvm(error) }
     }
 
+    /// Reads `indices` (`KVM_GET_MSRS`), all of them or an error.
     func readMSRs(_ indices: [UInt32]) throws(KVMError) -> [VCPUState.MSR] {
         var request = CLinuxUAPI_msrs()
-        let count = min(indices.count, Int(CLINUXUAPI_MAX_MSRS))
+        let count = indices.count
+        guard count <= Int(CLINUXUAPI_MAX_MSRS) else { throw .ioctl(.getMSRs, .argListTooLong) }
         request.header.nmsrs = UInt32(count)
         unsafe withUnsafeMutableBytes(of: &request.entries) { raw in
             let entries = unsafe raw.bindMemory(to: kvm_msr_entry.self)
             for i in 0..<count { unsafe entries[i].index = indices[i] }
         }
         let read = Int(try Ioctl.pointer(descriptor, .getMSRs, &request))
+        // KVM stops at the first MSR it cannot read: a short read would migrate the vCPU without the rest.
+        guard read == count else { throw .msrNotReadable(indices[min(max(read, 0), count - 1)]) }
         return unsafe withUnsafeBytes(of: &request.entries) { raw in
             let entries = unsafe raw.bindMemory(to: kvm_msr_entry.self)
-            return (0..<min(read, count)).map { unsafe VCPUState.MSR(index: entries[$0].index, value: entries[$0].data) }
+            return (0..<count).map { unsafe VCPUState.MSR(index: entries[$0].index, value: entries[$0].data) }
         }
     }
 

@@ -55,13 +55,22 @@ struct EmbeddedGuestKernelTests {
         machine.quit()
     }
 
-    @Test("the host-side verifier finds a deliberately corrupted page")
-    func verifierFindsCorruption() async throws {
-        let (machine, _) = try makeMachine(cpus: 1, workload: WorkloadSpec(dirtyRate: .bytesPerSecond(16 << 20), workingSet: 8 << 20))
+    /// A guest that has dirtied over 500 pages of an 8 MiB working set, paused, and verified clean.
+    func pausedCleanGuest(cpus: Int) async throws -> Machine {
+        let (machine, _) = try makeMachine(cpus: cpus, workload: WorkloadSpec(dirtyRate: .bytesPerSecond(16 << 20), workingSet: 8 << 20))
         machine.start()
         try await waitFor { machine.progress.pagesWritten > 500 }
         machine.pause()
-        #expect(PageVerifier.verify(machine.memory).failureCount == 0)
+        let clean = PageVerifier.verify(machine.memory)
+        #expect(clean.failureCount == 0, "\(clean)")
+        #expect(clean.checkedAgainstBitmap)
+        #expect(clean.pagesWritten > 400)
+        return machine
+    }
+
+    @Test("the host-side verifier finds a deliberately corrupted page")
+    func verifierFindsCorruption() async throws {
+        let machine = try await pausedCleanGuest(cpus: 1)
         // Flip one byte in the body of a written page, and one in an untouched page.
         let written = GuestAddress(GuestABI.workBase + 10 * 4096)
         let untouched = GuestAddress(200 << 20)
@@ -71,6 +80,20 @@ struct EmbeddedGuestKernelTests {
         try machine.memory.write([1], at: untouched.advanced(by: 77)!)
         let report = PageVerifier.verify(machine.memory)
         #expect(report.failures == [written, untouched])
+        machine.quit()
+    }
+
+    @Test("the host-side verifier reports a written page that was zeroed (lost) as failed")
+    func verifierFindsLostPage() async throws {
+        let machine = try await pausedCleanGuest(cpus: 2)
+        // vCPU 1's stripe starts at 4 MiB + 4 MiB: its first pages are written by now.
+        let lost = GuestAddress(GuestABI.workBase + (4 << 20) + 3 * 4096)
+        #expect(try machine.memory.withPageWords(at: lost) { PageVerifier.check(words: $0, index: lost.rawValue / 4096) } == .valid)
+        try machine.memory.write([UInt8](repeating: 0, count: 4096), at: lost)
+        let report = PageVerifier.verify(machine.memory)
+        #expect(report.failures == [lost], "\(report)")
+        #expect(report.failureCount == 1)
+        #expect(report.pagesLost == 1)
         machine.quit()
     }
 

@@ -35,10 +35,12 @@
 _start:
 image_header:                           /* read by the VMM: GuestABI.swift */
         .ascii "FERRYGST"
-        .long 1                         /* header version */
-        .long MAX_CPUS
-        .quad start_info_slot           /* where the BSP saves %ebx */
-        .quad percpu                    /* per-CPU blocks, PERCPU_SIZE each */
+        .long IMAGE_HEADER_VERSION      /* 0x08 */
+        .long MAX_CPUS                  /* 0x0c */
+        .quad start_info_slot           /* 0x10: where the BSP saves %ebx */
+        .quad percpu                    /* 0x18: per-CPU blocks, PERCPU_SIZE each */
+        .quad written_pages             /* 0x20: written-page bitmap (version 2) */
+        .quad WRITTEN_BITMAP_PAGES      /* 0x28: pages the bitmap covers (version 2) */
 
 /* --------------------------------------------------------- 32-bit entry */
         .code32
@@ -136,7 +138,7 @@ long_mode:
 
         /* user stack top = ustacks + (cpu + 1) * USTACK_SIZE */
         leaq    1(%rbp), %rax
-        shlq    $14, %rax
+        imulq   $USTACK_SIZE, %rax
         addq    $ustacks, %rax
         movq    %rax, PC_USTACK_TOP(%rbx)
 
@@ -352,3 +354,7 @@ kstacks:
         .fill MAX_CPUS * KSTACK_SIZE, 1, 0
 ustacks:
         .fill MAX_CPUS * USTACK_SIZE, 1, 0
+        .balign 4096
+        .globl written_pages
+written_pages:                          /* one bit per page the workload wrote: workload.c */
+        .fill WRITTEN_BITMAP_PAGES / 8, 1, 0

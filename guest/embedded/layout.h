@@ -12,6 +12,12 @@
 #define HIGH_PD_COUNT     64            /* RAM mapped above 4 GiB: up to 68 GiB in all */
 #define PAGE_SIZE         4096
 
+/* Written-page bitmap (.bss, address in the image header): bit n set = the
+ * workload has started writing guest physical page n.  One bit per 4 KiB page
+ * up to the mapped limit (4 + HIGH_PD_COUNT GiB): 2.125 MiB. */
+#define WRITTEN_BITMAP_PAGES  ((4 + HIGH_PD_COUNT) << 18)
+#define IMAGE_HEADER_VERSION  2         /* 2: written-page bitmap address and page count */
+
 /* GDT selectors */
 #define SEL_KCODE         0x08
 #define SEL_KDATA         0x10
@@ -22,7 +28,7 @@
 
 /* Per-CPU sizes */
 #define KSTACK_SIZE       4096
-#define USTACK_SIZE       16384
+#define USTACK_SIZE       8192          /* workload_main needs < 1 KiB; halved for the bitmap */
 #define PERCPU_SIZE       256
 
 /* Ports the guest talks to the VMM through (ring 0 only). */

@@ -7,6 +7,8 @@
  * generation, so both the guest and the host can verify it.  Before a page is
  * rewritten it is verified against the generation this vCPU last wrote there;
  * a page that lost a write (for example in a migration) shows up as a failure.
+ * Before its first write a page's bit is set in the written-page bitmap (see
+ * mark_written), so the host can tell a lost page from one never written.
  *
  * Every ~100 ms each vCPU fills its heartbeat record and asks ring 0 to report
  * it to the VMM (port 0x510); vCPU 0 also prints "HB <seq> t=<ms> pages=<n>
@@ -46,6 +48,10 @@ struct percpu {                         /* matches PC_* in layout.h */
 extern u64 pdpt[512];
 extern u64 high_pds[HIGH_PD_COUNT][512];
 #define MAPPED_LIMIT ((4ull + HIGH_PD_COUNT) << 30)
+
+/* Written-page bitmap (entry.S, published in the image header). */
+extern volatile u64 written_pages[WRITTEN_BITMAP_PAGES / 64];
+_Static_assert((u64)WRITTEN_BITMAP_PAGES * PAGE_SIZE == MAPPED_LIMIT, "the bitmap covers all mapped RAM");
 
 /* Set by vCPU 0 once RAM above 4 GiB is mapped; the others wait for it. */
 static volatile u64 memory_mapped;
@@ -120,6 +126,17 @@ static int verify_page(const u64 *page, u64 index, u64 generation) {
     }
     return page[0] == PAGE_MAGIC && page[1] == index && page[2] == generation
         && page[3] == checksum_body(page);
+}
+
+/* Records that page `index` is being written.  Called after pc->writing is
+ * published, so a guest paused in between still has the page set aside by the
+ * host verifier.  Pages of neighbouring stripes share words: the OR is atomic.
+ * A bit already set is only read, so the bitmap stops being dirtied after the
+ * first pass (it would otherwise be rewritten with every page). */
+static void mark_written(u64 index) {
+    volatile u64 *word = &written_pages[index / 64];
+    u64 bit = 1ull << (index % 64);
+    if (!(*word & bit)) __atomic_fetch_or(word, bit, __ATOMIC_SEQ_CST);
 }
 
 /* ------------------------------------------------------------ text output */
@@ -349,6 +366,7 @@ void workload_main(u64 cpu, const struct start_info *si) {
             }
             pc->writing = (u64)page + 1;
             __asm__ volatile("" ::: "memory");
+            mark_written(index);
             write_page(page, index, cur.pass + 1);
             __asm__ volatile("" ::: "memory");
             pc->writing = 0;

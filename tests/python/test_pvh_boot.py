@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_verified_clean
+from qemu_microvm import microvm_command
 
 ROOT = Path(__file__).resolve().parents[2]
 PVHTEST = Path(os.environ.get("FERRY_PVHTEST", ROOT / ".build" / "pvhtest.elf"))
@@ -122,10 +123,7 @@ QEMU = shutil.which("qemu-system-x86_64")
 def test_exported_guest_under_qemu_microvm(ferry, tmp_path, cpus):
     image = tmp_path / "guest.elf"
     assert run(ferry, "guest", "export", "--output", str(image)).returncode == 0
-    cmd = [QEMU, "-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", "256M", "-smp", str(cpus),
-           "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio",
-           "-bios", "/usr/share/qemu/qboot.rom", "-kernel", str(image),
-           "-append", f"cpus={cpus} dirty-rate=16M working-set=32M"]
+    cmd = microvm_command(QEMU, image, "256M", cpus, f"cpus={cpus} dirty-rate=16M working-set=32M")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     lines = []
     try:

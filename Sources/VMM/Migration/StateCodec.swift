@@ -13,11 +13,7 @@ enum StateCodec {
     static func encode(_ state: VCPUState) -> [UInt8] {
         var w = WireWriter(capacity: 8192)
         encodeParts(state.parts.map { ($0.key.rawValue, $0.value) }, into: &w)
-        w.u16(UInt16(state.msrs.count))
-        for msr in state.msrs {
-            w.u32(msr.index)
-            w.u64(msr.value)
-        }
+        w.append(VCPUState.encodeMSRs(state.msrs))
         w.u32(state.tscKHz)
         return w.bytes
     }
@@ -26,16 +22,13 @@ enum StateCodec {
         var r = WireReader(bytes)
         do throws(ProtocolError) {
             let raw = try decodeParts(&r, sizes: Dictionary(uniqueKeysWithValues: VCPUState.Part.allCases.map { ($0.rawValue, $0.byteCount) }))
-            let count = Int(try r.u16("MSR count"))
-            guard count <= 64 else { throw .malformed("\(count) MSRs") }
-            var msrs: [VCPUState.MSR] = []
-            for index in 0..<count {
-                msrs.append(VCPUState.MSR(index: try r.u32("MSR \(index) index"), value: try r.u64("MSR \(index) value")))
-            }
+            let msrs: (msrs: [VCPUState.MSR], byteCount: Int)
+            do throws(VCPUStateError) { msrs = try VCPUState.decodeMSRs(bytes[r.index...]) } catch { throw .malformed("MSRs: \(error)") }
+            _ = try r.bytes(msrs.byteCount, "MSRs")
             let tscKHz = try r.u32("TSC kHz")
             guard r.isAtEnd else { throw .malformed("\(r.remaining) bytes after the vCPU state") }
             let parts = Dictionary(uniqueKeysWithValues: raw.map { (VCPUState.Part(rawValue: $0.key)!, $0.value) })
-            return VCPUState(parts: parts, msrs: msrs, tscKHz: tscKHz)
+            return VCPUState(parts: parts, msrs: msrs.msrs, tscKHz: tscKHz)
         } catch { throw .stream(error) }
     }
 
