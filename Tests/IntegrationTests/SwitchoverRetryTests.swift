@@ -89,23 +89,7 @@ import Transport
         let listener = try Transport.listen(.unix(path: path))
         defer { listener.close() }
         let loadedDevice = StopSizedDevice(vm: nil, largeStops: 0)
-        let destinationResult = Mutex<Result<Void, MigrationError>?>(nil)
-        let destinationThread = Thread {
-            do {
-                let channel = try listener.accept()
-                let destination = MigrationDestination(
-                    channel: channel, configuration: configuration,
-                    ram: RAMMigration(blocks: [target], tracker: nil, destinationStartsZero: true),
-                    devices: [loadedDevice], onStatus: { _ in })
-                try destination.run()
-                destinationResult.withLock { $0 = .success(()) }
-            } catch let error as MigrationError {
-                destinationResult.withLock { $0 = .failure(error) }
-            } catch {
-                destinationResult.withLock { $0 = .failure(.state("\(error)")) }
-            }
-        }
-        destinationThread.start()
+        let destination = DestinationThread(listener: listener, configuration: configuration, blocks: [target], devices: [loadedDevice])
 
         let vm = RecordingVM()
         var parameters = MigrationParameters()
@@ -116,9 +100,7 @@ import Transport
                   devices: [StopSizedDevice(vm: vm, largeStops: largeStops)], vm: vm),
             parameters: parameters, capabilities: MigrationCapabilities(), onStatus: { _ in })
         engine.run()
-        let deadline = ContinuousClock.now + .seconds(30)
-        while destinationResult.withLock({ $0 }) == nil && ContinuousClock.now < deadline { usleep(1000) }
-        if case .failure(let error)? = destinationResult.withLock({ $0 }) { Issue.record("destination: \(error)") }
+        destination.wait()
         return (engine.info, vm.events.withLock { $0 }, loadedDevice, source, target)
     }
 
