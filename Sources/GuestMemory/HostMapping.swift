@@ -187,28 +187,6 @@ extension HostMapping {
         _ = unsafe madvise(base + offset, count, Self.madvisePopulateWrite)
     }
 
-    /// The `chunkBytes`-sized chunks holding at least one resident page
-    /// (`mincore`): memory the guest or the VMM has touched.  A chunk that is not
-    /// resident reads as zero.  Every chunk is reported resident if mincore fails.
-    public func residentChunks(chunkBytes: Int) -> DirtyBitmap {
-        precondition(chunkBytes > 0 && chunkBytes % PageSize.base.byteCount == 0)
-        let chunkCount = (byteCount + chunkBytes - 1) / chunkBytes
-        var result = DirtyBitmap(pageCount: chunkCount)
-        let pagesPerChunk = chunkBytes / PageSize.base.byteCount
-        var vector = [UInt8](repeating: 0, count: pagesPerChunk)
-        for chunk in 0..<chunkCount {
-            let offset = chunk * chunkBytes
-            let length = min(chunkBytes, byteCount - offset)
-            let status = unsafe vector.withUnsafeMutableBufferPointer { buffer in
-                // SAFETY: the range lies inside the mapping; the vector has a byte per page of it.
-                unsafe mincore(base + offset, length, buffer.baseAddress)
-            }
-            let pages = length / PageSize.base.byteCount
-            if status != 0 || vector[..<pages].contains(where: { $0 & 1 != 0 }) { result[chunk] = true }
-        }
-        return result
-    }
-
     /// Asks the kernel to back this mapping with transparent huge pages
     /// (`MADV_HUGEPAGE`), so filling it costs one fault per 2 MiB.  Best effort.
     public func adviseHugePages() {

@@ -39,7 +39,7 @@ public final class RAMMigration: Migratable {
         var batch = PageBatchWriter(capacity: RAMMigration.batchBytes + 2 * RAMMigration.pageSize)
         var lastSync = ContinuousClock.now
         var tracking = false
-        /// The chunks resident when tracking started (mincore), until the next
+        /// The chunks resident (in RAM or swap) when tracking started, until the next
         /// sync: a page in a chunk that was not resident is zero for this pass
         /// (a later write is in the dirty log), so it is not even read.
         var resident: [DirtyBitmap]?

@@ -1,5 +1,5 @@
-/// Which 2 MiB chunks of each RAM block hold memory on the source (resident
-/// pages), sent once before the first page.  Chunks that are not resident are
+/// Which 2 MiB chunks of each RAM block hold memory on the source (pages in
+/// RAM or in swap), sent once before the first page.  Chunks that are not resident are
 /// zero on the source.  The destination allocates the resident chunks on a
 /// helper thread ahead of the pages, so its receiving thread writes into memory
 /// that is already there instead of taking a fault (and a page clear) per chunk.

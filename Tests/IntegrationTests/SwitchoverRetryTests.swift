@@ -103,42 +103,23 @@ import Transport
     }
 
     /// The real engine, over a real Unix socket, from a 4 MiB block half full of
-    /// data into an empty one; `configure` sees the engine before it runs.
+    /// data into an empty one.
     static func runMigration(vm: any MigrationVMControl, tracker: any DirtyPageSource, sourceDevices: [any Migratable],
                              destinationDevices: [any Migratable], parameters: MigrationParameters,
-                             capabilities: MigrationCapabilities = MigrationCapabilities(),
-                             configure: (PrecopySource) -> Void = { _ in }) throws -> Run {
+                             capabilities: MigrationCapabilities = MigrationCapabilities()) throws -> Run {
         let source = try Self.block(filled: true), target = try Self.block(filled: false)
         let configuration = MigrationConfiguration(blocks: RAMMigration.layout(of: [source]), vcpuCount: 1)
         let path = "/tmp/ferry-retry-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
         let listener = try Transport.listen(.unix(path: path))
         defer { listener.close() }
-        let destinationResult = Mutex<Result<Void, MigrationError>?>(nil)
-        let destinationThread = Thread {
-            do {
-                let channel = try listener.accept()
-                let destination = MigrationDestination(
-                    channel: channel, configuration: configuration,
-                    ram: RAMMigration(blocks: [target], tracker: nil, destinationStartsZero: true),
-                    devices: destinationDevices, onStatus: { _ in })
-                try destination.run()
-                destinationResult.withLock { $0 = .success(()) }
-            } catch let error as MigrationError {
-                destinationResult.withLock { $0 = .failure(error) }
-            } catch {
-                destinationResult.withLock { $0 = .failure(.state("\(error)")) }
-            }
-        }
-        destinationThread.start()
+        let destination = DestinationThread(listener: listener, configuration: configuration, blocks: [target], devices: destinationDevices)
         let engine = PrecopySource(
             .init(channel: try Transport.connect(.unix(path: path)), configuration: configuration,
                   ram: RAMMigration(blocks: [source], tracker: tracker), devices: sourceDevices, vm: vm),
             parameters: parameters, capabilities: capabilities, onStatus: { _ in })
-        configure(engine)
         engine.run()
-        let deadline = ContinuousClock.now + .seconds(30)
-        while destinationResult.withLock({ $0 }) == nil && ContinuousClock.now < deadline { usleep(1000) }
-        return Run(info: engine.info, source: source, target: target, destination: destinationResult.withLock { $0 })
+        destination.wait(recordingFailure: false)
+        return Run(info: engine.info, source: source, target: target, destination: destination.result.withLock { $0 })
     }
 
     static func sameBytes(_ a: RAMBlock, _ b: RAMBlock) -> Bool {

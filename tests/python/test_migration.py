@@ -321,11 +321,19 @@ def test_file_save_restores_through_an_inherited_descriptor(ferry, vms, tmp_path
 
 def test_truncated_file_fails_the_restore_with_a_clear_error(ferry, tmp_path):
     state = tmp_path / "short.state"
-    state.write_bytes(b"FERRYMIG" + bytes([1, 0, 0, 0, 0, 0, 0, 0]))
+    state.write_bytes(b"FERRYMIG" + bytes([2, 0, 0, 0, 0, 0, 0, 0]))
     result = subprocess.run([ferry, "run", "--memory", "64M", "--incoming", f"file:{state}", "--serial", "none"],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
-    assert result.stderr.startswith("ferry: error: load of migration failed: stream truncated"), result.stderr
+    assert result.stderr.startswith("ferry: error: load of migration failed: stream truncated: "
+                                    "the stream ended after 16 bytes, 0 of the 16 bytes of a frame header"), result.stderr
+
+    # A version 1 file (no frame sequence numbers) is refused by name.
+    state.write_bytes(b"FERRYMIG" + bytes([1, 0, 0, 0, 0, 0, 0, 0]))
+    old = subprocess.run([ferry, "run", "--memory", "64M", "--incoming", f"file:{state}", "--serial", "none"],
+                         capture_output=True, text=True, timeout=30)
+    assert old.returncode == 1
+    assert "stream version 1 is not supported (this Ferry reads 2...2)" in old.stderr, old.stderr
 
 
 def test_paused_start_waits_for_cont(vms):

@@ -176,6 +176,61 @@ static inline long CLinuxUAPI_clear_dirty_log(int vm, unsigned int slot, uint64_
     return CLinuxUAPI_ioctl_pointer(vm, KVM_CLEAR_DIRTY_LOG, &clear);
 }
 
+/* ---- residency of guest RAM (HostMapping.residentChunks).
+ * PAGEMAP_SCAN (Linux 6.7) on /proc/self/pagemap: one ioctl returns the ranges
+ * of a mapping whose pages are present or swapped.  The installed headers
+ * predate it, so its structs and numbers are defined here (values and layout
+ * from the kernel's include/uapi/linux/fs.h), under our prefix so a newer
+ * header cannot clash. */
+struct CLinuxUAPI_page_region {
+    uint64_t start;
+    uint64_t end;
+    uint64_t categories;
+};
+struct CLinuxUAPI_pm_scan_arg {
+    uint64_t size;
+    uint64_t flags;
+    uint64_t start;
+    uint64_t end;
+    uint64_t walk_end;
+    uint64_t vec;
+    uint64_t vec_len;
+    uint64_t max_pages;
+    uint64_t category_inverted;
+    uint64_t category_mask;
+    uint64_t category_anyof_mask;
+    uint64_t return_mask;
+};
+static const uint64_t CLinuxUAPI_PAGE_IS_PRESENT = 1 << 3;
+static const uint64_t CLinuxUAPI_PAGE_IS_SWAPPED = 1 << 4;
+static const unsigned long CLinuxUAPI_PAGEMAP_SCAN = _IOWR('f', 16, struct CLinuxUAPI_pm_scan_arg);
+/* The regions of [start, end) with any of `categories`, at most `count` of
+ * them; the walk's stopping address goes to *walk_end.  Returns the number of
+ * regions filled, or -errno (ENOTTY/EINVAL before Linux 6.7). */
+static inline long CLinuxUAPI_pagemap_scan(int fd, uint64_t start, uint64_t end, uint64_t categories,
+                                           struct CLinuxUAPI_page_region *regions, uint64_t count, uint64_t *walk_end) {
+    struct CLinuxUAPI_pm_scan_arg arg;
+    memset(&arg, 0, sizeof arg);
+    arg.size = sizeof arg;
+    arg.start = start;
+    arg.end = end;
+    arg.vec = (uint64_t)(uintptr_t)regions;
+    arg.vec_len = count;
+    arg.category_anyof_mask = categories;
+    arg.return_mask = categories;
+    long r = CLinuxUAPI_ioctl_pointer(fd, CLinuxUAPI_PAGEMAP_SCAN, &arg);
+    *walk_end = arg.walk_end;
+    return r;
+}
+/* lseek's SEEK_DATA / SEEK_HOLE (glibc declares them only under _GNU_SOURCE).
+ * Returns the offset, or -errno (ENXIO: no data at or after `offset`). */
+static const int CLinuxUAPI_SEEK_DATA = 3;
+static const int CLinuxUAPI_SEEK_HOLE = 4;
+static inline long CLinuxUAPI_lseek(int fd, long offset, int whence) {
+    off_t r = lseek(fd, offset, whence);
+    return r >= 0 ? (long)r : -errno;
+}
+
 /* ---- sockets for migration channels.  Each returns a descriptor or -errno;
  * name-resolution failures return CLINUXUAPI_EAI_BASE - EAI code (EAI codes are negative). */
 #define CLINUXUAPI_EAI_BASE (-100000)
@@ -361,5 +416,7 @@ _Static_assert(sizeof(struct kvm_dirty_log) == 16, "layout Swift relies on");
 _Static_assert(sizeof(struct kvm_regs) == 144, "layout Swift relies on");
 _Static_assert(sizeof(struct kvm_cpuid_entry2) == 40, "layout Swift relies on");
 _Static_assert(sizeof(struct uffd_msg) == 32, "layout Swift relies on");
+_Static_assert(sizeof(struct CLinuxUAPI_pm_scan_arg) == 96, "the kernel's pm_scan_arg");
+_Static_assert(sizeof(struct CLinuxUAPI_page_region) == 24, "the kernel's page_region");
 
 #endif
