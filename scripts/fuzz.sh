@@ -23,13 +23,18 @@ declare -A product=([stream]=FuzzStream [qmp]=FuzzQMP)
 # and a QMP transcript a few hundred bytes.
 declare -A max_len=([stream]=32768 [qmp]=4096)
 
+build_log=$(mktemp)
 for target in $targets; do
     echo "== building fuzz target $target (${product[$target]})"
-    swift build -c release --sanitize=fuzzer --package-path fuzz --scratch-path "$scratch" \
-        --product "${product[$target]}" 2>&1 | grep -E "error|Compiling|Build" || true
-    echo
-    test -x "$scratch/release/${product[$target]}" || { echo "fuzz build failed" >&2; exit 1; }
+    if ! swift build -c release --sanitize=fuzzer --package-path fuzz --scratch-path "$scratch" \
+            --product "${product[$target]}" >"$build_log" 2>&1; then
+        grep -E "error" "$build_log" >&2 || tail -40 "$build_log" >&2
+        rm -f "$build_log"
+        echo "!! building fuzz target $target failed" >&2
+        exit 1
+    fi
 done
+rm -f "$build_log"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
