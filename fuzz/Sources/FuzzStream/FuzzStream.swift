@@ -16,9 +16,10 @@ import MigrationProtocol
 ///   means a zero record may skip clearing a page an earlier input wrote);
 /// - before the stream is loaded, every complete frame's checksum is rewritten
 ///   to match its payload, so mutations reach the decoders behind the checksum
-///   instead of stopping at it.  A frame that declares more than
-///   `truncatedLengthLimit` bytes than the input holds is not run: the reader
-///   would zero-fill the declared length first, which measures the allocator.
+///   instead of stopping at it.  An input with a frame whose declared payload
+///   is more than `truncatedLengthLimit` bytes longer than what is left of the
+///   input is not run: the reader zero-fills the declared length (up to the
+///   64 MiB frame limit) before reading, which would measure the allocator.
 
 @_cdecl("LLVMFuzzerInitialize")
 public func fuzzerInitialize(_ argc: UnsafeMutableRawPointer?, _ argv: UnsafeMutableRawPointer?) -> Int32 {
