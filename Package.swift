@@ -16,6 +16,8 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "ferry", targets: ["ferry"]),
+        // For the fuzz targets in fuzz/ (a separate package, built only by scripts/fuzz.sh).
+        .library(name: "FerryFuzzable", targets: ["GuestMemory", "MigrationProtocol", "Migration", "QMP", "QMPSocket"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),

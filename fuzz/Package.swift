@@ -1,0 +1,28 @@
+// swift-tools-version:6.2
+// Ferry's libFuzzer targets, kept out of the main package so `swift build` and
+// `swift test` never see them.  Built and run by scripts/fuzz.sh:
+//     swift build -c release --sanitize=fuzzer --package-path fuzz --scratch-path .build-fuzz
+// The library targets keep their own settings (strict memory safety) from ../Package.swift.
+import PackageDescription
+
+let strict: [SwiftSetting] = [.strictMemorySafety()]
+let ferry = "Ferry"
+
+let package = Package(
+    name: "FerryFuzz",
+    platforms: [.macOS(.v15)],
+    dependencies: [
+        .package(name: ferry, path: ".."),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+    ],
+    targets: [
+        // The migration stream into a real RAM mapping; `--make-seeds DIR` writes its seed corpus.
+        .executableTarget(name: "FuzzStream", dependencies: [.product(name: "FerryFuzzable", package: ferry)],
+                          swiftSettings: strict),
+        // QMP text: JSON splitting, session, command decoding, URIs and parameters.
+        .executableTarget(name: "FuzzQMP", dependencies: [.product(name: "FerryFuzzable", package: ferry),
+                                                          .product(name: "NIOCore", package: "swift-nio"),
+                                                          .product(name: "NIOEmbedded", package: "swift-nio")],
+                          swiftSettings: strict),
+    ]
+)

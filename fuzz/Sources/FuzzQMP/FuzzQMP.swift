@@ -1,0 +1,81 @@
+import Glibc
+import Migration
+import NIOCore
+import NIOEmbedded
+import QMP
+import QMPSocket
+
+/// libFuzzer target `qmp`: the fuzz input is what a client sends on the QMP
+/// socket.  It goes through the same path as on a real connection, without a
+/// socket: `JSONObjectDecoder` (in two writes, split in the middle, so texts
+/// cross a read boundary) splits it into JSON texts, one `QMPSession` decodes
+/// each (negotiation, then commands), and the commands' arguments go through
+/// the parsers the VMM applies them with (`MigrationURI`, `MigrationParameters`,
+/// `MigrationCapabilities`).  Errors and error replies are expected; a trap or
+/// a crash is a finding.
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzerTestOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
+    guard let data = unsafe data, size > 0 else { return 0 }
+    // SAFETY: libFuzzer hands us `size` readable bytes at `data` for the duration of this call.
+    let bytes = unsafe Array(UnsafeBufferPointer(start: data, count: size))
+    QMPTarget.run(bytes)
+    return 0
+}
+
+enum QMPTarget {
+    /// `FERRY_FUZZ_EXPLAIN=1 FuzzQMP FILE...` prints each reply and command.
+    static let explain = unsafe getenv("FERRY_FUZZ_EXPLAIN") != nil
+
+    static func run(_ bytes: [UInt8]) {
+        let channel = EmbeddedChannel(handler: ByteToMessageHandler(JSONObjectDecoder()))
+        var session = QMPSession()
+        var parameters = MigrationParameters()
+        var capabilities = MigrationCapabilities()
+        let half = bytes.count / 2
+        for part in [bytes[..<half], bytes[half...]] {
+            do { try channel.writeInbound(ByteBuffer(bytes: part)) } catch {
+                if explain { print("decoder: \(error)") }
+                drain(channel, &session, &parameters, &capabilities)
+                _ = try? channel.finish()
+                return
+            }
+            drain(channel, &session, &parameters, &capabilities)
+        }
+        _ = try? channel.finish()
+    }
+
+    static func drain(_ channel: EmbeddedChannel, _ session: inout QMPSession,
+                      _ parameters: inout MigrationParameters, _ capabilities: inout MigrationCapabilities) {
+        while let text = try? channel.readInbound(as: [UInt8].self) {
+            switch session.step(text) {
+            case .reply(let reply):
+                if explain { print("reply: \(reply)") }
+            case .execute(let command, let id):
+                if explain { print("execute: \(command) id \(String(describing: id))") }
+                apply(command, &parameters, &capabilities)
+            }
+        }
+    }
+
+    /// What `Machine` does with a command's arguments before acting on them.
+    static func apply(_ command: QMPCommand, _ parameters: inout MigrationParameters,
+                      _ capabilities: inout MigrationCapabilities) {
+        switch command {
+        case .migrate(let uri), .migrateIncoming(let uri, _):
+            let parsed = try? MigrationURI(parsing: uri)
+            if explain { print("  uri: \(String(describing: parsed))") }
+        case .migrateSetParameters(let arguments):
+            for (name, value) in arguments.sorted(by: { $0.key < $1.key }) {
+                guard case .int(let number) = value else { continue }
+                try? parameters.set(name, to: number)
+            }
+            _ = QMPSession.success(.object(Dictionary(uniqueKeysWithValues: parameters.values.map {
+                ($0.name, JSONValue.int(Int64(clamping: $0.value)))
+            })), id: nil)
+        case .migrateSetCapabilities(let states):
+            for state in states { try? capabilities.set(state.capability, to: state.state) }
+        default:
+            break
+        }
+    }
+}

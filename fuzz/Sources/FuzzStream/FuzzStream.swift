@@ -1,0 +1,138 @@
+import Glibc
+import GuestMemory
+import Migration
+import MigrationProtocol
+
+/// libFuzzer target `stream`: the fuzz input is the byte stream of an incoming
+/// migration, loaded by a real `MigrationDestination` into real RAM mappings.
+///
+/// A thrown `MigrationError` is the expected outcome for most inputs; a trap
+/// (a failed precondition, an out-of-range index), a crash or a hang is a
+/// finding.  Writes outside the mappings trap in `HostMapping`'s bounds checks.
+///
+/// Two things keep it fast (about the cost of the decoding itself):
+/// - the mappings are made and prefaulted once; inputs reuse them without
+///   clearing (`destinationStartsZero` is then not quite true, which only
+///   means a zero record may skip clearing a page an earlier input wrote);
+/// - before the stream is loaded, every complete frame's checksum is rewritten
+///   to match its payload, so mutations reach the decoders behind the checksum
+///   instead of stopping at it.  An input with a frame whose declared payload
+///   is more than `truncatedLengthLimit` bytes longer than what is left of the
+///   input is not run: the reader zero-fills the declared length (up to the
+///   64 MiB frame limit) before reading, which would measure the allocator.
+
+@_cdecl("LLVMFuzzerInitialize")
+public func fuzzerInitialize(_ argc: UnsafeMutableRawPointer?, _ argv: UnsafeMutableRawPointer?) -> Int32 {
+    let arguments = CommandLine.arguments
+    if let flag = arguments.firstIndex(of: "--make-seeds") {
+        guard flag + 1 < arguments.count else { fatalError("usage: FuzzStream --make-seeds DIR") }
+        StreamSeeds.write(to: arguments[flag + 1])
+        exit(0)
+    }
+    _ = StreamTarget.shared
+    return 0
+}
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzerTestOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
+    guard let data = unsafe data, size > 0 else { return 0 }
+    // SAFETY: libFuzzer hands us `size` readable bytes at `data` for the duration of this call.
+    var bytes = unsafe Array(UnsafeBufferPointer(start: data, count: size))
+    guard StreamTarget.fixChecksums(&bytes) else { return 0 }
+    StreamTarget.shared.load(bytes)
+    return 0
+}
+
+/// The destination the fuzzer feeds: its configuration, RAM and devices.
+final class StreamTarget: Sendable {
+    static let shared = StreamTarget()
+    static let truncatedLengthLimit: UInt64 = 1 << 20
+    /// `FERRY_FUZZ_EXPLAIN=1 FuzzStream FILE...` prints how each input ends.
+    static let explain = unsafe getenv("FERRY_FUZZ_EXPLAIN") != nil
+
+    /// Two blocks: one whose last 2 MiB chunk is partial, one smaller than a chunk.
+    static let blockLayout: [(name: String, bytes: UInt64)] = [("pc.ram", 3 << 20), ("vga.ram", 64 << 10)]
+    static let vcpuCount: UInt32 = 1
+
+    let blocks: [RAMBlock]
+    let configuration: MigrationConfiguration
+
+    init() {
+        do {
+            blocks = try Self.blockLayout.map { name, bytes throws(GuestMemoryError) in
+                let mapping = try HostMapping(byteCount: bytes, backend: .anon)
+                try mapping.prefault()
+                return RAMBlock(name: name, mapping: mapping, placements: [])
+            }
+        } catch { fatalError("cannot map the fuzz target's RAM: \(error)") }
+        configuration = MigrationConfiguration(blocks: RAMMigration.layout(of: blocks), vcpuCount: Self.vcpuCount)
+    }
+
+    /// The devices whose sections a stream must carry.
+    static func makeDevices() -> [any Migratable] {
+        [FuzzDevice(sectionName: "cpu/0", sectionVersion: 1, exactSize: 64),
+         FuzzDevice(sectionName: "serial", sectionVersion: 2, exactSize: nil)]
+    }
+
+    func load(_ bytes: [UInt8]) {
+        let ram = RAMMigration(blocks: blocks, tracker: nil, destinationStartsZero: true)
+        let destination = MigrationDestination(channel: InputChannel(bytes), configuration: configuration, ram: ram,
+                                               devices: Self.makeDevices(), onStatus: { _ in })
+        do { try destination.run() } catch {
+            if Self.explain { print("refused: \(error)") }
+            return
+        }
+        if Self.explain { print("loaded: \(ram.stats.normalPages) data pages, \(ram.stats.zeroPages) zero pages") }
+        destination.complete()
+    }
+
+    /// Rewrites the checksum of every complete frame after the stream header
+    /// (frame := 16-byte header with the payload length at 8..<16, payload,
+    /// 8-byte checksum).  Returns `false` for an input not worth running.
+    static func fixChecksums(_ bytes: inout [UInt8]) -> Bool {
+        var offset = StreamHeader.byteCount
+        while offset + FrameHeader.byteCount <= bytes.count {
+            var length: UInt64 = 0
+            for i in (0..<8).reversed() { length = length << 8 | UInt64(bytes[offset + 8 + i]) }
+            let payloadStart = offset + FrameHeader.byteCount
+            let available = UInt64(bytes.count - payloadStart)
+            guard available >= UInt64(FrameHeader.trailerByteCount),
+                  length <= available - UInt64(FrameHeader.trailerByteCount) else {
+                return length <= available + truncatedLengthLimit
+            }
+            let payloadEnd = payloadStart + Int(length)
+            let sum = FrameChecksum.of(bytes[payloadStart..<payloadEnd])
+            for i in 0..<8 { bytes[payloadEnd + i] = UInt8(truncatingIfNeeded: sum >> (8 * UInt64(i))) }
+            offset = payloadEnd + FrameHeader.trailerByteCount
+        }
+        return true
+    }
+}
+
+/// A device with a section of one version: of exactly `exactSize` bytes if
+/// given (like a vCPU's fixed structs), else at most 4096 (like the UART's input).
+final class FuzzDevice: MigratableDevice {
+    let sectionName: String
+    let sectionVersion: UInt16
+    let exactSize: Int?
+
+    init(sectionName: String, sectionVersion: UInt16, exactSize: Int?) {
+        self.sectionName = sectionName
+        self.sectionVersion = sectionVersion
+        self.exactSize = exactSize
+    }
+
+    var estimatedSize: UInt64 { UInt64(exactSize ?? 4096) }
+
+    /// What the seeds carry: a recognisable pattern of the right size.
+    func save() throws(MigrationError) -> [UInt8] {
+        (0..<(exactSize ?? 100)).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 1) }
+    }
+
+    func load(_ section: StateSection) throws(MigrationError) {
+        if let exactSize, section.state.count != exactSize {
+            throw .stream(.malformed("section '\(sectionName)' has \(section.state.count) bytes, expected \(exactSize)"))
+        }
+        guard section.state.count <= 4096 else { throw .stream(.malformed("section '\(sectionName)' is too long")) }
+    }
+}

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Builds Ferry's libFuzzer targets (the fuzz/ package, with -sanitize=fuzzer,
+# in .build-fuzz) and runs each for SECONDS (default 60) from a copy of its
+# committed corpus, so a run never changes the repository.  Fails on any
+# crash, trap or hang, leaving the input under .build-fuzz/findings/TARGET/.
+#
+#     scripts/fuzz.sh            # about a minute per target (CI)
+#     scripts/fuzz.sh 3600       # a long run
+#     FUZZ_TARGETS=qmp scripts/fuzz.sh 600
+#
+# Targets: stream (a migration stream into real RAM, fuzz/Sources/FuzzStream)
+# and qmp (QMP text through the socket's decoder and the session,
+# fuzz/Sources/FuzzQMP).  See README.md, "Fuzzing".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+seconds=${1:-60}
+targets=${FUZZ_TARGETS:-"stream qmp"}
+scratch="$root/.build-fuzz"
+
+declare -A product=([stream]=FuzzStream [qmp]=FuzzQMP)
+# Inputs longer than this are not tried: a stream seed with its pages is ~9 KB,
+# and a QMP transcript a few hundred bytes.
+declare -A max_len=([stream]=32768 [qmp]=4096)
+
+build_log=$(mktemp)
+for target in $targets; do
+    echo "== building fuzz target $target (${product[$target]})"
+    if ! swift build -c release --sanitize=fuzzer --package-path fuzz --scratch-path "$scratch" \
+            --product "${product[$target]}" >"$build_log" 2>&1; then
+        grep -E "error" "$build_log" >&2 || tail -40 "$build_log" >&2
+        rm -f "$build_log"
+        echo "!! building fuzz target $target failed" >&2
+        exit 1
+    fi
+done
+rm -f "$build_log"
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+status=0
+for target in $targets; do
+    binary="$scratch/release/${product[$target]}"
+    findings="$scratch/findings/$target"
+    mkdir -p "$work/$target/corpus" "$findings"
+    cp fuzz/corpus/"$target"/* "$work/$target/corpus/"
+    seeds=()
+    if [ "$target" = stream ]; then
+        # Fresh seeds from the current encoders, in case the committed ones predate a format change.
+        "$binary" --make-seeds "$work/$target/seeds" >/dev/null
+        seeds=("$work/$target/seeds")
+    fi
+    echo "== fuzzing $target for ${seconds}s"
+    log="$work/$target/log"
+    set +e
+    SWIFT_BACKTRACE=enable=no "$binary" -max_total_time="$seconds" -max_len="${max_len[$target]}" -timeout=10 \
+        -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$findings/" \
+        "$work/$target/corpus" "${seeds[@]}" >"$log" 2>&1
+    rc=$?
+    set -e
+    runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
+    rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log")
+    corpus=$(ls "$work/$target/corpus" | wc -l)
+    if [ "$rc" -ne 0 ]; then
+        grep -E "ERROR|Fatal error|SUMMARY|Test unit written|Base64" "$log" >&2 || tail -40 "$log" >&2
+        echo "!! $target: FAILED (exit $rc) after ${runs:-?} executions; the input is in $findings/" >&2
+        echo "   reproduce: $binary $findings/<crash-file>" >&2
+        status=1
+    else
+        echo "$target: ${runs:-?} executions (${rate:-?}/s), no crash; corpus grew to $corpus inputs"
+    fi
+done
+exit $status
