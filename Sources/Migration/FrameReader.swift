@@ -11,6 +11,8 @@ public struct FrameReader: ~Copyable {
     var header = [UInt8](repeating: 0, count: FrameHeader.byteCount)
     var trailer = [UInt8](repeating: 0, count: FrameHeader.trailerByteCount)
     public private(set) var bytesRead: UInt64 = 0
+    /// A payload buffer starts at most this large (a page batch fits) and doubles as bytes arrive.
+    static let initialPayloadBytes = 4 << 20
     /// A read that waits longer than this for its first byte fails (`nil`: wait forever).
     let inactivityLimit: Duration?
 
@@ -33,12 +35,16 @@ public struct FrameReader: ~Copyable {
         let decoded: FrameHeader
         do { decoded = try validator.header(header) } catch { throw .stream(error) }
         let length = Int(decoded.payloadLength)
-        if payload.count != length {
-            if payload.count > length { payload.removeLast(payload.count - length) }
-            else { payload.append(contentsOf: repeatElement(0, count: length - payload.count)) }
+        // The buffer grows as bytes arrive: a hostile length costs what was sent, not what it claims.
+        var done = 0
+        while done < length || payload.count != length {
+            let target = min(length, max(done * 2, Self.initialPayloadBytes))
+            if payload.count > target { payload.removeLast(payload.count - target) }
+            else if payload.count < target { payload.append(contentsOf: repeatElement(0, count: target - payload.count)) }
+            try Self.read(channel, inactivityLimit, &bytesRead, target - done, into: &payload, at: done,
+                          what: "the payload of a frame of kind \(decoded.kind.rawValue)", whole: length, before: done)
+            done = target
         }
-        try Self.read(channel, inactivityLimit, &bytesRead, length, into: &payload,
-                      what: "the payload of a frame of kind \(decoded.kind.rawValue)")
         try Self.read(channel, inactivityLimit, &bytesRead, FrameHeader.trailerByteCount, into: &trailer,
                       what: "the checksum of a frame of kind \(decoded.kind.rawValue)")
         var r = WireReader(trailer)
@@ -47,19 +53,21 @@ public struct FrameReader: ~Copyable {
         return decoded
     }
 
-    /// Reads exactly `count` bytes; a stream that ends first says how far it got.
+    /// Reads exactly `count` bytes into `buffer[offset...]`; a stream that ends first
+    /// says how far it got (`before` bytes of a `whole` already read, for a payload read in parts).
     private static func read(_ channel: any ByteChannel, _ inactivityLimit: Duration?, _ bytesRead: inout UInt64,
-                             _ count: Int, into buffer: inout [UInt8], what: @autoclosure () -> String) throws(MigrationError) {
+                             _ count: Int, into buffer: inout [UInt8], at offset: Int = 0,
+                             what: @autoclosure () -> String, whole: Int? = nil, before: Int = 0) throws(MigrationError) {
         var done = 0
         while done < count {
             let got: Int
             do throws(ChannelError) {
                 if let limit = inactivityLimit, try !channel.waitReadable(timeout: limit) { throw ChannelError.inactive(limit) }
-                got = try channel.read(upTo: count - done, into: &buffer, at: done)
+                got = try channel.read(upTo: count - done, into: &buffer, at: offset + done)
             } catch { throw .channel(error) }
             bytesRead += UInt64(got)
             if got == 0 {
-                throw .stream(.truncated("the stream ended after \(bytesRead) bytes, \(done) of the \(count) bytes of \(what())"))
+                throw .stream(.truncated("the stream ended after \(bytesRead) bytes, \(before + done) of the \(whole ?? count) bytes of \(what())"))
             }
             done += got
         }

@@ -93,9 +93,11 @@ struct MigrationCorrectnessTests {
     func cancelAroundPointOfNoReturn() async throws {
         var outcomes: [String: Int] = [:]
         // An idle 256 MiB guest, cancels 0-20 ms after `device` (where the old engine left
-        // both guests running in 13 of 72 tries); then a guest dirtying at full speed,
+        // both guests running in 13 of 72 tries); an idle 64 MiB one, finely from 0 to 2 ms
+        // (its answer comes back within a millisecond or two); then a guest dirtying at full speed,
         // whose stop has megabytes to send, so cancels also land before the `end` frame.
-        let idle = (0..<32).map { (WorkloadSpec.idle, UInt64(256 << 20), Duration.microseconds(Int64($0) * 625)) }
+        let idle = (0..<16).map { (WorkloadSpec.idle, UInt64(256 << 20), Duration.microseconds(Int64($0) * 1250)) }
+            + (0..<40).map { (WorkloadSpec.idle, UInt64(64 << 20), Duration.microseconds(Int64($0) * 50)) }
         let busy = (0..<8).map { (WorkloadSpec(dirtyRate: .max, workingSet: 32 << 20), UInt64(64 << 20), Duration.microseconds(Int64($0) * 250)) }
         for (workload, memory, delay) in idle + busy {
             let sourceBox = Mutex<Machine?>(nil)
@@ -271,7 +273,8 @@ struct MigrationCorrectnessTests {
     func throttleSlowsTheGuest() async throws {
         let (machine, _) = try kit.machine(memory: 64 << 20, cpus: 1, workload: WorkloadSpec(dirtyRate: .max, workingSet: 32 << 20))
         machine.start()
-        try await kit.waitFor { machine.progress.minimumHeartbeats >= 3 }
+        // Past the first passes, whose first touches (and PVM's shadow-paging faults) are slow.
+        try await kit.waitFor { (machine.progress.cpus[0].last?.pass ?? 0) >= 4 }
         func rate() async throws -> Double {
             let start = machine.progress.pagesWritten, at = ContinuousClock.now
             try await Task.sleep(for: .seconds(1))

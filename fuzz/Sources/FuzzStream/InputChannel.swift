@@ -20,19 +20,17 @@ final class InputChannel: ByteChannel {
 
     func write(_ bytes: [UInt8]) throws(ChannelError) { state.withLock { $0.written += bytes } }
 
-    func readExactly(_ count: Int, into buffer: inout [UInt8], at offset: Int) throws(ChannelError) {
-        precondition(count >= 0 && offset >= 0 && offset + count <= buffer.count, "readExactly without room in the buffer")
-        try state.withLock { (s: inout State) throws(ChannelError) in
-            guard count <= s.input.count - s.position else {
-                s.position = s.input.count
-                throw .endOfStream
-            }
-            buffer.replaceSubrange(offset..<offset + count, with: s.input[s.position..<s.position + count])
-            s.position += count
+    func read(upTo count: Int, into buffer: inout [UInt8], at offset: Int) throws(ChannelError) -> Int {
+        precondition(count >= 0 && offset >= 0 && offset + count <= buffer.count, "read without room in the buffer")
+        return state.withLock { s in
+            let n = min(count, s.input.count - s.position)
+            buffer.replaceSubrange(offset..<offset + n, with: s.input[s.position..<s.position + n])
+            s.position += n
+            return n
         }
     }
 
-    func waitReadable(timeout: Duration) throws(ChannelError) -> Bool { false }
+    func waitReadable(timeout: Duration) throws(ChannelError) -> Bool { true }
     func shutdown() {}
     func close() {}
 }

@@ -50,7 +50,7 @@ enum StreamSeeds {
                 try writer.send(.section, payload: StateSection(name: device.sectionName, version: device.sectionVersion,
                                                                 state: try device.save()).encode())
             }
-            try writer.send(.end, payload: [])
+            try writer.sendEnd()
         } catch { fatalError("cannot build a seed: \(error)") }
         return channel.written
     }
