@@ -179,6 +179,52 @@ import Transport
         #expect(engine.info.status == .failed, "a cancel after the end changes nothing")
     }
 
+    /// The source's end of a link whose answers take `lag` to arrive.
+    final class LaggingChannel: ByteChannel {
+        let inner: any ByteChannel
+        let lag: Duration
+        init(_ inner: any ByteChannel, lag: Duration) { (self.inner, self.lag) = (inner, lag) }
+        func write(_ bytes: [UInt8]) throws(ChannelError) { try inner.write(bytes) }
+        func read(upTo count: Int, into buffer: inout [UInt8], at offset: Int) throws(ChannelError) -> Int {
+            try inner.read(upTo: count, into: &buffer, at: offset)
+        }
+        func waitReadable(timeout: Duration) throws(ChannelError) -> Bool {
+            sleepUntil(.now + lag)
+            return try inner.waitReadable(timeout: timeout)
+        }
+        var hasReturnPath: Bool { inner.hasReturnPath }
+        func shutdown() { inner.shutdown() }
+        func close() { inner.close() }
+    }
+
+    @Test("migrate_cancel after the destination loaded everything, before its answer arrives: completed, not two guests")
+    func cancelWhileTheAnswerIsOnItsWay() throws {
+        let source = try Kit.block(filled: true), target = try Kit.block(filled: false)
+        let configuration = MigrationConfiguration(blocks: RAMMigration.layout(of: [source]), vcpuCount: 1)
+        let path = "/tmp/ferry-lag-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
+        let listener = try Transport.listen(.unix(path: path))
+        defer { listener.close() }
+        let destination = DestinationThread(listener: listener, configuration: configuration, blocks: [target],
+                                            devices: [Kit.StopSizedDevice(vm: nil, largeStops: 0)])
+        let vm = Kit.RecordingVM()
+        let engine = PrecopySource(
+            .init(channel: LaggingChannel(try Transport.connect(.unix(path: path)), lag: .milliseconds(300)),
+                  configuration: configuration, ram: RAMMigration(blocks: [source], tracker: Kit.OneShotDirtyLog(pages: 1024)),
+                  devices: [Kit.StopSizedDevice(vm: vm, largeStops: 0)], vm: vm),
+            parameters: Self.fast, capabilities: MigrationCapabilities(), onStatus: { _ in })
+        let finished = Mutex(false)
+        Thread { engine.run(); finished.withLock { $0 = true } }.start()
+        // The destination has loaded the stream and said so (its guest would run now);
+        // the answer is still on its way to the source.
+        #expect(destination.wait())
+        let stillWaiting = !finished.withLock { $0 }
+        #expect(stillWaiting)
+        engine.cancel()
+        while !finished.withLock({ $0 }) { usleep(1000) }
+        #expect(engine.info.status == .completed, "\(engine.info.status): \(engine.info.errorDescription ?? "")")
+        #expect(vm.events.withLock { $0 } == ["stop", "completed"], "the source resumed a guest the destination runs")
+    }
+
     /// A channel that swallows everything (a link as fast as memory).
     final class NullChannel: ByteChannel {
         func write(_ bytes: [UInt8]) throws(ChannelError) {}
