@@ -37,7 +37,7 @@ struct MigrationCorrectnessTests {
         machine.quit()
     }
 
-    @Test("stop at random moments of a max-rate guest, migrate: every page arrives", arguments: 0..<6)
+    @Test("stop at random moments of a max-rate guest, migrate: every page arrives", arguments: 0..<10)
     func stopAtRandomMoments(trial: Int) async throws {
         let (source, _) = try kit.machine(memory: 64 << 20, cpus: 2, workload: WorkloadSpec(dirtyRate: .max, workingSet: 32 << 20))
         let (destination, capture) = try kit.machine(memory: 64 << 20, cpus: 2, incoming: true)
