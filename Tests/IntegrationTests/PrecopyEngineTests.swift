@@ -179,49 +179,45 @@ import Transport
         #expect(engine.info.status == .failed, "a cancel after the end changes nothing")
     }
 
-    /// The source's end of a link whose answers take `lag` to arrive.
-    final class LaggingChannel: ByteChannel {
-        let inner: any ByteChannel
-        let lag: Duration
-        init(_ inner: any ByteChannel, lag: Duration) { (self.inner, self.lag) = (inner, lag) }
-        func write(_ bytes: [UInt8]) throws(ChannelError) { try inner.write(bytes) }
-        func read(upTo count: Int, into buffer: inout [UInt8], at offset: Int) throws(ChannelError) -> Int {
-            try inner.read(upTo: count, into: &buffer, at: offset)
+    /// A destination device slow to load (a big device state): the source has
+    /// sent `end` long before the destination answers.
+    final class SlowLoadingDevice: Migratable {
+        let inner = Kit.StopSizedDevice(vm: nil, largeStops: 0)
+        var sectionName: String { inner.sectionName }
+        let sectionVersion: UInt16 = 1
+        func setup() throws(MigrationError) {}
+        func pendingEstimate() -> UInt64 { 0 }
+        func pendingExact() throws(MigrationError) -> UInt64 { 0 }
+        func iterate(_ output: StreamWriter) throws(MigrationError) -> Bool { true }
+        func complete(_ output: StreamWriter) throws(MigrationError) {}
+        func load(_ section: StateSection) throws(MigrationError) {
+            sleepUntil(.now + .milliseconds(400))
+            try inner.load(section)
         }
-        func waitReadable(timeout: Duration) throws(ChannelError) -> Bool {
-            sleepUntil(.now + lag)
-            return try inner.waitReadable(timeout: timeout)
-        }
-        var hasReturnPath: Bool { inner.hasReturnPath }
-        func shutdown() { inner.shutdown() }
-        func close() { inner.close() }
+        func cleanup() {}
     }
 
-    @Test("migrate_cancel after the destination loaded everything, before its answer arrives: completed, not two guests")
-    func cancelWhileTheAnswerIsOnItsWay() throws {
-        let source = try Kit.block(filled: true), target = try Kit.block(filled: false)
-        let configuration = MigrationConfiguration(blocks: RAMMigration.layout(of: [source]), vcpuCount: 1)
-        let path = "/tmp/ferry-lag-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
-        let listener = try Transport.listen(.unix(path: path))
-        defer { listener.close() }
-        let destination = DestinationThread(listener: listener, configuration: configuration, blocks: [target],
-                                            devices: [Kit.StopSizedDevice(vm: nil, largeStops: 0)])
+    @Test("migrate_cancel after the end went out, while the destination still loads: completed, never two guests")
+    func cancelWhileTheDestinationLoads() throws {
         let vm = Kit.RecordingVM()
-        let engine = PrecopySource(
-            .init(channel: LaggingChannel(try Transport.connect(.unix(path: path)), lag: .milliseconds(300)),
-                  configuration: configuration, ram: RAMMigration(blocks: [source], tracker: Kit.OneShotDirtyLog(pages: 1024)),
-                  devices: [Kit.StopSizedDevice(vm: vm, largeStops: 0)], vm: vm),
-            parameters: Self.fast, capabilities: MigrationCapabilities(), onStatus: { _ in })
-        let finished = Mutex(false)
-        Thread { engine.run(); finished.withLock { $0 = true } }.start()
-        // The destination has loaded the stream and said so (its guest would run now);
-        // the answer is still on its way to the source.
-        #expect(destination.wait())
-        let stillWaiting = !finished.withLock { $0 }
-        #expect(stillWaiting)
-        engine.cancel()
-        while !finished.withLock({ $0 }) { usleep(1000) }
-        #expect(engine.info.status == .completed, "\(engine.info.status): \(engine.info.errorDescription ?? "")")
+        let run = Mutex<Kit.Run?>(nil)
+        let engine = Mutex<PrecopySource?>(nil)
+        Thread {
+            let result = try? Kit.runMigration(vm: vm, tracker: Kit.OneShotDirtyLog(pages: 1024),
+                                               sourceDevices: [Kit.StopSizedDevice(vm: vm, largeStops: 0)],
+                                               destinationDevices: [SlowLoadingDevice()], parameters: Self.fast,
+                                               started: { source in engine.withLock { $0 = source } })
+            run.withLock { $0 = result }
+        }.start()
+        // The source stopped its guest and sent everything, `end` included; the destination
+        // is still loading, and will run the guest once it has.
+        while !vm.events.withLock({ $0.contains("stop") }) { usleep(1000) }
+        usleep(150_000)
+        engine.withLock { $0 }?.cancel()
+        while run.withLock({ $0 }) == nil { usleep(1000) }
+        let result = try #require(run.withLock { $0 })
+        #expect(result.destination.map { if case .success = $0 { true } else { false } } == true, "the destination loaded: its guest runs")
+        #expect(result.info.status == .completed, "\(result.info.status): \(result.info.errorDescription ?? "")")
         #expect(vm.events.withLock { $0 } == ["stop", "completed"], "the source resumed a guest the destination runs")
     }
 

@@ -103,10 +103,11 @@ import Transport
     }
 
     /// The real engine, over a real Unix socket, from a 4 MiB block half full of
-    /// data into an empty one.
+    /// data into an empty one; `started` is handed the engine as it starts.
     static func runMigration(vm: any MigrationVMControl, tracker: any DirtyPageSource, sourceDevices: [any Migratable],
                              destinationDevices: [any Migratable], parameters: MigrationParameters,
-                             capabilities: MigrationCapabilities = MigrationCapabilities()) throws -> Run {
+                             capabilities: MigrationCapabilities = MigrationCapabilities(),
+                             started: (PrecopySource) -> Void = { _ in }) throws -> Run {
         let source = try Self.block(filled: true), target = try Self.block(filled: false)
         let configuration = MigrationConfiguration(blocks: RAMMigration.layout(of: [source]), vcpuCount: 1)
         let path = "/tmp/ferry-retry-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
@@ -117,6 +118,7 @@ import Transport
             .init(channel: try Transport.connect(.unix(path: path)), configuration: configuration,
                   ram: RAMMigration(blocks: [source], tracker: tracker), devices: sourceDevices, vm: vm),
             parameters: parameters, capabilities: capabilities, onStatus: { _ in })
+        started(engine)
         engine.run()
         destination.wait(recordingFailure: false)
         return Run(info: engine.info, source: source, target: target, destination: destination.result.withLock { $0 })
