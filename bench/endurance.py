@@ -45,14 +45,12 @@ class Process:
 
     async def connect(self):
         deadline = time.monotonic() + 20
-        while True:
-            try:
-                await self.qmp.connect(str(self.sock))
-                return self
-            except (ConnectionError, FileNotFoundError, OSError):
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"ferry did not start: {self.proc.stderr.read().decode()}")
-                await asyncio.sleep(0.02)
+        while not self.sock.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ferry did not start: {self.proc.stderr.read().decode()}")
+            await asyncio.sleep(0.01)
+        await self.qmp.connect(str(self.sock))
+        return self
 
     async def quit(self):
         try:
