@@ -68,7 +68,12 @@ final class PendingChannel: ByteChannel {
         }
     }
 
+    /// Closes the channel; a late `shutdown` (a cancel racing the end) then does nothing.
     func close() {
-        if case .open(let channel) = state.withLock({ $0 }) { channel.close() }
+        let previous = state.withLock { s -> State in
+            defer { s = .shut }
+            return s
+        }
+        if case .open(let channel) = previous { channel.close() }
     }
 }

@@ -22,6 +22,9 @@ public struct MigrationInfo: Equatable, Sendable {
     /// Times the switchover was called off because the exact pending size broke the limit.
     public var switchoverRetries = 0
     public var errorDescription: String?
+    /// The switchover passed the point of no return and the destination's answer
+    /// was lost: it may run the guest, which stays paused here.
+    public var destinationMayRun = false
 
     public init() {}
 }

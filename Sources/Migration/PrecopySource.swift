@@ -46,15 +46,22 @@ public final class PrecopySource: Sendable {
         case live
         /// The guest is stopped for the switchover: no rate limit; still cancellable.
         case switchingOver
-        /// The `end` frame is being or has been sent: the destination may run the
-        /// guest, so nothing here may resume it on its own and cancel is ignored.
+        /// The `end` frame is being written: cancel is ignored.  If the write fails,
+        /// the destination cannot have the whole frame, so the source may resume.
+        case sendingEnd
+        /// The `end` frame is out: the destination may run the guest, so nothing
+        /// here may resume it unless the destination says it refused.
         case pastPointOfNoReturn
+
+        /// Whether `migrate_cancel` may still stop the migration.
+        var cancellable: Bool { self == .live || self == .switchingOver }
 
         /// The transitions `run` makes; anything else is a bug.
         func next(_ to: Phase) -> Phase {
             switch (self, to) {
-            case (.live, .switchingOver), (.switchingOver, .live), (.switchingOver, .pastPointOfNoReturn): return to
-            case (.live, _), (.switchingOver, _), (.pastPointOfNoReturn, _):
+            case (.live, .switchingOver), (.switchingOver, .live), (.switchingOver, .sendingEnd), (.sendingEnd, .pastPointOfNoReturn):
+                return to
+            case (.live, _), (.switchingOver, _), (.sendingEnd, _), (.pastPointOfNoReturn, _):
                 preconditionFailure("switchover phase \(self) cannot become \(to)")
             }
         }
@@ -125,7 +132,7 @@ public final class PrecopySource: Sendable {
     /// destination may already run the guest, and its answer decides.
     public func cancel() {
         let changed = progress.withLock { p -> Bool in
-            guard !p.info.status.isFinished, p.info.status != .cancelling, p.phase != .pastPointOfNoReturn else { return false }
+            guard !p.info.status.isFinished, p.info.status != .cancelling, p.phase.cancellable else { return false }
             p.cancelRequested = true
             p.info.status = .cancelling
             return true
@@ -200,6 +207,7 @@ public final class PrecopySource: Sendable {
                 parts.vm.resumeAfterFailedSwitchover(wasRunning: wasRunning)
             }
             progress.withLock { p in
+                p.info.destinationMayRun = uncertain && !refused
                 p.info.errorDescription = [reason?.description, p.cleanupFailure].compactMap { $0 }.joined(separator: "; ")
                 if p.info.errorDescription?.isEmpty == true { p.info.errorDescription = nil }
             }
@@ -329,12 +337,15 @@ public final class PrecopySource: Sendable {
         }
         try parts.ram.complete(writer)
         for device in parts.devices { try device.complete(writer) }
-        // The point of no return: from the first byte of `end` on, the destination may run.
+        // The point of no return: once `end` is out, the destination may run.  From
+        // here on a cancel is ignored; a failed write of `end` (the destination
+        // cannot have it whole) still lets the source resume.
         try progress.withLock { p throws(MigrationError) in
             if p.cancelRequested { throw .cancelled }
-            p.phase = p.phase.next(.pastPointOfNoReturn)
+            p.phase = p.phase.next(.sendingEnd)
         }
         try writer.sendEnd()
+        progress.withLock { $0.phase = $0.phase.next(.pastPointOfNoReturn) }
         if channel.hasReturnPath { try awaitDestination() }
         let downtime = ContinuousClock.now - stopRequested
         progress.withLock { p in
@@ -354,8 +365,11 @@ public final class PrecopySource: Sendable {
             try channel.readExactly(header.count, into: &header, at: 0)
             let (failed, length) = try ReturnMessage.decodeHeader(header)
             guard failed else { return }
+            // The destination refused: whatever of its reason arrives, it will not run the guest.
             var message = [UInt8](repeating: 0, count: length)
-            if length > 0 { try channel.readExactly(length, into: &message, at: 0) }
+            if length > 0, (try? channel.readExactly(length, into: &message, at: 0)) == nil {
+                throw MigrationError.refused("(its reason was cut off)")
+            }
             throw MigrationError.refused(String(decoding: message, as: UTF8.self))
         } catch let error as MigrationError { throw error }
         catch let error as ChannelError {

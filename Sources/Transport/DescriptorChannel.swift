@@ -54,13 +54,15 @@ public final class DescriptorChannel: ByteChannel {
         return result > 0
     }
 
-    public func shutdown() { _ = CLinuxUAPI_shutdown(descriptor) }
+    /// Shuts the socket down unless it is closed already (its number may belong to another file by now).
+    public func shutdown() {
+        closed.withLock { done in if !done { _ = CLinuxUAPI_shutdown(descriptor) } }
+    }
 
     public func close() {
-        let first = closed.withLock { done -> Bool in
-            defer { done = true }
-            return !done
+        closed.withLock { done in
+            if !done { _ = Glibc.close(descriptor) }
+            done = true
         }
-        if first { _ = Glibc.close(descriptor) }
     }
 }

@@ -41,7 +41,8 @@ extension Machine {
     /// Auto-converge: vCPUs sleep `percent` of each 10 ms timeslice; a ticker
     /// thread kicks them out of KVM_RUN so they can.
     func setThrottle(percent: Int) {
-        control.throttlePercent.store(max(0, min(percent, 99)), ordering: .relaxed)
+        // Sequentially consistent, as the leaving ticker's re-check is: one of the two sees the other.
+        control.throttlePercent.store(max(0, min(percent, 99)), ordering: .sequentiallyConsistent)
         if percent > 0 { startThrottleTicker() }
     }
 

@@ -107,18 +107,18 @@ public final class Machine: Sendable {
 
     /// Freezes every vCPU (QMP `stop`).  Emits STOP if the guest was running.
     ///
-    /// `paused` means parked: the run state changes and the vCPUs park under
-    /// `stopping`, so a switchover that sees `paused` (and takes the same lock)
-    /// knows no vCPU can still write.
+    /// `paused` means parked: the state changes only once every vCPU is parked,
+    /// and both happen under `stopping`, which a switchover takes too.
     public func pause() {
         let wasRunning = stopping.withLock { _ -> Bool in
-            let wasRunning = runState.withLock { state -> Bool in
+            guard runState.withLock({ $0 }) == .running else { return false }
+            control.pause { kickAll() }
+            // Only once parked; a guest that stopped itself meanwhile keeps its own state.
+            return runState.withLock { state -> Bool in
                 guard state == .running else { return false }
                 state = .paused
                 return true
             }
-            if wasRunning { control.pause { kickAll() } }
-            return wasRunning
         }
         if wasRunning { emit("STOP") }
     }

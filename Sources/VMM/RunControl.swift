@@ -50,10 +50,10 @@ final class RunControl: @unchecked Sendable {
         condition.unlock()
     }
 
-    /// Requests a pause; `kick` makes running vCPUs leave KVM_RUN.  Waits for all to park.
+    /// Requests a pause; `kick` makes running vCPUs leave KVM_RUN.  Waits for all to park (or exit).
     func pause(kick: () -> Void) {
         condition.lock()
-        desired = .pause
+        if desired != .terminate { desired = .pause }      // an ending machine's vCPUs exit rather than park
         condition.broadcast()       // a vCPU sleeping out its throttle share parks at once
         condition.unlock()
         kick()
@@ -73,7 +73,7 @@ final class RunControl: @unchecked Sendable {
 
     func resume() {
         condition.lock()
-        desired = .run
+        if desired != .terminate { desired = .run }
         condition.broadcast()
         condition.unlock()
     }

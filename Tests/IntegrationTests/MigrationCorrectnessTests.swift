@@ -313,4 +313,41 @@ struct MigrationCorrectnessTests {
         #expect(machine.progress.heartbeats == beats, "the guest stopped")
         machine.quit()
     }
+
+    @Test("the destination's answer lost after `end`: the source stays paused, refuses to migrate again until 'cont'")
+    func lostAnswerHoldsTheMachine() async throws {
+        let (source, _) = try kit.machine(memory: 64 << 20, cpus: 1, workload: WorkloadSpec(dirtyRate: .bytesPerSecond(4 << 20), workingSet: 8 << 20))
+        source.start()
+        try await kit.waitFor { source.progress.minimumHeartbeats >= 2 }
+        let path = MigrationKernelTests.socketPath()
+        let listener = try Transport.listen(.unix(path: path))
+        let vanishing = Thread {
+            // A destination that takes the whole stream, `end` included, and vanishes without a word.
+            guard let channel = try? listener.accept() else { return }
+            var reader = FrameReader(channel: channel)
+            var payload: [UInt8] = []
+            _ = try? reader.readStreamHeader()
+            while let header = try? reader.next(into: &payload), header.kind != .end {}
+            channel.close()
+        }
+        vanishing.start()
+        _ = source.execute(.migrateSetParameters(["max-bandwidth": .int(8 << 30)]))
+        _ = source.execute(.migrate(uri: "unix:" + path))
+        try await kit.waitFor { status(source).isFinished }
+        #expect(status(source) == .failed)
+        #expect(source.state == .paused, "the destination may run the guest: it must not run here too")
+        #expect(source.outgoingMigration?.destinationMayRun == true)
+        let again = source.execute(.migrate(uri: "unix:" + MigrationKernelTests.socketPath()))
+        guard case .failure(let error) = again else { Issue.record("a second migrate was accepted"); return }
+        #expect(error.description.contains("may be running this guest"), "\(error)")
+        // The operator checked: the destination is gone, this copy is the guest.
+        #expect(source.execute(.cont) == .success(.object([:])))
+        let (destination, capture) = try kit.machine(memory: 64 << 20, cpus: 1, incoming: true)
+        destination.start()
+        try await kit.migrate(source, to: destination, capture: capture)
+        #expect(status(source) == .completed)
+        #expect(try kit.differingPages(source.memory, destination.memory) == [])
+        source.quit()
+        destination.quit()
+    }
 }

@@ -175,6 +175,7 @@ import Transport
         #expect(engine.info.errorDescription?.contains("the destination's answer was lost after the switchover") == true,
                 "\(engine.info.errorDescription ?? "")")
         #expect(vm.events.withLock { $0 } == ["stop", "hold"], "the source must not resume a guest the destination may run")
+        #expect(engine.info.destinationMayRun)
         engine.cancel()
         #expect(engine.info.status == .failed, "a cancel after the end changes nothing")
     }

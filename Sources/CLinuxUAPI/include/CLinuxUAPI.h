@@ -243,36 +243,41 @@ static inline int CLinuxUAPI_socket_tune(int fd) {
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     return fd;
 }
+/* Waits for a non-blocking connect in progress on `fd` to finish (0 or
+ * -SO_ERROR) or for `cancel_fd` to be signalled (-ECANCELED). */
+static inline int CLinuxUAPI_connect_wait(int fd, int cancel_fd) {
+    for (;;) {
+        struct pollfd p[2] = { { .fd = fd, .events = POLLOUT }, { .fd = cancel_fd, .events = POLLIN } };
+        int n = poll(p, cancel_fd >= 0 ? 2 : 1, -1);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return -errno;
+        if (cancel_fd >= 0 && (p[1].revents & POLLIN)) return -ECANCELED;
+        if (p[0].revents == 0) continue;
+        int so_error = 0;
+        socklen_t size = sizeof so_error;
+        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &so_error, &size) != 0) return -errno;
+        return -so_error;
+    }
+}
 /* A connect that a write to `cancel_fd` (an eventfd; -1 for none) abandons
- * with -ECANCELED.  TCP connects in the background and is polled; a Unix
- * socket whose listener's backlog is full refuses a non-blocking connect with
- * EAGAIN, so that one is retried every 10 ms.  The socket is blocking again on return. */
+ * with -ECANCELED.  TCP connects in the background and is polled (a connect
+ * interrupted by a signal goes on in the background too, so it is polled, never
+ * restarted); a Unix socket whose listener's backlog is full refuses a
+ * non-blocking connect with EAGAIN, so that one is retried every 10 ms.  The
+ * socket is blocking again on return. */
 static inline int CLinuxUAPI_connect_cancellable(int fd, const struct sockaddr *address, socklen_t length, int cancel_fd) {
     int flags = fcntl(fd, F_GETFL);
     if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) return -errno;
-    int r = connect(fd, address, length), result = 0;
-    while (r != 0) {
+    int result;
+    for (;;) {
+        if (connect(fd, address, length) == 0) { result = 0; break; }
         int error = errno;
-        struct pollfd p[2] = { { .fd = fd, .events = POLLOUT }, { .fd = cancel_fd, .events = POLLIN } };
-        if (error == EINTR) { r = connect(fd, address, length); continue; }
-        if (error == EINPROGRESS || error == EALREADY) {
-            int n = poll(p, cancel_fd >= 0 ? 2 : 1, -1);
-            if (n < 0 && errno == EINTR) continue;
-            if (n < 0) { result = -errno; break; }
-            if (cancel_fd >= 0 && (p[1].revents & POLLIN)) { result = -ECANCELED; break; }
-            if (p[0].revents) {
-                int so_error = 0;
-                socklen_t size = sizeof so_error;
-                getsockopt(fd, SOL_SOCKET, SO_ERROR, &so_error, &size);
-                result = -so_error;
-                break;
-            }
-            continue;
-        }
-        if (error == EAGAIN) {
-            int n = poll(&p[1], cancel_fd >= 0 ? 1 : 0, 10);
-            if (n > 0) { result = -ECANCELED; break; }
-            r = connect(fd, address, length);
+        if (error == EISCONN) { result = 0; break; }
+        if (error == EINPROGRESS || error == EALREADY || error == EINTR) { result = CLinuxUAPI_connect_wait(fd, cancel_fd); break; }
+        if (error == EAGAIN && address->sa_family == AF_UNIX) {
+            struct pollfd c = { .fd = cancel_fd, .events = POLLIN };
+            if (cancel_fd < 0) { usleep(10000); continue; }
+            if (poll(&c, 1, 10) > 0) { result = -ECANCELED; break; }
             continue;
         }
         result = -error;

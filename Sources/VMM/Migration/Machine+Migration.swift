@@ -20,38 +20,45 @@ extension Machine {
 
     /// Starts migrating this machine to `uri` on a thread of its own (QMP `migrate`).
     /// Errors found at once (a bad URI, a migration already running, a machine
-    /// that cannot migrate) are thrown; later ones end the migration `failed`
-    /// with the source guest running on.
+    /// that cannot migrate) are thrown; later ones end the migration `failed`,
+    /// with the source guest running on unless the destination may already run it.
     public func startMigration(to text: String) throws(QMPError) {
         let uri: MigrationURI
         do { uri = try MigrationURI(parsing: text) } catch { throw .generic(error.description) }
-        switch state {
+        let current = state
+        switch current {
         case .running, .paused, .postmigrate: break
         case let other: throw .generic("The VM cannot be migrated in state '\(other.rawValue)'")
         }
-        let (parameters, capabilities) = try migration.state.withLock { s throws(QMPError) in
-            if let current = s.outgoing, !current.status.isFinished {
+        // The connect happens on the migration thread: QMP stays responsive, and
+        // migrate_cancel abandons a connect that hangs.
+        let opener: URIChannelOpener
+        do { opener = try URIChannelOpener(uri) } catch { throw .generic("Failed to connect to '\(text)': \(error)") }
+        let global = GlobalStateMigratable(wasRunning: { [self] in self.wasRunningBeforeSwitchover })
+        // Checked and claimed in one step, so two `migrate`s cannot both start.
+        let source = try migration.state.withLock { s throws(QMPError) -> PrecopySource in
+            if let last = s.outgoing, !last.status.isFinished {
                 throw QMPError.generic("There's a migration process in progress")
+            }
+            if current == .paused, let last = s.outgoing, last.info.destinationMayRun {
+                throw QMPError.generic("The last migration's destination may be running this guest (its answer was lost): "
+                                       + "check it, and 'cont' this guest before migrating it again")
             }
             // A guest that arrived by migration may leave again once it has arrived.
             if let incoming = s.incoming, incoming.status.withLock({ $0 }) != .completed {
                 throw QMPError.generic("The VM is receiving a migration")
             }
-            return (s.parameters, s.capabilities)
+            let capabilities = s.capabilities
+            let source = PrecopySource(
+                .init(opener: opener, configuration: migrationConfiguration,
+                      ram: RAMMigration(blocks: memory.blocks, tracker: makeDirtyPageSource()),
+                      devices: migratableDevices(global: global), vm: MachineMigrationControl(machine: self)),
+                parameters: s.parameters, capabilities: capabilities,
+                onStatus: { [self] status in if capabilities.events { emit("MIGRATION", data: ["status": .string(status.rawValue)]) } },
+                onPass: { [self] pass in if capabilities.events { emit("MIGRATION_PASS", data: ["pass": .int(Int64(pass))]) } })
+            s.outgoing = source
+            return source
         }
-        let global = GlobalStateMigratable(wasRunning: { [self] in self.wasRunningBeforeSwitchover })
-        // The connect happens on the migration thread: QMP stays responsive, and
-        // migrate_cancel abandons a connect that hangs.
-        let opener: URIChannelOpener
-        do { opener = try URIChannelOpener(uri) } catch { throw .generic("Failed to connect to '\(text)': \(error)") }
-        let source = PrecopySource(
-            .init(opener: opener, configuration: migrationConfiguration,
-                  ram: RAMMigration(blocks: memory.blocks, tracker: makeDirtyPageSource()),
-                  devices: migratableDevices(global: global), vm: MachineMigrationControl(machine: self)),
-            parameters: parameters, capabilities: capabilities,
-            onStatus: { [self] status in if capabilities.events { emit("MIGRATION", data: ["status": .string(status.rawValue)]) } },
-            onPass: { [self] pass in if capabilities.events { emit("MIGRATION_PASS", data: ["pass": .int(Int64(pass))]) } })
-        migration.state.withLock { $0.outgoing = source }
         let thread = Thread { source.run() }
         thread.name = "ferry-migration"
         thread.start()
