@@ -80,7 +80,8 @@ struct MigrationCorrectnessTests {
         #expect(source.execute(.queryMigrateParameters) == .success(source.migrationParametersJSON))
         let raisedAt = ContinuousClock.now
         let fastStart = source.outgoingMigration?.transferredBytes ?? 0
-        try await kit.waitFor(seconds: 1.0) { status(source).isFinished || (source.outgoingMigration?.transferredBytes ?? 0) - fastStart > 128 << 20 }
+        // Twice what the old limit allows in a second: only the new limit gets there in time.
+        try await kit.waitFor(seconds: 1.0) { status(source).isFinished || (source.outgoingMigration?.transferredBytes ?? 0) - fastStart > 64 << 20 }
         let elapsed = ContinuousClock.now - raisedAt
         #expect(elapsed < .seconds(1), "the new limit took \(elapsed) to show")
         try await kit.waitFor { status(source).isFinished }
