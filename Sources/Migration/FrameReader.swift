@@ -13,25 +13,21 @@ public struct FrameReader: ~Copyable {
     public private(set) var bytesRead: UInt64 = 0
     /// A payload buffer starts at most this large (a page batch fits) and doubles as bytes arrive.
     static let initialPayloadBytes = 4 << 20
-    /// A read that waits longer than this for its first byte fails (`nil`: wait forever).
-    let inactivityLimit: Duration?
 
-    public init(channel: any ByteChannel, maximumPayload: UInt64 = FrameDecoder.defaultMaximumPayload,
-                inactivityLimit: Duration? = nil) {
+    public init(channel: any ByteChannel, maximumPayload: UInt64 = FrameDecoder.defaultMaximumPayload) {
         self.channel = channel
-        self.inactivityLimit = inactivityLimit
         validator = StreamValidator(maximumPayload: maximumPayload)
     }
 
     public mutating func readStreamHeader() throws(MigrationError) -> UInt32 {
         var bytes = [UInt8](repeating: 0, count: StreamHeader.byteCount)
-        try Self.read(channel, inactivityLimit, &bytesRead, StreamHeader.byteCount, into: &bytes, what: "the stream header")
+        try Self.read(channel, &bytesRead, StreamHeader.byteCount, into: &bytes, what: "the stream header")
         do { return try StreamHeader.decode(bytes) } catch { throw .stream(error) }
     }
 
     /// Reads the next frame; `payload` is resized to its payload.
     public mutating func next(into payload: inout [UInt8]) throws(MigrationError) -> FrameHeader {
-        try Self.read(channel, inactivityLimit, &bytesRead, FrameHeader.byteCount, into: &header, what: "a frame header")
+        try Self.read(channel, &bytesRead, FrameHeader.byteCount, into: &header, what: "a frame header")
         let decoded: FrameHeader
         do { decoded = try validator.header(header) } catch { throw .stream(error) }
         let length = Int(decoded.payloadLength)
@@ -41,11 +37,11 @@ public struct FrameReader: ~Copyable {
             let target = min(length, max(done * 2, Self.initialPayloadBytes))
             if payload.count > target { payload.removeLast(payload.count - target) }
             else if payload.count < target { payload.append(contentsOf: repeatElement(0, count: target - payload.count)) }
-            try Self.read(channel, inactivityLimit, &bytesRead, target - done, into: &payload, at: done,
+            try Self.read(channel, &bytesRead, target - done, into: &payload, at: done,
                           what: "the payload of a frame of kind \(decoded.kind.rawValue)", whole: length, before: done)
             done = target
         }
-        try Self.read(channel, inactivityLimit, &bytesRead, FrameHeader.trailerByteCount, into: &trailer,
+        try Self.read(channel, &bytesRead, FrameHeader.trailerByteCount, into: &trailer,
                       what: "the checksum of a frame of kind \(decoded.kind.rawValue)")
         var r = WireReader(trailer)
         let checksum = (try? r.u64("frame checksum")) ?? 0
@@ -55,16 +51,13 @@ public struct FrameReader: ~Copyable {
 
     /// Reads exactly `count` bytes into `buffer[offset...]`; a stream that ends first
     /// says how far it got (`before` bytes of a `whole` already read, for a payload read in parts).
-    private static func read(_ channel: any ByteChannel, _ inactivityLimit: Duration?, _ bytesRead: inout UInt64,
+    private static func read(_ channel: any ByteChannel, _ bytesRead: inout UInt64,
                              _ count: Int, into buffer: inout [UInt8], at offset: Int = 0,
                              what: @autoclosure () -> String, whole: Int? = nil, before: Int = 0) throws(MigrationError) {
         var done = 0
         while done < count {
             let got: Int
-            do throws(ChannelError) {
-                if let limit = inactivityLimit, try !channel.waitReadable(timeout: limit) { throw ChannelError.inactive(limit) }
-                got = try channel.read(upTo: count - done, into: &buffer, at: offset + done)
-            } catch { throw .channel(error) }
+            do { got = try channel.read(upTo: count - done, into: &buffer, at: offset + done) } catch { throw .channel(error) }
             bytesRead += UInt64(got)
             if got == 0 {
                 throw .stream(.truncated("the stream ended after \(bytesRead) bytes, \(before + done) of the \(whole ?? count) bytes of \(what())"))

@@ -16,16 +16,13 @@ public final class MigrationDestination: Sendable {
     let devices: [String: any Migratable]
     let onStatus: @Sendable (MigrationStatus) -> Void
     let statusStorage = Mutex(MigrationStatus.none)
-    let inactivityLimit: Duration?
     /// Set when two devices claim one section name: the load refuses to start.
     let duplicateSection: String?
 
-    /// `inactivityLimit`: fail if the source sends nothing for this long (`nil`: wait forever).
     public init(channel: any ByteChannel, configuration: MigrationConfiguration, ram: RAMMigration,
-                devices: [any Migratable], inactivityLimit: Duration? = nil,
+                devices: [any Migratable],
                 onStatus: @escaping @Sendable (MigrationStatus) -> Void) {
         self.channel = channel
-        self.inactivityLimit = inactivityLimit
         self.configuration = configuration
         self.ram = ram
         self.devices = Dictionary(devices.map { ($0.sectionName, $0) }, uniquingKeysWith: { first, _ in first })
@@ -64,7 +61,7 @@ public final class MigrationDestination: Sendable {
 
     func load() throws(MigrationError) {
         if let name = duplicateSection { throw .invalidState("two pieces of state claim section '\(name)'") }
-        var reader = FrameReader(channel: channel, inactivityLimit: inactivityLimit)
+        var reader = FrameReader(channel: channel)
         _ = try reader.readStreamHeader()
         var payload: [UInt8] = []
         let first = try reader.next(into: &payload)

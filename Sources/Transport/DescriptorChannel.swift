@@ -9,6 +9,8 @@ public final class DescriptorChannel: ByteChannel {
     let descriptor: Int32
     public let hasReturnPath: Bool
     let closed = Mutex(false)
+    /// Set by `limitInactivity`: a read that waits this long fails with `.inactive`.
+    let inactivity = Mutex<Duration?>(nil)
 
     /// Adopts `descriptor`; `returnPath` is whether the other side can answer on it.
     public init(adopting descriptor: Int32, returnPath: Bool) {
@@ -36,15 +38,22 @@ public final class DescriptorChannel: ByteChannel {
     public func read(upTo count: Int, into buffer: inout [UInt8], at offset: Int) throws(ChannelError) -> Int {
         precondition(offset >= 0 && count >= 0 && offset + count <= buffer.count)
         guard count > 0 else { return 0 }
-        while true {
-            let result = unsafe buffer.withUnsafeMutableBytes { raw in
-                // SAFETY: the precondition keeps [offset, offset + count) inside the buffer.
-                unsafe CLinuxUAPI_read(descriptor, raw.baseAddress! + offset, count)
-            }
-            if result >= 0 { return result }
-            if result == -4 { continue }        // EINTR
-            throw .system("read from the migration channel", errno: Int32(-result))
+        let result = unsafe buffer.withUnsafeMutableBytes { raw in
+            // SAFETY: the precondition keeps [offset, offset + count) inside the buffer.
+            unsafe CLinuxUAPI_read(descriptor, raw.baseAddress! + offset, count)     // retries EINTR itself
         }
+        if result >= 0 { return result }
+        if result == -Int(EAGAIN), let limit = inactivity.withLock({ $0 }) { throw .inactive(limit) }
+        throw .system("read from the migration channel", errno: Int32(-result))
+    }
+
+    /// Makes a read that waits `limit` for its first byte fail with `.inactive`
+    /// (the socket's receive timeout; `nil` waits forever).  Sockets only: a
+    /// file's read never waits.
+    public func limitInactivity(_ limit: Duration?) {
+        let milliseconds = limit.map { Int32(clamping: $0.components.seconds * 1000 + $0.components.attoseconds / 1_000_000_000_000_000) } ?? 0
+        guard CLinuxUAPI_set_receive_timeout(descriptor, milliseconds) == 0 else { return }
+        inactivity.withLock { $0 = limit }
     }
 
     public func waitReadable(timeout: Duration) throws(ChannelError) -> Bool {

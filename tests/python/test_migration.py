@@ -217,6 +217,7 @@ def test_migration_commands_refuse_bad_arguments(vms):
             ("migrate", {}, "Parameter 'uri' is missing"),
             ("migrate-set-parameters", {"downtime-limit": -1}, "downtime_limit"),
             ("migrate-set-parameters", {"cpu-throttle-initial": 100}, "range of 1 to 99"),
+            ("migrate-set-parameters", {"x-inactivity-limit": -1}, "Parameter 'x-inactivity-limit' expects an integer"),
             ("migrate-set-parameters", {"no-such": 1}, "Parameter 'no-such' is unexpected"),
             ("migrate-set-capabilities", {"capabilities": [{"capability": "postcopy-ram", "state": True}]},
              "Capability 'postcopy-ram' is not supported"),
@@ -352,3 +353,32 @@ def test_paused_start_waits_for_cont(vms):
         assert_verified_clean(await vm.quit())
 
     asyncio.run(scenario())
+
+
+def test_silent_source_fails_the_destination_after_x_inactivity_limit(vms, tmp_path):
+    """Ferry's own parameter, set on a `defer` destination before `migrate-incoming`, as any other."""
+    import socket
+    dst = vms("dst", "--cpus", "1", "--memory", "64M", "--incoming", "defer")
+
+    async def scenario():
+        client = (await dst.connect()).qmp
+        assert (await client.execute("query-migrate-parameters"))["x-inactivity-limit"] == 60000
+        await client.execute("migrate-set-parameters", {"x-inactivity-limit": 500})
+        assert (await client.execute("query-migrate-parameters"))["x-inactivity-limit"] == 500
+        await client.execute("migrate-incoming", {"uri": f"unix:{tmp_path}/silent.sock"})
+        source = socket.socket(socket.AF_UNIX)
+        source.connect(str(tmp_path / "silent.sock"))
+        source.sendall(b"FERRYMIG" + bytes([2, 0, 0, 0, 0, 0, 0, 0]))    # a stream header, then nothing
+        started = time.monotonic()
+        code = await asyncio.get_running_loop().run_in_executor(None, lambda: dst.proc.wait(timeout=10))
+        waited = time.monotonic() - started
+        source.close()
+        try:
+            await client.disconnect()       # the process is gone: its socket closed under the client
+        except Exception:
+            pass
+        return code, waited
+
+    code, waited = asyncio.run(scenario())
+    assert code == 1 and 0.4 < waited < 5, (code, waited)
+    assert "load of migration failed: nothing arrived from the other side for 0.5 seconds" in dst.stderr.read_text()

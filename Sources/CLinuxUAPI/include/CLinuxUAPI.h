@@ -358,6 +358,11 @@ static inline int CLinuxUAPI_is_socket(int fd) {
     if (fstat(fd, &st) != 0) return -errno;
     return S_ISSOCK(st.st_mode) ? 1 : 0;
 }
+/* A socket read that waits `milliseconds` (0: forever) for data fails with EAGAIN (SO_RCVTIMEO). */
+static inline int CLinuxUAPI_set_receive_timeout(int fd, int milliseconds) {
+    struct timeval t = { .tv_sec = milliseconds / 1000, .tv_usec = (milliseconds % 1000) * 1000 };
+    return setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &t, sizeof t) == 0 ? 0 : -errno;
+}
 /* The eventfd that cancels a connect: created, signalled. */
 static inline int CLinuxUAPI_eventfd(void) { int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); return fd >= 0 ? fd : -errno; }
 static inline void CLinuxUAPI_eventfd_signal(int fd) { uint64_t one = 1; ssize_t r = write(fd, &one, sizeof one); (void)r; }

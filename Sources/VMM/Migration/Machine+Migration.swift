@@ -115,11 +115,13 @@ extension Machine {
         let destination: MigrationDestination
         do {
             let channel = try incoming.listener.accept()
+            // A source that goes silent fails the load instead of stalling it forever
+            // (a socket's receive timeout: no extra system call per read).
+            channel.limitInactivity(limit == 0 ? nil : .milliseconds(Int64(limit)))
             destination = MigrationDestination(
                 channel: channel, configuration: migrationConfiguration,
                 ram: RAMMigration(blocks: memory.blocks, tracker: nil, destinationStartsZero: startsZero),
-                devices: migratableDevices(global: global),
-                inactivityLimit: limit == 0 ? nil : .milliseconds(Int64(limit)), onStatus: setStatus)
+                devices: migratableDevices(global: global), onStatus: setStatus)
             try destination.run()
         } catch {
             incoming.error.withLock { $0 = "\(error)" }
