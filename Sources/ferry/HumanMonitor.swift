@@ -5,12 +5,13 @@ import VMM
 /// `--monitor stdio`: QEMU's human monitor on the terminal.  Each line goes
 /// through `human-monitor-command`, the same path a QMP client takes.
 enum HumanMonitor {
-    static func start(_ vm: Machine) {
+    /// Reads lines until EOF or `quit`; each runs under `commands`, the lock QMP commands take too.
+    static func start(_ vm: Machine, commands: NSLock) {
         let thread = Thread {
             write("QEMU \(Machine.version.major).\(Machine.version.minor).\(Machine.version.micro) monitor (Ferry) - type 'help' for more information\n(qemu) ")
             while let line = readLine(strippingNewline: true) {
                 let command = QMPCommand.humanMonitorCommand(commandLine: line, cpuIndex: nil)
-                if case .success(.string(let text)) = vm.execute(command) { write(text) }
+                if case .success(.string(let text)) = commands.withLock({ vm.execute(command) }) { write(text) }
                 vm.afterReply(to: command)
                 if vm.isFinished { return }
                 write("(qemu) ")

@@ -66,10 +66,13 @@ struct RunCommand: AsyncParsableCommand {
         let vm = try makeMachine(configuration, incoming: incoming != nil, serialOutput: try serialOption.makeOutput(),
                                  events: { forwarder.forward($0) })
         var server: QMPServer?
+        // QMP clients and the terminal monitor take turns: one command at a time, as on one monitor.
+        let commands = NSLock()
         if let qmpPath {
             do {
                 server = try await QMPServer.start(path: qmpPath, version: Machine.version,
-                                                   execute: { vm.execute($0) }, afterReply: { vm.afterReply(to: $0) })
+                                                   execute: { command in commands.withLock { vm.execute(command) } },
+                                                   afterReply: { vm.afterReply(to: $0) })
             } catch {
                 throw FerryFailure.runtime("cannot listen on QMP socket '\(qmpPath)': \(error)")
             }
@@ -82,7 +85,7 @@ struct RunCommand: AsyncParsableCommand {
             }
         }
         if case .stdio = serialOption { SerialInput.forward(to: vm.serial) }
-        if monitor != nil { HumanMonitor.start(vm) }
+        if monitor != nil { HumanMonitor.start(vm, commands: commands) }
         let reporter = progress ? ProgressReporter(machine: vm) : nil
         reporter?.start()
         if let runFor {

@@ -8,18 +8,11 @@ from qemu.qmp import QMPClient, ExecuteError
 
 from conftest import assert_verified_clean
 from test_migration import beats, vms  # noqa: F401  (vms is a fixture)
+from test_qmp_client import wait_for_event
 
 
 async def hmp(vm, line, **extra):
     return await vm.qmp.execute("human-monitor-command", {"command-line": line, **extra})
-
-
-async def next_event(client, name, timeout=20):
-    async def find():
-        async for event in client.events:
-            if event["event"] == name:
-                return event
-    return await asyncio.wait_for(find(), timeout)
 
 
 async def hmp_until(vm, line, pattern, timeout=60):
@@ -106,7 +99,7 @@ def test_hmp_drives_a_migration_then_cont_resumes_the_source(vms, tmp_path):
         # The destination goes away; `cont` takes the source guest up again where it stopped.
         last = beats(source.serial)[-1][0]
         assert_verified_clean(await destination.quit())
-        resumed = asyncio.ensure_future(next_event(src.qmp, "RESUME"))
+        resumed = asyncio.ensure_future(wait_for_event(src.qmp, "RESUME", timeout=20))
         assert await hmp(src, "cont") == ""
         await resumed
         assert (await src.qmp.execute("query-status"))["status"] == "running"
@@ -126,7 +119,7 @@ def test_stop_cont_quit_through_hmp(vms):
 
     async def scenario():
         await vm.connect()
-        stopped = asyncio.ensure_future(next_event(vm.qmp, "STOP"))
+        stopped = asyncio.ensure_future(wait_for_event(vm.qmp, "STOP", timeout=20))
         assert await hmp(vm, "stop") == ""
         await stopped
         assert await hmp(vm, "info status") == "VM status: paused\n"
@@ -134,7 +127,7 @@ def test_stop_cont_quit_through_hmp(vms):
         assert await hmp(vm, "c") == ""
         assert await hmp(vm, "info status") == "VM status: running\n"
         assert re.fullmatch(r"10\.0\.0 \(ferry [^)]+\)\n", await hmp(vm, "info version"))
-        shutdown = asyncio.ensure_future(next_event(vm.qmp, "SHUTDOWN"))
+        shutdown = asyncio.ensure_future(wait_for_event(vm.qmp, "SHUTDOWN", timeout=20))
         assert await hmp(vm, "quit") == ""
         assert (await shutdown)["data"]["reason"] == "host-qmp-quit"
         await vm.qmp.disconnect()
