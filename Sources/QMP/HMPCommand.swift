@@ -70,7 +70,7 @@ public enum HMPCommand: Equatable, Sendable {
             let parameter = try argument("parameter")
             let text = try argument("value")
             try end()
-            self = .run(.migrateSetParameters([parameter: .int(try Self.parameterValue(parameter, text))]), .nothing)
+            self = .run(.migrateSetParameters([parameter: try Self.parameterValue(parameter, text)]), .nothing)
         case "migrate_start_postcopy", "migrate_pause", "migrate_recover":
             throw HMPError("Error: Postcopy is not supported by Ferry yet")
         default:
@@ -110,14 +110,15 @@ public enum HMPCommand: Equatable, Sendable {
 
     /// HMP's value syntax for one migration parameter: the bandwidths are sizes
     /// whose default unit is MiB (`1G`, `512M`, `100` = 100 MiB, `1048576B`);
-    /// the others are plain integers.  Range checks stay with the parameters.
-    static func parameterValue(_ name: String, _ text: String) throws(HMPError) -> Int64 {
+    /// the others integers.  Anything else goes on as a string, for the
+    /// parameters to refuse as QMP does (an unknown name, a non-integer),
+    /// so names and range checks stay with the parameters alone.
+    static func parameterValue(_ name: String, _ text: String) throws(HMPError) -> JSONValue {
         if name == "max-bandwidth" || name == "avail-switchover-bandwidth" {
             guard let bytes = size(text, defaultUnit: 1 << 20) else { throw HMPError("Error: Invalid size \(text)") }
-            return bytes
+            return .int(bytes)
         }
-        guard let value = Int64(text), value >= 0 else { throw HMPError("Error: Parameter '\(name)' expects an integer") }
-        return value
+        return Int64(text).map { .int($0) } ?? .string(text)
     }
 
     /// QEMU's size syntax: a number, optionally with a fraction, then one of

@@ -17,19 +17,18 @@ public enum QMPSchema {
         }
     }
 
-    /// One command or event: its arguments (none: `q_empty`) and, for a command, its return type.
+    /// One command or event: its arguments (none: `q_empty`), or a named
+    /// argument type, and, for a command, its return type.
     public struct Entry: Equatable, Sendable {
         public let name: String
         public let arguments: [Member]
+        public let argumentType: String?
         public let returns: String
 
-        init(_ name: String, _ arguments: [Member] = [], returns: String = "q_empty") {
-            (self.name, self.arguments, self.returns) = (name, arguments, returns)
+        init(_ name: String, _ arguments: [Member] = [], argumentType: String? = nil, returns: String = "q_empty") {
+            (self.name, self.arguments, self.argumentType, self.returns) = (name, arguments, argumentType, returns)
         }
     }
-
-    /// Placeholder for the migration parameters, whose names the engine supplies.
-    static let parametersPlaceholder = "MigrationParameters"
 
     public static let commands: [Entry] = [
         Entry("qmp_capabilities", [Member("enable", "[QMPCapability]", optional: true)]),
@@ -47,7 +46,8 @@ public enum QMPSchema {
         Entry("migrate_cancel"),
         Entry("migrate-set-capabilities", [Member("capabilities", "[MigrationCapabilityStatus]")]),
         Entry("query-migrate-capabilities", returns: "[MigrationCapabilityStatus]"),
-        Entry("migrate-set-parameters", [Member("*", parametersPlaceholder)]),
+        // Its members are the engine's parameter names (see `introspect`).
+        Entry("migrate-set-parameters", argumentType: "MigrationParameters"),
         Entry("query-migrate-parameters", returns: "MigrationParameters"),
         Entry("query-migrate", returns: "MigrationInfo"),
         Entry("query-qmp-schema", returns: "[SchemaInfo]"),
@@ -106,8 +106,8 @@ public enum QMPSchema {
         ]
         var entries: [JSONValue] = []
         func arguments(_ entry: Entry, prefix: String) -> String {
+            if let type = entry.argumentType { return type }
             if entry.arguments.isEmpty { return "q_empty" }
-            if entry.arguments.first?.type == parametersPlaceholder { return parametersPlaceholder }
             let name = "q_obj_\(entry.name)-\(prefix)"
             objects[name] = entry.arguments
             return name
@@ -134,6 +134,7 @@ public enum QMPSchema {
         // Every array type some member or return names, and the builtins.
         var referenced = Set<String>()
         for entry in commands + events { referenced.insert(entry.returns); entry.arguments.forEach { referenced.insert($0.type) } }
+        // (Named argument types are objects above; their members are counted with the objects.)
         for members in objects.values { members.forEach { referenced.insert($0.type) } }
         for array in referenced.filter({ $0.hasPrefix("[") }).sorted() {
             entries.append(["name": .string(array), "meta-type": "array", "element-type": .string(String(array.dropFirst().dropLast()))])

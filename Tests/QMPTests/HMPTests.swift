@@ -41,6 +41,9 @@ import Testing
         #expect(try bandwidth("1.5G") == .int(3 << 29))
         #expect(try HMPCommand(parsing: "migrate_set_parameter downtime-limit 500")
                 == .run(.migrateSetParameters(["downtime-limit": 500]), .nothing))
+        // Not an integer: passed on for the parameters to refuse, naming it, as QMP does.
+        #expect(try HMPCommand(parsing: "migrate_set_parameter downtime-limit soon")
+                == .run(.migrateSetParameters(["downtime-limit": "soon"]), .nothing))
     }
 
     @Test func badLinesGetOneLineErrors() {
@@ -57,7 +60,6 @@ import Testing
                              ("migrate_set_parameter max-bandwidth 1Q", "Error: Invalid size 1Q"),
                              ("migrate_set_parameter max-bandwidth -1", "Error: Invalid size -1"),
                              ("migrate_set_parameter max-bandwidth 99999999999999G", "Error: Invalid size 99999999999999G"),
-                             ("migrate_set_parameter downtime-limit soon", "Error: Parameter 'downtime-limit' expects an integer"),
                              ("migrate_start_postcopy", "Error: Postcopy is not supported by Ferry yet"),
                              ("migrate_recover tcp:a:1", "Error: Postcopy is not supported by Ferry yet"),
                              ("migrate_pause", "Error: Postcopy is not supported by Ferry yet"),
