@@ -205,3 +205,24 @@ def test_monitor_stdio_speaks_hmp_on_the_terminal(ferry, tmp_path):
     both = subprocess.run([ferry, "run", "--monitor", "stdio"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           timeout=30)
     assert both.returncode == 2 and "--monitor stdio needs --serial file:PATH or none" in both.stderr, both.stderr
+
+
+def test_cont_is_refused_after_a_failed_incoming_load(vms, tmp_path):
+    """HMP's migrate_incoming keeps the destination after a failed load; it holds no valid guest, so no cont."""
+    import socket
+    destination = vms("dst", "--cpus", "1", "--memory", "128M", "--incoming", "defer")
+    path = tmp_path / "incoming.sock"
+
+    async def scenario():
+        dst = await destination.connect()
+        assert await hmp(dst, f"migrate_incoming unix:{path}") == ""
+        with socket.socket(socket.AF_UNIX) as garbage:
+            garbage.connect(str(path))
+            garbage.sendall(b"this is not a migration stream" * 10)
+        failed = await hmp_until(dst, "info migrate", r"^Migration status: failed")
+        assert failed.startswith("Migration status: failed ("), failed
+        assert await hmp(dst, "cont") == "Error: the guest cannot be resumed from state 'inmigrate'\n"
+        assert await hmp(dst, "info status") == "VM status: paused (inmigrate)\n"
+        assert destination.proc.poll() is None, "the destination stays up (HMP migrate_incoming does not exit on error)"
+
+    asyncio.run(scenario())
