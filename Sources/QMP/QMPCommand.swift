@@ -16,21 +16,29 @@ public enum QMPCommand: Equatable, Sendable {
     case migrateSetParameters([String: JSONValue])          // "migrate-set-parameters"
     case queryMigrateParameters         // "query-migrate-parameters"
     case queryMigrate                   // "query-migrate"
+    case queryQMPSchema                 // "query-qmp-schema"
+    /// An HMP line run through QMP; the reply is the text HMP would print.
+    case humanMonitorCommand(commandLine: String, cpuIndex: Int64?)   // "human-monitor-command"
 
     /// One `{"capability": NAME, "state": BOOL}` of migrate-set-capabilities.
     public struct CapabilityState: Equatable, Sendable {
         public let capability: String
         public let state: Bool
+
+        public init(capability: String, state: Bool) {
+            (self.capability, self.state) = (capability, state)
+        }
     }
 
-    /// The wire names, for `query-commands` and error messages.
-    public static let allNames = ["qmp_capabilities", "query-version", "query-status", "query-commands",
-                                  "query-cpus-fast", "stop", "cont", "quit", "migrate", "migrate-incoming",
-                                  "migrate_cancel", "migrate-set-capabilities", "query-migrate-capabilities",
-                                  "migrate-set-parameters", "query-migrate-parameters", "query-migrate"]
+    /// The wire names, for `query-commands` and error messages: the command table's.
+    public static var allNames: [String] { QMPSchema.commands.map(\.name) }
 
     /// Decodes `execute` and `arguments`; every argument is checked, unknown ones refused.
     public init(name: String, arguments: [String: JSONValue]) throws(QMPError) {
+        // The table is the one list of commands: a name missing there is not answered.
+        guard QMPSchema.commands.contains(where: { $0.name == name }) else {
+            throw QMPError(.commandNotFound, "The command \(name) has not been found")
+        }
         let command: QMPCommand
         switch name {
         case "qmp_capabilities":
@@ -94,6 +102,16 @@ public enum QMPCommand: Equatable, Sendable {
             return
         case "query-migrate-parameters": command = .queryMigrateParameters
         case "query-migrate": command = .queryMigrate
+        case "query-qmp-schema": command = .queryQMPSchema
+        case "human-monitor-command":
+            try Self.refuseUnknown(arguments, allowed: ["command-line", "cpu-index"])
+            var cpuIndex: Int64?
+            if let value = arguments["cpu-index"] {
+                guard case .int(let index) = value else { throw .generic("Invalid parameter type for 'cpu-index', expected: integer") }
+                cpuIndex = index
+            }
+            self = .humanMonitorCommand(commandLine: try Self.requiredString(arguments, "command-line"), cpuIndex: cpuIndex)
+            return
         default: throw QMPError(.commandNotFound, "The command \(name) has not been found")
         }
         try Self.refuseUnknown(arguments, allowed: [])

@@ -1,3 +1,4 @@
+import Migration
 import QMP
 
 extension Machine {
@@ -54,12 +55,35 @@ extension Machine {
             return .success(migrationParametersJSON)
         case .queryMigrate:
             return .success(queryMigrateJSON)
+        case .queryQMPSchema:
+            return .success(QMPSchema.introspect(parameters: MigrationParameters.names,
+                                                 capabilities: MigrationCapabilities.supported + MigrationCapabilities.unsupported))
+        case .humanMonitorCommand(let line, let cpuIndex):
+            if let cpuIndex, cpuIndex < 0 || cpuIndex >= Int64(vcpus.count) { return .failure(.generic("Invalid CPU index")) }
+            return .success(.string(human(line, cpuIndex: cpuIndex ?? 0)))
+        }
+    }
+
+    /// One HMP line: parsed into the QMP command it names, run by `execute`,
+    /// its result printed from the same JSON.  Errors are text, as in QEMU.
+    func human(_ line: String, cpuIndex: Int64) -> String {
+        let parsed: HMPCommand
+        do throws(HMPError) { parsed = try HMPCommand(parsing: line) } catch { return error.text + "\n" }
+        switch parsed {
+        case .empty: return ""
+        case .help(let topic): return HMPFormatter.help(topic)
+        case .run(let command, let output): return HMPFormatter.text(execute(command), as: output, cpuIndex: cpuIndex)
         }
     }
 
     /// What a command does once its reply has been sent: `quit` stops the machine
     /// (emitting SHUTDOWN) only after the client has its `{"return": {}}`.
     public func afterReply(to command: QMPCommand) {
-        if command == .quit { quit() }
+        switch command {
+        case .quit: quit()
+        case .humanMonitorCommand(let line, _):
+            if case .run(.quit, _)? = try? HMPCommand(parsing: line) { quit() }
+        default: break
+        }
     }
 }

@@ -124,10 +124,15 @@ public final class Machine: Sendable {
     }
 
     /// Resumes a paused guest (QMP `cont`).  Emits RESUME.
+    ///
+    /// From `postmigrate` too, as QEMU allows: the source guest runs again from
+    /// where the migration stopped it.  Whoever says `cont` there answers for the
+    /// destination not running the same guest.  Never from `inmigrate`: a
+    /// destination whose load failed holds no valid guest.
     public func resume() throws(MachineError) {
         let resumed = stopping.withLock { _ -> Bool in
             let resumed = runState.withLock { state -> Bool in
-                guard state == .paused || state == .prelaunch else { return false }
+                guard state == .paused || state == .prelaunch || state == .postmigrate else { return false }
                 state = .running
                 return true
             }

@@ -27,6 +27,10 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("QMP control socket, e.g. unix:/tmp/ferry.qmp.", valueName: "unix:PATH"))
     var qmp: String?
 
+    @Option(name: [.long, .customLong("monitor", withSingleDash: true)],
+            help: ArgumentHelp("QEMU's human monitor (HMP) on the terminal: stdio. Needs --serial file:PATH or none (stdin feeds one of them).", valueName: "stdio"))
+    var monitor: String?
+
     @Flag(help: "Print guest progress (heartbeats per second, pages written, verify failures) and any outgoing migration's progress to stderr every second.")
     var progress = false
 
@@ -48,6 +52,12 @@ struct RunCommand: AsyncParsableCommand {
         let configuration = try machine.configuration()
         let serialOption = try SerialOption(parsing: serial)
         let qmpPath = try qmp.map(Self.parseQMP)
+        if let monitor {
+            guard monitor == "stdio" else { throw FerryFailure.badInput("invalid --monitor '\(monitor)' (expected stdio)") }
+            if case .stdio = serialOption {
+                throw FerryFailure.badInput("--monitor stdio needs --serial file:PATH or none: stdin cannot feed both")
+            }
+        }
         if let runFor, !(runFor > 0 && runFor.isFinite) { throw FerryFailure.badInput("--run-for must be a positive number of seconds") }
         let forwarder = QMPEventForwarder()
         if let incoming, incoming != "defer" {
@@ -56,10 +66,13 @@ struct RunCommand: AsyncParsableCommand {
         let vm = try makeMachine(configuration, incoming: incoming != nil, serialOutput: try serialOption.makeOutput(),
                                  events: { forwarder.forward($0) })
         var server: QMPServer?
+        // QMP clients and the terminal monitor take turns: one command at a time, as on one monitor.
+        let commands = NSLock()
         if let qmpPath {
             do {
                 server = try await QMPServer.start(path: qmpPath, version: Machine.version,
-                                                   execute: { vm.execute($0) }, afterReply: { vm.afterReply(to: $0) })
+                                                   execute: { command in commands.withLock { vm.execute(command) } },
+                                                   afterReply: { vm.afterReply(to: $0) })
             } catch {
                 throw FerryFailure.runtime("cannot listen on QMP socket '\(qmpPath)': \(error)")
             }
@@ -72,6 +85,7 @@ struct RunCommand: AsyncParsableCommand {
             }
         }
         if case .stdio = serialOption { SerialInput.forward(to: vm.serial) }
+        if monitor != nil { HumanMonitor.start(vm, commands: commands) }
         let reporter = progress ? ProgressReporter(machine: vm) : nil
         reporter?.start()
         if let runFor {

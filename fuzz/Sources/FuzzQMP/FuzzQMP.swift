@@ -11,7 +11,7 @@ import QMPSocket
 /// cross a read boundary) splits it into JSON texts, one `QMPSession` decodes
 /// each (negotiation, then commands), and the commands' arguments go through
 /// the parsers the VMM applies them with (`MigrationURI`, `MigrationParameters`,
-/// `MigrationCapabilities`).  Errors and error replies are expected; a trap or
+/// `MigrationCapabilities`, and `HMPCommand` for `human-monitor-command` lines).  Errors and error replies are expected; a trap or
 /// a crash is a finding.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzerTestOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
@@ -74,6 +74,16 @@ enum QMPTarget {
             })), id: nil)
         case .migrateSetCapabilities(let states):
             for state in states { try? capabilities.set(state.capability, to: state.state) }
+        case .humanMonitorCommand(let line, _):
+            // An HMP line becomes a QMP command, applied the same way; its text is formatted from a result.
+            switch Result(catching: { () throws(HMPError) in try HMPCommand(parsing: line) }) {
+            case .success(.run(let inner, let output)):
+                if explain { print("  hmp: \(inner)") }
+                apply(inner, &parameters, &capabilities)
+                _ = HMPFormatter.text(.success(.object([:])), as: output)
+            case .success: break
+            case .failure(let error): if explain { print("  hmp: \(error.text)") }
+            }
         default:
             break
         }

@@ -1,0 +1,27 @@
+import Foundation
+import QMP
+import VMM
+
+/// `--monitor stdio`: QEMU's human monitor on the terminal.  Each line goes
+/// through `human-monitor-command`, the same path a QMP client takes.
+enum HumanMonitor {
+    /// Reads lines until EOF or `quit`; each runs under `commands`, the lock QMP commands take too.
+    static func start(_ vm: Machine, commands: NSLock) {
+        let thread = Thread {
+            write("QEMU \(Machine.version.major).\(Machine.version.minor).\(Machine.version.micro) monitor (Ferry) - type 'help' for more information\n(qemu) ")
+            while let line = readLine(strippingNewline: true) {
+                let command = QMPCommand.humanMonitorCommand(commandLine: line, cpuIndex: nil)
+                if case .success(.string(let text)) = commands.withLock({ vm.execute(command) }) { write(text) }
+                vm.afterReply(to: command)
+                if vm.isFinished { return }
+                write("(qemu) ")
+            }
+        }
+        thread.name = "ferry-monitor"
+        thread.start()
+    }
+
+    static func write(_ text: String) {
+        FileHandle.standardOutput.write(Data(text.utf8))
+    }
+}
