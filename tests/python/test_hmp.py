@@ -207,6 +207,49 @@ def test_monitor_stdio_speaks_hmp_on_the_terminal(ferry, tmp_path):
     assert both.returncode == 2 and "--monitor stdio needs --serial file:PATH or none" in both.stderr, both.stderr
 
 
+def test_monitor_stdio_on_a_pseudo_terminal(ferry, tmp_path):
+    """The same lines typed at a terminal: ferry's stdin and stdout are a pty, as in a shell."""
+    import os
+    import pty
+    import select
+    import subprocess
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen([ferry, "run", "--memory", "128M", "--serial", "none", "--monitor", "stdio"],
+                            stdin=terminal, stdout=terminal, stderr=subprocess.PIPE, close_fds=True)
+    os.close(terminal)
+    seen = b""
+
+    def read_until(marker, timeout=20):
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while marker not in seen:
+            assert time.monotonic() < deadline, seen.decode(errors="replace")
+            ready, _, _ = select.select([controller], [], [], 0.1)
+            if ready:
+                try:
+                    seen += os.read(controller, 4096)
+                except OSError:
+                    break
+        return seen
+
+    try:
+        read_until(b"(qemu) ")
+        os.write(controller, b"info status\n")
+        read_until(b"VM status: running")
+        os.write(controller, b"migrate_set_parameter downtime-limit 123\n")
+        os.write(controller, b"info migrate_parameters\n")
+        read_until(b"downtime-limit: 123 ms")
+        os.write(controller, b"no-such-command\n")
+        read_until(b"unknown command: 'no-such-command'")
+        os.write(controller, b"quit\n")
+        assert proc.wait(timeout=20) == 0, proc.stderr.read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(controller)
+
+
 def test_cont_is_refused_after_a_failed_incoming_load(vms, tmp_path):
     """HMP's migrate_incoming keeps the destination after a failed load; it holds no valid guest, so no cont."""
     import socket

@@ -104,6 +104,8 @@ extension Machine {
             incoming.status.withLock { $0 = status }
             if events { emit("MIGRATION", data: ["status": .string(status.rawValue)]) }
         }
+        // A failure is published below, once its reason is recorded: `failed` is never seen without it.
+        let fromDestination: @Sendable (MigrationStatus) -> Void = { status in if status != .failed { setStatus(status) } }
         let global = GlobalStateMigratable(wasRunning: { false })
         // Only the first load finds RAM as it was created, all zero: after a failed
         // one, pages it wrote are still there, and every zero record must be applied.
@@ -121,11 +123,11 @@ extension Machine {
             destination = MigrationDestination(
                 channel: channel, configuration: migrationConfiguration,
                 ram: RAMMigration(blocks: memory.blocks, tracker: nil, destinationStartsZero: startsZero),
-                devices: migratableDevices(global: global), onStatus: setStatus)
+                devices: migratableDevices(global: global), onStatus: fromDestination)
             try destination.run()
         } catch {
             incoming.error.withLock { $0 = "\(error)" }
-            if incoming.status.withLock({ $0 }) != .failed { setStatus(.failed) }
+            setStatus(.failed)
             onFailure("load of migration failed: \(error)")
             return
         }
