@@ -117,16 +117,20 @@ import Transport
         } else { Issue.record("the destination loaded with two owners of one section") }
     }
 
-    /// A section the source never sends.
-    final class MissingDevice: Migratable {
-        let sectionName = "missing"
+    /// State only the destination has: a section name and what loading it does.
+    final class LoadOnlyDevice: Migratable {
+        let sectionName: String
         let sectionVersion: UInt16 = 1
+        let onLoad: @Sendable (StateSection) throws(MigrationError) -> Void
+        init(_ sectionName: String, onLoad: @escaping @Sendable (StateSection) throws(MigrationError) -> Void = { _ in }) {
+            (self.sectionName, self.onLoad) = (sectionName, onLoad)
+        }
         func setup() throws(MigrationError) {}
         func pendingEstimate() -> UInt64 { 0 }
         func pendingExact() throws(MigrationError) -> UInt64 { 0 }
         func iterate(_ output: StreamWriter) throws(MigrationError) -> Bool { true }
         func complete(_ output: StreamWriter) throws(MigrationError) {}
-        func load(_ section: StateSection) throws(MigrationError) {}
+        func load(_ section: StateSection) throws(MigrationError) { try onLoad(section) }
         func cleanup() {}
     }
 
@@ -135,7 +139,7 @@ import Transport
         let vm = Kit.RecordingVM()
         let run = try Kit.runMigration(vm: vm, tracker: Kit.OneShotDirtyLog(pages: 1024),
                                        sourceDevices: [Kit.StopSizedDevice(vm: vm, largeStops: 0)],
-                                       destinationDevices: [Kit.StopSizedDevice(vm: nil, largeStops: 0), MissingDevice()],
+                                       destinationDevices: [Kit.StopSizedDevice(vm: nil, largeStops: 0), LoadOnlyDevice("missing")],
                                        parameters: Self.fast)
         #expect(run.info.status == .failed)
         #expect(run.info.errorDescription == "the destination failed: unexpected frame: the stream ended without section 'missing'",
@@ -182,20 +186,12 @@ import Transport
 
     /// A destination device slow to load (a big device state): the source has
     /// sent `end` long before the destination answers.
-    final class SlowLoadingDevice: Migratable {
+    static func slowLoadingDevice() -> LoadOnlyDevice {
         let inner = Kit.StopSizedDevice(vm: nil, largeStops: 0)
-        var sectionName: String { inner.sectionName }
-        let sectionVersion: UInt16 = 1
-        func setup() throws(MigrationError) {}
-        func pendingEstimate() -> UInt64 { 0 }
-        func pendingExact() throws(MigrationError) -> UInt64 { 0 }
-        func iterate(_ output: StreamWriter) throws(MigrationError) -> Bool { true }
-        func complete(_ output: StreamWriter) throws(MigrationError) {}
-        func load(_ section: StateSection) throws(MigrationError) {
+        return LoadOnlyDevice(inner.sectionName) { section throws(MigrationError) in
             sleepUntil(.now + .milliseconds(400))
             try inner.load(section)
         }
-        func cleanup() {}
     }
 
     @Test("migrate_cancel after the end went out, while the destination still loads: completed, never two guests")
@@ -206,7 +202,7 @@ import Transport
         Thread {
             let result = try? Kit.runMigration(vm: vm, tracker: Kit.OneShotDirtyLog(pages: 1024),
                                                sourceDevices: [Kit.StopSizedDevice(vm: vm, largeStops: 0)],
-                                               destinationDevices: [SlowLoadingDevice()], parameters: Self.fast,
+                                               destinationDevices: [Self.slowLoadingDevice()], parameters: Self.fast,
                                                started: { source in engine.withLock { $0 = source } })
             run.withLock { $0 = result }
         }.start()
