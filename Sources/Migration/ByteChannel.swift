@@ -1,8 +1,16 @@
+import GuestMemory
+
 /// A byte stream between the two sides of a migration (a socket, a file, a
 /// descriptor), as the engine sees it.  Blocking; one writer and one reader.
 public protocol ByteChannel: Sendable {
     /// Writes all of `bytes` or throws.
     func write(_ bytes: [UInt8]) throws(ChannelError)
+    /// Writes every segment of `list`, in order, or throws (descriptors: `writev`,
+    /// so guest pages reach the kernel without a copy here).
+    func write(_ list: borrowing GatherList) throws(ChannelError)
+    /// Reads exactly `list.byteCount` bytes into its targets, in order (descriptors:
+    /// `readv`, straight into guest RAM); `.endOfStream` if the stream ends first.
+    func read(into list: borrowing ScatterList) throws(ChannelError)
     /// Reads what is there, at most `count` bytes, into `buffer[offset...]`
     /// (which must have room), waiting for at least one; 0 at the end of the stream.
     func read(upTo count: Int, into buffer: inout [UInt8], at offset: Int) throws(ChannelError) -> Int
@@ -16,6 +24,16 @@ public protocol ByteChannel: Sendable {
 }
 
 extension ByteChannel {
+    /// For channels that are not descriptors: one copy.
+    public func write(_ list: borrowing GatherList) throws(ChannelError) { try write(list.flattened()) }
+
+    /// For channels that are not descriptors: through a buffer.
+    public func read(into list: borrowing ScatterList) throws(ChannelError) {
+        var buffer = [UInt8](repeating: 0, count: list.byteCount)
+        try readExactly(buffer.count, into: &buffer, at: 0)
+        list.store(buffer, range: 0..<buffer.count)
+    }
+
     /// Reads exactly `count` bytes into `buffer[offset...]`, which must have room;
     /// throws `.endOfStream` if the stream ends first.
     public func readExactly(_ count: Int, into buffer: inout [UInt8], at offset: Int) throws(ChannelError) {

@@ -1,3 +1,4 @@
+import GuestMemory
 import Synchronization
 
 /// How the source reaches its destination.  Opened on the migration thread,
@@ -50,6 +51,8 @@ final class PendingChannel: ByteChannel {
     }
 
     func write(_ bytes: [UInt8]) throws(ChannelError) { try channel.write(bytes) }
+    func write(_ list: borrowing GatherList) throws(ChannelError) { try channel.write(list) }
+    func read(into list: borrowing ScatterList) throws(ChannelError) { try channel.read(into: list) }
     func read(upTo count: Int, into buffer: inout [UInt8], at offset: Int) throws(ChannelError) -> Int {
         try channel.read(upTo: count, into: &buffer, at: offset)
     }
