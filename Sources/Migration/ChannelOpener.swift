@@ -80,3 +80,12 @@ final class PendingChannel: ByteChannel {
         if case .open(let channel) = previous { channel.close() }
     }
 }
+
+/// How the destination takes the channels after the first (multifd): a
+/// listener that keeps listening until closed.
+public protocol ChannelAcceptor: Sendable {
+    /// The next connection; waits at most `timeout` (nil: forever).
+    func accept(timeout: Duration?) throws(ChannelError) -> any ByteChannel
+    /// Stops listening.
+    func close()
+}

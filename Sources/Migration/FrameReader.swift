@@ -1,3 +1,4 @@
+import GuestMemory
 import MigrationProtocol
 
 /// The receiving end of a stream: reads one frame at a time into a reused
@@ -11,6 +12,8 @@ public struct FrameReader: ~Copyable {
     var header = [UInt8](repeating: 0, count: FrameHeader.byteCount)
     var trailer = [UInt8](repeating: 0, count: FrameHeader.trailerByteCount)
     public private(set) var bytesRead: UInt64 = 0
+    /// The tail of the last frame, not yet read: the caller reads it before the next frame.
+    public private(set) var pendingTail: UInt64 = 0
     /// A payload buffer starts at most this large (a page batch fits) and doubles as bytes arrive.
     static let initialPayloadBytes = 4 << 20
 
@@ -19,14 +22,36 @@ public struct FrameReader: ~Copyable {
         validator = StreamValidator(maximumPayload: maximumPayload)
     }
 
-    public mutating func readStreamHeader() throws(MigrationError) -> UInt32 {
+    /// Reads the header that opens the stream: which channel of which migration this is.
+    public mutating func readStreamHeader() throws(MigrationError) -> ChannelIdentity {
         var bytes = [UInt8](repeating: 0, count: StreamHeader.byteCount)
         try Self.read(channel, &bytesRead, StreamHeader.byteCount, into: &bytes, what: "the stream header")
         do { return try StreamHeader.decode(bytes) } catch { throw .stream(error) }
     }
 
+    /// Reads the last frame's tail into the guest memory `list` names (exactly its length).
+    public mutating func readTail(into list: borrowing ScatterList) throws(MigrationError) {
+        guard UInt64(list.byteCount) == pendingTail else {
+            throw .invalidState("a tail of \(pendingTail) bytes read into \(list.byteCount) bytes")
+        }
+        do { try channel.read(into: list) } catch {
+            throw error == .endOfStream ? .stream(.truncated("the stream ended inside the pages of a frame")) : .channel(error)
+        }
+        bytesRead += pendingTail
+        pendingTail = 0
+    }
+
+    /// Reads the last frame's tail into `buffer`, resized to it (compressed pages).
+    public mutating func readTail(into buffer: inout [UInt8]) throws(MigrationError) {
+        let count = Int(pendingTail)
+        if buffer.count != count { buffer = [UInt8](repeating: 0, count: count) }
+        try Self.read(channel, &bytesRead, count, into: &buffer, what: "the tail of a frame")
+        pendingTail = 0
+    }
+
     /// Reads the next frame; `payload` is resized to its payload.
     public mutating func next(into payload: inout [UInt8]) throws(MigrationError) -> FrameHeader {
+        guard pendingTail == 0 else { throw .invalidState("the tail of the previous frame was not read") }
         try Self.read(channel, &bytesRead, FrameHeader.byteCount, into: &header, what: "a frame header")
         let decoded: FrameHeader
         do { decoded = try validator.header(header) } catch { throw .stream(error) }
@@ -46,6 +71,7 @@ public struct FrameReader: ~Copyable {
         var r = WireReader(trailer)
         let checksum = (try? r.u64("frame checksum")) ?? 0
         do { try validator.accept(decoded, payload: payload.span, checksum: checksum) } catch { throw .stream(error) }
+        pendingTail = decoded.tailLength
         return decoded
     }
 

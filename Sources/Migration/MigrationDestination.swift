@@ -11,6 +11,11 @@ import Synchronization
 /// write outside guest RAM.  The VM is resumed by the caller once `run` returns.
 public final class MigrationDestination: Sendable {
     let channel: any ByteChannel
+    /// Where the multifd channels come from (a socket listener); nil: none may.
+    let acceptor: (any ChannelAcceptor)?
+    let receivers = Mutex<MultifdReceivers?>(nil)
+    /// How long the multifd channels the main channel announces may take to arrive, all together.
+    public static let channelArrivalTimeout: Duration = .seconds(10)
     let configuration: MigrationConfiguration
     let ram: RAMMigration
     let devices: [String: any Migratable]
@@ -19,10 +24,11 @@ public final class MigrationDestination: Sendable {
     /// Set when two devices claim one section name: the load refuses to start.
     let duplicateSection: String?
 
-    public init(channel: any ByteChannel, configuration: MigrationConfiguration, ram: RAMMigration,
-                devices: [any Migratable],
+    public init(channel: any ByteChannel, acceptor: (any ChannelAcceptor)? = nil, configuration: MigrationConfiguration,
+                ram: RAMMigration, devices: [any Migratable],
                 onStatus: @escaping @Sendable (MigrationStatus) -> Void) {
         self.channel = channel
+        self.acceptor = acceptor
         self.configuration = configuration
         self.ram = ram
         self.devices = Dictionary(devices.map { ($0.sectionName, $0) }, uniquingKeysWith: { first, _ in first })
@@ -41,11 +47,19 @@ public final class MigrationDestination: Sendable {
             defer { ram.endLoad() }     // before the guest can run, whatever happened
             try load()
         } catch {
-            if channel.hasReturnPath { try? channel.write(ReturnMessage.failed(error.description).encode()) }
+            // A multifd channel's failure is the cause; the main channel was shut because of it.
+            let receivers = self.receivers.withLock { $0 }
+            let cause = receivers?.failure ?? error
+            receivers?.abort(cause)
+            receivers?.close()
+            acceptor?.close()
+            if channel.hasReturnPath { try? channel.write(ReturnMessage.failed(cause.description).encode()) }
             setStatus(.failed)
             channel.close()
-            throw error
+            throw cause
         }
+        receivers.withLock { $0 }?.close()
+        acceptor?.close()
         if channel.hasReturnPath {
             do { try channel.write(ReturnMessage.loaded.encode()) } catch {
                 setStatus(.failed)
@@ -62,7 +76,10 @@ public final class MigrationDestination: Sendable {
     func load() throws(MigrationError) {
         if let name = duplicateSection { throw .invalidState("two pieces of state claim section '\(name)'") }
         var reader = FrameReader(channel: channel)
-        _ = try reader.readStreamHeader()
+        let identity = try reader.readStreamHeader()
+        guard identity.role == .main else {
+            throw .stream(.unexpectedFrame("the first connection is the \(identity), not the main channel"))
+        }
         var payload: [UInt8] = []
         let first = try reader.next(into: &payload)
         guard first.kind == .configuration else {
@@ -71,13 +88,25 @@ public final class MigrationDestination: Sendable {
         do { try configuration.check(incoming: try MigrationConfiguration(decoding: payload)) } catch { throw .stream(error) }
         setStatus(.active)
         var loaded = Set<String>()
+        var plan: ChannelPlan?
+        var scratch = PageLoadScratch()
         while true {
             let header = try reader.next(into: &payload)
+            if plan == nil && header.kind != .residency && header.kind != .channels {
+                throw .stream(.unexpectedFrame("a frame of kind \(header.kind.rawValue) before the channel plan"))
+            }
             switch header.kind {
             case .pages:
-                try ram.loadPages(payload)
+                guard plan?.multifd == 0 else { throw .stream(.unexpectedFrame("pages on the main channel of a multifd migration")) }
+                try ram.loadPages(header, payload: payload, from: &reader, scratch: &scratch)
             case .residency:
                 try ram.loadResidency(payload)
+            case .channels:
+                guard plan == nil else { throw .stream(.unexpectedFrame("a second channel plan")) }
+                let announced: ChannelPlan
+                do { announced = try ChannelPlan(decoding: payload) } catch { throw .stream(error) }
+                plan = announced
+                if announced.multifd > 0 { try startReceivers(announced, migrationID: identity.migrationID) }
             case .section:
                 let section: StateSection
                 do { section = try StateSection(decoding: payload) } catch { throw .stream(error) }
@@ -96,13 +125,35 @@ public final class MigrationDestination: Sendable {
                 if let missing = devices.keys.sorted().first(where: { !loaded.contains($0) }) {
                     throw .stream(.unexpectedFrame("the stream ended without section '\(missing)'"))
                 }
+                // Every multifd channel's own end, count and digest checked too.
+                try receivers.withLock { $0 }?.finish()
+                try ram.verifyIntact()
                 return
             case .configuration:
                 throw .stream(.unexpectedFrame("a second configuration"))
+            case .sync:
+                throw .stream(.unexpectedFrame("a sync frame on the main channel"))
             case .invalid:
                 throw .stream(.invalidFrameKind(FrameKind.invalid.rawValue))
             }
         }
+    }
+
+    /// Accepts and checks the multifd channels the plan announces, and starts loading from them.
+    func startReceivers(_ plan: ChannelPlan, migrationID: [UInt8]) throws(MigrationError) {
+        guard let acceptor else {
+            throw .stream(.unexpectedFrame("the source announced \(plan.multifd) multifd channels, but this destination reads a file or descriptor"))
+        }
+        let channels = try MultifdReceivers.accept(Int(plan.multifd), migrationID: migrationID, from: acceptor,
+                                                   timeout: Self.channelArrivalTimeout)
+        acceptor.close()
+        let main = channel
+        let started = MultifdReceivers(channels: channels, ram: ram) { error in
+            // Tell the source why, then wake the main thread, which waits on its own channel.
+            if main.hasReturnPath { try? main.write(ReturnMessage.failed(error.description).encode()) }
+            main.shutdown()
+        }
+        receivers.withLock { $0 = started }
     }
 
     func setStatus(_ status: MigrationStatus) {

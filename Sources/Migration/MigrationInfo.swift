@@ -25,6 +25,10 @@ public struct MigrationInfo: Equatable, Sendable {
     /// The switchover passed the point of no return and the destination's answer
     /// was lost: it may run the guest, which stays paused here.
     public var destinationMayRun = false
+    /// What each channel sent: main first, then the multifd channels.
+    public var channels: [ChannelStatistics] = []
+    /// Bytes sent on the multifd channels (QEMU's `ram.multifd-bytes`).
+    public var multifdBytes: UInt64 = 0
 
     public init() {}
 }

@@ -19,6 +19,13 @@ public struct MigrationParameters: Equatable, Sendable {
     /// nothing for this long fails the migration instead of waiting forever
     /// for a source that went silent.  0: wait forever.
     public var inactivityLimit: UInt64 = 60_000
+    /// Multifd: parallel page channels (QEMU's default 2).  Read when a
+    /// migration starts: a change during one applies to the next, as in QEMU.
+    public var multifdChannels: UInt8 = 2
+    public var multifdCompression: MultifdCompression = .none
+    /// zstd's level for `multifd-compression: zstd` (QEMU's default 1).
+    public var multifdZstdLevel: UInt8 = 1
+    public var zeroPageDetection: ZeroPageDetection = .multifd
 
     public init() {}
 
@@ -28,7 +35,31 @@ public struct MigrationParameters: Equatable, Sendable {
 
     /// The parameters Ferry honours, by QEMU name.
     public static let names = ["max-bandwidth", "avail-switchover-bandwidth", "downtime-limit", "cpu-throttle-initial",
-                               "cpu-throttle-increment", "max-cpu-throttle", "throttle-trigger-threshold", "x-inactivity-limit"]
+                               "cpu-throttle-increment", "max-cpu-throttle", "throttle-trigger-threshold", "x-inactivity-limit",
+                               "multifd-channels", "multifd-zstd-level"] + textNames
+    /// The parameters whose values are names, not integers.
+    public static let textNames = ["multifd-compression", "zero-page-detection"]
+
+    /// Sets a parameter whose value is a name (`multifd-compression`, `zero-page-detection`).
+    public mutating func set(_ name: String, text: String) throws(MigrationError) {
+        switch name {
+        case "multifd-compression":
+            guard let value = MultifdCompression(rawValue: text) else {
+                if MultifdCompression.qemuOnly.contains(text) {
+                    throw .invalidParameter("multifd-compression '\(text)' is not supported by Ferry (it has none and zstd)")
+                }
+                throw .invalidParameter("Parameter 'multifd-compression' does not accept value '\(text)'")
+            }
+            multifdCompression = value
+        case "zero-page-detection":
+            guard let value = ZeroPageDetection(rawValue: text) else {
+                throw .invalidParameter("Parameter 'zero-page-detection' does not accept value '\(text)'")
+            }
+            zeroPageDetection = value
+        case _ where Self.names.contains(name): throw .invalidParameter("Invalid parameter type for '\(name)', expected: integer")
+        default: throw .invalidParameter("Parameter '\(name)' is unexpected")
+        }
+    }
 
     /// Sets one parameter from an integer, with QEMU's range checks and error texts.
     public mutating func set(_ name: String, to value: Int64) throws(MigrationError) {
@@ -58,17 +89,42 @@ public struct MigrationParameters: Equatable, Sendable {
                 throw .invalidParameter("Parameter 'x-inactivity-limit' expects an integer in the range of 0 to \(Self.maximumDowntimeLimit * 1000) ms")
             }
             inactivityLimit = UInt64(value)
+        case "multifd-channels":
+            guard (1...255).contains(value) else {
+                throw .invalidParameter("Parameter 'multifd_channels' expects a value between 1 and 255")
+            }
+            multifdChannels = UInt8(value)
+        case "multifd-zstd-level":
+            guard (0...20).contains(value) else {
+                throw .invalidParameter("Parameter 'multifd_zstd_level' expects a value between 0 and 20")
+            }
+            multifdZstdLevel = UInt8(value)
+        case _ where Self.textNames.contains(name): throw .invalidParameter("Invalid parameter type for '\(name)', expected: string")
         default: throw .invalidParameter("Parameter '\(name)' is unexpected")
         }
     }
 
-    /// Every parameter Ferry honours with its value, by QEMU name.
+    /// Every integer parameter Ferry honours with its value, by QEMU name.
     public var values: [(name: String, value: UInt64)] {
         [("max-bandwidth", maxBandwidth), ("avail-switchover-bandwidth", availSwitchoverBandwidth),
          ("downtime-limit", downtimeLimit), ("cpu-throttle-initial", UInt64(cpuThrottleInitial)),
          ("cpu-throttle-increment", UInt64(cpuThrottleIncrement)), ("max-cpu-throttle", UInt64(maxCPUThrottle)),
-         ("throttle-trigger-threshold", UInt64(throttleTriggerThreshold)), ("x-inactivity-limit", inactivityLimit)]
+         ("throttle-trigger-threshold", UInt64(throttleTriggerThreshold)), ("x-inactivity-limit", inactivityLimit),
+         ("multifd-channels", UInt64(multifdChannels)), ("multifd-zstd-level", UInt64(multifdZstdLevel))]
     }
+
+    /// Every parameter whose value is a name, by QEMU name.
+    public var textValues: [(name: String, value: String)] {
+        [("multifd-compression", multifdCompression.rawValue), ("zero-page-detection", zeroPageDetection.rawValue)]
+    }
+}
+
+/// QEMU's `multifd-compression`, as far as Ferry has it.
+public enum MultifdCompression: String, Sendable, CaseIterable {
+    case none
+    case zstd
+    /// QEMU's other methods: named in the refusal.
+    static let qemuOnly = ["zlib", "qatzip", "qpl", "uadk"]
 }
 
 /// Migration capabilities with QEMU's names (`migrate-set-capabilities`).
@@ -78,23 +134,29 @@ public struct MigrationCapabilities: Equatable, Sendable {
     /// `MIGRATION` events on every status change.  On by default in Ferry
     /// (QEMU's default is off); clients that do not want them may turn them off.
     public var events = true
+    /// Pages on `multifd-channels` parallel channels.
+    public var multifd = false
+    /// Pages sent with `MSG_ZEROCOPY` (multifd without compression only).
+    public var zeroCopySend = false
 
     public init() {}
 
     /// Capabilities Ferry implements.  `return-path` is always on: on sockets the
     /// destination always confirms (or refuses) the stream.
-    public static let supported = ["auto-converge", "events", "return-path"]
+    public static let supported = ["auto-converge", "events", "return-path", "multifd", "zero-copy-send"]
     /// QEMU 10's other capabilities: listed as off; enabling one is refused, naming it.
     public static let unsupported = ["xbzrle", "rdma-pin-all", "zero-blocks", "postcopy-ram", "x-colo", "release-ram",
-                                     "pause-before-switchover", "multifd", "dirty-bitmaps",
+                                     "pause-before-switchover", "dirty-bitmaps",
                                      "postcopy-blocktime", "late-block-activate", "x-ignore-shared", "validate-uuid",
-                                     "background-snapshot", "zero-copy-send", "postcopy-preempt", "switchover-ack",
+                                     "background-snapshot", "postcopy-preempt", "switchover-ack",
                                      "dirty-limit", "mapped-ram"]
 
     public mutating func set(_ name: String, to enabled: Bool) throws(MigrationError) {
         switch name {
         case "auto-converge": autoConverge = enabled
         case "events": events = enabled
+        case "multifd": multifd = enabled
+        case "zero-copy-send": zeroCopySend = enabled
         case "return-path":
             if !enabled { throw .invalidParameter("Capability 'return-path' cannot be turned off: Ferry always confirms a migration on the return path") }
         case _ where Self.unsupported.contains(name):
@@ -104,6 +166,14 @@ public struct MigrationCapabilities: Equatable, Sendable {
     }
 
     public var states: [(name: String, enabled: Bool)] {
-        [("auto-converge", autoConverge), ("events", events), ("return-path", true)] + Self.unsupported.map { ($0, false) }
+        [("auto-converge", autoConverge), ("events", events), ("return-path", true), ("multifd", multifd),
+         ("zero-copy-send", zeroCopySend)] + Self.unsupported.map { ($0, false) }
+    }
+
+    /// QEMU's checks across capabilities and parameters (`migrate_caps_check`), with its texts.
+    public func check(with parameters: MigrationParameters) throws(MigrationError) {
+        if zeroCopySend && (!multifd || parameters.multifdCompression != .none) {
+            throw .invalidParameter("Zero copy only available for non-compressed non-TLS multifd migration")
+        }
     }
 }

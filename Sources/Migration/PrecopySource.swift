@@ -80,6 +80,10 @@ public final class PrecopySource: Sendable {
     let parts: Dependencies
     let channel: PendingChannel
     let writer: StreamWriter
+    /// Shared by every channel: `max-bandwidth` holds for their sum.
+    let limiter = RateLimiter()
+    /// The multifd connections, once opening starts (so a cancel can shut them).
+    let multifdChannels = Mutex<[PendingChannel]>([])
     /// `migrate-set-parameters` applies to a running migration, as in QEMU.
     let parameterStorage: Mutex<MigrationParameters>
     let capabilities: MigrationCapabilities
@@ -96,7 +100,7 @@ public final class PrecopySource: Sendable {
                 onStatus: @escaping @Sendable (MigrationStatus) -> Void, onPass: @escaping @Sendable (UInt64) -> Void = { _ in }) {
         self.parts = parts
         self.channel = PendingChannel(parts.opener)
-        self.writer = StreamWriter(channel: channel)
+        self.writer = StreamWriter(channel: channel, limiter: limiter)
         self.parameterStorage = Mutex(parameters)
         self.capabilities = capabilities
         self.onStatus = onStatus
@@ -110,7 +114,12 @@ public final class PrecopySource: Sendable {
         var (info, started, ended) = progress.withLock { ($0.info, $0.startedAt, $0.endedAt) }
         info.totalTime = Self.milliseconds((ended ?? .now) - started)
         info.ram = parts.ram.stats
-        info.transferredBytes = writer.bytesWritten
+        info.transferredBytes = limiter.totalBytes
+        var main = ChannelStatistics(role: .main, index: 0)
+        (main.bytes, main.frames) = (writer.bytesWritten, writer.framesWritten)
+        let multifd = parts.ram.multifd?.channelStatistics ?? []
+        info.channels = [main] + multifd
+        info.multifdBytes = multifd.reduce(0) { $0 + $1.bytes }
         return info
     }
 
@@ -140,6 +149,7 @@ public final class PrecopySource: Sendable {
         guard changed else { return }
         onStatus(.cancelling)
         channel.shutdown()      // before the connect is done, this abandons it
+        for extra in multifdChannels.withLock({ $0 }) { extra.shutdown() }
     }
 
     /// Runs the whole migration; returns when it has completed, failed or been cancelled.
@@ -154,11 +164,19 @@ public final class PrecopySource: Sendable {
             }
             do { try channel.open() } catch { throw MigrationError.channel(error) }
             try checkCancelled()
-            writer.setRateLimit(parameters.maxBandwidth)
-            try writer.sendStreamHeader()
+            let start = parameters      // the multifd settings hold for this whole migration, as in QEMU
+            let migrationID = (0..<ChannelIdentity.idByteCount).map { _ in UInt8.random(in: 0...255) }
+            writer.setRateLimit(start.maxBandwidth)
+            try writer.sendStreamHeader(ChannelIdentity(role: .main, migrationID: migrationID))
             try writer.send(.configuration, payload: parts.configuration.encode())
             try parts.ram.setup()
             try writer.send(.residency, payload: parts.ram.residency().encode())
+            if capabilities.multifd {
+                try openMultifd(start, migrationID: migrationID)
+            } else {
+                try writer.send(.channels, payload: ChannelPlan(multifd: 0).encode())
+                parts.ram.use(.inline(start.zeroPageDetection))
+            }
             for device in parts.devices { try device.setup() }
             progress.withLock { $0.info.setupTime = Self.milliseconds(.now - $0.startedAt) }
             try checkCancelled()
@@ -213,6 +231,38 @@ public final class PrecopySource: Sendable {
             }
             finish(cancelled ? .cancelled : .failed)
         }
+        closeChannels()
+    }
+
+    /// Announces the multifd channels on the main channel, opens them (each opens
+    /// with its identity) and starts their sending threads.
+    func openMultifd(_ start: MigrationParameters, migrationID: [UInt8]) throws(MigrationError) {
+        let count = Int(start.multifdChannels)
+        let compression: ChannelPlan.Compression = start.multifdCompression == .zstd ? .zstd : .none
+        try writer.send(.channels, payload: ChannelPlan(multifd: UInt16(count), compression: compression).encode())
+        var writers: [StreamWriter] = []
+        for index in 0..<count {
+            let extra = PendingChannel(parts.opener)
+            multifdChannels.withLock { $0.append(extra) }
+            try checkCancelled()
+            do { try extra.open() } catch { throw MigrationError.channel(error) }
+            let writer = StreamWriter(channel: extra, limiter: limiter)
+            try writer.sendStreamHeader(ChannelIdentity(role: .multifd, index: UInt16(index), migrationID: migrationID))
+            writers.append(writer)
+        }
+        let sender = MultifdSender(channels: multifdChannels.withLock { $0 }, writers: writers, mappings: parts.ram.mappings,
+                                   detection: start.zeroPageDetection, statistics: parts.ram.statistics)
+        parts.ram.use(.multifd(sender, start.zeroPageDetection))
+    }
+
+    /// Every channel closed, once no thread uses it any more.
+    func closeChannels() {
+        if let sender = parts.ram.multifd {
+            sender.abort()      // after a finished migration its threads are done already
+            sender.close()
+        } else {
+            for extra in multifdChannels.withLock({ $0 }) { extra.close() }
+        }
         channel.close()
     }
 
@@ -246,10 +296,10 @@ public final class PrecopySource: Sendable {
     /// a pass stops halving, or after `maximumConvergingPasses`.
     func iterateUntilThresholdMet(throttle: inout Int) throws(MigrationError) -> UInt64 {
         var windowStart = ContinuousClock.now
-        var windowBytes = writer.bytesWritten
+        var windowBytes = limiter.totalBytes
         var windowPages = parts.ram.stats.normalPages + parts.ram.stats.zeroPages
         var threshold: UInt64 = 0
-        var bytesAtSync = writer.bytesWritten
+        var bytesAtSync = limiter.totalBytes
         var dirtyHighCount = 0
         var switchoverBandwidth = 0.0
         var converging: (lastExact: UInt64, passes: Int)?     // under the threshold, making more passes
@@ -259,7 +309,7 @@ public final class PrecopySource: Sendable {
             let now = ContinuousClock.now
             if now - windowStart >= Self.window {
                 let seconds = Self.seconds(now - windowStart)
-                let bytes = writer.bytesWritten, stats = parts.ram.stats
+                let bytes = limiter.totalBytes, stats = parts.ram.stats
                 // A window that sent nothing (everything already out, the guest idle or
                 // stopped) says nothing about the link: use the average since the start.
                 let bandwidth = bytes > windowBytes
@@ -281,7 +331,7 @@ public final class PrecopySource: Sendable {
                 onPass(parts.ram.stats.dirtySyncCount)
                 if capabilities.autoConverge {
                     let dirtyBytes = UInt64(dirtied * RAMMigration.pageSize)
-                    let sentBytes = writer.bytesWritten - bytesAtSync
+                    let sentBytes = limiter.totalBytes - bytesAtSync
                     if dirtyBytes > sentBytes * UInt64(parameters.throttleTriggerThreshold) / 100 {
                         dirtyHighCount += 1
                         if dirtyHighCount >= 2 {
@@ -294,7 +344,7 @@ public final class PrecopySource: Sendable {
                         }
                     }
                 }
-                bytesAtSync = writer.bytesWritten
+                bytesAtSync = limiter.totalBytes
                 var exact = parts.ram.pendingEstimate()
                 for device in parts.devices { exact += try device.pendingExact() }
                 if exact <= threshold {
@@ -327,7 +377,7 @@ public final class PrecopySource: Sendable {
     /// stopped must not stall us).
     func switchover(threshold: UInt64, stopRequested: ContinuousClock.Instant) throws(MigrationError) -> Bool {
         setStatus(.device)
-        let bytesBefore = writer.bytesWritten
+        let bytesBefore = limiter.totalBytes
         var deviceBytes: UInt64 = 0
         for device in parts.devices { deviceBytes += try device.pendingExact() }
         let retries = progress.withLock { $0.info.switchoverRetries }
@@ -350,7 +400,7 @@ public final class PrecopySource: Sendable {
         let downtime = ContinuousClock.now - stopRequested
         progress.withLock { p in
             p.info.downtime = Self.milliseconds(downtime)
-            p.info.downtimeBytes = writer.bytesWritten - bytesBefore
+            p.info.downtimeBytes = limiter.totalBytes - bytesBefore
         }
         return true
     }

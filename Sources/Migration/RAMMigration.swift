@@ -19,8 +19,8 @@ public final class RAMMigration: Migratable {
     public let sectionName = "ram"
     public let sectionVersion: UInt16 = 1
     public static let pageSize = PageSize.base.byteCount
-    /// Page frames are cut at about this size.
-    static let batchBytes = 1 << 20
+    /// Pages go out in frames of at most this many (1 MiB of data).
+    static let jobPages = 256
     /// One `iterate` call sends at most this much, or looks at this many pages
     /// (zero pages cost little to send), so the loop re-checks often.
     static let iterationBytes = 16 << 20
@@ -29,14 +29,22 @@ public final class RAMMigration: Migratable {
     static let chunkBytes = Int(RAMResidency.chunkBytes)
 
     let blocks: [RAMBlock]
+    let mappings: [HostMapping]
     let tracker: (any DirtyPageSource)?
     public let layout: [MigrationConfiguration.Block]
+
+    /// How picked pages leave: on the main stream by the migration thread, or
+    /// through the multifd channels.
+    enum PagePath: Sendable {
+        case inline(ZeroPageDetection)
+        case multifd(MultifdSender, ZeroPageDetection)
+    }
+    let path = Mutex(PagePath.inline(.multifd))
 
     struct SendState {
         var bitmaps: [DirtyBitmap]
         var dirtyCount = 0
         var cursor = (block: 0, page: 0)
-        var batch = PageBatchWriter(capacity: RAMMigration.batchBytes + 2 * RAMMigration.pageSize)
         var lastSync = ContinuousClock.now
         var tracking = false
         /// The chunks resident (in RAM or swap) when tracking started, until the next
@@ -44,12 +52,16 @@ public final class RAMMigration: Migratable {
         /// (a later write is in the dirty log), so it is not even read.
         var resident: [DirtyBitmap]?
     }
+    /// The dirty bitmaps and the cursor: held only while pages are picked, never across I/O.
     let send: Mutex<SendState>
-    let statistics = Mutex(RAMStatistics())
+    let statistics = RAMCounters()
 
     struct LoadState {
-        /// Pages `loadPages` wrote data into; kept when the blocks started zero.
+        /// Pages a load wrote data into; kept when the blocks started zero.
         var loaded: [DirtyBitmap]
+        /// Pages whose data did not match its checksum, until a later copy does.
+        var suspect: [DirtyBitmap]
+        var suspectCount = 0
         var populators: [ChunkPopulator] = []
         var residencyLoaded = false
         var pagesLoaded = false
@@ -62,11 +74,13 @@ public final class RAMMigration: Migratable {
     /// incoming machine whose guest has not run).
     public init(blocks: [RAMBlock], tracker: (any DirtyPageSource)?, destinationStartsZero: Bool = false) {
         self.blocks = blocks
+        self.mappings = blocks.map(\.mapping)
         self.tracker = tracker
         self.destinationStartsZero = destinationStartsZero
-        load = Mutex(LoadState(loaded: destinationStartsZero ? blocks.map { DirtyBitmap(pageCount: Int($0.byteCount) / Self.pageSize) } : []))
+        let empty = blocks.map { DirtyBitmap(pageCount: Int($0.byteCount) / Self.pageSize) }
+        load = Mutex(LoadState(loaded: destinationStartsZero ? empty : [], suspect: empty))
         layout = Self.layout(of: blocks)
-        send = Mutex(SendState(bitmaps: blocks.map { DirtyBitmap(pageCount: Int($0.byteCount) / Self.pageSize) }))
+        send = Mutex(SendState(bitmaps: empty))
         statistics.withLock { $0.totalBytes = blocks.reduce(0) { $0 + $1.byteCount } }
     }
 
@@ -78,6 +92,15 @@ public final class RAMMigration: Migratable {
     }
 
     // MARK: source
+
+    /// Where pages go from now on: the main stream (with zero pages found as
+    /// `detection` says), or the multifd channels.
+    func use(_ newPath: PagePath) { path.withLock { $0 = newPath } }
+
+    var multifd: MultifdSender? {
+        if case .multifd(let sender, _) = path.withLock({ $0 }) { return sender }
+        return nil
+    }
 
     public func setup() throws(MigrationError) {
         guard let tracker else { throw .invalidState("RAM has no dirty-page source") }
@@ -107,8 +130,9 @@ public final class RAMMigration: Migratable {
         blocks.map { $0.mapping.residentChunks(chunkBytes: Self.chunkBytes) }
     }
 
+    /// Dirty pages not yet picked, and pages picked but still queued on a channel.
     public func pendingEstimate() -> UInt64 {
-        UInt64(send.withLock { $0.dirtyCount }) * UInt64(Self.pageSize)
+        UInt64(send.withLock { $0.dirtyCount } + (multifd?.queuedPages ?? 0)) * UInt64(Self.pageSize)
     }
 
     public func pendingExact() throws(MigrationError) -> UInt64 {
@@ -117,7 +141,8 @@ public final class RAMMigration: Migratable {
     }
 
     /// Collects the dirty log into the bitmaps; returns how many pages the guest
-    /// dirtied since the previous sync.
+    /// dirtied since the previous sync.  With multifd, every channel then gets
+    /// its `sync` barrier.
     @discardableResult
     public func sync() throws(MigrationError) -> Int {
         guard let tracker else { throw .invalidState("RAM has no dirty-page source") }
@@ -135,6 +160,7 @@ public final class RAMMigration: Migratable {
             state.resident = nil        // pages dirtied since setup may sit in chunks that were not resident
             return (dirtied, state.dirtyCount, now - state.lastSync)
         }
+        try multifd?.sync()
         statistics.withLock { s in
             s.dirtySyncCount += 1
             let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
@@ -151,6 +177,7 @@ public final class RAMMigration: Migratable {
     public func complete(_ output: StreamWriter) throws(MigrationError) {
         _ = try sync()
         while !(try sendDirtyPages(output, limit: .max, respectRateLimit: false)) {}
+        try multifd?.finish()
     }
 
     public func load(_ section: StateSection) throws(MigrationError) {
@@ -160,58 +187,60 @@ public final class RAMMigration: Migratable {
     /// Sends dirty pages from the cursor until `limit` bytes went out, the rate
     /// limit's window is spent, or no dirty page is left (`true`).
     func sendDirtyPages(_ output: StreamWriter, limit: Int, respectRateLimit: Bool) throws(MigrationError) -> Bool {
-        let pageSize = Self.pageSize
-        let mappings = blocks.map(\.mapping)      // a local array: borrowed per page, not retained
-        var sent = 0
-        return try send.withLock { state throws(MigrationError) -> Bool in
-            var normal = 0, zero = 0
-            defer {
-                let remaining = state.dirtyCount
-                statistics.withLock { s in
-                    s.normalPages += UInt64(normal)
-                    s.zeroPages += UInt64(zero)
-                    s.remainingPages = UInt64(remaining)
-                }
+        switch path.withLock({ $0 }) {
+        case .inline(let detection):
+            var sender = PageSender(writer: output, mappings: mappings, detection: detection, statistics: statistics)
+            return try pump(limit: limit, respectRateLimit: respectRateLimit, limiter: output.limiter, findZero: false) {
+                job throws(MigrationError) in try sender.send(job)
             }
-            while state.dirtyCount > 0 {
+        case .multifd(let channels, let detection):
+            return try pump(limit: limit, respectRateLimit: respectRateLimit, limiter: output.limiter,
+                            findZero: detection == .legacy) { job throws(MigrationError) in try channels.send(job) }
+        }
+    }
+
+    private func pump(limit: Int, respectRateLimit: Bool, limiter: RateLimiter, findZero: Bool,
+                      _ deliver: (PageJob) throws(MigrationError) -> Void) throws(MigrationError) -> Bool {
+        let start = limiter.totalBytes
+        var looked = 0
+        while let job = pick(Self.jobPages, findZero: findZero) {
+            try deliver(job)
+            looked += job.count
+            let done = send.withLock { $0.dirtyCount == 0 }
+            if limiter.totalBytes - start >= UInt64(limit) { return done }
+            if respectRateLimit && (limiter.isLimited || looked >= Self.iterationPages) { return done }
+        }
+        return true
+    }
+
+    /// Takes up to `count` dirty pages from the cursor on (clearing their bits),
+    /// marking those known to be zero: in a chunk that held no memory when
+    /// tracking started, or (`findZero`, QEMU's `legacy` detection) read as zero here.
+    func pick(_ count: Int, findZero: Bool) -> PageJob? {
+        send.withLock { state -> PageJob? in
+            guard state.dirtyCount > 0 else { return nil }
+            var job = PageJob()
+            job.blocks.reserveCapacity(count)
+            job.offsets.reserveCapacity(count)
+            job.knownZero.reserveCapacity(count)
+            while state.dirtyCount > 0 && job.count < count {
                 // Wrap to the next block (and round) when this one has no more dirty pages.
                 guard let page = state.bitmaps[state.cursor.block].nextSetPage(from: state.cursor.page) else {
                     state.cursor = ((state.cursor.block + 1) % blocks.count, 0)
                     continue
                 }
-                let blockIndex = state.cursor.block
-                state.bitmaps[blockIndex][page] = false
+                let block = state.cursor.block
+                state.bitmaps[block][page] = false
                 state.dirtyCount -= 1
                 state.cursor.page = page + 1
-                let offset = page * pageSize
-                let mapping = mappings[blockIndex]
-                let chunkWasResident = state.resident?[blockIndex][offset / Self.chunkBytes] ?? true
-                if !chunkWasResident || mapping.isZeroPage(at: offset) {
-                    state.batch.append(block: blockIndex, offset: UInt64(offset), page: nil)
-                    zero += 1
-                } else {
-                    state.batch.appendData(block: blockIndex, offset: UInt64(offset)) { mapping.appendPage(at: offset, to: &$0) }
-                    normal += 1
-                }
-                if state.batch.byteCount >= Self.batchBytes || (respectRateLimit && normal + zero >= Self.iterationPages) {
-                    sent += try flush(&state.batch, output)
-                    if sent >= limit || (respectRateLimit && (output.isRateLimited || normal + zero >= Self.iterationPages)) {
-                        return state.dirtyCount == 0
-                    }
-                }
+                let offset = page * Self.pageSize
+                let chunkWasResident = state.resident?[block][offset / Self.chunkBytes] ?? true
+                job.append(block: block, offset: offset, zero: !chunkWasResident || (findZero && mappings[block].isZeroPage(at: offset)))
             }
-            sent += try flush(&state.batch, output)
-            return true
+            let remaining = state.dirtyCount
+            statistics.withLock { $0.remainingPages = UInt64(remaining) }
+            return job
         }
-    }
-
-    private func flush(_ batch: inout PageBatchWriter, _ output: StreamWriter) throws(MigrationError) -> Int {
-        guard batch.count > 0 else { return 0 }
-        let size = batch.byteCount
-        do { try batch.withPayload { try output.send(.pages, payload: $0) } } catch let error as MigrationError { throw error }
-        catch { throw .state("\(error)") }
-        batch.reset()
-        return size
     }
 
     // MARK: destination
@@ -233,39 +262,86 @@ public final class RAMMigration: Migratable {
         }
     }
 
-    /// Applies one `pages` frame: every record is checked against the layout
-    /// before its page is written.
-    public func loadPages(_ payload: [UInt8]) throws(MigrationError) {
-        let reader = PageBatchReader(layout: layout)
-        let mappings = blocks.map(\.mapping)      // a local array: borrowed per record, not retained
+    /// Applies one `pages` frame whose index `reader` just returned: the index
+    /// is checked against the layout, then the tail is read straight into the
+    /// pages it names, and each page is checked against its checksum.  Several
+    /// channels may load at once (they never hold the same page in one epoch).
+    ///
+    /// A page whose bytes do not match is kept as suspect, not refused: the
+    /// guest may have written it while it was being sent, and then the dirty
+    /// log sends it again.  `verifyIntact` refuses the load if any is left.
+    public func loadPages(_ header: FrameHeader, payload: [UInt8], from reader: inout FrameReader,
+                          scratch: inout PageLoadScratch) throws(MigrationError) {
+        let index: PageIndex
+        do { index = try PageIndex(decoding: payload, tailLength: header.tailLength, layout: layout) } catch { throw .stream(error) }
+        let pageSize = Self.pageSize
+        if index.compressed {
+            try scratch.decompress(from: &reader, into: index.dataByteCount)
+            var position = 0
+            for record in index.records where record.kind == .data {
+                mappings[record.block].storePage(scratch.pages, range: position..<position + pageSize, at: Int(record.offset))
+                position += pageSize
+            }
+        } else if index.dataByteCount > 0 {
+            scratch.list.removeAll()
+            for record in index.records where record.kind == .data {
+                scratch.list.append(mappings[record.block], offset: Int(record.offset), count: pageSize)
+            }
+            try reader.readTail(into: scratch.list)
+        }
+        // Each page as it now is in RAM against the checksum the source computed.
+        scratch.intact.removeAll(keepingCapacity: true)
+        for record in index.records where record.kind == .data {
+            let sum = mappings[record.block].withSpan(at: Int(record.offset), count: pageSize) { FrameChecksum.of($0) }
+            scratch.intact.append(sum == record.checksum)
+        }
         var normal = 0, zero = 0
         let startsZero = destinationStartsZero
-        do {
-            try load.withLock { (state: inout LoadState) throws(ProtocolError) in
-                state.pagesLoaded = true
-                var last = (block: -1, offset: 0)
-                try reader.forEachRecord(in: payload) { block, offset, kind, range throws(ProtocolError) in
-                    let page = Int(offset) / Self.pageSize
-                    if kind == .data {
-                        mappings[block].storePage(payload, range: range, at: Int(offset))
-                        if startsZero { state.loaded[block][page] = true }
-                        normal += 1
-                    } else {
-                        // A page never loaded into memory that started zero is zero already.
-                        if !startsZero || state.loaded[block][page] { mappings[block].zeroPage(at: Int(offset)) }
-                        zero += 1
-                    }
-                    last = (block, Int(offset))
+        let intact = scratch.intact
+        load.withLock { state in
+            state.pagesLoaded = true
+            var nextData = 0
+            var last = (block: -1, offset: 0)
+            for record in index.records {
+                let page = Int(record.offset) / pageSize
+                var good = true
+                if record.kind == .data {
+                    if startsZero { state.loaded[record.block][page] = true }
+                    good = intact[nextData]
+                    nextData += 1
+                    normal += 1
+                } else {
+                    // A page never loaded into memory that started zero is zero already.
+                    if !startsZero || state.loaded[record.block][page] { mappings[record.block].zeroPage(at: Int(record.offset)) }
+                    zero += 1
                 }
-                if last.block >= 0 && last.block < state.populators.count {
-                    state.populators[last.block].writerReached(offset: last.offset)
+                if state.suspect[record.block][page] != !good {
+                    state.suspect[record.block][page] = !good
+                    state.suspectCount += good ? -1 : 1
                 }
+                last = (record.block, Int(record.offset))
             }
-        } catch { throw .stream(error) }
+            if last.block >= 0 && last.block < state.populators.count {
+                state.populators[last.block].writerReached(offset: last.offset)
+            }
+        }
         statistics.withLock { s in
             s.normalPages += UInt64(normal)
             s.zeroPages += UInt64(zero)
         }
+    }
+
+    /// Refuses a load that left a page whose last copy did not match its checksum.
+    public func verifyIntact() throws(MigrationError) {
+        let first = load.withLock { state -> (Int, Int, Int)? in
+            guard state.suspectCount > 0 else { return nil }
+            for (block, bitmap) in state.suspect.enumerated() {
+                if let page = bitmap.nextSetPage(from: 0) { return (state.suspectCount, block, page) }
+            }
+            return nil
+        }
+        guard let (count, block, page) = first else { return }
+        throw .stream(.incomplete("\(count) page(s) arrived corrupt and were not sent again (the first: offset \(page * Self.pageSize) of RAM block '\(layout[block].name)')"))
     }
 
     /// The load is over, finished or failed: the allocation helpers stop.
@@ -275,6 +351,22 @@ public final class RAMMigration: Migratable {
             return state.populators
         }
         for populator in populators { populator.stop() }
+    }
+}
+
+/// One loading thread's reusable buffers.
+public struct PageLoadScratch: ~Copyable {
+    var list = ScatterList()
+    var intact: [Bool] = []
+    var compressed: [UInt8] = []
+    var pages: [UInt8] = []
+
+    public init() {}
+
+    /// Reads a compressed tail and decompresses it into `pages` (exactly `count` bytes).
+    mutating func decompress(from reader: inout FrameReader, into count: Int) throws(MigrationError) {
+        try reader.readTail(into: &compressed)
+        throw .stream(.malformed("compressed pages (\(compressed.count) bytes for \(count)) but this Ferry was built without zstd"))
     }
 }
 

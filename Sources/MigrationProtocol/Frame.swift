@@ -1,8 +1,11 @@
 /// The stream's framing.  A stream is `StreamHeader` then frames until `end`:
 ///
-///     frame := kind u16 | version u16 | sequence u32 | payloadLength u64
-///              | payload | checksum u64 (FrameChecksum of the payload)
+///     frame := kind u16 | version u16 | sequence u32 | payloadLength u64 | tailLength u64
+///              | payload | checksum u64 (FrameChecksum of the payload) | tail
 ///
+/// The tail is raw bytes that follow the checked frame (page data, which the
+/// receiver reads straight into guest RAM): only `pages` frames have one, and
+/// their payload says what it holds and carries its checksums.
 /// All integers little-endian.  Kind 0 is reserved as invalid.  `sequence` is
 /// the frame's number on its channel (0 for the first frame after the stream
 /// header, modulo 2^32), so a dropped, repeated or reordered frame is refused
@@ -20,22 +23,34 @@ public enum FrameKind: UInt16, Sendable, CaseIterable {
     case end = 4
     /// Which chunks of RAM are resident on the source (`RAMResidency`); optional, before the first page.
     case residency = 5
+    /// The main channel's announcement of the other channels (`ChannelPlan`), right after the configuration.
+    case channels = 6
+    /// A multifd channel's barrier after a dirty sync: `epoch u64`.  Pages after it
+    /// may be applied only once every channel has applied all pages before its own.
+    case sync = 7
+
+    /// Whether frames of this kind may carry a tail.
+    public var hasTail: Bool { self == .pages }
 
     /// Each kind's current version; the decoder accepts exactly these.
     var supportedVersions: ClosedRange<UInt16> { 1...1 }
 }
 
 public struct FrameHeader: Equatable, Sendable {
-    public static let byteCount = 16
+    public static let byteCount = 24
     public static let trailerByteCount = 8
+    /// A tail is at most this long: a page batch's pages (senders cut batches at 1 MiB).
+    public static let maximumTail: UInt64 = 64 << 20
     public let kind: FrameKind
     public let version: UInt16
     /// The frame's number on its channel, modulo 2^32.
     public let sequence: UInt32
     public let payloadLength: UInt64
+    /// Bytes that follow the checksum trailer (page data); 0 for most kinds.
+    public let tailLength: UInt64
 
-    public init(kind: FrameKind, version: UInt16 = 1, sequence: UInt32, payloadLength: UInt64) {
-        (self.kind, self.version, self.sequence, self.payloadLength) = (kind, version, sequence, payloadLength)
+    public init(kind: FrameKind, version: UInt16 = 1, sequence: UInt32, payloadLength: UInt64, tailLength: UInt64 = 0) {
+        (self.kind, self.version, self.sequence, self.payloadLength, self.tailLength) = (kind, version, sequence, payloadLength, tailLength)
     }
 
     /// Decodes and checks the 16 header bytes at the start of `bytes` (not the sequence: `StreamValidator` does).
@@ -49,16 +64,21 @@ public struct FrameHeader: Equatable, Sendable {
         let sequence = try r.u32("frame sequence")
         let length = try r.u64("frame length")
         guard length <= maximumPayload else { throw .payloadTooLarge(length, limit: maximumPayload) }
-        return FrameHeader(kind: kind, version: version, sequence: sequence, payloadLength: length)
+        let tail = try r.u64("frame tail length")
+        guard tail == 0 || kind.hasTail else { throw .malformed("a frame of kind \(rawKind) with a tail of \(tail) bytes") }
+        guard tail <= maximumTail else { throw .payloadTooLarge(tail, limit: maximumTail) }
+        return FrameHeader(kind: kind, version: version, sequence: sequence, payloadLength: length, tailLength: tail)
     }
 
-    /// The header bytes of frame number `sequence`, of `kind`, with a payload of `length` bytes.
-    public static func encode(_ kind: FrameKind, sequence: UInt64, payloadLength length: Int) -> [UInt8] {
+    /// The header bytes of frame number `sequence`, of `kind`, with a payload of
+    /// `length` bytes and a tail of `tailLength` after the trailer.
+    public static func encode(_ kind: FrameKind, sequence: UInt64, payloadLength length: Int, tailLength: Int = 0) -> [UInt8] {
         var w = WireWriter(capacity: byteCount)
         w.u16(kind.rawValue)
         w.u16(1)
         w.u32(UInt32(truncatingIfNeeded: sequence))
         w.u64(UInt64(length))
+        w.u64(UInt64(tailLength))
         return w.bytes
     }
 
@@ -70,30 +90,136 @@ public struct FrameHeader: Equatable, Sendable {
     }
 }
 
-/// The 16 bytes that open a stream: magic "FERRYMIG", version, flags (0).
+/// What a channel is for.  Each connection of a migration opens with a
+/// `StreamHeader` naming its role, its index among channels of that role, and
+/// the migration it belongs to.
+public enum ChannelRole: UInt16, Sendable, CustomStringConvertible {
+    case invalid = 0
+    /// Control and device state; pages too when there are no multifd channels.
+    case main = 1
+    /// One of the parallel page channels.
+    case multifd = 2
+    /// Pages the destination asked for (postcopy), ahead of the background ones.
+    case postcopyPreempt = 3
+
+    public var description: String {
+        switch self {
+        case .invalid: "invalid"
+        case .main: "main"
+        case .multifd: "multifd"
+        case .postcopyPreempt: "postcopy-preempt"
+        }
+    }
+}
+
+/// Which channel of which migration a stream is.
+public struct ChannelIdentity: Equatable, Sendable, CustomStringConvertible {
+    public static let idByteCount = 16
+    public let role: ChannelRole
+    public let index: UInt16
+    /// Random per migration, chosen by the source; every channel of one migration carries it.
+    public let migrationID: [UInt8]
+
+    public init(role: ChannelRole, index: UInt16 = 0, migrationID: [UInt8] = [UInt8](repeating: 0, count: ChannelIdentity.idByteCount)) {
+        precondition(migrationID.count == Self.idByteCount)
+        (self.role, self.index, self.migrationID) = (role, index, migrationID)
+    }
+
+    public static let main = ChannelIdentity(role: .main)
+
+    public var description: String { role == .multifd ? "multifd channel \(index)" : "\(role) channel" }
+}
+
+/// The 40 bytes that open every channel's stream: magic "FERRYMIG", version,
+/// flags (0), then the channel's identity (the handshake):
+///
+///     "FERRYMIG" | version u32 | flags u32 | role u16 | index u16 | reserved u32 | migration id (16 bytes)
 public enum StreamHeader {
     public static let magic: [UInt8] = Array("FERRYMIG".utf8)
-    public static let byteCount = 16
-    /// Version 2: frames carry sequence numbers and `end` carries the stream's digest.
-    public static let current: UInt32 = 2
-    public static let supported: ClosedRange<UInt32> = 2...2
+    public static let byteCount = 40
+    /// Version 3: every channel opens with its identity, and frames may carry tails.
+    public static let current: UInt32 = 3
+    public static let supported: ClosedRange<UInt32> = 3...3
 
-    public static func encode() -> [UInt8] {
-        var w = WireWriter()
+    public static func encode(_ channel: ChannelIdentity = .main) -> [UInt8] {
+        var w = WireWriter(capacity: byteCount)
         w.append(magic)
         w.u32(current)
+        w.u32(0)
+        w.u16(channel.role.rawValue)
+        w.u16(channel.index)
+        w.u32(0)
+        w.append(channel.migrationID)
+        return w.bytes
+    }
+
+    public static func decode(_ bytes: [UInt8]) throws(ProtocolError) -> ChannelIdentity {
+        // The magic first: another program's stream is named as such, whatever its length.
+        guard bytes.count >= magic.count else { throw .truncated("stream header") }
+        guard Array(bytes[0..<8]) == magic else { throw .badMagic }
+        guard bytes.count >= byteCount else { throw .truncated("stream header") }
+        var r = WireReader(bytes, range: 8..<byteCount)
+        let version = try r.u32("stream version")
+        guard supported.contains(version) else { throw .unsupportedVersion(version, supported: supported) }
+        guard try r.u32("stream flags") == 0 else { throw .reservedFieldNotZero }
+        let rawRole = try r.u16("channel role")
+        guard let role = ChannelRole(rawValue: rawRole), role != .invalid else { throw .malformed("channel role \(rawRole)") }
+        let index = try r.u16("channel index")
+        guard try r.u32("channel reserved") == 0 else { throw .reservedFieldNotZero }
+        let id = Array(bytes[(byteCount - ChannelIdentity.idByteCount)..<byteCount])
+        return ChannelIdentity(role: role, index: index, migrationID: id)
+    }
+}
+
+/// The main channel's `channels` frame: how many multifd channels follow and
+/// how their pages are compressed.
+///
+///     multifd u16 | compression u8 (0 none, 1 zstd) | reserved u8 | reserved u32
+public struct ChannelPlan: Equatable, Sendable {
+    public enum Compression: UInt8, Sendable { case none = 0, zstd = 1 }
+    public static let byteCount = 8
+    /// Bound on multifd channels (QEMU's `multifd-channels` is at most 255).
+    public static let maximumMultifd: UInt16 = 255
+    public let multifd: UInt16
+    public let compression: Compression
+
+    public init(multifd: UInt16, compression: Compression = .none) {
+        (self.multifd, self.compression) = (multifd, compression)
+    }
+
+    public func encode() -> [UInt8] {
+        var w = WireWriter(capacity: Self.byteCount)
+        w.u16(multifd)
+        w.u8(compression.rawValue)
+        w.u8(0)
         w.u32(0)
         return w.bytes
     }
 
-    public static func decode(_ bytes: [UInt8]) throws(ProtocolError) -> UInt32 {
-        guard bytes.count >= byteCount else { throw .truncated("stream header") }
-        guard Array(bytes[0..<8]) == magic else { throw .badMagic }
-        var r = WireReader(bytes, range: 8..<16)
-        let version = try r.u32("stream version")
-        guard supported.contains(version) else { throw .unsupportedVersion(version, supported: supported) }
-        guard try r.u32("stream flags") == 0 else { throw .reservedFieldNotZero }
-        return version
+    public init(decoding payload: [UInt8]) throws(ProtocolError) {
+        var r = WireReader(payload)
+        let count = try r.u16("multifd channel count")
+        guard count <= Self.maximumMultifd else { throw .malformed("\(count) multifd channels (at most \(Self.maximumMultifd))") }
+        let raw = try r.u8("multifd compression")
+        guard let compression = Compression(rawValue: raw) else { throw .malformed("multifd compression \(raw)") }
+        guard try r.u8("channels reserved") == 0, try r.u32("channels reserved") == 0 else { throw .reservedFieldNotZero }
+        guard r.isAtEnd else { throw .malformed("\(r.remaining) extra bytes after the channel plan") }
+        self.init(multifd: count, compression: compression)
+    }
+}
+
+/// A multifd channel's `sync` frame: the epoch that starts after it (1 for the first).
+public enum SyncMarker {
+    public static func encode(epoch: UInt64) -> [UInt8] {
+        var w = WireWriter(capacity: 8)
+        w.u64(epoch)
+        return w.bytes
+    }
+
+    public static func decode(_ payload: [UInt8]) throws(ProtocolError) -> UInt64 {
+        guard payload.count == 8 else { throw .malformed("a sync frame of \(payload.count) bytes") }
+        var r = WireReader(payload)
+        return try r.u64("sync epoch")
     }
 }
 
@@ -108,8 +234,8 @@ public struct StreamDigest: Equatable, Sendable {
 
     public init() {}
 
-    public mutating func add(kind: FrameKind, payloadLength: Int, checksum: UInt64) {
-        var x = value ^ checksum ^ (UInt64(kind.rawValue) << 48 | UInt64(payloadLength) & 0xffff_ffff_ffff)
+    public mutating func add(kind: FrameKind, payloadLength: Int, tailLength: Int = 0, checksum: UInt64) {
+        var x = value ^ checksum ^ (UInt64(kind.rawValue) << 48 | UInt64(payloadLength) & 0xffff_ffff_ffff) ^ UInt64(tailLength) &* 0x9e37_79b9_7f4a_7c15
         x ^= x >> 30; x = x &* 0xbf58_476d_1ce4_e5b9
         x ^= x >> 27; x = x &* 0x94d0_49bb_1331_11eb
         value = (x ^ (x >> 31)) &+ frames
@@ -186,7 +312,7 @@ public struct StreamValidator: Sendable {
             }
             ended = true
         }
-        digest.add(kind: header.kind, payloadLength: payload.count, checksum: checksum)
+        digest.add(kind: header.kind, payloadLength: payload.count, tailLength: Int(header.tailLength), checksum: checksum)
     }
 }
 
@@ -198,15 +324,25 @@ public struct FrameEncoder: Sendable {
 
     public init() {}
 
-    /// The next complete frame around `payload`.
-    public mutating func frame(_ kind: FrameKind, payload: [UInt8]) -> [UInt8] {
+    /// The next complete frame around `payload`, followed by `tail`.
+    public mutating func frame(_ kind: FrameKind, payload: [UInt8], tail: [UInt8] = []) -> [UInt8] {
         let checksum = FrameChecksum.of(payload.span)
-        var w = WireWriter(capacity: payload.count + FrameHeader.byteCount + FrameHeader.trailerByteCount)
-        w.append(FrameHeader.encode(kind, sequence: digest.frames, payloadLength: payload.count))
+        var w = WireWriter(capacity: payload.count + tail.count + FrameHeader.byteCount + FrameHeader.trailerByteCount)
+        w.append(FrameHeader.encode(kind, sequence: digest.frames, payloadLength: payload.count, tailLength: tail.count))
         w.append(payload)
         w.append(FrameHeader.trailer(checksum: checksum))
-        digest.add(kind: kind, payloadLength: payload.count, checksum: checksum)
+        w.append(tail)
+        digest.add(kind: kind, payloadLength: payload.count, tailLength: tail.count, checksum: checksum)
         return w.bytes
+    }
+
+    /// The header and trailer of the next frame around `payload` (a writer that
+    /// sends the payload and tail itself, without copying them into one array).
+    public mutating func frameParts(_ kind: FrameKind, payload: [UInt8], tailLength: Int) -> (header: [UInt8], trailer: [UInt8]) {
+        let checksum = FrameChecksum.of(payload.span)
+        let header = FrameHeader.encode(kind, sequence: digest.frames, payloadLength: payload.count, tailLength: tailLength)
+        digest.add(kind: kind, payloadLength: payload.count, tailLength: tailLength, checksum: checksum)
+        return (header, FrameHeader.trailer(checksum: checksum))
     }
 
     /// The `end` frame: the count and digest of every frame before it.
@@ -224,7 +360,7 @@ public struct FrameDecoder: Sendable {
 
     public enum Result: Equatable, Sendable {
         case needMoreData
-        case frame(FrameHeader, payload: [UInt8])
+        case frame(FrameHeader, payload: [UInt8], tail: [UInt8])
     }
 
     public var maximumPayload: UInt64 { validator.maximumPayload }
@@ -248,18 +384,20 @@ public struct FrameDecoder: Sendable {
         guard bufferedByteCount >= FrameHeader.byteCount else { return .needMoreData }
         let header = try validator.header(buffer, at: readIndex)
         let length = Int(header.payloadLength)
-        let total = FrameHeader.byteCount + length + FrameHeader.trailerByteCount
+        let total = FrameHeader.byteCount + length + FrameHeader.trailerByteCount + Int(header.tailLength)
         guard bufferedByteCount >= total else { return .needMoreData }
         let payloadStart = readIndex + FrameHeader.byteCount
-        var trailer = WireReader(buffer, range: payloadStart + length..<readIndex + total)
+        let tailStart = payloadStart + length + FrameHeader.trailerByteCount
+        var trailer = WireReader(buffer, range: payloadStart + length..<tailStart)
         let checksum = try trailer.u64("frame checksum")
         let payload = Array(buffer[payloadStart..<payloadStart + length])
         try validator.accept(header, payload: payload.span, checksum: checksum)
+        let tail = Array(buffer[tailStart..<readIndex + total])
         readIndex += total
         if readIndex > (1 << 20) && readIndex * 2 > buffer.count {     // compact occasionally
             buffer.removeFirst(readIndex)
             readIndex = 0
         }
-        return .frame(header, payload: payload)
+        return .frame(header, payload: payload, tail: tail)
     }
 }

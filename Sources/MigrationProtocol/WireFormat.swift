@@ -88,8 +88,13 @@ public enum FrameChecksum {
 
     public static func of(_ bytes: ArraySlice<UInt8>) -> UInt64 { of(bytes.span) }
 
-    public static func of(_ bytes: Span<UInt8>) -> UInt64 {
+    public static func of(_ bytes: Span<UInt8>) -> UInt64 { scan(bytes).checksum }
+
+    /// The checksum, and the OR of every whole 64-byte block (zero detection).
+    @inline(__always)
+    static func scan(_ bytes: Span<UInt8>) -> (checksum: UInt64, blocksOR: SIMD8<UInt64>) {
         let raw = bytes.bytes
+        var seen = SIMD8<UInt64>(repeating: 0)
         let low = SIMD8<UInt64>(repeating: 0xffff_ffff)
         let step = SIMD8<UInt64>(repeating: 0x9e37_79b9_7f4a_7c15)
         var lanes = seed
@@ -102,9 +107,11 @@ public enum FrameChecksum {
             let keyed = data ^ blockKey
             let neighbours = SIMD8<UInt64>(data[1], data[0], data[3], data[2], data[5], data[4], data[7], data[6])
             lanes = lanes &+ neighbours &+ (keyed & low) &* (keyed &>> 32)
+            seen |= data
             blockKey = blockKey &+ step
             i += 64
         }
+
         let prime: UInt64 = 0x100_0000_01b3
         @inline(__always) func rotate(_ x: UInt64, _ r: UInt64) -> UInt64 { x << r | x >> (64 - r) }
         var h: UInt64 = 0
@@ -113,6 +120,21 @@ public enum FrameChecksum {
         h ^= UInt64(bytes.count)
         h ^= h >> 30; h = h &* 0xbf58_476d_1ce4_e5b9
         h ^= h >> 27; h = h &* 0x94d0_49bb_1331_11eb
-        return h ^ (h >> 31)
+        return (h ^ (h >> 31), seen)
+    }
+}
+
+/// One pass over a page that a sender is about to send: its checksum and
+/// whether it is all zero, from the same loads (so looking for zero pages
+/// costs nothing beyond the checksum every page needs).
+public struct PageScan: Equatable, Sendable {
+    public let checksum: UInt64
+    public let isZero: Bool
+
+    public static func of(_ bytes: Span<UInt8>) -> PageScan {
+        let (checksum, blocks) = FrameChecksum.scan(bytes)
+        var zero = blocks == SIMD8<UInt64>(repeating: 0)
+        if zero { for i in (bytes.count / 64) * 64..<bytes.count where bytes[i] != 0 { zero = false; break } }
+        return PageScan(checksum: checksum, isZero: zero)
     }
 }

@@ -68,7 +68,8 @@ public enum QMPSchema {
 
     /// The `query-qmp-schema` reply.  `parameters` and `capabilities` are the
     /// migration engine's names (the QMP layer does not own them).
-    public static func introspect(parameters: [String], capabilities: [String]) -> JSONValue {
+    /// `textParameters` take names (strings), the other parameters integers.
+    public static func introspect(parameters: [String], textParameters: [String] = [], capabilities: [String]) -> JSONValue {
         var objects: [String: [Member]] = [
             "q_empty": [],
             "VersionInfo": [Member("qemu", "VersionTriple"), Member("package", "str")],
@@ -78,12 +79,13 @@ public enum QMPSchema {
             "CpuInfoFast": [Member("cpu-index", "int"), Member("qom-path", "str"), Member("thread-id", "int"),
                             Member("target", "str"), Member("props", "any", optional: true)],
             "MigrationCapabilityStatus": [Member("capability", "MigrationCapability"), Member("state", "bool")],
-            "MigrationParameters": parameters.map { Member($0, "int", optional: true) },
+            "MigrationParameters": parameters.map { Member($0, textParameters.contains($0) ? "str" : "int", optional: true) },
             "MigrationInfo": [Member("status", "MigrationStatus", optional: true), Member("ram", "MigrationStats", optional: true),
                               Member("total-time", "int", optional: true), Member("setup-time", "int", optional: true),
                               Member("downtime", "int", optional: true), Member("expected-downtime", "int", optional: true),
                               Member("cpu-throttle-percentage", "int", optional: true), Member("error-desc", "str", optional: true),
-                              Member("socket-address", "[any]", optional: true)],
+                              Member("socket-address", "[any]", optional: true),
+                              Member("x-ferry-channels", "[any]", optional: true)],
             "MigrationStats": ["transferred", "remaining", "total", "duplicate", "normal", "normal-bytes", "dirty-sync-count",
                                "dirty-pages-rate", "pages-per-second", "page-size", "precopy-bytes", "downtime-bytes",
                                "postcopy-bytes", "multifd-bytes", "postcopy-requests", "dirty-sync-missed-zero-copy"]

@@ -56,7 +56,7 @@ extension Machine {
         case .queryMigrate:
             return .success(queryMigrateJSON)
         case .queryQMPSchema:
-            return .success(QMPSchema.introspect(parameters: MigrationParameters.names,
+            return .success(QMPSchema.introspect(parameters: MigrationParameters.names, textParameters: MigrationParameters.textNames,
                                                  capabilities: MigrationCapabilities.supported + MigrationCapabilities.unsupported))
         case .humanMonitorCommand(let line, let cpuIndex):
             if let cpuIndex, cpuIndex < 0 || cpuIndex >= Int64(vcpus.count) { return .failure(.generic("Invalid CPU index")) }

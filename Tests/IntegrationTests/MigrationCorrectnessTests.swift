@@ -155,7 +155,7 @@ struct MigrationCorrectnessTests {
         var batch = PageBatchWriter()
         batch.append(block: 0, offset: 60 << 20, page: ArraySlice(repeating: 0xab, count: 4096))
         let layout = destination.migrationConfiguration
-        let garbage = kit.encodeStream([(.configuration, layout.encode()), (.pages, batch.payload())])
+        let garbage = kit.encodeStream([(.configuration, layout.encode()), (.pages, batch.payload())], tails: [batch.tail])
         let channel = try Transport.connect(.unix(path: String(first.dropFirst(5))))
         try channel.write(garbage)
         channel.shutdown()
@@ -328,7 +328,10 @@ struct MigrationCorrectnessTests {
             var reader = FrameReader(channel: channel)
             var payload: [UInt8] = []
             _ = try? reader.readStreamHeader()
-            while let header = try? reader.next(into: &payload), header.kind != .end {}
+            var tail: [UInt8] = []
+            while let header = try? reader.next(into: &payload), header.kind != .end {
+                if reader.pendingTail > 0 { _ = try? reader.readTail(into: &tail) }
+            }
             channel.close()
         }
         vanishing.start()

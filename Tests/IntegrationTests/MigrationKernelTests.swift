@@ -273,13 +273,23 @@ struct MigrationKernelTests {
     }
 
     /// A stream of these frames, numbered as a source numbers them, with the end frame if `end`.
-    func encodeStream(_ frames: [(FrameKind, [UInt8])], end: Bool = false) -> [UInt8] {
+    /// The channel plan (no multifd) follows the configuration unless the frames
+    /// have one; `tails` are the `pages` frames' tails, in order.
+    func encodeStream(_ frames: [(FrameKind, [UInt8])], tails: [[UInt8]] = [], end: Bool = false) -> [UInt8] {
         var encoder = FrameEncoder()
-        return StreamHeader.encode() + frames.flatMap { encoder.frame($0.0, payload: $0.1) } + (end ? encoder.end() : [])
+        var frames = frames
+        if !frames.contains(where: { $0.0 == .channels }), let at = frames.firstIndex(where: { $0.0 == .configuration }) {
+            frames.insert((.channels, ChannelPlan(multifd: 0).encode()), at: at + 1)
+        }
+        var tails = tails[...]
+        return StreamHeader.encode() + frames.flatMap { kind, payload in
+            encoder.frame(kind, payload: payload, tail: kind == .pages ? tails.popFirst() ?? [] : [])
+        } + (end ? encoder.end() : [])
     }
 
-    func hostileStream(_ destinationLayout: MigrationConfiguration, pages: [UInt8]) -> [UInt8] {
-        encodeStream([(.configuration, destinationLayout.encode()), (.pages, pages)])
+    func hostileStream(_ destinationLayout: MigrationConfiguration, pages batch: PageBatchWriter) -> [UInt8] {
+        var batch = batch
+        return encodeStream([(.configuration, destinationLayout.encode()), (.pages, batch.payload())], tails: [batch.tail])
     }
 
     @Test("truncated, corrupted and out-of-RAM streams each fail the destination with a clear error")
@@ -287,17 +297,20 @@ struct MigrationKernelTests {
         let layout = MigrationConfiguration(blocks: [.init(name: "pc.ram", byteCount: 64 << 20, pageSize: 4096)], vcpuCount: 1)
         var batch = PageBatchWriter()
         batch.append(block: 0, offset: 8 << 20, page: ArraySlice(repeating: 0xab, count: 4096))
-        let good = hostileStream(layout, pages: batch.payload())
+        let good = hostileStream(layout, pages: batch)
 
-        // Truncated: the stream stops inside the page frame.
-        let (truncated, first) = try await feedDestination(Array(good.prefix(good.count - 100)))
+        // Truncated: the stream stops inside the page frame's index, then inside its pages.
+        let (truncated, first) = try await feedDestination(Array(good.prefix(good.count - 4096 - 12)))
         // The offset is how much arrived, not where the frame's payload began.
-        #expect(truncated?.contains("stream truncated: the stream ended after \(good.count - 100) bytes") == true, "\(truncated ?? "")")
+        #expect(truncated?.contains("stream truncated: the stream ended after \(good.count - 4096 - 12) bytes") == true, "\(truncated ?? "")")
         first.quit()
+        let (inPages, eleventh) = try await feedDestination(Array(good.prefix(good.count - 100)))
+        #expect(inPages?.contains("stream truncated: the stream ended inside the pages of a frame") == true, "\(inPages ?? "")")
+        eleventh.quit()
 
-        // Corrupted: one byte of the page flipped; the checksum catches it.
+        // Corrupted: one byte of the page index flipped; the frame checksum catches it.
         var corrupt = good
-        corrupt[corrupt.count - 2000] ^= 0x01
+        corrupt[corrupt.count - 4096 - 8 - 20] ^= 0x01
         let (corrupted, second) = try await feedDestination(corrupt)
         #expect(corrupted?.contains("checksum mismatch") == true, "\(corrupted ?? "")")
         second.quit()
@@ -305,7 +318,7 @@ struct MigrationKernelTests {
         // A well-formed record that points past the end of RAM.
         var outside = PageBatchWriter()
         outside.append(block: 0, offset: 64 << 20, page: ArraySlice(repeating: 0xcd, count: 4096))
-        let (beyond, third) = try await feedDestination(hostileStream(layout, pages: outside.payload()))
+        let (beyond, third) = try await feedDestination(hostileStream(layout, pages: outside))
         #expect(beyond?.contains("lies outside RAM block 'pc.ram'") == true, "\(beyond ?? "")")
         #expect(third.memory.digest() == GuestMemoryMap.zeroDigest(of: third.memory))
         third.quit()
@@ -328,7 +341,7 @@ struct MigrationKernelTests {
 
         // A residency frame after pages, and one sized for another RAM.
         let late = encodeStream([(.configuration, layout.encode()), (.pages, batch.payload()),
-                                 (.residency, RAMResidency(words: [[1]]).encode())])
+                                 (.residency, RAMResidency(words: [[1]]).encode())], tails: [batch.tail])
         let (lateResidency, eighth) = try await feedDestination(late)
         #expect(lateResidency?.contains("a residency frame after pages") == true, "\(lateResidency ?? "")")
         eighth.quit()
@@ -341,10 +354,11 @@ struct MigrationKernelTests {
         var encoder = FrameEncoder()
         var later = PageBatchWriter()
         later.append(block: 0, offset: 12 << 20, page: ArraySlice(repeating: 0xee, count: 4096))
-        let frames = [encoder.frame(.configuration, payload: layout.encode()), encoder.frame(.pages, payload: batch.payload()),
-                      encoder.frame(.pages, payload: later.payload())]
-        let (gap, tenth) = try await feedDestination(StreamHeader.encode() + frames[0] + frames[2] + encoder.end())
-        #expect(gap?.contains("frame out of sequence: a frame of kind 2 numbered 2 where frame 1 was due") == true, "\(gap ?? "")")
+        let frames = [encoder.frame(.configuration, payload: layout.encode()), encoder.frame(.channels, payload: ChannelPlan(multifd: 0).encode()),
+                      encoder.frame(.pages, payload: batch.payload(), tail: batch.tail),
+                      encoder.frame(.pages, payload: later.payload(), tail: later.tail)]
+        let (gap, tenth) = try await feedDestination(StreamHeader.encode() + frames[0] + frames[1] + frames[3] + encoder.end())
+        #expect(gap?.contains("frame out of sequence: a frame of kind 2 numbered 3 where frame 2 was due") == true, "\(gap ?? "")")
         #expect(tenth.memory.digest() == GuestMemoryMap.zeroDigest(of: tenth.memory), "the frame after the gap was not applied")
         tenth.quit()
 

@@ -161,8 +161,10 @@ import Transport
             var reader = FrameReader(channel: channel)
             var payload: [UInt8] = []
             _ = try? reader.readStreamHeader()
+            var tail: [UInt8] = []
             while let header = try? reader.next(into: &payload) {
                 if header.kind == .end { sawEnd.withLock { $0 = true }; break }
+                if reader.pendingTail > 0 { _ = try? reader.readTail(into: &tail) }
             }
             channel.close()
         }
@@ -275,7 +277,8 @@ import Transport
         batch.append(block: 0, offset: 4096, page: ArraySlice((0..<4096).map { UInt8(truncatingIfNeeded: $0) }))
         let payloads = [[UInt8](repeating: 7, count: 33), batch.payload(), StateSection(name: "x", version: 1, state: [1, 2]).encode()]
         let kinds: [FrameKind] = [.configuration, .pages, .section]
-        let bytes = StreamHeader.encode() + zip(kinds, payloads).flatMap { encoder.frame($0, payload: $1) } + encoder.end()
+        let bytes = StreamHeader.encode() + zip(kinds, payloads).flatMap { encoder.frame($0, payload: $1, tail: $0 == .pages ? batch.tail : []) }
+            + encoder.end()
         return (bytes, payloads)
     }
 
@@ -284,7 +287,11 @@ import Transport
         _ = try reader.readStreamHeader()
         var payloads: [[UInt8]] = []
         var payload: [UInt8] = []
-        while try reader.next(into: &payload).kind != .end { payloads.append(payload) }
+        var tail: [UInt8] = []
+        while try reader.next(into: &payload).kind != .end {
+            payloads.append(payload)
+            if reader.pendingTail > 0 { try reader.readTail(into: &tail) }
+        }
         return payloads
     }
 

@@ -32,6 +32,12 @@ extension Machine {
         }
         // The connect happens on the migration thread: QMP stays responsive, and
         // migrate_cancel abandons a connect that hangs.
+        if migrationCapabilities.multifd {
+            switch uri {
+            case .tcp, .unix: break
+            case .file, .fd: throw .generic("Migration requires multi-channel URIs (e.g. tcp)")
+            }
+        }
         let opener: URIChannelOpener
         do { opener = try URIChannelOpener(uri) } catch { throw .generic("Failed to connect to '\(text)': \(error)") }
         let global = GlobalStateMigratable(wasRunning: { [self] in self.wasRunningBeforeSwitchover })
@@ -154,12 +160,18 @@ extension Machine {
         try migration.state.withLock { s throws(QMPError) in
             var parameters = s.parameters
             for (name, value) in arguments.sorted(by: { $0.key < $1.key }) {
-                guard case .int(let number) = value else {
-                    if MigrationParameters.names.contains(name) { throw QMPError.generic("Invalid parameter type for '\(name)', expected: integer") }
-                    throw QMPError.generic("Parameter '\(name)' is unexpected")
-                }
-                do { try parameters.set(name, to: number) } catch { throw QMPError.generic("\(error)") }
+                do throws(MigrationError) {
+                    switch value {
+                    case .int(let number): try parameters.set(name, to: number)
+                    case .string(let text): try parameters.set(name, text: text)
+                    default:
+                        guard MigrationParameters.names.contains(name) else { throw .invalidParameter("Parameter '\(name)' is unexpected") }
+                        let expected = MigrationParameters.textNames.contains(name) ? "string" : "integer"
+                        throw .invalidParameter("Invalid parameter type for '\(name)', expected: \(expected)")
+                    }
+                } catch { throw QMPError.generic("\(error)") }
             }
+            do { try s.capabilities.check(with: parameters) } catch { throw QMPError.generic("\(error)") }
             s.parameters = parameters
             // As in QEMU, a running migration takes the new values at once.
             if let current = s.outgoing, !current.status.isFinished { current.update(parameters) }
@@ -174,6 +186,11 @@ extension Machine {
             var capabilities = s.capabilities
             for (name, enabled) in list {
                 do { try capabilities.set(name, to: enabled) } catch { throw QMPError.generic("\(error)") }
+            }
+            do { try capabilities.check(with: s.parameters) } catch { throw QMPError.generic("\(error)") }
+            // The destination learns the channels from the source, but takes QEMU's rule as it is.
+            if capabilities.multifd && s.incoming != nil {
+                throw QMPError.generic("Multifd must be set before incoming starts")
             }
             s.capabilities = capabilities
         }

@@ -47,17 +47,30 @@ extension Machine {
             "precopy-bytes": .int(Int64(info.transferredBytes - info.downtimeBytes)),
             "downtime-bytes": .int(Int64(info.downtimeBytes)),
             "postcopy-bytes": 0,
-            "multifd-bytes": 0,
+            "multifd-bytes": .int(Int64(info.multifdBytes)),
             "postcopy-requests": 0,
             "dirty-sync-missed-zero-copy": 0,
         ]
+        // Ferry's own: what each channel carried (main, then multifd 0..N-1).
+        result["x-ferry-channels"] = .array(info.channels.map { channel in
+            var entry: [String: JSONValue] = ["role": .string(channel.role.description), "bytes": .int(Int64(channel.bytes)),
+                                              "frames": .int(Int64(channel.frames))]
+            if channel.role == .multifd {
+                entry["index"] = .int(Int64(channel.index))
+                entry["normal"] = .int(Int64(channel.normalPages))
+                entry["duplicate"] = .int(Int64(channel.zeroPages))
+            }
+            return .object(entry)
+        })
         return .object(result)
     }
 
     /// `query-migrate-parameters`: the values Ferry honours, QEMU's names.
     var migrationParametersJSON: JSONValue {
         var result: [String: JSONValue] = [:]
-        for (name, value) in migrationParameters.values { result[name] = .int(Int64(value)) }
+        let parameters = migrationParameters
+        for (name, value) in parameters.values { result[name] = .int(Int64(value)) }
+        for (name, value) in parameters.textValues { result[name] = .string(value) }
         return .object(result)
     }
 }

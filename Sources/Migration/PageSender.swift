@@ -1,0 +1,104 @@
+import GuestMemory
+import MigrationProtocol
+import Synchronization
+
+/// QEMU's `zero-page-detection`: where zero pages are found.
+public enum ZeroPageDetection: String, Sendable, CaseIterable {
+    /// Never: every page goes out as data.
+    case none
+    /// On the migration thread, as the page is picked.
+    case legacy
+    /// On the channel that sends the page, in the pass that checksums it (QEMU's default).
+    case multifd
+}
+
+/// Pages picked to go out together in one `pages` frame: block index and
+/// byte offset of each, and whether the picker already knows it is zero.
+struct PageJob: Sendable {
+    var blocks: [Int] = []
+    var offsets: [Int] = []
+    var knownZero: [Bool] = []
+
+    var count: Int { blocks.count }
+
+    mutating func append(block: Int, offset: Int, zero: Bool) {
+        blocks.append(block)
+        offsets.append(offset)
+        knownZero.append(zero)
+    }
+}
+
+/// What one channel has sent, for `query-migrate`.
+public struct ChannelStatistics: Equatable, Sendable {
+    public var role: ChannelRole
+    public var index: Int
+    public var bytes: UInt64 = 0
+    public var frames: UInt64 = 0
+    public var normalPages: UInt64 = 0
+    public var zeroPages: UInt64 = 0
+
+    public init(role: ChannelRole, index: Int) { (self.role, self.index) = (role, index) }
+}
+
+/// Turns page jobs into `pages` frames on one channel: checksums each page
+/// (and finds zero pages) in one pass, then writes the frame head and the
+/// pages themselves, by reference into guest RAM, in one gather write.  Owned
+/// by the one thread that sends on the channel.
+struct PageSender: ~Copyable {
+    let writer: StreamWriter
+    let mappings: [HostMapping]
+    let detection: ZeroPageDetection
+    let statistics: RAMCounters
+    var index = PageIndexBuilder()
+    var list = GatherList(arenaCapacity: 8 << 10)
+    var pages = (normal: UInt64(0), zero: UInt64(0))
+
+    init(writer: StreamWriter, mappings: [HostMapping], detection: ZeroPageDetection, statistics: RAMCounters) {
+        (self.writer, self.mappings, self.detection) = (writer, mappings, detection)
+        self.statistics = statistics
+    }
+
+    static let pageSize = RAMMigration.pageSize
+
+    /// Sends `job` as one frame.
+    mutating func send(_ job: PageJob) throws(MigrationError) {
+        guard job.count > 0 else { return }
+        index.reset()
+        list.removeAll()
+        var data = 0
+        let findZero = detection != .none
+        // The records first, so the frame head (which numbers the frame) can lead the list.
+        var dataPages: [(block: Int, offset: Int)] = []
+        dataPages.reserveCapacity(job.count)
+        for i in 0..<job.count {
+            let (block, offset) = (job.blocks[i], job.offsets[i])
+            if !job.knownZero[i] {
+                let scan = mappings[block].withSpan(at: offset, count: Self.pageSize) { PageScan.of($0) }
+                if !(findZero && scan.isZero) {
+                    index.append(block: block, offset: UInt64(offset), kind: .data, checksum: scan.checksum)
+                    dataPages.append((block, offset))
+                    data += 1
+                    continue
+                }
+            }
+            index.append(block: block, offset: UInt64(offset), kind: .zero)
+        }
+        list.append(writer.pagesFrameHead(index: index.payload(), tailLength: data * Self.pageSize))
+        // The tail: the data pages in record order, by reference into guest RAM.
+        for page in dataPages { list.append(mappings[page.block], offset: page.offset, count: Self.pageSize) }
+        try writer.write(list)
+        let zero = job.count - data
+        pages.normal += UInt64(data)
+        pages.zero += UInt64(zero)
+        statistics.withLock { s in
+            s.normalPages += UInt64(data)
+            s.zeroPages += UInt64(zero)
+        }
+    }
+}
+
+/// RAM counters shared by the threads that send or load pages.
+final class RAMCounters: Sendable {
+    let state = Mutex(RAMStatistics())
+    func withLock<R>(_ body: (inout RAMStatistics) -> R) -> R { state.withLock { body(&$0) } }
+}

@@ -1,0 +1,66 @@
+import Glibc
+import Synchronization
+
+/// The bandwidth limit every channel of one migration shares (`max-bandwidth`
+/// holds for their sum), and the count of every byte they sent.  QEMU's rate
+/// limiter: a budget per 100 ms window; the migration thread waits out a
+/// window whose budget is spent.  What a window sent beyond its budget (a
+/// frame is never cut) is charged to the next one, so the limit holds on
+/// average, not only per window.
+public final class RateLimiter: Sendable {
+    struct Window {
+        var start = ContinuousClock.now
+        var bytes: UInt64 = 0
+        /// Bytes per second; 0 = unlimited.
+        var limit: UInt64 = 0
+        var total: UInt64 = 0
+    }
+    let window = Mutex(Window())
+    static let period: Duration = .milliseconds(100)
+
+    public init() {}
+
+    /// Every byte any channel has sent.
+    public var totalBytes: UInt64 { window.withLock { $0.total } }
+
+    /// Sets the limit in bytes per second (0: none); takes effect at once.
+    public func setLimit(_ bytesPerSecond: UInt64) { window.withLock { $0.limit = bytesPerSecond } }
+
+    /// Counts bytes a channel sent.
+    public func charge(_ bytes: Int) {
+        window.withLock {
+            $0.bytes += UInt64(bytes)
+            $0.total += UInt64(bytes)
+        }
+    }
+
+    /// Whether this window's budget is spent (the caller should `waitForBudget`).
+    public var isLimited: Bool {
+        window.withLock { w in w.limit != 0 && w.bytes >= w.limit / 10 }
+    }
+
+    /// Sleeps until the current window ends if its budget is spent; starts a new window when due.
+    public func waitForBudget() {
+        let (limited, end) = window.withLock { w in (w.limit != 0 && w.bytes >= w.limit / 10, w.start + Self.period) }
+        if limited && ContinuousClock.now < end { sleepUntil(end) }
+        window.withLock { w in
+            let now = ContinuousClock.now
+            guard now >= w.start + Self.period else { return }
+            let budget = w.limit / 10
+            // Overshoot carries over only from the window that just ended, and only while limited.
+            let late = now - w.start >= Self.period * 2
+            w.bytes = w.limit == 0 || late ? 0 : w.bytes - min(w.bytes, budget)
+            w.start = now
+        }
+    }
+}
+
+/// Blocks the calling thread until `instant`.
+func sleepUntil(_ instant: ContinuousClock.Instant) {
+    while true {
+        let remaining = instant - ContinuousClock.now
+        guard remaining > .zero else { return }
+        let (seconds, attoseconds) = remaining.components
+        _ = usleep(UInt32(min(seconds * 1_000_000 + attoseconds / 1_000_000_000_000, 1_000_000)))
+    }
+}

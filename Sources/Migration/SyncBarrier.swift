@@ -1,0 +1,55 @@
+import Foundation
+import Synchronization
+
+/// The destination's barrier at each multifd `sync`: a channel that reaches
+/// its sync for epoch `e` waits until every channel has reached its own, so
+/// no page of epoch `e` is applied while one of an older epoch may still come.
+final class SyncBarrier: Sendable {
+    struct State {
+        var arrived = 0
+        /// The last epoch every party reached.
+        var passed: UInt64 = 0
+        var aborted = false
+    }
+    let parties: Int
+    let state = Mutex(State())
+    nonisolated(unsafe) let condition = NSCondition()
+
+    init(parties: Int) { self.parties = parties }
+
+    /// Waits until all parties arrived at `epoch` (the one after the last passed);
+    /// throws `.cancelled` if the load is abandoned meanwhile.
+    func arrive(epoch: UInt64) throws(MigrationError) {
+        condition.lock()
+        defer { condition.unlock() }
+        let last = try state.withLock { s throws(MigrationError) -> Bool in
+            if s.aborted { throw .cancelled }
+            guard epoch == s.passed + 1 else {
+                throw .stream(.unexpectedFrame("a sync for epoch \(epoch) while epoch \(s.passed + 1) was due"))
+            }
+            s.arrived += 1
+            guard s.arrived == parties else { return false }
+            s.arrived = 0
+            s.passed = epoch
+            return true
+        }
+        if last {
+            condition.broadcast()
+            return
+        }
+        while true {
+            let (passed, aborted) = state.withLock { ($0.passed >= epoch, $0.aborted) }
+            if passed { return }
+            if aborted { throw .cancelled }
+            condition.wait()
+        }
+    }
+
+    /// Releases every waiter with `.cancelled` (the load failed).
+    func abort() {
+        condition.lock()
+        state.withLock { $0.aborted = true }
+        condition.broadcast()
+        condition.unlock()
+    }
+}
