@@ -37,6 +37,10 @@ let package = Package(
         .target(name: "EmbeddedGuest", dependencies: ["GuestMemory"], swiftSettings: hot),
         // Pure: the migration stream format (framing, configuration, page records, sections).
         .target(name: "MigrationProtocol", swiftSettings: hot),
+        // Debian's system libzstd (libzstd-dev), for multifd's zstd compression.
+        .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+        // zstd compression of page batches: reusable per-channel contexts, typed errors, no unsafe API.
+        .target(name: "Compression", dependencies: ["CZstd"], swiftSettings: hot),
         // The migration engine: RAM blocks, pages, channels and state. No KVM, no NIO.
         .target(name: "Migration", dependencies: ["GuestMemory", "MigrationProtocol"], swiftSettings: hot),
         // Migration channels: sockets, files and descriptors behind `ByteChannel`.
@@ -58,6 +62,7 @@ let package = Package(
         .testTarget(name: "EmbeddedGuestTests", dependencies: ["EmbeddedGuest", "GuestMemory", "PVHBoot"]),
         .testTarget(name: "QMPTests", dependencies: ["QMP"]),
         .testTarget(name: "MigrationProtocolTests", dependencies: ["MigrationProtocol"]),
+        .testTarget(name: "CompressionTests", dependencies: ["Compression"]),
         .testTarget(name: "IntegrationTests", dependencies: ["VMM", "KVM", "GuestMemory", "EmbeddedGuest", "QMP", "Migration",
                                                            "MigrationProtocol", "Transport"]),
     ]

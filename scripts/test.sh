@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs Ferry's whole test suite on a fresh Debian 12 machine of this kind,
-# installing what it needs first: Debian packages for the guest build, a
-# Python venv with the qemu.qmp client and pytest.  Needs root and /dev/kvm.
+# installing what it needs first: Debian packages for the guest build and
+# libzstd-dev (the CZstd target), a Python venv with the qemu.qmp client and
+# pytest.  Needs root and /dev/kvm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,7 @@ need_apt=()
 command -v gcc >/dev/null || need_apt+=(gcc)
 command -v ld >/dev/null || need_apt+=(binutils)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+[ -e /usr/include/zstd.h ] || need_apt+=(libzstd-dev)   # CZstd: Debian's system libzstd, for multifd compression
 if ((${#need_apt[@]})); then
     echo "== installing Debian packages: ${need_apt[*]}"
     apt-get update -qq
