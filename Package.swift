@@ -42,7 +42,7 @@ let package = Package(
         // zstd compression of page batches: reusable per-channel contexts, typed errors, no unsafe API.
         .target(name: "Compression", dependencies: ["CZstd"], swiftSettings: hot),
         // The migration engine: RAM blocks, pages, channels and state. No KVM, no NIO.
-        .target(name: "Migration", dependencies: ["GuestMemory", "MigrationProtocol"], swiftSettings: hot),
+        .target(name: "Migration", dependencies: ["GuestMemory", "MigrationProtocol", "Compression"], swiftSettings: hot),
         // Migration channels: sockets, files and descriptors behind `ByteChannel`.
         .target(name: "Transport", dependencies: ["CLinuxUAPI", "Migration"], swiftSettings: hot),
         // Emulated devices: 16550 UART, the guest service port.

@@ -38,6 +38,20 @@ public struct GatherList: @unchecked Sendable {
         byteCount += bytes.count
     }
 
+    /// Appends a copy of `bytes` (compressed pages).
+    public mutating func append(_ bytes: Span<UInt8>) {
+        guard !bytes.isEmpty else { return }
+        let start = arena.count
+        arena.reserveCapacity(start + bytes.count)
+        for i in bytes.indices { arena.append(bytes[i]) }
+        if case .arena(let last)? = segments.last, last.upperBound == start {
+            segments[segments.count - 1] = .arena(last.lowerBound..<arena.count)
+        } else {
+            segments.append(.arena(start..<arena.count))
+        }
+        byteCount += bytes.count
+    }
+
     /// Appends `count` bytes of guest memory at `offset` of `mapping`, by reference.
     public mutating func append(_ mapping: HostMapping, offset: Int, count: Int) {
         precondition(offset >= 0 && count >= 0 && count <= mapping.byteCount - offset, "range outside the mapping")

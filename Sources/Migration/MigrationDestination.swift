@@ -24,11 +24,14 @@ public final class MigrationDestination: Sendable {
     /// Set when two devices claim one section name: the load refuses to start.
     let duplicateSection: String?
 
+    let channelTimeout: Duration
+
     public init(channel: any ByteChannel, acceptor: (any ChannelAcceptor)? = nil, configuration: MigrationConfiguration,
-                ram: RAMMigration, devices: [any Migratable],
+                ram: RAMMigration, devices: [any Migratable], channelTimeout: Duration = MigrationDestination.channelArrivalTimeout,
                 onStatus: @escaping @Sendable (MigrationStatus) -> Void) {
         self.channel = channel
         self.acceptor = acceptor
+        self.channelTimeout = channelTimeout
         self.configuration = configuration
         self.ram = ram
         self.devices = Dictionary(devices.map { ($0.sectionName, $0) }, uniquingKeysWith: { first, _ in first })
@@ -145,7 +148,7 @@ public final class MigrationDestination: Sendable {
             throw .stream(.unexpectedFrame("the source announced \(plan.multifd) multifd channels, but this destination reads a file or descriptor"))
         }
         let channels = try MultifdReceivers.accept(Int(plan.multifd), migrationID: migrationID, from: acceptor,
-                                                   timeout: Self.channelArrivalTimeout)
+                                                   timeout: channelTimeout)
         acceptor.close()
         let main = channel
         let started = MultifdReceivers(channels: channels, ram: ram) { error in

@@ -14,7 +14,7 @@ final class MultifdReceivers: Sendable {
     let channels: [any ByteChannel]
     let barrier: SyncBarrier
     let state = Mutex(State())
-    nonisolated(unsafe) let condition = NSCondition()
+    let condition = NSCondition()
     /// Told once when a channel fails (the main thread is waiting on its own channel).
     let onFailure: @Sendable (MigrationError) -> Void
 

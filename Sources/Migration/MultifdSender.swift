@@ -1,3 +1,4 @@
+import Compression
 import Foundation
 import GuestMemory
 import MigrationProtocol
@@ -42,11 +43,11 @@ final class MultifdSender: Sendable {
     let channels: [any ByteChannel]
     let state: Mutex<Queues>
     // NSCondition: the channel threads and the picker wait on it for room, work and the end.
-    nonisolated(unsafe) let condition = NSCondition()
+    let condition = NSCondition()
 
     /// Starts one thread per channel.  `channels[i]` has had its stream header sent through `writers[i]`.
     init(channels: [any ByteChannel], writers: [StreamWriter], mappings: [HostMapping], detection: ZeroPageDetection,
-         statistics: RAMCounters) {
+         statistics: RAMCounters, zstdLevel: Int?) {
         precondition(channels.count == writers.count && !channels.isEmpty)
         self.channels = channels
         self.writers = writers
@@ -54,9 +55,15 @@ final class MultifdSender: Sendable {
                              pages: Array(repeating: (0, 0), count: channels.count)))
         for index in channels.indices {
             let thread = Thread { [self] in
+                let compressor: ZstdCompressor?
+                do { compressor = try zstdLevel.map { try ZstdCompressor(level: $0) } } catch {
+                    fail(.state("zstd: \(error)"))
+                    state.withLock { $0.exited += 1 }
+                    return
+                }
                 // Detection on the channel only with `multifd`; `legacy` happened in the picker.
-                run(index, PageSender(writer: writers[index], mappings: mappings,
-                                      detection: detection == .multifd ? .multifd : .none, statistics: statistics))
+                run(index, PageSender(writer: writers[index], mappings: mappings, detection: detection == .multifd ? .multifd : .none,
+                                      statistics: statistics, compressor: compressor))
             }
             thread.name = "ferry-multifd-\(index)"
             thread.start()

@@ -1,3 +1,4 @@
+import Compression
 import GuestMemory
 import MigrationProtocol
 import Synchronization
@@ -49,13 +50,17 @@ struct PageSender: ~Copyable {
     let mappings: [HostMapping]
     let detection: ZeroPageDetection
     let statistics: RAMCounters
+    /// zstd for the pages (`multifd-compression: zstd`), made on the sending thread.
+    let compressor: ZstdCompressor?
     var index = PageIndexBuilder()
     var list = GatherList(arenaCapacity: 8 << 10)
     var pages = (normal: UInt64(0), zero: UInt64(0))
 
-    init(writer: StreamWriter, mappings: [HostMapping], detection: ZeroPageDetection, statistics: RAMCounters) {
+    init(writer: StreamWriter, mappings: [HostMapping], detection: ZeroPageDetection, statistics: RAMCounters,
+         compressor: ZstdCompressor? = nil) {
         (self.writer, self.mappings, self.detection) = (writer, mappings, detection)
         self.statistics = statistics
+        self.compressor = compressor
     }
 
     static let pageSize = RAMMigration.pageSize
@@ -83,9 +88,27 @@ struct PageSender: ~Copyable {
             }
             index.append(block: block, offset: UInt64(offset), kind: .zero)
         }
-        list.append(writer.pagesFrameHead(index: index.payload(), tailLength: data * Self.pageSize))
-        // The tail: the data pages in record order, by reference into guest RAM.
-        for page in dataPages { list.append(mappings[page.block], offset: page.offset, count: Self.pageSize) }
+        if let compressor, data > 0 {
+            // The tail: one zstd frame of the data pages, read from guest RAM by the compressor.
+            let size: Int
+            do {
+                try compressor.begin(totalBytes: data * Self.pageSize)
+                for page in dataPages {
+                    var failure: CompressionError?
+                    mappings[page.block].withSpan(at: page.offset, count: Self.pageSize) { span in
+                        do throws(CompressionError) { try compressor.append(span) } catch { failure = error }
+                    }
+                    if let failure { throw failure }
+                }
+                size = try compressor.finish()
+            } catch { throw .state("zstd compression failed: \(error)") }
+            list.append(writer.pagesFrameHead(index: index.payload(compressed: true), tailLength: size))
+            compressor.withOutput { list.append($0) }
+        } else {
+            list.append(writer.pagesFrameHead(index: index.payload(), tailLength: data * Self.pageSize))
+            // The tail: the data pages in record order, by reference into guest RAM.
+            for page in dataPages { list.append(mappings[page.block], offset: page.offset, count: Self.pageSize) }
+        }
         try writer.write(list)
         let zero = job.count - data
         pages.normal += UInt64(data)

@@ -251,7 +251,8 @@ public final class PrecopySource: Sendable {
             writers.append(writer)
         }
         let sender = MultifdSender(channels: multifdChannels.withLock { $0 }, writers: writers, mappings: parts.ram.mappings,
-                                   detection: start.zeroPageDetection, statistics: parts.ram.statistics)
+                                   detection: start.zeroPageDetection, statistics: parts.ram.statistics,
+                                   zstdLevel: start.multifdCompression == .zstd ? Int(start.multifdZstdLevel) : nil)
         parts.ram.use(.multifd(sender, start.zeroPageDetection))
     }
 

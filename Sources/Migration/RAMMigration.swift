@@ -1,3 +1,4 @@
+import Compression
 import GuestMemory
 import MigrationProtocol
 import Synchronization
@@ -360,13 +361,19 @@ public struct PageLoadScratch: ~Copyable {
     var intact: [Bool] = []
     var compressed: [UInt8] = []
     var pages: [UInt8] = []
+    var decompressor: ZstdDecompressor?
 
     public init() {}
 
-    /// Reads a compressed tail and decompresses it into `pages` (exactly `count` bytes).
+    /// Reads a compressed tail and decompresses it into `pages`: exactly
+    /// `count` bytes, or an error (a lying size, a bomb, corruption), never more.
     mutating func decompress(from reader: inout FrameReader, into count: Int) throws(MigrationError) {
         try reader.readTail(into: &compressed)
-        throw .stream(.malformed("compressed pages (\(compressed.count) bytes for \(count)) but this Ferry was built without zstd"))
+        do {
+            if decompressor == nil { decompressor = try ZstdDecompressor() }
+            let input = compressed
+            try decompressor!.decompress(input.span, expectedSize: count, into: &pages)
+        } catch { throw .stream(.malformed("compressed pages: \(error)")) }
     }
 }
 

@@ -13,7 +13,7 @@ final class SyncBarrier: Sendable {
     }
     let parties: Int
     let state = Mutex(State())
-    nonisolated(unsafe) let condition = NSCondition()
+    let condition = NSCondition()
 
     init(parties: Int) { self.parties = parties }
 

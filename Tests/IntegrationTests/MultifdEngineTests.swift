@@ -1,0 +1,190 @@
+import Foundation
+import Synchronization
+import Testing
+import GuestMemory
+import Migration
+import MigrationProtocol
+import Transport
+
+/// Multifd through the real engine over real Unix sockets, without KVM: every
+/// page arrives on 1 to 8 channels, with and without zstd; the destination's
+/// barrier keeps an old copy of a page from landing after a newer one; hostile
+/// handshakes are refused; a channel that dies fails the migration and the
+/// source runs on.
+@Suite(.serialized) struct MultifdEngineTests {
+    typealias Kit = SwitchoverRetryTests
+
+    static let blockBytes = 16 << 20
+
+    /// A 16 MiB block: every third page random, every third a pattern, the rest zero.
+    static func block(filled: Bool) throws -> RAMBlock {
+        let mapping = try HostMapping(byteCount: UInt64(blockBytes), backend: .anon)
+        if filled {
+            var seed: UInt64 = 0x9e37_79b9_7f4a_7c15
+            for page in stride(from: 0, to: blockBytes, by: 4096) where (page / 4096) % 3 != 2 {
+                let bytes: [UInt8] = (page / 4096) % 3 == 0
+                    ? (0..<4096).map { _ in seed = seed &* 6364136223846793005 &+ 1442695040888963407; return UInt8(truncatingIfNeeded: seed >> 33) }
+                    : (0..<4096).map { UInt8(truncatingIfNeeded: $0 / 64 + page >> 12) }
+                unsafe bytes.withUnsafeBytes { unsafe mapping.storeBytes($0, at: page) }
+            }
+        }
+        return RAMBlock(name: "pc.ram", mapping: mapping, placements: [])
+    }
+
+    static func socketPath() -> String { "/tmp/ferry-multifd-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock" }
+
+    /// The destination's acceptor, as a test sees it: every connection after
+    /// the main one goes through `wrap` first.
+    struct WrappingAcceptor: ChannelAcceptor {
+        let listener: IncomingListener
+        let wrap: @Sendable (any ByteChannel) -> any ByteChannel
+        func accept(timeout: Duration?) throws(ChannelError) -> any ByteChannel { wrap(try listener.accept(timeout: timeout)) }
+        func close() { listener.close() }
+    }
+
+    struct Outcome {
+        let info: MigrationInfo
+        let events: [String]
+        let destination: Result<Void, MigrationError>?
+        let source: RAMBlock, target: RAMBlock
+    }
+
+    /// Migrates a filled block into an empty one with `capabilities` and `parameters`.
+    static func run(channels: Int, compression: MultifdCompression = .none, detection: ZeroPageDetection = .multifd,
+                    zeroCopy: Bool = false, uri: MigrationURI? = nil,
+                    wrap: @escaping @Sendable (any ByteChannel) -> any ByteChannel = { $0 }) throws -> Outcome {
+        let source = try block(filled: true), target = try block(filled: false)
+        let configuration = MigrationConfiguration(blocks: RAMMigration.layout(of: [source]), vcpuCount: 1)
+        let uri = uri ?? .unix(path: socketPath())
+        let listener = try Transport.listen(uri)
+        defer { listener.close() }
+        let result = Mutex<Result<Void, MigrationError>?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        let loaded = Kit.StopSizedDevice(vm: nil, largeStops: 0)
+        let destination = Thread {
+            defer { done.signal() }
+            do throws(MigrationError) {
+                let main: any ByteChannel
+                do { main = try listener.accept(timeout: .seconds(30)) } catch { throw .channel(error) }
+                let engine = MigrationDestination(
+                    channel: main, acceptor: WrappingAcceptor(listener: listener, wrap: wrap), configuration: configuration,
+                    ram: RAMMigration(blocks: [target], tracker: nil, destinationStartsZero: true),
+                    devices: [loaded], onStatus: { _ in })
+                try engine.run()
+                result.withLock { $0 = .success(()) }
+            } catch {
+                result.withLock { $0 = .failure(error) }
+            }
+        }
+        destination.start()
+        var parameters = MigrationParameters()
+        parameters.maxBandwidth = 1 << 40
+        parameters.multifdChannels = UInt8(channels)
+        parameters.multifdCompression = compression
+        parameters.zeroPageDetection = detection
+        var capabilities = MigrationCapabilities()
+        capabilities.multifd = true
+        capabilities.zeroCopySend = zeroCopy
+        let address = listener.address
+        let vm = Kit.RecordingVM()
+        let engine = PrecopySource(
+            .init(opener: try URIChannelOpener(address), configuration: configuration,
+                  ram: RAMMigration(blocks: [source], tracker: Kit.OneShotDirtyLog(pages: blockBytes / 4096)),
+                  devices: [Kit.StopSizedDevice(vm: vm, largeStops: 0)], vm: vm),
+            parameters: parameters, capabilities: capabilities, onStatus: { _ in })
+        engine.run()
+        _ = done.wait(timeout: .now() + 30)
+        return Outcome(info: engine.info, events: vm.events.withLock { $0 }, destination: result.withLock { $0 }, source: source, target: target)
+    }
+
+    @Test("every page arrives on 1, 2, 4 and 8 channels, with and without zstd",
+          arguments: [1, 2, 4, 8], [MultifdCompression.none, .zstd])
+    func everyPageArrives(channels: Int, compression: MultifdCompression) throws {
+        let outcome = try Self.run(channels: channels, compression: compression)
+        #expect(outcome.info.status == .completed, "\(outcome.info.errorDescription ?? "")")
+        if case .failure(let error)? = outcome.destination { Issue.record("destination: \(error)") }
+        #expect(Kit.sameBytes(outcome.source, outcome.target), "every page arrived intact")
+        let multifd = outcome.info.channels.filter { $0.role == .multifd }
+        #expect(multifd.count == channels)
+        #expect(multifd.allSatisfy { $0.normalPages > 0 }, "every channel carried pages: \(multifd)")
+        #expect(multifd.reduce(0) { $0 + $1.normalPages } == UInt64(Self.blockBytes / 4096 * 2 / 3 + 1))
+        #expect(outcome.info.multifdBytes == multifd.reduce(0) { $0 + $1.bytes })
+        let pageBytes = UInt64(Self.blockBytes / 4096 * 2 / 3 + 1) * 4096
+        if compression == .zstd {
+            #expect(outcome.info.multifdBytes < pageBytes * 3 / 4, "zstd shrank the pattern pages: \(outcome.info.multifdBytes)")
+        } else {
+            #expect(outcome.info.multifdBytes > pageBytes, "\(outcome.info.multifdBytes)")
+        }
+        #expect(outcome.info.channels.first?.role == .main && (outcome.info.channels.first?.bytes ?? 0) < 1 << 20,
+                "no pages on the main channel")
+    }
+
+    @Test("zero pages: found on the channels (multifd), by the picker (legacy), or not looked for (none)",
+          arguments: [ZeroPageDetection.multifd, .legacy, .none])
+    func zeroPageDetection(detection: ZeroPageDetection) throws {
+        let outcome = try Self.run(channels: 2, detection: detection)
+        #expect(outcome.info.status == .completed, "\(outcome.info.errorDescription ?? "")")
+        #expect(Kit.sameBytes(outcome.source, outcome.target))
+        let pages = UInt64(Self.blockBytes / 4096)
+        // The block was never written where zero: its chunks are resident, so only detection finds them.
+        if detection == .none {
+            #expect(outcome.info.ram.normalPages == pages && outcome.info.ram.zeroPages == 0)
+        } else {
+            #expect(outcome.info.ram.zeroPages >= pages / 3 - 1 && outcome.info.ram.normalPages < pages, "\(outcome.info.ram)")
+        }
+    }
+
+    /// A channel that fails its reads once it has passed `bytes` (the connection dies mid-way).
+    final class DyingChannel: ByteChannel {
+        let inner: any ByteChannel
+        let limit: Int
+        let seen = Mutex(0)
+        init(_ inner: any ByteChannel, dyingAfter limit: Int) { (self.inner, self.limit) = (inner, limit) }
+        func write(_ bytes: [UInt8]) throws(ChannelError) { try inner.write(bytes) }
+        func read(upTo count: Int, into buffer: inout [UInt8], at offset: Int) throws(ChannelError) -> Int {
+            try check()
+            let n = try inner.read(upTo: count, into: &buffer, at: offset)
+            seen.withLock { $0 += n }
+            return n
+        }
+        func read(into list: borrowing ScatterList) throws(ChannelError) {
+            try check()
+            try inner.read(into: list)
+            seen.withLock { $0 += list.byteCount }
+        }
+        func check() throws(ChannelError) {
+            if seen.withLock({ $0 }) > limit {
+                inner.shutdown()
+                throw .system("read from the migration channel", errno: 104)
+            }
+        }
+        func waitReadable(timeout: Duration) throws(ChannelError) -> Bool { try inner.waitReadable(timeout: timeout) }
+        var hasReturnPath: Bool { inner.hasReturnPath }
+        func shutdown() { inner.shutdown() }
+        func close() { inner.close() }
+    }
+
+    @Test("a multifd connection that dies mid-way fails the migration, the source runs on intact, and a retry succeeds")
+    func deadChannel() throws {
+        let count = Mutex(0)
+        let failed = try Self.run(channels: 4) { channel in
+            let index = count.withLock { n -> Int in defer { n += 1 }; return n }
+            return index == 2 ? DyingChannel(channel, dyingAfter: 1 << 20) : channel
+        }
+        #expect(failed.info.status == .failed)
+        #expect(failed.info.errorDescription?.contains("Connection reset by peer") == true, "\(failed.info.errorDescription ?? "")")
+        guard case .failure? = failed.destination else { Issue.record("the destination loaded a stream with a dead channel"); return }
+        #expect(!failed.events.contains("hold"), "before the switchover the source is never held: \(failed.events)")
+        #expect(failed.events.allSatisfy { $0 != "completed" })
+        let retry = try Self.run(channels: 4)
+        #expect(retry.info.status == .completed, "\(retry.info.errorDescription ?? "")")
+        #expect(Kit.sameBytes(retry.source, retry.target))
+    }
+
+    @Test("zero-copy-send: every page arrives (loopback copies, so no gain is expected here)")
+    func zeroCopy() throws {
+        let outcome = try Self.run(channels: 2, zeroCopy: true, uri: .tcp(host: "127.0.0.1", port: 0))
+        #expect(outcome.info.status == .completed, "\(outcome.info.errorDescription ?? "")")
+        #expect(Kit.sameBytes(outcome.source, outcome.target))
+    }
+}
