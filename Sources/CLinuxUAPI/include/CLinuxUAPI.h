@@ -32,6 +32,7 @@
 #include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/uio.h>
 
 /* ---- system ioctls (on /dev/kvm) */
 static const unsigned long CLinuxUAPI_KVM_GET_API_VERSION = KVM_GET_API_VERSION;
@@ -383,6 +384,20 @@ static inline long CLinuxUAPI_write(int fd, const void *buffer, size_t count) {
     do { r = write(fd, buffer, count); } while (r < 0 && errno == EINTR);
     return r < 0 ? -errno : r;
 }
+/* ---- vectored I/O for gather writes and scatter reads (at most
+ * CLINUXUAPI_IOV_MAX vectors per call: the kernel's UIO_MAXIOV, EINVAL beyond). */
+#define CLINUXUAPI_IOV_MAX 1024
+static inline long CLinuxUAPI_writev(int fd, const struct iovec *vectors, int count) {
+    long r;
+    do { r = writev(fd, vectors, count); } while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : r;
+}
+static inline long CLinuxUAPI_readv(int fd, const struct iovec *vectors, int count) {
+    long r;
+    do { r = readv(fd, vectors, count); } while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : r;
+}
+
 /* A peer that vanishes must give EPIPE, not kill the process. */
 static inline void CLinuxUAPI_ignore_sigpipe(void) { signal(SIGPIPE, SIG_IGN); }
 static inline int CLinuxUAPI_shutdown(int fd) { return shutdown(fd, SHUT_RDWR) == 0 ? 0 : -errno; }
@@ -426,6 +441,7 @@ _Static_assert(sizeof(struct kvm_dirty_log) == 16, "layout Swift relies on");
 _Static_assert(sizeof(struct kvm_regs) == 144, "layout Swift relies on");
 _Static_assert(sizeof(struct kvm_cpuid_entry2) == 40, "layout Swift relies on");
 _Static_assert(sizeof(struct uffd_msg) == 32, "layout Swift relies on");
+_Static_assert(sizeof(struct iovec) == 16, "layout Swift relies on");
 _Static_assert(sizeof(struct CLinuxUAPI_pm_scan_arg) == 96, "the kernel's pm_scan_arg");
 _Static_assert(sizeof(struct CLinuxUAPI_page_region) == 24, "the kernel's page_region");
 
