@@ -68,9 +68,13 @@ public enum ChannelError: Error, Equatable, Sendable, CustomStringConvertible {
         switch errno {
         case 2: "No such file or directory"
         case 13: "Permission denied"
+        case 22: "Invalid argument"
         case 32: "Broken pipe"
+        case 88: "Socket operation on non-socket"
+        case 95: "Operation not supported"
         case 98: "Address already in use"
         case 104: "Connection reset by peer"
+        case 105: "No buffer space available"
         case 110: "Connection timed out"
         case 111: "Connection refused"
         case 125: "Operation canceled"

@@ -6,12 +6,14 @@ import Synchronization
 
 /// A migration channel over one file descriptor: a connected socket, a file,
 /// or a descriptor handed over with `fd:N`.  Closes it once.
-public final class DescriptorChannel: ByteChannel {
+public final class DescriptorChannel: ZeroCopyChannel {
     let descriptor: Int32
     public let hasReturnPath: Bool
     let closed = Mutex(false)
     /// Set by `limitInactivity`: a read that waits this long fails with `.inactive`.
     let inactivity = Mutex<Duration?>(nil)
+    /// Zero-copy sends queued and completed (DescriptorChannel+ZeroCopy.swift).
+    let zeroCopy = Mutex(ZeroCopyCounts())
 
     /// Adopts `descriptor`; `returnPath` is whether the other side can answer on it.
     public init(adopting descriptor: Int32, returnPath: Bool) {

@@ -33,6 +33,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/uio.h>
+#include <linux/errqueue.h>
 
 /* ---- system ioctls (on /dev/kvm) */
 static const unsigned long CLinuxUAPI_KVM_GET_API_VERSION = KVM_GET_API_VERSION;
@@ -398,6 +399,81 @@ static inline long CLinuxUAPI_readv(int fd, const struct iovec *vectors, int cou
     return r < 0 ? -errno : r;
 }
 
+/* ---- MSG_ZEROCOPY (Documentation/networking/msg_zerocopy.rst).  The values
+ * below are the kernel's; the fallbacks are for headers older than 4.14:
+ *   SO_ZEROCOPY                 60         include/uapi/asm-generic/socket.h
+ *   MSG_ZEROCOPY                0x4000000  include/linux/socket.h
+ *   SO_EE_ORIGIN_ZEROCOPY       5          include/uapi/linux/errqueue.h
+ *   SO_EE_CODE_ZEROCOPY_COPIED  1          include/uapi/linux/errqueue.h */
+#ifndef SO_ZEROCOPY
+#define SO_ZEROCOPY 60
+#endif
+#ifndef MSG_ZEROCOPY
+#define MSG_ZEROCOPY 0x4000000
+#endif
+#ifndef SO_EE_ORIGIN_ZEROCOPY
+#define SO_EE_ORIGIN_ZEROCOPY 5
+#endif
+#ifndef SO_EE_CODE_ZEROCOPY_COPIED
+#define SO_EE_CODE_ZEROCOPY_COPIED 1
+#endif
+/* Turns MSG_ZEROCOPY on for the socket: 0 or -errno (EOPNOTSUPP on a Unix
+ * socket, ENOTSOCK on a file: only TCP and UDP sockets support it). */
+static inline int CLinuxUAPI_enable_zerocopy(int fd) {
+    int one = 1;
+    return setsockopt(fd, SOL_SOCKET, SO_ZEROCOPY, &one, sizeof one) == 0 ? 0 : -errno;
+}
+/* One sendmsg(MSG_ZEROCOPY): the bytes queued (each call that queues any is
+ * one completion id) or -errno (ENOBUFS: too many sends await completion). */
+static inline long CLinuxUAPI_sendmsg_zerocopy(int fd, const struct iovec *vectors, int count) {
+    struct msghdr message;
+    memset(&message, 0, sizeof message);
+    message.msg_iov = (struct iovec *)vectors;
+    message.msg_iovlen = (size_t)count;
+    long r;
+    do { r = sendmsg(fd, &message, MSG_ZEROCOPY | MSG_NOSIGNAL); } while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : r;
+}
+/* Takes one completion notification off the socket's error queue, waiting up
+ * to `milliseconds` (-1: forever) for one: 1 with the completed send ids
+ * first...last (inclusive, they wrap) and whether the kernel copied them, 0 on
+ * timeout, or -errno: the socket's pending error (a reset peer), -EPIPE if the
+ * socket was shut down with no notification queued, -EPROTO for a queued error
+ * that is not a zero-copy notification. */
+static inline int CLinuxUAPI_zerocopy_completion(int fd, int milliseconds, uint32_t *first, uint32_t *last, int *copied) {
+    for (;;) {
+        union { char bytes[CMSG_SPACE(sizeof(struct sock_extended_err) + sizeof(struct sockaddr_in6))]; struct cmsghdr align; } control;
+        struct msghdr message;
+        memset(&message, 0, sizeof message);
+        message.msg_control = control.bytes;
+        message.msg_controllen = sizeof control.bytes;
+        if (recvmsg(fd, &message, MSG_ERRQUEUE | MSG_DONTWAIT) >= 0) {
+            struct cmsghdr *c = CMSG_FIRSTHDR(&message);
+            if (!c || !((c->cmsg_level == SOL_IP && c->cmsg_type == IP_RECVERR) ||
+                        (c->cmsg_level == SOL_IPV6 && c->cmsg_type == IPV6_RECVERR))) return -EPROTO;
+            struct sock_extended_err error;
+            memcpy(&error, CMSG_DATA(c), sizeof error);
+            if (error.ee_origin != SO_EE_ORIGIN_ZEROCOPY || error.ee_errno != 0) return error.ee_errno ? -(int)error.ee_errno : -EPROTO;
+            *first = error.ee_info;
+            *last = error.ee_data;
+            *copied = error.ee_code == SO_EE_CODE_ZEROCOPY_COPIED;
+            return 1;
+        }
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN) return -errno;
+        int so_error = 0;
+        socklen_t size = sizeof so_error;
+        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &so_error, &size) == 0 && so_error != 0) return -so_error;
+        struct pollfd p = { .fd = fd, .events = 0 };      /* POLLERR: always reported */
+        int n = poll(&p, 1, milliseconds);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return -errno;
+        if (n == 0) return 0;
+        if (p.revents & POLLNVAL) return -EBADF;
+        if ((p.revents & POLLHUP) && !(p.revents & POLLERR)) return -EPIPE;
+    }
+}
+
 /* A peer that vanishes must give EPIPE, not kill the process. */
 static inline void CLinuxUAPI_ignore_sigpipe(void) { signal(SIGPIPE, SIG_IGN); }
 static inline int CLinuxUAPI_shutdown(int fd) { return shutdown(fd, SHUT_RDWR) == 0 ? 0 : -errno; }
@@ -441,6 +517,7 @@ _Static_assert(sizeof(struct kvm_dirty_log) == 16, "layout Swift relies on");
 _Static_assert(sizeof(struct kvm_regs) == 144, "layout Swift relies on");
 _Static_assert(sizeof(struct kvm_cpuid_entry2) == 40, "layout Swift relies on");
 _Static_assert(sizeof(struct uffd_msg) == 32, "layout Swift relies on");
+_Static_assert(sizeof(struct sock_extended_err) == 16, "the kernel's sock_extended_err");
 _Static_assert(sizeof(struct iovec) == 16, "layout Swift relies on");
 _Static_assert(sizeof(struct CLinuxUAPI_pm_scan_arg) == 96, "the kernel's pm_scan_arg");
 _Static_assert(sizeof(struct CLinuxUAPI_page_region) == 24, "the kernel's page_region");
