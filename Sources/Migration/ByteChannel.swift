@@ -53,6 +53,9 @@ public enum ChannelError: Error, Equatable, Sendable, CustomStringConvertible {
     /// Nothing arrived for longer than the inactivity limit.
     case inactive(Duration)
     case connectFailed(uri: String, reason: String)
+    /// A wait with a deadline ran out (`ChannelAcceptor.accept(timeout:)`); the
+    /// text says what was awaited, and a caller may add to it.
+    case timedOut(String)
 
     public var description: String {
         switch self {
@@ -61,6 +64,7 @@ public enum ChannelError: Error, Equatable, Sendable, CustomStringConvertible {
         case .invalidURI(let why): why
         case .connectFailed(let uri, let reason): "Failed to connect to '\(uri)': \(reason)"
         case .inactive(let limit): "nothing arrived from the other side for \(limit) (x-inactivity-limit)"
+        case .timedOut(let what): what
         }
     }
 

@@ -236,6 +236,10 @@ static inline long CLinuxUAPI_lseek(int fd, long offset, int whence) {
 /* ---- sockets for migration channels.  Each returns a descriptor or -errno;
  * name-resolution failures return CLINUXUAPI_EAI_BASE - EAI code (EAI codes are negative). */
 #define CLINUXUAPI_EAI_BASE (-100000)
+/* Connections a listener queues before `accept`: the main channel plus QEMU's
+ * largest multifd-channels (255), so a source opening all of them at once
+ * never waits on a full queue (TCP would drop the SYN and retry a second later). */
+#define CLINUXUAPI_LISTEN_BACKLOG 256
 /* 4 MiB socket buffers; on TCP no Nagle delay, so the last small frames of a
  * switchover and the return-path answer go out at once (fails harmlessly on Unix sockets). */
 static inline int CLinuxUAPI_socket_tune(int fd) {
@@ -306,7 +310,7 @@ static inline int CLinuxUAPI_tcp_open(const char *host, int port, int listening,
         if (listening) {
             int one = 1;
             setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-            if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 1) == 0) { freeaddrinfo(result); return fd; }
+            if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, CLINUXUAPI_LISTEN_BACKLOG) == 0) { freeaddrinfo(result); return fd; }
         } else {
             int r = CLinuxUAPI_connect_cancellable(fd, ai->ai_addr, ai->ai_addrlen, cancel_fd);
             if (r == 0) { freeaddrinfo(result); return fd; }
@@ -332,19 +336,13 @@ static inline int CLinuxUAPI_unix_open(const char *path, int listening, int canc
     if (listening) {
         unlink(path);
         r = bind(fd, (struct sockaddr *)&address, sizeof address);
-        if (r == 0) r = listen(fd, 1);
+        if (r == 0) r = listen(fd, CLINUXUAPI_LISTEN_BACKLOG);
     } else {
         r = CLinuxUAPI_connect_cancellable(fd, (struct sockaddr *)&address, sizeof address, cancel_fd);
         if (r != 0) { close(fd); return r; }
     }
     if (r != 0) { int error = errno; close(fd); return -error; }
     return fd;
-}
-static inline int CLinuxUAPI_accept(int fd) {
-    int r;
-    do { r = accept(fd, NULL, NULL); } while (r < 0 && errno == EINTR);
-    if (r >= 0) { fcntl(r, F_SETFD, FD_CLOEXEC); CLinuxUAPI_socket_tune(r); }
-    return r >= 0 ? r : -errno;
 }
 /* The port a listening TCP socket is bound to (after binding port 0). */
 static inline int CLinuxUAPI_local_port(int fd) {
@@ -471,6 +469,36 @@ static inline int CLinuxUAPI_zerocopy_completion(int fd, int milliseconds, uint3
         if (n == 0) return 0;
         if (p.revents & POLLNVAL) return -EBADF;
         if ((p.revents & POLLHUP) && !(p.revents & POLLERR)) return -EPIPE;
+    }
+}
+
+/* Accepts one connection on a listening socket within `milliseconds` (-1:
+ * forever): the new descriptor (blocking, close-on-exec, tuned), -ETIMEDOUT, or
+ * -errno (EINVAL once the listener is shut down).  The listener is made
+ * non-blocking, so a connection that vanishes between poll and accept sends
+ * it back to poll instead of blocking in accept past the timeout. */
+static inline int CLinuxUAPI_accept_within(int fd, int milliseconds) {
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0) return -errno;
+    if (!(flags & O_NONBLOCK) && fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) return -errno;
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        int r = accept(fd, NULL, NULL);      /* accept4 is _GNU_SOURCE only; accept inherits no O_NONBLOCK */
+        if (r >= 0) { fcntl(r, F_SETFD, FD_CLOEXEC); CLinuxUAPI_socket_tune(r); return r; }
+        if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) return -errno;
+        int left = milliseconds;
+        if (milliseconds >= 0) {
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            long elapsed = (now.tv_sec - start.tv_sec) * 1000L + (now.tv_nsec - start.tv_nsec) / 1000000L;
+            if (elapsed >= milliseconds) return -ETIMEDOUT;
+            left = milliseconds - (int)elapsed;
+        }
+        struct pollfd p = { .fd = fd, .events = POLLIN };
+        int n = poll(&p, 1, left);
+        if (n < 0 && errno != EINTR) return -errno;
+        if (n == 0) return -ETIMEDOUT;
+        if (n > 0 && (p.revents & POLLNVAL)) return -EBADF;
     }
 }
 
