@@ -53,6 +53,9 @@ public enum ChannelError: Error, Equatable, Sendable, CustomStringConvertible {
     /// Nothing arrived for longer than the inactivity limit.
     case inactive(Duration)
     case connectFailed(uri: String, reason: String)
+    /// A wait with a deadline ran out (`ChannelAcceptor.accept(timeout:)`); the
+    /// text says what was awaited, and a caller may add to it.
+    case timedOut(String)
 
     public var description: String {
         switch self {
@@ -61,6 +64,7 @@ public enum ChannelError: Error, Equatable, Sendable, CustomStringConvertible {
         case .invalidURI(let why): why
         case .connectFailed(let uri, let reason): "Failed to connect to '\(uri)': \(reason)"
         case .inactive(let limit): "nothing arrived from the other side for \(limit) (x-inactivity-limit)"
+        case .timedOut(let what): what
         }
     }
 
@@ -68,9 +72,13 @@ public enum ChannelError: Error, Equatable, Sendable, CustomStringConvertible {
         switch errno {
         case 2: "No such file or directory"
         case 13: "Permission denied"
+        case 22: "Invalid argument"
         case 32: "Broken pipe"
+        case 88: "Socket operation on non-socket"
+        case 95: "Operation not supported"
         case 98: "Address already in use"
         case 104: "Connection reset by peer"
+        case 105: "No buffer space available"
         case 110: "Connection timed out"
         case 111: "Connection refused"
         case 125: "Operation canceled"

@@ -50,6 +50,16 @@ final class PendingChannel: ByteChannel {
         }
     }
 
+    /// The open channel, for zero-copy sends (the engine sees only `ByteChannel`s).
+    /// - Throws: ``ChannelError/zeroCopyUnavailable(errno:)`` if the channel has no
+    ///   zero-copy sends; the cancellation error if it is not open.
+    var zeroCopyChannel: any ZeroCopyChannel {
+        get throws(ChannelError) {
+            guard let zeroCopy = try channel as? any ZeroCopyChannel else { throw .zeroCopyUnavailable(errno: 95) }
+            return zeroCopy
+        }
+    }
+
     func write(_ bytes: [UInt8]) throws(ChannelError) { try channel.write(bytes) }
     func write(_ list: borrowing GatherList) throws(ChannelError) { try channel.write(list) }
     func read(into list: borrowing ScatterList) throws(ChannelError) { try channel.read(into: list) }

@@ -1,16 +1,19 @@
 import CLinuxUAPI
 import Glibc
+import GuestMemory
 import Migration
 import Synchronization
 
 /// A migration channel over one file descriptor: a connected socket, a file,
 /// or a descriptor handed over with `fd:N`.  Closes it once.
-public final class DescriptorChannel: ByteChannel {
+public final class DescriptorChannel: ZeroCopyChannel {
     let descriptor: Int32
     public let hasReturnPath: Bool
     let closed = Mutex(false)
     /// Set by `limitInactivity`: a read that waits this long fails with `.inactive`.
     let inactivity = Mutex<Duration?>(nil)
+    /// Zero-copy sends queued and completed (DescriptorChannel+ZeroCopy.swift).
+    let zeroCopy = Mutex(ZeroCopyCounts())
 
     /// Adopts `descriptor`; `returnPath` is whether the other side can answer on it.
     public init(adopting descriptor: Int32, returnPath: Bool) {
@@ -43,22 +46,54 @@ public final class DescriptorChannel: ByteChannel {
             unsafe CLinuxUAPI_read(descriptor, raw.baseAddress! + offset, count)     // retries EINTR itself
         }
         if result >= 0 { return result }
-        if result == -Int(EAGAIN), let limit = inactivity.withLock({ $0 }) { throw .inactive(limit) }
-        throw .system("read from the migration channel", errno: Int32(-result))
+        throw readError(Int32(-result))
+    }
+
+    /// Writes every segment of `list` with `writev`: guest pages go from their
+    /// mapping to the socket without a copy here.  Resumes partial writes
+    /// mid-segment, at most `CLINUXUAPI_IOV_MAX` segments per call.
+    public func write(_ list: borrowing GatherList) throws(ChannelError) {
+        let outcome = unsafe list.withIOVectors { vectors in
+            // SAFETY: the vectors stay valid for the whole transfer, inside `withIOVectors`.
+            unsafe Self.transferAll(vectors) { unsafe CLinuxUAPI_writev(descriptor, $0, $1) }      // retries EINTR itself
+        }
+        switch outcome {
+        case .complete: return
+        case .ended: throw .system("write to the migration channel", errno: EPIPE)
+        case .failed(let errno): throw .system("write to the migration channel", errno: errno)
+        }
+    }
+
+    /// Fills `list` with exactly `list.byteCount` bytes with `readv`, straight into
+    /// guest memory; `.endOfStream` if the stream ends first, `.inactive` as `read` does.
+    public func read(into list: borrowing ScatterList) throws(ChannelError) {
+        let outcome = unsafe list.withIOVectors { vectors in
+            // SAFETY: the vectors stay valid for the whole transfer, inside `withIOVectors`.
+            unsafe Self.transferAll(vectors) { unsafe CLinuxUAPI_readv(descriptor, $0, $1) }       // retries EINTR itself
+        }
+        switch outcome {
+        case .complete: return
+        case .ended: throw .endOfStream
+        case .failed(let errno): throw readError(errno)
+        }
+    }
+
+    /// A failed read: `.inactive` if it waited out the inactivity limit (the receive timeout's EAGAIN).
+    func readError(_ errno: Int32) -> ChannelError {
+        if errno == EAGAIN, let limit = inactivity.withLock({ $0 }) { return .inactive(limit) }
+        return .system("read from the migration channel", errno: errno)
     }
 
     /// Makes a read that waits `limit` for its first byte fail with `.inactive`
     /// (the socket's receive timeout; `nil` waits forever).  Sockets only: a
     /// file's read never waits.
     public func limitInactivity(_ limit: Duration?) {
-        let milliseconds = limit.map { Int32(clamping: $0.components.seconds * 1000 + $0.components.attoseconds / 1_000_000_000_000_000) } ?? 0
-        guard CLinuxUAPI_set_receive_timeout(descriptor, milliseconds) == 0 else { return }
+        guard CLinuxUAPI_set_receive_timeout(descriptor, limit?.pollMilliseconds ?? 0) == 0 else { return }
         inactivity.withLock { $0 = limit }
     }
 
     public func waitReadable(timeout: Duration) throws(ChannelError) -> Bool {
-        let milliseconds = Int32(clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
-        let result = CLinuxUAPI_wait_readable(descriptor, milliseconds)
+        let result = CLinuxUAPI_wait_readable(descriptor, timeout.pollMilliseconds)
         guard result >= 0 else { throw .system("poll on the migration channel", errno: -result) }
         return result > 0
     }
@@ -73,5 +108,52 @@ public final class DescriptorChannel: ByteChannel {
             if !done { _ = Glibc.close(descriptor) }
             done = true
         }
+    }
+}
+
+/// How a vectored transfer ended: every byte moved, the stream ended (a call moved 0), or a call failed.
+enum VectorOutcome: Equatable { case complete, ended, failed(errno: Int32) }
+
+extension DescriptorChannel {
+    /// Moves every byte `source` describes with `step`, which gets at most
+    /// `CLINUXUAPI_IOV_MAX` vectors and returns the bytes it moved or -errno.  A
+    /// partial transfer resumes where it stopped, mid-vector if need be.
+    static func transferAll(_ source: UnsafeBufferPointer<iovec>, _ step: (UnsafePointer<iovec>, Int32) -> Int) -> VectorOutcome {
+        // SAFETY (the `unsafe` on lengths and counts below): reading and writing an
+        // `iovec`'s fields touches only the array, never the memory it points to.
+        var vectors = unsafe Array(source)
+        var first = 0
+        while unsafe first < vectors.count {
+            if unsafe vectors[first].iov_len == 0 { first += 1; continue }
+            let count = min(unsafe vectors.count - first, Int(CLINUXUAPI_IOV_MAX))
+            let result = unsafe vectors.withUnsafeBufferPointer { all in
+                // SAFETY: [first, first + count) lies inside the array, pinned for the call.
+                unsafe step(all.baseAddress! + first, Int32(count))
+            }
+            if result < 0 { return .failed(errno: Int32(-result)) }
+            if result == 0 { return .ended }
+            var moved = result
+            while moved > 0 {
+                let length = unsafe vectors[first].iov_len
+                if moved >= length {
+                    moved -= length
+                    first += 1
+                } else {
+                    // SAFETY: `moved` is less than this vector's length, so the new base stays inside it.
+                    unsafe vectors[first].iov_base = vectors[first].iov_base! + moved
+                    unsafe vectors[first].iov_len = length - moved
+                    moved = 0
+                }
+            }
+        }
+        return .complete
+    }
+}
+
+extension Duration {
+    /// Whole milliseconds for `poll` and socket timeouts, clamped to `Int32` (negative: 0).
+    var pollMilliseconds: Int32 {
+        let milliseconds = Double(components.seconds) * 1000 + Double(components.attoseconds) / 1e15
+        return Int32(max(0, min(Double(Int32.max), milliseconds)))
     }
 }

@@ -28,14 +28,14 @@ public enum Transport {
         case .tcp(let host, let port):
             let fd = try unsafe check(CLinuxUAPI_tcp_open(host, Int32(port), 1, -1), "listen on \(uri)")
             let bound = CLinuxUAPI_local_port(fd)
-            return IncomingListener(kind: .socket(fd), address: .tcp(host: host, port: bound > 0 ? UInt16(bound) : port))
+            return IncomingListener(listening: fd, address: .tcp(host: host, port: bound > 0 ? UInt16(bound) : port))
         case .unix(let path):
-            return IncomingListener(kind: .socket(try unsafe check(CLinuxUAPI_unix_open(path, 1, -1), "listen on \(uri)")), address: uri)
+            return IncomingListener(listening: try unsafe check(CLinuxUAPI_unix_open(path, 1, -1), "listen on \(uri)"), address: uri)
         case .file(let path):
             let fd = try unsafe check(CLinuxUAPI_open_file(path, 0), "open \(path)")
-            return IncomingListener(kind: .ready(DescriptorChannel(adopting: fd, returnPath: false)), address: uri)
+            return IncomingListener(ready: DescriptorChannel(adopting: fd, returnPath: false), address: uri)
         case .fd(let number):
-            return IncomingListener(kind: .ready(try adopt(number)), address: uri)
+            return IncomingListener(ready: try adopt(number), address: uri)
         }
     }
 
@@ -55,43 +55,85 @@ public enum Transport {
     }
 }
 
-/// A destination waiting for its source: a listening socket until `accept`,
-/// or a file or descriptor that is ready at once.
-public final class IncomingListener: Sendable {
-    enum Kind { case socket(Int32), ready(DescriptorChannel) }
+/// A destination waiting for its source's connections: a listening socket
+/// that accepts the main channel and any more (multifd) until `close`, or a
+/// file or descriptor whose one channel is ready at once.
+public final class IncomingListener: ChannelAcceptor {
+    enum Kind { case socket(Int32), ready }
     let kind: Kind
     /// Where it listens; for `tcp:HOST:0`, with the port the kernel chose.
     public let address: MigrationURI
     let closed = Mutex(false)
+    /// A file's or descriptor's channel until `accept` hands it out.
+    let readyChannel: Mutex<DescriptorChannel?>
 
-    init(kind: Kind, address: MigrationURI) {
-        self.kind = kind
+    init(listening descriptor: Int32, address: MigrationURI) {
+        kind = .socket(descriptor)
+        readyChannel = Mutex(nil)
+        self.address = address
+    }
+
+    init(ready channel: DescriptorChannel, address: MigrationURI) {
+        kind = .ready
+        readyChannel = Mutex(channel)
         self.address = address
     }
 
     deinit { close() }
 
-    /// Blocks until the source connects.
-    public func accept() throws(ChannelError) -> DescriptorChannel {
+    /// Waits up to `timeout` (`nil`: forever) for the next connection and keeps
+    /// listening for more.  A file or descriptor gives its one channel on the
+    /// first call.
+    ///
+    /// - Throws: ``ChannelError/timedOut(_:)`` when `timeout` runs out;
+    ///   ``ChannelError/invalidURI(_:)`` for a second channel from a file or
+    ///   descriptor; `.system` once the listener is closed, or what `accept` said.
+    public func accept(timeout: Duration? = nil) throws(ChannelError) -> DescriptorChannel {
         switch kind {
-        case .ready(let channel): return channel
+        case .ready:
+            guard let channel = readyChannel.withLock({ ready in defer { ready = nil }; return ready }) else {
+                throw .invalidURI("\(address) carries a single channel, and it has been accepted already (or the listener was closed)")
+            }
+            return channel
         case .socket(let fd):
-            let connection = try Transport.check(CLinuxUAPI_accept(fd), "accept on \(address)")
-            close()
-            return DescriptorChannel(adopting: connection, returnPath: true)
+            // A closed listener's number may belong to another file by now.
+            guard !closed.withLock({ $0 }) else { throw Self.closedError(address) }
+            let result = CLinuxUAPI_accept_within(fd, timeout?.pollMilliseconds ?? -1)
+            if result == -ETIMEDOUT, let timeout { throw .timedOut("no connection on \(address) within \(timeout)") }
+            if result < 0, closed.withLock({ $0 }) { throw Self.closedError(address) }
+            return DescriptorChannel(adopting: try Transport.check(result, "accept on \(address)"), returnPath: true)
         }
     }
 
+    static func closedError(_ address: MigrationURI) -> ChannelError {
+        .system("accept on \(address): the listener is closed", errno: ECANCELED)
+    }
+
+    /// Stops listening (a connect is refused from now on; a blocked `accept` fails)
+    /// and removes a Unix socket's path.  A file's or descriptor's channel not
+    /// yet accepted is closed.  Idempotent.
     public func close() {
-        guard case .socket(let fd) = kind else { return }
         let first = closed.withLock { done -> Bool in
             defer { done = true }
             return !done
         }
         guard first else { return }
-        _ = CLinuxUAPI_shutdown(fd)
-        _ = Glibc.close(fd)
-        if case .unix(let path) = address { _ = unsafe unlink(path) }
+        switch kind {
+        case .ready: readyChannel.withLock { $0 = nil }
+        case .socket(let fd):
+            _ = CLinuxUAPI_shutdown(fd)
+            _ = Glibc.close(fd)
+            if case .unix(let path) = address { _ = unsafe unlink(path) }
+        }
+    }
+}
+
+/// The engine accepts through ``ChannelAcceptor``, which sees only `ByteChannel`s.
+/// (A constrained extension: on `IncomingListener` itself, `accept(timeout:)`
+/// still means the concrete overload above, so its callers are never ambiguous.)
+extension ChannelAcceptor where Self == IncomingListener {
+    public func accept(timeout: Duration?) throws(ChannelError) -> any ByteChannel {
+        try (self as IncomingListener).accept(timeout: timeout) as DescriptorChannel
     }
 }
 

@@ -218,20 +218,21 @@ struct MigrationCorrectnessTests {
 
     @Test("migrate to a listener that never accepts: QMP stays responsive and migrate_cancel ends the connect")
     func hangingConnect() async throws {
-        // A loopback listener whose accept queue is full: further connects hang in SYN retries.
+        // A loopback listener whose accept queue (256, room for every multifd channel) is full:
+        // further connects hang in SYN retries.
         let listener = try Transport.listen(.tcp(host: "127.0.0.1", port: 0))
         defer { listener.close() }
         guard case .tcp(_, let port) = listener.address else { Issue.record("no port"); return }
         var parked: [DescriptorChannel] = []
         defer { parked.forEach { $0.close() } }
-        while parked.count < 16 {
+        while parked.count < 400 {
             let cancellation = try ConnectCancellation()
             let timer = Thread { usleep(300_000); cancellation.cancel() }
             timer.start()
             guard let channel = try? Transport.connect(.tcp(host: "127.0.0.1", port: port), cancellation: cancellation) else { break }
             parked.append(channel)
         }
-        #expect(parked.count < 16, "the accept queue never filled")
+        #expect(parked.count < 400, "the accept queue never filled")
 
         let (source, _) = try kit.machine(memory: 64 << 20, cpus: 1)
         source.start()

@@ -32,6 +32,8 @@
 #include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/uio.h>
+#include <linux/errqueue.h>
 
 /* ---- system ioctls (on /dev/kvm) */
 static const unsigned long CLinuxUAPI_KVM_GET_API_VERSION = KVM_GET_API_VERSION;
@@ -234,6 +236,10 @@ static inline long CLinuxUAPI_lseek(int fd, long offset, int whence) {
 /* ---- sockets for migration channels.  Each returns a descriptor or -errno;
  * name-resolution failures return CLINUXUAPI_EAI_BASE - EAI code (EAI codes are negative). */
 #define CLINUXUAPI_EAI_BASE (-100000)
+/* Connections a listener queues before `accept`: the main channel plus QEMU's
+ * largest multifd-channels (255), so a source opening all of them at once
+ * never waits on a full queue (TCP would drop the SYN and retry a second later). */
+#define CLINUXUAPI_LISTEN_BACKLOG 256
 /* 4 MiB socket buffers; on TCP no Nagle delay, so the last small frames of a
  * switchover and the return-path answer go out at once (fails harmlessly on Unix sockets). */
 static inline int CLinuxUAPI_socket_tune(int fd) {
@@ -304,7 +310,7 @@ static inline int CLinuxUAPI_tcp_open(const char *host, int port, int listening,
         if (listening) {
             int one = 1;
             setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-            if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 1) == 0) { freeaddrinfo(result); return fd; }
+            if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, CLINUXUAPI_LISTEN_BACKLOG) == 0) { freeaddrinfo(result); return fd; }
         } else {
             int r = CLinuxUAPI_connect_cancellable(fd, ai->ai_addr, ai->ai_addrlen, cancel_fd);
             if (r == 0) { freeaddrinfo(result); return fd; }
@@ -330,19 +336,13 @@ static inline int CLinuxUAPI_unix_open(const char *path, int listening, int canc
     if (listening) {
         unlink(path);
         r = bind(fd, (struct sockaddr *)&address, sizeof address);
-        if (r == 0) r = listen(fd, 1);
+        if (r == 0) r = listen(fd, CLINUXUAPI_LISTEN_BACKLOG);
     } else {
         r = CLinuxUAPI_connect_cancellable(fd, (struct sockaddr *)&address, sizeof address, cancel_fd);
         if (r != 0) { close(fd); return r; }
     }
     if (r != 0) { int error = errno; close(fd); return -error; }
     return fd;
-}
-static inline int CLinuxUAPI_accept(int fd) {
-    int r;
-    do { r = accept(fd, NULL, NULL); } while (r < 0 && errno == EINTR);
-    if (r >= 0) { fcntl(r, F_SETFD, FD_CLOEXEC); CLinuxUAPI_socket_tune(r); }
-    return r >= 0 ? r : -errno;
 }
 /* The port a listening TCP socket is bound to (after binding port 0). */
 static inline int CLinuxUAPI_local_port(int fd) {
@@ -383,6 +383,125 @@ static inline long CLinuxUAPI_write(int fd, const void *buffer, size_t count) {
     do { r = write(fd, buffer, count); } while (r < 0 && errno == EINTR);
     return r < 0 ? -errno : r;
 }
+/* ---- vectored I/O for gather writes and scatter reads (at most
+ * CLINUXUAPI_IOV_MAX vectors per call: the kernel's UIO_MAXIOV, EINVAL beyond). */
+#define CLINUXUAPI_IOV_MAX 1024
+static inline long CLinuxUAPI_writev(int fd, const struct iovec *vectors, int count) {
+    long r;
+    do { r = writev(fd, vectors, count); } while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : r;
+}
+static inline long CLinuxUAPI_readv(int fd, const struct iovec *vectors, int count) {
+    long r;
+    do { r = readv(fd, vectors, count); } while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : r;
+}
+
+/* ---- MSG_ZEROCOPY (Documentation/networking/msg_zerocopy.rst).  The values
+ * below are the kernel's; the fallbacks are for headers older than 4.14:
+ *   SO_ZEROCOPY                 60         include/uapi/asm-generic/socket.h
+ *   MSG_ZEROCOPY                0x4000000  include/linux/socket.h
+ *   SO_EE_ORIGIN_ZEROCOPY       5          include/uapi/linux/errqueue.h
+ *   SO_EE_CODE_ZEROCOPY_COPIED  1          include/uapi/linux/errqueue.h */
+#ifndef SO_ZEROCOPY
+#define SO_ZEROCOPY 60
+#endif
+#ifndef MSG_ZEROCOPY
+#define MSG_ZEROCOPY 0x4000000
+#endif
+#ifndef SO_EE_ORIGIN_ZEROCOPY
+#define SO_EE_ORIGIN_ZEROCOPY 5
+#endif
+#ifndef SO_EE_CODE_ZEROCOPY_COPIED
+#define SO_EE_CODE_ZEROCOPY_COPIED 1
+#endif
+/* Turns MSG_ZEROCOPY on for the socket: 0 or -errno (EOPNOTSUPP on a Unix
+ * socket, ENOTSOCK on a file: only TCP and UDP sockets support it). */
+static inline int CLinuxUAPI_enable_zerocopy(int fd) {
+    int one = 1;
+    return setsockopt(fd, SOL_SOCKET, SO_ZEROCOPY, &one, sizeof one) == 0 ? 0 : -errno;
+}
+/* One sendmsg(MSG_ZEROCOPY): the bytes queued (each call that queues any is
+ * one completion id) or -errno (ENOBUFS: too many sends await completion). */
+static inline long CLinuxUAPI_sendmsg_zerocopy(int fd, const struct iovec *vectors, int count) {
+    struct msghdr message;
+    memset(&message, 0, sizeof message);
+    message.msg_iov = (struct iovec *)vectors;
+    message.msg_iovlen = (size_t)count;
+    long r;
+    do { r = sendmsg(fd, &message, MSG_ZEROCOPY | MSG_NOSIGNAL); } while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : r;
+}
+/* Takes one completion notification off the socket's error queue, waiting up
+ * to `milliseconds` (-1: forever) for one: 1 with the completed send ids
+ * first...last (inclusive, they wrap) and whether the kernel copied them, 0 on
+ * timeout, or -errno: the socket's pending error (a reset peer), -EPIPE if the
+ * socket was shut down with no notification queued, -EPROTO for a queued error
+ * that is not a zero-copy notification. */
+static inline int CLinuxUAPI_zerocopy_completion(int fd, int milliseconds, uint32_t *first, uint32_t *last, int *copied) {
+    for (;;) {
+        union { char bytes[CMSG_SPACE(sizeof(struct sock_extended_err) + sizeof(struct sockaddr_in6))]; struct cmsghdr align; } control;
+        struct msghdr message;
+        memset(&message, 0, sizeof message);
+        message.msg_control = control.bytes;
+        message.msg_controllen = sizeof control.bytes;
+        if (recvmsg(fd, &message, MSG_ERRQUEUE | MSG_DONTWAIT) >= 0) {
+            struct cmsghdr *c = CMSG_FIRSTHDR(&message);
+            if (!c || !((c->cmsg_level == SOL_IP && c->cmsg_type == IP_RECVERR) ||
+                        (c->cmsg_level == SOL_IPV6 && c->cmsg_type == IPV6_RECVERR))) return -EPROTO;
+            struct sock_extended_err error;
+            memcpy(&error, CMSG_DATA(c), sizeof error);
+            if (error.ee_origin != SO_EE_ORIGIN_ZEROCOPY || error.ee_errno != 0) return error.ee_errno ? -(int)error.ee_errno : -EPROTO;
+            *first = error.ee_info;
+            *last = error.ee_data;
+            *copied = error.ee_code == SO_EE_CODE_ZEROCOPY_COPIED;
+            return 1;
+        }
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN) return -errno;
+        int so_error = 0;
+        socklen_t size = sizeof so_error;
+        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &so_error, &size) == 0 && so_error != 0) return -so_error;
+        struct pollfd p = { .fd = fd, .events = 0 };      /* POLLERR: always reported */
+        int n = poll(&p, 1, milliseconds);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return -errno;
+        if (n == 0) return 0;
+        if (p.revents & POLLNVAL) return -EBADF;
+        if ((p.revents & POLLHUP) && !(p.revents & POLLERR)) return -EPIPE;
+    }
+}
+
+/* Accepts one connection on a listening socket within `milliseconds` (-1:
+ * forever): the new descriptor (blocking, close-on-exec, tuned), -ETIMEDOUT, or
+ * -errno (EINVAL once the listener is shut down).  The listener is made
+ * non-blocking, so a connection that vanishes between poll and accept sends
+ * it back to poll instead of blocking in accept past the timeout. */
+static inline int CLinuxUAPI_accept_within(int fd, int milliseconds) {
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0) return -errno;
+    if (!(flags & O_NONBLOCK) && fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) return -errno;
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        int r = accept(fd, NULL, NULL);      /* accept4 is _GNU_SOURCE only; accept inherits no O_NONBLOCK */
+        if (r >= 0) { fcntl(r, F_SETFD, FD_CLOEXEC); CLinuxUAPI_socket_tune(r); return r; }
+        if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) return -errno;
+        int left = milliseconds;
+        if (milliseconds >= 0) {
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            long elapsed = (now.tv_sec - start.tv_sec) * 1000L + (now.tv_nsec - start.tv_nsec) / 1000000L;
+            if (elapsed >= milliseconds) return -ETIMEDOUT;
+            left = milliseconds - (int)elapsed;
+        }
+        struct pollfd p = { .fd = fd, .events = POLLIN };
+        int n = poll(&p, 1, left);
+        if (n < 0 && errno != EINTR) return -errno;
+        if (n == 0) return -ETIMEDOUT;
+        if (n > 0 && (p.revents & POLLNVAL)) return -EBADF;
+    }
+}
+
 /* A peer that vanishes must give EPIPE, not kill the process. */
 static inline void CLinuxUAPI_ignore_sigpipe(void) { signal(SIGPIPE, SIG_IGN); }
 static inline int CLinuxUAPI_shutdown(int fd) { return shutdown(fd, SHUT_RDWR) == 0 ? 0 : -errno; }
@@ -426,6 +545,8 @@ _Static_assert(sizeof(struct kvm_dirty_log) == 16, "layout Swift relies on");
 _Static_assert(sizeof(struct kvm_regs) == 144, "layout Swift relies on");
 _Static_assert(sizeof(struct kvm_cpuid_entry2) == 40, "layout Swift relies on");
 _Static_assert(sizeof(struct uffd_msg) == 32, "layout Swift relies on");
+_Static_assert(sizeof(struct sock_extended_err) == 16, "the kernel's sock_extended_err");
+_Static_assert(sizeof(struct iovec) == 16, "layout Swift relies on");
 _Static_assert(sizeof(struct CLinuxUAPI_pm_scan_arg) == 96, "the kernel's pm_scan_arg");
 _Static_assert(sizeof(struct CLinuxUAPI_page_region) == 24, "the kernel's page_region");
 

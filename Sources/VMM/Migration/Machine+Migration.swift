@@ -122,7 +122,9 @@ extension Machine {
         let limit = migration.state.withLock { $0.parameters.inactivityLimit }
         let destination: MigrationDestination
         do {
-            let channel = try incoming.listener.accept()
+            // One channel for now: the listener stops at the main channel (multifd will accept more first).
+            let channel = try incoming.listener.accept(timeout: nil)
+            incoming.listener.close()
             // A source that goes silent fails the load instead of stalling it forever
             // (a socket's receive timeout: no extra system call per read).
             channel.limitInactivity(limit == 0 ? nil : .milliseconds(Int64(limit)))
