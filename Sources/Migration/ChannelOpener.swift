@@ -91,11 +91,3 @@ final class PendingChannel: ByteChannel {
     }
 }
 
-/// How the destination takes the channels after the first (multifd): a
-/// listener that keeps listening until closed.
-public protocol ChannelAcceptor: Sendable {
-    /// The next connection; waits at most `timeout` (nil: forever).
-    func accept(timeout: Duration?) throws(ChannelError) -> any ByteChannel
-    /// Stops listening.
-    func close()
-}

@@ -25,7 +25,7 @@ import Transport
                 let bytes: [UInt8] = (page / 4096) % 3 == 0
                     ? (0..<4096).map { _ in seed = seed &* 6364136223846793005 &+ 1442695040888963407; return UInt8(truncatingIfNeeded: seed >> 33) }
                     : (0..<4096).map { UInt8(truncatingIfNeeded: $0 / 64 + page >> 12) }
-                unsafe bytes.withUnsafeBytes { unsafe mapping.storeBytes($0, at: page) }
+                mapping.storePage(bytes, range: 0..<4096, at: page)
             }
         }
         return RAMBlock(name: "pc.ram", mapping: mapping, placements: [])
@@ -65,7 +65,7 @@ import Transport
             defer { done.signal() }
             do throws(MigrationError) {
                 let main: any ByteChannel
-                do { main = try listener.accept(timeout: .seconds(30)) } catch { throw .channel(error) }
+                do throws(ChannelError) { main = try listener.accept(timeout: .seconds(30)) } catch { throw .channel(error) }
                 let engine = MigrationDestination(
                     channel: main, acceptor: WrappingAcceptor(listener: listener, wrap: wrap), configuration: configuration,
                     ram: RAMMigration(blocks: [target], tracker: nil, destinationStartsZero: true),

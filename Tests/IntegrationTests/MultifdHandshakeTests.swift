@@ -26,7 +26,7 @@ import Transport
                 defer { done.signal() }
                 do throws(MigrationError) {
                     let main: any ByteChannel
-                    do { main = try listener.accept(timeout: .seconds(10)) } catch { throw .channel(error) }
+                    do throws(ChannelError) { main = try listener.accept(timeout: .seconds(10)) } catch { throw .channel(error) }
                     try MigrationDestination(channel: main, acceptor: listener, configuration: configuration,
                                              ram: RAMMigration(blocks: [target], tracker: nil, destinationStartsZero: true),
                                              devices: [], channelTimeout: timeout, onStatus: { _ in }).run()
@@ -58,7 +58,7 @@ import Transport
         }
 
         func page(_ offset: Int) -> [UInt8] {
-            target.mapping.withBytes(at: offset, count: 4096) { Array($0) }
+            target.mapping.withSpan(at: offset, count: 4096) { span in (0..<4096).map { span[$0] } }
         }
     }
 
