@@ -58,6 +58,7 @@ let package = Package(
         .testTarget(name: "EmbeddedGuestTests", dependencies: ["EmbeddedGuest", "GuestMemory", "PVHBoot"]),
         .testTarget(name: "QMPTests", dependencies: ["QMP"]),
         .testTarget(name: "MigrationProtocolTests", dependencies: ["MigrationProtocol"]),
+        .testTarget(name: "TransportTests", dependencies: ["Transport", "Migration", "GuestMemory"]),
         .testTarget(name: "IntegrationTests", dependencies: ["VMM", "KVM", "GuestMemory", "EmbeddedGuest", "QMP", "Migration",
                                                            "MigrationProtocol", "Transport"]),
     ]
