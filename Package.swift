@@ -63,6 +63,7 @@ let package = Package(
         .testTarget(name: "QMPTests", dependencies: ["QMP"]),
         .testTarget(name: "MigrationProtocolTests", dependencies: ["MigrationProtocol"]),
         .testTarget(name: "CompressionTests", dependencies: ["Compression"]),
+        .testTarget(name: "TransportTests", dependencies: ["Transport", "Migration", "GuestMemory"]),
         .testTarget(name: "IntegrationTests", dependencies: ["VMM", "KVM", "GuestMemory", "EmbeddedGuest", "QMP", "Migration",
                                                            "MigrationProtocol", "Transport"]),
     ]
