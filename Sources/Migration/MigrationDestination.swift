@@ -11,6 +11,8 @@ import Synchronization
 /// write outside guest RAM.  The VM is resumed by the caller once `run` returns.
 public final class MigrationDestination: Sendable {
     let channel: any ByteChannel
+    /// The answers to the source (sockets only); shared with a fault thread once postcopy has one.
+    let returnPath: ReturnPathWriter
     let configuration: MigrationConfiguration
     let ram: RAMMigration
     let devices: [String: any Migratable]
@@ -23,6 +25,7 @@ public final class MigrationDestination: Sendable {
                 devices: [any Migratable],
                 onStatus: @escaping @Sendable (MigrationStatus) -> Void) {
         self.channel = channel
+        returnPath = ReturnPathWriter(channel: channel)
         self.configuration = configuration
         self.ram = ram
         self.devices = Dictionary(devices.map { ($0.sectionName, $0) }, uniquingKeysWith: { first, _ in first })
@@ -41,17 +44,21 @@ public final class MigrationDestination: Sendable {
             defer { ram.endLoad() }     // before the guest can run, whatever happened
             try load()
         } catch {
-            if channel.hasReturnPath { try? channel.write(ReturnMessage.failed(error.description).encode()) }
+            if channel.hasReturnPath {
+                try? returnPath.send(.failed(error.description))
+                try? returnPath.send(.shut)
+            }
             setStatus(.failed)
             channel.close()
             throw error
         }
         if channel.hasReturnPath {
-            do { try channel.write(ReturnMessage.loaded.encode()) } catch {
+            do { try returnPath.send(.loaded) } catch {
                 setStatus(.failed)
                 channel.close()
-                throw .channel(error)
+                throw error
             }
+            try? returnPath.send(.shut)     // the source has its answer; a source already gone changes nothing
         }
         channel.close()
     }
@@ -99,6 +106,8 @@ public final class MigrationDestination: Sendable {
                 return
             case .configuration:
                 throw .stream(.unexpectedFrame("a second configuration"))
+            case .returnMessage:
+                throw .stream(.unexpectedFrame("a return-path message on the forward stream"))
             case .invalid:
                 throw .stream(.invalidFrameKind(FrameKind.invalid.rawValue))
             }

@@ -20,6 +20,9 @@ public enum FrameKind: UInt16, Sendable, CaseIterable {
     case end = 4
     /// Which chunks of RAM are resident on the source (`RAMResidency`); optional, before the first page.
     case residency = 5
+    /// A message on the return path, destination to source (`ReturnMessage`); only
+    /// there: the forward stream's destination refuses it, and the return path refuses every other kind.
+    case returnMessage = 16
 
     /// Each kind's current version; the decoder accepts exactly these.
     var supportedVersions: ClosedRange<UInt16> { 1...1 }
