@@ -16,8 +16,13 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
     targets: [
+        // What the stream-shaped targets share: the input as a channel, the frame fixer.
+        .target(name: "FuzzSupport", dependencies: [.product(name: "FerryFuzzable", package: ferry)], swiftSettings: strict),
         // The migration stream into a real RAM mapping; `--make-seeds DIR` writes its seed corpus.
-        .executableTarget(name: "FuzzStream", dependencies: [.product(name: "FerryFuzzable", package: ferry)],
+        .executableTarget(name: "FuzzStream", dependencies: ["FuzzSupport", .product(name: "FerryFuzzable", package: ferry)],
+                          swiftSettings: strict),
+        // The return path: the pure decoder against the engine's reader thread; `--make-seeds DIR` as above.
+        .executableTarget(name: "FuzzReturnPath", dependencies: ["FuzzSupport", .product(name: "FerryFuzzable", package: ferry)],
                           swiftSettings: strict),
         // QMP text: JSON splitting, session, command decoding, URIs and parameters.
         .executableTarget(name: "FuzzQMP", dependencies: [.product(name: "FerryFuzzable", package: ferry),

@@ -8,20 +8,22 @@
 #     scripts/fuzz.sh 3600       # a long run
 #     FUZZ_TARGETS=qmp scripts/fuzz.sh 600
 #
-# Targets: stream (a migration stream into real RAM, fuzz/Sources/FuzzStream)
-# and qmp (QMP text through the socket's decoder and the session,
-# fuzz/Sources/FuzzQMP).  See README.md, "Fuzzing".
+# Targets: stream (a migration stream into real RAM, fuzz/Sources/FuzzStream),
+# returnpath (the destination's answers, through the pure decoder and the
+# engine's reader thread, fuzz/Sources/FuzzReturnPath) and qmp (QMP text
+# through the socket's decoder and the session, fuzz/Sources/FuzzQMP).  See
+# README.md, "Fuzzing".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 seconds=${1:-60}
-targets=${FUZZ_TARGETS:-"stream qmp"}
+targets=${FUZZ_TARGETS:-"stream returnpath qmp"}
 scratch="$root/.build-fuzz"
 
-declare -A product=([stream]=FuzzStream [qmp]=FuzzQMP)
+declare -A product=([stream]=FuzzStream [returnpath]=FuzzReturnPath [qmp]=FuzzQMP)
 # Inputs longer than this are not tried: a stream seed with its pages is ~9 KB,
-# and a QMP transcript a few hundred bytes.
-declare -A max_len=([stream]=32768 [qmp]=4096)
+# a return path's seeds a few hundred bytes, and a QMP transcript a few hundred bytes.
+declare -A max_len=([stream]=32768 [returnpath]=4096 [qmp]=4096)
 
 build_log=$(mktemp)
 for target in $targets; do
@@ -45,7 +47,7 @@ for target in $targets; do
     mkdir -p "$work/$target/corpus" "$findings"
     cp fuzz/corpus/"$target"/* "$work/$target/corpus/"
     seeds=()
-    if [ "$target" = stream ]; then
+    if [ "$target" = stream ] || [ "$target" = returnpath ]; then
         # Fresh seeds from the current encoders, in case the committed ones predate a format change.
         "$binary" --make-seeds "$work/$target/seeds" >/dev/null
         seeds=("$work/$target/seeds")

@@ -16,6 +16,8 @@ public final class MigrationDestination: Sendable {
     let receivers = Mutex<MultifdReceivers?>(nil)
     /// How long the multifd channels the main channel announces may take to arrive, all together.
     public static let channelArrivalTimeout: Duration = .seconds(10)
+    /// The answers to the source (sockets only); shared with the multifd receivers and, later, a fault thread.
+    let returnPath: ReturnPathWriter
     let configuration: MigrationConfiguration
     let ram: RAMMigration
     let devices: [String: any Migratable]
@@ -32,6 +34,7 @@ public final class MigrationDestination: Sendable {
         self.channel = channel
         self.acceptor = acceptor
         self.channelTimeout = channelTimeout
+        returnPath = ReturnPathWriter(channel: channel)
         self.configuration = configuration
         self.ram = ram
         self.devices = Dictionary(devices.map { ($0.sectionName, $0) }, uniquingKeysWith: { first, _ in first })
@@ -56,7 +59,10 @@ public final class MigrationDestination: Sendable {
             receivers?.abort(cause)
             receivers?.close()
             acceptor?.close()
-            if channel.hasReturnPath { try? channel.write(ReturnMessage.failed(cause.description).encode()) }
+            if channel.hasReturnPath {
+                try? returnPath.send(.failed(cause.description))
+                try? returnPath.send(.shut)
+            }
             setStatus(.failed)
             channel.close()
             throw cause
@@ -64,11 +70,12 @@ public final class MigrationDestination: Sendable {
         receivers.withLock { $0 }?.close()
         acceptor?.close()
         if channel.hasReturnPath {
-            do { try channel.write(ReturnMessage.loaded.encode()) } catch {
+            do { try returnPath.send(.loaded) } catch {
                 setStatus(.failed)
                 channel.close()
-                throw .channel(error)
+                throw error
             }
+            try? returnPath.send(.shut)     // the source has its answer; a source already gone changes nothing
         }
         channel.close()
     }
@@ -136,6 +143,8 @@ public final class MigrationDestination: Sendable {
                 throw .stream(.unexpectedFrame("a second configuration"))
             case .sync:
                 throw .stream(.unexpectedFrame("a sync frame on the main channel"))
+            case .returnMessage:
+                throw .stream(.unexpectedFrame("a return-path message on the forward stream"))
             case .invalid:
                 throw .stream(.invalidFrameKind(FrameKind.invalid.rawValue))
             }
@@ -151,9 +160,10 @@ public final class MigrationDestination: Sendable {
                                                    timeout: channelTimeout)
         acceptor.close()
         let main = channel
+        let answers = returnPath
         let started = MultifdReceivers(channels: channels, ram: ram) { error in
             // Tell the source why, then wake the main thread, which waits on its own channel.
-            if main.hasReturnPath { try? main.write(ReturnMessage.failed(error.description).encode()) }
+            if main.hasReturnPath { try? answers.send(.failed(error.description)) }
             main.shutdown()
         }
         receivers.withLock { $0 = started }

@@ -90,6 +90,8 @@ public final class PrecopySource: Sendable {
     let onStatus: @Sendable (MigrationStatus) -> Void
     let onPass: @Sendable (UInt64) -> Void
     let progress = Mutex(Progress())
+    /// Reads the destination's messages once the channel is open (sockets only).
+    let returnPath = Mutex<ReturnPathReader?>(nil)
     static let window: Duration = .milliseconds(100)
     static let returnPathTimeout: Duration = .seconds(60)
     /// Under the threshold, a stop expected to take this long or less happens at once.
@@ -163,6 +165,7 @@ public final class PrecopySource: Sendable {
                 throw MigrationError.invalidState("two pieces of state claim section '\(name)'")
             }
             do { try channel.open() } catch { throw MigrationError.channel(error) }
+            startReturnPath()
             try checkCancelled()
             let start = parameters      // the multifd settings hold for this whole migration, as in QEMU
             let migrationID = (0..<ChannelIdentity.idByteCount).map { _ in UInt8.random(in: 0...255) }
@@ -212,8 +215,8 @@ public final class PrecopySource: Sendable {
             // A destination that refused the stream said why on the return path
             // before closing; that beats "broken pipe".
             var reason: MigrationError? = cancelled ? nil : error
-            if !cancelled, let refusal = (error.isDestinationAnswer ? nil : destinationRefusal()) {
-                reason = .refused(refusal)
+            if !cancelled, let answer = (error.isDestinationAnswer ? nil : destinationRefusal()) {
+                reason = answer
             }
             let refused = reason?.isDestinationAnswer == true
             if uncertain && !refused {
@@ -264,7 +267,7 @@ public final class PrecopySource: Sendable {
         } else {
             for extra in multifdChannels.withLock({ $0 }) { extra.close() }
         }
-        channel.close()
+        closeChannel()
     }
 
     /// Throttle off, dirty tracking off, devices released: after any outcome.
@@ -408,37 +411,59 @@ public final class PrecopySource: Sendable {
 
     /// Waits for the destination's "loaded" on the return path.
     func awaitDestination() throws(MigrationError) {
-        do {
-            guard try channel.waitReadable(timeout: Self.returnPathTimeout) else {
-                throw MigrationError.destination("no answer within \(Self.returnPathTimeout)")
+        guard let reader = returnPath.withLock({ $0 }) else { return }
+        let deadline = ContinuousClock.now + Self.returnPathTimeout
+        while true {
+            let remaining = deadline - .now
+            guard remaining > .zero, let event = reader.next(timeout: remaining) else {
+                throw .destination("no answer within \(Self.returnPathTimeout)")
             }
-            var header = [UInt8](repeating: 0, count: ReturnMessage.headerByteCount)
-            try channel.readExactly(header.count, into: &header, at: 0)
-            let (failed, length) = try ReturnMessage.decodeHeader(header)
-            guard failed else { return }
-            // The destination refused: whatever of its reason arrives, it will not run the guest.
-            var message = [UInt8](repeating: 0, count: length)
-            if length > 0, (try? channel.readExactly(length, into: &message, at: 0)) == nil {
-                throw MigrationError.refused("(its reason was cut off)")
+            switch event {
+            case .message(.loaded): return
+            // The destination refused: it will not run the guest.
+            case .message(.failed(let reason)): throw .refused(reason)
+            case .message(.shut), .closed: throw .destination("it closed the connection before confirming")
+            case .message(.pageRequest), .message(.receivedBitmap), .message(.switchoverAck): continue   // not asked for in precopy
+            case .failed(let error): throw error
             }
-            throw MigrationError.refused(String(decoding: message, as: UTF8.self))
-        } catch let error as MigrationError { throw error }
-        catch let error as ChannelError {
-            throw error == .endOfStream ? .destination("it closed the connection before confirming") : .channel(error)
         }
-        catch let error as ProtocolError { throw .stream(error) }
-        catch { throw .state("\(error)") }
     }
 
-    /// The destination's "failed" answer, if one is waiting on the return path.
-    func destinationRefusal() -> String? {
-        guard channel.hasReturnPath, (try? channel.waitReadable(timeout: .milliseconds(200))) == true else { return nil }
-        var header = [UInt8](repeating: 0, count: ReturnMessage.headerByteCount)
-        guard (try? channel.readExactly(header.count, into: &header, at: 0)) != nil,
-              let (failed, length) = try? ReturnMessage.decodeHeader(header), failed else { return nil }
-        var message = [UInt8](repeating: 0, count: length)
-        if length > 0 { guard (try? channel.readExactly(length, into: &message, at: 0)) != nil else { return nil } }
-        return String(decoding: message, as: UTF8.self)
+    /// What the destination said on the return path after a failure here: its
+    /// "failed" answer (`.refused`) if one arrives within 200 ms, or the return
+    /// stream's own protocol error; `nil` if it said nothing (or was fine).
+    func destinationRefusal() -> MigrationError? {
+        guard let reader = returnPath.withLock({ $0 }) else { return nil }
+        let deadline = ContinuousClock.now + .milliseconds(200)
+        while true {
+            let remaining = deadline - .now
+            guard remaining > .zero, let event = reader.next(timeout: remaining) else { return nil }
+            switch event {
+            case .message(.failed(let reason)): return .refused(reason)
+            case .message: continue
+            case .failed(.stream(let error)): return .stream(error)
+            case .closed, .failed: return nil
+            }
+        }
+    }
+
+    /// Starts reading the return path, if the channel has one.
+    func startReturnPath() {
+        guard channel.hasReturnPath else { return }
+        let reader = ReturnPathReader(channel: channel)
+        returnPath.withLock { $0 = reader }
+        reader.start()
+    }
+
+    /// Shuts the channel (which wakes the return-path reader with the end of
+    /// the stream), waits for the reader to return, and only then closes the
+    /// descriptor, whose number may be reused as soon as it is closed.
+    func closeChannel() {
+        if let reader = returnPath.withLock({ $0 }) {
+            channel.shutdown()
+            reader.join()
+        }
+        channel.close()
     }
 
     // MARK: status

@@ -31,6 +31,9 @@ public enum FrameKind: UInt16, Sendable, CaseIterable {
 
     /// Whether frames of this kind may carry a tail.
     public var hasTail: Bool { self == .pages }
+    /// A message on the return path, destination to source (`ReturnMessage`); only
+    /// there: the forward stream's destination refuses it, and the return path refuses every other kind.
+    case returnMessage = 16
 
     /// Each kind's current version; the decoder accepts exactly these.
     var supportedVersions: ClosedRange<UInt16> { 1...1 }

@@ -1,3 +1,4 @@
+import FuzzSupport
 import Glibc
 import GuestMemory
 import Migration
@@ -17,7 +18,7 @@ import MigrationProtocol
 /// - before the stream is loaded, every complete frame's sequence number and
 ///   checksum are rewritten to match its place and payload, and an `end`
 ///   frame's count and digest to match the frames before it, so mutations
-///   reach the decoders behind those checks instead of stopping at them
+///   reach the decoders behind those checks instead of stopping at them (`FrameFixer`)
 ///   (the checks themselves are fuzzed by inputs whose frames are cut short).  An input with a frame whose declared payload
 ///   is more than `truncatedLengthLimit` bytes longer than what is left of the
 ///   input is not run: it would only measure the reader waiting for bytes
@@ -40,7 +41,7 @@ public func fuzzerTestOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> In
     guard let data = unsafe data, size > 0 else { return 0 }
     // SAFETY: libFuzzer hands us `size` readable bytes at `data` for the duration of this call.
     var bytes = unsafe Array(UnsafeBufferPointer(start: data, count: size))
-    guard StreamTarget.fixFrames(&bytes) else { return 0 }
+    guard FrameFixer.fix(&bytes, truncatedLengthLimit: StreamTarget.truncatedLengthLimit) else { return 0 }
     StreamTarget.shared.load(bytes)
     return 0
 }
@@ -86,38 +87,6 @@ final class StreamTarget: Sendable {
         }
         if Self.explain { print("loaded: \(ram.stats.normalPages) data pages, \(ram.stats.zeroPages) zero pages") }
         destination.complete()
-    }
-
-    /// Rewrites every complete frame after the stream header (frame := 16-byte
-    /// header with the sequence at 4..<8 and the payload length at 8..<16,
-    /// payload, 8-byte checksum): its sequence number, its checksum, and for a
-    /// 16-byte `end` the count and digest of the frames before it.  Returns
-    /// `false` for an input not worth running.
-    static func fixFrames(_ bytes: inout [UInt8]) -> Bool {
-        var offset = StreamHeader.byteCount
-        var digest = StreamDigest()
-        while offset + FrameHeader.byteCount <= bytes.count {
-            var length: UInt64 = 0
-            for i in (0..<8).reversed() { length = length << 8 | UInt64(bytes[offset + 8 + i]) }
-            let payloadStart = offset + FrameHeader.byteCount
-            let available = UInt64(bytes.count - payloadStart)
-            guard available >= UInt64(FrameHeader.trailerByteCount),
-                  length <= available - UInt64(FrameHeader.trailerByteCount) else {
-                return length <= available + truncatedLengthLimit
-            }
-            let sequence = UInt32(truncatingIfNeeded: digest.frames)
-            for i in 0..<4 { bytes[offset + 4 + i] = UInt8(truncatingIfNeeded: sequence >> (8 * UInt32(i))) }
-            let payloadEnd = payloadStart + Int(length)
-            let kind = UInt16(bytes[offset]) | UInt16(bytes[offset + 1]) << 8
-            if kind == FrameKind.end.rawValue && length == UInt64(EndOfStream.byteCount) {
-                bytes.replaceSubrange(payloadStart..<payloadEnd, with: EndOfStream(digest).encode())
-            }
-            let sum = FrameChecksum.of(bytes[payloadStart..<payloadEnd])
-            for i in 0..<8 { bytes[payloadEnd + i] = UInt8(truncatingIfNeeded: sum >> (8 * UInt64(i))) }
-            if let frameKind = FrameKind(rawValue: kind) { digest.add(kind: frameKind, payloadLength: Int(length), checksum: sum) }
-            offset = payloadEnd + FrameHeader.trailerByteCount
-        }
-        return true
     }
 }
 

@@ -1,4 +1,4 @@
-import Glibc
+import FuzzSupport
 import Migration
 import MigrationProtocol
 
@@ -7,17 +7,7 @@ import MigrationProtocol
 /// `PageBatchWriter`, `StateSection`), so that after a stream format change
 /// `FuzzStream --make-seeds fuzz/corpus/stream` regenerates valid seeds.
 enum StreamSeeds {
-    static func write(to directory: String) {
-        // SAFETY (here and below): plain libc calls on Swift strings and a buffer that outlives them.
-        _ = unsafe mkdir(directory, 0o755)
-        for (name, bytes) in all() {
-            let path = directory + "/" + name
-            guard let file = unsafe fopen(path, "wb") else { fatalError("cannot create \(path)") }
-            _ = unsafe bytes.withUnsafeBytes { unsafe fwrite($0.baseAddress, 1, $0.count, file) }
-            _ = unsafe fclose(file)
-            print("\(path): \(bytes.count) bytes")
-        }
-    }
+    static func write(to directory: String) { SeedFiles.write(all(), to: directory) }
 
     /// Each seed by file name.
     static func all() -> [(String, [UInt8])] {
