@@ -102,7 +102,7 @@ public final class MigrationDestination: Sendable {
         var scratch = PageLoadScratch()
         while true {
             let header = try reader.next(into: &payload)
-            if plan == nil && header.kind != .residency && header.kind != .channels {
+            if plan == nil && [.pages, .section, .end].contains(header.kind) {
                 throw .stream(.unexpectedFrame("a frame of kind \(header.kind.rawValue) before the channel plan"))
             }
             switch header.kind {

@@ -47,7 +47,7 @@ final class MultifdSender: Sendable {
 
     /// Starts one thread per channel.  `channels[i]` has had its stream header sent through `writers[i]`.
     init(channels: [any ByteChannel], writers: [StreamWriter], mappings: [HostMapping], detection: ZeroPageDetection,
-         statistics: RAMCounters, zstdLevel: Int?) {
+         statistics: RAMCounters, zstdLevel: Int?, zeroCopy: [any ZeroCopyChannel]? = nil) {
         precondition(channels.count == writers.count && !channels.isEmpty)
         self.channels = channels
         self.writers = writers
@@ -63,7 +63,7 @@ final class MultifdSender: Sendable {
                 }
                 // Detection on the channel only with `multifd`; `legacy` happened in the picker.
                 run(index, PageSender(writer: writers[index], mappings: mappings, detection: detection == .multifd ? .multifd : .none,
-                                      statistics: statistics, compressor: compressor))
+                                      statistics: statistics, compressor: compressor, zeroCopy: zeroCopy?[index]))
             }
             thread.name = "ferry-multifd-\(index)"
             thread.start()
@@ -210,8 +210,10 @@ final class MultifdSender: Sendable {
                         q.queuedPages -= job.count
                     }
                 case .sync(let epoch):
+                    try sender.flushZeroCopy()
                     try writer.send(.sync, payload: SyncMarker.encode(epoch: epoch))
                 case .end:
+                    try sender.flushZeroCopy()
                     try writer.sendEnd()
                     state.withLock { $0.finished += 1 }
                     condition.lock()

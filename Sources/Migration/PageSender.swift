@@ -52,18 +52,32 @@ struct PageSender: ~Copyable {
     let statistics: RAMCounters
     /// zstd for the pages (`multifd-compression: zstd`), made on the sending thread.
     let compressor: ZstdCompressor?
+    /// Set with `zero-copy-send`: the pages go with `MSG_ZEROCOPY`, the frame head with a plain write.
+    let zeroCopy: (any ZeroCopyChannel)?
     var index = PageIndexBuilder()
     var list = GatherList(arenaCapacity: 8 << 10)
+    var pageList = GatherList()
     var pages = (normal: UInt64(0), zero: UInt64(0))
 
     init(writer: StreamWriter, mappings: [HostMapping], detection: ZeroPageDetection, statistics: RAMCounters,
-         compressor: ZstdCompressor? = nil) {
+         compressor: ZstdCompressor? = nil, zeroCopy: (any ZeroCopyChannel)? = nil) {
         (self.writer, self.mappings, self.detection) = (writer, mappings, detection)
         self.statistics = statistics
         self.compressor = compressor
+        self.zeroCopy = zeroCopy
     }
 
     static let pageSize = RAMMigration.pageSize
+
+    /// With zero-copy: waits until the kernel is done with every page sent so
+    /// far (at each sync and at the end, as QEMU does); counts a flush whose
+    /// sends the kernel copied after all (QEMU's `dirty-sync-missed-zero-copy`).
+    func flushZeroCopy() throws(MigrationError) {
+        guard let zeroCopy else { return }
+        let copied: Bool
+        do { copied = try zeroCopy.flushZeroCopy() } catch { throw .channel(error) }
+        if copied { statistics.withLock { $0.dirtySyncMissedZeroCopy += 1 } }
+    }
 
     /// Sends `job` as one frame.
     mutating func send(_ job: PageJob) throws(MigrationError) {
@@ -104,6 +118,13 @@ struct PageSender: ~Copyable {
             } catch { throw .state("zstd compression failed: \(error)") }
             list.append(writer.pagesFrameHead(index: index.payload(compressed: true), tailLength: size))
             compressor.withOutput { list.append($0) }
+        } else if let zeroCopy {
+            list.append(writer.pagesFrameHead(index: index.payload(), tailLength: data * Self.pageSize))
+            pageList.removeAll()
+            for page in dataPages { pageList.append(mappings[page.block], offset: page.offset, count: Self.pageSize) }
+            try writer.write(list)
+            try writer.writeZeroCopy(pageList, on: zeroCopy)
+            list.removeAll()
         } else {
             list.append(writer.pagesFrameHead(index: index.payload(), tailLength: data * Self.pageSize))
             // The tail: the data pages in record order, by reference into guest RAM.

@@ -244,18 +244,27 @@ public final class PrecopySource: Sendable {
         let compression: ChannelPlan.Compression = start.multifdCompression == .zstd ? .zstd : .none
         try writer.send(.channels, payload: ChannelPlan(multifd: UInt16(count), compression: compression).encode())
         var writers: [StreamWriter] = []
+        var zeroCopy: [any ZeroCopyChannel] = []
         for index in 0..<count {
             let extra = PendingChannel(parts.opener)
             multifdChannels.withLock { $0.append(extra) }
             try checkCancelled()
             do { try extra.open() } catch { throw MigrationError.channel(error) }
+            if capabilities.zeroCopySend {
+                do {
+                    let channel = try extra.zeroCopyChannel
+                    try channel.enableZeroCopy()
+                    zeroCopy.append(channel)
+                } catch { throw MigrationError.channel(error) }
+            }
             let writer = StreamWriter(channel: extra, limiter: limiter)
             try writer.sendStreamHeader(ChannelIdentity(role: .multifd, index: UInt16(index), migrationID: migrationID))
             writers.append(writer)
         }
         let sender = MultifdSender(channels: multifdChannels.withLock { $0 }, writers: writers, mappings: parts.ram.mappings,
                                    detection: start.zeroPageDetection, statistics: parts.ram.statistics,
-                                   zstdLevel: start.multifdCompression == .zstd ? Int(start.multifdZstdLevel) : nil)
+                                   zstdLevel: start.multifdCompression == .zstd ? Int(start.multifdZstdLevel) : nil,
+                                   zeroCopy: capabilities.zeroCopySend ? zeroCopy : nil)
         parts.ram.use(.multifd(sender, start.zeroPageDetection))
     }
 

@@ -385,5 +385,7 @@ public struct RAMStatistics: Equatable, Sendable {
     public var remainingPages: UInt64 = 0
     public var dirtySyncCount: UInt64 = 0
     public var dirtyPagesRate: UInt64 = 0
+    /// Zero-copy flushes whose sends the kernel copied after all.
+    public var dirtySyncMissedZeroCopy: UInt64 = 0
     public var pageSize: UInt64 { UInt64(RAMMigration.pageSize) }
 }

@@ -78,6 +78,14 @@ public final class StreamWriter: Sendable {
         account(list.byteCount)
     }
 
+    /// Writes guest pages with `MSG_ZEROCOPY` on `channel` (this writer's own
+    /// channel, seen as zero-copy); the pages must stay mapped until `flushZeroCopy`.
+    public func writeZeroCopy(_ list: borrowing GatherList, on channel: any ZeroCopyChannel) throws(MigrationError) {
+        guard !list.isEmpty else { return }
+        do { try channel.writeZeroCopy(list) } catch { throw .channel(error) }
+        account(list.byteCount)
+    }
+
     func account(_ count: Int) {
         counters.withLock { $0.bytes += UInt64(count) }
         limiter.charge(count)

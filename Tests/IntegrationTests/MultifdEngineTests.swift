@@ -181,10 +181,15 @@ import Transport
         #expect(Kit.sameBytes(retry.source, retry.target))
     }
 
-    @Test("zero-copy-send: every page arrives (loopback copies, so no gain is expected here)")
+    @Test("zero-copy-send: every page arrives over TCP (loopback copies, and says so); a Unix socket refuses it")
     func zeroCopy() throws {
         let outcome = try Self.run(channels: 2, zeroCopy: true, uri: .tcp(host: "127.0.0.1", port: 0))
         #expect(outcome.info.status == .completed, "\(outcome.info.errorDescription ?? "")")
         #expect(Kit.sameBytes(outcome.source, outcome.target))
+        // The kernel reports its loopback copies: proof the pages went with MSG_ZEROCOPY.
+        #expect(outcome.info.ram.dirtySyncMissedZeroCopy >= 1)
+        let unix = try Self.run(channels: 2, zeroCopy: true)
+        #expect(unix.info.status == .failed)
+        #expect(unix.info.errorDescription?.contains("Requested Zero Copy feature is not available") == true, "\(unix.info.errorDescription ?? "")")
     }
 }

@@ -96,7 +96,7 @@ import Transport
         let cases: [([UInt8], MigrationError)] = [
             (corrupt, .stream(.checksumMismatch(kind: FrameKind.returnMessage.rawValue))),
             (forward, .stream(.unexpectedFrame("a frame of kind 4 on the return path, which carries only return messages"))),
-            (cut, .stream(.truncated("the stream ended after 39 bytes, 5 of the 8 bytes of the checksum of a frame of kind 16"))),
+            (cut, .stream(.truncated("the stream ended after \(StreamHeader.byteCount + FrameHeader.byteCount + 7) bytes, 5 of the 8 bytes of the checksum of a frame of kind 16"))),
         ]
         for (bytes, expected) in cases {
             let (source, destination, listener) = try Self.socketPair()
@@ -160,9 +160,11 @@ import Transport
             var payload: [UInt8] = []
             _ = try? reader.readStreamHeader()
             var count = 0
+            var tail: [UInt8] = []
             while count != until, let header = try? reader.next(into: &payload) {
                 count += 1
                 if header.kind == .end { break }
+                if reader.pendingTail > 0 { _ = try? reader.readTail(into: &tail) }
             }
             answer(channel)
             channel.close()

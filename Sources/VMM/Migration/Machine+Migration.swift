@@ -122,14 +122,21 @@ extension Machine {
         let limit = migration.state.withLock { $0.parameters.inactivityLimit }
         let destination: MigrationDestination
         do {
-            // One channel for now: the listener stops at the main channel (multifd will accept more first).
             let channel = try incoming.listener.accept(timeout: nil)
-            incoming.listener.close()
             // A source that goes silent fails the load instead of stalling it forever
             // (a socket's receive timeout: no extra system call per read).
-            channel.limitInactivity(limit == 0 ? nil : .milliseconds(Int64(limit)))
+            let inactivity: Duration? = limit == 0 ? nil : .milliseconds(Int64(limit))
+            channel.limitInactivity(inactivity)
+            // A socket listener stays open for the multifd channels the source may announce.
+            let acceptor: (any ChannelAcceptor)?
+            switch incoming.address {
+            case .tcp, .unix: acceptor = LimitedAcceptor(listener: incoming.listener, inactivity: inactivity)
+            case .file, .fd:
+                incoming.listener.close()
+                acceptor = nil
+            }
             destination = MigrationDestination(
-                channel: channel, configuration: migrationConfiguration,
+                channel: channel, acceptor: acceptor, configuration: migrationConfiguration,
                 ram: RAMMigration(blocks: memory.blocks, tracker: nil, destinationStartsZero: startsZero),
                 devices: migratableDevices(global: global), onStatus: fromDestination)
             try destination.run()
@@ -200,6 +207,21 @@ extension Machine {
 
     var migrationParameters: MigrationParameters { migration.state.withLock { $0.parameters } }
     var migrationCapabilities: MigrationCapabilities { migration.state.withLock { $0.capabilities } }
+}
+
+/// The destination's listener for the channels after the main one, each with
+/// the same inactivity limit.
+struct LimitedAcceptor: ChannelAcceptor {
+    let listener: IncomingListener
+    let inactivity: Duration?
+
+    func accept(timeout: Duration?) throws(ChannelError) -> any ByteChannel {
+        let channel = try listener.accept(timeout: timeout)
+        channel.limitInactivity(inactivity)
+        return channel
+    }
+
+    func close() { listener.close() }
 }
 
 /// The source engine's handle on the machine.

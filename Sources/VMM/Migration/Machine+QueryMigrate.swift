@@ -49,7 +49,7 @@ extension Machine {
             "postcopy-bytes": 0,
             "multifd-bytes": .int(Int64(info.multifdBytes)),
             "postcopy-requests": 0,
-            "dirty-sync-missed-zero-copy": 0,
+            "dirty-sync-missed-zero-copy": .int(Int64(ram.dirtySyncMissedZeroCopy)),
         ]
         // Ferry's own: what each channel carried (main, then multifd 0..N-1).
         result["x-ferry-channels"] = .array(info.channels.map { channel in
