@@ -51,7 +51,8 @@ import Transport
 
     /// Migrates a filled block into an empty one with `capabilities` and `parameters`.
     static func run(channels: Int, compression: MultifdCompression = .none, detection: ZeroPageDetection = .multifd,
-                    zeroCopy: Bool = false, uri: MigrationURI? = nil,
+                    zeroCopy: Bool = false, uri: MigrationURI? = nil, maxBandwidth: UInt64 = 1 << 40,
+                    during: @escaping @Sendable (PrecopySource) -> Void = { _ in },
                     wrap: @escaping @Sendable (any ByteChannel) -> any ByteChannel = { $0 }) throws -> Outcome {
         let source = try block(filled: true), target = try block(filled: false)
         let configuration = MigrationConfiguration(blocks: RAMMigration.layout(of: [source]), vcpuCount: 1)
@@ -78,7 +79,7 @@ import Transport
         }
         destination.start()
         var parameters = MigrationParameters()
-        parameters.maxBandwidth = 1 << 40
+        parameters.maxBandwidth = maxBandwidth
         parameters.multifdChannels = UInt8(channels)
         parameters.multifdCompression = compression
         parameters.zeroPageDetection = detection
@@ -92,6 +93,8 @@ import Transport
                   ram: RAMMigration(blocks: [source], tracker: Kit.OneShotDirtyLog(pages: blockBytes / 4096)),
                   devices: [Kit.StopSizedDevice(vm: vm, largeStops: 0)], vm: vm),
             parameters: parameters, capabilities: capabilities, onStatus: { _ in })
+        let watcher = Thread { during(engine) }
+        watcher.start()
         engine.run()
         _ = done.wait(timeout: .now() + 30)
         return Outcome(info: engine.info, events: vm.events.withLock { $0 }, destination: result.withLock { $0 }, source: source, target: target)
@@ -167,10 +170,10 @@ import Transport
     @Test("a multifd connection that dies mid-way fails the migration, the source runs on intact, and a retry succeeds")
     func deadChannel() throws {
         let count = Mutex(0)
-        let failed = try Self.run(channels: 4) { channel in
+        let failed = try Self.run(channels: 4, wrap: { channel in
             let index = count.withLock { n -> Int in defer { n += 1 }; return n }
             return index == 2 ? DyingChannel(channel, dyingAfter: 1 << 20) : channel
-        }
+        })
         #expect(failed.info.status == .failed)
         #expect(failed.info.errorDescription?.contains("Connection reset by peer") == true, "\(failed.info.errorDescription ?? "")")
         guard case .failure? = failed.destination else { Issue.record("the destination loaded a stream with a dead channel"); return }
@@ -179,6 +182,30 @@ import Transport
         let retry = try Self.run(channels: 4)
         #expect(retry.info.status == .completed, "\(retry.info.errorDescription ?? "")")
         #expect(Kit.sameBytes(retry.source, retry.target))
+    }
+
+    @Test("migrate_cancel mid-way: every channel stops, the source runs on (never stopped), the destination refuses the rest")
+    func cancelMidway() throws {
+        let outcome = try Self.run(channels: 4, maxBandwidth: 16 << 20, during: { engine in
+            usleep(300_000)
+            engine.cancel()
+        })
+        #expect(outcome.info.status == .cancelled, "\(outcome.info.errorDescription ?? "")")
+        #expect(outcome.events.isEmpty, "the guest was never stopped: \(outcome.events)")
+        #expect(outcome.info.multifdBytes > 0 && outcome.info.multifdBytes < UInt64(Self.blockBytes), "\(outcome.info.multifdBytes)")
+        guard case .failure? = outcome.destination else { Issue.record("the destination loaded a cancelled stream"); return }
+    }
+
+    @Test("max-bandwidth holds for the sum of the channels")
+    func sharedRateLimit() throws {
+        let outcome = try Self.run(channels: 4, maxBandwidth: 32 << 20)
+        #expect(outcome.info.status == .completed, "\(outcome.info.errorDescription ?? "")")
+        // What went out while the guest ran (the switchover is not rate-limited) took at
+        // least its bytes over 32 MiB/s, whatever the channel count.
+        let live = outcome.info.transferredBytes - outcome.info.downtimeBytes
+        let seconds = Double(outcome.info.totalTime - (outcome.info.downtime ?? 0)) / 1000
+        #expect(live > 2 << 20, "\(live) bytes before the switchover")
+        #expect(seconds >= Double(live) / Double(32 << 20) * 0.8, "\(seconds) s for \(live) bytes")
     }
 
     @Test("zero-copy-send: every page arrives over TCP (loopback copies, and says so); a Unix socket refuses it")
