@@ -25,7 +25,11 @@ public struct FrameReader: ~Copyable {
     /// Reads the header that opens the stream: which channel of which migration this is.
     public mutating func readStreamHeader() throws(MigrationError) -> ChannelIdentity {
         var bytes = [UInt8](repeating: 0, count: StreamHeader.byteCount)
-        try Self.read(channel, &bytesRead, StreamHeader.byteCount, into: &bytes, what: "the stream header")
+        // The magic first: another program's stream is named as such, however short it is.
+        let magic = StreamHeader.magic.count
+        try Self.read(channel, &bytesRead, magic, into: &bytes, what: "the stream header")
+        guard Array(bytes[0..<magic]) == StreamHeader.magic else { throw .stream(.badMagic) }
+        try Self.read(channel, &bytesRead, StreamHeader.byteCount - magic, into: &bytes, at: magic, what: "the stream header")
         do { return try StreamHeader.decode(bytes) } catch { throw .stream(error) }
     }
 
