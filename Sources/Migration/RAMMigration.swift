@@ -43,15 +43,9 @@ public final class RAMMigration: Migratable {
     let path = Mutex(PagePath.inline(.multifd))
 
     struct SendState {
-        var bitmaps: [DirtyBitmap]
-        var dirtyCount = 0
-        var cursor = (block: 0, page: 0)
+        var selector: PageSelector
         var lastSync = ContinuousClock.now
         var tracking = false
-        /// The chunks resident (in RAM or swap) when tracking started, until the next
-        /// sync: a page in a chunk that was not resident is zero for this pass
-        /// (a later write is in the dirty log), so it is not even read.
-        var resident: [DirtyBitmap]?
     }
     /// The dirty bitmaps and the cursor: held only while pages are picked, never across I/O.
     let send: Mutex<SendState>
@@ -81,7 +75,7 @@ public final class RAMMigration: Migratable {
         let empty = blocks.map { DirtyBitmap(pageCount: Int($0.byteCount) / Self.pageSize) }
         load = Mutex(LoadState(loaded: destinationStartsZero ? empty : [], suspect: empty))
         layout = Self.layout(of: blocks)
-        send = Mutex(SendState(bitmaps: empty))
+        send = Mutex(SendState(selector: PageSelector(pageCounts: empty.map(\.pageCount), chunkPages: Self.chunkBytes / Self.pageSize)))
         statistics.withLock { $0.totalBytes = blocks.reduce(0) { $0 + $1.byteCount } }
     }
 
@@ -109,7 +103,7 @@ public final class RAMMigration: Migratable {
         send.withLock { $0.tracking = true }
         _ = try sync()      // the first collection reports every page
         let resident = residentChunks()
-        send.withLock { $0.resident = resident }
+        send.withLock { $0.selector.resident = resident }
     }
 
     public func cleanup() throws(MigrationError) {
@@ -124,7 +118,7 @@ public final class RAMMigration: Migratable {
     /// Which chunks of each block held memory when tracking started (sent
     /// before the first page).
     public func residency() -> RAMResidency {
-        RAMResidency(words: (send.withLock { $0.resident } ?? residentChunks()).map(\.words))
+        RAMResidency(words: (send.withLock { $0.selector.resident } ?? residentChunks()).map(\.words))
     }
 
     private func residentChunks() -> [DirtyBitmap] {
@@ -133,7 +127,7 @@ public final class RAMMigration: Migratable {
 
     /// Dirty pages not yet picked, and pages picked but still queued on a channel.
     public func pendingEstimate() -> UInt64 {
-        UInt64(send.withLock { $0.dirtyCount } + (multifd?.queuedPages ?? 0)) * UInt64(Self.pageSize)
+        UInt64(send.withLock { $0.selector.dirtyCount } + (multifd?.queuedPages ?? 0)) * UInt64(Self.pageSize)
     }
 
     public func pendingExact() throws(MigrationError) -> UInt64 {
@@ -151,15 +145,9 @@ public final class RAMMigration: Migratable {
         do { collected = try tracker.collectDirtyPages() } catch { throw .state("cannot read the dirty log: \(error)") }
         let now = ContinuousClock.now
         let (dirtied, remaining, elapsed) = send.withLock { state -> (Int, Int, Duration) in
-            var dirtied = 0
-            for (index, block) in blocks.enumerated() {
-                guard let bitmap = collected[block.name] else { continue }
-                dirtied += bitmap.count
-                state.dirtyCount += state.bitmaps[index].merge(bitmap)
-            }
+            let dirtied = state.selector.merge(blocks.map { collected[$0.name] })
             defer { state.lastSync = now }
-            state.resident = nil        // pages dirtied since setup may sit in chunks that were not resident
-            return (dirtied, state.dirtyCount, now - state.lastSync)
+            return (dirtied, state.selector.dirtyCount, now - state.lastSync)
         }
         try multifd?.sync()
         statistics.withLock { s in
@@ -207,38 +195,22 @@ public final class RAMMigration: Migratable {
         while let job = pick(Self.jobPages, findZero: findZero) {
             try deliver(job)
             looked += job.count
-            let done = send.withLock { $0.dirtyCount == 0 }
+            let done = send.withLock { $0.selector.dirtyCount == 0 }
             if limiter.totalBytes - start >= UInt64(limit) { return done }
             if respectRateLimit && (limiter.isLimited || looked >= Self.iterationPages) { return done }
         }
         return true
     }
 
-    /// Takes up to `count` dirty pages from the cursor on (clearing their bits),
-    /// marking those known to be zero: in a chunk that held no memory when
-    /// tracking started, or (`findZero`, QEMU's `legacy` detection) read as zero here.
+    /// Takes up to `count` dirty pages from the cursor on (`PageSelector.next`);
+    /// with `findZero` (QEMU's `legacy` detection) reads each for zero here.
     func pick(_ count: Int, findZero: Bool) -> PageJob? {
-        send.withLock { state -> PageJob? in
-            guard state.dirtyCount > 0 else { return nil }
-            var job = PageJob()
-            job.blocks.reserveCapacity(count)
-            job.offsets.reserveCapacity(count)
-            job.knownZero.reserveCapacity(count)
-            while state.dirtyCount > 0 && job.count < count {
-                // Wrap to the next block (and round) when this one has no more dirty pages.
-                guard let page = state.bitmaps[state.cursor.block].nextSetPage(from: state.cursor.page) else {
-                    state.cursor = ((state.cursor.block + 1) % blocks.count, 0)
-                    continue
-                }
-                let block = state.cursor.block
-                state.bitmaps[block][page] = false
-                state.dirtyCount -= 1
-                state.cursor.page = page + 1
-                let offset = page * Self.pageSize
-                let chunkWasResident = state.resident?[block][offset / Self.chunkBytes] ?? true
-                job.append(block: block, offset: offset, zero: !chunkWasResident || (findZero && mappings[block].isZeroPage(at: offset)))
+        let mappings = self.mappings
+        return send.withLock { state -> PageJob? in
+            let job = state.selector.next(count) { block, page in
+                findZero && mappings[block].isZeroPage(at: page * Self.pageSize)
             }
-            let remaining = state.dirtyCount
+            let remaining = state.selector.dirtyCount
             statistics.withLock { $0.remainingPages = UInt64(remaining) }
             return job
         }

@@ -1,0 +1,63 @@
+import GuestMemory
+
+/// Which pages go out next, on the source: the dirty bitmap of every RAM
+/// block, its exact count, and the cursor of the pass through them.  Pure: no
+/// I/O, no lock of its own (the owner holds one while it picks, never while a
+/// channel writes).
+///
+/// A page is cleared the moment it is picked, and a sync adds only pages not
+/// already pending, so `dirtyCount` is exact and, between two syncs, a page is
+/// picked at most once (the multifd sync barrier relies on it).
+struct PageSelector: Sendable {
+    var bitmaps: [DirtyBitmap]
+    private(set) var dirtyCount = 0
+    private(set) var cursor = (block: 0, page: 0)
+    /// The chunks resident (in RAM or swap) when tracking started, until the next
+    /// sync: a page in a chunk that was not resident is zero for this pass (a
+    /// later write is in the dirty log), so it is picked as zero without being read.
+    var resident: [DirtyBitmap]?
+    let chunkPages: Int
+
+    init(pageCounts: [Int], chunkPages: Int) {
+        bitmaps = pageCounts.map { DirtyBitmap(pageCount: $0) }
+        self.chunkPages = chunkPages
+    }
+
+    /// Adds a dirty-log collection (one bitmap per block, nil for none);
+    /// returns how many pages the guest dirtied (counted whether or not already pending).
+    mutating func merge(_ collected: [DirtyBitmap?]) -> Int {
+        precondition(collected.count == bitmaps.count)
+        var dirtied = 0
+        for (index, bitmap) in collected.enumerated() {
+            guard let bitmap else { continue }
+            dirtied += bitmap.count
+            dirtyCount += bitmaps[index].merge(bitmap)
+        }
+        resident = nil      // pages dirtied since tracking started may sit in chunks that were not resident
+        return dirtied
+    }
+
+    /// Takes up to `count` dirty pages from the cursor on, wrapping to the next
+    /// block (and round) when one has no more; marks a page zero if its chunk
+    /// held no memory or `isZero(block, page)` says so.  Nil when none is dirty.
+    mutating func next(_ count: Int, isZero: (Int, Int) -> Bool = { _, _ in false }) -> PageJob? {
+        guard dirtyCount > 0 else { return nil }
+        var job = PageJob()
+        job.blocks.reserveCapacity(count)
+        job.offsets.reserveCapacity(count)
+        job.knownZero.reserveCapacity(count)
+        while dirtyCount > 0 && job.count < count {
+            guard let page = bitmaps[cursor.block].nextSetPage(from: cursor.page) else {
+                cursor = ((cursor.block + 1) % bitmaps.count, 0)
+                continue
+            }
+            let block = cursor.block
+            bitmaps[block][page] = false
+            dirtyCount -= 1
+            cursor.page = page + 1
+            let chunkWasResident = resident?[block][page / chunkPages] ?? true
+            job.append(block: block, offset: page * PageSize.base.byteCount, zero: !chunkWasResident || isZero(block, page))
+        }
+        return job
+    }
+}
