@@ -25,11 +25,18 @@ public struct FrameReader: ~Copyable {
     /// Reads the header that opens the stream: which channel of which migration this is.
     public mutating func readStreamHeader() throws(MigrationError) -> ChannelIdentity {
         var bytes = [UInt8](repeating: 0, count: StreamHeader.byteCount)
-        // The magic first: another program's stream is named as such, however short it is.
-        let magic = StreamHeader.magic.count
-        try Self.read(channel, &bytesRead, magic, into: &bytes, what: "the stream header")
+        // The magic and version first: another program's stream, or an older
+        // Ferry's, is named as such however short it is.
+        let whole = StreamHeader.byteCount, magic = StreamHeader.magic.count
+        try Self.read(channel, &bytesRead, magic, into: &bytes, what: "the stream header", whole: whole)
         guard Array(bytes[0..<magic]) == StreamHeader.magic else { throw .stream(.badMagic) }
-        try Self.read(channel, &bytesRead, StreamHeader.byteCount - magic, into: &bytes, at: magic, what: "the stream header")
+        try Self.read(channel, &bytesRead, 4, into: &bytes, at: magic, what: "the stream header", whole: whole, before: magic)
+        let version = UInt32(bytes[8]) | UInt32(bytes[9]) << 8 | UInt32(bytes[10]) << 16 | UInt32(bytes[11]) << 24
+        guard StreamHeader.supported.contains(version) else {
+            throw .stream(.unsupportedVersion(version, supported: StreamHeader.supported))
+        }
+        try Self.read(channel, &bytesRead, whole - magic - 4, into: &bytes, at: magic + 4, what: "the stream header",
+                      whole: whole, before: magic + 4)
         do { return try StreamHeader.decode(bytes) } catch { throw .stream(error) }
     }
 

@@ -322,19 +322,28 @@ def test_file_save_restores_through_an_inherited_descriptor(ferry, vms, tmp_path
 
 def test_truncated_file_fails_the_restore_with_a_clear_error(ferry, tmp_path):
     state = tmp_path / "short.state"
-    state.write_bytes(b"FERRYMIG" + bytes([2, 0, 0, 0, 0, 0, 0, 0]))
+    # A whole version 3 header (main channel), then nothing.
+    state.write_bytes(b"FERRYMIG" + bytes([3, 0, 0, 0, 0, 0, 0, 0]) + bytes([1, 0, 0, 0, 0, 0, 0, 0]) + bytes(16))
     result = subprocess.run([ferry, "run", "--memory", "64M", "--incoming", f"file:{state}", "--serial", "none"],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     assert result.stderr.startswith("ferry: error: load of migration failed: stream truncated: "
-                                    "the stream ended after 16 bytes, 0 of the 16 bytes of a frame header"), result.stderr
+                                    "the stream ended after 40 bytes, 0 of the 24 bytes of a frame header"), result.stderr
 
-    # A version 1 file (no frame sequence numbers) is refused by name.
-    state.write_bytes(b"FERRYMIG" + bytes([1, 0, 0, 0, 0, 0, 0, 0]))
-    old = subprocess.run([ferry, "run", "--memory", "64M", "--incoming", f"file:{state}", "--serial", "none"],
-                         capture_output=True, text=True, timeout=30)
-    assert old.returncode == 1
-    assert "stream version 1 is not supported (this Ferry reads 2...2)" in old.stderr, old.stderr
+    # A header cut short says how much of it came.
+    state.write_bytes(b"FERRYMIG" + bytes([3, 0, 0, 0, 0, 0, 0, 0]))
+    short = subprocess.run([ferry, "run", "--memory", "64M", "--incoming", f"file:{state}", "--serial", "none"],
+                           capture_output=True, text=True, timeout=30)
+    assert short.returncode == 1
+    assert "the stream ended after 16 bytes, 16 of the 40 bytes of the stream header" in short.stderr, short.stderr
+
+    # Version 1 and 2 files (no sequence numbers; no channel identity or page tails) are refused by name.
+    for version in (1, 2):
+        state.write_bytes(b"FERRYMIG" + bytes([version, 0, 0, 0, 0, 0, 0, 0]))
+        old = subprocess.run([ferry, "run", "--memory", "64M", "--incoming", f"file:{state}", "--serial", "none"],
+                             capture_output=True, text=True, timeout=30)
+        assert old.returncode == 1
+        assert f"stream version {version} is not supported (this Ferry reads 3...3)" in old.stderr, old.stderr
 
 
 def test_paused_start_waits_for_cont(vms):
@@ -368,7 +377,7 @@ def test_silent_source_fails_the_destination_after_x_inactivity_limit(vms, tmp_p
         await client.execute("migrate-incoming", {"uri": f"unix:{tmp_path}/silent.sock"})
         source = socket.socket(socket.AF_UNIX)
         source.connect(str(tmp_path / "silent.sock"))
-        source.sendall(b"FERRYMIG" + bytes([2, 0, 0, 0, 0, 0, 0, 0]))    # a stream header, then nothing
+        source.sendall(b"FERRYMIG" + bytes([3, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]) + bytes(16))    # a stream header, then nothing
         started = time.monotonic()
         code = await asyncio.get_running_loop().run_in_executor(None, lambda: dst.proc.wait(timeout=10))
         waited = time.monotonic() - started
