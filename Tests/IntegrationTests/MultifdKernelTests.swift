@@ -42,11 +42,13 @@ struct MultifdKernelTests {
         return try await body()
     }
 
-    @Test("a dirtying guest moves on multifd channels page for page; its verifier stays clean",
+    @Test("a guest, idle or dirtying, moves on multifd channels page for page; its verifier stays clean",
           arguments: [Case(channels: 4, backend: .anon, compression: .none, dirty: true),
+                      Case(channels: 1, backend: .anon, compression: .zstd, dirty: false),
                       Case(channels: 2, backend: .memfd, compression: .zstd, dirty: true),
+                      Case(channels: 8, backend: .memfd, compression: .none, dirty: false),
                       Case(channels: 8, backend: .hugetlb, compression: .none, dirty: true),
-                      Case(channels: 1, backend: .anon, compression: .zstd, dirty: false)])
+                      Case(channels: 2, backend: .hugetlb, compression: .zstd, dirty: false)])
     func migratesOnChannels(_ test: Case) async throws {
         if test.backend == .hugetlb {
             try await Self.withHugePages(2 * 128 + 8) { try await run(test) }
