@@ -8,16 +8,24 @@ Scenarios (more arrive with later capabilities):
   migrate-idle   precopy over loopback TCP, 2 GiB guest with 1.5 GiB of non-zero memory, idle
   migrate-dirty  the same guest dirtying a 256 MiB working set as fast as it can
   migrate        both migration scenarios
+  multifd-idle   the idle migration with multifd: 1, 2, 4 channels, without and with zstd,
+                 without and with -mem-prealloc on both sides (--channels, --compression, --prealloc narrow it)
+  multifd-dirty  the same for the dirtying guest
+  multifd        both multifd scenarios (not part of `all`: 24 configurations, long)
 
 Every migration reports total time, downtime (as the VMM reports it),
 throughput, and the guest-observed pause: the largest gap between two
-heartbeats as the host saw their serial lines arrive, across the move.
+heartbeats as the host saw their serial lines arrive, across the move.  The
+multifd scenarios add each process's CPU time (utime + stime from
+/proc/PID/stat), the host's first-touch floor and loopback TCP throughput.
 
-Usage: bench/run.sh [--runs N] [--scenario boot|migrate-idle|migrate-dirty|migrate|all]
+Usage: bench/run.sh [--runs N] [--scenario boot|migrate-idle|migrate-dirty|migrate|all|multifd-idle|multifd-dirty|multifd]
 """
 import argparse
 import asyncio
+import mmap
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -131,23 +139,49 @@ PREALLOC = []
 SETTLE_SECONDS = 4     # ["-mem-prealloc"] with --mem-prealloc: both VMMs allocate guest RAM up front
 
 
-def migration_command(vmm, memory, cmdline, sock, incoming=None):
-    command = vmm.command(memory, 1, cmdline, sock) + PREALLOC
+def migration_command(vmm, memory, cmdline, sock, incoming=None, prealloc=None):
+    command = vmm.command(memory, 1, cmdline, sock) + (PREALLOC if prealloc is None else prealloc)
     if incoming:
         command += ["--incoming", incoming] if vmm.name == "ferry" else ["-incoming", incoming]
     return command
 
 
-async def migrate_once(vmm, cmdline, ready_pages, port):
-    """One migration: source and destination processes, QMP on both, as a QEMU user drives it."""
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    """utime + stime of the whole process (all its threads, living and exited), from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+async def multifd_setup(src, dst, multifd):
+    """QEMU's multifd recipe on both sides (destination started with -incoming defer), then
+    migrate-incoming on an ephemeral port; returns the URI the destination listens on."""
+    channels, compression = multifd
+    for client in (src, dst):
+        if channels:
+            await client.execute("migrate-set-capabilities", {"capabilities": [{"capability": "multifd", "state": True}]})
+            await client.execute("migrate-set-parameters", {"multifd-channels": channels, "multifd-compression": compression})
+    await dst.execute("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
+    port = int((await dst.execute("query-migrate"))["socket-address"][0]["port"])
+    return f"tcp:127.0.0.1:{port}"
+
+
+async def migrate_once(vmm, cmdline, ready_pages, port, multifd=None, prealloc=None):
+    """One migration: source and destination processes, QMP on both, as a QEMU user drives it.
+    multifd: None, or (channels, compression) with channels 0 for a plain migration through the same
+    -incoming defer path.  Each process's CPU time is sampled when `migrate` is issued and when that
+    process first reports the migration completed."""
     with tempfile.TemporaryDirectory() as tmp:
         src_sock, dst_sock = Path(tmp) / "src.qmp", Path(tmp) / "dst.qmp"
         uri = f"tcp:127.0.0.1:{port}"
         procs = []
         try:
-            for sock, incoming in ((src_sock, None), (dst_sock, uri)):
-                procs.append(subprocess.Popen(migration_command(vmm, "2G", cmdline, sock, incoming), stdout=subprocess.PIPE,
-                                              stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL))
+            for sock, incoming in ((src_sock, None), (dst_sock, "defer" if multifd else uri)):
+                procs.append(subprocess.Popen(migration_command(vmm, "2G", cmdline, sock, incoming, prealloc),
+                                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL))
             consoles = [Console(p) for p in procs]
             clients = []
             for sock in (src_sock, dst_sock):
@@ -159,21 +193,31 @@ async def migrate_once(vmm, cmdline, ready_pages, port):
                 await client.connect(str(sock))
                 clients.append(client)
             src, dst = clients
+            if multifd:
+                uri = await multifd_setup(src, dst, multifd)
             deadline = time.monotonic() + 120
             while consoles[0].pages() < ready_pages or len(consoles[0].beats) < 10:
                 assert time.monotonic() < deadline, f"{vmm.name}: guest never got ready ({consoles[0].pages()} pages)"
                 await asyncio.sleep(0.05)
             await src.execute("migrate-set-parameters", {"max-bandwidth": 100 << 30, "downtime-limit": 300})
+            cpu_start = [cpu_seconds(p.pid) for p in procs]
             await src.execute("migrate", {"uri": uri})
-            while True:
-                info = await src.execute("query-migrate")
-                if info["status"] in ("completed", "failed", "cancelled"):
-                    break
-                await asyncio.sleep(0.02)
-            assert info["status"] == "completed", f"{vmm.name}: {info}"
+            # Polls both sides; each process's CPU is read the moment it first says completed (a
+            # destination's guest runs from then on, and a dirtying one spins a core).
+            cpu_end, info = [None, None], None
+            while None in cpu_end:
+                for i, client in enumerate(clients):
+                    if cpu_end[i] is None:
+                        state = await client.execute("query-migrate")
+                        if state.get("status") == "completed":
+                            cpu_end[i] = cpu_seconds(procs[i].pid)
+                            info = state if i == 0 else info
+                        assert state.get("status") not in ("failed", "cancelled"), f"{vmm.name}: {state}"
+                assert time.monotonic() < deadline + 60, f"{vmm.name}: no completion ({cpu_end})"
+                await asyncio.sleep(0.01)
             beats_before = len(consoles[1].beats)
             while len(consoles[1].beats) < beats_before + 3:
-                assert time.monotonic() < deadline + 30, f"{vmm.name}: the guest does not beat on the destination"
+                assert time.monotonic() < deadline + 90, f"{vmm.name}: the guest does not beat on the destination"
                 await asyncio.sleep(0.05)
             # Guest-observed pause: the largest host-time gap between consecutive heartbeats across the move.
             timeline = sorted(consoles[0].beats + consoles[1].beats, key=lambda b: b[1])
@@ -188,7 +232,8 @@ async def migrate_once(vmm, cmdline, ready_pages, port):
                 proc.wait(timeout=20)
             return {"total": info["total-time"], "downtime": info["downtime"],
                     "mbps": info["ram"]["transferred"] * 8 / info["total-time"] / 1000,
-                    "transferred": info["ram"]["transferred"], "gap": gap * 1000}
+                    "transferred": info["ram"]["transferred"], "gap": gap * 1000,
+                    "src_cpu": cpu_end[0] - cpu_start[0], "dst_cpu": cpu_end[1] - cpu_start[1], "dst_cpu_total": cpu_end[1]}
         finally:
             for proc in procs:
                 if proc.poll() is None:
@@ -229,11 +274,129 @@ def scenario_migrate(ferry_vmm, qemu_vmm, runs, name, workload, ready_pages):
     print(f"{'bytes sent (MiB)':>26} {f['transferred'] / 2**20:10.0f} {q['transferred'] / 2**20:10.0f}")
 
 
+def first_touch_ms(nbytes, hugepage=False):
+    """The host's first-touch floor: one thread writes one byte into each 4 KiB page of
+    `nbytes` fresh private anonymous memory (the kernel faults and clears each page);
+    hugepage: with MADV_HUGEPAGE first, as QEMU advises its guest RAM."""
+    area = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        if hugepage:
+            area.madvise(mmap.MADV_HUGEPAGE)
+        pages = nbytes // 4096
+        start = time.monotonic()
+        area[::4096] = b"\1" * pages        # strided assignment: the loop runs in C, one write per page
+        return (time.monotonic() - start) * 1000
+    finally:
+        area.close()
+
+
+def loopback_gbps(streams, seconds=1.0, chunk=4 << 20):
+    """Loopback TCP throughput (Gbit/s) over `streams` parallel connections, 4 MiB writes, for `seconds`."""
+    import threading
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    received = [0] * streams
+    stop = time.monotonic() + seconds
+
+    def receive(i, conn):
+        buffer = bytearray(chunk)
+        with conn:
+            while (n := conn.recv_into(buffer)) > 0:
+                received[i] += n
+
+    def send():
+        data = memoryview(bytes(chunk))
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            while time.monotonic() < stop:
+                conn.sendall(data)
+
+    senders = [threading.Thread(target=send) for _ in range(streams)]
+    for thread in senders:
+        thread.start()
+    receivers = []
+    for i in range(streams):
+        conn, _ = listener.accept()
+        receivers.append(threading.Thread(target=receive, args=(i, conn)))
+        receivers[-1].start()
+    start = time.monotonic()
+    for thread in senders + receivers:
+        thread.join()
+    listener.close()
+    return sum(received) * 8 / (time.monotonic() - start) / 1e9
+
+
+def scenario_multifd(ferry_vmm, qemu_vmm, runs, name, workload, ready_pages, touch_bytes, channel_counts, compressions,
+                     preallocs):
+    """Multifd side by side: every (channels, compression) configuration on both VMMs, runs alternating
+    between the VMMs and the configurations, each after the settle pause; plus, in the same run, the
+    host's first-touch floor for the working set's bytes and loopback TCP throughput."""
+    cmdline = subprocess.run([ferry_vmm.ferry, "guest", "cmdline", "--cpus", "1", "--workload", workload],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    vmms = [v for v in (ferry_vmm, qemu_vmm) if v.name in ONLY]
+    configs = [(c, z) for c in channel_counts for z in compressions if c or z == "none"]
+    max_streams = max([c for c, _ in configs] + [1])
+    for prealloc in preallocs:
+        flags = ["-mem-prealloc"] if prealloc else []
+        print(f"scenario {name}: 2 GiB, 1 vCPU, workload {workload}, loopback TCP, max-bandwidth 100 GiB/s, "
+              f"downtime-limit 300 ms, {'-mem-prealloc' if prealloc else 'no -mem-prealloc'} on both sides, "
+              f"zero-page-detection and zstd level at their defaults, median of {runs} runs")
+        results = {(config, vmm.name): [] for config in configs for vmm in vmms}
+        host = {"touch": [], "touch_huge": [], "tcp1": [], "tcpn": []}
+        for i in range(runs):
+            time.sleep(SETTLE_SECONDS)
+            host["touch"].append(first_touch_ms(touch_bytes))
+            time.sleep(SETTLE_SECONDS)
+            host["touch_huge"].append(first_touch_ms(touch_bytes, hugepage=True))
+            host["tcp1"].append(loopback_gbps(1))
+            host["tcpn"].append(loopback_gbps(max_streams))
+            for config in configs:
+                for vmm in vmms:
+                    time.sleep(SETTLE_SECONDS)
+                    results[(config, vmm.name)].append(asyncio.run(migrate_once(vmm, cmdline, ready_pages, 0, config, flags)))
+        h = {key: statistics.median(values) for key, values in host.items()}
+        mib = touch_bytes >> 20
+        print(f"  host, same run: first touch of {mib} MiB fresh anonymous memory by one thread: {h['touch']:.0f} ms "
+              f"({touch_bytes / h['touch'] / 1e6:.2f} GB/s); with MADV_HUGEPAGE {h['touch_huge']:.0f} ms "
+              f"({touch_bytes / h['touch_huge'] / 1e6:.2f} GB/s)")
+        print(f"  host, same run: loopback TCP {h['tcp1']:.1f} Gbit/s on 1 stream, {h['tcpn']:.1f} Gbit/s on "
+              f"{max_streams} streams (Python, 4 MiB writes)")
+        columns = [("total ms", "total", "{:.0f}"), ("downtime ms", "downtime", "{:.0f}"), ("pause ms", "gap", "{:.0f}"),
+                   ("src CPU-s", "src_cpu", "{:.2f}"), ("dst CPU-s", "dst_cpu", "{:.2f}"),
+                   ("dst CPU-s all", "dst_cpu_total", "{:.2f}"), ("MB/s", "mbps", "{:.0f}"), ("MiB sent", "transferred", "{:.0f}")]
+        scale = {"mbps": 1 / 8, "transferred": 1 / 2**20}
+        names = [vmm.name for vmm in vmms]
+        width = 8 * len(names)
+        print(f"  {'':>13} " + " ".join(f"{title:^{width}}" for title, _, _ in columns)
+              + ("  total" if len(names) == 2 else ""))
+        print(f"  {'channels':>8} {'zstd':>4} " + " ".join(
+            "".join(f"{({'ferry': 'Ferry', 'qemu': 'QEMU'})[n]:>8}" for n in names) for _ in columns)
+              + ("  QEMU/Ferry" if len(names) == 2 else ""))
+        for config in configs:
+            medians = {n: {key: statistics.median(r[key] for r in results[(config, n)]) for key in results[(config, n)][0]}
+                       for n in names}
+            cells = ["".join(f"{form.format(medians[n][key] * scale.get(key, 1)):>8}" for n in names)
+                     for _, key, form in columns]
+            ratio = f"  {medians['qemu']['total'] / medians['ferry']['total']:9.2f}x" if len(names) == 2 else ""
+            channels, compression = config
+            print(f"  {channels if channels else 'off':>8} {'yes' if compression == 'zstd' else 'no':>4} " + " ".join(cells) + ratio)
+        print("  (total, downtime: query-migrate; pause: largest heartbeat gap, 100 ms is normal; CPU-s: utime+stime "
+              "from `migrate` to the process's own completion, src includes its running vCPU; 'dst CPU-s all': the "
+              "destination since its start, -mem-prealloc included)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ferry", default=str(ROOT / ".build" / "release" / "ferry"))
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--scenario", choices=["boot", "migrate-idle", "migrate-dirty", "migrate", "all"], default="all")
+    parser.add_argument("--scenario", choices=["boot", "migrate-idle", "migrate-dirty", "migrate", "all",
+                                               "multifd-idle", "multifd-dirty", "multifd"], default="all",
+                        help="`all` is boot and migrate; the multifd scenarios run only by name")
+    parser.add_argument("--channels", default="1,2,4",
+                        help="multifd scenarios: multifd-channels values, comma-separated; 0 = multifd off (default 1,2,4)")
+    parser.add_argument("--compression", default="none,zstd",
+                        help="multifd scenarios: multifd-compression values, none and/or zstd (default none,zstd)")
+    parser.add_argument("--prealloc", default="off,on",
+                        help="multifd scenarios: without (off) and/or with (on) -mem-prealloc on both sides (default off,on)")
     parser.add_argument("--mem-prealloc", action="store_true",
                         help="run both VMMs with -mem-prealloc (guest RAM allocated at start)")
     parser.add_argument("--only", choices=["ferry", "qemu"],
@@ -254,6 +417,14 @@ def main():
             scenario_migrate(ferry_vmm, qemu_vmm, args.runs, "migrate-idle", "dirty-rate=0,working-set=1536M", 393216)
         if args.scenario in ("migrate-dirty", "migrate", "all"):
             scenario_migrate(ferry_vmm, qemu_vmm, args.runs, "migrate-dirty", "dirty-rate=max,working-set=256M", 65536)
+        multifd = ([int(c) for c in args.channels.split(",")], args.compression.split(","),
+                   [{"off": False, "on": True}[p] for p in args.prealloc.split(",")])
+        if args.scenario in ("multifd-idle", "multifd"):
+            scenario_multifd(ferry_vmm, qemu_vmm, args.runs, "multifd-idle", "dirty-rate=0,working-set=1536M", 393216,
+                             1536 << 20, *multifd)
+        if args.scenario in ("multifd-dirty", "multifd"):
+            scenario_multifd(ferry_vmm, qemu_vmm, args.runs, "multifd-dirty", "dirty-rate=max,working-set=256M", 65536,
+                             256 << 20, *multifd)
 
 
 if __name__ == "__main__":

@@ -21,12 +21,16 @@ class VM:
     """One ferry process with a QMP socket and a serial log."""
 
     def __init__(self, ferry, tmp_path, name, args):
+        self.launch(tmp_path, name, lambda sock, serial: (
+            [ferry, "run", "--serial", f"file:{serial}", "--qmp", f"unix:{sock}", "--verify-on-exit", *args], subprocess.DEVNULL))
+
+    def launch(self, tmp_path, name, command):
+        """Starts `command(sock, serial)` -> (argv, stdout) and waits for its QMP socket."""
         self.sock = tmp_path / f"{name}.qmp"
         self.serial = tmp_path / f"{name}.log"
         self.stderr = tmp_path / f"{name}.err"
-        self.proc = subprocess.Popen(
-            [ferry, "run", "--serial", f"file:{self.serial}", "--qmp", f"unix:{self.sock}", "--verify-on-exit", *args],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(self.stderr, "w"))
+        argv, stdout = command(self.sock, self.serial)
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=open(self.stderr, "w"))
         deadline = time.monotonic() + 15
         while not self.sock.exists():
             assert self.proc.poll() is None, self.stderr.read_text()
