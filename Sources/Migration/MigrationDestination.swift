@@ -161,7 +161,10 @@ public final class MigrationDestination: Sendable {
         acceptor.close()
         let main = channel
         let answers = returnPath
-        let started = MultifdReceivers(channels: channels, ram: ram) { error in
+        let started = MultifdReceivers(channels: channels, ram: ram, onApplied: { epoch in
+            // The source waits for this before it stops the guest (nothing old left in flight then).
+            if main.hasReturnPath { try? answers.send(.applied(epoch: epoch)) }
+        }) { error in
             // Tell the source why, then wake the main thread, which waits on its own channel.
             if main.hasReturnPath { try? answers.send(.failed(error.description)) }
             main.shutdown()

@@ -71,10 +71,12 @@ final class MultifdReceivers: Sendable {
     }
 
     /// Starts one loading thread per channel.
-    init(channels: [any ByteChannel], ram: RAMMigration, onFailure: @escaping @Sendable (MigrationError) -> Void) {
+    /// `onApplied` hears each epoch once every channel has passed its sync (every page before it is in RAM).
+    init(channels: [any ByteChannel], ram: RAMMigration, onApplied: @escaping @Sendable (UInt64) -> Void = { _ in },
+         onFailure: @escaping @Sendable (MigrationError) -> Void) {
         self.channels = channels
         self.onFailure = onFailure
-        barrier = SyncBarrier(parties: channels.count)
+        barrier = SyncBarrier(parties: channels.count, onPassed: onApplied)
         for (index, channel) in channels.enumerated() {
             let thread = Thread { [self] in receive(channel, ram: ram) }
             thread.name = "ferry-multifd-recv-\(index)"

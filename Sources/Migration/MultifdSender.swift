@@ -81,6 +81,9 @@ final class MultifdSender: Sendable {
         }
     }
 
+    /// Dirty syncs so far: the epoch the pages queued now belong to.
+    var epoch: UInt64 { state.withLock { $0.epoch } }
+
     /// Pages handed to channels and not yet sent.
     var queuedPages: Int { state.withLock { $0.queuedPages } }
 

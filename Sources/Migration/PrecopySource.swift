@@ -316,6 +316,7 @@ public final class PrecopySource: Sendable {
         var dirtyHighCount = 0
         var switchoverBandwidth = 0.0
         var converging: (lastExact: UInt64, passes: Int)?     // under the threshold, making more passes
+        var waitingSince: ContinuousClock.Instant?            // for the destination to apply the last pass
         while true {
             try checkCancelled()
             let parameters = self.parameters      // live: re-read every round
@@ -338,8 +339,10 @@ public final class PrecopySource: Sendable {
                 }
                 (windowStart, windowBytes, windowPages) = (now, bytes, stats.normalPages + stats.zeroPages)
             }
-            // While converging, the next sync waits until the last one's pages are all out.
-            if converging == nil ? pendingEstimate() <= threshold : parts.ram.pendingEstimate() == 0 {
+            // While converging, the next sync waits until the last one's pages are all out
+            // (with multifd: applied by the destination, so no older pass is in flight at the stop).
+            let caughtUp = destinationCaughtUp(since: &waitingSince)
+            if converging == nil ? pendingEstimate() <= threshold : parts.ram.pendingEstimate() == 0 && caughtUp {
                 let dirtied = try parts.ram.sync()
                 onPass(parts.ram.stats.dirtySyncCount)
                 if capabilities.autoConverge {
@@ -363,7 +366,7 @@ public final class PrecopySource: Sendable {
                 if exact <= threshold {
                     let quick = UInt64(switchoverBandwidth * Self.seconds(Self.quickSwitchover))
                     let stalled = converging.map { exact * 2 > $0.lastExact || $0.passes >= Self.maximumConvergingPasses } ?? false
-                    if exact <= quick || stalled {
+                    if (exact <= quick || stalled) && caughtUp {
                         progress.withLock { $0.info.expectedDowntime = nil }
                         return threshold
                     }
@@ -372,15 +375,37 @@ public final class PrecopySource: Sendable {
                     converging = nil
                 }
             }
+            let nothingDirty = parts.ram.dirtyPageCount == 0
             _ = try parts.ram.iterate(writer)
             for device in parts.devices { _ = try device.iterate(writer) }
             writer.waitForBudget()
+            // Nothing to pick while multifd channels drain or the destination catches up: do not spin.
+            if nothingDirty, parts.ram.multifd != nil { sleepUntil(.now + .milliseconds(1)) }
         }
     }
 
     func pendingEstimate() -> UInt64 {
         parts.devices.reduce(parts.ram.pendingEstimate()) { $0 + $1.pendingEstimate() }
     }
+
+    /// Multifd: whether the destination reports every page before the last sync
+    /// applied, so stopping now leaves nothing of an older pass in flight (its
+    /// sockets may hold many megabytes that a destination bound by fresh memory
+    /// takes a while to place).  A destination that says nothing for
+    /// `catchUpLimit` is not waited for longer.  Without multifd: always.
+    func destinationCaughtUp(since waiting: inout ContinuousClock.Instant?) -> Bool {
+        guard let multifd = parts.ram.multifd, let reader = returnPath.withLock({ $0 }) else { return true }
+        if reader.appliedEpoch >= multifd.epoch {
+            waiting = nil
+            return true
+        }
+        let start = waiting ?? .now
+        waiting = start
+        return ContinuousClock.now - start >= Self.catchUpLimit
+    }
+
+    /// How long the switchover waits, at most, for the destination to apply the last pass.
+    static let catchUpLimit: Duration = .seconds(2)
 
     // MARK: switchover
 
@@ -432,7 +457,8 @@ public final class PrecopySource: Sendable {
             // The destination refused: it will not run the guest.
             case .message(.failed(let reason)): throw .refused(reason)
             case .message(.shut), .closed: throw .destination("it closed the connection before confirming")
-            case .message(.pageRequest), .message(.receivedBitmap), .message(.switchoverAck): continue   // not asked for in precopy
+            case .message(.pageRequest), .message(.receivedBitmap), .message(.switchoverAck), .message(.applied):
+                continue   // not asked for in precopy (progress reports never reach the mailbox)
             case .failed(let error): throw error
             }
         }

@@ -125,6 +125,9 @@ public final class RAMMigration: Migratable {
         blocks.map { $0.mapping.residentChunks(chunkBytes: Self.chunkBytes) }
     }
 
+    /// Dirty pages not yet picked.
+    var dirtyPageCount: Int { send.withLock { $0.selector.dirtyCount } }
+
     /// Dirty pages not yet picked, and pages picked but still queued on a channel.
     public func pendingEstimate() -> UInt64 {
         UInt64(send.withLock { $0.selector.dirtyCount } + (multifd?.queuedPages ?? 0)) * UInt64(Self.pageSize)

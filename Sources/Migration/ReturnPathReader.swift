@@ -43,6 +43,7 @@ public final class ReturnPathReader: Sendable {
     /// started, joined
     let lifecycle = Mutex((started: false, joined: false))
     let ignoredRequests = Atomic<UInt64>(0)
+    let applied = Atomic<UInt64>(0)
 
     public init(channel: any ByteChannel, onPageRequest: PageRequestHandler? = nil) {
         (self.channel, self.onPageRequest) = (channel, onPageRequest)
@@ -50,6 +51,9 @@ public final class ReturnPathReader: Sendable {
 
     /// Page requests that arrived with no handler to serve them.
     public var ignoredPageRequests: UInt64 { ignoredRequests.load(ordering: .relaxed) }
+
+    /// The highest multifd epoch the destination reports applied (0: none yet).
+    public var appliedEpoch: UInt64 { applied.load(ordering: .acquiring) }
 
     /// Starts the reading thread (once).
     public func start() {
@@ -114,6 +118,10 @@ public final class ReturnPathReader: Sendable {
                 case .shut:
                     post(.message(.shut))
                     return .closed
+                case .applied(let epoch):
+                    // A progress report, not an answer: kept aside, never queued.
+                    guard epoch > applied.load(ordering: .relaxed) else { throw .stream(.malformed("applied epoch \(epoch) went backwards")) }
+                    applied.store(epoch, ordering: .releasing)
                 case .loaded, .failed, .receivedBitmap, .switchoverAck:
                     post(.message(message))
                 }

@@ -14,12 +14,22 @@ final class SyncBarrier: Sendable {
     let parties: Int
     let state = Mutex(State())
     let condition = NSCondition()
+    /// Told, by the last channel to arrive and outside the barrier's lock, that epoch `e` passed.
+    let onPassed: @Sendable (UInt64) -> Void
 
-    init(parties: Int) { self.parties = parties }
+    init(parties: Int, onPassed: @escaping @Sendable (UInt64) -> Void = { _ in }) {
+        self.parties = parties
+        self.onPassed = onPassed
+    }
 
     /// Waits until all parties arrived at `epoch` (the one after the last passed);
     /// throws `.cancelled` if the load is abandoned meanwhile.
     func arrive(epoch: UInt64) throws(MigrationError) {
+        if try wait(epoch) { onPassed(epoch) }
+    }
+
+    /// The barrier itself; `true` for the party that completed it.
+    private func wait(_ epoch: UInt64) throws(MigrationError) -> Bool {
         condition.lock()
         defer { condition.unlock() }
         let last = try state.withLock { s throws(MigrationError) -> Bool in
@@ -35,11 +45,11 @@ final class SyncBarrier: Sendable {
         }
         if last {
             condition.broadcast()
-            return
+            return true
         }
         while true {
             let (passed, aborted) = state.withLock { ($0.passed >= epoch, $0.aborted) }
-            if passed { return }
+            if passed { return false }
             if aborted { throw .cancelled }
             condition.wait()
         }

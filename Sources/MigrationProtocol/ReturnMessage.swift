@@ -13,6 +13,7 @@
 ///     4 pageRequest      block u16 | offset u64 | length u64     postcopy: send these pages first (4 KiB aligned, length > 0)
 ///     5 receivedBitmap   block u16 | nwords u32 | word u64 * n   recovery: the pages of the block already received
 ///     6 switchoverAck    (empty)                                 the destination is ready for the switchover
+///     7 applied          epoch u64                               multifd: every page sent before sync `epoch` is in RAM
 ///
 /// Type 0 is reserved as invalid.  Every field is checked on decode and no
 /// byte may follow the body.  There is no `end` frame: `shut` is the last
@@ -32,6 +33,10 @@ public enum ReturnMessage: Equatable, Sendable {
     case receivedBitmap(block: UInt16, words: [UInt64])
     /// The destination has what it needs before the switchover (QEMU's switchover-ack).
     case switchoverAck
+    /// Multifd (Ferry's own): every channel has passed its `sync` for `epoch`, so every
+    /// page sent before it is in guest RAM.  The source waits for it before it
+    /// stops the guest, so nothing of an earlier pass is still in flight then.
+    case applied(epoch: UInt64)
 
     /// The wire's message types.  Never reuse a retired value.
     public enum MessageType: UInt16, Sendable, CaseIterable {
@@ -42,6 +47,7 @@ public enum ReturnMessage: Equatable, Sendable {
         case pageRequest = 4
         case receivedBitmap = 5
         case switchoverAck = 6
+        case applied = 7
     }
 
     /// A `failed` reason's bound in bytes of UTF-8: enough for any error we produce.
@@ -60,6 +66,7 @@ public enum ReturnMessage: Equatable, Sendable {
         case .pageRequest: .pageRequest
         case .receivedBitmap: .receivedBitmap
         case .switchoverAck: .switchoverAck
+        case .applied: .applied
         }
     }
 
@@ -83,6 +90,8 @@ public enum ReturnMessage: Equatable, Sendable {
             w.u16(block)
             w.u32(UInt32(words.count))
             for word in words { w.u64(word) }
+        case .applied(let epoch):
+            w.u64(epoch)
         }
         return w.bytes
     }
@@ -102,6 +111,10 @@ public enum ReturnMessage: Equatable, Sendable {
         case .loaded: self = .loaded
         case .shut: self = .shut
         case .switchoverAck: self = .switchoverAck
+        case .applied:
+            let epoch = try r.u64("applied epoch")
+            guard epoch > 0 else { throw .malformed("applied epoch 0") }
+            self = .applied(epoch: epoch)
         case .failed:
             let length = Int(try r.u16("failed message length"))
             guard length <= Self.maximumMessage else {

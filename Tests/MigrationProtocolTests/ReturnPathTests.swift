@@ -115,11 +115,19 @@ import Testing
         #expect(throws: ProtocolError.checksumMismatch(kind: FrameKind.returnMessage.rawValue)) { _ = try decode(corrupt) }
     }
 
+    @Test("a multifd progress report round-trips")
+    func appliedRoundTrip() throws {
+        let message = ReturnMessage.applied(epoch: 42)
+        #expect(try ReturnMessage(kind: .returnMessage, payload: message.encode()) == message)
+    }
+
     @Test("hostile bodies: unknown type, oversized reason, bad UTF-8, misaligned or empty requests, huge bitmaps, trailing bytes")
     func hostileBodies() {
         let refusals: [([UInt8], ProtocolError)] = [
             (payload(0), .malformed("unknown return message type 0")),
-            (payload(7), .malformed("unknown return message type 7")),
+            (payload(8), .malformed("unknown return message type 8")),
+            (payload(7), .truncated("applied epoch")),
+            (payload(7) { $0.u64(0) }, .malformed("applied epoch 0")),
             (payload(0xffff), .malformed("unknown return message type 65535")),
             (payload(2) { $0.u16(4097); $0.append([UInt8](repeating: 0x41, count: 4097)) },
              .malformed("failed message of 4097 bytes (at most 4096)")),
