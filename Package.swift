@@ -17,7 +17,7 @@ let package = Package(
     products: [
         .executable(name: "ferry", targets: ["ferry"]),
         // For the fuzz targets in fuzz/ (a separate package, built only by scripts/fuzz.sh).
-        .library(name: "FerryFuzzable", targets: ["GuestMemory", "MigrationProtocol", "Migration", "QMP", "QMPSocket"]),
+        .library(name: "FerryFuzzable", targets: ["GuestMemory", "MigrationProtocol", "Compression", "Migration", "QMP", "QMPSocket"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),

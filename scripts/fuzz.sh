@@ -21,7 +21,7 @@ targets=${FUZZ_TARGETS:-"stream returnpath qmp"}
 scratch="$root/.build-fuzz"
 
 declare -A product=([stream]=FuzzStream [returnpath]=FuzzReturnPath [qmp]=FuzzQMP)
-# Inputs longer than this are not tried: a stream seed with its pages is ~9 KB,
+# Inputs longer than this are not tried: a stream seed with its pages is up to ~27 KB (multifd: three channels),
 # a return path's seeds a few hundred bytes, and a QMP transcript a few hundred bytes.
 declare -A max_len=([stream]=32768 [returnpath]=4096 [qmp]=4096)
 

@@ -105,6 +105,7 @@ final class MultifdReceivers: Sendable {
                     do { epoch = try SyncMarker.decode(payload) } catch { throw .stream(error) }
                     try barrier.arrive(epoch: epoch)
                 case .end:
+                    try barrier.leave()
                     state.withLock { $0.finished += 1 }
                     condition.lock()
                     condition.broadcast()

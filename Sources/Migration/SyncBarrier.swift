@@ -10,6 +10,8 @@ final class SyncBarrier: Sendable {
         /// The last epoch every party reached.
         var passed: UInt64 = 0
         var aborted = false
+        /// Parties that read their end: no sync can pass after one has.
+        var left = 0
     }
     let parties: Int
     let state = Mutex(State())
@@ -34,6 +36,7 @@ final class SyncBarrier: Sendable {
         defer { condition.unlock() }
         let last = try state.withLock { s throws(MigrationError) -> Bool in
             if s.aborted { throw .cancelled }
+            guard s.left == 0 else { throw .stream(.unexpectedFrame("a sync for epoch \(epoch) after another multifd channel ended")) }
             guard epoch == s.passed + 1 else {
                 throw .stream(.unexpectedFrame("a sync for epoch \(epoch) while epoch \(s.passed + 1) was due"))
             }
@@ -52,6 +55,17 @@ final class SyncBarrier: Sendable {
             if passed { return false }
             if aborted { throw .cancelled }
             condition.wait()
+        }
+    }
+
+    /// A party read its end.  Throws if another waits at a sync this one never
+    /// sent (it would wait for ever); a later `arrive` throws too.
+    func leave() throws(MigrationError) {
+        try state.withLock { s throws(MigrationError) in
+            s.left += 1
+            guard s.arrived == 0 else {
+                throw .stream(.unexpectedFrame("a multifd channel ended while another waits at the sync for epoch \(s.passed + 1)"))
+            }
         }
     }
 

@@ -160,10 +160,12 @@ public enum StreamHeader {
         // The magic first: another program's stream is named as such, whatever its length.
         guard bytes.count >= magic.count else { throw .truncated("stream header") }
         guard Array(bytes[0..<8]) == magic else { throw .badMagic }
-        guard bytes.count >= byteCount else { throw .truncated("stream header") }
-        var r = WireReader(bytes, range: 8..<byteCount)
-        let version = try r.u32("stream version")
+        // Then the version, as `FrameReader` reads it: an older Ferry's stream is named as such however short.
+        guard bytes.count >= magic.count + 4 else { throw .truncated("stream header") }
+        let version = UInt32(bytes[8]) | UInt32(bytes[9]) << 8 | UInt32(bytes[10]) << 16 | UInt32(bytes[11]) << 24
         guard supported.contains(version) else { throw .unsupportedVersion(version, supported: supported) }
+        guard bytes.count >= byteCount else { throw .truncated("stream header") }
+        var r = WireReader(bytes, range: 12..<byteCount)
         guard try r.u32("stream flags") == 0 else { throw .reservedFieldNotZero }
         let rawRole = try r.u16("channel role")
         guard let role = ChannelRole(rawValue: rawRole), role != .invalid else { throw .malformed("channel role \(rawRole)") }

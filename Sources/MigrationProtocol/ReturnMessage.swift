@@ -209,8 +209,12 @@ public struct ReturnPathDecoder: Sendable {
 
     public mutating func next() throws(ProtocolError) -> Result {
         if !headerRead {
-            guard pendingHeader.count >= StreamHeader.byteCount else { return .needMoreData }
-            _ = try StreamHeader.decode(pendingHeader)
+            // A foreign magic or an unsupported version is refused as soon as it is
+            // there, as the engine's `FrameReader` does; only a short header waits.
+            do { _ = try StreamHeader.decode(pendingHeader) } catch {
+                if case .truncated = error { return .needMoreData }
+                throw error
+            }
             headerRead = true
             frames.feed(pendingHeader[StreamHeader.byteCount...])
             pendingHeader = []

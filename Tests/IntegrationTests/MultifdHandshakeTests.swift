@@ -96,6 +96,24 @@ import Transport
         for channel in [main, fast, slow] { channel.close() }
     }
 
+    @Test("a channel that ends while another waits at a sync fails the load instead of hanging it (reproduced through FuzzStream)")
+    func channelEndsBeforeSync() throws {
+        let destination = try Destination()
+        var mainFrames = FrameEncoder()
+        let main = try destination.openMain(channels: 2, encoder: &mainFrames)
+        var waitingFrames = FrameEncoder(), endingFrames = FrameEncoder()
+        let waiting = try destination.connect()
+        try waiting.write(StreamHeader.encode(ChannelIdentity(role: .multifd, index: 0, migrationID: Self.id))
+                          + waitingFrames.frame(.sync, payload: SyncMarker.encode(epoch: 1)) + waitingFrames.end())
+        let ending = try destination.connect()
+        try ending.write(StreamHeader.encode(ChannelIdentity(role: .multifd, index: 1, migrationID: Self.id)) + endingFrames.end())
+        try main.write(mainFrames.end())
+        let outcome = destination.outcome()
+        guard case .failure(let error)? = outcome else { Issue.record("destination: \(String(describing: outcome))"); return }
+        #expect(error.description.contains("ended"), "\(error)")
+        for channel in [main, waiting, ending] { channel.close() }
+    }
+
     @Test("a page whose bytes do not match its checksum is kept as suspect: a later good copy clears it, none fails the load")
     func suspectPages() throws {
         for resent in [true, false] {

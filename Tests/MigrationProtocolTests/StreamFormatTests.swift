@@ -111,6 +111,12 @@ import Testing
             try StreamHeader.decode(version2)
         }
         #expect(throws: ProtocolError.truncated("stream header")) { try StreamHeader.decode([0x46]) }
+        #expect(throws: ProtocolError.unsupportedVersion(2, supported: 3...3), "named before the channel identity arrives") {
+            try StreamHeader.decode(Array(version2.prefix(12)))
+        }
+        var decoder = ReturnPathDecoder()
+        decoder.feed(version2.prefix(12))
+        #expect(throws: ProtocolError.unsupportedVersion(2, supported: 3...3)) { try decoder.next() }
     }
 
     @Test("a corrupted byte anywhere in a frame is caught")

@@ -4,8 +4,13 @@ import GuestMemory
 import Migration
 import MigrationProtocol
 
-/// libFuzzer target `stream`: the fuzz input is the byte stream of an incoming
-/// migration, loaded by a real `MigrationDestination` into real RAM mappings.
+/// libFuzzer target `stream`: the fuzz input is the byte streams of an
+/// incoming migration, loaded by a real `MigrationDestination` into real RAM
+/// mappings.  The input is cut before every "FERRYMIG" (a stream header's
+/// magic) after its start: the first part is the main channel, each later one
+/// a connection the destination's acceptor hands out when the main channel's
+/// `channels` frame announces multifd channels (loaded by the production
+/// `MultifdReceivers`, a thread each, meeting at `sync` frames).
 ///
 /// A thrown `MigrationError` is the expected outcome for most inputs; a trap
 /// (a failed precondition, an out-of-range index), a crash or a hang is a
@@ -15,14 +20,15 @@ import MigrationProtocol
 /// - the mappings are made and prefaulted once; inputs reuse them without
 ///   clearing (`destinationStartsZero` is then not quite true, which only
 ///   means a zero record may skip clearing a page an earlier input wrote);
-/// - before the stream is loaded, every complete frame's sequence number and
-///   checksum are rewritten to match its place and payload, and an `end`
-///   frame's count and digest to match the frames before it, so mutations
-///   reach the decoders behind those checks instead of stopping at them (`FrameFixer`)
-///   (the checks themselves are fuzzed by inputs whose frames are cut short).  An input with a frame whose declared payload
-///   is more than `truncatedLengthLimit` bytes longer than what is left of the
-///   input is not run: it would only measure the reader waiting for bytes
-///   that never come.
+/// - before the streams are loaded, every complete frame's sequence number and
+///   checksum are rewritten to match its place and payload, an uncompressed
+///   page frame's per-page checksums to match its tail, and an `end` frame's
+///   count and digest to match the frames before it, so mutations reach the
+///   decoders behind those checks instead of stopping at them (`FrameFixer`)
+///   (the checks themselves are fuzzed by inputs whose frames are cut short).
+///   An input with a frame whose declared payload and tail are more than
+///   `truncatedLengthLimit` bytes longer than what is left of its channel is
+///   not run: it would only measure the reader waiting for bytes that never come.
 
 @_cdecl("LLVMFuzzerInitialize")
 public func fuzzerInitialize(_ argc: UnsafeMutableRawPointer?, _ argv: UnsafeMutableRawPointer?) -> Int32 {
@@ -40,9 +46,12 @@ public func fuzzerInitialize(_ argc: UnsafeMutableRawPointer?, _ argv: UnsafeMut
 public func fuzzerTestOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     guard let data = unsafe data, size > 0 else { return 0 }
     // SAFETY: libFuzzer hands us `size` readable bytes at `data` for the duration of this call.
-    var bytes = unsafe Array(UnsafeBufferPointer(start: data, count: size))
-    guard FrameFixer.fix(&bytes, truncatedLengthLimit: StreamTarget.truncatedLengthLimit) else { return 0 }
-    StreamTarget.shared.load(bytes)
+    let bytes = unsafe Array(UnsafeBufferPointer(start: data, count: size))
+    var channels = StreamTarget.channels(of: bytes)
+    for i in channels.indices {
+        guard FrameFixer.fix(&channels[i], truncatedLengthLimit: StreamTarget.truncatedLengthLimit) else { return 0 }
+    }
+    StreamTarget.shared.load(channels)
     return 0
 }
 
@@ -77,10 +86,28 @@ final class StreamTarget: Sendable {
          FuzzDevice(sectionName: "serial", sectionVersion: 2, exactSize: nil)]
     }
 
-    func load(_ bytes: [UInt8]) {
+    /// The input cut into channels: before each stream header's magic after the start.
+    static func channels(of bytes: [UInt8]) -> [[UInt8]] {
+        let magic = StreamHeader.magic
+        var starts = [0]
+        var i = 1
+        while i + magic.count <= bytes.count {
+            if bytes[i] == magic[0] && bytes[i..<i + magic.count].elementsEqual(magic) {
+                starts.append(i)
+                i += magic.count
+            } else {
+                i += 1
+            }
+        }
+        return starts.indices.map { n in Array(bytes[starts[n]..<(n + 1 < starts.count ? starts[n + 1] : bytes.count)]) }
+    }
+
+    func load(_ channels: [[UInt8]]) {
         let ram = RAMMigration(blocks: blocks, tracker: nil, destinationStartsZero: true)
-        let destination = MigrationDestination(channel: InputChannel(bytes), configuration: configuration, ram: ram,
-                                               devices: Self.makeDevices(), onStatus: { _ in })
+        let destination = MigrationDestination(channel: InputChannel(channels[0]),
+                                               acceptor: InputAcceptor(Array(channels.dropFirst())),
+                                               configuration: configuration, ram: ram,
+                                               devices: Self.makeDevices(), channelTimeout: .zero, onStatus: { _ in })
         do { try destination.run() } catch {
             if Self.explain { print("refused: \(error)") }
             return

@@ -34,3 +34,18 @@ public final class InputChannel: ByteChannel {
     public func shutdown() {}
     public func close() {}
 }
+
+/// A `ChannelAcceptor` that hands out the given streams as `InputChannel`s, in
+/// order, then says no connection arrived (the multifd channels of a fuzz input).
+public final class InputAcceptor: ChannelAcceptor {
+    private let pending: Mutex<[[UInt8]]>
+
+    public init(_ streams: [[UInt8]]) { pending = Mutex(streams.reversed()) }
+
+    public func accept(timeout: Duration?) throws(ChannelError) -> any ByteChannel {
+        guard let next = pending.withLock({ $0.popLast() }) else { throw .timedOut("no further channel in the fuzz input") }
+        return InputChannel(next)
+    }
+
+    public func close() { pending.withLock { $0.removeAll() } }
+}
