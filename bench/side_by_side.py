@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from qemu.qmp import QMPClient
+from qemu.qmp.protocol import ConnectError
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "python"))
@@ -185,12 +186,18 @@ async def migrate_once(vmm, cmdline, ready_pages, port, multifd=None, prealloc=N
             consoles = [Console(p) for p in procs]
             clients = []
             for sock in (src_sock, dst_sock):
-                for _ in range(1000):
+                # The socket file appears at bind, before the listen (and -mem-prealloc may come
+                # between them): retry a refused connect for a while.
+                for attempt in range(3000):
                     if sock.exists():
-                        break
+                        client = QMPClient("bench")
+                        try:
+                            await client.connect(str(sock))
+                            break
+                        except ConnectError:
+                            if attempt == 2999:
+                                raise
                     await asyncio.sleep(0.01)
-                client = QMPClient("bench")
-                await client.connect(str(sock))
                 clients.append(client)
             src, dst = clients
             if multifd:
