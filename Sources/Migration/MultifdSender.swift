@@ -111,6 +111,8 @@ final class MultifdSender: Sendable {
                 return nil
             }
             if chosen != nil {
+                // Counted against the bandwidth limit now, charged when written.
+                writers[0].limiter.reserve(job.count * PageSender.pageSize)
                 condition.broadcast()
                 return
             }
@@ -206,6 +208,7 @@ final class MultifdSender: Sendable {
                 switch item {
                 case .pages(let job):
                     try sender.send(job)
+                    writer.limiter.release(job.count * PageSender.pageSize)
                     let sent = sender.pages
                     state.withLock { q in
                         q.pages[index] = sent

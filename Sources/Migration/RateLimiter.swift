@@ -14,6 +14,11 @@ public final class RateLimiter: Sendable {
         /// Bytes per second; 0 = unlimited.
         var limit: UInt64 = 0
         var total: UInt64 = 0
+        /// Bytes promised to channels but not written yet (multifd's queued pages):
+        /// they count against the window, so queues cannot burst past the limit.
+        var reserved: UInt64 = 0
+
+        var spent: Bool { limit != 0 && bytes + reserved >= limit / 10 }
     }
     let window = Mutex(Window())
     static let period: Duration = .milliseconds(100)
@@ -34,14 +39,18 @@ public final class RateLimiter: Sendable {
         }
     }
 
-    /// Whether this window's budget is spent (the caller should `waitForBudget`).
-    public var isLimited: Bool {
-        window.withLock { w in w.limit != 0 && w.bytes >= w.limit / 10 }
-    }
+    /// Promises `bytes` to a channel that will write (and `charge`) them later.
+    public func reserve(_ bytes: Int) { window.withLock { $0.reserved += UInt64(bytes) } }
+
+    /// A promise kept (the bytes were charged as written) or dropped.
+    public func release(_ bytes: Int) { window.withLock { $0.reserved -= min($0.reserved, UInt64(bytes)) } }
+
+    /// Whether this window's budget is spent, promised bytes included (the caller should `waitForBudget`).
+    public var isLimited: Bool { window.withLock { $0.spent } }
 
     /// Sleeps until the current window ends if its budget is spent; starts a new window when due.
     public func waitForBudget() {
-        let (limited, end) = window.withLock { w in (w.limit != 0 && w.bytes >= w.limit / 10, w.start + Self.period) }
+        let (limited, end) = window.withLock { w in (w.spent, w.start + Self.period) }
         if limited && ContinuousClock.now < end { sleepUntil(end) }
         window.withLock { w in
             let now = ContinuousClock.now
