@@ -87,9 +87,7 @@ final class MultifdReceivers: Sendable {
     private func receive(_ channel: any ByteChannel, ram: RAMMigration) {
         defer {
             state.withLock { $0.exited += 1 }
-            condition.lock()
-            condition.broadcast()
-            condition.unlock()
+            condition.wakeAll()
         }
         var reader = FrameReader(channel: channel)
         var scratch = PageLoadScratch()
@@ -107,9 +105,7 @@ final class MultifdReceivers: Sendable {
                 case .end:
                     try barrier.leave()
                     state.withLock { $0.finished += 1 }
-                    condition.lock()
-                    condition.broadcast()
-                    condition.unlock()
+                    condition.wakeAll()
                     return
                 default:
                     throw .stream(.unexpectedFrame("a frame of kind \(header.kind.rawValue) on a multifd channel"))
@@ -131,9 +127,7 @@ final class MultifdReceivers: Sendable {
         barrier.abort()
         for channel in channels { channel.shutdown() }
         if notify { onFailure(error) }
-        condition.lock()
-        condition.broadcast()
-        condition.unlock()
+        condition.wakeAll()
     }
 
     /// The first channel failure, if any.

@@ -145,8 +145,8 @@ final class MultifdSender: Sendable {
     }
 
     /// Stops every channel now (failure or cancel): blocked writes fail, threads end.
-    func abort(_ reason: MigrationError = .cancelled) {
-        fail(reason)
+    func abort() {
+        fail(.cancelled)
     }
 
     private func enqueueOnAll(_ item: (inout Queues) -> Item) throws(MigrationError) {
@@ -167,9 +167,7 @@ final class MultifdSender: Sendable {
             return true
         }
         if first { for channel in channels { channel.shutdown() } }
-        condition.lock()
-        condition.broadcast()
-        condition.unlock()
+        condition.wakeAll()
     }
 
     /// The next item for channel `index`, waiting for one; nil once the sender failed.
@@ -198,9 +196,7 @@ final class MultifdSender: Sendable {
     private func run(_ index: Int, _ sender: consuming PageSender) {
         defer {
             state.withLock { $0.exited += 1 }
-            condition.lock()
-            condition.broadcast()
-            condition.unlock()
+            condition.wakeAll()
         }
         let writer = writers[index]
         while let item = take(index) {
@@ -222,18 +218,14 @@ final class MultifdSender: Sendable {
                     try sender.flushZeroCopy()
                     try writer.sendEnd()
                     state.withLock { $0.finished += 1 }
-                    condition.lock()
-                    condition.broadcast()
-                    condition.unlock()
+                    condition.wakeAll()
                     return
                 }
             } catch {
                 fail(error)
                 return
             }
-            condition.lock()
-            condition.broadcast()       // room for the picker
-            condition.unlock()
+            condition.wakeAll()       // room for the picker
         }
     }
 }

@@ -77,3 +77,13 @@ final class SyncBarrier: Sendable {
         condition.unlock()
     }
 }
+
+extension NSCondition {
+    /// Wakes every thread waiting on this condition (the multifd threads and the picker
+    /// re-check their state after each change of it).
+    func wakeAll() {
+        lock()
+        broadcast()
+        unlock()
+    }
+}
