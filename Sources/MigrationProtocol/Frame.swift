@@ -372,6 +372,8 @@ public struct FrameDecoder: Sendable {
     private var validator: StreamValidator
     private var buffer: [UInt8] = []
     private var readIndex = 0
+    /// A frame whose header, payload and checksum passed, waiting for its tail.
+    private var checked: (header: FrameHeader, payload: [UInt8])?
 
     public init(maximumPayload: UInt64 = defaultMaximumPayload) { validator = StreamValidator(maximumPayload: maximumPayload) }
 
@@ -386,17 +388,26 @@ public struct FrameDecoder: Sendable {
     public var ended: Bool { validator.ended }
 
     public mutating func next() throws(ProtocolError) -> Result {
-        guard bufferedByteCount >= FrameHeader.byteCount else { return .needMoreData }
-        let header = try validator.header(buffer, at: readIndex)
-        let length = Int(header.payloadLength)
-        let total = FrameHeader.byteCount + length + FrameHeader.trailerByteCount + Int(header.tailLength)
+        // The frame's checks run as soon as its header, payload and checksum are in,
+        // before its tail: as the engine's `FrameReader` does, so both refuse the same
+        // frame for the same reason however much of its tail arrives.
+        if checked == nil {
+            guard bufferedByteCount >= FrameHeader.byteCount else { return .needMoreData }
+            let header = try validator.header(buffer, at: readIndex)
+            let length = Int(header.payloadLength)
+            guard bufferedByteCount >= FrameHeader.byteCount + length + FrameHeader.trailerByteCount else { return .needMoreData }
+            let payloadStart = readIndex + FrameHeader.byteCount
+            var trailer = WireReader(buffer, range: payloadStart + length..<payloadStart + length + FrameHeader.trailerByteCount)
+            let checksum = try trailer.u64("frame checksum")
+            let payload = Array(buffer[payloadStart..<payloadStart + length])
+            try validator.accept(header, payload: payload.span, checksum: checksum)
+            checked = (header, payload)
+        }
+        guard let (header, payload) = checked else { return .needMoreData }
+        let tailStart = readIndex + FrameHeader.byteCount + payload.count + FrameHeader.trailerByteCount
+        let total = tailStart - readIndex + Int(header.tailLength)
         guard bufferedByteCount >= total else { return .needMoreData }
-        let payloadStart = readIndex + FrameHeader.byteCount
-        let tailStart = payloadStart + length + FrameHeader.trailerByteCount
-        var trailer = WireReader(buffer, range: payloadStart + length..<tailStart)
-        let checksum = try trailer.u64("frame checksum")
-        let payload = Array(buffer[payloadStart..<payloadStart + length])
-        try validator.accept(header, payload: payload.span, checksum: checksum)
+        checked = nil
         let tail = Array(buffer[tailStart..<readIndex + total])
         readIndex += total
         if readIndex > (1 << 20) && readIndex * 2 > buffer.count {     // compact occasionally
