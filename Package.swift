@@ -44,7 +44,7 @@ let package = Package(
         // The migration engine: RAM blocks, pages, channels and state. No KVM, no NIO.
         .target(name: "Migration", dependencies: ["GuestMemory", "MigrationProtocol", "Compression"], swiftSettings: hot),
         // Migration channels: sockets, files and descriptors behind `ByteChannel`.
-        .target(name: "Transport", dependencies: ["CLinuxUAPI", "GuestMemory", "Migration"], swiftSettings: hot),
+        .target(name: "Transport", dependencies: ["CLinuxUAPI", "GuestMemory", "Migration", "MigrationProtocol"], swiftSettings: hot),
         // Emulated devices: 16550 UART, the guest service port.
         .target(name: "Devices", dependencies: ["GuestMemory"], swiftSettings: strict),
         // Pure QMP: commands, replies, events, negotiation. No I/O.

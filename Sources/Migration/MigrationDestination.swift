@@ -27,11 +27,17 @@ public final class MigrationDestination: Sendable {
     let duplicateSection: String?
 
     let channelTimeout: Duration
+    /// A mapped-ram restore: `channel` is this file, and its pages are read by this many threads first.
+    let mappedRAM: (file: any PageFile, readers: Int)?
 
+    /// `mappedRAM`: restore from a mapped-ram file (`channel` must be that
+    /// file): its pages first, in parallel, then the device state it holds.
     public init(channel: any ByteChannel, acceptor: (any ChannelAcceptor)? = nil, configuration: MigrationConfiguration,
                 ram: RAMMigration, devices: [any Migratable], channelTimeout: Duration = MigrationDestination.channelArrivalTimeout,
+                mappedRAM: (file: any PageFile, readers: Int)? = nil,
                 onStatus: @escaping @Sendable (MigrationStatus) -> Void) {
         self.channel = channel
+        self.mappedRAM = mappedRAM
         self.acceptor = acceptor
         self.channelTimeout = channelTimeout
         returnPath = ReturnPathWriter(channel: channel)
@@ -85,6 +91,13 @@ public final class MigrationDestination: Sendable {
 
     func load() throws(MigrationError) {
         if let name = duplicateSection { throw .invalidState("two pieces of state claim section '\(name)'") }
+        if let (file, readers) = mappedRAM {
+            // Every offset checked before a page is read; then the pages, in parallel.
+            let image = try MappedRAMImage(file: file, blocks: configuration.blocks)
+            setStatus(.active)
+            try ram.loadMappedRAM(image, from: file, readers: readers)
+            file.seek(to: image.header.stateOffset)
+        }
         var reader = FrameReader(channel: channel)
         let identity = try reader.readStreamHeader()
         guard identity.role == .main else {
@@ -107,6 +120,7 @@ public final class MigrationDestination: Sendable {
             }
             switch header.kind {
             case .pages:
+                guard plan?.mappedRAM != true else { throw .stream(.unexpectedFrame("a pages frame in a mapped-ram file's device state")) }
                 guard plan?.multifd == 0 else { throw .stream(.unexpectedFrame("pages on the main channel of a multifd migration")) }
                 try ram.loadPages(header, payload: payload, from: &reader, scratch: &scratch)
             case .residency:
@@ -116,7 +130,12 @@ public final class MigrationDestination: Sendable {
                 let announced: ChannelPlan
                 do { announced = try ChannelPlan(decoding: payload) } catch { throw .stream(error) }
                 plan = announced
-                if announced.multifd > 0 { try startReceivers(announced, migrationID: identity.migrationID) }
+                guard announced.mappedRAM == (mappedRAM != nil) else {
+                    throw .stream(.unexpectedFrame(announced.mappedRAM
+                        ? "the stream says its pages are in a mapped-ram file, but this is not a mapped-ram restore"
+                        : "a mapped-ram file's device state without the mapped-ram flag"))
+                }
+                if announced.multifd > 0 && !announced.mappedRAM { try startReceivers(announced, migrationID: identity.migrationID) }
             case .section:
                 let section: StateSection
                 do { section = try StateSection(decoding: payload) } catch { throw .stream(error) }
@@ -173,7 +192,10 @@ public final class MigrationDestination: Sendable {
     }
 
     func setStatus(_ status: MigrationStatus) {
-        statusStorage.withLock { $0 = status }
-        onStatus(status)
+        let changed = statusStorage.withLock { current -> Bool in
+            defer { current = status }
+            return current != status
+        }
+        if changed { onStatus(status) }
     }
 }

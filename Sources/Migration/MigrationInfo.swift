@@ -29,6 +29,8 @@ public struct MigrationInfo: Equatable, Sendable {
     public var channels: [ChannelStatistics] = []
     /// Bytes sent on the multifd channels (QEMU's `ram.multifd-bytes`).
     public var multifdBytes: UInt64 = 0
+    /// A mapped-ram save, once complete: what it wrote.
+    public var mappedRAM: MappedRAMOutcome?
 
     public init() {}
 }

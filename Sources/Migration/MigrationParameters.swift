@@ -26,6 +26,10 @@ public struct MigrationParameters: Equatable, Sendable {
     /// zstd's level for `multifd-compression: zstd` (QEMU's default 1).
     public var multifdZstdLevel: UInt8 = 1
     public var zeroPageDetection: ZeroPageDetection = .multifd
+    /// QEMU's `direct-io`: page data of a mapped-ram file through an O_DIRECT
+    /// descriptor.  As in QEMU it takes effect with `mapped-ram` and `multifd`;
+    /// otherwise the migration says it is ignored.
+    public var directIO = false
 
     public init() {}
 
@@ -36,9 +40,24 @@ public struct MigrationParameters: Equatable, Sendable {
     /// The parameters Ferry honours, by QEMU name.
     public static let names = ["max-bandwidth", "avail-switchover-bandwidth", "downtime-limit", "cpu-throttle-initial",
                                "cpu-throttle-increment", "max-cpu-throttle", "throttle-trigger-threshold", "x-inactivity-limit",
-                               "multifd-channels", "multifd-zstd-level"] + textNames
+                               "multifd-channels", "multifd-zstd-level"] + textNames + booleanNames
     /// The parameters whose values are names, not integers.
     public static let textNames = ["multifd-compression", "zero-page-detection"]
+    /// The parameters whose values are booleans.
+    public static let booleanNames = ["direct-io"]
+
+    /// Sets a boolean parameter (`direct-io`).
+    public mutating func set(_ name: String, flag: Bool) throws(MigrationError) {
+        switch name {
+        case "direct-io": directIO = flag
+        case _ where Self.textNames.contains(name): throw .invalidParameter("Invalid parameter type for '\(name)', expected: string")
+        case _ where Self.names.contains(name): throw .invalidParameter("Invalid parameter type for '\(name)', expected: integer")
+        default: throw .invalidParameter("Parameter '\(name)' is unexpected")
+        }
+    }
+
+    /// Every boolean parameter, by QEMU name.
+    public var booleanValues: [(name: String, value: Bool)] { [("direct-io", directIO)] }
 
     /// Sets a parameter whose value is a name (`multifd-compression`, `zero-page-detection`).
     public mutating func set(_ name: String, text: String) throws(MigrationError) {
@@ -56,6 +75,7 @@ public struct MigrationParameters: Equatable, Sendable {
                 throw .invalidParameter("Parameter 'zero-page-detection' does not accept value '\(text)'")
             }
             zeroPageDetection = value
+        case _ where Self.booleanNames.contains(name): throw .invalidParameter("Invalid parameter type for '\(name)', expected: boolean")
         case _ where Self.names.contains(name): throw .invalidParameter("Invalid parameter type for '\(name)', expected: integer")
         default: throw .invalidParameter("Parameter '\(name)' is unexpected")
         }
@@ -100,6 +120,7 @@ public struct MigrationParameters: Equatable, Sendable {
             }
             multifdZstdLevel = UInt8(value)
         case _ where Self.textNames.contains(name): throw .invalidParameter("Invalid parameter type for '\(name)', expected: string")
+        case _ where Self.booleanNames.contains(name): throw .invalidParameter("Invalid parameter type for '\(name)', expected: boolean")
         default: throw .invalidParameter("Parameter '\(name)' is unexpected")
         }
     }
@@ -138,18 +159,25 @@ public struct MigrationCapabilities: Equatable, Sendable {
     public var multifd = false
     /// Pages sent with `MSG_ZEROCOPY` (multifd without compression only).
     public var zeroCopySend = false
+    /// Every page at a fixed offset of a `file:` target (QEMU's mapped-ram).
+    public var mappedRAM = false
+    /// Ferry's own `x-ferry-incremental`: after a completed mapped-ram save,
+    /// dirty tracking stays on, and the next save into the same file writes
+    /// only the pages changed since.
+    public var incremental = false
 
     public init() {}
 
     /// Capabilities Ferry implements.  `return-path` is always on: on sockets the
     /// destination always confirms (or refuses) the stream.
-    public static let supported = ["auto-converge", "events", "return-path", "multifd", "zero-copy-send"]
+    public static let supported = ["auto-converge", "events", "return-path", "multifd", "zero-copy-send", "mapped-ram",
+                                   "x-ferry-incremental"]
     /// QEMU 10's other capabilities: listed as off; enabling one is refused, naming it.
     public static let unsupported = ["xbzrle", "rdma-pin-all", "zero-blocks", "postcopy-ram", "x-colo", "release-ram",
                                      "pause-before-switchover", "dirty-bitmaps",
                                      "postcopy-blocktime", "late-block-activate", "x-ignore-shared", "validate-uuid",
                                      "background-snapshot", "postcopy-preempt", "switchover-ack",
-                                     "dirty-limit", "mapped-ram"]
+                                     "dirty-limit"]
 
     public mutating func set(_ name: String, to enabled: Bool) throws(MigrationError) {
         switch name {
@@ -157,6 +185,8 @@ public struct MigrationCapabilities: Equatable, Sendable {
         case "events": events = enabled
         case "multifd": multifd = enabled
         case "zero-copy-send": zeroCopySend = enabled
+        case "mapped-ram": mappedRAM = enabled
+        case "x-ferry-incremental": incremental = enabled
         case "return-path":
             if !enabled { throw .invalidParameter("Capability 'return-path' cannot be turned off: Ferry always confirms a migration on the return path") }
         case _ where Self.unsupported.contains(name):
@@ -167,13 +197,23 @@ public struct MigrationCapabilities: Equatable, Sendable {
 
     public var states: [(name: String, enabled: Bool)] {
         [("auto-converge", autoConverge), ("events", events), ("return-path", true), ("multifd", multifd),
-         ("zero-copy-send", zeroCopySend)] + Self.unsupported.map { ($0, false) }
+         ("zero-copy-send", zeroCopySend), ("mapped-ram", mappedRAM), ("x-ferry-incremental", incremental)]
+            + Self.unsupported.map { ($0, false) }
     }
 
     /// QEMU's checks across capabilities and parameters (`migrate_caps_check`), with its texts.
     public func check(with parameters: MigrationParameters) throws(MigrationError) {
         if zeroCopySend && (!multifd || parameters.multifdCompression != .none) {
             throw .invalidParameter("Zero copy only available for non-compressed non-TLS multifd migration")
+        }
+        if mappedRAM && multifd && parameters.multifdCompression != .none {
+            throw .invalidParameter("Mapped-ram only available for non-compressed non-TLS multifd migration")
+        }
+        if mappedRAM && zeroCopySend {
+            throw .invalidParameter("Zero copy is not available with mapped-ram: its pages go to a file, not a socket")
+        }
+        if incremental && !mappedRAM {
+            throw .invalidParameter("Capability 'x-ferry-incremental' requires 'mapped-ram'")
         }
     }
 }

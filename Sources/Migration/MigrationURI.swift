@@ -1,11 +1,13 @@
 /// Where a migration goes or comes from, in QEMU's URI syntax:
 /// `tcp:HOST:PORT` (`tcp:[::1]:PORT` for IPv6, `tcp::PORT` for any address
-/// when listening), `unix:PATH`, `fd:N` and `file:PATH`.
+/// when listening), `unix:PATH`, `fd:N` and `file:PATH[,offset=N]` (the
+/// migration starts N bytes into the file; N in bytes, decimal or 0x hex, or
+/// with a K/M/G suffix, as QEMU parses it).
 public enum MigrationURI: Equatable, Sendable, CustomStringConvertible {
     case tcp(host: String, port: UInt16)
     case unix(path: String)
     case fd(Int32)
-    case file(path: String)
+    case file(path: String, offset: UInt64 = 0)
 
     public init(parsing text: String) throws(ChannelError) {
         guard let colon = text.firstIndex(of: ":") else {
@@ -28,12 +30,35 @@ public enum MigrationURI: Equatable, Sendable, CustomStringConvertible {
             guard let number = Int32(rest), number >= 0 else { throw .invalidURI("fd: URI needs a descriptor number, not '\(rest)'") }
             self = .fd(number)
         case "file":
-            guard !rest.isEmpty else { throw .invalidURI("file: URI needs a path") }
-            if rest.contains(",") { throw .invalidURI("file: URI options (',offset=') are not supported: \(text)") }
-            self = .file(path: rest)
+            var path = Substring(rest), offset: UInt64 = 0
+            if let comma = rest.lastIndex(of: ","), rest[rest.index(after: comma)...].hasPrefix("offset=") {
+                path = rest[..<comma]
+                let value = rest[rest.index(comma, offsetBy: 8)...]
+                guard let parsed = Self.size(value) else {
+                    throw .invalidURI("file: URI offset '\(value)' is not a size in bytes (decimal, 0x hex, or with K, M, G)")
+                }
+                offset = parsed
+            } else if rest.contains(",") {
+                throw .invalidURI("file: URI option not understood in '\(text)' (the one option is ',offset=N')")
+            }
+            guard !path.isEmpty else { throw .invalidURI("file: URI needs a path") }
+            self = .file(path: String(path), offset: offset)
         default:
             throw .invalidURI("unknown migration protocol: \(text)")
         }
+    }
+
+    /// A byte count as QEMU's `qemu_strtosz` reads an offset: decimal or 0x hex, optional K, M, G, T suffix.
+    static func size(_ text: Substring) -> UInt64? {
+        var digits = text, scale: UInt64 = 1
+        if let last = digits.last, let unit = ["k": UInt64(1) << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40][last.lowercased()] {
+            scale = unit
+            digits = digits.dropLast()
+        }
+        let value = digits.lowercased().hasPrefix("0x") ? UInt64(digits.dropFirst(2), radix: 16) : UInt64(digits)
+        guard let value, !digits.isEmpty else { return nil }
+        let (bytes, overflow) = value.multipliedReportingOverflow(by: scale)
+        return overflow || bytes > UInt64(Int64.max) ? nil : bytes
     }
 
     public var description: String {
@@ -41,7 +66,7 @@ public enum MigrationURI: Equatable, Sendable, CustomStringConvertible {
         case .tcp(let host, let port): host.contains(":") ? "tcp:[\(host)]:\(port)" : "tcp:\(host):\(port)"
         case .unix(let path): "unix:\(path)"
         case .fd(let number): "fd:\(number)"
-        case .file(let path): "file:\(path)"
+        case .file(let path, let offset): offset == 0 ? "file:\(path)" : "file:\(path),offset=\(offset)"
         }
     }
 }

@@ -31,52 +31,70 @@ final class MultifdSender: Sendable {
         var exited = 0
         var failure: MigrationError?
         var next = 0
-        /// Per channel: pages sent as data and as zero.
+        /// Per channel: pages sent as data and as zero; bytes and frames written.
         var pages: [(normal: UInt64, zero: UInt64)]
+        var bytes: [(bytes: UInt64, frames: UInt64)]
     }
 
     /// Page jobs a channel may have waiting: enough to keep it busy while the
     /// picker works, few enough that a sync is not held up behind many.
     static let queueDepth = 2
 
-    let writers: [StreamWriter]
     let channels: [any ByteChannel]
+    let limiter: RateLimiter
     let state: Mutex<Queues>
     // NSCondition: the channel threads and the picker wait on it for room, work and the end.
     let condition = NSCondition()
+    /// Told once when the sender fails or is aborted (a file saver's barrier lets its waiters go).
+    let onFailure: @Sendable () -> Void
 
-    /// Starts one thread per channel.  `channels[i]` has had its stream header sent through `writers[i]`.
-    init(channels: [any ByteChannel], writers: [StreamWriter], mappings: [HostMapping], detection: ZeroPageDetection,
-         statistics: RAMCounters, zstdLevel: Int?, zeroCopy: [any ZeroCopyChannel]? = nil) {
-        precondition(channels.count == writers.count && !channels.isEmpty)
+    /// Starts one thread per worker; each thread makes its worker with `makeWorker(index)`
+    /// and owns it.  `channels` (none for a file) are shut on failure and closed by `close`.
+    init(workers count: Int, channels: [any ByteChannel], limiter: RateLimiter,
+         onFailure: @escaping @Sendable () -> Void = {},
+         makeWorker: @escaping @Sendable (Int) throws(MigrationError) -> any ChannelWorker) {
+        precondition(count > 0)
         self.channels = channels
-        self.writers = writers
-        state = Mutex(Queues(items: Array(repeating: [], count: channels.count), jobs: Array(repeating: 0, count: channels.count),
-                             pages: Array(repeating: (0, 0), count: channels.count)))
-        for index in channels.indices {
+        self.limiter = limiter
+        self.onFailure = onFailure
+        state = Mutex(Queues(items: Array(repeating: [], count: count), jobs: Array(repeating: 0, count: count),
+                             pages: Array(repeating: (0, 0), count: count), bytes: Array(repeating: (0, 0), count: count)))
+        for index in 0..<count {
             let thread = Thread { [self] in
-                let compressor: ZstdCompressor?
-                do { compressor = try zstdLevel.map { try ZstdCompressor(level: $0) } } catch {
-                    fail(.state("zstd: \(error)"))
+                let worker: any ChannelWorker
+                do throws(MigrationError) { worker = try makeWorker(index) } catch {
+                    fail(error)
                     state.withLock { $0.exited += 1 }
+                    condition.wakeAll()
                     return
                 }
-                // Detection on the channel only with `multifd`; `legacy` happened in the picker.
-                run(index, PageSender(writer: writers[index], mappings: mappings, detection: detection == .multifd ? .multifd : .none,
-                                      statistics: statistics, compressor: compressor, zeroCopy: zeroCopy?[index]))
+                run(index, worker)
             }
             thread.name = "ferry-multifd-\(index)"
             thread.start()
         }
     }
 
+    /// Multifd on sockets: one `StreamPageWorker` per channel.  `channels[i]` has had
+    /// its stream header sent through `writers[i]`.
+    convenience init(channels: [any ByteChannel], writers: [StreamWriter], mappings: [HostMapping], detection: ZeroPageDetection,
+                     statistics: RAMCounters, zstdLevel: Int?, zeroCopy: [any ZeroCopyChannel]? = nil) {
+        precondition(channels.count == writers.count && !channels.isEmpty)
+        self.init(workers: channels.count, channels: channels, limiter: writers[0].limiter) { index throws(MigrationError) in
+            let compressor: ZstdCompressor?
+            do { compressor = try zstdLevel.map { try ZstdCompressor(level: $0) } } catch { throw .state("zstd: \(error)") }
+            // Detection on the channel only with `multifd`; `legacy` happened in the picker.
+            return StreamPageWorker(PageSender(writer: writers[index], mappings: mappings, detection: detection == .multifd ? .multifd : .none,
+                                               statistics: statistics, compressor: compressor, zeroCopy: zeroCopy?[index]))
+        }
+    }
+
     var channelStatistics: [ChannelStatistics] {
-        let pages = state.withLock { $0.pages }
-        return writers.enumerated().map { index, writer in
+        let (pages, bytes) = state.withLock { ($0.pages, $0.bytes) }
+        return pages.indices.map { index in
             var s = ChannelStatistics(role: .multifd, index: index)
             (s.normalPages, s.zeroPages) = pages[index]
-            s.bytes = writer.bytesWritten
-            s.frames = writer.framesWritten
+            (s.bytes, s.frames) = bytes[index]
             return s
         }
     }
@@ -112,7 +130,7 @@ final class MultifdSender: Sendable {
             }
             if chosen != nil {
                 // Counted against the bandwidth limit now, charged when written.
-                writers[0].limiter.reserve(job.count * PageSender.pageSize)
+                limiter.reserve(job.count * PageSender.pageSize)
                 condition.broadcast()
                 return
             }
@@ -166,7 +184,10 @@ final class MultifdSender: Sendable {
             q.failure = error
             return true
         }
-        if first { for channel in channels { channel.shutdown() } }
+        if first {
+            for channel in channels { channel.shutdown() }
+            onFailure()
+        }
         condition.wakeAll()
     }
 
@@ -185,39 +206,41 @@ final class MultifdSender: Sendable {
         }
     }
 
-    /// Waits for every channel thread to end (after `finish`, or `abort`), then closes the channels.
+    /// Waits for every channel thread to end (after `finish`, or `abort`), then closes the channels (if any).
     func close() {
         condition.lock()
-        while state.withLock({ $0.exited }) < channels.count { condition.wait() }
+        while state.withLock({ $0.exited < $0.items.count }) { condition.wait() }
         condition.unlock()
         for channel in channels { channel.close() }
     }
 
-    private func run(_ index: Int, _ sender: consuming PageSender) {
+    private func run(_ index: Int, _ worker: any ChannelWorker) {
         defer {
             state.withLock { $0.exited += 1 }
             condition.wakeAll()
         }
-        let writer = writers[index]
         while let item = take(index) {
             do throws(MigrationError) {
                 switch item {
                 case .pages(let job):
-                    try sender.send(job)
-                    writer.limiter.release(job.count * PageSender.pageSize)
-                    let sent = sender.pages
+                    try worker.send(job)
+                    limiter.release(job.count * PageSender.pageSize)
+                    let (sent, written) = (worker.pages, worker.written)
                     state.withLock { q in
                         q.pages[index] = sent
+                        q.bytes[index] = written
                         q.jobs[index] -= 1
                         q.queuedPages -= job.count
                     }
                 case .sync(let epoch):
-                    try sender.flushZeroCopy()
-                    try writer.send(.sync, payload: SyncMarker.encode(epoch: epoch))
+                    try worker.sync(epoch: epoch)
                 case .end:
-                    try sender.flushZeroCopy()
-                    try writer.sendEnd()
-                    state.withLock { $0.finished += 1 }
+                    try worker.end()
+                    let written = worker.written
+                    state.withLock { q in
+                        q.bytes[index] = written
+                        q.finished += 1
+                    }
                     condition.wakeAll()
                     return
                 }
@@ -228,4 +251,41 @@ final class MultifdSender: Sendable {
             condition.wakeAll()       // room for the picker
         }
     }
+}
+
+/// What one channel thread does with the items queued for it: pages into
+/// `pages` frames on a socket (`StreamPageWorker`), or at their offsets in a
+/// mapped-ram file (`FilePageWorker`).  Made and used by that thread only.
+protocol ChannelWorker: AnyObject {
+    func send(_ job: PageJob) throws(MigrationError)
+    /// A dirty sync happened; everything before this came first.
+    func sync(epoch: UInt64) throws(MigrationError)
+    /// No more pages: the last thing this worker does.
+    func end() throws(MigrationError)
+    /// Pages sent as data and as zero.
+    var pages: (normal: UInt64, zero: UInt64) { get }
+    /// Bytes and frames written.
+    var written: (bytes: UInt64, frames: UInt64) { get }
+}
+
+/// A multifd socket's worker: `pages` frames, a `sync` frame at each sync, `end` last.
+final class StreamPageWorker: ChannelWorker {
+    var sender: PageSender
+
+    init(_ sender: consuming PageSender) { self.sender = sender }
+
+    func send(_ job: PageJob) throws(MigrationError) { try sender.send(job) }
+
+    func sync(epoch: UInt64) throws(MigrationError) {
+        try sender.flushZeroCopy()
+        try sender.writer.send(.sync, payload: SyncMarker.encode(epoch: epoch))
+    }
+
+    func end() throws(MigrationError) {
+        try sender.flushZeroCopy()
+        try sender.writer.sendEnd()
+    }
+
+    var pages: (normal: UInt64, zero: UInt64) { sender.pages }
+    var written: (bytes: UInt64, frames: UInt64) { (sender.writer.bytesWritten, sender.writer.framesWritten) }
 }

@@ -29,10 +29,13 @@ public final class PrecopySource: Sendable {
         public let ram: RAMMigration
         public let devices: [any Migratable]
         public let vm: any MigrationVMControl
+        /// Set for a save into a mapped-ram file: `opener` then opens a `PageFile`.
+        public let mappedRAM: MappedRAMSettings?
         /// `opener` connects on the migration thread (setup), not the caller's.
         public init(opener: any ChannelOpener, configuration: MigrationConfiguration, ram: RAMMigration,
-                    devices: [any Migratable], vm: any MigrationVMControl) {
+                    devices: [any Migratable], vm: any MigrationVMControl, mappedRAM: MappedRAMSettings? = nil) {
             (self.opener, self.configuration, self.ram, self.devices, self.vm) = (opener, configuration, ram, devices, vm)
+            self.mappedRAM = mappedRAM
         }
         public init(channel: any ByteChannel, configuration: MigrationConfiguration, ram: RAMMigration,
                     devices: [any Migratable], vm: any MigrationVMControl) {
@@ -75,6 +78,8 @@ public final class PrecopySource: Sendable {
         var cleanupFailure: String?
         var startedAt = ContinuousClock.now
         var endedAt: ContinuousClock.Instant?
+        /// A mapped-ram save's outcome, once complete.
+        var mappedRAM: MappedRAMOutcome?
     }
 
     let parts: Dependencies
@@ -92,6 +97,8 @@ public final class PrecopySource: Sendable {
     let progress = Mutex(Progress())
     /// Reads the destination's messages once the channel is open (sockets only).
     let returnPath = Mutex<ReturnPathReader?>(nil)
+    /// A mapped-ram save's file side, once set up.
+    let saver = Mutex<MappedRAMSaver?>(nil)
     static let window: Duration = .milliseconds(100)
     static let returnPathTimeout: Duration = .seconds(60)
     /// Under the threshold, a stop expected to take this long or less happens at once.
@@ -122,10 +129,21 @@ public final class PrecopySource: Sendable {
         let multifd = parts.ram.multifd?.channelStatistics ?? []
         info.channels = [main] + multifd
         info.multifdBytes = multifd.reduce(0) { $0 + $1.bytes }
+        info.mappedRAM = progress.withLock { $0.mappedRAM }
         return info
     }
 
     public var status: MigrationStatus { progress.withLock { $0.info.status } }
+
+    /// A completed mapped-ram save: the file and generation it wrote.
+    public var mappedRAMOutcome: MappedRAMOutcome? { progress.withLock { $0.mappedRAM } }
+
+    /// A completed mapped-ram save that left dirty tracking on (`x-ferry-incremental`):
+    /// the next save into the same file may continue it.
+    public var keptTrackingBaseline: MappedRAMBaseline? {
+        guard parts.mappedRAM?.keepTracking == true, status == .completed else { return nil }
+        return mappedRAMOutcome?.baseline
+    }
 
     var parameters: MigrationParameters { parameterStorage.withLock { $0 } }
 
@@ -168,15 +186,22 @@ public final class PrecopySource: Sendable {
             startReturnPath()
             try checkCancelled()
             let start = parameters      // the multifd settings hold for this whole migration, as in QEMU
+            // Mapped-ram: the file, continued or started afresh, before RAM tracking starts.
+            let fileSave = try parts.mappedRAM.map { settings throws(MigrationError) in try prepareMappedRAM(settings) }
             let migrationID = (0..<ChannelIdentity.idByteCount).map { _ in UInt8.random(in: 0...255) }
             writer.setRateLimit(start.maxBandwidth)
             try writer.sendStreamHeader(ChannelIdentity(role: .main, migrationID: migrationID))
             try writer.send(.configuration, payload: parts.configuration.encode())
-            try parts.ram.setup()
-            try writer.send(.residency, payload: parts.ram.residency().encode())
-            if capabilities.multifd {
+            try parts.ram.setup(continuing: fileSave?.continued ?? false)
+            if let fileSave {
+                // The pages go to the file's page areas; the stream here is the device state.
+                try writer.send(.channels, payload: ChannelPlan(multifd: UInt16(fileSave.barrier.parties), mappedRAM: true).encode())
+                startFileWorkers(fileSave, start)
+            } else if capabilities.multifd {
+                try writer.send(.residency, payload: parts.ram.residency().encode())
                 try openMultifd(start, migrationID: migrationID)
             } else {
+                try writer.send(.residency, payload: parts.ram.residency().encode())
                 try writer.send(.channels, payload: ChannelPlan(multifd: 0).encode())
                 parts.ram.use(.inline(start.zeroPageDetection))
             }
@@ -266,6 +291,41 @@ public final class PrecopySource: Sendable {
                                    zstdLevel: start.multifdCompression == .zstd ? Int(start.multifdZstdLevel) : nil,
                                    zeroCopy: capabilities.zeroCopySend ? zeroCopy : nil)
         parts.ram.use(.multifd(sender, start.zeroPageDetection))
+    }
+
+    /// Mapped-ram: checks the opened file, continues it if it is the baseline
+    /// (an incremental save) or starts it afresh, and points the state stream
+    /// past the page areas.
+    func prepareMappedRAM(_ settings: MappedRAMSettings) throws(MigrationError) -> MappedRAMSaver {
+        let opened: any ByteChannel
+        do { opened = try channel.channel } catch { throw .channel(error) }
+        guard let file = opened as? any PageFile else { throw .invalidState("mapped-ram needs a file: URI") }
+        let layout: MappedRAMLayout
+        do { layout = try MappedRAMLayout(blocks: parts.configuration.blocks) } catch { throw .stream(error) }
+        var start = MappedRAMSaver.Start.fresh(generation: 1)
+        let existing = MappedRAMSaver.existing(in: file, layout: layout)
+        if let baseline = settings.baseline, let (header, indexes) = existing,
+           header.generation == baseline.generation, (try? file.identity) == baseline.file {
+            start = .continuing(header, indexes)
+        } else if let (header, _) = existing {
+            start = .fresh(generation: header.generation + 1)
+        }
+        let saver = try MappedRAMSaver(file: file, layout: layout, mappings: parts.ram.mappings, start: start,
+                                       workers: max(1, settings.writers))
+        self.saver.withLock { $0 = saver }
+        file.seek(to: layout.stateOffset)
+        return saver
+    }
+
+    /// The threads that write pages into the mapped-ram file.
+    func startFileWorkers(_ saver: MappedRAMSaver, _ start: MigrationParameters) {
+        let (statistics, limiter) = (parts.ram.statistics, self.limiter)
+        let detection = start.zeroPageDetection
+        let sender = MultifdSender(workers: saver.barrier.parties, channels: [], limiter: limiter,
+                                   onFailure: { saver.barrier.abort() }) { _ throws(MigrationError) in
+            FilePageWorker(saver: saver, detection: detection == .legacy ? .none : detection, statistics: statistics, limiter: limiter)
+        }
+        parts.ram.use(.multifd(sender, detection))
     }
 
     /// Every channel closed, once no thread uses it any more.
@@ -433,6 +493,16 @@ public final class PrecopySource: Sendable {
             p.phase = p.phase.next(.sendingEnd)
         }
         try writer.sendEnd()
+        if let saver = saver.withLock({ $0 }) {
+            // Complete only once the header says so: a failure before resumes the source.
+            try saver.finish(stateLength: writer.bytesWritten)
+            let identity: FileIdentity
+            do { identity = try saver.file.identity } catch { throw .channel(error) }
+            let outcome = MappedRAMOutcome(baseline: MappedRAMBaseline(file: identity, generation: saver.generation),
+                                           incremental: saver.continued, presentPages: saver.presentPages)
+            progress.withLock { $0.mappedRAM = outcome }
+            if parts.mappedRAM?.keepTracking == true { parts.ram.keepTrackingAfterCleanup() }
+        }
         progress.withLock { $0.phase = $0.phase.next(.pastPointOfNoReturn) }
         if channel.hasReturnPath { try awaitDestination() }
         let downtime = ContinuousClock.now - stopRequested

@@ -46,6 +46,10 @@ public final class RAMMigration: Migratable {
         var selector: PageSelector
         var lastSync = ContinuousClock.now
         var tracking = false
+        /// Leave tracking on at cleanup (an incremental mapped-ram save completed).
+        var keepTracking = false
+        /// Cleanup ran: tracking is off (or kept) and stays so.
+        var released = false
     }
     /// The dirty bitmaps and the cursor: held only while pages are picked, never across I/O.
     let send: Mutex<SendState>
@@ -63,12 +67,17 @@ public final class RAMMigration: Migratable {
     }
     let load: Mutex<LoadState>
     let destinationStartsZero: Bool
+    /// Source: dirty tracking is still on from an earlier save that kept it (`x-ferry-incremental`).
+    let trackingKeptOn: Bool
 
     /// `tracker` is needed on the source only.  `destinationStartsZero`: on the
     /// destination, every byte of `blocks` is zero before the load (a fresh
     /// incoming machine whose guest has not run).
-    public init(blocks: [RAMBlock], tracker: (any DirtyPageSource)?, destinationStartsZero: Bool = false) {
+    /// `trackingKeptOn`: on the source, `tracker` has been tracking since an
+    /// earlier save left it on.
+    public init(blocks: [RAMBlock], tracker: (any DirtyPageSource)?, destinationStartsZero: Bool = false, trackingKeptOn: Bool = false) {
         self.blocks = blocks
+        self.trackingKeptOn = trackingKeptOn
         self.mappings = blocks.map(\.mapping)
         self.tracker = tracker
         self.destinationStartsZero = destinationStartsZero
@@ -97,19 +106,39 @@ public final class RAMMigration: Migratable {
         return nil
     }
 
-    public func setup() throws(MigrationError) {
+    public func setup() throws(MigrationError) { try setup(continuing: false) }
+
+    /// Starts tracking; the first sync then reports every page.  `continuing`
+    /// (an incremental save): tracking kept on since the last save goes on, and
+    /// the first sync reports only the pages written since.
+    public func setup(continuing: Bool) throws(MigrationError) {
         guard let tracker else { throw .invalidState("RAM has no dirty-page source") }
-        do { try tracker.startTracking() } catch { throw .state("cannot start dirty tracking: \(error)") }
+        precondition(!continuing || trackingKeptOn, "only tracking kept on can be continued")
+        if !continuing {
+            do {
+                // Restarted, so that the first collection reports every page again.
+                if trackingKeptOn { try tracker.stopTracking() }
+                try tracker.startTracking()
+            } catch { throw .state("cannot start dirty tracking: \(error)") }
+        }
         send.withLock { $0.tracking = true }
-        _ = try sync()      // the first collection reports every page
+        _ = try sync()      // every page, or (continuing) every page written since the last save
         let resident = residentChunks()
         send.withLock { $0.selector.resident = resident }
     }
 
+    /// The save completed and tracking is to go on for the next (incremental) one.
+    func keepTrackingAfterCleanup() { send.withLock { $0.keepTracking = true } }
+
     public func cleanup() throws(MigrationError) {
+        // Tracking kept on by an earlier save stops too, even if this migration
+        // never got to set up (unless this one keeps it for the next save).
         let wasTracking = send.withLock { state in
-            defer { state.tracking = false }
-            return state.tracking
+            defer {
+                state.tracking = false
+                state.released = true
+            }
+            return !state.released && (state.tracking || trackingKeptOn) && !state.keepTracking
         }
         guard wasTracking, let tracker else { return }
         do { try tracker.stopTracking() } catch { throw .state("cannot stop dirty tracking: \(error)") }

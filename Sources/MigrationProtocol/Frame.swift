@@ -177,9 +177,13 @@ public enum StreamHeader {
 }
 
 /// The main channel's `channels` frame: how many multifd channels follow and
-/// how their pages are compressed.
+/// how their pages are compressed, or that the pages are in a mapped-ram file.
 ///
-///     multifd u16 | compression u8 (0 none, 1 zstd) | reserved u8 | reserved u32
+///     multifd u16 | compression u8 (0 none, 1 zstd) | flags u8 (bit 0: mapped-ram) | reserved u32
+///
+/// With the mapped-ram flag the stream is a mapped-ram file's device state:
+/// the pages are in the file's page areas, so no `pages` frame may follow and
+/// no channel connects (`multifd` is how many wrote the file, for the record).
 public struct ChannelPlan: Equatable, Sendable {
     public enum Compression: UInt8, Sendable { case none = 0, zstd = 1 }
     public static let byteCount = 8
@@ -187,16 +191,19 @@ public struct ChannelPlan: Equatable, Sendable {
     public static let maximumMultifd: UInt16 = 255
     public let multifd: UInt16
     public let compression: Compression
+    /// The pages are in a mapped-ram file, not on any channel.
+    public let mappedRAM: Bool
+    static let mappedRAMFlag: UInt8 = 1
 
-    public init(multifd: UInt16, compression: Compression = .none) {
-        (self.multifd, self.compression) = (multifd, compression)
+    public init(multifd: UInt16, compression: Compression = .none, mappedRAM: Bool = false) {
+        (self.multifd, self.compression, self.mappedRAM) = (multifd, compression, mappedRAM)
     }
 
     public func encode() -> [UInt8] {
         var w = WireWriter(capacity: Self.byteCount)
         w.u16(multifd)
         w.u8(compression.rawValue)
-        w.u8(0)
+        w.u8(mappedRAM ? Self.mappedRAMFlag : 0)
         w.u32(0)
         return w.bytes
     }
@@ -207,9 +214,12 @@ public struct ChannelPlan: Equatable, Sendable {
         guard count <= Self.maximumMultifd else { throw .malformed("\(count) multifd channels (at most \(Self.maximumMultifd))") }
         let raw = try r.u8("multifd compression")
         guard let compression = Compression(rawValue: raw) else { throw .malformed("multifd compression \(raw)") }
-        guard try r.u8("channels reserved") == 0, try r.u32("channels reserved") == 0 else { throw .reservedFieldNotZero }
+        let flags = try r.u8("channel flags")
+        guard flags & ~Self.mappedRAMFlag == 0, try r.u32("channels reserved") == 0 else { throw .reservedFieldNotZero }
         guard r.isAtEnd else { throw .malformed("\(r.remaining) extra bytes after the channel plan") }
-        self.init(multifd: count, compression: compression)
+        let mappedRAM = flags & Self.mappedRAMFlag != 0
+        guard !mappedRAM || compression == .none else { throw .malformed("a mapped-ram file with compressed pages") }
+        self.init(multifd: count, compression: compression, mappedRAM: mappedRAM)
     }
 }
 

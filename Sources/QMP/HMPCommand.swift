@@ -118,6 +118,7 @@ public enum HMPCommand: Equatable, Sendable {
             guard let bytes = size(text, defaultUnit: 1 << 20) else { throw HMPError("Error: Invalid size \(text)") }
             return .int(bytes)
         }
+        if name == "direct-io", let flag = ["on": true, "off": false][text] { return .bool(flag) }
         return Int64(text).map { .int($0) } ?? .string(text)
     }
 

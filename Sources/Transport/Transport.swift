@@ -15,8 +15,8 @@ public enum Transport {
             return DescriptorChannel(adopting: try unsafe check(CLinuxUAPI_tcp_open(host, Int32(port), 0, cancel), "connect to \(uri)"), returnPath: true)
         case .unix(let path):
             return DescriptorChannel(adopting: try unsafe check(CLinuxUAPI_unix_open(path, 0, cancel), "connect to \(uri)"), returnPath: true)
-        case .file(let path):
-            return DescriptorChannel(adopting: try unsafe check(CLinuxUAPI_open_file(path, 1), "create \(path)"), returnPath: false)
+        case .file(let path, let offset):
+            return DescriptorChannel(adopting: try unsafe check(CLinuxUAPI_open_file(path, 1, Int(offset)), "create \(path)"), returnPath: false)
         case .fd(let number):
             return try adopt(number)
         }
@@ -31,8 +31,8 @@ public enum Transport {
             return IncomingListener(listening: fd, address: .tcp(host: host, port: bound > 0 ? UInt16(bound) : port))
         case .unix(let path):
             return IncomingListener(listening: try unsafe check(CLinuxUAPI_unix_open(path, 1, -1), "listen on \(uri)"), address: uri)
-        case .file(let path):
-            let fd = try unsafe check(CLinuxUAPI_open_file(path, 0), "open \(path)")
+        case .file(let path, let offset):
+            let fd = try unsafe check(CLinuxUAPI_open_file(path, 0, Int(offset)), "open \(path)")
             return IncomingListener(ready: DescriptorChannel(adopting: fd, returnPath: false), address: uri)
         case .fd(let number):
             return IncomingListener(ready: try adopt(number), address: uri)

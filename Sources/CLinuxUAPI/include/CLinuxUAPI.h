@@ -505,9 +505,74 @@ static inline int CLinuxUAPI_accept_within(int fd, int milliseconds) {
 /* A peer that vanishes must give EPIPE, not kill the process. */
 static inline void CLinuxUAPI_ignore_sigpipe(void) { signal(SIGPIPE, SIG_IGN); }
 static inline int CLinuxUAPI_shutdown(int fd) { return shutdown(fd, SHUT_RDWR) == 0 ? 0 : -errno; }
-static inline int CLinuxUAPI_open_file(const char *path, int writing) {
-    int r = writing ? open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600) : open(path, O_RDONLY | O_CLOEXEC);
+/* A stream file from `offset` on: for writing, created if missing and cut at
+ * `offset` (what lies before it is kept, as with QEMU's file:PATH,offset=N);
+ * positioned at `offset` either way. */
+static inline int CLinuxUAPI_open_file(const char *path, int writing, long offset) {
+    int r = writing ? open(path, O_WRONLY | O_CREAT | (offset == 0 ? O_TRUNC : 0) | O_CLOEXEC, 0600) : open(path, O_RDONLY | O_CLOEXEC);
+    if (r < 0) return -errno;
+    if ((writing && offset > 0 && ftruncate(r, offset) != 0) || (offset > 0 && lseek(r, offset, SEEK_SET) != offset)) {
+        int e = errno; close(r); return -e;
+    }
+    return r;
+}
+
+/* ---- files for migration: positioned and vectored I/O, O_DIRECT, holes.
+ * O_DIRECT, FALLOC_FL_* are declared only under _GNU_SOURCE / in linux/falloc.h:
+ * the kernel's values, defined here. */
+static const int CLinuxUAPI_O_DIRECT = 040000;
+#define CLINUXUAPI_FALLOC_FL_KEEP_SIZE 0x01
+#define CLINUXUAPI_FALLOC_FL_PUNCH_HOLE 0x02
+int fallocate(int fd, int mode, off_t offset, off_t len);
+/* mode 0: read; 1: write, created if missing, never truncated; 2: read and write, created if missing.
+ * `direct` adds O_DIRECT. */
+static inline int CLinuxUAPI_open_migration_file(const char *path, int mode, int direct) {
+    int flags = (mode == 0 ? O_RDONLY : mode == 1 ? O_WRONLY | O_CREAT : O_RDWR | O_CREAT) | O_CLOEXEC;
+    if (direct) flags |= CLinuxUAPI_O_DIRECT;
+    int r = open(path, flags, 0600);
     return r >= 0 ? r : -errno;
+}
+/* Whether `fd` has O_DIRECT set (1), not (0), or -errno; and whether it may be read (bit 0) / written (bit 1). */
+static inline int CLinuxUAPI_file_flags(int fd, int *direct, int *access) {
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0) return -errno;
+    *direct = (flags & CLinuxUAPI_O_DIRECT) != 0;
+    int mode = flags & O_ACCMODE;
+    *access = (mode == O_RDONLY ? 1 : mode == O_WRONLY ? 2 : 3);
+    return 0;
+}
+static inline long CLinuxUAPI_pread(int fd, void *buffer, size_t count, long offset) {
+    long r;
+    do { r = pread(fd, buffer, count, offset); } while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : r;
+}
+static inline long CLinuxUAPI_pwrite(int fd, const void *buffer, size_t count, long offset) {
+    long r;
+    do { r = pwrite(fd, buffer, count, offset); } while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : r;
+}
+static inline long CLinuxUAPI_preadv(int fd, const struct iovec *vectors, int count, long offset) {
+    long r;
+    do { r = preadv(fd, vectors, count, offset); } while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : r;
+}
+static inline long CLinuxUAPI_pwritev(int fd, const struct iovec *vectors, int count, long offset) {
+    long r;
+    do { r = pwritev(fd, vectors, count, offset); } while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : r;
+}
+static inline int CLinuxUAPI_punch_hole(int fd, long offset, long length) {
+    return fallocate(fd, CLINUXUAPI_FALLOC_FL_PUNCH_HOLE | CLINUXUAPI_FALLOC_FL_KEEP_SIZE, offset, length) == 0 ? 0 : -errno;
+}
+static inline int CLinuxUAPI_ftruncate(int fd, long length) { return ftruncate(fd, length) == 0 ? 0 : -errno; }
+static inline int CLinuxUAPI_fdatasync(int fd) { return fdatasync(fd) == 0 ? 0 : -errno; }
+/* The file's size, device and inode (which file a descriptor names), or -errno. */
+static inline int CLinuxUAPI_file_identity(int fd, uint64_t *size, uint64_t *device, uint64_t *inode, int *regular) {
+    struct stat st;
+    if (fstat(fd, &st) != 0) return -errno;
+    *size = (uint64_t)st.st_size; *device = (uint64_t)st.st_dev; *inode = (uint64_t)st.st_ino;
+    *regular = S_ISREG(st.st_mode);
+    return 0;
 }
 
 /* kvm_cpuid2 with room for entries: Swift cannot express the flexible array. */

@@ -32,14 +32,25 @@ extension Machine {
         }
         // The connect happens on the migration thread: QMP stays responsive, and
         // migrate_cancel abandons a connect that hangs.
-        if migrationCapabilities.multifd {
-            switch uri {
-            case .tcp, .unix: break
-            case .file, .fd: throw .generic("Migration requires multi-channel URIs (e.g. tcp)")
+        let (capabilities, parameters) = (migrationCapabilities, migrationParameters)
+        let opener: any ChannelOpener
+        if capabilities.mappedRAM {
+            guard case .file(let path, let offset) = uri else { throw .generic("Mapped-ram migration requires a file: URI") }
+            let direct = parameters.directIO && capabilities.multifd
+            if parameters.directIO && !direct {
+                warn("direct-io is ignored: it takes effect with mapped-ram and multifd (as in QEMU)")
             }
+            opener = MappedRAMFileOpener(path: path, offset: offset, direct: direct)
+        } else {
+            if capabilities.multifd {
+                switch uri {
+                case .tcp, .unix: break
+                case .file, .fd: throw .generic("Migration requires multi-channel URIs (e.g. tcp)")
+                }
+            }
+            if parameters.directIO { warn("direct-io is ignored: it takes effect with mapped-ram and multifd (as in QEMU)") }
+            do { opener = try URIChannelOpener(uri) } catch { throw .generic("Failed to connect to '\(text)': \(error)") }
         }
-        let opener: URIChannelOpener
-        do { opener = try URIChannelOpener(uri) } catch { throw .generic("Failed to connect to '\(text)': \(error)") }
         let global = GlobalStateMigratable(wasRunning: { [self] in self.wasRunningBeforeSwitchover })
         // Checked and claimed in one step, so two `migrate`s cannot both start.
         let source = try migration.state.withLock { s throws(QMPError) -> PrecopySource in
@@ -55,10 +66,16 @@ extension Machine {
                 throw QMPError.generic("The VM is receiving a migration")
             }
             let capabilities = s.capabilities
+            // Dirty tracking the last save left on (x-ferry-incremental): continued or restarted.
+            let baseline = s.outgoing?.keptTrackingBaseline
+            let mappedRAM = capabilities.mappedRAM
+                ? MappedRAMSettings(writers: capabilities.multifd ? Int(s.parameters.multifdChannels) : 1,
+                                    keepTracking: capabilities.incremental, baseline: capabilities.incremental ? baseline : nil)
+                : nil
             let source = PrecopySource(
                 .init(opener: opener, configuration: migrationConfiguration,
-                      ram: RAMMigration(blocks: memory.blocks, tracker: makeDirtyPageSource()),
-                      devices: migratableDevices(global: global), vm: MachineMigrationControl(machine: self)),
+                      ram: RAMMigration(blocks: memory.blocks, tracker: makeDirtyPageSource(), trackingKeptOn: baseline != nil),
+                      devices: migratableDevices(global: global), vm: MachineMigrationControl(machine: self), mappedRAM: mappedRAM),
                 parameters: s.parameters, capabilities: capabilities,
                 onStatus: { [self] status in if capabilities.events { emit("MIGRATION", data: ["status": .string(status.rawValue)]) } },
                 onPass: { [self] pass in if capabilities.events { emit("MIGRATION_PASS", data: ["pass": .int(Int64(pass))]) } })
@@ -93,9 +110,23 @@ extension Machine {
             if let current = s.incoming, current.status.withLock({ $0 }) != .failed {
                 throw QMPError.generic("The incoming migration has already been started")
             }
-            let listener: IncomingListener
-            do { listener = try Transport.listen(uri) } catch { throw .generic("Failed to listen on '\(text)': \(error)") }
-            let incoming = MigrationSlot.Incoming(listener: listener)
+            let incoming: MigrationSlot.Incoming
+            // A mapped-ram file is restored as one even without the capability (`--incoming
+            // file:` cannot set it): the file says what it is.  Ferry's leniency; QEMU refuses.
+            if s.capabilities.mappedRAM || MigrationFile.isMappedRAM(uri) {
+                guard case .file(let path, let offset) = uri else { throw QMPError.generic("Mapped-ram migration requires a file: URI") }
+                let direct = s.parameters.directIO && s.capabilities.multifd
+                let file: MigrationFile
+                do { file = try MigrationFile.open(path: path, writing: false, direct: direct, base: offset) } catch {
+                    throw QMPError.generic("Failed to open '\(text)': \(error)")
+                }
+                incoming = MigrationSlot.Incoming(file: file, uri: uri,
+                                                  readers: s.capabilities.multifd ? Int(s.parameters.multifdChannels) : 1)
+            } else {
+                let listener: IncomingListener
+                do { listener = try Transport.listen(uri) } catch { throw .generic("Failed to listen on '\(text)': \(error)") }
+                incoming = MigrationSlot.Incoming(listener: listener)
+            }
             s.incoming = incoming
             return incoming
         }
@@ -122,7 +153,19 @@ extension Machine {
         let limit = migration.state.withLock { $0.parameters.inactivityLimit }
         let destination: MigrationDestination
         do {
-            let channel = try incoming.listener.accept(timeout: nil)
+            if let (file, readers) = incoming.mappedRAM {
+                // A mapped-ram file: its pages in parallel, then its device state.
+                destination = MigrationDestination(
+                    channel: file, configuration: migrationConfiguration,
+                    ram: RAMMigration(blocks: memory.blocks, tracker: nil, destinationStartsZero: startsZero),
+                    devices: migratableDevices(global: global), mappedRAM: (file, readers), onStatus: fromDestination)
+                try destination.run()
+                finishIncoming(run: autostart && global.sourceWasRunning == true)
+                destination.complete()
+                return
+            }
+            guard let listener = incoming.listener else { throw MigrationError.invalidState("no listener") }
+            let channel = try listener.accept(timeout: nil)
             // A source that goes silent fails the load instead of stalling it forever
             // (a socket's receive timeout: no extra system call per read).
             let inactivity: Duration? = limit == 0 ? nil : .milliseconds(Int64(limit))
@@ -130,9 +173,9 @@ extension Machine {
             // A socket listener stays open for the multifd channels the source may announce.
             let acceptor: (any ChannelAcceptor)?
             switch incoming.address {
-            case .tcp, .unix: acceptor = LimitedAcceptor(listener: incoming.listener, inactivity: inactivity)
+            case .tcp, .unix: acceptor = LimitedAcceptor(listener: listener, inactivity: inactivity)
             case .file, .fd:
-                incoming.listener.close()
+                listener.close()
                 acceptor = nil
             }
             destination = MigrationDestination(
@@ -173,9 +216,11 @@ extension Machine {
                     switch value {
                     case .int(let number): try parameters.set(name, to: number)
                     case .string(let text): try parameters.set(name, text: text)
+                    case .bool(let flag): try parameters.set(name, flag: flag)
                     default:
                         guard MigrationParameters.names.contains(name) else { throw .invalidParameter("Parameter '\(name)' is unexpected") }
-                        let expected = MigrationParameters.textNames.contains(name) ? "string" : "integer"
+                        let expected = MigrationParameters.textNames.contains(name) ? "string"
+                            : MigrationParameters.booleanNames.contains(name) ? "boolean" : "integer"
                         throw .invalidParameter("Invalid parameter type for '\(name)', expected: \(expected)")
                     }
                 } catch { throw QMPError.generic("\(error)") }
@@ -233,4 +278,11 @@ struct MachineMigrationControl: MigrationVMControl {
     func resumeAfterFailedSwitchover(wasRunning: Bool) { machine.resumeAfterFailedSwitchover(wasRunning: wasRunning) }
     func holdAfterUncertainSwitchover() { machine.runState.withLock { $0 = .paused } }
     func setThrottle(percent: Int) { machine.setThrottle(percent: percent) }
+}
+
+extension Machine {
+    /// A warning on standard error, as QEMU's `warn_report` gives one.
+    func warn(_ message: String) {
+        FileHandle.standardError.write(Data("ferry: warning: \(message)\n".utf8))
+    }
 }

@@ -16,11 +16,25 @@ final class MigrationSlot: Sendable {
     /// The destination side, from `--incoming` or `migrate-incoming` to the end.
     final class Incoming: Sendable {
         let status = Mutex(MigrationStatus.none)
-        let listener: IncomingListener
+        /// A stream's listener (socket, stream file, descriptor), or nil for a mapped-ram file.
+        let listener: IncomingListener?
+        /// A mapped-ram restore: the file, and how many threads read its pages.
+        let mappedRAM: (file: MigrationFile, readers: Int)?
+        /// Where it listens (for `tcp:HOST:0`, with the port chosen) or reads.
+        let address: MigrationURI
         let error = Mutex<String?>(nil)
-        init(listener: IncomingListener) { self.listener = listener }
-        /// Where it listens (for `tcp:HOST:0`, with the port chosen).
-        var address: MigrationURI { listener.address }
+
+        init(listener: IncomingListener) {
+            self.listener = listener
+            mappedRAM = nil
+            address = listener.address
+        }
+
+        init(file: MigrationFile, uri: MigrationURI, readers: Int) {
+            listener = nil
+            mappedRAM = (file, readers)
+            address = uri
+        }
     }
 
     let state = Mutex(State())

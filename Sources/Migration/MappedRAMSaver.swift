@@ -1,0 +1,211 @@
+import GuestMemory
+import MigrationProtocol
+import Synchronization
+
+/// The source's side of a mapped-ram file: the layout, which pages the file
+/// holds (and their checksums), and the header's life.
+///
+/// `prepare` marks the file incomplete before the first page is written;
+/// workers (`FilePageWorker`, one per channel thread) write pages at their
+/// offsets and record them here; `finish` writes the bitmaps, checksum tables
+/// and a complete header, and makes it durable.  A file whose save did not
+/// finish stays marked incomplete, and a restore refuses it.
+final class MappedRAMSaver: Sendable {
+    let file: any PageFile
+    let layout: MappedRAMLayout
+    let mappings: [HostMapping]
+    /// Per block: pages the file holds and their checksums.
+    let index: Mutex<[MappedRAMBlockIndex]>
+    /// The generation this save writes.
+    let generation: UInt64
+    /// Whether this save continues the file's last one (an incremental save).
+    let continued: Bool
+    /// Workers at a dirty sync wait here for each other, so no page of an older
+    /// pass is written after a newer copy of it.
+    let barrier: SyncBarrier
+
+    /// Where the file stood when a save began.
+    enum Start: Sendable {
+        /// Empty (or not ours): every page is written, the file's old bytes are discarded.
+        case fresh(generation: UInt64)
+        /// A complete file of the same layout that an incremental save continues:
+        /// its pages stay, only pages dirtied since are written.
+        case continuing(MappedRAMHeader, [MappedRAMBlockIndex])
+    }
+
+    /// Reads the file's header, if it has one that fits `layout`: what an incremental save may continue.
+    static func existing(in file: any PageFile, layout: MappedRAMLayout) -> (MappedRAMHeader, [MappedRAMBlockIndex])? {
+        guard let length = try? file.length(), length >= UInt64(MappedRAMFormat.fixedHeaderBytes),
+              let prefix = try? file.read(MappedRAMFormat.fixedHeaderBytes, at: 0),
+              let total = try? MappedRAMHeader.totalByteCount(prefix: prefix),
+              let bytes = try? file.read(total, at: 0),
+              let header = try? MappedRAMHeader(decoding: bytes, fileLength: length),
+              header.isComplete, header.entries.map(\.name) == layout.entries.map(\.name),
+              header.stateOffset == layout.stateOffset,
+              zip(header.entries, layout.entries).allSatisfy({ $0.bitmapOffset == $1.bitmapOffset && $0.pagesOffset == $1.pagesOffset
+                  && $0.checksumsOffset == $1.checksumsOffset && $0.byteCount == $1.byteCount })
+        else { return nil }
+        var indexes: [MappedRAMBlockIndex] = []
+        for entry in header.entries {
+            guard let bitmap = try? file.read(Int(entry.bitmapBytes), at: entry.bitmapOffset),
+                  let sums = try? file.read(Int(entry.checksumBytes), at: entry.checksumsOffset),
+                  let decoded = try? MappedRAMBlockIndex(bitmap: bitmap, checksums: sums, entry: entry) else { return nil }
+            indexes.append(decoded)
+        }
+        return (header, indexes)
+    }
+
+    /// Marks the file incomplete (a fresh start also empties it: its page areas
+    /// become one hole) and returns the saver.
+    init(file: any PageFile, layout: MappedRAMLayout, mappings: [HostMapping], start: Start, workers: Int) throws(MigrationError) {
+        self.file = file
+        self.layout = layout
+        self.mappings = mappings
+        barrier = SyncBarrier(parties: workers)
+        switch start {
+        case .fresh(let generation):
+            self.generation = generation
+            continued = false
+            index = Mutex(layout.entries.map { MappedRAMBlockIndex(pageCount: $0.pageCount) })
+            do {
+                try file.truncate(to: 0)
+                try file.truncate(to: layout.stateOffset)
+            } catch { throw .channel(error) }
+        case .continuing(let header, let indexes):
+            generation = header.generation + 1
+            continued = true
+            index = Mutex(indexes)
+        }
+        // Incomplete until `finish`: a crash mid-save leaves a file a restore refuses.
+        let header = MappedRAMHeader(layout: layout, generation: generation, complete: false, stateLength: 0)
+        do {
+            try file.write(header.encode(), at: 0)
+            try file.synchronize()
+        } catch { throw .channel(error) }
+    }
+
+    /// Whether the file holds `page` of `block` now (a zero page there needs a hole).
+    func isPresent(block: Int, page: Int) -> Bool { index.withLock { $0[block][page] } }
+
+    /// Records pages just written (with their checksums) and pages now zero.
+    func record(block: Int, data: [(page: Int, checksum: UInt64)], zero: [Int]) {
+        index.withLock { indexes in
+            for (page, checksum) in data {
+                indexes[block][page] = true
+                indexes[block].checksums[page] = checksum
+            }
+            for page in zero {
+                indexes[block][page] = false
+                indexes[block].checksums[page] = 0
+            }
+        }
+    }
+
+    /// Pages the file holds, over all blocks.
+    var presentPages: Int { index.withLock { $0.reduce(0) { $0 + $1.presentCount } } }
+
+    /// The device state is written (`stateLength` bytes at the layout's state
+    /// offset): writes the metadata and a complete header, trims the file after
+    /// the state, and makes it all durable.
+    func finish(stateLength: UInt64) throws(MigrationError) {
+        let indexes = index.withLock { $0 }
+        var header = MappedRAMHeader(layout: layout, generation: generation, complete: false, stateLength: stateLength)
+        do {
+            for (number, blockIndex) in indexes.enumerated() {
+                let (bitmap, sums) = blockIndex.encode()
+                try file.write(bitmap, at: header.entries[number].bitmapOffset)
+                try file.write(sums, at: header.entries[number].checksumsOffset)
+                header.entries[number].metadataChecksum = MappedRAMBlockIndex.checksum(bitmap: bitmap, checksums: sums)
+            }
+            try file.truncate(to: layout.stateOffset + stateLength)
+            try file.synchronize()      // everything else on disk before the header says it is complete
+            header.flags = MappedRAMFormat.completeFlag
+            try file.write(header.encode(), at: 0)
+            try file.synchronize()
+        } catch { throw .channel(error) }
+    }
+}
+
+/// One channel thread's writer of pages into a mapped-ram file: scans each
+/// page (checksum and zero test in one pass), writes runs of adjacent data
+/// pages with one `pwritev` each straight from guest RAM (on the O_DIRECT
+/// descriptor with `direct-io`), punches holes where a page the file held is
+/// now zero, and records both in the saver.
+final class FilePageWorker: ChannelWorker {
+    let saver: MappedRAMSaver
+    let detection: ZeroPageDetection
+    let statistics: RAMCounters
+    let limiter: RateLimiter
+    var list = GatherList()
+    var pages = (normal: UInt64(0), zero: UInt64(0))
+    var written = (bytes: UInt64(0), frames: UInt64(0))
+
+    init(saver: MappedRAMSaver, detection: ZeroPageDetection, statistics: RAMCounters, limiter: RateLimiter) {
+        (self.saver, self.detection, self.statistics, self.limiter) = (saver, detection, statistics, limiter)
+    }
+
+    static let pageSize = RAMMigration.pageSize
+
+    func send(_ job: PageJob) throws(MigrationError) {
+        guard job.count > 0 else { return }
+        let findZero = detection != .none
+        var data: [(block: Int, page: Int, checksum: UInt64)] = []
+        var zero: [(block: Int, page: Int)] = []
+        data.reserveCapacity(job.count)
+        for i in 0..<job.count {
+            let (block, offset) = (job.blocks[i], job.offsets[i])
+            let page = offset / Self.pageSize
+            if !job.knownZero[i] {
+                let scan = saver.mappings[block].withSpan(at: offset, count: Self.pageSize) { PageScan.of($0) }
+                if !(findZero && scan.isZero) {
+                    data.append((block, page, scan.checksum))
+                    continue
+                }
+            }
+            zero.append((block, page))
+        }
+        try writeRuns(data)
+        // A zero page the file never held is a hole already; one it held becomes one.
+        let holes = zero.filter { saver.isPresent(block: $0.block, page: $0.page) }
+        do {
+            for hole in holes {
+                try saver.file.punchHole(at: saver.layout.pageOffset(block: hole.block, page: hole.page), count: UInt64(Self.pageSize))
+            }
+        } catch { throw .channel(error) }
+        for block in Set(data.map(\.block) + zero.map(\.block)) {
+            saver.record(block: block, data: data.filter { $0.block == block }.map { ($0.page, $0.checksum) },
+                         zero: zero.filter { $0.block == block }.map(\.page))
+        }
+        let bytes = data.count * Self.pageSize
+        limiter.charge(bytes)
+        pages.normal += UInt64(data.count)
+        pages.zero += UInt64(zero.count)
+        written.bytes += UInt64(bytes)
+        statistics.withLock { s in
+            s.normalPages += UInt64(data.count)
+            s.zeroPages += UInt64(zero.count)
+        }
+    }
+
+    /// One `pwritev` per run of pages adjacent in the file.
+    func writeRuns(_ data: [(block: Int, page: Int, checksum: UInt64)]) throws(MigrationError) {
+        var start = 0
+        while start < data.count {
+            var end = start + 1
+            while end < data.count, data[end].block == data[start].block, data[end].page == data[end - 1].page + 1 { end += 1 }
+            list.removeAll()
+            for item in data[start..<end] {
+                list.append(saver.mappings[item.block], offset: item.page * Self.pageSize, count: Self.pageSize)
+            }
+            do { try saver.file.write(list, at: saver.layout.pageOffset(block: data[start].block, page: data[start].page)) } catch {
+                throw .channel(error)
+            }
+            written.frames += 1
+            start = end
+        }
+    }
+
+    func sync(epoch: UInt64) throws(MigrationError) { try saver.barrier.arrive(epoch: epoch) }
+
+    func end() throws(MigrationError) {}
+}
