@@ -206,9 +206,6 @@ public struct MigrationCapabilities: Equatable, Sendable {
         if zeroCopySend && (!multifd || parameters.multifdCompression != .none) {
             throw .invalidParameter("Zero copy only available for non-compressed non-TLS multifd migration")
         }
-        if mappedRAM && multifd && parameters.multifdCompression != .none {
-            throw .invalidParameter("Mapped-ram only available for non-compressed non-TLS multifd migration")
-        }
         if mappedRAM && zeroCopySend {
             throw .invalidParameter("Zero copy is not available with mapped-ram: its pages go to a file, not a socket")
         }

@@ -36,6 +36,8 @@ extension Machine {
         let opener: any ChannelOpener
         if capabilities.mappedRAM {
             guard case .file(let path, let offset) = uri else { throw .generic("Mapped-ram migration requires a file: URI") }
+            // QEMU 10 takes the parameter and refuses the migration, with this text.
+            if parameters.multifdCompression != .none { throw .generic("Cannot use compression with mapped-ram") }
             let direct = parameters.directIO && capabilities.multifd
             if parameters.directIO && !direct {
                 warn("direct-io is ignored: it takes effect with mapped-ram and multifd (as in QEMU)")

@@ -62,6 +62,11 @@ extension Machine {
             }
             return .object(entry)
         })
+        // Ferry's own: what a completed mapped-ram save wrote.
+        if let saved = info.mappedRAM {
+            result["x-ferry-mapped-ram"] = ["generation": .int(Int64(saved.baseline.generation)), "incremental": .bool(saved.incremental),
+                                            "present-pages": .int(Int64(saved.presentPages))]
+        }
         return .object(result)
     }
 
