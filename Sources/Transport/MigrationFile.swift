@@ -30,6 +30,10 @@ public final class MigrationFile: PageFile {
     /// descriptor for page data if `direct`.  Refuses a file system without
     /// O_DIRECT clearly.
     public static func open(path: String, writing: Bool, direct: Bool, base: UInt64) throws(ChannelError) -> MigrationFile {
+        // O_DIRECT transfers must start on the file system's blocks: the page areas do only if the base does.
+        guard !direct || base % 4096 == 0 else {
+            throw .invalidURI("direct-io needs the file's offset= to be a multiple of 4096, not \(base)")
+        }
         let fd = try Transport.check(CLinuxUAPI_open_migration_file(path, writing ? 2 : 0, 0), "open \(path)")
         guard direct else { return MigrationFile(adopting: fd, direct: nil, base: base) }
         let directFD = CLinuxUAPI_open_migration_file(path, writing ? 2 : 0, 1)

@@ -80,8 +80,17 @@ struct MappedRAMKernelTests {
                       Case(live: false, channels: 1, direct: true, backend: .anon),
                       Case(live: true, channels: 4, direct: true, backend: .memfd),
                       Case(live: true, channels: 4, direct: false, backend: .anon),
-                      Case(live: false, channels: nil, direct: false, backend: .memfd)])
+                      Case(live: false, channels: nil, direct: false, backend: .memfd),
+                      Case(live: true, channels: 2, direct: true, backend: .hugetlb)])
     func savesAndRestores(_ test: Case) async throws {
+        if test.backend == .hugetlb {
+            try await MultifdKernelTests.withHugePages(2 * 128 + 8) { try await saveAndRestore(test) }
+        } else {
+            try await saveAndRestore(test)
+        }
+    }
+
+    func saveAndRestore(_ test: Case) async throws {
         let path = Self.path()
         defer { unlink(path) }
         let workload = test.live ? WorkloadSpec(dirtyRate: .bytesPerSecond(32 << 20), workingSet: 64 << 20)
@@ -189,6 +198,28 @@ struct MappedRAMKernelTests {
                 == .failure(.generic("Invalid parameter type for 'direct-io', expected: boolean")))
         #expect(source.execute(.migrate(uri: "unix:/tmp/nowhere.sock")) == .failure(.generic("Mapped-ram migration requires a file: URI")))
         #expect(source.execute(.migrate(uri: "file:/tmp/x,offset=12Q")).isFailure)
+        source.quit()
+    }
+
+    @Test("direct-io on a file system without O_DIRECT (ramfs) fails the save with the reason; the source runs on")
+    func directIOUnsupported() async throws {
+        let directory = "/tmp/ferry-ramfs-\(getpid())"
+        mkdir(directory, 0o700)
+        defer { rmdir(directory) }
+        guard mount("ramfs", directory, "ramfs", 0, nil) == 0 else { return }       // not root: nothing to show
+        defer { umount(directory) }
+        let (source, _) = try machine(workload: .idle, incoming: false)
+        source.start()
+        configure(source, channels: 2, direct: true)
+        let info = try await save(source, to: directory + "/vm.mapped")
+        #expect(info.status == .failed)
+        #expect(info.errorDescription?.contains("direct-io: the file system of \(directory)/vm.mapped does not support O_DIRECT") == true,
+                "\(info.errorDescription ?? "")")
+        #expect(source.state == .running)
+        #expect(source.execute(.migrate(uri: "file:\(directory)/vm.mapped,offset=100")) == .success(.object([:])))
+        try await kit.waitFor { kit.outgoingStatus(source).isFinished }
+        #expect(source.outgoingMigration?.errorDescription?.contains("direct-io needs the file's offset= to be a multiple of 4096, not 100") == true)
+        unlink(directory + "/vm.mapped")
         source.quit()
     }
 
