@@ -12,6 +12,9 @@ Scenarios (more arrive with later capabilities):
                  without and with -mem-prealloc on both sides (--channels, --compression, --prealloc narrow it)
   multifd-dirty  the same for the dirtying guest
   multifd        both multifd scenarios (not part of `all`: 24 configurations, long)
+  mapped-ram-save     saves into a file with mapped-ram (+ multifd, direct-io off/on), stopped and live
+  mapped-ram-restore  the live save, then its restore with a cold page cache, without and with -mem-prealloc
+  mapped-ram          both (bench/mapped_ram.py; with fio's O_DIRECT figures and the first-touch floor)
 
 Every migration reports total time, downtime (as the VMM reports it),
 throughput, and the guest-observed pause: the largest gap between two
@@ -19,7 +22,8 @@ heartbeats as the host saw their serial lines arrive, across the move.  The
 multifd scenarios add each process's CPU time (utime + stime from
 /proc/PID/stat), the host's first-touch floor and loopback TCP throughput.
 
-Usage: bench/run.sh [--runs N] [--scenario boot|migrate-idle|migrate-dirty|migrate|all|multifd-idle|multifd-dirty|multifd]
+Usage: bench/run.sh [--runs N] [--scenario boot|migrate-idle|migrate-dirty|migrate|all|multifd-idle|multifd-dirty|multifd
+                                         |mapped-ram-save|mapped-ram-restore|mapped-ram]
 """
 import argparse
 import asyncio
@@ -120,16 +124,18 @@ class Console:
     def __init__(self, proc):
         import threading
         self.beats = []     # (host monotonic seconds, sequence, guest ms, pages)
+        self.errors = 0     # the guest's verify errors (err=) in its latest heartbeat
         self.thread = threading.Thread(target=self._read, args=(proc.stdout,), daemon=True)
         self.thread.start()
 
     def _read(self, stream):
         import re
-        pattern = re.compile(rb"HB (\d+) t=(\d+) pages=(\d+)")
+        pattern = re.compile(rb"HB (\d+) t=(\d+) pages=(\d+)(?: err=(\d+))?")
         for line in stream:
             match = pattern.search(line)
             if match:
                 self.beats.append((time.monotonic(), int(match[1]), int(match[2]), int(match[3])))
+                self.errors = int(match[4] or 0)
 
     def pages(self):
         return self.beats[-1][3] if self.beats else 0
@@ -155,6 +161,34 @@ def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+async def connect_qmp(sock):
+    """A QMP client on `sock`.  The socket file appears at bind, before the listen (and
+    -mem-prealloc may come between them): a refused connect is retried for 30 s."""
+    for attempt in range(3000):
+        if sock.exists():
+            client = QMPClient("bench")
+            try:
+                await client.connect(str(sock))
+                return client
+            except ConnectError:
+                if attempt == 2999:
+                    raise
+        await asyncio.sleep(0.01)
+    raise TimeoutError(f"no QMP socket at {sock}")
+
+
+async def quit_all(clients, procs):
+    """`quit` on every client, then waits for the processes."""
+    for client in clients:
+        try:
+            await client.execute("quit")
+            await client.disconnect()
+        except EOFError:
+            pass    # QEMU may close the socket before its reply to quit
+    for proc in procs:
+        proc.wait(timeout=20)
 
 
 async def multifd_setup(src, dst, multifd):
@@ -184,21 +218,7 @@ async def migrate_once(vmm, cmdline, ready_pages, port, multifd=None, prealloc=N
                 procs.append(subprocess.Popen(migration_command(vmm, "2G", cmdline, sock, incoming, prealloc),
                                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL))
             consoles = [Console(p) for p in procs]
-            clients = []
-            for sock in (src_sock, dst_sock):
-                # The socket file appears at bind, before the listen (and -mem-prealloc may come
-                # between them): retry a refused connect for a while.
-                for attempt in range(3000):
-                    if sock.exists():
-                        client = QMPClient("bench")
-                        try:
-                            await client.connect(str(sock))
-                            break
-                        except ConnectError:
-                            if attempt == 2999:
-                                raise
-                    await asyncio.sleep(0.01)
-                clients.append(client)
+            clients = [await connect_qmp(sock) for sock in (src_sock, dst_sock)]
             src, dst = clients
             if multifd:
                 uri = await multifd_setup(src, dst, multifd)
@@ -229,14 +249,7 @@ async def migrate_once(vmm, cmdline, ready_pages, port, multifd=None, prealloc=N
             # Guest-observed pause: the largest host-time gap between consecutive heartbeats across the move.
             timeline = sorted(consoles[0].beats + consoles[1].beats, key=lambda b: b[1])
             gap = max(b[0] - a[0] for a, b in zip(timeline, timeline[1:]) if b[1] == a[1] + 1)
-            for client in clients:
-                try:
-                    await client.execute("quit")
-                    await client.disconnect()
-                except EOFError:
-                    pass
-            for proc in procs:
-                proc.wait(timeout=20)
+            await quit_all(clients, procs)
             return {"total": info["total-time"], "downtime": info["downtime"],
                     "mbps": info["ram"]["transferred"] * 8 / info["total-time"] / 1000,
                     "transferred": info["ram"]["transferred"], "gap": gap * 1000,
@@ -396,14 +409,27 @@ def main():
     parser.add_argument("--ferry", default=str(ROOT / ".build" / "release" / "ferry"))
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--scenario", choices=["boot", "migrate-idle", "migrate-dirty", "migrate", "all",
-                                               "multifd-idle", "multifd-dirty", "multifd"], default="all",
-                        help="`all` is boot and migrate; the multifd scenarios run only by name")
-    parser.add_argument("--channels", default="1,2,4",
-                        help="multifd scenarios: multifd-channels values, comma-separated; 0 = multifd off (default 1,2,4)")
+                                               "multifd-idle", "multifd-dirty", "multifd", "mapped-ram-save",
+                                               "mapped-ram-restore", "mapped-ram"], default="all",
+                        help="`all` is boot and migrate; the multifd and mapped-ram scenarios run only by name")
+    parser.add_argument("--channels",
+                        help="multifd and mapped-ram scenarios: multifd-channels values, comma-separated; 0 = multifd "
+                             "off (default 1,2,4 for multifd, 4 for mapped-ram)")
     parser.add_argument("--compression", default="none,zstd",
                         help="multifd scenarios: multifd-compression values, none and/or zstd (default none,zstd)")
     parser.add_argument("--prealloc", default="off,on",
-                        help="multifd scenarios: without (off) and/or with (on) -mem-prealloc on both sides (default off,on)")
+                        help="multifd scenarios: without (off) and/or with (on) -mem-prealloc on both sides; "
+                             "mapped-ram: on the restoring destination (default off,on)")
+    parser.add_argument("--direct-io", default="off,on", help="mapped-ram scenarios: direct-io off and/or on (default off,on)")
+    parser.add_argument("--memory", default="1536M", help="mapped-ram scenarios: guest RAM (default 1536M)")
+    parser.add_argument("--working-set", default="1280M",
+                        help="mapped-ram scenarios: the guest's working set, written before each save (default 1280M)")
+    parser.add_argument("--dirty-rate", default="256M",
+                        help="mapped-ram scenarios: the guest's dirty rate per second over its working set (default 256M)")
+    parser.add_argument("--dir", default="/var/tmp/ferry-bench-mr",
+                        help="mapped-ram scenarios: where the files and fio's test file go (default /var/tmp/ferry-bench-mr)")
+    parser.add_argument("--raw", help="mapped-ram scenarios: the JSON file for raw samples "
+                                      "(default bench/results/mapped-ram-DATE.json)")
     parser.add_argument("--mem-prealloc", action="store_true",
                         help="run both VMMs with -mem-prealloc (guest RAM allocated at start)")
     parser.add_argument("--only", choices=["ferry", "qemu"],
@@ -424,14 +450,26 @@ def main():
             scenario_migrate(ferry_vmm, qemu_vmm, args.runs, "migrate-idle", "dirty-rate=0,working-set=1536M", 393216)
         if args.scenario in ("migrate-dirty", "migrate", "all"):
             scenario_migrate(ferry_vmm, qemu_vmm, args.runs, "migrate-dirty", "dirty-rate=max,working-set=256M", 65536)
-        multifd = ([int(c) for c in args.channels.split(",")], args.compression.split(","),
-                   [{"off": False, "on": True}[p] for p in args.prealloc.split(",")])
+        onoff = {"off": False, "on": True}
+        multifd = ([int(c) for c in (args.channels or "1,2,4").split(",")], args.compression.split(","),
+                   [onoff[p] for p in args.prealloc.split(",")])
         if args.scenario in ("multifd-idle", "multifd"):
             scenario_multifd(ferry_vmm, qemu_vmm, args.runs, "multifd-idle", "dirty-rate=0,working-set=1536M", 393216,
                              1536 << 20, *multifd)
         if args.scenario in ("multifd-dirty", "multifd"):
             scenario_multifd(ferry_vmm, qemu_vmm, args.runs, "multifd-dirty", "dirty-rate=max,working-set=256M", 65536,
                              256 << 20, *multifd)
+        if args.scenario.startswith("mapped-ram"):
+            sys.modules.setdefault("side_by_side", sys.modules[__name__])     # mapped_ram imports the helpers above
+            from mapped_ram import scenario_mapped_ram
+            parts = {"mapped-ram-save": {"stopped", "live"}, "mapped-ram-restore": {"live", "restore"},
+                     "mapped-ram": {"stopped", "live", "restore"}}[args.scenario]
+            raw = Path(args.raw) if args.raw else ROOT / "bench" / "results" / f"mapped-ram-{time.strftime('%Y%m%d-%H%M%S')}.json"
+            scenario_mapped_ram(ferry_vmm, qemu_vmm, [v for v in (ferry_vmm, qemu_vmm) if v.name in ONLY], args.runs,
+                                parts, args.memory, args.working_set, args.dirty_rate,
+                                [int(c) for c in (args.channels or "4").split(",")],
+                                [onoff[d] for d in args.direct_io.split(",")], [onoff[p] for p in args.prealloc.split(",")],
+                                args.dir, raw)
 
 
 if __name__ == "__main__":
