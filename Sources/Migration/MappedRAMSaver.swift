@@ -5,11 +5,11 @@ import Synchronization
 /// The source's side of a mapped-ram file: the layout, which pages the file
 /// holds (and their checksums), and the header's life.
 ///
-/// `prepare` marks the file incomplete before the first page is written;
+/// The initializer marks the file incomplete (durably) before the first page is written;
 /// workers (`FilePageWorker`, one per channel thread) write pages at their
 /// offsets and record them here; `finish` writes the bitmaps, checksum tables
-/// and a complete header, and makes it durable.  A file whose save did not
-/// finish stays marked incomplete, and a restore refuses it.
+/// and a complete header.  A file whose save did not finish stays marked
+/// incomplete, and a restore refuses it.
 final class MappedRAMSaver: Sendable {
     let file: any PageFile
     let layout: MappedRAMLayout
@@ -105,8 +105,8 @@ final class MappedRAMSaver: Sendable {
     var presentPages: Int { index.withLock { $0.reduce(0) { $0 + $1.presentCount } } }
 
     /// The device state is written (`stateLength` bytes at the layout's state
-    /// offset): writes the metadata and a complete header, trims the file after
-    /// the state, and makes it all durable.
+    /// offset): writes the metadata, trims the file after the state, and writes
+    /// a complete header.
     func finish(stateLength: UInt64) throws(MigrationError) {
         let indexes = index.withLock { $0 }
         var header = MappedRAMHeader(layout: layout, generation: generation, complete: false, stateLength: stateLength)
@@ -118,10 +118,12 @@ final class MappedRAMSaver: Sendable {
                 header.entries[number].metadataChecksum = MappedRAMBlockIndex.checksum(bitmap: bitmap, checksums: sums)
             }
             try file.truncate(to: layout.stateOffset + stateLength)
-            try file.synchronize()      // everything else on disk before the header says it is complete
+            // No fdatasync here, as in QEMU: it would add the page cache's writeback
+            // (seconds for a buffered save) to the guest's pause.  A crash before the
+            // kernel writes it all back leaves pages or metadata that do not match
+            // their checksums, and the restore refuses the file; it is never loaded wrong.
             header.flags = MappedRAMFormat.completeFlag
             try file.write(header.encode(), at: 0)
-            try file.synchronize()
         } catch { throw .channel(error) }
     }
 }
