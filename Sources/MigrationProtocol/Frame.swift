@@ -409,6 +409,8 @@ public struct FrameDecoder: Sendable {
     public var bufferedByteCount: Int { buffer.count - readIndex }
     /// Whether the `end` frame has been returned (the stream is whole).
     public var ended: Bool { validator.ended }
+    /// A frame whose header, payload and checksum passed, while its tail has not all arrived.
+    public var frameAwaitingTail: (header: FrameHeader, payload: [UInt8])? { checked }
 
     public mutating func next() throws(ProtocolError) -> Result {
         // The frame's checks run as soon as its header, payload and checksum are in,
