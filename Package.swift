@@ -17,7 +17,7 @@ let package = Package(
     products: [
         .executable(name: "ferry", targets: ["ferry"]),
         // For the fuzz targets in fuzz/ (a separate package, built only by scripts/fuzz.sh).
-        .library(name: "FerryFuzzable", targets: ["GuestMemory", "MigrationProtocol", "Compression", "Migration", "QMP", "QMPSocket"]),
+        .library(name: "FerryFuzzable", targets: ["GuestMemory", "MigrationProtocol", "Compression", "Migration", "Analysis", "QMP", "QMPSocket"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -43,6 +43,9 @@ let package = Package(
         .target(name: "Compression", dependencies: ["CZstd"], swiftSettings: hot),
         // The migration engine: RAM blocks, pages, channels and state. No KVM, no NIO.
         .target(name: "Migration", dependencies: ["GuestMemory", "MigrationProtocol", "Compression"], swiftSettings: hot),
+        // `ferry analyze`'s logic: stream and mapped-ram files checked with the production decoders. No CLI, no I/O of its own.
+        // Optimized in debug builds too: it reads and checksums every page of a file.
+        .target(name: "Analysis", dependencies: ["MigrationProtocol", "Migration", "Compression"], swiftSettings: hot),
         // Migration channels: sockets, files and descriptors behind `ByteChannel`.
         .target(name: "Transport", dependencies: ["CLinuxUAPI", "GuestMemory", "Migration", "MigrationProtocol"], swiftSettings: hot),
         // Emulated devices: 16550 UART, the guest service port.
@@ -56,7 +59,7 @@ let package = Package(
                                            "MigrationProtocol", "Transport"],
                 swiftSettings: strict),
         .executableTarget(name: "ferry", dependencies: ["VMM", "QMPSocket", "QMP", "EmbeddedGuest", "GuestMemory", "Migration", "Transport",
-                                                        argumentParser], swiftSettings: strict),
+                                                        "Analysis", argumentParser], swiftSettings: strict),
         .testTarget(name: "GuestMemoryTests", dependencies: ["GuestMemory"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM"]),
         .testTarget(name: "EmbeddedGuestTests", dependencies: ["EmbeddedGuest", "GuestMemory", "PVHBoot"]),
@@ -64,7 +67,8 @@ let package = Package(
         .testTarget(name: "MigrationProtocolTests", dependencies: ["MigrationProtocol"]),
         .testTarget(name: "CompressionTests", dependencies: ["Compression"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport", "Migration", "GuestMemory"]),
+        .testTarget(name: "AnalysisTests", dependencies: ["Analysis", "Migration", "MigrationProtocol"]),
         .testTarget(name: "IntegrationTests", dependencies: ["VMM", "KVM", "GuestMemory", "EmbeddedGuest", "QMP", "Migration",
-                                                           "MigrationProtocol", "Transport"]),
+                                                           "MigrationProtocol", "Transport", "Analysis"]),
     ]
 )

@@ -24,6 +24,9 @@ let package = Package(
         // The return path: the pure decoder against the engine's reader thread; `--make-seeds DIR` as above.
         .executableTarget(name: "FuzzReturnPath", dependencies: ["FuzzSupport", .product(name: "FerryFuzzable", package: ferry)],
                           swiftSettings: strict),
+        // A mapped-ram file: header and block metadata decoders, then `ferry analyze`'s analyzer; `--make-seeds DIR` as above.
+        .executableTarget(name: "FuzzMappedRAM", dependencies: ["FuzzSupport", .product(name: "FerryFuzzable", package: ferry)],
+                          swiftSettings: strict),
         // QMP text: JSON splitting, session, command decoding, URIs and parameters.
         .executableTarget(name: "FuzzQMP", dependencies: [.product(name: "FerryFuzzable", package: ferry),
                                                           .product(name: "NIOCore", package: "swift-nio"),

@@ -10,20 +10,26 @@
 #
 # Targets: stream (a migration stream into real RAM, fuzz/Sources/FuzzStream),
 # returnpath (the destination's answers, through the pure decoder and the
-# engine's reader thread, fuzz/Sources/FuzzReturnPath) and qmp (QMP text
-# through the socket's decoder and the session, fuzz/Sources/FuzzQMP).  See
+# engine's reader thread, fuzz/Sources/FuzzReturnPath), qmp (QMP text
+# through the socket's decoder and the session, fuzz/Sources/FuzzQMP) and
+# mappedram (a mapped-ram file through the header and metadata decoders and
+# `ferry analyze`, fuzz/Sources/FuzzMappedRAM; it runs half of SECONDS: its
+# decoders are small, and CI's total stays near three minutes).  See
 # README.md, "Fuzzing".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 seconds=${1:-60}
-targets=${FUZZ_TARGETS:-"stream returnpath qmp"}
+targets=${FUZZ_TARGETS:-"stream returnpath qmp mappedram"}
 scratch="$root/.build-fuzz"
 
-declare -A product=([stream]=FuzzStream [returnpath]=FuzzReturnPath [qmp]=FuzzQMP)
+declare -A product=([stream]=FuzzStream [returnpath]=FuzzReturnPath [qmp]=FuzzQMP [mappedram]=FuzzMappedRAM)
 # Inputs longer than this are not tried: a stream seed with its pages is up to ~27 KB (multifd: three channels),
-# a return path's seeds a few hundred bytes, and a QMP transcript a few hundred bytes.
-declare -A max_len=([stream]=32768 [returnpath]=4096 [qmp]=4096)
+# a return path's seeds a few hundred bytes, a QMP transcript a few hundred bytes, and a compact
+# mapped-ram file with its pages up to ~29 KB.
+declare -A max_len=([stream]=32768 [returnpath]=4096 [qmp]=4096 [mappedram]=40960)
+# Each target's share of SECONDS, in halves.
+declare -A halves=([stream]=2 [returnpath]=2 [qmp]=2 [mappedram]=1)
 
 build_log=$(mktemp)
 for target in $targets; do
@@ -47,15 +53,16 @@ for target in $targets; do
     mkdir -p "$work/$target/corpus" "$findings"
     cp fuzz/corpus/"$target"/* "$work/$target/corpus/"
     seeds=()
-    if [ "$target" = stream ] || [ "$target" = returnpath ]; then
+    if [ "$target" != qmp ]; then
         # Fresh seeds from the current encoders, in case the committed ones predate a format change.
         "$binary" --make-seeds "$work/$target/seeds" >/dev/null
         seeds=("$work/$target/seeds")
     fi
-    echo "== fuzzing $target for ${seconds}s"
+    duration=$(( (seconds * ${halves[$target]} + 1) / 2 ))
+    echo "== fuzzing $target for ${duration}s"
     log="$work/$target/log"
     set +e
-    SWIFT_BACKTRACE=enable=no "$binary" -max_total_time="$seconds" -max_len="${max_len[$target]}" -timeout=10 \
+    SWIFT_BACKTRACE=enable=no "$binary" -max_total_time="$duration" -max_len="${max_len[$target]}" -timeout=10 \
         -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$findings/" \
         "$work/$target/corpus" "${seeds[@]}" >"$log" 2>&1
     rc=$?

@@ -17,9 +17,18 @@ public struct FrameReader: ~Copyable {
     /// A payload buffer starts at most this large (a page batch fits) and doubles as bytes arrive.
     static let initialPayloadBytes = 4 << 20
 
-    public init(channel: any ByteChannel, maximumPayload: UInt64 = FrameDecoder.defaultMaximumPayload) {
+    /// Whether a frame whose payload does not match its checksum is returned
+    /// (and `lastFrameIntact` cleared) rather than refused: `ferry analyze`
+    /// lists every corrupt frame.  A corrupt `end` is refused either way.
+    let listsCorruptFrames: Bool
+    /// Whether the payload `next` last returned matched its checksum (always, unless `listsCorruptFrames`).
+    public private(set) var lastFrameIntact = true
+
+    public init(channel: any ByteChannel, maximumPayload: UInt64 = FrameDecoder.defaultMaximumPayload,
+                listingCorruptFrames: Bool = false) {
         self.channel = channel
         validator = StreamValidator(maximumPayload: maximumPayload)
+        listsCorruptFrames = listingCorruptFrames
     }
 
     /// Reads the header that opens the stream: which channel of which migration this is.
@@ -81,7 +90,10 @@ public struct FrameReader: ~Copyable {
                       what: "the checksum of a frame of kind \(decoded.kind.rawValue)")
         var r = WireReader(trailer)
         let checksum = (try? r.u64("frame checksum")) ?? 0
-        do { try validator.accept(decoded, payload: payload.span, checksum: checksum) } catch { throw .stream(error) }
+        do {
+            lastFrameIntact = try validator.accept(decoded, payload: payload.span, checksum: checksum,
+                                                   excusingCorruptPayload: listsCorruptFrames)
+        } catch { throw .stream(error) }
         pendingTail = decoded.tailLength
         return decoded
     }

@@ -309,8 +309,20 @@ public struct StreamValidator: Sendable {
 
     /// Checks a whole frame (its header from `header(_:)`) and counts it; for
     /// `end`, also that the sender's count and digest match what arrived.
-    public mutating func accept(_ header: FrameHeader, payload: Span<UInt8>, checksum: UInt64) throws(ProtocolError) {
-        guard checksum == FrameChecksum.of(payload) else { throw .checksumMismatch(kind: header.kind.rawValue) }
+    ///
+    /// `excusingCorruptPayload` is for a reader that lists corruption instead of
+    /// stopping at it (`ferry analyze`): a payload that does not match its
+    /// checksum is then counted with the checksum its sender stored (so the
+    /// end's count and digest still prove every frame arrived, in order) and
+    /// reported by returning `false`.  An `end` frame is never excused.
+    @discardableResult
+    public mutating func accept(_ header: FrameHeader, payload: Span<UInt8>, checksum: UInt64,
+                                excusingCorruptPayload: Bool = false) throws(ProtocolError) -> Bool {
+        guard checksum == FrameChecksum.of(payload) else {
+            guard excusingCorruptPayload, header.kind != .end else { throw .checksumMismatch(kind: header.kind.rawValue) }
+            digest.add(kind: header.kind, payloadLength: payload.count, tailLength: Int(header.tailLength), checksum: checksum)
+            return false
+        }
         if header.kind == .end {
             guard payload.count == EndOfStream.byteCount else {
                 throw .malformed("the end frame has \(payload.count) bytes of payload, expected \(EndOfStream.byteCount)")
@@ -328,6 +340,7 @@ public struct StreamValidator: Sendable {
             ended = true
         }
         digest.add(kind: header.kind, payloadLength: payload.count, tailLength: Int(header.tailLength), checksum: checksum)
+        return true
     }
 }
 
@@ -396,6 +409,8 @@ public struct FrameDecoder: Sendable {
     public var bufferedByteCount: Int { buffer.count - readIndex }
     /// Whether the `end` frame has been returned (the stream is whole).
     public var ended: Bool { validator.ended }
+    /// A frame whose header, payload and checksum passed, while its tail has not all arrived.
+    public var frameAwaitingTail: (header: FrameHeader, payload: [UInt8])? { checked }
 
     public mutating func next() throws(ProtocolError) -> Result {
         // The frame's checks run as soon as its header, payload and checksum are in,

@@ -161,9 +161,11 @@ public struct MappedRAMHeader: Equatable, Sendable {
     /// How many bytes to read to decode a header whose first `fixedHeaderBytes` are `prefix`.
     public static func totalByteCount(prefix: [UInt8]) throws(ProtocolError) -> Int {
         guard hasMagic(prefix) else { throw .badMagic }
+        // WireReader trusts its range: a prefix shorter than the count's end must be refused here.
+        guard prefix.count >= 24 else { throw .truncated("the mapped-ram header (\(prefix.count) of at least 24 bytes)") }
         var r = WireReader(prefix, range: 20..<24)
         let count = Int(try r.u32("block count"))
-        guard (1...MigrationConfiguration.maximumBlocks).contains(count) else { throw .malformed("mapped-ram block count \(count)") }
+        guard (1...MigrationConfiguration.maximumBlocks).contains(count) else { throw .malformed("mapped-ram block count \(count) (1 to \(MigrationConfiguration.maximumBlocks))") }
         return byteCount(blocks: count)
     }
 
@@ -180,11 +182,15 @@ public struct MappedRAMHeader: Equatable, Sendable {
             throw .unsupportedVersion(version, supported: MappedRAMFormat.supportedVersions)
         }
         flags = try r.u32("flags")
-        guard flags & ~MappedRAMFormat.completeFlag == 0 else { throw .reservedFieldNotZero }
+        guard flags & ~MappedRAMFormat.completeFlag == 0 else {
+            throw .malformed("mapped-ram header flags 0x\(String(flags, radix: 16)) (unknown bits 0x\(String(flags & ~MappedRAMFormat.completeFlag, radix: 16)))")
+        }
         pageSize = try r.u32("page size")
-        guard pageSize >= 4096, pageSize <= 1 << 21, pageSize & (pageSize - 1) == 0 else { throw .malformed("mapped-ram page size \(pageSize)") }
+        guard pageSize >= 4096, pageSize <= 1 << 21, pageSize & (pageSize - 1) == 0 else {
+            throw .malformed("mapped-ram page size \(pageSize) (a power of two from 4096 to 2 MiB)")
+        }
         let count = Int(try r.u32("block count"))
-        guard (1...MigrationConfiguration.maximumBlocks).contains(count) else { throw .malformed("mapped-ram block count \(count)") }
+        guard (1...MigrationConfiguration.maximumBlocks).contains(count) else { throw .malformed("mapped-ram block count \(count) (1 to \(MigrationConfiguration.maximumBlocks))") }
         let length = Self.byteCount(blocks: count)
         guard bytes.count >= length else { throw .truncated("the mapped-ram header (\(bytes.count) of \(length) bytes)") }
         var trailer = WireReader(bytes, range: length - 8..<length)
@@ -201,10 +207,11 @@ public struct MappedRAMHeader: Equatable, Sendable {
             guard nameLength <= MappedRAMFormat.maximumNameBytes else { throw .malformed("block \(index) name length \(nameLength)") }
             let raw = try r.bytes(MappedRAMFormat.maximumNameBytes, "block \(index) name")
             guard let name = String(validating: raw.prefix(nameLength), as: UTF8.self) else { throw .malformed("block \(index) name is not UTF-8") }
-            guard raw.dropFirst(nameLength).allSatisfy({ $0 == 0 }) else { throw .reservedFieldNotZero }
+            guard raw.dropFirst(nameLength).allSatisfy({ $0 == 0 }) else { throw .malformed("block '\(name)': bytes after its name are not zero") }
+            guard !entries.contains(where: { $0.name == name }) else { throw .malformed("two blocks are named '\(name)'") }
             let byteCount = try r.u64("block \(index) size")
             let blockPageSize = try r.u32("block \(index) page size")
-            guard try r.u32("block \(index) reserved") == 0 else { throw .reservedFieldNotZero }
+            guard try r.u32("block \(index) reserved") == 0 else { throw .malformed("block '\(name)': its reserved field is not zero") }
             let entry = MappedRAMBlockEntry(name: name, byteCount: byteCount, pageSize: blockPageSize,
                                             bitmapOffset: try r.u64("block \(index) bitmap offset"),
                                             checksumsOffset: try r.u64("block \(index) checksums offset"),

@@ -220,7 +220,13 @@ public struct ReturnPathDecoder: Sendable {
             pendingHeader = []
         }
         if shut, frames.bufferedByteCount > 0 { throw .unexpectedFrame("bytes after the return path was shut") }
-        guard case .frame(let header, let payload, _) = try frames.next() else { return .needMoreData }
+        guard case .frame(let header, let payload, _) = try frames.next() else {
+            // The engine's reader decodes a frame's message before reading its tail, so
+            // a frame with a tail (never a return message) is refused as soon as its
+            // payload checks, not once its tail is in.
+            if let (header, payload) = frames.frameAwaitingTail { _ = try ReturnMessage(kind: header.kind, payload: payload) }
+            return .needMoreData
+        }
         let message = try ReturnMessage(kind: header.kind, payload: payload)
         if message == .shut { shut = true }
         return .message(message)

@@ -70,6 +70,16 @@ public final class MigrationFile: PageFile {
         }
     }
 
+    /// Bytes the file system has allocated for the whole file (`st_blocks`):
+    /// less than its length where it has holes (a mapped-ram file's zero pages).
+    public func allocatedBytes() throws(ChannelError) -> UInt64 {
+        var bytes: UInt64 = 0
+        // SAFETY: `bytes` outlives the call, which writes one UInt64 into it.
+        let result = unsafe CLinuxUAPI_file_allocated(descriptor, &bytes)
+        guard result == 0 else { throw .system("fstat on the migration file", errno: -result) }
+        return bytes
+    }
+
     func stat() throws(ChannelError) -> (size: UInt64, device: UInt64, inode: UInt64) {
         var size: UInt64 = 0, device: UInt64 = 0, inode: UInt64 = 0
         var regular: Int32 = 0

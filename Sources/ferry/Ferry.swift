@@ -11,7 +11,7 @@ struct Ferry: AsyncParsableCommand {
             Runs a virtual machine with Ferry's embedded test guest (or a PVH ELF kernel), \
             controlled over a QMP socket as QEMU is.
             """,
-        subcommands: [RunCommand.self, DemoCommand.self, GuestCommand.self],
+        subcommands: [RunCommand.self, DemoCommand.self, GuestCommand.self, AnalyzeCommand.self],
         defaultSubcommand: nil)
 
     /// Bad input exits with status 2 and one error line; help exits 0.

@@ -49,6 +49,18 @@ import Testing
         try ReturnMessage(kind: .returnMessage, payload: payload)
     }
 
+    @Test("a pages frame on the return path is refused once its payload checks, before its tail is in (as the engine's reader does)")
+    func framesWithTailsRefusedEarly() throws {
+        var frames = FrameEncoder()
+        var batch = PageBatchWriter()
+        batch.append(block: 0, offset: 0, page: [UInt8](repeating: 7, count: 4096)[...])
+        let frame = frames.frame(.pages, payload: batch.payload(), tail: batch.tail)
+        let cut = StreamHeader.encode() + frame.prefix(frame.count - 100)
+        #expect(throws: ProtocolError.unexpectedFrame("a frame of kind 2 on the return path, which carries only return messages")) {
+            try decode(cut)
+        }
+    }
+
     @Test("every message round-trips alone and in one stream, fed whole or a byte at a time")
     func roundTrip() throws {
         for message in Self.messages {

@@ -574,6 +574,13 @@ static inline int CLinuxUAPI_file_identity(int fd, uint64_t *size, uint64_t *dev
     *regular = S_ISREG(st.st_mode);
     return 0;
 }
+/* Bytes the file system allocated for the file (st_blocks, in 512-byte units), or -errno. */
+static inline int CLinuxUAPI_file_allocated(int fd, uint64_t *bytes) {
+    struct stat st;
+    if (fstat(fd, &st) != 0) return -errno;
+    *bytes = (uint64_t)st.st_blocks * 512;
+    return 0;
+}
 
 /* kvm_cpuid2 with room for entries: Swift cannot express the flexible array. */
 #define CLINUXUAPI_MAX_CPUID_ENTRIES 256
