@@ -45,6 +45,8 @@ let package = Package(
         .target(name: "Migration", dependencies: ["GuestMemory", "MigrationProtocol", "Compression"], swiftSettings: hot),
         // Migration channels: sockets, files and descriptors behind `ByteChannel`.
         .target(name: "Transport", dependencies: ["CLinuxUAPI", "GuestMemory", "Migration", "MigrationProtocol"], swiftSettings: hot),
+        // Unix stream sockets that carry descriptors (SCM_RIGHTS): the QMP socket's listener and connections.
+        .target(name: "HostIO", dependencies: ["CLinuxUAPI"], swiftSettings: strict),
         // Emulated devices: 16550 UART, the guest service port.
         .target(name: "Devices", dependencies: ["GuestMemory"], swiftSettings: strict),
         // Pure QMP: commands, replies, events, negotiation. No I/O.
