@@ -55,7 +55,7 @@ let package = Package(
         .target(name: "QMPSocket", dependencies: ["QMP", nioCore, nioPosix], swiftSettings: strict),
         // Composition root: the machine, vCPU threads, run state.
         .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "PVHBoot", "EmbeddedGuest", "Devices", "QMP", "Migration",
-                                           "MigrationProtocol", "Transport"],
+                                           "MigrationProtocol", "Transport", "HostIO"],
                 swiftSettings: strict),
         .executableTarget(name: "ferry", dependencies: ["VMM", "QMPSocket", "QMP", "EmbeddedGuest", "GuestMemory", "Migration", "Transport",
                                                         argumentParser], swiftSettings: strict),
