@@ -51,8 +51,8 @@ let package = Package(
         .target(name: "Devices", dependencies: ["GuestMemory"], swiftSettings: strict),
         // Pure QMP: commands, replies, events, negotiation. No I/O.
         .target(name: "QMP", swiftSettings: strict),
-        // QMP over a Unix socket, on SwiftNIO.
-        .target(name: "QMPSocket", dependencies: ["QMP", nioCore, nioPosix], swiftSettings: strict),
+        // QMP over a Unix socket: read (with passed descriptors) by HostIO, framed and answered on SwiftNIO.
+        .target(name: "QMPSocket", dependencies: ["QMP", "HostIO", nioCore, nioPosix], swiftSettings: strict),
         // Composition root: the machine, vCPU threads, run state.
         .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "PVHBoot", "EmbeddedGuest", "Devices", "QMP", "Migration",
                                            "MigrationProtocol", "Transport", "HostIO"],
@@ -66,6 +66,7 @@ let package = Package(
         .testTarget(name: "MigrationProtocolTests", dependencies: ["MigrationProtocol"]),
         .testTarget(name: "CompressionTests", dependencies: ["Compression"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport", "Migration", "GuestMemory"]),
+        .testTarget(name: "QMPSocketTests", dependencies: ["QMPSocket", "QMP", "HostIO"]),
         .testTarget(name: "IntegrationTests", dependencies: ["VMM", "KVM", "GuestMemory", "EmbeddedGuest", "QMP", "Migration",
                                                            "MigrationProtocol", "Transport"]),
     ]

@@ -71,7 +71,7 @@ struct RunCommand: AsyncParsableCommand {
         if let qmpPath {
             do {
                 server = try await QMPServer.start(path: qmpPath, version: Machine.version,
-                                                   execute: { command in commands.withLock { vm.execute(command) } },
+                                                   execute: { command, descriptor in commands.withLock { vm.execute(command, descriptor: descriptor) } },
                                                    afterReply: { vm.afterReply(to: $0) })
             } catch {
                 throw FerryFailure.runtime("cannot listen on QMP socket '\(qmpPath)': \(error)")
