@@ -43,7 +43,7 @@ let package = Package(
         .target(name: "Compression", dependencies: ["CZstd"], swiftSettings: hot),
         // The migration engine: RAM blocks, pages, channels and state. No KVM, no NIO.
         .target(name: "Migration", dependencies: ["GuestMemory", "MigrationProtocol", "Compression"], swiftSettings: hot),
-        // Migration channels: sockets, files and descriptors behind `ByteChannel`.
+        // Migration channels: sockets, files and descriptors behind `ByteChannel`; the descriptors QMP clients passed.
         .target(name: "Transport", dependencies: ["CLinuxUAPI", "GuestMemory", "Migration", "MigrationProtocol"], swiftSettings: hot),
         // Unix stream sockets that carry descriptors (SCM_RIGHTS): the QMP socket's listener and connections.
         .target(name: "HostIO", dependencies: ["CLinuxUAPI"], swiftSettings: strict),

@@ -160,4 +160,28 @@ struct DescriptorRegistryTests {
         }
         #expect(named.isClosed && member.isClosed)
     }
+
+    @Test("fd:NAME: the transport takes the named descriptor (consumed), and an unknown name is QEMU's error")
+    func fdNameURI() throws {
+        #expect(try MigrationURI(parsing: "fd:mig") == .fdName("mig"))
+        #expect(try MigrationURI(parsing: "fd:7") == .fd(7))
+        #expect(throws: ChannelError.invalidURI("fd: URI needs a descriptor number, not '7x'")) { try MigrationURI(parsing: "fd:7x") }
+        #expect(throws: ChannelError.self) { try MigrationURI(parsing: "fd:") }
+
+        let registry = DescriptorRegistry()
+        var ends: [Int32] = [-1, -1]
+        try #require(pipe(&ends) == 0)
+        try registry.addNamed("mig", descriptor: ends[1])
+        let channel = try Transport.connect(.fdName("mig"), descriptors: registry)
+        try channel.write([1, 2, 3])
+        channel.close()
+        var bytes = [UInt8](repeating: 0, count: 8)
+        #expect(read(ends[0], &bytes, 8) == 3 && bytes.prefix(3) == [1, 2, 3])
+        #expect(read(ends[0], &bytes, 8) == 0)      // the channel closed the only write end
+        close(ends[0])
+        #expect(!registry.hasNamed("mig"))
+        #expect(throws: ChannelError.invalidURI("File descriptor named 'mig' has not been found")) {
+            _ = try Transport.listen(.fdName("mig"), descriptors: registry)
+        }
+    }
 }
