@@ -46,17 +46,19 @@ let package = Package(
         // `ferry analyze`'s logic: stream and mapped-ram files checked with the production decoders. No CLI, no I/O of its own.
         // Optimized in debug builds too: it reads and checksums every page of a file.
         .target(name: "Analysis", dependencies: ["MigrationProtocol", "Migration", "Compression"], swiftSettings: hot),
-        // Migration channels: sockets, files and descriptors behind `ByteChannel`.
+        // Migration channels: sockets, files and descriptors behind `ByteChannel`; the descriptors QMP clients passed.
         .target(name: "Transport", dependencies: ["CLinuxUAPI", "GuestMemory", "Migration", "MigrationProtocol"], swiftSettings: hot),
+        // Unix stream sockets that carry descriptors (SCM_RIGHTS): the QMP socket's listener and connections.
+        .target(name: "HostIO", dependencies: ["CLinuxUAPI"], swiftSettings: strict),
         // Emulated devices: 16550 UART, the guest service port.
         .target(name: "Devices", dependencies: ["GuestMemory"], swiftSettings: strict),
         // Pure QMP: commands, replies, events, negotiation. No I/O.
         .target(name: "QMP", swiftSettings: strict),
-        // QMP over a Unix socket, on SwiftNIO.
-        .target(name: "QMPSocket", dependencies: ["QMP", nioCore, nioPosix], swiftSettings: strict),
+        // QMP over a Unix socket: read (with passed descriptors) by HostIO, framed and answered on SwiftNIO.
+        .target(name: "QMPSocket", dependencies: ["QMP", "HostIO", nioCore, nioPosix], swiftSettings: strict),
         // Composition root: the machine, vCPU threads, run state.
         .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "PVHBoot", "EmbeddedGuest", "Devices", "QMP", "Migration",
-                                           "MigrationProtocol", "Transport"],
+                                           "MigrationProtocol", "Transport", "HostIO"],
                 swiftSettings: strict),
         .executableTarget(name: "ferry", dependencies: ["VMM", "QMPSocket", "QMP", "EmbeddedGuest", "GuestMemory", "Migration", "Transport",
                                                         "Analysis", argumentParser], swiftSettings: strict),
@@ -68,6 +70,7 @@ let package = Package(
         .testTarget(name: "CompressionTests", dependencies: ["Compression"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport", "Migration", "GuestMemory"]),
         .testTarget(name: "AnalysisTests", dependencies: ["Analysis", "Migration", "MigrationProtocol"]),
+        .testTarget(name: "QMPSocketTests", dependencies: ["QMPSocket", "QMP", "HostIO"]),
         .testTarget(name: "IntegrationTests", dependencies: ["VMM", "KVM", "GuestMemory", "EmbeddedGuest", "QMP", "Migration",
                                                            "MigrationProtocol", "Transport", "Analysis"]),
     ]

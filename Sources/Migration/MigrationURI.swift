@@ -1,12 +1,16 @@
 /// Where a migration goes or comes from, in QEMU's URI syntax:
 /// `tcp:HOST:PORT` (`tcp:[::1]:PORT` for IPv6, `tcp::PORT` for any address
-/// when listening), `unix:PATH`, `fd:N` and `file:PATH[,offset=N]` (the
+/// when listening), `unix:PATH`, `fd:N` or `fd:NAME` (a descriptor QMP's
+/// `getfd` named; a name never starts with a digit, as in QEMU) and
+/// `file:PATH[,offset=N]` (the
 /// migration starts N bytes into the file; N in bytes, decimal or 0x hex, or
 /// with a K/M/G suffix, as QEMU parses it).
 public enum MigrationURI: Equatable, Sendable, CustomStringConvertible {
     case tcp(host: String, port: UInt16)
     case unix(path: String)
     case fd(Int32)
+    /// A descriptor named with QMP `getfd`; the machine resolves it when the migration opens.
+    case fdName(String)
     case file(path: String, offset: UInt64 = 0)
 
     public init(parsing text: String) throws(ChannelError) {
@@ -27,6 +31,8 @@ public enum MigrationURI: Equatable, Sendable, CustomStringConvertible {
             guard rest.utf8.count < 108 else { throw .invalidURI("unix socket path is longer than 107 bytes: \(rest)") }
             self = .unix(path: rest)
         case "fd":
+            guard let first = rest.unicodeScalars.first else { throw .invalidURI("fd: URI needs a descriptor number or name") }
+            guard ("0"..."9").contains(first) else { self = .fdName(rest); return }
             guard let number = Int32(rest), number >= 0 else { throw .invalidURI("fd: URI needs a descriptor number, not '\(rest)'") }
             self = .fd(number)
         case "file":
@@ -66,6 +72,7 @@ public enum MigrationURI: Equatable, Sendable, CustomStringConvertible {
         case .tcp(let host, let port): host.contains(":") ? "tcp:[\(host)]:\(port)" : "tcp:\(host):\(port)"
         case .unix(let path): "unix:\(path)"
         case .fd(let number): "fd:\(number)"
+        case .fdName(let name): "fd:\(name)"
         case .file(let path, let offset): offset == 0 ? "file:\(path)" : "file:\(path),offset=\(offset)"
         }
     }

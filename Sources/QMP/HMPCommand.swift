@@ -71,6 +71,10 @@ public enum HMPCommand: Equatable, Sendable {
             let text = try argument("value")
             try end()
             self = .run(.migrateSetParameters([parameter: try Self.parameterValue(parameter, text)]), .nothing)
+        case "getfd", "closefd":
+            let fdname = try argument("fdname")
+            try end()
+            self = .run(entry.name == "getfd" ? .getfd(fdname: fdname) : .closefd(fdname: fdname), .nothing)
         case "migrate_start_postcopy", "migrate_pause", "migrate_recover":
             throw HMPError("Error: Postcopy is not supported by Ferry yet")
         default:
@@ -91,7 +95,9 @@ public enum HMPCommand: Equatable, Sendable {
     }
 
     public static let table: [Entry] = [
+        Entry(name: "closefd", alias: nil, arguments: "name", help: "close a file descriptor previously passed via SCM rights", command: nil),
         Entry(name: "cont", alias: "c", arguments: "", help: "resume emulation", command: .cont),
+        Entry(name: "getfd", alias: nil, arguments: "name", help: "receive a file descriptor via SCM rights and assign it a name", command: nil),
         Entry(name: "help", alias: "?", arguments: "[cmd]", help: "show the help", command: nil),
         Entry(name: "info", alias: nil, arguments: "[subcommand]",
               help: "show various information about the system state (status, cpus, version, migrate, migrate_capabilities, migrate_parameters)",

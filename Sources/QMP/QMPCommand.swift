@@ -19,6 +19,13 @@ public enum QMPCommand: Equatable, Sendable {
     case queryQMPSchema                 // "query-qmp-schema"
     /// An HMP line run through QMP; the reply is the text HMP would print.
     case humanMonitorCommand(commandLine: String, cpuIndex: Int64?)   // "human-monitor-command"
+    /// Names the descriptor passed with the client's last message (SCM_RIGHTS).
+    case getfd(fdname: String)          // "getfd"
+    case closefd(fdname: String)        // "closefd"
+    /// Adds the descriptor passed with the client's last message to a descriptor set.
+    case addFd(fdsetID: Int64?, opaque: String?)           // "add-fd"
+    case removeFd(fdsetID: Int64, fd: Int64?)              // "remove-fd"
+    case queryFdsets                    // "query-fdsets"
 
     /// One `{"capability": NAME, "state": BOOL}` of migrate-set-capabilities.
     public struct CapabilityState: Equatable, Sendable {
@@ -112,6 +119,21 @@ public enum QMPCommand: Equatable, Sendable {
             }
             self = .humanMonitorCommand(commandLine: try Self.requiredString(arguments, "command-line"), cpuIndex: cpuIndex)
             return
+        case "getfd", "closefd":
+            try Self.refuseUnknown(arguments, allowed: ["fdname"])
+            let fdname = try Self.requiredString(arguments, "fdname")
+            self = name == "getfd" ? .getfd(fdname: fdname) : .closefd(fdname: fdname)
+            return
+        case "add-fd":
+            try Self.refuseUnknown(arguments, allowed: ["fdset-id", "opaque"])
+            self = .addFd(fdsetID: try Self.optionalInteger(arguments, "fdset-id"), opaque: try Self.optionalString(arguments, "opaque"))
+            return
+        case "remove-fd":
+            try Self.refuseUnknown(arguments, allowed: ["fdset-id", "fd"])
+            guard let fdsetID = try Self.optionalInteger(arguments, "fdset-id") else { throw .generic("Parameter 'fdset-id' is missing") }
+            self = .removeFd(fdsetID: fdsetID, fd: try Self.optionalInteger(arguments, "fd"))
+            return
+        case "query-fdsets": command = .queryFdsets
         default: throw QMPError(.commandNotFound, "The command \(name) has not been found")
         }
         try Self.refuseUnknown(arguments, allowed: [])
@@ -128,6 +150,34 @@ public enum QMPCommand: Equatable, Sendable {
         guard let value = arguments[name] else { throw .generic("Parameter '\(name)' is missing") }
         guard case .string(let text) = value else { throw .generic("Invalid parameter type for '\(name)', expected: string") }
         return text
+    }
+
+    static func optionalString(_ arguments: [String: JSONValue], _ name: String) throws(QMPError) -> String? {
+        guard let value = arguments[name] else { return nil }
+        guard case .string(let text) = value else { throw .generic("Invalid parameter type for '\(name)', expected: string") }
+        return text
+    }
+
+    static func optionalInteger(_ arguments: [String: JSONValue], _ name: String) throws(QMPError) -> Int64? {
+        guard let value = arguments[name] else { return nil }
+        guard case .int(let number) = value else { throw .generic("Invalid parameter type for '\(name)', expected: integer") }
+        return number
+    }
+
+    /// Whether the command takes the descriptor the client passed with its last
+    /// message (`getfd`, `add-fd`, and `getfd` as an HMP line).  The socket
+    /// hands it over when the command is decoded, in the order the bytes came.
+    public var takesDescriptor: Bool {
+        switch self {
+        case .getfd, .addFd: true
+        case .humanMonitorCommand(let line, _):
+            if case .run(let command, _)? = try? HMPCommand(parsing: line) { command.takesDescriptor } else { false }
+        // Listed one by one: a new command does not compile until this is decided for it.
+        case .qmpCapabilities, .queryVersion, .queryStatus, .queryCommands, .queryCpusFast, .stop, .cont, .quit,
+             .migrate, .migrateIncoming, .migrateCancel, .migrateSetCapabilities, .queryMigrateCapabilities,
+             .migrateSetParameters, .queryMigrateParameters, .queryMigrate, .queryQMPSchema,
+             .closefd, .removeFd, .queryFdsets: false
+        }
     }
 
     static func string(_ value: JSONValue) -> String {

@@ -53,6 +53,11 @@ public enum QMPSchema {
         Entry("query-qmp-schema", returns: "[SchemaInfo]"),
         Entry("human-monitor-command", [Member("command-line", "str"), Member("cpu-index", "int", optional: true)],
               returns: "str"),
+        Entry("getfd", [Member("fdname", "str")]),
+        Entry("closefd", [Member("fdname", "str")]),
+        Entry("add-fd", [Member("fdset-id", "int", optional: true), Member("opaque", "str", optional: true)], returns: "AddfdInfo"),
+        Entry("remove-fd", [Member("fdset-id", "int"), Member("fd", "int", optional: true)]),
+        Entry("query-fdsets", returns: "[FdsetInfo]"),
     ]
 
     public static let events: [Entry] = [
@@ -91,6 +96,9 @@ public enum QMPSchema {
                                "postcopy-bytes", "multifd-bytes", "postcopy-requests", "dirty-sync-missed-zero-copy"]
                 .map { Member($0, "int") } + [Member("mbps", "number")],
             "SchemaInfo": [Member("name", "str"), Member("meta-type", "SchemaMetaType")],
+            "AddfdInfo": [Member("fdset-id", "int"), Member("fd", "int")],
+            "FdsetInfo": [Member("fdset-id", "int"), Member("fds", "[FdsetFdInfo]")],
+            "FdsetFdInfo": [Member("fd", "int"), Member("opaque", "str", optional: true)],
         ]
         let enums: [String: [String]] = [
             "QMPCapability": ["oob"],

@@ -1,10 +1,18 @@
 import NIOCore
 
+/// One complete JSON text from a client, and where it ends in the connection's
+/// byte stream (the offset just past its last byte), which tells which passed
+/// descriptors it may take (`DescriptorInbox`).
+public struct JSONText: Equatable, Sendable {
+    public let bytes: [UInt8]
+    public let end: Int
+}
+
 /// Splits a byte stream into complete top-level JSON texts, as QEMU's JSON
 /// streamer does: by bracket depth, outside strings.  Whitespace between texts
 /// is skipped.  A text longer than `maximumLength` is an error.
 public struct JSONObjectDecoder: ByteToMessageDecoder {
-    public typealias InboundOut = [UInt8]
+    public typealias InboundOut = JSONText
 
     /// Far above any QMP command; bounds what a client can make us buffer.
     public static let maximumLength = 1 << 20
@@ -15,6 +23,8 @@ public struct JSONObjectDecoder: ByteToMessageDecoder {
     private var depth = 0
     private var inString = false
     private var escaped = false
+    /// Bytes of the stream consumed so far (texts and the whitespace between them).
+    private var consumed = 0
 
     public init() {}
 
@@ -24,7 +34,11 @@ public struct JSONObjectDecoder: ByteToMessageDecoder {
         if scanned == 0 {
             var skip = 0
             for byte in view { if byte == 0x20 || byte == 0x0a || byte == 0x0d || byte == 0x09 { skip += 1 } else { break } }
-            if skip > 0 { buffer.moveReaderIndex(forwardBy: skip); return .continue }
+            if skip > 0 {
+                buffer.moveReaderIndex(forwardBy: skip)
+                consumed += skip
+                return .continue
+            }
         }
         let bytes = buffer.readableBytesView
         var index = bytes.startIndex + scanned
@@ -48,7 +62,8 @@ public struct JSONObjectDecoder: ByteToMessageDecoder {
                 let length = index - bytes.startIndex
                 let text = buffer.readBytes(length: length) ?? []
                 scanned = 0
-                context.fireChannelRead(Self.wrapInboundOut(text))
+                consumed += length
+                context.fireChannelRead(Self.wrapInboundOut(JSONText(bytes: text, end: consumed)))
                 return .continue
             }
         }

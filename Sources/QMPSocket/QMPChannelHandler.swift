@@ -1,12 +1,16 @@
 import Dispatch
+import HostIO
 import NIOCore
 import QMP
 
 /// One QMP connection: greeting on connect, then each JSON text through a
 /// `QMPSession`; decoded commands go to the executor off the event loop.
+/// A command that takes a passed descriptor (`getfd`, `add-fd`) takes it from
+/// `inbox` when it is decoded, on the event loop, so it gets the descriptor
+/// sent for it however long earlier commands run.
 final class QMPChannelHandler: ChannelInboundHandler, @unchecked Sendable {
     // @unchecked: `session` is touched only on this channel's event loop.
-    typealias InboundIn = [UInt8]
+    typealias InboundIn = JSONText
     typealias OutboundOut = ByteBuffer
 
     private var session = QMPSession()
@@ -15,14 +19,16 @@ final class QMPChannelHandler: ChannelInboundHandler, @unchecked Sendable {
     private let afterReply: QMPServer.AfterReply
     private let queue: DispatchQueue
     private let connections: Connections
+    private let inbox: DescriptorInbox
 
     init(version: QMPVersion, execute: @escaping QMPServer.Executor, afterReply: @escaping QMPServer.AfterReply,
-         queue: DispatchQueue, connections: Connections) {
+         queue: DispatchQueue, connections: Connections, inbox: DescriptorInbox = DescriptorInbox()) {
         self.version = version
         self.execute = execute
         self.afterReply = afterReply
         self.queue = queue
         self.connections = connections
+        self.inbox = inbox
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -32,24 +38,29 @@ final class QMPChannelHandler: ChannelInboundHandler, @unchecked Sendable {
 
     func channelInactive(context: ChannelHandlerContext) {
         connections.remove(context.channel)
+        // Passed descriptors no command took die with the connection.
+        inbox.close()
         context.fireChannelInactive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let text = unwrapInboundIn(data)
         let wasNegotiating = session.phase == .negotiating
-        switch session.step(text) {
+        switch session.step(text.bytes) {
         case .reply(let reply):
             send(reply, context: context)
             if wasNegotiating && session.phase == .commandMode { connections.add(context.channel) }
         case .execute(let command, let id):
             let channel = context.channel
             let (execute, afterReply) = (self.execute, self.afterReply)
+            // A descriptor the command does not take (it failed) is closed once it has run.
+            let descriptor = command.takesDescriptor ? inbox.takeFirst(forTextEndingAt: text.end) : nil
             queue.async {
-                let reply = switch execute(command) {
+                let reply = switch execute(command, descriptor) {
                 case .success(let value): QMPSession.success(value, id: id)
                 case .failure(let error): QMPSession.error(error, id: id)
                 }
+                descriptor?.close()     // a no-op if the command took it
                 // The queue is not an event loop, so it may wait for the flush.
                 try? channel.writeAndFlush(ByteBuffer(string: reply + "\r\n")).wait()
                 afterReply(command)

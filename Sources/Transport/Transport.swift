@@ -6,9 +6,10 @@ import Synchronization
 /// Opens migration channels from QEMU-style URIs.
 public enum Transport {
     /// The source side: connects (tcp, unix), creates the file (file), or adopts
-    /// the descriptor (fd).  A connect ends early, with "Operation canceled",
-    /// when `cancellation` is signalled.
-    public static func connect(_ uri: MigrationURI, cancellation: ConnectCancellation? = nil) throws(ChannelError) -> DescriptorChannel {
+    /// the descriptor (fd; `fd:NAME` takes it out of `descriptors`).  A connect
+    /// ends early, with "Operation canceled", when `cancellation` is signalled.
+    public static func connect(_ uri: MigrationURI, cancellation: ConnectCancellation? = nil,
+                               descriptors: DescriptorRegistry? = nil) throws(ChannelError) -> DescriptorChannel {
         let cancel = cancellation?.descriptor ?? -1
         switch uri {
         case .tcp(let host, let port):
@@ -19,11 +20,14 @@ public enum Transport {
             return DescriptorChannel(adopting: try unsafe check(CLinuxUAPI_open_file(path, 1, Int(offset)), "create \(path)"), returnPath: false)
         case .fd(let number):
             return try adopt(number)
+        case .fdName(let name):
+            return try adopt(named: name, from: descriptors)
         }
     }
 
-    /// The destination side: listens (tcp, unix) or opens for reading (file, fd).
-    public static func listen(_ uri: MigrationURI) throws(ChannelError) -> IncomingListener {
+    /// The destination side: listens (tcp, unix) or opens for reading (file,
+    /// fd; `fd:NAME` takes it out of `descriptors`).
+    public static func listen(_ uri: MigrationURI, descriptors: DescriptorRegistry? = nil) throws(ChannelError) -> IncomingListener {
         switch uri {
         case .tcp(let host, let port):
             let fd = try unsafe check(CLinuxUAPI_tcp_open(host, Int32(port), 1, -1), "listen on \(uri)")
@@ -36,7 +40,17 @@ public enum Transport {
             return IncomingListener(ready: DescriptorChannel(adopting: fd, returnPath: false), address: uri)
         case .fd(let number):
             return IncomingListener(ready: try adopt(number), address: uri)
+        case .fdName(let name):
+            return IncomingListener(ready: try adopt(named: name, from: descriptors), address: uri)
         }
+    }
+
+    /// Takes the descriptor QMP `getfd` named `name` (QEMU's `monitor_get_fd`: it is consumed).
+    static func adopt(named name: String, from descriptors: DescriptorRegistry?) throws(ChannelError) -> DescriptorChannel {
+        guard let number = descriptors?.takeNamed(name) else {
+            throw .invalidURI("File descriptor named '\(name)' has not been found")
+        }
+        return try adopt(number)
     }
 
     static func adopt(_ number: Int32) throws(ChannelError) -> DescriptorChannel {
@@ -151,17 +165,20 @@ public final class ConnectCancellation: Sendable {
 }
 
 /// Opens a migration URI on the migration thread; `migrate_cancel` abandons the connect.
+/// An `fd:NAME` takes its descriptor out of `descriptors` then.
 public struct URIChannelOpener: ChannelOpener {
     let uri: MigrationURI
     let cancellation: ConnectCancellation
+    let descriptors: DescriptorRegistry?
 
-    public init(_ uri: MigrationURI) throws(ChannelError) {
+    public init(_ uri: MigrationURI, descriptors: DescriptorRegistry? = nil) throws(ChannelError) {
         self.uri = uri
+        self.descriptors = descriptors
         cancellation = try ConnectCancellation()
     }
 
     public func open() throws(ChannelError) -> any ByteChannel {
-        do { return try Transport.connect(uri, cancellation: cancellation) } catch {
+        do { return try Transport.connect(uri, cancellation: cancellation, descriptors: descriptors) } catch {
             throw .connectFailed(uri: uri.description, reason: error.description)
         }
     }

@@ -1,3 +1,4 @@
+import HostIO
 import Migration
 import QMP
 
@@ -5,7 +6,9 @@ extension Machine {
     public static let version = QMPVersion(major: 10, minor: 0, micro: 0, package: "ferry 0.1")
 
     /// Executes one QMP command against this machine.  The reply value, or the error to send.
-    public func execute(_ command: QMPCommand) -> Result<JSONValue, QMPError> {
+    /// `descriptor` is the one the client passed for a command that takes one
+    /// (`QMPCommand.takesDescriptor`); a command that fails leaves it to the caller to close.
+    public func execute(_ command: QMPCommand, descriptor: ReceivedDescriptor? = nil) -> Result<JSONValue, QMPError> {
         switch command {
         case .qmpCapabilities:
             return .success(.object([:]))
@@ -60,19 +63,30 @@ extension Machine {
                                                  capabilities: MigrationCapabilities.supported + MigrationCapabilities.unsupported))
         case .humanMonitorCommand(let line, let cpuIndex):
             if let cpuIndex, cpuIndex < 0 || cpuIndex >= Int64(vcpus.count) { return .failure(.generic("Invalid CPU index")) }
-            return .success(.string(human(line, cpuIndex: cpuIndex ?? 0)))
+            return .success(.string(human(line, cpuIndex: cpuIndex ?? 0, descriptor: descriptor)))
+        case .getfd(let name):
+            return Result { () throws(QMPError) in try nameDescriptor(name, descriptor); return .object([:]) }
+        case .closefd(let name):
+            return Result { () throws(QMPError) in try closeNamedDescriptor(name); return .object([:]) }
+        case .addFd(let fdsetID, let opaque):
+            return Result { () throws(QMPError) in try addDescriptor(descriptor, toFdset: fdsetID, opaque: opaque) }
+        case .removeFd(let fdsetID, let fd):
+            return Result { () throws(QMPError) in try removeDescriptor(fdset: fdsetID, fd: fd); return .object([:]) }
+        case .queryFdsets:
+            return .success(fdsetsJSON)
         }
     }
 
     /// One HMP line: parsed into the QMP command it names, run by `execute`,
     /// its result printed from the same JSON.  Errors are text, as in QEMU.
-    func human(_ line: String, cpuIndex: Int64) -> String {
+    func human(_ line: String, cpuIndex: Int64, descriptor: ReceivedDescriptor? = nil) -> String {
         let parsed: HMPCommand
         do throws(HMPError) { parsed = try HMPCommand(parsing: line) } catch { return error.text + "\n" }
         switch parsed {
         case .empty: return ""
         case .help(let topic): return HMPFormatter.help(topic)
-        case .run(let command, let output): return HMPFormatter.text(execute(command), as: output, cpuIndex: cpuIndex)
+        case .run(let command, let output):
+            return HMPFormatter.text(execute(command, descriptor: descriptor), as: output, cpuIndex: cpuIndex)
         }
     }
 

@@ -5,6 +5,7 @@ import GuestMemory
 import KVM
 import QMP
 import Synchronization
+import Transport
 
 /// A running virtual machine: KVM objects, guest RAM, devices and vCPU threads.
 ///
@@ -29,6 +30,8 @@ public final class Machine: Sendable {
     public let tscKHz: UInt32
     /// Migration settings and the current outgoing or incoming migration.
     let migration = MigrationSlot()
+    /// Descriptors QMP clients passed and named (`getfd`, `add-fd`); `fd:NAME` and `/dev/fdset/N` use them.
+    public let descriptors = DescriptorRegistry()
     /// The run state a switchover stopped, so a failed one can go back to it.
     let switchoverPreviousState = Mutex<RunState?>(nil)
     /// Held while a run-state change parks the vCPUs (`stop`, a switchover, a

@@ -61,7 +61,13 @@ struct RunCommand: AsyncParsableCommand {
         if let runFor, !(runFor > 0 && runFor.isFinite) { throw FerryFailure.badInput("--run-for must be a positive number of seconds") }
         let forwarder = QMPEventForwarder()
         if let incoming, incoming != "defer" {
-            do { _ = try MigrationURI(parsing: incoming) } catch { throw FerryFailure.badInput("invalid --incoming: \(error)") }
+            let uri: MigrationURI
+            do { uri = try MigrationURI(parsing: incoming) } catch { throw FerryFailure.badInput("invalid --incoming: \(error)") }
+            // No QMP client can have named a descriptor yet: a name is for migrate-incoming after `--incoming defer`.
+            if case .fdName(let name) = uri {
+                throw FerryFailure.badInput("invalid --incoming: fd:\(name) names a descriptor passed with QMP getfd, which only "
+                                            + "migrate-incoming can use (--incoming defer); here fd: takes a descriptor number")
+            }
         }
         let vm = try makeMachine(configuration, incoming: incoming != nil, serialOutput: try serialOption.makeOutput(),
                                  events: { forwarder.forward($0) })
@@ -71,7 +77,7 @@ struct RunCommand: AsyncParsableCommand {
         if let qmpPath {
             do {
                 server = try await QMPServer.start(path: qmpPath, version: Machine.version,
-                                                   execute: { command in commands.withLock { vm.execute(command) } },
+                                                   execute: { command, descriptor in commands.withLock { vm.execute(command, descriptor: descriptor) } },
                                                    afterReply: { vm.afterReply(to: $0) })
             } catch {
                 throw FerryFailure.runtime("cannot listen on QMP socket '\(qmpPath)': \(error)")

@@ -47,11 +47,13 @@ extension Machine {
             if capabilities.multifd {
                 switch uri {
                 case .tcp, .unix: break
-                case .file, .fd: throw .generic("Migration requires multi-channel URIs (e.g. tcp)")
+                case .file, .fd, .fdName: throw .generic("Migration requires multi-channel URIs (e.g. tcp)")
                 }
             }
             if parameters.directIO { warn("direct-io is ignored: it takes effect with mapped-ram and multifd (as in QEMU)") }
-            do { opener = try URIChannelOpener(uri) } catch { throw .generic("Failed to connect to '\(text)': \(error)") }
+            // fd:NAME: refused now if nothing has that name; the descriptor is taken when the migration opens it.
+            if case .fdName(let name) = uri, !descriptors.hasNamed(name) { throw .generic("File descriptor named '\(name)' has not been found") }
+            do { opener = try URIChannelOpener(uri, descriptors: descriptors) } catch { throw .generic("Failed to connect to '\(text)': \(error)") }
         }
         let global = GlobalStateMigratable(wasRunning: { [self] in self.wasRunningBeforeSwitchover })
         // Checked and claimed in one step, so two `migrate`s cannot both start.
@@ -126,7 +128,7 @@ extension Machine {
                                                   readers: s.capabilities.multifd ? Int(s.parameters.multifdChannels) : 1)
             } else {
                 let listener: IncomingListener
-                do { listener = try Transport.listen(uri) } catch { throw .generic("Failed to listen on '\(text)': \(error)") }
+                do { listener = try Transport.listen(uri, descriptors: descriptors) } catch { throw .generic("Failed to listen on '\(text)': \(error)") }
                 incoming = MigrationSlot.Incoming(listener: listener)
             }
             s.incoming = incoming
@@ -176,7 +178,7 @@ extension Machine {
             let acceptor: (any ChannelAcceptor)?
             switch incoming.address {
             case .tcp, .unix: acceptor = LimitedAcceptor(listener: listener, inactivity: inactivity)
-            case .file, .fd:
+            case .file, .fd, .fdName:
                 listener.close()
                 acceptor = nil
             }

@@ -46,8 +46,8 @@ enum QMPTarget {
 
     static func drain(_ channel: EmbeddedChannel, _ session: inout QMPSession,
                       _ parameters: inout MigrationParameters, _ capabilities: inout MigrationCapabilities) {
-        while let text = try? channel.readInbound(as: [UInt8].self) {
-            switch session.step(text) {
+        while let text = try? channel.readInbound(as: JSONText.self) {
+            switch session.step(text.bytes) {
             case .reply(let reply):
                 if explain { print("reply: \(reply)") }
             case .execute(let command, let id):
