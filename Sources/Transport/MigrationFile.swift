@@ -29,10 +29,22 @@ public final class MigrationFile: PageFile {
     /// an incremental save continues the file) or a restore, plus an O_DIRECT
     /// descriptor for page data if `direct`.  Refuses a file system without
     /// O_DIRECT clearly.
-    public static func open(path: String, writing: Bool, direct: Bool, base: UInt64) throws(ChannelError) -> MigrationFile {
+    /// `path` may be `/dev/fdset/N`: copies of a buffered and (with `direct`) an
+    /// O_DIRECT descriptor of set N are used, picked by their flags as QEMU does.
+    public static func open(path: String, writing: Bool, direct: Bool, base: UInt64,
+                            descriptors: DescriptorRegistry? = nil) throws(ChannelError) -> MigrationFile {
         // O_DIRECT transfers must start on the file system's blocks: the page areas do only if the base does.
         guard !direct || base % 4096 == 0 else {
             throw .invalidURI("direct-io needs the file's offset= to be a multiple of 4096, not \(base)")
+        }
+        if let set = DescriptorRegistry.fdsetID(path: path) {
+            guard let descriptors else { throw .invalidURI("\(path): no descriptors were passed") }
+            let fd = try descriptors.duplicate(fdset: set, writable: writing, direct: false)
+            guard direct else { return MigrationFile(adopting: fd, direct: nil, base: base) }
+            do { return MigrationFile(adopting: fd, direct: try descriptors.duplicate(fdset: set, writable: writing, direct: true), base: base) } catch {
+                _ = Glibc.close(fd)
+                throw error
+            }
         }
         let fd = try Transport.check(CLinuxUAPI_open_migration_file(path, writing ? 2 : 0, 0), "open \(path)")
         guard direct else { return MigrationFile(adopting: fd, direct: nil, base: base) }
@@ -48,9 +60,9 @@ public final class MigrationFile: PageFile {
     }
 
     /// Whether `uri` names a file that starts like a mapped-ram file.
-    public static func isMappedRAM(_ uri: MigrationURI) -> Bool {
+    public static func isMappedRAM(_ uri: MigrationURI, descriptors: DescriptorRegistry? = nil) -> Bool {
         guard case .file(let path, let offset) = uri,
-              let file = try? open(path: path, writing: false, direct: false, base: offset),
+              let file = try? open(path: path, writing: false, direct: false, base: offset, descriptors: descriptors),
               let prefix = try? file.read(MappedRAMFormat.magic.count, at: 0) else { return false }
         return MappedRAMHeader.hasMagic(prefix)
     }

@@ -17,6 +17,9 @@ public enum Transport {
         case .unix(let path):
             return DescriptorChannel(adopting: try unsafe check(CLinuxUAPI_unix_open(path, 0, cancel), "connect to \(uri)"), returnPath: true)
         case .file(let path, let offset):
+            if let set = DescriptorRegistry.fdsetID(path: path) {
+                return try fdsetFile(set, writing: true, offset: offset, descriptors: descriptors)
+            }
             return DescriptorChannel(adopting: try unsafe check(CLinuxUAPI_open_file(path, 1, Int(offset)), "create \(path)"), returnPath: false)
         case .fd(let number):
             return try adopt(number)
@@ -36,6 +39,9 @@ public enum Transport {
         case .unix(let path):
             return IncomingListener(listening: try unsafe check(CLinuxUAPI_unix_open(path, 1, -1), "listen on \(uri)"), address: uri)
         case .file(let path, let offset):
+            if let set = DescriptorRegistry.fdsetID(path: path) {
+                return IncomingListener(ready: try fdsetFile(set, writing: false, offset: offset, descriptors: descriptors), address: uri)
+            }
             let fd = try unsafe check(CLinuxUAPI_open_file(path, 0, Int(offset)), "open \(path)")
             return IncomingListener(ready: DescriptorChannel(adopting: fd, returnPath: false), address: uri)
         case .fd(let number):
@@ -43,6 +49,17 @@ public enum Transport {
         case .fdName(let name):
             return IncomingListener(ready: try adopt(named: name, from: descriptors), address: uri)
         }
+    }
+
+    /// `file:/dev/fdset/N`: a copy of a fitting descriptor of set N (QEMU's
+    /// `qemu_open` on an fdset path), as a stream file from `offset`.
+    static func fdsetFile(_ set: Int64, writing: Bool, offset: UInt64, descriptors: DescriptorRegistry?) throws(ChannelError) -> DescriptorChannel {
+        guard let descriptors else { throw .invalidURI("/dev/fdset/\(set): no descriptors were passed") }
+        let fd = try descriptors.duplicate(fdset: set, writable: writing, direct: false)
+        let channel = DescriptorChannel(adopting: fd, returnPath: false)
+        let result = CLinuxUAPI_position_file(fd, writing ? 1 : 0, Int(offset))
+        guard result == 0 else { throw .system("position /dev/fdset/\(set) at offset \(offset)", errno: -result) }
+        return channel
     }
 
     /// Takes the descriptor QMP `getfd` named `name` (QEMU's `monitor_get_fd`: it is consumed).

@@ -223,3 +223,41 @@ def test_fdsets_round_trip_refusals_and_no_leak(vms, tmp_path):
         await vm.quit()
 
     asyncio.run(scenario())
+
+
+def test_mapped_ram_direct_io_through_an_fdset(vms, tmp_path):
+    """libvirt's recipe for mapped-ram with direct-io: the file opened twice by the client (buffered and
+    O_DIRECT), both added to one fdset, `migrate` to file:/dev/fdset/N; the restore likewise."""
+    state = tmp_path / "vm.mapped"
+    source = vms("src", "--memory", "128M", "--workload", "dirty-rate=8M,working-set=16M")
+    destination = vms("dst", "--memory", "128M", "--incoming", "defer")
+    settings = {"capabilities": [{"capability": "mapped-ram", "state": True}, {"capability": "multifd", "state": True}]}
+
+    async def add_pair(client, flags, fdset):
+        for extra in (0, os.O_DIRECT):
+            fd = os.open(state, flags | extra, 0o600)
+            await pass_fd(client, fd, "add-fd", {"fdset-id": fdset, "opaque": "direct" if extra else "buffered"})
+            os.close(fd)
+
+    async def scenario():
+        src, dst = await source.connect(), await destination.connect()
+        await asyncio.sleep(1.0)
+        for client in (src.qmp, dst.qmp):
+            await client.execute("migrate-set-capabilities", settings)
+            await client.execute("migrate-set-parameters", {"multifd-channels": 2, "direct-io": True})
+        await add_pair(src.qmp, os.O_RDWR | os.O_CREAT, 7)
+        await src.qmp.execute("migrate-set-parameters", {"max-bandwidth": 4 << 30})
+        await src.qmp.execute("migrate", {"uri": "file:/dev/fdset/7"})
+        info = await wait_status(src.qmp, ("completed", "failed"))
+        assert info["status"] == "completed", info
+        assert state.read_bytes()[:8] == b"FERRYMRF"
+        await add_pair(dst.qmp, os.O_RDONLY, 2)
+        await dst.qmp.execute("migrate-incoming", {"uri": "file:/dev/fdset/2"})
+        assert (await wait_status(dst.qmp, ("completed", "failed")))["status"] == "completed"
+        last = beats(source.serial)[-1][0]
+        await src.quit()
+        await asyncio.sleep(1.0)
+        assert_verified_clean(await dst.quit())
+        assert beats(destination.serial)[0][0] == last + 1
+
+    asyncio.run(scenario())

@@ -505,6 +505,12 @@ static inline int CLinuxUAPI_accept_within(int fd, int milliseconds) {
 /* A peer that vanishes must give EPIPE, not kill the process. */
 static inline void CLinuxUAPI_ignore_sigpipe(void) { signal(SIGPIPE, SIG_IGN); }
 static inline int CLinuxUAPI_shutdown(int fd) { return shutdown(fd, SHUT_RDWR) == 0 ? 0 : -errno; }
+/* A descriptor from a QMP fdset used as a stream file: cut at `offset` when
+ * writing (what lies before is kept), positioned at `offset` either way. */
+static inline int CLinuxUAPI_position_file(int fd, int writing, long offset) {
+    if ((writing && ftruncate(fd, offset) != 0) || lseek(fd, offset, SEEK_SET) != offset) return -errno;
+    return 0;
+}
 /* A stream file from `offset` on: for writing, created if missing and cut at
  * `offset` (what lies before it is kept, as with QEMU's file:PATH,offset=N);
  * positioned at `offset` either way. */

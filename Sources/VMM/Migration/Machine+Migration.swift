@@ -42,7 +42,7 @@ extension Machine {
             if parameters.directIO && !direct {
                 warn("direct-io is ignored: it takes effect with mapped-ram and multifd (as in QEMU)")
             }
-            opener = MappedRAMFileOpener(path: path, offset: offset, direct: direct)
+            opener = MappedRAMFileOpener(path: path, offset: offset, direct: direct, descriptors: descriptors)
         } else {
             if capabilities.multifd {
                 switch uri {
@@ -117,11 +117,11 @@ extension Machine {
             let incoming: MigrationSlot.Incoming
             // A mapped-ram file is restored as one even without the capability (`--incoming
             // file:` cannot set it): the file says what it is.  Ferry's leniency; QEMU refuses.
-            if s.capabilities.mappedRAM || MigrationFile.isMappedRAM(uri) {
+            if s.capabilities.mappedRAM || MigrationFile.isMappedRAM(uri, descriptors: descriptors) {
                 guard case .file(let path, let offset) = uri else { throw QMPError.generic("Mapped-ram migration requires a file: URI") }
                 let direct = s.parameters.directIO && s.capabilities.multifd
                 let file: MigrationFile
-                do { file = try MigrationFile.open(path: path, writing: false, direct: direct, base: offset) } catch {
+                do { file = try MigrationFile.open(path: path, writing: false, direct: direct, base: offset, descriptors: descriptors) } catch {
                     throw QMPError.generic("Failed to open '\(text)': \(error)")
                 }
                 incoming = MigrationSlot.Incoming(file: file, uri: uri,
