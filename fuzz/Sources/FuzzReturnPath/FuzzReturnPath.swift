@@ -13,7 +13,8 @@ import Synchronization
 ///
 /// As for `stream`, every complete frame's sequence number and checksum are
 /// rewritten first (`FrameFixer`), so mutations reach `ReturnMessage`'s
-/// field checks.
+/// field checks.  The reader keeps `applied` reports aside (its `appliedEpoch`)
+/// and refuses an epoch that does not rise; the target models both.
 
 @_cdecl("LLVMFuzzerInitialize")
 public func fuzzerInitialize(_ argc: UnsafeMutableRawPointer?, _ argv: UnsafeMutableRawPointer?) -> Int32 {
@@ -52,6 +53,18 @@ enum ReturnPathTarget {
                 if message == .shut { break }
             }
         } catch { refusal = error }
+        // `applied` is a progress report the reader keeps aside (never queued), and it
+        // refuses one whose epoch does not rise: model that on what the decoder read.
+        var lastApplied: UInt64 = 0
+        for (index, message) in decoded.enumerated() {
+            guard case .applied(let epoch) = message else { continue }
+            guard epoch > lastApplied else {
+                decoded.removeSubrange(index...)
+                refusal = .malformed("applied epoch \(epoch) went backwards")
+                break
+            }
+            lastApplied = epoch
+        }
 
         // The engine's reader thread over the same bytes, then the channel's end.
         let requests = RequestLog()
@@ -68,8 +81,12 @@ enum ReturnPathTarget {
         }
 
         func isRequest(_ m: ReturnMessage) -> Bool { if case .pageRequest = m { true } else { false } }
-        guard requests.all == decoded.filter(isRequest), delivered == decoded.filter({ !isRequest($0) }) else {
-            fatalError("the readers disagree: decoder \(decoded), reader \(requests.all) + \(delivered)")
+        func isApplied(_ m: ReturnMessage) -> Bool { if case .applied = m { true } else { false } }
+        guard requests.all == decoded.filter(isRequest),
+            delivered == decoded.filter({ !isRequest($0) && !isApplied($0) }),
+            reader.appliedEpoch == lastApplied
+        else {
+            fatalError("the readers disagree: decoder \(decoded), reader \(requests.all) + \(delivered), applied \(reader.appliedEpoch)")
         }
         let expected: ReturnPathReader.Event
         if let refusal {
