@@ -10,6 +10,7 @@ let system = Target.Dependency.product(name: "SystemPackage", package: "swift-sy
 let nioCore = Target.Dependency.product(name: "NIOCore", package: "swift-nio")
 let nioPosix = Target.Dependency.product(name: "NIOPosix", package: "swift-nio")
 let argumentParser = Target.Dependency.product(name: "ArgumentParser", package: "swift-argument-parser")
+let histogram = Target.Dependency.product(name: "Histogram", package: "hdrhistogram-swift")
 
 let package = Package(
     name: "Ferry",
@@ -23,6 +24,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         // C only: kernel UAPI numbers as constants, fixed-arity ioctl/syscall entry points.
@@ -42,12 +44,14 @@ let package = Package(
         // zstd compression of page batches: reusable per-channel contexts, typed errors, no unsafe API.
         .target(name: "Compression", dependencies: ["CZstd"], swiftSettings: hot),
         // The migration engine: RAM blocks, pages, channels and state. No KVM, no NIO.
-        .target(name: "Migration", dependencies: ["GuestMemory", "MigrationProtocol", "Compression"], swiftSettings: hot),
+        .target(name: "Migration", dependencies: ["GuestMemory", "MigrationProtocol", "Compression", histogram], swiftSettings: hot),
         // `ferry analyze`'s logic: stream and mapped-ram files checked with the production decoders. No CLI, no I/O of its own.
         // Optimized in debug builds too: it reads and checksums every page of a file.
         .target(name: "Analysis", dependencies: ["MigrationProtocol", "Migration", "Compression"], swiftSettings: hot),
         // Migration channels: sockets, files and descriptors behind `ByteChannel`; the descriptors QMP clients passed.
         .target(name: "Transport", dependencies: ["CLinuxUAPI", "GuestMemory", "Migration", "MigrationProtocol"], swiftSettings: hot),
+        // userfaultfd: the handshake, registration, write-protect, copy, zero page, continue, events. The only caller of its ioctls.
+        .target(name: "Userfaultfd", dependencies: ["CLinuxUAPI", system], swiftSettings: strict),
         // Unix stream sockets that carry descriptors (SCM_RIGHTS): the QMP socket's listener and connections.
         .target(name: "HostIO", dependencies: ["CLinuxUAPI"], swiftSettings: strict),
         // Emulated devices: 16550 UART, the guest service port.
@@ -58,7 +62,7 @@ let package = Package(
         .target(name: "QMPSocket", dependencies: ["QMP", "HostIO", nioCore, nioPosix], swiftSettings: strict),
         // Composition root: the machine, vCPU threads, run state.
         .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "PVHBoot", "EmbeddedGuest", "Devices", "QMP", "Migration",
-                                           "MigrationProtocol", "Transport", "HostIO"],
+                                           "MigrationProtocol", "Transport", "HostIO", "Userfaultfd"],
                 swiftSettings: strict),
         .executableTarget(name: "ferry", dependencies: ["VMM", "QMPSocket", "QMP", "EmbeddedGuest", "GuestMemory", "Migration", "Transport",
                                                         "Analysis", argumentParser], swiftSettings: strict),

@@ -31,6 +31,8 @@ public struct MigrationInfo: Equatable, Sendable {
     public var multifdBytes: UInt64 = 0
     /// A mapped-ram save, once complete: what it wrote.
     public var mappedRAM: MappedRAMOutcome?
+    /// A background snapshot's write faults, pages and limiter (Ferry's `x-ferry-background-snapshot`).
+    public var snapshot: SnapshotStatistics?
 
     public init() {}
 }

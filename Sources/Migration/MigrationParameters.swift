@@ -30,6 +30,9 @@ public struct MigrationParameters: Equatable, Sendable {
     /// descriptor.  As in QEMU it takes effect with `mapped-ram` and `multifd`;
     /// otherwise the migration says it is ignored.
     public var directIO = false
+    /// Ferry's own `x-ferry-snapshot-*`: how a background snapshot's scan
+    /// yields to pages the guest waits for (`ScanLimiter`).
+    public var snapshotLimiter = SnapshotLimiterSettings()
 
     public init() {}
 
@@ -40,9 +43,12 @@ public struct MigrationParameters: Equatable, Sendable {
     /// The parameters Ferry honours, by QEMU name.
     public static let names = ["max-bandwidth", "avail-switchover-bandwidth", "downtime-limit", "cpu-throttle-initial",
                                "cpu-throttle-increment", "max-cpu-throttle", "throttle-trigger-threshold", "x-inactivity-limit",
-                               "multifd-channels", "multifd-zstd-level"] + textNames + booleanNames
+                               "multifd-channels", "multifd-zstd-level"] + snapshotNames + textNames + booleanNames
+    /// Ferry's background-snapshot limiter settings, in microseconds and pages.
+    public static let snapshotNames = ["x-ferry-snapshot-fault-threshold", "x-ferry-snapshot-fault-only-pages",
+                                       "x-ferry-snapshot-poll", "x-ferry-snapshot-target-latency"]
     /// The parameters whose values are names, not integers.
-    public static let textNames = ["multifd-compression", "zero-page-detection"]
+    public static let textNames = ["multifd-compression", "zero-page-detection", "x-ferry-snapshot-limiter"]
     /// The parameters whose values are booleans.
     public static let booleanNames = ["direct-io"]
 
@@ -75,6 +81,11 @@ public struct MigrationParameters: Equatable, Sendable {
                 throw .invalidParameter("Parameter 'zero-page-detection' does not accept value '\(text)'")
             }
             zeroPageDetection = value
+        case "x-ferry-snapshot-limiter":
+            guard let value = SnapshotLimiterMode(rawValue: text) else {
+                throw .invalidParameter("Parameter 'x-ferry-snapshot-limiter' does not accept value '\(text)' (off, seed or latency)")
+            }
+            snapshotLimiter.mode = value
         case _ where Self.booleanNames.contains(name): throw .invalidParameter("Invalid parameter type for '\(name)', expected: boolean")
         case _ where Self.names.contains(name): throw .invalidParameter("Invalid parameter type for '\(name)', expected: integer")
         default: throw .invalidParameter("Parameter '\(name)' is unexpected")
@@ -119,6 +130,22 @@ public struct MigrationParameters: Equatable, Sendable {
                 throw .invalidParameter("Parameter 'multifd_zstd_level' expects a value between 0 and 20")
             }
             multifdZstdLevel = UInt8(value)
+        case "x-ferry-snapshot-fault-threshold", "x-ferry-snapshot-poll", "x-ferry-snapshot-target-latency":
+            // Microseconds, from 1 µs to 10 s.
+            guard (1...10_000_000).contains(value) else {
+                throw .invalidParameter("Parameter '\(name)' expects an integer in the range of 1 to 10000000 microseconds")
+            }
+            let duration = Duration.microseconds(value)
+            switch name {
+            case "x-ferry-snapshot-fault-threshold": snapshotLimiter.faultThreshold = duration
+            case "x-ferry-snapshot-poll": snapshotLimiter.poll = duration
+            default: snapshotLimiter.targetLatency = duration
+            }
+        case "x-ferry-snapshot-fault-only-pages":
+            guard (1...1_000_000).contains(value) else {
+                throw .invalidParameter("Parameter 'x-ferry-snapshot-fault-only-pages' expects an integer in the range of 1 to 1000000")
+            }
+            snapshotLimiter.faultOnlyPages = Int(value)
         case _ where Self.textNames.contains(name): throw .invalidParameter("Invalid parameter type for '\(name)', expected: string")
         case _ where Self.booleanNames.contains(name): throw .invalidParameter("Invalid parameter type for '\(name)', expected: boolean")
         default: throw .invalidParameter("Parameter '\(name)' is unexpected")
@@ -131,12 +158,21 @@ public struct MigrationParameters: Equatable, Sendable {
          ("downtime-limit", downtimeLimit), ("cpu-throttle-initial", UInt64(cpuThrottleInitial)),
          ("cpu-throttle-increment", UInt64(cpuThrottleIncrement)), ("max-cpu-throttle", UInt64(maxCPUThrottle)),
          ("throttle-trigger-threshold", UInt64(throttleTriggerThreshold)), ("x-inactivity-limit", inactivityLimit),
-         ("multifd-channels", UInt64(multifdChannels)), ("multifd-zstd-level", UInt64(multifdZstdLevel))]
+         ("multifd-channels", UInt64(multifdChannels)), ("multifd-zstd-level", UInt64(multifdZstdLevel)),
+         ("x-ferry-snapshot-fault-threshold", Self.microseconds(snapshotLimiter.faultThreshold)),
+         ("x-ferry-snapshot-fault-only-pages", UInt64(snapshotLimiter.faultOnlyPages)),
+         ("x-ferry-snapshot-poll", Self.microseconds(snapshotLimiter.poll)),
+         ("x-ferry-snapshot-target-latency", Self.microseconds(snapshotLimiter.targetLatency))]
+    }
+
+    static func microseconds(_ duration: Duration) -> UInt64 {
+        UInt64(max(0, duration.components.seconds * 1_000_000 + duration.components.attoseconds / 1_000_000_000_000))
     }
 
     /// Every parameter whose value is a name, by QEMU name.
     public var textValues: [(name: String, value: String)] {
-        [("multifd-compression", multifdCompression.rawValue), ("zero-page-detection", zeroPageDetection.rawValue)]
+        [("multifd-compression", multifdCompression.rawValue), ("zero-page-detection", zeroPageDetection.rawValue),
+         ("x-ferry-snapshot-limiter", snapshotLimiter.mode.rawValue)]
     }
 }
 
@@ -165,18 +201,21 @@ public struct MigrationCapabilities: Equatable, Sendable {
     /// dirty tracking stays on, and the next save into the same file writes
     /// only the pages changed since.
     public var incremental = false
+    /// QEMU's `background-snapshot`: the VM saved as it was when the migration
+    /// started, the guest running on (userfaultfd write protection, no dirty log).
+    public var backgroundSnapshot = false
 
     public init() {}
 
     /// Capabilities Ferry implements.  `return-path` is always on: on sockets the
     /// destination always confirms (or refuses) the stream.
     public static let supported = ["auto-converge", "events", "return-path", "multifd", "zero-copy-send", "mapped-ram",
-                                   "x-ferry-incremental"]
+                                   "x-ferry-incremental", "background-snapshot"]
     /// QEMU 10's other capabilities: listed as off; enabling one is refused, naming it.
     public static let unsupported = ["xbzrle", "rdma-pin-all", "zero-blocks", "postcopy-ram", "x-colo", "release-ram",
                                      "pause-before-switchover", "dirty-bitmaps",
                                      "postcopy-blocktime", "late-block-activate", "x-ignore-shared", "validate-uuid",
-                                     "background-snapshot", "postcopy-preempt", "switchover-ack",
+                                     "postcopy-preempt", "switchover-ack",
                                      "dirty-limit"]
 
     public mutating func set(_ name: String, to enabled: Bool) throws(MigrationError) {
@@ -187,6 +226,7 @@ public struct MigrationCapabilities: Equatable, Sendable {
         case "zero-copy-send": zeroCopySend = enabled
         case "mapped-ram": mappedRAM = enabled
         case "x-ferry-incremental": incremental = enabled
+        case "background-snapshot": backgroundSnapshot = enabled
         case "return-path":
             if !enabled { throw .invalidParameter("Capability 'return-path' cannot be turned off: Ferry always confirms a migration on the return path") }
         case _ where Self.unsupported.contains(name):
@@ -197,7 +237,8 @@ public struct MigrationCapabilities: Equatable, Sendable {
 
     public var states: [(name: String, enabled: Bool)] {
         [("auto-converge", autoConverge), ("events", events), ("return-path", true), ("multifd", multifd),
-         ("zero-copy-send", zeroCopySend), ("mapped-ram", mappedRAM), ("x-ferry-incremental", incremental)]
+         ("zero-copy-send", zeroCopySend), ("mapped-ram", mappedRAM), ("x-ferry-incremental", incremental),
+         ("background-snapshot", backgroundSnapshot)]
             + Self.unsupported.map { ($0, false) }
     }
 
@@ -211,6 +252,19 @@ public struct MigrationCapabilities: Equatable, Sendable {
         }
         if incremental && !mappedRAM {
             throw .invalidParameter("Capability 'x-ferry-incremental' requires 'mapped-ram'")
+        }
+        if backgroundSnapshot {
+            // QEMU's check_caps_background_snapshot, with its text, for what Ferry has.
+            // (`return-path` is always on in Ferry: a snapshot to a socket waits for the
+            // destination's answer; a file has none.)
+            if autoConverge { throw .invalidParameter("Background-snapshot is not compatible with auto-converge") }
+            if zeroCopySend { throw .invalidParameter("Background-snapshot is not compatible with zero-copy-send") }
+            if multifd { throw .invalidParameter("Background-snapshot is not compatible with multifd") }
+            // Incremental saves continue the dirty log, which a snapshot does not keep.
+            if incremental { throw .invalidParameter("Background-snapshot is not compatible with x-ferry-incremental") }
+            if mappedRAM {
+                throw .invalidParameter("Background-snapshot into a mapped-ram file is not built yet in Ferry (a stream file: is)")
+            }
         }
     }
 }

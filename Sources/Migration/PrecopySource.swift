@@ -31,11 +31,15 @@ public final class PrecopySource: Sendable {
         public let vm: any MigrationVMControl
         /// Set for a save into a mapped-ram file: `opener` then opens a `PageFile`.
         public let mappedRAM: MappedRAMSettings?
+        /// Set for a background snapshot (`background-snapshot`): RAM's write protection.
+        public let writeProtection: (any WriteProtection)?
         /// `opener` connects on the migration thread (setup), not the caller's.
         public init(opener: any ChannelOpener, configuration: MigrationConfiguration, ram: RAMMigration,
-                    devices: [any Migratable], vm: any MigrationVMControl, mappedRAM: MappedRAMSettings? = nil) {
+                    devices: [any Migratable], vm: any MigrationVMControl, mappedRAM: MappedRAMSettings? = nil,
+                    writeProtection: (any WriteProtection)? = nil) {
             (self.opener, self.configuration, self.ram, self.devices, self.vm) = (opener, configuration, ram, devices, vm)
             self.mappedRAM = mappedRAM
+            self.writeProtection = writeProtection
         }
         public init(channel: any ByteChannel, configuration: MigrationConfiguration, ram: RAMMigration,
                     devices: [any Migratable], vm: any MigrationVMControl) {
@@ -99,6 +103,8 @@ public final class PrecopySource: Sendable {
     let returnPath = Mutex<ReturnPathReader?>(nil)
     /// A mapped-ram save's file side, once set up.
     let saver = Mutex<MappedRAMSaver?>(nil)
+    /// A background snapshot's figures, once it started.
+    let snapshot = Mutex<SnapshotProgress?>(nil)
     static let window: Duration = .milliseconds(100)
     static let returnPathTimeout: Duration = .seconds(60)
     /// Under the threshold, a stop expected to take this long or less happens at once.
@@ -130,6 +136,7 @@ public final class PrecopySource: Sendable {
         info.channels = [main] + multifd
         info.multifdBytes = multifd.reduce(0) { $0 + $1.bytes }
         info.mappedRAM = progress.withLock { $0.mappedRAM }
+        info.snapshot = snapshot.withLock { $0?.statistics }
         return info
     }
 
@@ -192,6 +199,14 @@ public final class PrecopySource: Sendable {
             writer.setRateLimit(start.maxBandwidth)
             try writer.sendStreamHeader(ChannelIdentity(role: .main, migrationID: migrationID))
             try writer.send(.configuration, payload: parts.configuration.encode())
+            if capabilities.backgroundSnapshot {
+                try runBackgroundSnapshot(stoppedGuest: &stoppedGuest)
+                endTracking()       // the guest runs on, as it ran before
+                progress.withLock { p in p.info.errorDescription = p.cleanupFailure.map { "completed, but \($0)" } }
+                finish(.completed)
+                closeChannels()
+                return
+            }
             try parts.ram.setup(continuing: fileSave?.continued ?? false)
             if let fileSave {
                 // The pages go to the file's page areas; the stream here is the device state.
@@ -236,7 +251,10 @@ public final class PrecopySource: Sendable {
             finish(.completed)
         } catch {
             endTracking()
-            let (cancelled, uncertain) = progress.withLock { ($0.cancelRequested, $0.phase == .pastPointOfNoReturn) }
+            // A snapshot's source never stops for good: its guest runs on whatever the destination did.
+            let (cancelled, uncertain) = progress.withLock {
+                ($0.cancelRequested, $0.phase == .pastPointOfNoReturn && !capabilities.backgroundSnapshot)
+            }
             // A destination that refused the stream said why on the return path
             // before closing; that beats "broken pipe".
             var reason: MigrationError? = cancelled ? nil : error

@@ -150,7 +150,7 @@ public final class RAMMigration: Migratable {
         RAMResidency(words: (send.withLock { $0.selector.resident } ?? residentChunks()).map(\.words))
     }
 
-    private func residentChunks() -> [DirtyBitmap] {
+    func residentChunks() -> [DirtyBitmap] {
         blocks.map { $0.mapping.residentChunks(chunkBytes: Self.chunkBytes) }
     }
 

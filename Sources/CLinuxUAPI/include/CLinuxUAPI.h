@@ -224,6 +224,132 @@ static inline long CLinuxUAPI_pagemap_scan(int fd, uint64_t start, uint64_t end,
     *walk_end = arg.walk_end;
     return r;
 }
+/* ---- userfaultfd (the Userfaultfd target is the only user).
+ * Feature bits newer than the installed headers, from the kernel's
+ * include/uapi/linux/userfaultfd.h, under our prefix. */
+static const uint64_t CLinuxUAPI_UFFD_API = UFFD_API;
+static const uint64_t CLinuxUAPI_UFFD_FEATURE_PAGEFAULT_FLAG_WP = 1 << 0;
+static const uint64_t CLinuxUAPI_UFFD_FEATURE_MISSING_HUGETLBFS = 1 << 4;
+static const uint64_t CLinuxUAPI_UFFD_FEATURE_MISSING_SHMEM = 1 << 5;
+static const uint64_t CLinuxUAPI_UFFD_FEATURE_THREAD_ID = 1 << 8;
+static const uint64_t CLinuxUAPI_UFFD_FEATURE_MINOR_HUGETLBFS = 1 << 9;
+static const uint64_t CLinuxUAPI_UFFD_FEATURE_MINOR_SHMEM = 1 << 10;
+static const uint64_t CLinuxUAPI_UFFD_FEATURE_EXACT_ADDRESS = 1 << 11;
+static const uint64_t CLinuxUAPI_UFFD_FEATURE_WP_HUGETLBFS_SHMEM = 1 << 12;
+static const uint64_t CLinuxUAPI_UFFD_FEATURE_WP_UNPOPULATED = 1 << 13;     /* Linux 6.4 */
+static const uint64_t CLinuxUAPI_UFFD_FEATURE_POISON = 1 << 14;
+static const uint64_t CLinuxUAPI_UFFD_FEATURE_WP_ASYNC = 1 << 15;           /* Linux 6.7 */
+static const uint64_t CLinuxUAPI_UFFDIO_REGISTER_MODE_MISSING = UFFDIO_REGISTER_MODE_MISSING;
+static const uint64_t CLinuxUAPI_UFFDIO_REGISTER_MODE_WP = UFFDIO_REGISTER_MODE_WP;
+static const uint64_t CLinuxUAPI_UFFDIO_REGISTER_MODE_MINOR = UFFDIO_REGISTER_MODE_MINOR;
+static const uint64_t CLinuxUAPI_UFFD_PAGEFAULT_FLAG_WRITE = UFFD_PAGEFAULT_FLAG_WRITE;
+static const uint64_t CLinuxUAPI_UFFD_PAGEFAULT_FLAG_WP = UFFD_PAGEFAULT_FLAG_WP;
+static const uint64_t CLinuxUAPI_UFFD_PAGEFAULT_FLAG_MINOR = UFFD_PAGEFAULT_FLAG_MINOR;
+
+/* A userfaultfd (close-on-exec, non-blocking), or -errno. */
+static inline int CLinuxUAPI_userfaultfd(void) {
+    long r = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    return r >= 0 ? (int)r : -errno;
+}
+/* UFFDIO_API: asks for `features`; the kernel's answer goes to *features and *ioctls. */
+static inline long CLinuxUAPI_uffd_api(int fd, uint64_t *features, uint64_t *ioctls) {
+    struct uffdio_api api;
+    memset(&api, 0, sizeof api);
+    api.api = UFFD_API;
+    api.features = *features;
+    long r = CLinuxUAPI_ioctl_pointer(fd, UFFDIO_API, &api);
+    *features = api.features;
+    *ioctls = api.ioctls;
+    return r;
+}
+/* UFFDIO_REGISTER; the range's supported ioctls go to *ioctls. */
+static inline long CLinuxUAPI_uffd_register(int fd, uint64_t start, uint64_t length, uint64_t mode, uint64_t *ioctls) {
+    struct uffdio_register reg;
+    memset(&reg, 0, sizeof reg);
+    reg.range.start = start;
+    reg.range.len = length;
+    reg.mode = mode;
+    long r = CLinuxUAPI_ioctl_pointer(fd, UFFDIO_REGISTER, &reg);
+    *ioctls = reg.ioctls;
+    return r;
+}
+static inline long CLinuxUAPI_uffd_unregister(int fd, uint64_t start, uint64_t length) {
+    struct uffdio_range range = { .start = start, .len = length };
+    return CLinuxUAPI_ioctl_pointer(fd, UFFDIO_UNREGISTER, &range);
+}
+static inline long CLinuxUAPI_uffd_wake(int fd, uint64_t start, uint64_t length) {
+    struct uffdio_range range = { .start = start, .len = length };
+    return CLinuxUAPI_ioctl_pointer(fd, UFFDIO_WAKE, &range);
+}
+static inline long CLinuxUAPI_uffd_writeprotect(int fd, uint64_t start, uint64_t length, int protect, int wake) {
+    struct uffdio_writeprotect wp;
+    memset(&wp, 0, sizeof wp);
+    wp.range.start = start;
+    wp.range.len = length;
+    wp.mode = (protect ? UFFDIO_WRITEPROTECT_MODE_WP : 0) | (wake ? 0 : UFFDIO_WRITEPROTECT_MODE_DONTWAKE);
+    return CLinuxUAPI_ioctl_pointer(fd, UFFDIO_WRITEPROTECT, &wp);
+}
+/* UFFDIO_COPY: bytes copied go to *copied (may be short with -EAGAIN). */
+static inline long CLinuxUAPI_uffd_copy(int fd, uint64_t destination, const void *source, uint64_t length, int wake, int protect, int64_t *copied) {
+    struct uffdio_copy copy;
+    memset(&copy, 0, sizeof copy);
+    copy.dst = destination;
+    copy.src = (uint64_t)(uintptr_t)source;
+    copy.len = length;
+    copy.mode = (wake ? 0 : UFFDIO_COPY_MODE_DONTWAKE) | (protect ? UFFDIO_COPY_MODE_WP : 0);
+    long r = CLinuxUAPI_ioctl_pointer(fd, UFFDIO_COPY, &copy);
+    *copied = copy.copy;
+    return r;
+}
+static inline long CLinuxUAPI_uffd_zeropage(int fd, uint64_t start, uint64_t length, int wake, int64_t *zeroed) {
+    struct uffdio_zeropage zero;
+    memset(&zero, 0, sizeof zero);
+    zero.range.start = start;
+    zero.range.len = length;
+    zero.mode = wake ? 0 : UFFDIO_ZEROPAGE_MODE_DONTWAKE;
+    long r = CLinuxUAPI_ioctl_pointer(fd, UFFDIO_ZEROPAGE, &zero);
+    *zeroed = zero.zeropage;
+    return r;
+}
+static inline long CLinuxUAPI_uffd_continue(int fd, uint64_t start, uint64_t length, int wake, int64_t *mapped) {
+    struct uffdio_continue cont;
+    memset(&cont, 0, sizeof cont);
+    cont.range.start = start;
+    cont.range.len = length;
+    cont.mode = wake ? 0 : UFFDIO_CONTINUE_MODE_DONTWAKE;
+    long r = CLinuxUAPI_ioctl_pointer(fd, UFFDIO_CONTINUE, &cont);
+    *mapped = cont.mapped;
+    return r;
+}
+/* Reads up to `max` messages: each page fault's address and flags are stored
+ * in order; any other event counts in *others.  Returns the number of faults,
+ * 0 when none is waiting (EAGAIN), or -errno. */
+static inline int CLinuxUAPI_uffd_read_faults(int fd, uint64_t *addresses, uint64_t *flags, int max, int *others) {
+    struct uffd_msg messages[64];
+    if (max > 64) max = 64;
+    *others = 0;
+    ssize_t r;
+    do { r = read(fd, messages, sizeof(struct uffd_msg) * (size_t)max); } while (r < 0 && errno == EINTR);
+    if (r < 0) return errno == EAGAIN ? 0 : -errno;
+    int count = 0;
+    for (ssize_t i = 0; i < r / (ssize_t)sizeof(struct uffd_msg); i++) {
+        if (messages[i].event != UFFD_EVENT_PAGEFAULT) { (*others)++; continue; }
+        addresses[count] = messages[i].arg.pagefault.address;
+        flags[count] = messages[i].arg.pagefault.flags;
+        count++;
+    }
+    return count;
+}
+/* Waits until `fd` is readable or `other` (an eventfd, or -1) is: returns
+ * 1 for fd, 2 for other (3 both), 0 on timeout, -errno. */
+static inline int CLinuxUAPI_wait_either(int fd, int other, int milliseconds) {
+    struct pollfd fds[2] = { { .fd = fd, .events = POLLIN }, { .fd = other, .events = POLLIN } };
+    int r;
+    do { r = poll(fds, other >= 0 ? 2 : 1, milliseconds); } while (r < 0 && errno == EINTR);
+    if (r < 0) return -errno;
+    return ((fds[0].revents & (POLLIN | POLLERR | POLLHUP)) ? 1 : 0) | ((other >= 0 && (fds[1].revents & POLLIN)) ? 2 : 0);
+}
+
 /* lseek's SEEK_DATA / SEEK_HOLE (glibc declares them only under _GNU_SOURCE).
  * Returns the offset, or -errno (ENXIO: no data at or after `offset`). */
 static const int CLinuxUAPI_SEEK_DATA = 3;

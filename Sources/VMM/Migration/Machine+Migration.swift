@@ -23,6 +23,12 @@ extension Machine {
     /// that cannot migrate) are thrown; later ones end the migration `failed`,
     /// with the source guest running on unless the destination may already run it.
     public func startMigration(to text: String) throws(QMPError) {
+        try startMigration(to: text, protection: { $0 })
+    }
+
+    /// `startMigration`, with what a background snapshot's write protection
+    /// becomes (tests wrap it to show what a broken ordering does).
+    func startMigration(to text: String, protection wrap: (any WriteProtection) -> any WriteProtection) throws(QMPError) {
         let uri: MigrationURI
         do { uri = try MigrationURI(parsing: text) } catch { throw .generic(error.description) }
         let current = state
@@ -55,6 +61,11 @@ extension Machine {
             if case .fdName(let name) = uri, !descriptors.hasNamed(name) { throw .generic("File descriptor named '\(name)' has not been found") }
             do { opener = try URIChannelOpener(uri, descriptors: descriptors) } catch { throw .generic("Failed to connect to '\(text)': \(error)") }
         }
+        // A background snapshot: RAM's write protection, opened now so that a kernel without it fails `migrate`.
+        let protection: (any WriteProtection)?
+        do { protection = capabilities.backgroundSnapshot ? wrap(try UserfaultWriteProtection(blocks: memory.blocks)) : nil } catch {
+            throw .generic(error.description)
+        }
         let global = GlobalStateMigratable(wasRunning: { [self] in self.wasRunningBeforeSwitchover })
         // Checked and claimed in one step, so two `migrate`s cannot both start.
         let source = try migration.state.withLock { s throws(QMPError) -> PrecopySource in
@@ -79,7 +90,8 @@ extension Machine {
             let source = PrecopySource(
                 .init(opener: opener, configuration: migrationConfiguration,
                       ram: RAMMigration(blocks: memory.blocks, tracker: makeDirtyPageSource(), trackingKeptOn: baseline != nil),
-                      devices: migratableDevices(global: global), vm: MachineMigrationControl(machine: self), mappedRAM: mappedRAM),
+                      devices: migratableDevices(global: global), vm: MachineMigrationControl(machine: self), mappedRAM: mappedRAM,
+                      writeProtection: protection),
                 parameters: s.parameters, capabilities: capabilities,
                 onStatus: { [self] status in if capabilities.events { emit("MIGRATION", data: ["status": .string(status.rawValue)]) } },
                 onPass: { [self] pass in if capabilities.events { emit("MIGRATION_PASS", data: ["pass": .int(Int64(pass))]) } })
@@ -246,6 +258,10 @@ extension Machine {
                 do { try capabilities.set(name, to: enabled) } catch { throw QMPError.generic("\(error)") }
             }
             do { try capabilities.check(with: s.parameters) } catch { throw QMPError.generic("\(error)") }
+            if capabilities.backgroundSnapshot && !s.capabilities.backgroundSnapshot,
+               !UserfaultWriteProtection.supported(backend: configuration.backend) {
+                throw QMPError.generic("Background-snapshot is not supported by host kernel")
+            }
             // The destination learns the channels from the source, but takes QEMU's rule as it is.
             if capabilities.multifd && s.incoming != nil {
                 throw QMPError.generic("Multifd must be set before incoming starts")

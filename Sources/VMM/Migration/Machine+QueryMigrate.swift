@@ -67,6 +67,21 @@ extension Machine {
             result["x-ferry-mapped-ram"] = ["generation": .int(Int64(saved.baseline.generation)), "incremental": .bool(saved.incremental),
                                             "present-pages": .int(Int64(saved.presentPages))]
         }
+        // Ferry's own: a background snapshot's write faults, pages and limiter.
+        if let snapshot = info.snapshot {
+            var entry: [String: JSONValue] = [
+                "limiter": .string(snapshot.limiter.rawValue), "write-faults": .int(Int64(snapshot.writeFaults)),
+                "faulted-units": .int(Int64(snapshot.faultedUnits)), "faulted-pages": .int(Int64(snapshot.faultedPages)),
+                "scanned-pages": .int(Int64(snapshot.scannedPages)), "fault-only-runs": .int(Int64(snapshot.faultOnlyRuns)),
+                "throttling": .bool(snapshot.throttling),
+            ]
+            if let latency = snapshot.faultLatency {
+                entry["fault-latency-us"] = ["p50": .int(Int64(latency.p50)), "p99": .int(Int64(latency.p99)),
+                                             "max": .int(Int64(latency.max)), "mean": .double(latency.mean)]
+            }
+            if let rate = snapshot.scanRateLimit { entry["scan-rate-limit"] = .int(Int64(rate)) }
+            result["x-ferry-background-snapshot"] = .object(entry)
+        }
         return .object(result)
     }
 

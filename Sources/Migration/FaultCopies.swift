@@ -1,0 +1,103 @@
+import Foundation
+
+/// A protection unit copied out by the write-fault handler before it let the
+/// guest write: the snapshot's view of that unit, waiting to be written.
+struct FaultCopy: Sendable {
+    let block: Int
+    let offset: Int
+    let bytes: [UInt8]
+}
+
+/// The copies the fault handler took, on their way to the writer: a queue
+/// bounded in bytes.  When it is full the handler waits for room, and the
+/// guest's write waits with it: that wait is what makes write faults slow
+/// when the stream stalls, and what the scan limiter reacts to.
+final class FaultCopies: @unchecked Sendable {
+    // @unchecked: every field is guarded by `condition`.
+    private let condition = NSCondition()
+    private var queue: [FaultCopy] = []
+    private var head = 0
+    private var usedBytes = 0
+    private var aborted = false
+    let capacity: Int
+
+    init(capacity: Int) { self.capacity = capacity }
+
+    /// Waits until `bytes` fit (or the queue is empty: one oversized unit always
+    /// fits) and reserves them; false once aborted.
+    func reserve(_ bytes: Int) -> Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        while !aborted && usedBytes > 0 && usedBytes + bytes > capacity { condition.wait() }
+        guard !aborted else { return false }
+        usedBytes += bytes
+        return true
+    }
+
+    /// Queues a copy whose bytes were reserved.
+    func push(_ copy: FaultCopy) {
+        condition.lock()
+        queue.append(copy)
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// Takes the queued copies, oldest first, up to about `maxBytes` (at least one).
+    func take(maxBytes: Int) -> [FaultCopy] {
+        condition.lock()
+        defer { condition.unlock() }
+        var taken: [FaultCopy] = []
+        var bytes = 0
+        while head < queue.count, taken.isEmpty || bytes + queue[head].bytes.count <= maxBytes {
+            bytes += queue[head].bytes.count
+            taken.append(queue[head])
+            head += 1
+        }
+        if head == queue.count {
+            queue.removeAll(keepingCapacity: true)
+            head = 0
+        }
+        return taken
+    }
+
+    /// Copies written: their room is free again.
+    func written(_ bytes: Int) {
+        condition.lock()
+        usedBytes -= bytes
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// Waits until a copy is queued or `timeout` passed; whether one is queued.
+    func waitForCopies(timeout: Duration) -> Bool {
+        let seconds = Double(timeout.components.seconds) + Double(timeout.components.attoseconds) / 1e18
+        let deadline = Date(timeIntervalSinceNow: seconds)
+        condition.lock()
+        defer { condition.unlock() }
+        while head == queue.count && !aborted {
+            if !condition.wait(until: deadline) { break }
+        }
+        return head < queue.count
+    }
+
+    var isEmpty: Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        return head == queue.count
+    }
+
+    /// Bytes reserved or queued and not yet written.
+    var pendingBytes: Int {
+        condition.lock()
+        defer { condition.unlock() }
+        return usedBytes
+    }
+
+    /// No more room will come: a waiting handler gives up.
+    func abort() {
+        condition.lock()
+        aborted = true
+        condition.broadcast()
+        condition.unlock()
+    }
+}

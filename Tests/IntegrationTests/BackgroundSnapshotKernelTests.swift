@@ -1,0 +1,200 @@
+import EmbeddedGuest
+import Foundation
+import GuestMemory
+import KVM
+import Migration
+import MigrationProtocol
+import QMP
+import Synchronization
+import Testing
+@testable import VMM
+
+/// Background snapshots of a real guest: the image is the VM as it was when
+/// the snapshot started (the restored guest's own verifier and the host
+/// verifier find nothing wrong, while a snapshot without write protection
+/// fails them, or its load refuses torn pages), the source guest runs on throughout, cancel lifts every
+/// protection, and QEMU's refusals hold.
+@Suite(.serialized, .enabled(if: KVMSystem.isUsable, "needs /dev/kvm"))
+struct BackgroundSnapshotKernelTests {
+    let kit = MigrationKernelTests()
+    static let memory: UInt64 = 256 << 20
+
+    func machine(_ backend: MemoryBackend = .anon, workload: WorkloadSpec, incoming: Bool) throws -> (Machine, MigrationKernelTests.Capture) {
+        let capture = MigrationKernelTests.Capture()
+        var configuration = MachineConfiguration(memoryBytes: Self.memory, backend: backend, cpus: 2, boot: .embedded(workload))
+        configuration.preallocate = false
+        let machine = try Machine(configuration, incoming: incoming, serialOutput: { _ in }, events: { event in
+            let status = event.data?["status"].flatMap { if case .string(let s) = $0 { s } else { nil } }
+            capture.events.withLock { $0.append(status.map { "\(event.name):\($0)" } ?? event.name) }
+        })
+        return (machine, capture)
+    }
+
+    static func path() -> String { "/var/tmp/ferry-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).snapshot" }
+
+    func enable(_ machine: Machine, bandwidth: Int64 = 8 << 30, limiter: String = "seed") {
+        #expect(machine.execute(.migrateSetCapabilities([.init(capability: "background-snapshot", state: true)])) == .success(.object([:])))
+        #expect(machine.execute(.migrateSetParameters(["max-bandwidth": .int(bandwidth), "x-ferry-snapshot-limiter": .string(limiter)]))
+                == .success(.object([:])))
+    }
+
+    /// A guest dirtying its working set at full speed, snapshotted into a file.
+    func snapshot(_ backend: MemoryBackend = .anon, to path: String, bandwidth: Int64 = 8 << 30,
+                  wrap: @escaping (any WriteProtection) -> any WriteProtection = { $0 }) async throws -> (Machine, MigrationInfo) {
+        let (source, _) = try machine(backend, workload: WorkloadSpec(dirtyRate: .max, workingSet: 64 << 20), incoming: false)
+        source.start()
+        try await kit.waitFor { source.progress.minimumHeartbeats >= 5 && source.progress.pagesWritten > 3 * 16384 }
+        enable(source, bandwidth: bandwidth)
+        try source.startMigration(to: "file:" + path, protection: wrap)
+        try await kit.waitFor { kit.outgoingStatus(source).isFinished }
+        return (source, try #require(source.outgoingMigration))
+    }
+
+    /// What restoring an image gave.
+    struct Restored {
+        /// Why the load refused the image, if it did.
+        var refusal: String?
+        var hostFailures = 0
+        var guestErrors: UInt64 = 0
+        var clean: Bool { refusal == nil && hostFailures == 0 && guestErrors == 0 }
+    }
+
+    /// Restores `path` into a fresh machine held paused, checks it with the host
+    /// verifier, lets it run a while and counts the guest's own verify errors.
+    func restore(_ backend: MemoryBackend = .anon, from path: String) async throws -> Restored {
+        let (restored, capture) = try machine(backend, workload: .idle, incoming: true)
+        restored.start(paused: true)
+        defer { restored.quit() }
+        try restored.startIncoming(from: "file:" + path, autostart: false, onFailure: { reason in capture.failure.withLock { $0 = reason } })
+        try await kit.waitFor { [.completed, .failed].contains(restored.incomingMigration?.status.withLock({ $0 })) }
+        if let refusal = capture.failure.withLock({ $0 }) { return Restored(refusal: refusal) }
+        var result = Restored(hostFailures: PageVerifier.verify(restored.memory).failureCount)
+        #expect(restored.execute(.cont) == .success(.object([:])))
+        // Long enough for each vCPU to verify its whole stripe at least once more.
+        let pages = restored.progress.pagesWritten
+        try await kit.waitFor { restored.progress.pagesWritten > pages + 2 * 16384 && restored.progress.minimumHeartbeats >= 3 }
+        result.guestErrors = restored.progress.verifyErrors
+        return result
+    }
+
+    @Test("a guest dirtying at full speed is saved as it was at the start: both verifiers clean; it ran on throughout",
+          arguments: [MemoryBackend.anon, .memfd, .hugetlb])
+    func pointInTime(_ backend: MemoryBackend) async throws {
+        if backend == .hugetlb {
+            try await MultifdKernelTests.withHugePages(2 * 128 + 8) { try await pointInTimeRun(backend) }
+        } else {
+            try await pointInTimeRun(backend)
+        }
+    }
+
+    func pointInTimeRun(_ backend: MemoryBackend) async throws {
+        let path = Self.path()
+        defer { unlink(path) }
+        let (source, info) = try await snapshot(backend, to: path)
+        #expect(info.status == .completed, "\(info.errorDescription ?? "")")
+        // The guest ran on: never postmigrate, still beating, its own pages still fine.
+        #expect(source.state == .running)
+        let beats = source.progress.minimumHeartbeats
+        try await kit.waitFor { source.progress.minimumHeartbeats >= beats + 2 }
+        #expect(source.progress.verifyErrors == 0)
+        let stats = try #require(info.snapshot)
+        let units = Int(Self.memory) / backend.pageSize.byteCount
+        let pages = Int(Self.memory) / 4096
+        #expect(Int(stats.faultedPages + stats.scannedPages) == pages, "every page saved once: \(stats)")
+        #expect(stats.writeFaults > 0 && stats.faultedUnits > 0 && Int(stats.faultedUnits) <= units, "the guest wrote while protected: \(stats)")
+        #expect(info.ram.normalPages + info.ram.zeroPages == UInt64(pages))
+        #expect(info.downtime != nil)
+        let restored = try await restore(backend, from: path)
+        #expect(restored.clean, "\(restored)")
+        source.quit()
+    }
+
+    /// Write protection that protects nothing: the scan then saves pages the guest rewrote after the start.
+    final class Unprotected: WriteProtection {
+        let real: any WriteProtection
+        init(_ real: any WriteProtection) { self.real = real }
+        var unitBytes: [Int] { real.unitBytes }
+        func protectAll() throws(MigrationError) {}
+        func waitForFaults(timeout: Duration) throws(MigrationError) -> [WriteFault] { try real.waitForFaults(timeout: timeout) }
+        func release(block: Int, offset: Int, length: Int) throws(MigrationError) {}
+        func interrupt() { real.interrupt() }
+        func releaseAll() throws(MigrationError) {}
+    }
+
+    @Test("without write protection (a deliberately broken ordering) the image fails: torn pages refused at load, or the verifiers find later pages")
+    func brokenOrderingFails() async throws {
+        let path = Self.path()
+        defer { unlink(path) }
+        // A slow scan, so that the guest rewrites many pages before the scan reaches them.
+        let (source, info) = try await snapshot(to: path, bandwidth: 64 << 20, wrap: { Unprotected($0) })
+        #expect(info.status == .completed)
+        // Either the load refuses pages torn while the scan read them, or the image
+        // loads and the verifiers find pages from after the start.
+        let restored = try await restore(from: path)
+        #expect(!restored.clean, "an image taken without protection should not pass")
+        source.quit()
+    }
+
+    @Test("migrate_cancel mid-snapshot: the guest runs on, unprotected (its writes no longer fault)")
+    func cancelLiftsProtection() async throws {
+        let path = Self.path()
+        defer { unlink(path) }
+        let (source, events) = try machine(workload: WorkloadSpec(dirtyRate: .max, workingSet: 64 << 20), incoming: false)
+        source.start()
+        try await kit.waitFor { source.progress.pagesWritten > 3 * 16384 }
+        enable(source, bandwidth: 16 << 20)
+        #expect(source.execute(.migrate(uri: "file:" + path)) == .success(.object([:])))
+        try await kit.waitFor { (source.outgoingMigration?.snapshot?.writeFaults ?? 0) > 100 }
+        #expect(source.execute(.migrateCancel) == .success(.object([:])))
+        try await kit.waitFor { kit.outgoingStatus(source).isFinished }
+        #expect(kit.outgoingStatus(source) == .cancelled)
+        #expect(source.state == .running)
+        #expect(events.migrationStatuses.suffix(2) == ["cancelling", "cancelled"])
+        // Unprotected now: the guest dirties at full speed again (a protected page costs a fault).
+        let faults = source.outgoingMigration?.snapshot?.writeFaults ?? 0
+        let written = source.progress.pagesWritten
+        try await kit.waitFor { source.progress.pagesWritten > written + 4 * 16384 }
+        #expect(source.outgoingMigration?.snapshot?.writeFaults == faults)
+        source.pause()
+        #expect(PageVerifier.verify(source.memory).failureCount == 0)
+        #expect(source.progress.verifyErrors == 0)
+        source.quit()
+    }
+
+    @Test("a guest paused by stop during the snapshot: completed, still paused, restores clean and paused")
+    func stoppedDuringSnapshot() async throws {
+        let path = Self.path()
+        defer { unlink(path) }
+        let (source, _) = try machine(workload: WorkloadSpec(dirtyRate: .max, workingSet: 64 << 20), incoming: false)
+        source.start()
+        try await kit.waitFor { source.progress.pagesWritten > 3 * 16384 }
+        enable(source, bandwidth: 32 << 20)
+        #expect(source.execute(.migrate(uri: "file:" + path)) == .success(.object([:])))
+        try await kit.waitFor { kit.outgoingStatus(source) == .active }
+        #expect(source.execute(.stop) == .success(.object([:])))
+        try await kit.waitFor { kit.outgoingStatus(source).isFinished }
+        #expect(kit.outgoingStatus(source) == .completed)
+        #expect(source.state == .paused)
+        #expect(source.execute(.cont) == .success(.object([:])))
+        let restored = try await restore(from: path)
+        #expect(restored.clean, "\(restored)")
+        source.quit()
+    }
+
+    @Test("QEMU's refusals: background-snapshot with auto-converge, multifd or zero-copy-send")
+    func refusals() throws {
+        let (source, _) = try machine(workload: .idle, incoming: false)
+        source.start(paused: true)
+        for other in ["auto-converge", "multifd"] {
+            let reply = source.execute(.migrateSetCapabilities([.init(capability: "background-snapshot", state: true),
+                                                                .init(capability: other, state: true)]))
+            #expect(reply == .failure(.generic("Background-snapshot is not compatible with \(other)")))
+        }
+        #expect(source.execute(.migrateSetCapabilities([.init(capability: "background-snapshot", state: true)])) == .success(.object([:])))
+        #expect(source.execute(.migrateSetCapabilities([.init(capability: "multifd", state: true)]))
+                == .failure(.generic("Background-snapshot is not compatible with multifd")))
+        #expect(source.execute(.migrateSetParameters(["x-ferry-snapshot-limiter": .string("fast")]))
+                == .failure(.generic("Parameter 'x-ferry-snapshot-limiter' does not accept value 'fast' (off, seed or latency)")))
+        source.quit()
+    }
+}
