@@ -133,7 +133,7 @@ async def wait_migration(vmm, client, proc, sampler, deadline, period=0.01):
 
 
 @contextlib.asynccontextmanager
-async def vmm_process(vmm, memory, cmdline, incoming, flags):
+async def vmm_process(vmm, memory, cmdline, incoming, flags, console_class=Console):
     """One VMM process on the guest (1 vCPU) and its QMP client: yields (process, console, client).
     A failure inside says whether the process has exited and what it last wrote on stderr; the
     process is killed if it is still there."""
@@ -143,7 +143,7 @@ async def vmm_process(vmm, memory, cmdline, incoming, flags):
             proc = subprocess.Popen(migration_command(vmm, memory, cmdline, sock, incoming, flags),
                                     stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
             try:
-                console = Console(proc)
+                console = console_class(proc)
                 yield proc, console, await connect_qmp(sock)
             except Exception as error:
                 raise RuntimeError(f"{error!r}{exit_report(vmm, proc, log)}") from error

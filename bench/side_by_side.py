@@ -410,7 +410,7 @@ def main():
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--scenario", choices=["boot", "migrate-idle", "migrate-dirty", "migrate", "all",
                                                "multifd-idle", "multifd-dirty", "multifd", "mapped-ram-save",
-                                               "mapped-ram-restore", "mapped-ram"], default="all",
+                                               "mapped-ram-restore", "mapped-ram", "background-snapshot"], default="all",
                         help="`all` is boot and migrate; the multifd and mapped-ram scenarios run only by name")
     parser.add_argument("--channels",
                         help="multifd and mapped-ram scenarios: multifd-channels values, comma-separated; 0 = multifd "
@@ -430,6 +430,10 @@ def main():
                         help="mapped-ram scenarios: where the files and fio's test file go (default /var/tmp/ferry-bench-mr)")
     parser.add_argument("--raw", help="mapped-ram scenarios: the JSON file for raw samples "
                                       "(default bench/results/mapped-ram-DATE.json)")
+    parser.add_argument("--limiter", default="off,seed,latency",
+                        help="background-snapshot: Ferry's x-ferry-snapshot-limiter values (default off,seed,latency)")
+    parser.add_argument("--snapshot-rates", default="1G,max",
+                        help="background-snapshot: the guest's dirty rates, comma-separated (default 1G,max)")
     parser.add_argument("--mem-prealloc", action="store_true",
                         help="run both VMMs with -mem-prealloc (guest RAM allocated at start)")
     parser.add_argument("--only", choices=["ferry", "qemu"],
@@ -459,6 +463,14 @@ def main():
         if args.scenario in ("multifd-dirty", "multifd"):
             scenario_multifd(ferry_vmm, qemu_vmm, args.runs, "multifd-dirty", "dirty-rate=max,working-set=256M", 65536,
                              256 << 20, *multifd)
+        if args.scenario == "background-snapshot":
+            sys.modules.setdefault("side_by_side", sys.modules[__name__])
+            from snapshot import scenario_snapshot
+            raw = Path(args.raw) if args.raw else ROOT / "bench" / "results" / f"snapshot-{time.strftime('%Y%m%d-%H%M%S')}.json"
+            memory = args.memory if args.memory != "1536M" else "2G"
+            working_set = args.working_set if args.working_set != "1280M" else "1536M"
+            scenario_snapshot(ferry_vmm, qemu_vmm, [v for v in (ferry_vmm, qemu_vmm) if v.name in ONLY], args.runs,
+                              memory, working_set, args.snapshot_rates.split(","), args.limiter.split(","), args.dir, raw)
         if args.scenario.startswith("mapped-ram"):
             sys.modules.setdefault("side_by_side", sys.modules[__name__])     # mapped_ram imports the helpers above
             from mapped_ram import scenario_mapped_ram

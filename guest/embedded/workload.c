@@ -14,6 +14,14 @@
  * it to the VMM (port 0x510); vCPU 0 also prints "HB <seq> t=<ms> pages=<n>
  * err=<n>" on COM1, totals over all vCPUs.
  *
+ * Slow accesses: every page write (verify + rewrite of one page) is timed;
+ * one that took 16 us or more (a write fault, a preemption) counts in a
+ * histogram with four buckets per doubling from 16 us (bucket 4k+q holds
+ * [16us * 2^k * (1 + q/4), 16us * 2^k * (1 + (q+1)/4)), the last catches
+ * everything over ~1 s).  Every tenth heartbeat vCPU 0 prints the totals over
+ * all vCPUs, cumulative since boot: "SA <seq> n=<slow> of=<all> b=<c0>,<c1>,..."
+ * (counts of buckets 0.. up to the last non-zero one).
+ *
  * Command line (hvm_start_info): cpus=N tsc-khz=N dirty-rate=BYTES|max
  * working-set=BYTES (K/M/G suffixes).  Without tsc-khz the guest measures the
  * TSC against its LAPIC timer.  dirty-rate=0 is the idle workload:
@@ -59,6 +67,12 @@ static volatile u64 memory_mapped;
 /* Totals for the serial line, one slot per vCPU (vCPU 0 sums them). */
 static volatile u64 shared_pages[MAX_CPUS];
 static volatile u64 shared_errors[MAX_CPUS];
+
+/* Slow page writes per vCPU (see the top of this file). */
+#define SLOW_BUCKETS 65
+static volatile u64 slow_counts[MAX_CPUS][SLOW_BUCKETS];
+static volatile u64 slow_total[MAX_CPUS];
+static char slow_line[1024];
 
 struct range { u64 base, pages; };
 #define MAX_RANGES 16
@@ -262,6 +276,38 @@ static void advance(const struct stripe *st, struct cursor *cur) {
     cur->pass++;
 }
 
+/* Counts one page write of `micros` us (>= 16). */
+static void record_slow(u64 cpu, u64 micros) {
+    u64 v = micros / 16, octave = 63 - (u64)__builtin_clzl(v);
+    u64 bucket = octave * 4 + (((v << 2) >> octave) & 3);
+    if (bucket >= SLOW_BUCKETS) bucket = SLOW_BUCKETS - 1;
+    slow_counts[cpu][bucket]++;
+    slow_total[cpu]++;
+}
+
+static void print_slow(const struct config *c, u64 seq) {
+    u64 sums[SLOW_BUCKETS], slow = 0, all = 0, last = 0;
+    for (u64 b = 0; b < SLOW_BUCKETS; b++) {
+        sums[b] = 0;
+        for (u64 i = 0; i < c->cpus && i < MAX_CPUS; i++) sums[b] += slow_counts[i][b];
+        if (sums[b]) last = b + 1;
+    }
+    for (u64 i = 0; i < c->cpus && i < MAX_CPUS; i++) { slow += slow_total[i]; all += shared_pages[i]; }
+    u64 at = put_str(slow_line, 0, "SA ");
+    at = put_dec(slow_line, at, seq);
+    at = put_str(slow_line, at, " n=");
+    at = put_dec(slow_line, at, slow);
+    at = put_str(slow_line, at, " of=");
+    at = put_dec(slow_line, at, all);
+    at = put_str(slow_line, at, " b=");
+    for (u64 b = 0; b < last; b++) {
+        if (b) slow_line[at++] = ',';
+        at = put_dec(slow_line, at, sums[b]);
+    }
+    slow_line[at++] = '\n';
+    print(slow_line, at);
+}
+
 static void heartbeat(struct percpu *pc, const struct config *c, u64 t0, u64 now, u64 cpu) {
     struct heartbeat *hb = &pc->hb;
     hb->magic = HB_MAGIC;
@@ -286,6 +332,7 @@ static void heartbeat(struct percpu *pc, const struct config *c, u64 t0, u64 now
     at = put_dec(line, at, errors);
     line[at++] = '\n';
     print(line, at);
+    if (hb->seq % 10 == 0) print_slow(c, hb->seq);
 }
 
 static void banner(const struct config *c, const struct stripe *st) {
@@ -337,6 +384,7 @@ void workload_main(u64 cpu, const struct start_info *si) {
     if (cpu == 0) banner(&c, &st);
 
     u64 hz = c.tsc_khz * 1000, beat = hz / 10;
+    u64 slow_cycles = c.tsc_khz * 16 / 1000;      /* 16 us */
     u64 t0 = rdtsc(), next_beat = t0;      /* first heartbeat at once */
     u64 rate_pages = c.dirty_rate / PAGE_SIZE / c.cpus;   /* per vCPU per second */
     struct cursor cur = { 0, 0, 0 };
@@ -359,6 +407,7 @@ void workload_main(u64 cpu, const struct start_info *si) {
         }
         if (due <= written) { service(SVC_SLEEP, 0, 0); continue; }
         for (u64 n = due - written; n; n--) {
+            u64 started = rdtsc();
             u64 *page = cursor_page(&st, &cur);
             u64 index = (u64)page / PAGE_SIZE;
             if (!verify_page(page, index, cur.pass)) {
@@ -374,6 +423,8 @@ void workload_main(u64 cpu, const struct start_info *si) {
             pc->hb.pass = cur.pass;
             advance(&st, &cur);
             written++;
+            u64 took = rdtsc() - started;
+            if (took >= slow_cycles) record_slow(cpu, took * 1000 / c.tsc_khz);
             if (rdtsc() >= next_beat) break;
         }
     }
