@@ -101,6 +101,37 @@ final class MappedRAMSaver: Sendable {
         }
     }
 
+    /// Writes a background snapshot's copy of `bytes` (whole pages) taken at
+    /// `offset` of `block`: its data pages at their places, through the buffered
+    /// descriptor (a copy is not aligned for O_DIRECT), zero pages left as holes.
+    /// Returns (data pages, zero pages).
+    func writeCopy(block: Int, offset: Int, bytes: [UInt8]) throws(MigrationError) -> (Int, Int) {
+        let pageSize = RAMMigration.pageSize
+        var data: [(page: Int, checksum: UInt64)] = []
+        var zero: [Int] = []
+        var run: (start: Int, end: Int)?
+        func flush() throws(MigrationError) {
+            guard let (start, end) = run else { return }
+            let page = (offset + start) / pageSize
+            do { try file.write(Array(bytes[start..<end]), at: layout.pageOffset(block: block, page: page)) } catch { throw .channel(error) }
+            run = nil
+        }
+        for start in stride(from: 0, to: bytes.count, by: pageSize) {
+            let scan = PageScan.of(bytes.span.extracting(start..<start + pageSize))
+            let page = (offset + start) / pageSize
+            if scan.isZero {
+                try flush()
+                zero.append(page)
+            } else {
+                data.append((page, scan.checksum))
+                run = (run?.start ?? start, start + pageSize)
+            }
+        }
+        try flush()
+        record(block: block, data: data, zero: zero)
+        return (data.count, zero.count)
+    }
+
     /// Pages the file holds, over all blocks.
     var presentPages: Int { index.withLock { $0.reduce(0) { $0 + $1.presentCount } } }
 
@@ -178,6 +209,7 @@ final class FilePageWorker: ChannelWorker {
             saver.record(block: block, data: data.filter { $0.block == block }.map { ($0.page, $0.checksum) },
                          zero: zero.filter { $0.block == block }.map(\.page))
         }
+        job.onWritten?()
         let bytes = data.count * Self.pageSize
         limiter.charge(bytes)
         pages.normal += UInt64(data.count)

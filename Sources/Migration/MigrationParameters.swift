@@ -259,12 +259,10 @@ public struct MigrationCapabilities: Equatable, Sendable {
             // destination's answer; a file has none.)
             if autoConverge { throw .invalidParameter("Background-snapshot is not compatible with auto-converge") }
             if zeroCopySend { throw .invalidParameter("Background-snapshot is not compatible with zero-copy-send") }
-            if multifd { throw .invalidParameter("Background-snapshot is not compatible with multifd") }
+            // Ferry's own: into a mapped-ram file, multifd's threads write the pages.
+            if multifd && !mappedRAM { throw .invalidParameter("Background-snapshot is not compatible with multifd") }
             // Incremental saves continue the dirty log, which a snapshot does not keep.
             if incremental { throw .invalidParameter("Background-snapshot is not compatible with x-ferry-incremental") }
-            if mappedRAM {
-                throw .invalidParameter("Background-snapshot into a mapped-ram file is not built yet in Ferry (a stream file: is)")
-            }
         }
     }
 }

@@ -19,6 +19,9 @@ struct PageJob: Sendable {
     var blocks: [Int] = []
     var offsets: [Int] = []
     var knownZero: [Bool] = []
+    /// Told by a file worker once the job's pages are written (a background
+    /// snapshot then lifts their write protection).
+    var onWritten: (@Sendable () -> Void)?
 
     var count: Int { blocks.count }
 

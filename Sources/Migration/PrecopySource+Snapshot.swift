@@ -25,7 +25,15 @@ extension PrecopySource {
         let handler = SnapshotFaultHandler(protection: protection, mappings: ram.mappings, copies: copies,
                                            pages: SnapshotPageMap(blockBytes: ram.mappings.map(\.byteCount), unitBytes: protection.unitBytes))
         snapshot.withLock { $0 = SnapshotProgress(handler: handler, mode: settings.mode) }
-        try writer.send(.channels, payload: ChannelPlan(multifd: 0).encode())
+        // Into a mapped-ram file (Ferry's own): the pages go to their places, written by
+        // multifd's threads; the stream here is the device state.
+        let file = saver.withLock { $0 }
+        if let file {
+            try writer.send(.channels, payload: ChannelPlan(multifd: UInt16(file.barrier.parties), mappedRAM: true).encode())
+            startFileWorkers(file, parameters)
+        } else {
+            try writer.send(.channels, payload: ChannelPlan(multifd: 0).encode())
+        }
         for device in parts.devices { try device.setup() }
         progress.withLock { $0.info.setupTime = Self.milliseconds(.now - $0.startedAt) }
         try checkCancelled()
@@ -42,7 +50,7 @@ extension PrecopySource {
             sections.append(StateSection(name: whole.sectionName, version: whole.sectionVersion, state: try whole.save()).encode())
         }
         let resident = ram.residentChunks()
-        try writer.send(.residency, payload: RAMResidency(words: resident.map(\.words)).encode())
+        if file == nil { try writer.send(.residency, payload: RAMResidency(words: resident.map(\.words)).encode()) }
         var protectedRAM = false
         defer {
             // After any outcome: the thread stops, every write goes ahead.
@@ -61,7 +69,8 @@ extension PrecopySource {
         progress.withLock { $0.info.downtime = Self.milliseconds(.now - stopRequested) }
         setStatus(.active)
 
-        try saveAllPages(ram: ram, resident: resident, copies: copies, handler: handler, settings: settings)
+        try saveAllPages(ram: ram, resident: resident, copies: copies, handler: handler, settings: settings, file: file)
+        try ram.multifd?.finish()
         writer.setRateLimit(0)
         for section in sections { try writer.send(.section, payload: section) }
         try progress.withLock { p throws(MigrationError) in
@@ -69,14 +78,22 @@ extension PrecopySource {
             p.phase = p.phase.next(.switchingOver).next(.sendingEnd)
         }
         try writer.sendEnd()
+        if let file {
+            try file.finish(stateLength: writer.bytesWritten)
+            let identity: FileIdentity
+            do { identity = try file.file.identity } catch { throw .channel(error) }
+            let outcome = MappedRAMOutcome(baseline: MappedRAMBaseline(file: identity, generation: file.generation),
+                                           incremental: false, presentPages: file.presentPages)
+            progress.withLock { $0.mappedRAM = outcome }
+        }
         progress.withLock { $0.phase = $0.phase.next(.pastPointOfNoReturn) }
         if channel.hasReturnPath { try awaitDestination() }
     }
 
     /// Copies the fault handler queued go out first; otherwise the scan takes
     /// the next unclaimed units, writes them from protected RAM and releases them.
-    private func saveAllPages(ram: RAMMigration, resident: [DirtyBitmap], copies: FaultCopies,
-                              handler: SnapshotFaultHandler, settings: SnapshotLimiterSettings) throws(MigrationError) {
+    private func saveAllPages(ram: RAMMigration, resident: [DirtyBitmap], copies: FaultCopies, handler: SnapshotFaultHandler,
+                              settings: SnapshotLimiterSettings, file: MappedRAMSaver?) throws(MigrationError) {
         var limiter = ScanLimiter(settings, now: .now)
         var sender = PageSender(writer: writer, mappings: ram.mappings, detection: .multifd, statistics: ram.statistics)
         let chunkPages = RAMMigration.chunkBytes / RAMMigration.pageSize
@@ -89,15 +106,20 @@ extension PrecopySource {
             // Faulted copies first: the guest has moved on, but they hold the queue's room.
             let faulted = copies.take(maxBytes: RAMMigration.jobPages * pageSize)
             if !faulted.isEmpty {
-                let pages = try sendCopies(faulted, statistics: ram.statistics)
+                let pages: Int
+                if let file {
+                    pages = try writeCopies(faulted, into: file, statistics: ram.statistics)
+                } else {
+                    pages = try sendCopies(faulted, statistics: ram.statistics)
+                }
                 copies.written(faulted.reduce(0) { $0 + $1.bytes.count })
                 limiter.faultedPagesWritten(pages)
                 snapshot.withLock { $0?.faultedPages += UInt64(pages) }
                 writer.waitForBudget()
                 continue
             }
-            let (complete, remaining) = handler.pages.withLock { ($0.isComplete, $0.unclaimedCount) }
-            ram.statistics.withLock { $0.remainingPages = UInt64(remaining) }
+            let (complete, remaining, remainingBytes) = handler.pages.withLock { ($0.isComplete, $0.unclaimedCount, $0.unclaimedBytes) }
+            ram.statistics.withLock { $0.remainingPages = UInt64(remainingBytes / pageSize) }
             if complete && copies.isEmpty { return }
             guard remaining > 0, limiter.mayScan(now: .now) else {
                 // Fault-only (or everything claimed, the last copies on their way): wait for a fault's copy.
@@ -106,8 +128,29 @@ extension PrecopySource {
                 continue
             }
             guard let run = handler.pages.withLock({ $0.claimScan(maxBytes: RAMMigration.jobPages * pageSize) }) else { continue }
-            // Every 4 KiB page of the run, in frames of at most `jobPages`.
             let first = run.unit * unitBytes[run.block], bytes = run.count * unitBytes[run.block]
+            if let multifd = ram.multifd {
+                // A file's writer thread writes the run, then lifts its protection.
+                var job = PageJob()
+                for offset in stride(from: first, to: first + bytes, by: pageSize) {
+                    job.append(block: run.block, offset: offset, zero: !resident[run.block][offset / pageSize / chunkPages])
+                }
+                let protection = parts.writeProtection!
+                job.onWritten = {
+                    do throws(MigrationError) {
+                        try protection.release(block: run.block, offset: first, length: bytes)
+                        handler.pages.withLock { $0.finish(block: run.block, unit: run.unit, count: run.count) }
+                    } catch { handler.record.withLock { $0.failure = $0.failure ?? error } }
+                }
+                try multifd.send(job)
+                limiter.scanned(bytes: bytes)
+                snapshot.withLock { s in
+                    s?.scannedPages += UInt64(bytes / pageSize)
+                    s?.limiter = limiter.snapshotState
+                }
+                continue
+            }
+            // Every 4 KiB page of the run, in frames of at most `jobPages`.
             var job = PageJob()
             for offset in stride(from: first, to: first + bytes, by: pageSize) {
                 let page = offset / pageSize
@@ -127,6 +170,21 @@ extension PrecopySource {
             }
             writer.waitForBudget()
         }
+    }
+
+    /// Writes fault copies into a mapped-ram file at their pages' places; returns the 4 KiB pages written.
+    private func writeCopies(_ faulted: [FaultCopy], into file: MappedRAMSaver, statistics: RAMCounters) throws(MigrationError) -> Int {
+        var (data, zero) = (0, 0)
+        for copy in faulted {
+            let (d, z) = try file.writeCopy(block: copy.block, offset: copy.offset, bytes: copy.bytes)
+            (data, zero) = (data + d, zero + z)
+        }
+        limiter.charge(data * RAMMigration.pageSize)
+        statistics.withLock { s in
+            s.normalPages += UInt64(data)
+            s.zeroPages += UInt64(zero)
+        }
+        return data + zero
     }
 
     /// Writes fault copies as `pages` frames (zero pages as zero records); returns the 4 KiB pages written.

@@ -38,9 +38,13 @@ struct SnapshotPageMap: Sendable {
         done = counts.map { DirtyBitmap(pageCount: $0) }
         unitCount = counts.reduce(0, +)
         unclaimedCount = unitCount
+        unclaimedBytes = blockBytes.reduce(0, +)
     }
 
     var isComplete: Bool { doneCount == unitCount }
+
+    /// Bytes of RAM not claimed yet.
+    private(set) var unclaimedBytes = 0
 
     /// A write fault on the unit holding `offset` of `block`.
     mutating func claimFault(block: Int, offset: Int) -> Claim {
@@ -48,6 +52,7 @@ struct SnapshotPageMap: Sendable {
         if unclaimed[block][unit] {
             unclaimed[block][unit] = false
             unclaimedCount -= 1
+            unclaimedBytes -= unitBytes[block]
             return .claimed
         }
         return done[block][unit] ? .done : .inFlight
@@ -70,6 +75,7 @@ struct SnapshotPageMap: Sendable {
                 count += 1
             }
             unclaimedCount -= count
+            unclaimedBytes -= count * unitBytes[block]
             cursor.unit = first + count
             return (block, first, count)
         }

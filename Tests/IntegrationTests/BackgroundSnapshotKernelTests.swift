@@ -32,19 +32,35 @@ struct BackgroundSnapshotKernelTests {
 
     static func path() -> String { "/var/tmp/ferry-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).snapshot" }
 
-    func enable(_ machine: Machine, bandwidth: Int64 = 8 << 30, limiter: String = "seed") {
-        #expect(machine.execute(.migrateSetCapabilities([.init(capability: "background-snapshot", state: true)])) == .success(.object([:])))
-        #expect(machine.execute(.migrateSetParameters(["max-bandwidth": .int(bandwidth), "x-ferry-snapshot-limiter": .string(limiter)]))
-                == .success(.object([:])))
+    /// Into a mapped-ram file (Ferry's own combination): multifd's channels, or none, and direct-io.
+    struct MappedRAM: Sendable, CustomTestStringConvertible {
+        let channels: Int?
+        let direct: Bool
+        var testDescription: String { "mapped-ram, \(channels.map { "multifd \($0)" } ?? "no multifd"), \(direct ? "direct-io" : "buffered")" }
+    }
+
+    func enable(_ machine: Machine, bandwidth: Int64 = 8 << 30, limiter: String = "seed", mappedRAM: MappedRAM? = nil) {
+        var capabilities: [QMPCommand.CapabilityState] = [.init(capability: "background-snapshot", state: true)]
+        var parameters: [String: JSONValue] = ["max-bandwidth": .int(bandwidth), "x-ferry-snapshot-limiter": .string(limiter)]
+        if let mappedRAM {
+            capabilities.append(.init(capability: "mapped-ram", state: true))
+            if let channels = mappedRAM.channels {
+                capabilities.append(.init(capability: "multifd", state: true))
+                parameters["multifd-channels"] = .int(Int64(channels))
+            }
+            parameters["direct-io"] = .bool(mappedRAM.direct)
+        }
+        #expect(machine.execute(.migrateSetCapabilities(capabilities)) == .success(.object([:])))
+        #expect(machine.execute(.migrateSetParameters(parameters)) == .success(.object([:])))
     }
 
     /// A guest dirtying its working set at full speed, snapshotted into a file.
-    func snapshot(_ backend: MemoryBackend = .anon, to path: String, bandwidth: Int64 = 8 << 30,
+    func snapshot(_ backend: MemoryBackend = .anon, to path: String, bandwidth: Int64 = 8 << 30, mappedRAM: MappedRAM? = nil,
                   wrap: @escaping (any WriteProtection) -> any WriteProtection = { $0 }) async throws -> (Machine, MigrationInfo) {
         let (source, _) = try machine(backend, workload: WorkloadSpec(dirtyRate: .max, workingSet: 64 << 20), incoming: false)
         source.start()
         try await kit.waitFor { source.progress.minimumHeartbeats >= 5 && source.progress.pagesWritten > 3 * 16384 }
-        enable(source, bandwidth: bandwidth)
+        enable(source, bandwidth: bandwidth, mappedRAM: mappedRAM)
         try source.startMigration(to: "file:" + path, protection: wrap)
         try await kit.waitFor { kit.outgoingStatus(source).isFinished }
         return (source, try #require(source.outgoingMigration))
@@ -105,6 +121,28 @@ struct BackgroundSnapshotKernelTests {
         #expect(info.ram.normalPages + info.ram.zeroPages == UInt64(pages))
         #expect(info.downtime != nil)
         let restored = try await restore(backend, from: path)
+        #expect(restored.clean, "\(restored)")
+        source.quit()
+    }
+
+    @Test("into a mapped-ram file (Ferry's own): pages at their places by multifd's writers, restored point in time",
+          arguments: [MappedRAM(channels: nil, direct: false), MappedRAM(channels: 2, direct: true), MappedRAM(channels: 4, direct: false)])
+    func intoMappedRAM(_ mappedRAM: MappedRAM) async throws {
+        let path = Self.path()
+        defer { unlink(path) }
+        let (source, info) = try await snapshot(to: path, mappedRAM: mappedRAM)
+        #expect(info.status == .completed, "\(info.errorDescription ?? "")")
+        #expect(source.state == .running)
+        let stats = try #require(info.snapshot)
+        #expect(Int(stats.faultedPages + stats.scannedPages) == Int(Self.memory) / 4096, "\(stats)")
+        #expect(stats.writeFaults > 0)
+        let outcome = try #require(info.mappedRAM)
+        #expect(outcome.presentPages > 0 && outcome.presentPages <= Int(Self.memory) / 4096)
+        // Every page at its place: the file is the guest's size plus metadata and state.
+        let layout = try MappedRAMLayout(blocks: RAMMigration.layout(of: source.memory.blocks))
+        let length = try #require(try FileManager.default.attributesOfItem(atPath: path)[.size] as? UInt64)
+        #expect(length > layout.stateOffset && length < layout.stateOffset + (1 << 20))
+        let restored = try await restore(from: path)
         #expect(restored.clean, "\(restored)")
         source.quit()
     }
@@ -181,7 +219,34 @@ struct BackgroundSnapshotKernelTests {
         source.quit()
     }
 
-    @Test("QEMU's refusals: background-snapshot with auto-converge, multifd or zero-copy-send")
+    @Test("the VMM's own writes to guest RAM go through the same protection: the image keeps the page as it was")
+    func vmmWritesAreProtected() async throws {
+        let path = Self.path()
+        defer { unlink(path) }
+        let (source, _) = try machine(workload: WorkloadSpec(dirtyRate: .idle, workingSet: 16 << 20), incoming: false)
+        source.start()
+        try await kit.waitFor { source.progress.minimumHeartbeats >= 5 }
+        enable(source, bandwidth: 16 << 20)
+        // A page near the end of RAM, which the slow scan reaches last.
+        let target = GuestAddress(Self.memory - (8 << 20))
+        let before = try source.memory.read(at: target, count: 4096)
+        #expect(source.execute(.migrate(uri: "file:" + path)) == .success(.object([:])))
+        try await kit.waitFor { kit.outgoingStatus(source) == .active }
+        let marker = [UInt8](repeating: 0xA5, count: 4096)
+        try source.memory.write(marker, at: target)          // held until the handler has copied the page
+        #expect(try source.memory.read(at: target, count: 4096) == marker)
+        try await kit.waitFor { kit.outgoingStatus(source).isFinished }
+        #expect(kit.outgoingStatus(source) == .completed)
+        #expect((source.outgoingMigration?.snapshot?.faultedUnits ?? 0) >= 1)
+        let (restored, capture) = try machine(workload: .idle, incoming: true)
+        restored.start(paused: true)
+        try await kit.migrate(source: nil, restored, capture: capture, uri: "file:" + path)
+        #expect(try restored.memory.read(at: target, count: 4096) == before)
+        restored.quit()
+        source.quit()
+    }
+
+    @Test("QEMU's refusals: background-snapshot with auto-converge or multifd (unless into a mapped-ram file)")
     func refusals() throws {
         let (source, _) = try machine(workload: .idle, incoming: false)
         source.start(paused: true)
@@ -193,6 +258,9 @@ struct BackgroundSnapshotKernelTests {
         #expect(source.execute(.migrateSetCapabilities([.init(capability: "background-snapshot", state: true)])) == .success(.object([:])))
         #expect(source.execute(.migrateSetCapabilities([.init(capability: "multifd", state: true)]))
                 == .failure(.generic("Background-snapshot is not compatible with multifd")))
+        // With mapped-ram, multifd's threads write the file (Ferry's own combination).
+        #expect(source.execute(.migrateSetCapabilities([.init(capability: "mapped-ram", state: true), .init(capability: "multifd", state: true)]))
+                == .success(.object([:])))
         #expect(source.execute(.migrateSetParameters(["x-ferry-snapshot-limiter": .string("fast")]))
                 == .failure(.generic("Parameter 'x-ferry-snapshot-limiter' does not accept value 'fast' (off, seed or latency)")))
         source.quit()

@@ -125,7 +125,7 @@ import Testing
     @Test("page map: each unit is claimed once, by a fault or the scan; the scan runs in order across blocks")
     func pageMap() {
         var map = SnapshotPageMap(blockBytes: [8 * 4096, 4 << 21], unitBytes: [4096, 2 << 20])
-        #expect(map.unitCount == 12 && map.unclaimedCount == 12)
+        #expect(map.unitCount == 12 && map.unclaimedCount == 12 && map.unclaimedBytes == 8 * 4096 + (4 << 21))
         #expect(map.claimFault(block: 0, offset: 3 * 4096 + 17) == .claimed)
         #expect(map.claimFault(block: 0, offset: 3 * 4096) == .inFlight)      // claimed, not finished
         map.finish(block: 0, unit: 3)
@@ -139,7 +139,7 @@ import Testing
         var runs: [(Int, Int, Int)] = []
         while let run = map.claimScan(maxBytes: 1 << 20) { runs.append((run.block, run.unit, run.count)) }
         #expect(runs.map { "\($0)" } == ["(0, 6, 2)", "(1, 0, 1)", "(1, 1, 1)", "(1, 3, 1)"])
-        #expect(map.unclaimedCount == 0 && !map.isComplete)
+        #expect(map.unclaimedCount == 0 && map.unclaimedBytes == 0 && !map.isComplete)
         map.finish(block: 0, unit: 0, count: 3)
         map.finish(block: 0, unit: 4, count: 4)
         map.finish(block: 1, unit: 0, count: 4)
