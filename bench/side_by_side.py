@@ -430,8 +430,9 @@ def main():
                         help="mapped-ram scenarios: where the files and fio's test file go (default /var/tmp/ferry-bench-mr)")
     parser.add_argument("--raw", help="mapped-ram scenarios: the JSON file for raw samples "
                                       "(default bench/results/mapped-ram-DATE.json)")
-    parser.add_argument("--limiter", default="off,seed,latency",
-                        help="background-snapshot: Ferry's x-ferry-snapshot-limiter values (default off,seed,latency)")
+    parser.add_argument("--limiter", default="off,seed,latency,seed/mapped-ram",
+                        help="background-snapshot: Ferry's x-ferry-snapshot-limiter values; /mapped-ram: into a mapped-ram "
+                             "file with 2 multifd writers and direct-io (default off,seed,latency,seed/mapped-ram)")
     parser.add_argument("--snapshot-rates", default="1G,max",
                         help="background-snapshot: the guest's dirty rates, comma-separated (default 1G,max)")
     parser.add_argument("--mem-prealloc", action="store_true",

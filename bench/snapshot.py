@@ -4,7 +4,8 @@ Ferry and QEMU 10 snapshot the identical exported guest with capability
 `background-snapshot` into a stream `file:` (QEMU's only target for it), the
 guest writing its working set once and then dirtying it at an offered rate or
 at full speed, `max-bandwidth` lifted on both.  Ferry runs with each scan
-limiter (`x-ferry-snapshot-limiter` off, seed, latency).  Per run: the save
+limiter (`x-ferry-snapshot-limiter` off, seed, latency), and (`seed/mapped-ram`)
+into a mapped-ram file with 2 multifd writers and direct-io, Ferry's own.  Per run: the save
 rate (file bytes per second of `total-time`), total time, downtime, the
 guest's largest heartbeat gap during the snapshot, the guest's slow page writes
 during it (its SA histogram: p50/p99 of the page writes that took 16 us or
@@ -15,12 +16,13 @@ sequential write bandwidth (fio) and the host's first-touch floor.
 """
 import asyncio
 import json
+import subprocess
 import re
 import statistics
 import time
 from pathlib import Path
 
-from side_by_side import Console, cpu_seconds, first_touch_ms, quit_all
+from side_by_side import SETTLE_SECONDS, Console, cpu_seconds, first_touch_ms, quit_all
 from mapped_ram import drop_caches, fio_mbps, guarded, parse_size, print_table, vmm_process
 
 SLOW_FLOOR_US = 16
@@ -72,10 +74,15 @@ def slow_percentiles(before, after):
 
 async def snapshot_once(vmm, cmdline, memory, ready_pages, limiter, path):
     async with vmm_process(vmm, memory, cmdline, None, [], SlowAccesses) as (proc, console, client):
-        await client.execute("migrate-set-capabilities", {"capabilities": [{"capability": "background-snapshot", "state": True}]})
+        mode, _, target = limiter.partition("/")
+        capabilities = [{"capability": "background-snapshot", "state": True}]
         parameters = {"max-bandwidth": 100 << 30}
+        if target == "mapped-ram":      # Ferry's own: a mapped-ram file, 2 multifd writers, direct-io
+            capabilities += [{"capability": "mapped-ram", "state": True}, {"capability": "multifd", "state": True}]
+            parameters.update({"multifd-channels": 2, "direct-io": True})
+        await client.execute("migrate-set-capabilities", {"capabilities": capabilities})
         if vmm.name == "ferry":
-            parameters["x-ferry-snapshot-limiter"] = limiter
+            parameters["x-ferry-snapshot-limiter"] = mode
         await client.execute("migrate-set-parameters", parameters)
         deadline = time.monotonic() + 240
         while console.pages() < ready_pages or len(console.slow) < 2:
@@ -114,7 +121,7 @@ async def snapshot_once(vmm, cmdline, memory, ready_pages, limiter, path):
         await quit_all([client], [proc])
     p50, p99, slow = slow_percentiles(slow_before, slow_after)
     fault = info.get("x-ferry-background-snapshot", {}).get("fault-latency-us", {})
-    size = path.stat().st_size
+    size = path.stat().st_blocks * 512      # bytes in the file (a mapped-ram file's zero pages are holes)
     total = info["total-time"]
     return {"total": total, "downtime": info.get("downtime"), "mbps": size / total / 1000, "bytes": size,
             "gap": gap, "slow_p50": p50, "slow_p99": p99, "slow": slow,
@@ -146,7 +153,6 @@ async def restore_once(vmm, cmdline, memory, path):
 
 def scenario_snapshot(ferry_vmm, qemu_vmm, vmms, runs, memory, working_set, dirty_rates, limiters, directory, raw_path):
     ferry = ferry_vmm.ferry
-    import subprocess
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     disk = fio_mbps(directory, parse_size(working_set), 1, 1, 1 << 20)
@@ -155,6 +161,7 @@ def scenario_snapshot(ferry_vmm, qemu_vmm, vmms, runs, memory, working_set, dirt
           f"file in {directory}")
     print(f"  host: O_DIRECT sequential write {disk['write']:.0f} MB/s (fio, 1 MiB blocks), first touch {touch:.0f} MB/s")
     configs = [(v, limiter) for v in vmms for limiter in (limiters if v.name == "ferry" else ["-"])]
+    subprocess.run(["sync"], check=True)
     raw = {"disk": disk, "first_touch_mbps": touch, "samples": {}}
     errors = {}
     for rate in dirty_rates:
@@ -163,17 +170,19 @@ def scenario_snapshot(ferry_vmm, qemu_vmm, vmms, runs, memory, working_set, dirt
                                  check=True, capture_output=True, text=True).stdout.strip()
         ready = parse_size(working_set) // 4096
         samples = {f"{v.name} {limiter}": [] for v, limiter in configs}
-        restores = {v.name: [] for v in vmms}
+        restores = {key: [] for key in samples}
         for run in range(runs):
             for vmm, limiter in configs:       # alternating: every configuration once per round
                 path = directory / f"{vmm.name}.snapshot"
                 key = f"{vmm.name} {limiter}"
+                time.sleep(SETTLE_SECONDS)      # freed memory goes back to the host's host first (see bench/README.md)
                 sample = asyncio.run(guarded(vmm, snapshot_once(vmm, cmdline, memory, ready, limiter, path), errors, key))
                 samples[key].append(sample)
-                if sample and limiter in ("-", "seed"):
+                if sample and limiter in ("-", "seed", "seed/mapped-ram"):
+                    time.sleep(SETTLE_SECONDS)
                     took = asyncio.run(guarded(vmm, restore_once(vmm, cmdline, memory, path), errors, f"{vmm.name} restore"))
                     if took is not None:
-                        restores[vmm.name].append(took)
+                        restores[key].append(took)
                 if path.exists():
                     path.unlink()
         raw["samples"][rate] = {"snapshots": samples, "restores": restores}
