@@ -39,7 +39,26 @@ struct MultifdKernelTests {
         let before = Int((try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 0
         try "\(before + count)\n".write(toFile: path, atomically: false, encoding: .utf8)
         defer { try? "\(before)\n".write(toFile: path, atomically: false, encoding: .utf8) }
-        return try await body()
+        let result = try await body()
+        // Every huge page given back: a machine whose RAM outlives the test starves the next one (SIGBUS).
+        let deadline = ContinuousClock.now + .seconds(5)
+        while let (total, free) = hugePageCounts(), free < total {
+            guard ContinuousClock.now < deadline else {
+                Issue.record("\(total - free) huge pages still in use after the test")
+                break
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        return result
+    }
+
+    static func hugePageCounts() -> (total: Int, free: Int)? {
+        guard let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8) else { return nil }
+        func value(_ key: String) -> Int? {
+            text.split(separator: "\n").first { $0.hasPrefix(key) }.flatMap { Int($0.split(separator: " ").last ?? "") }
+        }
+        guard let total = value("HugePages_Total:"), let free = value("HugePages_Free:") else { return nil }
+        return (total, free)
     }
 
     @Test("a guest, idle or dirtying, moves on multifd channels page for page; its verifier stays clean",

@@ -66,7 +66,9 @@ extension Machine {
         do { protection = capabilities.backgroundSnapshot ? wrap(try UserfaultWriteProtection(blocks: memory.blocks)) : nil } catch {
             throw .generic(error.description)
         }
-        let global = GlobalStateMigratable(wasRunning: { [self] in self.wasRunningBeforeSwitchover })
+        // The migration is held by this machine's slot: what it holds of the machine is weak,
+        // so a machine that migrated can still go away (and give its RAM back).
+        let global = GlobalStateMigratable(wasRunning: { [weak self] in self?.wasRunningBeforeSwitchover ?? false })
         // Checked and claimed in one step, so two `migrate`s cannot both start.
         let source = try migration.state.withLock { s throws(QMPError) -> PrecopySource in
             if let last = s.outgoing, !last.status.isFinished {
@@ -93,8 +95,8 @@ extension Machine {
                       devices: migratableDevices(global: global), vm: MachineMigrationControl(machine: self), mappedRAM: mappedRAM,
                       writeProtection: protection),
                 parameters: s.parameters, capabilities: capabilities,
-                onStatus: { [self] status in if capabilities.events { emit("MIGRATION", data: ["status": .string(status.rawValue)]) } },
-                onPass: { [self] pass in if capabilities.events { emit("MIGRATION_PASS", data: ["pass": .int(Int64(pass))]) } })
+                onStatus: { [weak self] status in if capabilities.events { self?.emit("MIGRATION", data: ["status": .string(status.rawValue)]) } },
+                onPass: { [weak self] pass in if capabilities.events { self?.emit("MIGRATION_PASS", data: ["pass": .int(Int64(pass))]) } })
             s.outgoing = source
             return source
         }
@@ -290,14 +292,17 @@ struct LimitedAcceptor: ChannelAcceptor {
 }
 
 /// The source engine's handle on the machine.
+/// Weak: the machine's slot holds the migration, and a machine that is gone has nothing to stop or resume.
 struct MachineMigrationControl: MigrationVMControl {
-    let machine: Machine
+    weak var machine: Machine?
 
-    func stopForSwitchover() -> Bool { machine.stopForSwitchover() }
-    func migrationCompleted() { machine.runState.withLock { $0 = .postmigrate } }
-    func resumeAfterFailedSwitchover(wasRunning: Bool) { machine.resumeAfterFailedSwitchover(wasRunning: wasRunning) }
-    func holdAfterUncertainSwitchover() { machine.runState.withLock { $0 = .paused } }
-    func setThrottle(percent: Int) { machine.setThrottle(percent: percent) }
+    init(machine: Machine) { self.machine = machine }
+
+    func stopForSwitchover() -> Bool { machine?.stopForSwitchover() ?? false }
+    func migrationCompleted() { machine?.runState.withLock { $0 = .postmigrate } }
+    func resumeAfterFailedSwitchover(wasRunning: Bool) { machine?.resumeAfterFailedSwitchover(wasRunning: wasRunning) }
+    func holdAfterUncertainSwitchover() { machine?.runState.withLock { $0 = .paused } }
+    func setThrottle(percent: Int) { machine?.setThrottle(percent: percent) }
 }
 
 extension Machine {
