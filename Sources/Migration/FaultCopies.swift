@@ -86,13 +86,6 @@ final class FaultCopies: @unchecked Sendable {
         return head == queue.count
     }
 
-    /// Bytes reserved or queued and not yet written.
-    var pendingBytes: Int {
-        condition.lock()
-        defer { condition.unlock() }
-        return usedBytes
-    }
-
     /// No more room will come: a waiting handler gives up.
     func abort() {
         condition.lock()

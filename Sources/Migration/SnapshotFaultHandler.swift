@@ -89,9 +89,8 @@ final class SnapshotFaultHandler: Sendable {
     }
 
     private func handle(_ fault: WriteFault, readAt read: ContinuousClock.Instant) throws(MigrationError) {
-        let unitBytes = pages.withLock { $0.unitBytes[fault.block] }
+        let (claim, unitBytes) = pages.withLock { map in (map.claimFault(block: fault.block, offset: fault.offset), map.unitBytes[fault.block]) }
         let offset = fault.offset / unitBytes * unitBytes
-        let claim = pages.withLock { $0.claimFault(block: fault.block, offset: offset) }
         record.withLock { $0.faults += 1 }
         switch claim {
         case .inFlight:

@@ -263,6 +263,16 @@ struct BackgroundSnapshotKernelTests {
                 == .success(.object([:])))
         #expect(source.execute(.migrateSetParameters(["x-ferry-snapshot-limiter": .string("fast")]))
                 == .failure(.generic("Parameter 'x-ferry-snapshot-limiter' does not accept value 'fast' (off, seed or latency)")))
+        for name in ["x-ferry-snapshot-fault-threshold", "x-ferry-snapshot-poll", "x-ferry-snapshot-target-latency"] {
+            for bad: Int64 in [0, -5, 10_000_001] {
+                #expect(source.execute(.migrateSetParameters([name: .int(bad)]))
+                        == .failure(.generic("Parameter '\(name)' expects an integer in the range of 1 to 10000000 microseconds")))
+            }
+        }
+        #expect(source.execute(.migrateSetParameters(["x-ferry-snapshot-fault-only-pages": .int(0)]))
+                == .failure(.generic("Parameter 'x-ferry-snapshot-fault-only-pages' expects an integer in the range of 1 to 1000000")))
+        #expect(source.execute(.migrateSetParameters(["x-ferry-snapshot-limiter": .int(1)]))
+                == .failure(.generic("Invalid parameter type for 'x-ferry-snapshot-limiter', expected: string")))
         source.quit()
     }
 }
