@@ -25,6 +25,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
     ],
     targets: [
         // C only: kernel UAPI numbers as constants, fixed-arity ioctl/syscall entry points.
@@ -44,7 +45,8 @@ let package = Package(
         // zstd compression of page batches: reusable per-channel contexts, typed errors, no unsafe API.
         .target(name: "Compression", dependencies: ["CZstd"], swiftSettings: hot),
         // The migration engine: RAM blocks, pages, channels and state. No KVM, no NIO.
-        .target(name: "Migration", dependencies: ["GuestMemory", "MigrationProtocol", "Compression", histogram], swiftSettings: hot),
+        .target(name: "Migration", dependencies: ["GuestMemory", "MigrationProtocol", "Compression", histogram,
+                                                .product(name: "DequeModule", package: "swift-collections")], swiftSettings: hot),
         // `ferry analyze`'s logic: stream and mapped-ram files checked with the production decoders. No CLI, no I/O of its own.
         // Optimized in debug builds too: it reads and checksums every page of a file.
         .target(name: "Analysis", dependencies: ["MigrationProtocol", "Migration", "Compression"], swiftSettings: hot),

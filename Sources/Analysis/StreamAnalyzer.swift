@@ -118,6 +118,9 @@ struct StreamAnalyzer {
             return true
         case .sync:
             throw AnalysisStop("unexpected frame: a sync frame on the main channel")
+        case .postcopy:
+            // Postcopy needs the return path's page requests: a file never holds one.
+            throw AnalysisStop("unexpected frame: a postcopy switch in a migration file")
         case .returnMessage:
             throw AnalysisStop("unexpected frame: a return-path message on the forward stream")
         case .invalid:
@@ -168,6 +171,7 @@ struct StreamAnalyzer {
         case .residency: "residency"
         case .channels: "channels"
         case .sync: "sync"
+        case .postcopy: "postcopy"
         case .returnMessage: "return-message"
         }
     }

@@ -8,6 +8,8 @@ public enum GuestMemoryError: Error, Equatable, Sendable, CustomStringConvertibl
     case invalidSize(UInt64, pageSize: PageSize)
     /// An access that does not lie wholly inside guest RAM.
     case outOfRange(GuestAddress, length: UInt64)
+    /// The kernel would not free a range of guest RAM (errno from madvise).
+    case discardFailed(offset: Int, count: Int, errno: Int32)
 
     public var description: String {
         switch self {
@@ -20,6 +22,8 @@ public enum GuestMemoryError: Error, Equatable, Sendable, CustomStringConvertibl
             "guest memory size \(size) is not a positive multiple of the \(pageSize) page size"
         case .outOfRange(let address, let length):
             "guest access of \(length) bytes at \(address) falls outside guest RAM"
+        case .discardFailed(let offset, let count, let errno):
+            "cannot free \(count) bytes of guest RAM at offset \(offset) (errno \(errno))"
         }
     }
 }

@@ -187,6 +187,20 @@ extension HostMapping {
         _ = unsafe madvise(base + offset, count, Self.madvisePopulateWrite)
     }
 
+    /// Frees `[offset, offset + count)`: the next access finds the pages missing
+    /// (and, on a range registered with userfaultfd, reports a missing-page
+    /// fault).  Anonymous memory with `MADV_DONTNEED`; memfd and hugetlbfs with
+    /// `MADV_REMOVE`, which frees the file's pages too (a shared mapping's
+    /// `MADV_DONTNEED` would only unmap them).  Hugetlb ranges are whole huge pages.
+    public func discard(offset: Int, count: Int) throws(GuestMemoryError) {
+        let unit = backend.pageSize.byteCount
+        precondition(offset >= 0 && count >= 0 && count <= byteCount - offset && offset % unit == 0 && count % unit == 0)
+        guard count > 0 else { return }
+        let advice: Int32 = backend == .anon ? 4 /* MADV_DONTNEED */ : 9 /* MADV_REMOVE */
+        // SAFETY: bounds checked above; madvise only frees pages inside the range.
+        guard unsafe madvise(base + offset, count, advice) == 0 else { throw .discardFailed(offset: offset, count: count, errno: errno) }
+    }
+
     /// Asks the kernel to back this mapping with transparent huge pages
     /// (`MADV_HUGEPAGE`), so filling it costs one fault per 2 MiB.  Best effort.
     public func adviseHugePages() {

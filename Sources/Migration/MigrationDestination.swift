@@ -29,14 +29,23 @@ public final class MigrationDestination: Sendable {
     let channelTimeout: Duration
     /// A mapped-ram restore: `channel` is this file, and its pages are read by this many threads first.
     let mappedRAM: (file: any PageFile, readers: Int)?
+    /// Where pages go after a switch to postcopy (nil: this destination refuses one).
+    let placement: (any PagePlacement)?
+    /// Told once the switch to postcopy is made: the guest may run now.
+    let onPostcopy: @Sendable () -> Void
+    /// After the switch to postcopy: the pages still to come.
+    let postcopy = Mutex<PostcopyLoad?>(nil)
 
     /// `mappedRAM`: restore from a mapped-ram file (`channel` must be that
     /// file): its pages first, in parallel, then the device state it holds.
     public init(channel: any ByteChannel, acceptor: (any ChannelAcceptor)? = nil, configuration: MigrationConfiguration,
                 ram: RAMMigration, devices: [any Migratable], channelTimeout: Duration = MigrationDestination.channelArrivalTimeout,
                 mappedRAM: (file: any PageFile, readers: Int)? = nil,
+                placement: (any PagePlacement)? = nil, onPostcopy: @escaping @Sendable () -> Void = {},
                 onStatus: @escaping @Sendable (MigrationStatus) -> Void) {
         self.channel = channel
+        self.placement = placement
+        self.onPostcopy = onPostcopy
         self.mappedRAM = mappedRAM
         self.acceptor = acceptor
         self.channelTimeout = channelTimeout
@@ -50,6 +59,31 @@ public final class MigrationDestination: Sendable {
 
     public var status: MigrationStatus { statusStorage.withLock { $0 } }
 
+    /// Whether the switch to postcopy was made (the guest may be running here).
+    public var switchedToPostcopy: Bool { postcopy.withLock { $0 != nil } }
+
+    /// A postcopy that failed or is abandoned (the machine quits): its fault
+    /// thread stops and RAM becomes ordinary memory, so no vCPU waits any more
+    /// for a page that will never come.  Whatever it then reads is not the
+    /// guest's: only for a guest that is being thrown away.
+    public func abandonPostcopy() {
+        guard let load = postcopy.withLock({ $0 }) else { return }
+        load.stop()
+        try? load.placement.releaseAll()
+    }
+
+    /// The machine goes away (`quit`): the load stops as if the process had
+    /// exited: its connections are shut (the source sees them close), and a
+    /// postcopy is abandoned.
+    public func abort() {
+        channel.shutdown()
+        receivers.withLock { $0 }?.abort(.cancelled)
+        abandonPostcopy()
+    }
+
+    /// The postcopy figures, once switched.
+    public var postcopyStatistics: PostcopyStatistics? { postcopy.withLock { $0 }?.statistics }
+
     /// Loads the whole stream.  Throws on the first problem (after telling the
     /// source on the return path); on success the source has been told too, and
     /// the caller, once its guest is ready, reports `completed` with `complete()`.
@@ -61,7 +95,13 @@ public final class MigrationDestination: Sendable {
         } catch {
             // A multifd channel's failure is the cause; the main channel was shut because of it.
             let receivers = self.receivers.withLock { $0 }
-            let cause = receivers?.failure ?? error
+            var cause = receivers?.failure ?? error
+            if let postcopy = postcopy.withLock({ $0 }) {
+                // The guest runs here on what it has; what is missing can no longer come.
+                // Its vCPUs that wait on a missing page go on waiting.
+                postcopy.stop()
+                cause = .state("the postcopy migration failed after the guest started here (\(cause)); it cannot go on, and pages it has not received will never arrive")
+            }
             receivers?.abort(cause)
             receivers?.close()
             acceptor?.close()
@@ -149,11 +189,21 @@ public final class MigrationDestination: Sendable {
                     throw .stream(.unexpectedFrame("section '\(section.name)' arrived twice"))
                 }
                 try owner.load(section)
+            case .postcopy:
+                guard plan?.multifd == 0, plan?.mappedRAM == false else {
+                    throw .stream(.unexpectedFrame("a postcopy switch in a migration with multifd channels or a mapped-ram file"))
+                }
+                if let missing = devices.keys.sorted().first(where: { !loaded.contains($0) }) {
+                    throw .stream(.unexpectedFrame("the switch to postcopy came without section '\(missing)'"))
+                }
+                try switchToPostcopy(payload)
             case .end:
                 // The reader has checked the end's frame count and digest: every frame arrived, in order.
                 if let missing = devices.keys.sorted().first(where: { !loaded.contains($0) }) {
                     throw .stream(.unexpectedFrame("the stream ended without section '\(missing)'"))
                 }
+                // After a switch to postcopy: every discarded page must have come back.
+                try postcopy.withLock { $0 }?.finish()
                 // Every multifd channel's own end, count and digest checked too.
                 try receivers.withLock { $0 }?.finish()
                 try ram.verifyIntact()
@@ -168,6 +218,22 @@ public final class MigrationDestination: Sendable {
                 throw .stream(.invalidFrameKind(FrameKind.invalid.rawValue))
             }
         }
+    }
+
+    /// The switch to postcopy: the discarded pages freed, RAM registered for
+    /// missing-page faults, the fault thread asking for pages on the return
+    /// path; then the guest may run.
+    func switchToPostcopy(_ payload: [UInt8]) throws(MigrationError) {
+        guard let placement, channel.hasReturnPath else {
+            throw .stream(.unexpectedFrame("a switch to postcopy, which this destination cannot take (it needs a return path and userfaultfd)"))
+        }
+        let answers = returnPath
+        let load = try ram.beginPostcopy(payload, placement: placement) { block, offset, length throws(MigrationError) in
+            try answers.send(.pageRequest(block: UInt16(block), offset: UInt64(offset), length: UInt64(length)))
+        }
+        postcopy.withLock { $0 = load }
+        setStatus(.postcopyActive)
+        onPostcopy()
     }
 
     /// Accepts and checks the multifd channels the plan announces, and starts loading from them.

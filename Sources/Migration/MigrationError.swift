@@ -14,6 +14,9 @@ public enum MigrationError: Error, Equatable, Sendable, CustomStringConvertible 
     /// The `end` frame may have reached the destination, which may run the guest,
     /// but its answer did not arrive: the source guest stays paused.
     case uncertainOutcome(String)
+    /// Postcopy failed after the destination started the guest: its newest
+    /// memory is there, so the source guest stays paused.
+    case postcopyFailed(String)
     case state(String)
 
     public var description: String {
@@ -25,6 +28,8 @@ public enum MigrationError: Error, Equatable, Sendable, CustomStringConvertible 
         case .destination(let why), .refused(let why): "the destination failed: \(why)"
         case .uncertainOutcome(let why):
             "the destination's answer was lost after the switchover (\(why)); it may be running the guest, so the guest stays paused here: check the destination before 'cont'"
+        case .postcopyFailed(let why):
+            "the postcopy migration failed after the destination started the guest (\(why)); the guest's newest memory is there, not here, so it stays paused here"
         case .state(let why): why
         }
     }

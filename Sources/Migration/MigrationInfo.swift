@@ -33,6 +33,10 @@ public struct MigrationInfo: Equatable, Sendable {
     public var mappedRAM: MappedRAMOutcome?
     /// A background snapshot's write faults, pages and limiter (Ferry's `x-ferry-background-snapshot`).
     public var snapshot: SnapshotStatistics?
+    /// Page requests the destination sent (QEMU's `ram.postcopy-requests`).
+    public var postcopyRequests: UInt64 = 0
+    /// Bytes sent after the switch to postcopy (QEMU's `ram.postcopy-bytes`).
+    public var postcopyBytes: UInt64 = 0
 
     public init() {}
 }

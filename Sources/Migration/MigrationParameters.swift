@@ -4,6 +4,9 @@ public struct MigrationParameters: Equatable, Sendable {
     /// Bytes per second the stream may use while the guest runs (QEMU's default: 128 MiB/s).
     /// The switchover itself is not limited, as in QEMU.
     public var maxBandwidth: UInt64 = 128 << 20
+    /// QEMU's `max-postcopy-bandwidth`: bytes per second after the switch to
+    /// postcopy (0, the default: unlimited).  Requested pages count against it too.
+    public var maxPostcopyBandwidth: UInt64 = 0
     /// Bandwidth assumed for the switchover decision when non-zero, else the measured one.
     public var availSwitchoverBandwidth: UInt64 = 0
     /// The longest pause the guest should see, in milliseconds.
@@ -41,7 +44,7 @@ public struct MigrationParameters: Equatable, Sendable {
     public static let maximumBandwidth: UInt64 = UInt64(Int64.max)
 
     /// The parameters Ferry honours, by QEMU name.
-    public static let names = ["max-bandwidth", "avail-switchover-bandwidth", "downtime-limit", "cpu-throttle-initial",
+    public static let names = ["max-bandwidth", "avail-switchover-bandwidth", "max-postcopy-bandwidth", "downtime-limit", "cpu-throttle-initial",
                                "cpu-throttle-increment", "max-cpu-throttle", "throttle-trigger-threshold", "x-inactivity-limit",
                                "multifd-channels", "multifd-zstd-level"] + snapshotNames + textNames + booleanNames
     /// Ferry's background-snapshot limiter settings, in microseconds and pages.
@@ -101,11 +104,15 @@ public struct MigrationParameters: Equatable, Sendable {
             return UInt8(value)
         }
         switch name {
-        case "max-bandwidth", "avail-switchover-bandwidth":
+        case "max-bandwidth", "avail-switchover-bandwidth", "max-postcopy-bandwidth":
             guard value >= 0 else {
                 throw .invalidParameter("Parameter '\(name)' expects an integer in the range of 0 to \(Self.maximumBandwidth) bytes/second")
             }
-            if name == "max-bandwidth" { maxBandwidth = UInt64(value) } else { availSwitchoverBandwidth = UInt64(value) }
+            switch name {
+            case "max-bandwidth": maxBandwidth = UInt64(value)
+            case "max-postcopy-bandwidth": maxPostcopyBandwidth = UInt64(value)
+            default: availSwitchoverBandwidth = UInt64(value)
+            }
         case "downtime-limit":
             guard value >= 0, UInt64(value) <= Self.maximumDowntimeLimit else {
                 throw .invalidParameter("Parameter 'downtime_limit' expects an integer in the range of 0 to \(Self.maximumDowntimeLimit) ms")
@@ -155,6 +162,7 @@ public struct MigrationParameters: Equatable, Sendable {
     /// Every integer parameter Ferry honours with its value, by QEMU name.
     public var values: [(name: String, value: UInt64)] {
         [("max-bandwidth", maxBandwidth), ("avail-switchover-bandwidth", availSwitchoverBandwidth),
+         ("max-postcopy-bandwidth", maxPostcopyBandwidth),
          ("downtime-limit", downtimeLimit), ("cpu-throttle-initial", UInt64(cpuThrottleInitial)),
          ("cpu-throttle-increment", UInt64(cpuThrottleIncrement)), ("max-cpu-throttle", UInt64(maxCPUThrottle)),
          ("throttle-trigger-threshold", UInt64(throttleTriggerThreshold)), ("x-inactivity-limit", inactivityLimit),
@@ -204,15 +212,18 @@ public struct MigrationCapabilities: Equatable, Sendable {
     /// QEMU's `background-snapshot`: the VM saved as it was when the migration
     /// started, the guest running on (userfaultfd write protection, no dirty log).
     public var backgroundSnapshot = false
+    /// QEMU's `postcopy-ram`: `migrate-start-postcopy` may switch a running
+    /// migration to postcopy (the destination runs the guest and asks for pages).
+    public var postcopyRAM = false
 
     public init() {}
 
     /// Capabilities Ferry implements.  `return-path` is always on: on sockets the
     /// destination always confirms (or refuses) the stream.
     public static let supported = ["auto-converge", "events", "return-path", "multifd", "zero-copy-send", "mapped-ram",
-                                   "x-ferry-incremental", "background-snapshot"]
+                                   "x-ferry-incremental", "background-snapshot", "postcopy-ram"]
     /// QEMU 10's other capabilities: listed as off; enabling one is refused, naming it.
-    public static let unsupported = ["xbzrle", "rdma-pin-all", "zero-blocks", "postcopy-ram", "x-colo", "release-ram",
+    public static let unsupported = ["xbzrle", "rdma-pin-all", "zero-blocks", "x-colo", "release-ram",
                                      "pause-before-switchover", "dirty-bitmaps",
                                      "postcopy-blocktime", "late-block-activate", "x-ignore-shared", "validate-uuid",
                                      "postcopy-preempt", "switchover-ack",
@@ -227,6 +238,7 @@ public struct MigrationCapabilities: Equatable, Sendable {
         case "mapped-ram": mappedRAM = enabled
         case "x-ferry-incremental": incremental = enabled
         case "background-snapshot": backgroundSnapshot = enabled
+        case "postcopy-ram": postcopyRAM = enabled
         case "return-path":
             if !enabled { throw .invalidParameter("Capability 'return-path' cannot be turned off: Ferry always confirms a migration on the return path") }
         case _ where Self.unsupported.contains(name):
@@ -238,7 +250,7 @@ public struct MigrationCapabilities: Equatable, Sendable {
     public var states: [(name: String, enabled: Bool)] {
         [("auto-converge", autoConverge), ("events", events), ("return-path", true), ("multifd", multifd),
          ("zero-copy-send", zeroCopySend), ("mapped-ram", mappedRAM), ("x-ferry-incremental", incremental),
-         ("background-snapshot", backgroundSnapshot)]
+         ("background-snapshot", backgroundSnapshot), ("postcopy-ram", postcopyRAM)]
             + Self.unsupported.map { ($0, false) }
     }
 
@@ -253,10 +265,16 @@ public struct MigrationCapabilities: Equatable, Sendable {
         if incremental && !mappedRAM {
             throw .invalidParameter("Capability 'x-ferry-incremental' requires 'mapped-ram'")
         }
+        if postcopyRAM {
+            // QEMU 10.0's texts (10.1 allows postcopy with multifd).
+            if multifd { throw .invalidParameter("Postcopy is not yet compatible with multifd") }
+            if mappedRAM { throw .invalidParameter("Mapped-ram migration is incompatible with postcopy") }
+        }
         if backgroundSnapshot {
             // QEMU's check_caps_background_snapshot, with its text, for what Ferry has.
             // (`return-path` is always on in Ferry: a snapshot to a socket waits for the
             // destination's answer; a file has none.)
+            if postcopyRAM { throw .invalidParameter("Background-snapshot is not compatible with postcopy-ram") }
             if autoConverge { throw .invalidParameter("Background-snapshot is not compatible with auto-converge") }
             if zeroCopySend { throw .invalidParameter("Background-snapshot is not compatible with zero-copy-send") }
             // Ferry's own: into a mapped-ram file, multifd's threads write the pages.

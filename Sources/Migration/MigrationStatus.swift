@@ -8,6 +8,8 @@ public enum MigrationStatus: String, Equatable, Sendable {
     case active
     /// Switchover: vCPUs stopped, the last pages and all device state going out.
     case device
+    /// Postcopy: the destination runs the guest and the rest of RAM follows, asked for or not.
+    case postcopyActive = "postcopy-active"
     case completed
     case failed
 

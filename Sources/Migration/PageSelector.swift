@@ -60,4 +60,36 @@ struct PageSelector: Sendable {
         }
         return job
     }
+
+    // MARK: postcopy
+
+    /// Takes the dirty pages among `pages` of `block` (a page request), in
+    /// order; the cursor stays where it was.  Empty when none is dirty (sent already).
+    mutating func take(block: Int, pages: Range<Int>) -> PageJob {
+        var job = PageJob()
+        var page = pages.lowerBound
+        while page < pages.upperBound, let next = bitmaps[block].nextSetPage(from: page), next < pages.upperBound {
+            bitmaps[block][next] = false
+            dirtyCount -= 1
+            job.append(block: block, offset: next * PageSize.base.byteCount, zero: false)
+            page = next + 1
+        }
+        return job
+    }
+
+    /// Marks dirty every page of each unit of `unitPages[block]` pages that has
+    /// one dirty page (a huge page is placed whole, so it is sent whole).
+    mutating func widen(unitPages: [Int]) {
+        for (block, unit) in unitPages.enumerated() where unit > 1 {
+            var page = 0
+            while let next = bitmaps[block].nextSetPage(from: page) {
+                let first = next / unit * unit
+                for p in first..<min(first + unit, bitmaps[block].pageCount) where !bitmaps[block][p] {
+                    bitmaps[block][p] = true
+                    dirtyCount += 1
+                }
+                page = first + unit
+            }
+        }
+    }
 }

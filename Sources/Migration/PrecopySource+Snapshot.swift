@@ -248,10 +248,7 @@ struct SnapshotProgress: Sendable {
         s.faultedUnits = claimed
         s.faultedPages = faultedPages
         s.scannedPages = scannedPages
-        if histogram.totalCount > 0 {
-            s.faultLatency = .init(p50: histogram.valueAtPercentile(50), p99: histogram.valueAtPercentile(99),
-                                   max: histogram.max, mean: histogram.mean)
-        }
+        s.faultLatency = LatencySummary(histogram)
         s.faultOnlyRuns = limiter.faultOnlyRuns
         s.scanRateLimit = limiter.scanRate.map { UInt64($0) }
         s.throttling = limiter.throttling
@@ -261,13 +258,6 @@ struct SnapshotProgress: Sendable {
 
 /// Ferry's `x-ferry-background-snapshot` in `query-migrate`.
 public struct SnapshotStatistics: Equatable, Sendable {
-    public struct Latency: Equatable, Sendable {
-        /// Microseconds from reading a write fault to releasing its page.
-        public var p50: UInt64
-        public var p99: UInt64
-        public var max: UInt64
-        public var mean: Double
-    }
     public var limiter: SnapshotLimiterMode
     /// Write faults read (each first write to a protected unit, and repeats while the scan held it).
     public var writeFaults: UInt64 = 0
@@ -276,7 +266,8 @@ public struct SnapshotStatistics: Equatable, Sendable {
     /// 4 KiB pages written from fault copies, and by the scan.
     public var faultedPages: UInt64 = 0
     public var scannedPages: UInt64 = 0
-    public var faultLatency: Latency?
+    /// Microseconds from reading a write fault to releasing its page.
+    public var faultLatency: LatencySummary?
     /// Seed mode: fault-only runs started.
     public var faultOnlyRuns = 0
     /// Latency mode: the scan's current limit in bytes per second, nil when unlimited.

@@ -84,6 +84,10 @@ public final class PrecopySource: Sendable {
         var endedAt: ContinuousClock.Instant?
         /// A mapped-ram save's outcome, once complete.
         var mappedRAM: MappedRAMOutcome?
+        /// `migrate-start-postcopy` was asked: the next round of the live phase switches.
+        var postcopyRequested = false
+        /// The switch to postcopy was made: the stream's bytes at that moment.
+        var postcopyStart: UInt64?
     }
 
     let parts: Dependencies
@@ -105,6 +109,8 @@ public final class PrecopySource: Sendable {
     let saver = Mutex<MappedRAMSaver?>(nil)
     /// A background snapshot's figures, once it started.
     let snapshot = Mutex<SnapshotProgress?>(nil)
+    /// The destination's page requests (postcopy), from the return-path reader.
+    let requests: PostcopyRequests
     static let window: Duration = .milliseconds(100)
     static let returnPathTimeout: Duration = .seconds(60)
     /// Under the threshold, a stop expected to take this long or less happens at once.
@@ -120,6 +126,7 @@ public final class PrecopySource: Sendable {
         self.capabilities = capabilities
         self.onStatus = onStatus
         self.onPass = onPass
+        requests = PostcopyRequests(layout: parts.ram.layout)
         // In setup from the moment `migrate` returns, as in QEMU (the connect may take a while).
         progress.withLock { $0.info.status = .setup }
     }
@@ -137,6 +144,8 @@ public final class PrecopySource: Sendable {
         info.multifdBytes = multifd.reduce(0) { $0 + $1.bytes }
         info.mappedRAM = progress.withLock { $0.mappedRAM }
         info.snapshot = snapshot.withLock { $0?.statistics }
+        info.postcopyRequests = requests.received
+        if let start = progress.withLock({ $0.postcopyStart }) { info.postcopyBytes = limiter.totalBytes - start }
         return info
     }
 
@@ -225,7 +234,7 @@ public final class PrecopySource: Sendable {
             try checkCancelled()
             setStatus(.active)
             while true {
-                let threshold = try iterateUntilThresholdMet(throttle: &throttle)
+                let outcome = try iterateUntilThresholdMet(throttle: &throttle)
                 // Downtime counts from the stop request, as QEMU counts it: a throttled
                 // vCPU may sleep out its share before it parks.
                 let stopRequested = ContinuousClock.now
@@ -235,6 +244,10 @@ public final class PrecopySource: Sendable {
                 }
                 let wasRunning = parts.vm.stopForSwitchover()
                 stoppedGuest = wasRunning
+                guard case .switchover(let threshold) = outcome else {
+                    try runPostcopy(stopRequested: stopRequested)
+                    break
+                }
                 if try switchover(threshold: threshold, stopRequested: stopRequested) { break }
                 // The exact device state broke the limit: the guest runs on, and so do we.
                 parts.vm.resumeAfterFailedSwitchover(wasRunning: wasRunning)
@@ -252,17 +265,22 @@ public final class PrecopySource: Sendable {
         } catch {
             endTracking()
             // A snapshot's source never stops for good: its guest runs on whatever the destination did.
-            let (cancelled, uncertain) = progress.withLock {
-                ($0.cancelRequested, $0.phase == .pastPointOfNoReturn && !capabilities.backgroundSnapshot)
+            let (cancelled, uncertain, postcopy) = progress.withLock {
+                ($0.cancelRequested, $0.phase == .pastPointOfNoReturn && !capabilities.backgroundSnapshot, $0.postcopyStart != nil)
             }
             // A destination that refused the stream said why on the return path
-            // before closing; that beats "broken pipe".
-            var reason: MigrationError? = cancelled ? nil : error
+            // before closing; that beats "broken pipe".  So does a page request that was refused here.
+            var reason: MigrationError? = cancelled ? nil : (requests.failure ?? error)
             if !cancelled, let answer = (error.isDestinationAnswer ? nil : destinationRefusal()) {
                 reason = answer
             }
             let refused = reason?.isDestinationAnswer == true
-            if uncertain && !refused {
+            if postcopy {
+                // The guest ran on the destination: its newest memory is there, whatever
+                // the destination says now, so it never runs here again on its own.
+                parts.vm.holdAfterUncertainSwitchover()
+                reason = .postcopyFailed(reason?.description ?? "no answer")
+            } else if uncertain && !refused {
                 // The end frame may have arrived and the destination may run the guest:
                 // never both.  The guest stays paused here until the operator decides.
                 parts.vm.holdAfterUncertainSwitchover()
@@ -271,7 +289,7 @@ public final class PrecopySource: Sendable {
                 parts.vm.resumeAfterFailedSwitchover(wasRunning: wasRunning)
             }
             progress.withLock { p in
-                p.info.destinationMayRun = uncertain && !refused
+                p.info.destinationMayRun = postcopy || (uncertain && !refused)
                 p.info.errorDescription = [reason?.description, p.cleanupFailure].compactMap { $0 }.joined(separator: "; ")
                 if p.info.errorDescription?.isEmpty == true { p.info.errorDescription = nil }
             }
@@ -385,7 +403,7 @@ public final class PrecopySource: Sendable {
     /// dirty rate is well below the bandwidth converges in a few short passes),
     /// and the switch happens when the stop would take under `quickSwitchover`,
     /// a pass stops halving, or after `maximumConvergingPasses`.
-    func iterateUntilThresholdMet(throttle: inout Int) throws(MigrationError) -> UInt64 {
+    func iterateUntilThresholdMet(throttle: inout Int) throws(MigrationError) -> LiveOutcome {
         var windowStart = ContinuousClock.now
         var windowBytes = limiter.totalBytes
         var windowPages = parts.ram.stats.normalPages + parts.ram.stats.zeroPages
@@ -397,6 +415,12 @@ public final class PrecopySource: Sendable {
         var waitingSince: ContinuousClock.Instant?            // for the destination to apply the last pass
         while true {
             try checkCancelled()
+            if progress.withLock({ $0.postcopyRequested }) {
+                guard channel.hasReturnPath else {
+                    throw .invalidState("postcopy needs the destination's page requests, so a socket: this migration has no return path")
+                }
+                return .postcopy
+            }
             let parameters = self.parameters      // live: re-read every round
             let now = ContinuousClock.now
             if now - windowStart >= Self.window {
@@ -446,7 +470,7 @@ public final class PrecopySource: Sendable {
                     let stalled = converging.map { exact * 2 > $0.lastExact || $0.passes >= Self.maximumConvergingPasses } ?? false
                     if (exact <= quick || stalled) && caughtUp {
                         progress.withLock { $0.info.expectedDowntime = nil }
-                        return threshold
+                        return .switchover(threshold: threshold)
                     }
                     converging = (exact, (converging?.passes ?? 0) + 1)
                 } else {
@@ -460,6 +484,14 @@ public final class PrecopySource: Sendable {
             // Nothing to pick while multifd channels drain or the destination catches up: do not spin.
             if nothingDirty, parts.ram.multifd != nil { sleepUntil(.now + .milliseconds(1)) }
         }
+    }
+
+    /// How the live phase ends.
+    enum LiveOutcome: Equatable {
+        /// What is pending fits this many bytes: stop and send the rest.
+        case switchover(threshold: UInt64)
+        /// `migrate-start-postcopy` was asked.
+        case postcopy
     }
 
     func pendingEstimate() -> UInt64 {
@@ -573,7 +605,11 @@ public final class PrecopySource: Sendable {
     /// Starts reading the return path, if the channel has one.
     func startReturnPath() {
         guard channel.hasReturnPath else { return }
-        let reader = ReturnPathReader(channel: channel)
+        let (requests, channel) = (self.requests, self.channel)
+        let reader = ReturnPathReader(channel: channel) { block, offset, length in
+            // A request that does not fit fails the migration: its next write fails at once.
+            if !requests.add(block: block, offset: offset, length: length) { channel.shutdown() }
+        }
         returnPath.withLock { $0 = reader }
         reader.start()
     }

@@ -64,6 +64,8 @@ public final class RAMMigration: Migratable {
         var populators: [ChunkPopulator] = []
         var residencyLoaded = false
         var pagesLoaded = false
+        /// After the switch to postcopy: pages are placed through it.
+        var postcopy: PostcopyLoad?
     }
     let load: Mutex<LoadState>
     let destinationStartsZero: Bool
@@ -201,6 +203,47 @@ public final class RAMMigration: Migratable {
         try multifd?.finish()
     }
 
+    // MARK: source, postcopy
+
+    /// Pages per background frame after the switch to postcopy: small, so a
+    /// page request waits behind at most this much on the channel (128 KiB).
+    static let postcopyJobPages = 32
+
+    /// The switch to postcopy, guest stopped and the dirty log synced: the
+    /// pages still dirty, which the destination drops and gets again.  On
+    /// hugetlb every huge page with one dirty page is marked whole, since the
+    /// destination places it whole.
+    func postcopyDiscard() -> PostcopyDiscard {
+        let unitPages = blocks.map { $0.pageSize.byteCount / Self.pageSize }
+        return send.withLock { state in
+            state.selector.widen(unitPages: unitPages)
+            state.selector.resident = nil
+            statistics.withLock { $0.remainingPages = UInt64(state.selector.dirtyCount) }
+            return PostcopyDiscard(words: state.selector.bitmaps.map(\.words))
+        }
+    }
+
+    /// After the switch: every dirty page, requested pages first.  Each
+    /// background frame is short, and the queue is looked at before each, so a
+    /// request waits behind at most one frame (plus what the socket holds).
+    /// Returns once no page is dirty; a request after that names pages sent already.
+    func sendPostcopy(_ output: StreamWriter, requests: PostcopyRequests) throws(MigrationError) {
+        var sender = PageSender(writer: output, mappings: mappings, detection: .multifd, statistics: statistics)
+        while true {
+            while let request = try requests.take() {
+                let job = send.withLock { $0.selector.take(block: request.block, pages: request.pages) }
+                try sender.send(job)
+            }
+            guard let job = pick(Self.postcopyJobPages, findZero: false) else { return }
+            try sender.send(job)
+            // `max-postcopy-bandwidth` holds back the background, never a request.
+            while output.isRateLimited && requests.isEmpty {
+                sleepUntil(.now + .milliseconds(1))
+                output.limiter.renewIfDue()
+            }
+        }
+    }
+
     public func load(_ section: StateSection) throws(MigrationError) {
         throw .stream(.unexpectedFrame("RAM travels in page frames, not a section"))
     }
@@ -279,6 +322,9 @@ public final class RAMMigration: Migratable {
                           scratch: inout PageLoadScratch) throws(MigrationError) {
         let index: PageIndex
         do { index = try PageIndex(decoding: payload, tailLength: header.tailLength, layout: layout) } catch { throw .stream(error) }
+        if let postcopy = load.withLock({ $0.postcopy }) {
+            return try loadPostcopyPages(index, from: &reader, scratch: &scratch, into: postcopy)
+        }
         let pageSize = Self.pageSize
         if index.compressed {
             try scratch.decompress(from: &reader, into: index.dataByteCount)
@@ -330,6 +376,67 @@ public final class RAMMigration: Migratable {
                 state.populators[last.block].writerReached(offset: last.offset)
             }
         }
+        statistics.withLock { s in
+            s.normalPages += UInt64(normal)
+            s.zeroPages += UInt64(zero)
+        }
+    }
+
+    // MARK: destination, postcopy
+
+    /// The switch to postcopy (`payload`: the discard set): the helpers stop,
+    /// a page that arrived corrupt must be one the source sends again, the
+    /// discarded pages are freed and RAM is registered for missing-page
+    /// faults, and the fault thread starts.  The guest may run once this returns.
+    func beginPostcopy(_ payload: [UInt8], placement: any PagePlacement,
+                       ask: @escaping @Sendable (_ block: Int, _ offset: Int, _ length: Int) throws(MigrationError) -> Void) throws(MigrationError) -> PostcopyLoad {
+        let discard: PostcopyDiscard
+        do { discard = try PostcopyDiscard(decoding: payload, layout: layout) } catch { throw .stream(error) }
+        guard placement.unitBytes == blocks.map(\.pageSize.byteCount) else {
+            throw .invalidState("the page placement's units do not match the RAM blocks' page sizes")
+        }
+        endLoad()
+        // A page that arrived corrupt (written while in flight) comes again only if it is discarded.
+        try load.withLock { (state: inout LoadState) throws(MigrationError) in
+            guard state.postcopy == nil else { throw .stream(.unexpectedFrame("a second postcopy switch")) }
+            for block in state.suspect.indices {
+                let stale = DirtyBitmap(words: discard.words[block], pageCount: state.suspect[block].pageCount)
+                for page in state.suspect[block].setPages where stale[page] {
+                    state.suspect[block][page] = false
+                    state.suspectCount -= 1
+                }
+            }
+        }
+        try verifyIntact()
+        let postcopy = try PostcopyLoad(discard: discard, layout: layout, placement: placement, ask: ask)
+        load.withLock { $0.postcopy = postcopy }
+        postcopy.start()
+        return postcopy
+    }
+
+    /// One `pages` frame after the switch: the tail into a buffer, each page
+    /// checked (the source's guest is stopped, so a mismatch is corruption,
+    /// never a page in flight), then placed.
+    private func loadPostcopyPages(_ index: PageIndex, from reader: inout FrameReader, scratch: inout PageLoadScratch,
+                                   into postcopy: PostcopyLoad) throws(MigrationError) {
+        if index.compressed {
+            try scratch.decompress(from: &reader, into: index.dataByteCount)
+        } else {
+            try reader.readTail(into: &scratch.pages)
+        }
+        var position = 0, normal = 0, zero = 0
+        for record in index.records {
+            guard record.kind == .data else {
+                zero += 1
+                continue
+            }
+            guard FrameChecksum.of(scratch.pages[position..<position + Self.pageSize]) == record.checksum else {
+                throw .stream(.malformed("the page at offset \(record.offset) of RAM block '\(layout[record.block].name)' arrived corrupt in postcopy"))
+            }
+            position += Self.pageSize
+            normal += 1
+        }
+        try postcopy.place(index.records, data: scratch.pages)
         statistics.withLock { s in
             s.normalPages += UInt64(normal)
             s.zeroPages += UInt64(zero)

@@ -52,6 +52,11 @@ public final class RateLimiter: Sendable {
     public func waitForBudget() {
         let (limited, end) = window.withLock { w in (w.spent, w.start + Self.period) }
         if limited && ContinuousClock.now < end { sleepUntil(end) }
+        renewIfDue()
+    }
+
+    /// Starts a new window if one is due, without sleeping (for a caller that waits in short steps).
+    public func renewIfDue() {
         window.withLock { w in
             let now = ContinuousClock.now
             guard now >= w.start + Self.period else { return }

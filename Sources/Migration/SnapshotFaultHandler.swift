@@ -18,8 +18,7 @@ final class SnapshotFaultHandler: Sendable {
     let pages: Mutex<SnapshotPageMap>
     let copies: FaultCopies
     let stopping = Atomic<Bool>(false)
-    let exited = Mutex<Bool>(false)
-    let exitCondition = NSCondition()
+    let thread = Mutex<JoinableThread?>(nil)
 
     struct Record {
         /// Microseconds from reading each claimed fault to releasing its unit.
@@ -41,15 +40,8 @@ final class SnapshotFaultHandler: Sendable {
     }
 
     func start() {
-        let thread = Thread { [self] in
-            run()
-            exitCondition.lock()
-            exited.withLock { $0 = true }
-            exitCondition.broadcast()
-            exitCondition.unlock()
-        }
-        thread.name = "ferry-write-faults"
-        thread.start()
+        let started = JoinableThread(name: "ferry-write-faults") { [self] in run() }
+        thread.withLock { $0 = started }
     }
 
     /// Stops the thread and waits for it (a wait for room in the queue is abandoned).
@@ -57,9 +49,7 @@ final class SnapshotFaultHandler: Sendable {
         stopping.store(true, ordering: .releasing)
         protection.interrupt()
         copies.abort()
-        exitCondition.lock()
-        while !exited.withLock({ $0 }) { exitCondition.wait() }
-        exitCondition.unlock()
+        thread.withLock { $0 }?.join()
     }
 
     /// The failure that ended the thread, if any.

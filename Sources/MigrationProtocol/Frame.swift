@@ -28,6 +28,10 @@ public enum FrameKind: UInt16, Sendable, CaseIterable {
     /// A multifd channel's barrier after a dirty sync: `epoch u64`.  Pages after it
     /// may be applied only once every channel has applied all pages before its own.
     case sync = 7
+    /// The switch to postcopy (`PostcopyDiscard`), after every device's section: the
+    /// destination drops the pages it names, runs the guest, and takes the rest of
+    /// RAM (those pages) as it comes or as the guest faults on it.
+    case postcopy = 8
 
     /// Whether frames of this kind may carry a tail.
     public var hasTail: Bool { self == .pages }

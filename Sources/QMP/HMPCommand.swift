@@ -75,8 +75,8 @@ public enum HMPCommand: Equatable, Sendable {
             let fdname = try argument("fdname")
             try end()
             self = .run(entry.name == "getfd" ? .getfd(fdname: fdname) : .closefd(fdname: fdname), .nothing)
-        case "migrate_start_postcopy", "migrate_pause", "migrate_recover":
-            throw HMPError("Error: Postcopy is not supported by Ferry yet")
+        case "migrate_pause", "migrate_recover":
+            throw HMPError("Error: Postcopy recovery is not supported by Ferry yet")
         default:
             try end()
             guard let command = entry.command else { throw HMPError("unknown command: '\(name)'") }
@@ -105,11 +105,11 @@ public enum HMPCommand: Equatable, Sendable {
         Entry(name: "migrate", alias: nil, arguments: "[-d] uri", help: "migrate to URI (using -d to not wait for completion)", command: nil),
         Entry(name: "migrate_cancel", alias: nil, arguments: "", help: "cancel the current VM migration", command: .migrateCancel),
         Entry(name: "migrate_incoming", alias: nil, arguments: "uri", help: "Continue an incoming migration from an -incoming defer", command: nil),
-        Entry(name: "migrate_pause", alias: nil, arguments: "", help: "Pause an ongoing migration (postcopy-only; not supported)", command: nil),
-        Entry(name: "migrate_recover", alias: nil, arguments: "uri", help: "Continue a paused incoming postcopy migration (not supported)", command: nil),
+        Entry(name: "migrate_pause", alias: nil, arguments: "", help: "Pause an ongoing migration (postcopy-only; recovery is not supported yet)", command: nil),
+        Entry(name: "migrate_recover", alias: nil, arguments: "uri", help: "Continue a paused incoming postcopy migration (recovery is not supported yet)", command: nil),
         Entry(name: "migrate_set_capability", alias: nil, arguments: "capability state", help: "Enable/Disable the usage of a capability for migration", command: nil),
         Entry(name: "migrate_set_parameter", alias: nil, arguments: "parameter value", help: "Set the parameter for migration", command: nil),
-        Entry(name: "migrate_start_postcopy", alias: nil, arguments: "", help: "Followup to a migration command to switch the migration to postcopy mode (not supported)", command: nil),
+        Entry(name: "migrate_start_postcopy", alias: nil, arguments: "", help: "Followup to a migration command to switch the migration to postcopy mode. The postcopy-ram capability must be set on both source and destination before the original migration command .", command: .migrateStartPostcopy),
         Entry(name: "quit", alias: "q", arguments: "", help: "quit the emulator", command: .quit),
         Entry(name: "stop", alias: "s", arguments: "", help: "stop emulation", command: .stop),
     ]

@@ -11,6 +11,7 @@ public enum QMPCommand: Equatable, Sendable {
     case migrate(uri: String)           // "migrate"
     case migrateIncoming(uri: String, exitOnError: Bool)   // "migrate-incoming"
     case migrateCancel                  // "migrate_cancel"
+    case migrateStartPostcopy           // "migrate-start-postcopy"
     case migrateSetCapabilities([CapabilityState])         // "migrate-set-capabilities"
     case queryMigrateCapabilities       // "query-migrate-capabilities"
     case migrateSetParameters([String: JSONValue])          // "migrate-set-parameters"
@@ -87,6 +88,7 @@ public enum QMPCommand: Equatable, Sendable {
             self = .migrateIncoming(uri: try Self.requiredString(arguments, "uri"), exitOnError: exitOnError)
             return
         case "migrate_cancel": command = .migrateCancel
+        case "migrate-start-postcopy": command = .migrateStartPostcopy
         case "migrate-set-capabilities":
             try Self.refuseUnknown(arguments, allowed: ["capabilities"])
             guard let list = arguments["capabilities"] else { throw .generic("Parameter 'capabilities' is missing") }
@@ -174,7 +176,7 @@ public enum QMPCommand: Equatable, Sendable {
             if case .run(let command, _)? = try? HMPCommand(parsing: line) { command.takesDescriptor } else { false }
         // Listed one by one: a new command does not compile until this is decided for it.
         case .qmpCapabilities, .queryVersion, .queryStatus, .queryCommands, .queryCpusFast, .stop, .cont, .quit,
-             .migrate, .migrateIncoming, .migrateCancel, .migrateSetCapabilities, .queryMigrateCapabilities,
+             .migrate, .migrateIncoming, .migrateCancel, .migrateStartPostcopy, .migrateSetCapabilities, .queryMigrateCapabilities,
              .migrateSetParameters, .queryMigrateParameters, .queryMigrate, .queryQMPSchema,
              .closefd, .removeFd, .queryFdsets: false
         }

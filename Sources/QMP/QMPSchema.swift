@@ -44,6 +44,7 @@ public enum QMPSchema {
         Entry("migrate-incoming", [Member("uri", "str"), Member("channels", "[any]", optional: true),
                                    Member("exit-on-error", "bool", optional: true)]),
         Entry("migrate_cancel"),
+        Entry("migrate-start-postcopy"),
         Entry("migrate-set-capabilities", [Member("capabilities", "[MigrationCapabilityStatus]")]),
         Entry("query-migrate-capabilities", returns: "[MigrationCapabilityStatus]"),
         // Its members are the engine's parameter names (see `introspect`).

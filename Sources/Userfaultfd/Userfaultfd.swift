@@ -97,6 +97,18 @@ import SystemPackage
                                                                 wake ? 1 : 0, writeProtected ? 1 : 0, &copied))
     }
 
+    /// Places `bytes[range]` at `address` atomically (`UFFDIO_COPY`), waking
+    /// the threads waiting there.  A page already there fails with `EEXIST`.
+    public func copy(from bytes: [UInt8], range: Range<Int>, to address: UInt64) throws(UserfaultfdError) {
+        precondition(range.lowerBound >= 0 && range.upperBound <= bytes.count)
+        var failure: UserfaultfdError?
+        unsafe bytes.withUnsafeBytes { raw in
+            // SAFETY: `range` lies inside `bytes` (checked above); the view does not escape.
+            do throws(UserfaultfdError) { try unsafe copy(UnsafeRawBufferPointer(rebasing: raw[range]), to: address) } catch { failure = error }
+        }
+        if let failure { throw failure }
+    }
+
     /// Maps zero pages over the range (`UFFDIO_ZEROPAGE`; not on hugetlbfs).
     public func zeroPage(address: UInt64, length: UInt64, wake: Bool = true) throws(UserfaultfdError) {
         var zeroed: Int64 = 0

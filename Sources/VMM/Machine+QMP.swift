@@ -43,8 +43,9 @@ extension Machine {
                 return .object([:])
             }
         case .migrateCancel:
-            cancelMigration()
-            return .success(.object([:]))
+            return Result { () throws(QMPError) in try cancelMigration(); return .object([:]) }
+        case .migrateStartPostcopy:
+            return Result { () throws(QMPError) in try startPostcopy(); return .object([:]) }
         case .migrateSetCapabilities(let list):
             return Result { () throws(QMPError) in
                 try setMigrationCapabilities(list.map { ($0.capability, $0.state) })

@@ -170,6 +170,9 @@ public final class Machine: Sendable {
             return true
         }
         guard first else { return }
+        // An incoming load stops, as it would with the process; a vCPU waiting on a
+        // page a postcopy will now never bring could not exit otherwise.
+        migration.state.withLock { $0.incoming }?.destination.withLock { $0 }?.abort()
         control.terminate { kickAll() }
         last()
         lifecycle.withLock { $0 = .finished }

@@ -235,7 +235,7 @@ struct MappedRAMKernelTests {
         #expect(source.execute(.migrate(uri: "file:" + path)) == .success(.object([:])))
         try await kit.waitFor { source.outgoingMigration?.status == .active }
         try await Task.sleep(for: .milliseconds(300))
-        source.cancelMigration()
+        try source.cancelMigration()
         try await kit.waitFor { kit.outgoingStatus(source).isFinished }
         #expect(kit.outgoingStatus(source) == .cancelled)
         #expect(source.state == .running)

@@ -109,7 +109,7 @@ struct MigrationCorrectnessTests {
                 Thread {
                     let end = ContinuousClock.now + delay
                     while ContinuousClock.now < end {}        // spin: sub-millisecond steps
-                    sourceBox.withLock { $0 }?.cancelMigration()
+                    try? sourceBox.withLock { $0 }?.cancelMigration()
                 }.start()
             })
             sourceBox.withLock { $0 = source }

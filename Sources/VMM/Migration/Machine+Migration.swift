@@ -105,9 +105,23 @@ extension Machine {
         thread.start()
     }
 
-    /// QMP `migrate_cancel`: the source guest keeps running.
-    public func cancelMigration() {
-        migration.state.withLock { $0.outgoing }?.cancel()
+    /// QMP `migrate_cancel`: the source guest keeps running.  Refused in
+    /// postcopy, as QEMU refuses it: the guest already runs on the destination.
+    public func cancelMigration() throws(QMPError) {
+        guard let outgoing = migration.state.withLock({ $0.outgoing }) else { return }
+        if outgoing.status == .postcopyActive { throw .generic("Postcopy migration in progress, cannot cancel.") }
+        outgoing.cancel()
+    }
+
+    /// QMP `migrate-start-postcopy`, with QEMU's texts.
+    public func startPostcopy() throws(QMPError) {
+        guard migrationCapabilities.postcopyRAM else {
+            throw .generic("Enable postcopy with migrate_set_capability before the start of migration")
+        }
+        guard let outgoing = migration.state.withLock({ $0.outgoing }) else {
+            throw .generic("Postcopy must be started after migration has been started")
+        }
+        do { try outgoing.startPostcopy() } catch { throw .generic(error.description) }
     }
 
     /// The last outgoing migration's state, for tests and the demo.
@@ -155,9 +169,10 @@ extension Machine {
 
     private func receive(_ incoming: MigrationSlot.Incoming, autostart: Bool, onFailure: @Sendable (String) -> Void) {
         let events = migration.state.withLock { $0.capabilities.events }
-        let setStatus: @Sendable (MigrationStatus) -> Void = { [self] status in
-            incoming.status.withLock { $0 = status }
-            if events { emit("MIGRATION", data: ["status": .string(status.rawValue)]) }
+        // Weak: the machine's slot holds `incoming`, which holds the load, which holds this.
+        let setStatus: @Sendable (MigrationStatus) -> Void = { [weak self, weak incoming] status in
+            incoming?.status.withLock { $0 = status }
+            if events { self?.emit("MIGRATION", data: ["status": .string(status.rawValue)]) }
         }
         // A failure is published below, once its reason is recorded: `failed` is never seen without it.
         let fromDestination: @Sendable (MigrationStatus) -> Void = { status in if status != .failed { setStatus(status) } }
@@ -196,10 +211,18 @@ extension Machine {
                 listener.close()
                 acceptor = nil
             }
+            // Postcopy's page placement, if this kernel has it (a switch is refused otherwise).
+            let placement = channel.hasReturnPath ? try? UserfaultPagePlacement(blocks: memory.blocks) : nil
             destination = MigrationDestination(
                 channel: channel, acceptor: acceptor, configuration: migrationConfiguration,
                 ram: RAMMigration(blocks: memory.blocks, tracker: nil, destinationStartsZero: startsZero),
-                devices: migratableDevices(global: global), onStatus: fromDestination)
+                devices: migratableDevices(global: global), placement: placement,
+                onPostcopy: { [weak self] in
+                    // The guest runs here from the switch on; its missing pages follow.
+                    self?.finishIncoming(run: autostart && global.sourceWasRunning == true)
+                },
+                onStatus: fromDestination)
+            incoming.destination.withLock { $0 = destination }
             try destination.run()
         } catch {
             incoming.error.withLock { $0 = "\(error)" }
@@ -207,7 +230,7 @@ extension Machine {
             onFailure("load of migration failed: \(error)")
             return
         }
-        finishIncoming(run: autostart && global.sourceWasRunning == true)
+        if !destination.switchedToPostcopy { finishIncoming(run: autostart && global.sourceWasRunning == true) }
         destination.complete()
     }
 

@@ -16,6 +16,14 @@ extension Machine {
             default: break
             }
             if let error = incoming.error.withLock({ $0 }) { result["error-desc"] = .string(error) }
+            // Ferry's own: what the guest waited for since the switch to postcopy.
+            if let postcopy = incoming.destination.withLock({ $0 })?.postcopyStatistics {
+                var entry: [String: JSONValue] = ["faults": .int(Int64(postcopy.faults)), "requests": .int(Int64(postcopy.requests)),
+                                                  "zero-filled": .int(Int64(postcopy.zeroFilled)),
+                                                  "placed-pages": .int(Int64(postcopy.placedPages))]
+                if let latency = postcopy.latency { entry["request-latency-us"] = Self.json(latency) }
+                result["x-ferry-postcopy"] = .object(entry)
+            }
             return .object(result)
         }
         guard let info = outgoingMigration else { return .object([:]) }
@@ -46,9 +54,9 @@ extension Machine {
             "page-size": .int(Int64(ram.pageSize)),
             "precopy-bytes": .int(Int64(info.transferredBytes - info.downtimeBytes)),
             "downtime-bytes": .int(Int64(info.downtimeBytes)),
-            "postcopy-bytes": 0,
+            "postcopy-bytes": .int(Int64(info.postcopyBytes)),
             "multifd-bytes": .int(Int64(info.multifdBytes)),
-            "postcopy-requests": 0,
+            "postcopy-requests": .int(Int64(info.postcopyRequests)),
             "dirty-sync-missed-zero-copy": .int(Int64(ram.dirtySyncMissedZeroCopy)),
         ]
         // Ferry's own: what each channel carried (main, then multifd 0..N-1).
@@ -75,14 +83,15 @@ extension Machine {
                 "scanned-pages": .int(Int64(snapshot.scannedPages)), "fault-only-runs": .int(Int64(snapshot.faultOnlyRuns)),
                 "throttling": .bool(snapshot.throttling),
             ]
-            if let latency = snapshot.faultLatency {
-                entry["fault-latency-us"] = ["p50": .int(Int64(latency.p50)), "p99": .int(Int64(latency.p99)),
-                                             "max": .int(Int64(latency.max)), "mean": .double(latency.mean)]
-            }
+            if let latency = snapshot.faultLatency { entry["fault-latency-us"] = Self.json(latency) }
             if let rate = snapshot.scanRateLimit { entry["scan-rate-limit"] = .int(Int64(rate)) }
             result["x-ferry-background-snapshot"] = .object(entry)
         }
         return .object(result)
+    }
+
+    static func json(_ latency: LatencySummary) -> JSONValue {
+        ["p50": .int(Int64(latency.p50)), "p99": .int(Int64(latency.p99)), "max": .int(Int64(latency.max)), "mean": .double(latency.mean)]
     }
 
     /// `query-migrate-parameters`: the values Ferry honours, QEMU's names.

@@ -23,6 +23,8 @@ final class MigrationSlot: Sendable {
         /// Where it listens (for `tcp:HOST:0`, with the port chosen) or reads.
         let address: MigrationURI
         let error = Mutex<String?>(nil)
+        /// The load, once it started (for its postcopy figures, and to let go of a postcopy that failed).
+        let destination = Mutex<MigrationDestination?>(nil)
 
         init(listener: IncomingListener) {
             self.listener = listener

@@ -1,0 +1,221 @@
+import Foundation
+import GuestMemory
+import Histogram
+import MigrationProtocol
+import Synchronization
+
+/// A postcopy destination from the switch to the end: the guest runs on the
+/// pages it has, and every page still to come is placed atomically by
+/// `PagePlacement`.  A fault thread turns each access to a missing unit into a
+/// page request on the return path (or fills a unit with no page to come with
+/// zeroes); the loading thread places the pages as they arrive, checked
+/// against their checksums and against the discard set, which wakes the
+/// vCPUs waiting on them.
+///
+/// On hugetlb a huge page is placed whole: its 4 KiB pages are gathered in a
+/// buffer until the last arrives (the source sends every page of it).
+final class PostcopyLoad: Sendable {
+    let placement: any PagePlacement
+    let layout: [MigrationConfiguration.Block]
+    let map: Mutex<PostcopyPageMap>
+    let ask: @Sendable (_ block: Int, _ offset: Int, _ length: Int) throws(MigrationError) -> Void
+    let stopping = Atomic<Bool>(false)
+    let thread = Mutex<JoinableThread?>(nil)
+    static let pageSize = PageSize.base.byteCount
+
+    struct Record {
+        /// Microseconds from a page request to its unit placed.
+        var latency = Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 600_000_000, numberOfSignificantValueDigits: .three)
+        var faults: UInt64 = 0
+        var requests: UInt64 = 0
+        var zeroFilled: UInt64 = 0
+        var placedPages: UInt64 = 0
+        var failure: MigrationError?
+    }
+    let record = Mutex(Record())
+    /// Huge pages being gathered, by block and unit (the loading thread's alone).
+    let partial = Mutex<[UnitKey: [UInt8]]>([:])
+
+    struct UnitKey: Hashable { let block: Int, unit: Int }
+
+    /// Frees the discarded pages and registers RAM; the guest must not run yet.
+    init(discard: PostcopyDiscard, layout: [MigrationConfiguration.Block], placement: any PagePlacement,
+         ask: @escaping @Sendable (_ block: Int, _ offset: Int, _ length: Int) throws(MigrationError) -> Void) throws(MigrationError) {
+        let unitPages = placement.unitBytes.map { $0 / Self.pageSize }
+        var bitmaps: [DirtyBitmap] = []
+        for (index, block) in layout.enumerated() {
+            let bitmap = DirtyBitmap(words: discard.words[index], pageCount: Int(block.byteCount) / Self.pageSize)
+            // A huge page is placed whole, so the source must send it whole.
+            for run in bitmap.runs where run.first % unitPages[index] != 0 || run.count % unitPages[index] != 0 {
+                throw .stream(.malformed("the postcopy discard set of block '\(block.name)' splits a \(placement.unitBytes[index])-byte page at page \(run.first)"))
+            }
+            bitmaps.append(bitmap)
+        }
+        self.placement = placement
+        self.layout = layout
+        self.ask = ask
+        map = Mutex(PostcopyPageMap(discard: bitmaps, unitPages: unitPages))
+        try placement.prepare(discarding: bitmaps.map { $0.runs.map { $0.first * Self.pageSize..<($0.first + $0.count) * Self.pageSize } })
+    }
+
+    // MARK: the fault thread
+
+    func start() {
+        let started = JoinableThread(name: "ferry-page-faults") { [self] in run() }
+        thread.withLock { $0 = started }
+    }
+
+    /// Stops the fault thread and waits for it.
+    func stop() {
+        stopping.store(true, ordering: .releasing)
+        placement.interrupt()
+        thread.withLock { $0 }?.join()
+    }
+
+    var failure: MigrationError? { record.withLock { $0.failure } }
+
+    private func run() {
+        do throws(MigrationError) {
+            while !stopping.load(ordering: .acquiring) {
+                for fault in try placement.waitForFaults(timeout: .milliseconds(100)) { try handle(fault) }
+            }
+        } catch {
+            record.withLock { $0.failure = error }
+        }
+    }
+
+    private func handle(_ fault: MissingPageFault) throws(MigrationError) {
+        let action = map.withLock { $0.fault(block: fault.block, offset: fault.offset, at: .now) }
+        record.withLock { $0.faults += 1 }
+        switch action {
+        case .waiting:
+            return
+        case .request(let offset, let length):
+            record.withLock { $0.requests += 1 }
+            try ask(fault.block, offset, length)
+        case .absent(let offset, let length):
+            // Zero on the source; or placed since the fault was reported, and then the wake is all it needs.
+            if try placement.placeZero(block: fault.block, offset: offset, length: length) {
+                record.withLock { $0.zeroFilled += 1 }
+            } else {
+                try placement.wake(block: fault.block, offset: offset, length: length)
+            }
+        }
+    }
+
+    // MARK: the loading thread
+
+    /// Places the pages of one frame: `data` holds its data pages in record
+    /// order, each already checked against its checksum.  A page not in the
+    /// discard set, or arriving twice, is refused.
+    func place(_ records: [PageRecord], data: [UInt8]) throws(MigrationError) {
+        var position = 0
+        var index = 0
+        while index < records.count {
+            let record = records[index]
+            let page = Int(record.offset) / Self.pageSize
+            let unitPages = map.withLock { $0.unitPages[record.block] }
+            guard map.withLock({ $0.isNeeded(block: record.block, page: page) }) else {
+                throw .stream(.unexpectedFrame("page at offset \(record.offset) of RAM block '\(layout[record.block].name)' arrived in postcopy, but it was not in the discard set or arrived already"))
+            }
+            if unitPages > 1 {
+                try gather(record, page: page, unitPages: unitPages, data: data, position: &position)
+                index += 1
+                continue
+            }
+            // A run of records of the same kind at consecutive offsets goes in one call.
+            var end = index + 1
+            while end < records.count, records[end].block == record.block, records[end].kind == record.kind,
+                  records[end].offset == records[end - 1].offset + UInt64(Self.pageSize),
+                  map.withLock({ $0.isNeeded(block: record.block, page: Int(records[end].offset) / Self.pageSize) }) {
+                end += 1
+            }
+            let count = end - index
+            let bytes = count * Self.pageSize
+            if record.kind == .data {
+                if !(try placement.place(data, range: position..<position + bytes, block: record.block, offset: Int(record.offset))) {
+                    try placeEach(data, from: position, block: record.block, offset: Int(record.offset), count: count)
+                }
+                position += bytes
+            } else {
+                _ = try placement.placeZero(block: record.block, offset: Int(record.offset), length: bytes)
+            }
+            placed(block: record.block, pages: page..<page + count)
+            index = end
+        }
+    }
+
+    /// A run that found a page there already (placed as zero meanwhile): page by page.
+    private func placeEach(_ data: [UInt8], from position: Int, block: Int, offset: Int, count: Int) throws(MigrationError) {
+        for i in 0..<count {
+            let at = position + i * Self.pageSize
+            _ = try placement.place(data, range: at..<at + Self.pageSize, block: block, offset: offset + i * Self.pageSize)
+        }
+    }
+
+    /// One 4 KiB page of a huge page: into its buffer, and the huge page placed once whole.
+    private func gather(_ record: PageRecord, page: Int, unitPages: Int, data: [UInt8], position: inout Int) throws(MigrationError) {
+        let key = UnitKey(block: record.block, unit: page / unitPages)
+        let unitBytes = unitPages * Self.pageSize
+        var buffer = partial.withLock { $0.removeValue(forKey: key) } ?? [UInt8](repeating: 0, count: unitBytes)
+        let at = (page % unitPages) * Self.pageSize
+        if record.kind == .data {
+            buffer.replaceSubrange(at..<at + Self.pageSize, with: data[position..<position + Self.pageSize])
+            position += Self.pageSize
+        }
+        // The page is in the buffer, not yet in RAM: still "needed" for a fault, which then waits.
+        let first = key.unit * unitPages
+        let remaining = map.withLock { m in (first..<first + unitPages).filter { $0 != page && m.isNeeded(block: record.block, page: $0) }.count }
+        if remaining > 0 {
+            map.withLock { _ = $0.placed(block: record.block, pages: page..<page + 1, at: .now) }
+            partial.withLock { $0[key] = buffer }
+            return
+        }
+        _ = try placement.place(buffer, range: 0..<unitBytes, block: record.block, offset: first * Self.pageSize)
+        placed(block: record.block, pages: page..<page + 1)
+    }
+
+    private func placed(block: Int, pages: Range<Int>) {
+        let latency = map.withLock { $0.placed(block: block, pages: pages, at: .now) }
+        record.withLock { r in
+            r.placedPages += UInt64(pages.count)
+            if let latency {
+                let micros = latency.components.seconds * 1_000_000 + latency.components.attoseconds / 1_000_000_000_000
+                _ = r.latency.record(UInt64(max(1, micros)))
+            }
+        }
+    }
+
+    /// The stream ended: every page must be here.  Stops the fault thread and
+    /// makes RAM ordinary memory again.
+    func finish() throws(MigrationError) {
+        stop()
+        if let failure { throw failure }
+        if let (block, page) = map.withLock({ $0.firstNeeded }) {
+            let count = map.withLock { $0.neededCount }
+            throw .stream(.incomplete("the postcopy stream ended with \(count) page(s) never sent (the first: offset \(page * Self.pageSize) of RAM block '\(layout[block].name)')"))
+        }
+        try placement.releaseAll()
+    }
+
+    var statistics: PostcopyStatistics {
+        record.withLock { r in
+            PostcopyStatistics(faults: r.faults, requests: r.requests, zeroFilled: r.zeroFilled, placedPages: r.placedPages,
+                               latency: LatencySummary(r.latency))
+        }
+    }
+}
+
+/// A postcopy destination's figures (Ferry's `x-ferry-postcopy` in `query-migrate`).
+public struct PostcopyStatistics: Equatable, Sendable {
+    /// Accesses to missing pages the fault thread read.
+    public var faults: UInt64
+    /// Page requests sent to the source.
+    public var requests: UInt64
+    /// Missing units with no page to come, filled with zeroes here.
+    public var zeroFilled: UInt64
+    /// 4 KiB pages placed since the switch.
+    public var placedPages: UInt64
+    /// Microseconds from a request to its page placed.
+    public var latency: LatencySummary?
+}

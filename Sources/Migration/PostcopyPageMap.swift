@@ -1,0 +1,74 @@
+import GuestMemory
+
+/// A postcopy destination's account of the pages still to come: the discard
+/// set as it arrived, less each page as it is placed, and the units asked for.
+/// Pure: no I/O; its owner holds a lock while it asks, never while it places.
+///
+/// A missing unit the guest touches is asked for once.  A missing unit with no
+/// page to come is zero on the source (it was never sent: a page that started
+/// zero and was never written), so it is filled with zeroes here.
+struct PostcopyPageMap: Sendable {
+    /// Per block: 4 KiB pages the source will still send.
+    private(set) var needed: [DirtyBitmap]
+    private(set) var neededCount: Int
+    /// Per block: pages per placement unit (1, or 512 on hugetlb).
+    let unitPages: [Int]
+    /// Per block: units asked for and not yet complete, with when they were asked.
+    private var requested: [[Int: ContinuousClock.Instant]]
+
+    enum FaultAction: Equatable {
+        /// Ask the source for this unit (bytes).
+        case request(offset: Int, length: Int)
+        /// Asked already: its placement will wake the access.
+        case waiting
+        /// Nothing is to come here: the unit is zero (or was placed meanwhile).
+        case absent(offset: Int, length: Int)
+    }
+
+    init(discard: [DirtyBitmap], unitPages: [Int]) {
+        precondition(discard.count == unitPages.count)
+        needed = discard
+        neededCount = discard.reduce(0) { $0 + $1.count }
+        self.unitPages = unitPages
+        requested = Array(repeating: [:], count: discard.count)
+    }
+
+    var isComplete: Bool { neededCount == 0 }
+
+    /// What to do about an access waiting at byte `offset` of `block`.
+    mutating func fault(block: Int, offset: Int, at now: ContinuousClock.Instant) -> FaultAction {
+        let unitBytes = unitPages[block] * PageSize.base.byteCount
+        let unit = offset / unitBytes
+        let first = unit * unitPages[block]
+        guard let next = needed[block].nextSetPage(from: first), next < first + unitPages[block] else {
+            return .absent(offset: unit * unitBytes, length: unitBytes)
+        }
+        guard requested[block][unit] == nil else { return .waiting }
+        requested[block][unit] = now
+        return .request(offset: unit * unitBytes, length: unitBytes)
+    }
+
+    /// Whether page `page` of `block` is still to come (a page that is not must not arrive).
+    func isNeeded(block: Int, page: Int) -> Bool { needed[block][page] }
+
+    /// Pages `pages` of `block`, all in one unit, are placed.  When that
+    /// completes a unit that was asked for, returns how long it took.
+    mutating func placed(block: Int, pages: Range<Int>, at now: ContinuousClock.Instant) -> Duration? {
+        for page in pages where needed[block][page] {
+            needed[block][page] = false
+            neededCount -= 1
+        }
+        let unit = pages.lowerBound / unitPages[block]
+        guard let asked = requested[block][unit] else { return nil }
+        let first = unit * unitPages[block]
+        if let next = needed[block].nextSetPage(from: first), next < first + unitPages[block] { return nil }
+        requested[block][unit] = nil
+        return now - asked
+    }
+
+    /// The first page still to come, if any (for the error when the stream ends without it).
+    var firstNeeded: (block: Int, page: Int)? {
+        for (block, bitmap) in needed.enumerated() { if let page = bitmap.nextSetPage(from: 0) { return (block, page) } }
+        return nil
+    }
+}

@@ -1,0 +1,87 @@
+import DequeModule
+import GuestMemory
+import MigrationProtocol
+import Synchronization
+
+/// The source's queue of the destination's page requests, filled by the
+/// return-path reader's thread and emptied by the migration thread before
+/// each background batch.  Every request is checked against the RAM layout
+/// where it arrives; one that does not fit (or any before the switch to
+/// postcopy, when no guest can be waiting) fails the migration.
+final class PostcopyRequests: Sendable {
+    struct Request: Equatable, Sendable {
+        let block: Int
+        let pages: Range<Int>
+    }
+
+    struct State {
+        var queue = Deque<Request>()
+        var accepting = false
+        var received: UInt64 = 0
+        var failure: MigrationError?
+    }
+
+    let layout: [MigrationConfiguration.Block]
+    let state = Mutex(State())
+    /// More requests queued than any destination has vCPUs waiting: a destination gone wrong.
+    static let maximumQueued = 1 << 16
+
+    init(layout: [MigrationConfiguration.Block]) { self.layout = layout }
+
+    /// From now on requests are served (the switch to postcopy).
+    func open() { state.withLock { $0.accepting = true } }
+
+    /// A request from the return path; `false` if it is refused (the failure is kept).
+    func add(block: UInt16, offset: UInt64, length: UInt64) -> Bool {
+        let checked = check(block: block, offset: offset, length: length)
+        return state.withLock { s in
+            guard s.failure == nil else { return false }
+            switch checked {
+            case .failure(let error):
+                s.failure = error
+                return false
+            case .success(let request):
+                guard s.accepting else {
+                    s.failure = .stream(.unexpectedFrame("a page request before the switch to postcopy"))
+                    return false
+                }
+                guard s.queue.count < Self.maximumQueued else {
+                    s.failure = .stream(.malformed("more than \(Self.maximumQueued) page requests waiting"))
+                    return false
+                }
+                s.received += 1
+                s.queue.append(request)
+                return true
+            }
+        }
+    }
+
+    private func check(block: UInt16, offset: UInt64, length: UInt64) -> Result<Request, MigrationError> {
+        // The decoder has checked alignment, a non-zero length, and no overflow.
+        guard Int(block) < layout.count else {
+            return .failure(.stream(.malformed("a page request for RAM block \(block); there are \(layout.count)")))
+        }
+        let size = layout[Int(block)].byteCount
+        guard offset < size, length <= size - offset else {
+            return .failure(.stream(.malformed("a page request for \(length) bytes at \(offset) of RAM block '\(layout[Int(block)].name)', which has \(size)")))
+        }
+        let page = UInt64(PageSize.base.byteCount)
+        return .success(Request(block: Int(block), pages: Int(offset / page)..<Int((offset + length) / page)))
+    }
+
+    /// The oldest request waiting; throws the failure a refused request left.
+    func take() throws(MigrationError) -> Request? {
+        try state.withLock { s throws(MigrationError) -> Request? in
+            if let failure = s.failure { throw failure }
+            return s.queue.popFirst()
+        }
+    }
+
+    var received: UInt64 { state.withLock { $0.received } }
+
+    /// Whether no request waits (a refused one counts as waiting: `take` throws it).
+    var isEmpty: Bool { state.withLock { $0.queue.isEmpty && $0.failure == nil } }
+
+    /// Why a request was refused, if one was.
+    var failure: MigrationError? { state.withLock { $0.failure } }
+}

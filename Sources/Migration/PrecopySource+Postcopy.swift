@@ -1,0 +1,55 @@
+import MigrationProtocol
+
+/// Postcopy on the source:
+///
+///     active ──(migrate-start-postcopy)──▶ stop, sync, device state, `postcopy` frame
+///            ──▶ postcopy-active: requested pages first, the rest in the background ──▶ end ──▶ completed
+///
+/// The `postcopy` frame is the point of no return: once it may have reached
+/// the destination, the destination runs the guest, so the source guest never
+/// runs again on its own, whatever happens next (QEMU: "a failure of either
+/// side causes the guest to be lost").
+extension PrecopySource {
+    /// QMP `migrate-start-postcopy`: the live phase switches to postcopy at its
+    /// next round.  QEMU's rules and texts.
+    public func startPostcopy() throws(MigrationError) {
+        guard capabilities.postcopyRAM else {
+            throw .invalidParameter("Enable postcopy with migrate_set_capability before the start of migration")
+        }
+        try progress.withLock { p throws(MigrationError) in
+            guard !p.info.status.isFinished else { throw .invalidState("Postcopy must be started after migration has been started") }
+            p.postcopyRequested = true
+        }
+    }
+
+    /// The guest is stopped: the last dirty log, the pages still dirty as the
+    /// discard set, every device's state, the switch; then RAM follows until
+    /// every page is out, and the destination confirms.
+    func runPostcopy(stopRequested: ContinuousClock.Instant) throws(MigrationError) {
+        parts.vm.setThrottle(percent: 0)
+        setStatus(.device)
+        let bytesBefore = limiter.totalBytes
+        try parts.ram.sync()
+        let discard = parts.ram.postcopyDiscard()
+        for device in parts.devices { try device.complete(writer) }
+        try progress.withLock { p throws(MigrationError) in
+            if p.cancelRequested { throw .cancelled }
+            p.phase = p.phase.next(.sendingEnd)
+        }
+        // Requests are taken from now: the destination may ask as soon as it has the switch.
+        requests.open()
+        try writer.send(.postcopy, payload: discard.encode())
+        writer.setRateLimit(parameters.maxPostcopyBandwidth)
+        let downtime = ContinuousClock.now - stopRequested
+        progress.withLock { p in
+            p.phase = p.phase.next(.pastPointOfNoReturn)
+            p.postcopyStart = limiter.totalBytes
+            p.info.downtime = Self.milliseconds(downtime)
+            p.info.downtimeBytes = limiter.totalBytes - bytesBefore
+        }
+        setStatus(.postcopyActive)
+        try parts.ram.sendPostcopy(writer, requests: requests)
+        try writer.sendEnd()
+        if channel.hasReturnPath { try awaitDestination() }
+    }
+}

@@ -1,0 +1,111 @@
+import Foundation
+import Synchronization
+import Testing
+@testable import Migration
+import MigrationProtocol
+import Transport
+
+/// The source in postcopy against a scripted destination that asks for pages
+/// it has no business asking for: every such request fails the migration with
+/// its reason, and the source guest is never resumed once the switch may
+/// have arrived (before it, it is).
+@Suite struct PostcopyEngineTests {
+    typealias Kit = SwitchoverRetryTests
+
+    /// A destination that reads the forward stream until the `postcopy` frame (or
+    /// `after` frames when the source never switches), sends `request`, and reads on until the stream ends.
+    static func hostileDestination(_ listener: IncomingListener, after: Int?, request: ReturnMessage) {
+        Thread {
+            guard let channel = try? listener.accept() else { return }
+            var reader = FrameReader(channel: channel)
+            var payload: [UInt8] = [], tail: [UInt8] = []
+            _ = try? reader.readStreamHeader()
+            let writer = ReturnPathWriter(channel: channel)
+            var count = 0, sent = false
+            while let header = try? reader.next(into: &payload) {
+                count += 1
+                if reader.pendingTail > 0 { _ = try? reader.readTail(into: &tail) }
+                if !sent && (header.kind == .postcopy || count == after) {
+                    try? writer.send(request)
+                    sent = true
+                }
+                if header.kind == .end { break }
+            }
+            channel.close()
+        }.start()
+    }
+
+    static func runSource(_ path: String, vm: Kit.RecordingVM, postcopy: Bool) throws -> PrecopySource {
+        let block = try Kit.block(filled: true)
+        let configuration = MigrationConfiguration(blocks: RAMMigration.layout(of: [block]), vcpuCount: 1)
+        var capabilities = MigrationCapabilities()
+        capabilities.postcopyRAM = true
+        let engine = PrecopySource(
+            .init(channel: try Transport.connect(.unix(path: path)), configuration: configuration,
+                  ram: RAMMigration(blocks: [block], tracker: Kit.OneShotDirtyLog(pages: 1024)),
+                  devices: [Kit.StopSizedDevice(vm: vm, largeStops: 0)], vm: vm),
+            parameters: PrecopyEngineTests.fast, capabilities: capabilities, onStatus: { _ in })
+        // Asked before the first round: the live phase switches at once.
+        if postcopy { try engine.startPostcopy() }
+        engine.run()
+        return engine
+    }
+
+    struct Case: Sendable, CustomTestStringConvertible {
+        let request: ReturnMessage
+        let reason: String
+        var testDescription: String { reason }
+    }
+
+    @Test("hostile page requests in postcopy fail the migration with their reason; the source stays paused",
+          arguments: [
+            Case(request: .pageRequest(block: 3, offset: 0, length: 4096), reason: "a page request for RAM block 3; there are 1"),
+            Case(request: .pageRequest(block: 0, offset: 1 << 40, length: 4096),
+                 reason: "a page request for 4096 bytes at 1099511627776 of RAM block 'pc.ram', which has 4194304"),
+            Case(request: .pageRequest(block: 0, offset: 4096, length: 1 << 62),
+                 reason: "a page request for 4611686018427387904 bytes at 4096 of RAM block 'pc.ram', which has 4194304"),
+          ])
+    func hostileRequests(_ test: Case) throws {
+        let path = "/tmp/ferry-pc-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
+        let listener = try Transport.listen(.unix(path: path))
+        defer { listener.close() }
+        Self.hostileDestination(listener, after: nil, request: test.request)
+        let vm = Kit.RecordingVM()
+        let engine = try Self.runSource(path, vm: vm, postcopy: true)
+        #expect(engine.info.status == .failed)
+        #expect(engine.info.errorDescription?.contains(test.reason) == true, "\(engine.info.errorDescription ?? "")")
+        #expect(engine.info.errorDescription?.contains("the postcopy migration failed after the destination started the guest") == true)
+        #expect(vm.events.withLock { $0 } == ["stop", "hold"])
+        #expect(engine.info.destinationMayRun)
+    }
+
+    @Test("an unaligned page request is refused by the return path's decoder")
+    func unalignedRequest() throws {
+        // The encoder writes what it is given; the source's reader refuses it.
+        let path = "/tmp/ferry-pc-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
+        let listener = try Transport.listen(.unix(path: path))
+        defer { listener.close() }
+        Self.hostileDestination(listener, after: nil, request: .pageRequest(block: 0, offset: 100, length: 4096))
+        let vm = Kit.RecordingVM()
+        let engine = try Self.runSource(path, vm: vm, postcopy: true)
+        #expect(engine.info.status == .failed)
+        #expect(engine.info.errorDescription?.contains("page request at 100 for 4096 bytes is not 4096-byte aligned") == true,
+                "\(engine.info.errorDescription ?? "")")
+        #expect(vm.events.withLock { $0 } == ["stop", "hold"])
+    }
+
+    @Test("a page request before the switch fails the migration, and the source guest runs on")
+    func requestBeforeTheSwitch() throws {
+        let path = "/tmp/ferry-pc-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
+        let listener = try Transport.listen(.unix(path: path))
+        defer { listener.close() }
+        Self.hostileDestination(listener, after: 1, request: .pageRequest(block: 0, offset: 0, length: 4096))
+        let vm = Kit.RecordingVM()
+        let engine = try Self.runSource(path, vm: vm, postcopy: false)
+        #expect(engine.info.status == .failed)
+        #expect(engine.info.errorDescription?.contains("a page request before the switch to postcopy") == true,
+                "\(engine.info.errorDescription ?? "")")
+        #expect(!vm.events.withLock { $0 }.contains("hold"))
+        #expect(!engine.info.destinationMayRun)
+    }
+}
