@@ -1,3 +1,5 @@
+import MigrationProtocol
+
 /// The destination's side of channel setup: where the source's connections
 /// arrive.  The main channel comes first; multifd channels are accepted after
 /// it on the same acceptor.
@@ -9,4 +11,20 @@ public protocol ChannelAcceptor: Sendable {
     func accept(timeout: Duration?) throws(ChannelError) -> any ByteChannel
     /// Stops accepting: later connects fail, and a later `accept` throws.  Idempotent.
     func close()
+}
+
+extension ChannelIdentity {
+    /// Reads and checks the stream header that opens an accepted connection
+    /// (`what` names the connection in the error when it closes first).
+    static func read(from channel: any ByteChannel, what: String = "connection") throws(MigrationError) -> ChannelIdentity {
+        var header = [UInt8](repeating: 0, count: StreamHeader.byteCount)
+        do {
+            try channel.readExactly(header.count, into: &header, at: 0)
+            return try StreamHeader.decode(header)
+        } catch let error as ProtocolError {
+            throw .stream(error)
+        } catch {
+            throw .stream(.truncated("a \(what) closed before its stream header (\(error))"))
+        }
+    }
 }

@@ -35,6 +35,8 @@ public final class MigrationDestination: Sendable {
     let onPostcopy: @Sendable () -> Void
     /// After the switch to postcopy: the pages still to come.
     let postcopy = Mutex<PostcopyLoad?>(nil)
+    /// The `postcopy-preempt` channel's loader, when the plan announced one.
+    let preempt = Mutex<PreemptReceiver?>(nil)
 
     /// `mappedRAM`: restore from a mapped-ram file (`channel` must be that
     /// file): its pages first, in parallel, then the device state it holds.
@@ -77,6 +79,7 @@ public final class MigrationDestination: Sendable {
     /// postcopy is abandoned.
     public func abort() {
         channel.shutdown()
+        preempt.withLock { $0 }?.channel.shutdown()
         receivers.withLock { $0 }?.abort(.cancelled)
         abandonPostcopy()
     }
@@ -95,7 +98,7 @@ public final class MigrationDestination: Sendable {
         } catch {
             // A multifd channel's failure is the cause; the main channel was shut because of it.
             let receivers = self.receivers.withLock { $0 }
-            var cause = receivers?.failure ?? error
+            var cause = receivers?.failure ?? preempt.withLock({ $0 })?.failure ?? error
             if let postcopy = postcopy.withLock({ $0 }) {
                 // The guest runs here on what it has; what is missing can no longer come.
                 // Its vCPUs that wait on a missing page go on waiting.
@@ -104,6 +107,7 @@ public final class MigrationDestination: Sendable {
             }
             receivers?.abort(cause)
             receivers?.close()
+            preempt.withLock { $0 }?.abort()
             acceptor?.close()
             if channel.hasReturnPath {
                 try? returnPath.send(.failed(cause.description))
@@ -114,6 +118,7 @@ public final class MigrationDestination: Sendable {
             throw cause
         }
         receivers.withLock { $0 }?.close()
+        preempt.withLock { $0 }?.abort()       // finished: this only closes it
         acceptor?.close()
         if channel.hasReturnPath {
             do { try returnPath.send(.loaded) } catch {
@@ -176,6 +181,7 @@ public final class MigrationDestination: Sendable {
                         : "a mapped-ram file's device state without the mapped-ram flag"))
                 }
                 if announced.multifd > 0 && !announced.mappedRAM { try startReceivers(announced, migrationID: identity.migrationID) }
+                if announced.preempt { try startPreempt(migrationID: identity.migrationID) }
             case .section:
                 let section: StateSection
                 do { section = try StateSection(decoding: payload) } catch { throw .stream(error) }
@@ -202,7 +208,9 @@ public final class MigrationDestination: Sendable {
                 if let missing = devices.keys.sorted().first(where: { !loaded.contains($0) }) {
                     throw .stream(.unexpectedFrame("the stream ended without section '\(missing)'"))
                 }
-                // After a switch to postcopy: every discarded page must have come back.
+                // The preempt channel's own end (every page asked for that went there), then
+                // after a switch to postcopy: every discarded page must have come back.
+                try preempt.withLock { $0 }?.finish()
                 try postcopy.withLock { $0 }?.finish()
                 // Every multifd channel's own end, count and digest checked too.
                 try receivers.withLock { $0 }?.finish()
@@ -218,6 +226,21 @@ public final class MigrationDestination: Sendable {
                 throw .stream(.invalidFrameKind(FrameKind.invalid.rawValue))
             }
         }
+    }
+
+    /// Accepts the `postcopy-preempt` channel the plan announces and starts loading from it.
+    func startPreempt(migrationID: [UInt8]) throws(MigrationError) {
+        guard let acceptor, channel.hasReturnPath else {
+            throw .stream(.unexpectedFrame("the source announced a postcopy preempt channel, but this destination reads a file or descriptor"))
+        }
+        let accepted = try PreemptReceiver.accept(migrationID: migrationID, from: acceptor, timeout: channelTimeout)
+        let (main, answers) = (channel, returnPath)
+        let receiver = PreemptReceiver(channel: accepted, ram: ram) { error in
+            // Tell the source why, then wake the main thread, which waits on its own channel.
+            try? answers.send(.failed(error.description))
+            main.shutdown()
+        }
+        preempt.withLock { $0 = receiver }
     }
 
     /// The switch to postcopy: the discarded pages freed, RAM registered for

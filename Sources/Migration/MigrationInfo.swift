@@ -37,6 +37,10 @@ public struct MigrationInfo: Equatable, Sendable {
     public var postcopyRequests: UInt64 = 0
     /// Bytes sent after the switch to postcopy (QEMU's `ram.postcopy-bytes`).
     public var postcopyBytes: UInt64 = 0
+    /// Postcopy with preempt (Ferry's own): requests inside the huge page the
+    /// background was sending (it finished them), and pages sent on the preempt channel.
+    public var postcopyDroppedRequests: UInt64 = 0
+    public var postcopyUrgentPages: UInt64 = 0
 
     public init() {}
 }

@@ -215,18 +215,21 @@ public struct MigrationCapabilities: Equatable, Sendable {
     /// QEMU's `postcopy-ram`: `migrate-start-postcopy` may switch a running
     /// migration to postcopy (the destination runs the guest and asks for pages).
     public var postcopyRAM = false
+    /// QEMU's `postcopy-preempt`: after the switch, requested pages travel on a
+    /// channel of their own (`postcopy-preempt`), never behind background pages.
+    public var postcopyPreempt = false
 
     public init() {}
 
     /// Capabilities Ferry implements.  `return-path` is always on: on sockets the
     /// destination always confirms (or refuses) the stream.
     public static let supported = ["auto-converge", "events", "return-path", "multifd", "zero-copy-send", "mapped-ram",
-                                   "x-ferry-incremental", "background-snapshot", "postcopy-ram"]
+                                   "x-ferry-incremental", "background-snapshot", "postcopy-ram", "postcopy-preempt"]
     /// QEMU 10's other capabilities: listed as off; enabling one is refused, naming it.
     public static let unsupported = ["xbzrle", "rdma-pin-all", "zero-blocks", "x-colo", "release-ram",
                                      "pause-before-switchover", "dirty-bitmaps",
                                      "postcopy-blocktime", "late-block-activate", "x-ignore-shared", "validate-uuid",
-                                     "postcopy-preempt", "switchover-ack",
+                                     "switchover-ack",
                                      "dirty-limit"]
 
     public mutating func set(_ name: String, to enabled: Bool) throws(MigrationError) {
@@ -239,6 +242,7 @@ public struct MigrationCapabilities: Equatable, Sendable {
         case "x-ferry-incremental": incremental = enabled
         case "background-snapshot": backgroundSnapshot = enabled
         case "postcopy-ram": postcopyRAM = enabled
+        case "postcopy-preempt": postcopyPreempt = enabled
         case "return-path":
             if !enabled { throw .invalidParameter("Capability 'return-path' cannot be turned off: Ferry always confirms a migration on the return path") }
         case _ where Self.unsupported.contains(name):
@@ -250,7 +254,7 @@ public struct MigrationCapabilities: Equatable, Sendable {
     public var states: [(name: String, enabled: Bool)] {
         [("auto-converge", autoConverge), ("events", events), ("return-path", true), ("multifd", multifd),
          ("zero-copy-send", zeroCopySend), ("mapped-ram", mappedRAM), ("x-ferry-incremental", incremental),
-         ("background-snapshot", backgroundSnapshot), ("postcopy-ram", postcopyRAM)]
+         ("background-snapshot", backgroundSnapshot), ("postcopy-ram", postcopyRAM), ("postcopy-preempt", postcopyPreempt)]
             + Self.unsupported.map { ($0, false) }
     }
 
@@ -265,6 +269,7 @@ public struct MigrationCapabilities: Equatable, Sendable {
         if incremental && !mappedRAM {
             throw .invalidParameter("Capability 'x-ferry-incremental' requires 'mapped-ram'")
         }
+        if postcopyPreempt && !postcopyRAM { throw .invalidParameter("Postcopy preempt requires postcopy-ram") }
         if postcopyRAM {
             // QEMU 10.0's texts (10.1 allows postcopy with multifd).
             if multifd { throw .invalidParameter("Postcopy is not yet compatible with multifd") }

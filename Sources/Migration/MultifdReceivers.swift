@@ -33,17 +33,10 @@ final class MultifdReceivers: Sendable {
                     throw MigrationError.channel(.connectFailed(uri: "multifd", reason:
                         "multifd channel(s) \(missing) did not arrive within \(timeout) (\(error))"))
                 }
-                var header = [UInt8](repeating: 0, count: StreamHeader.byteCount)
                 let identity: ChannelIdentity
-                do {
-                    try channel.readExactly(header.count, into: &header, at: 0)
-                    identity = try StreamHeader.decode(header)
-                } catch let error as ProtocolError {
+                do { identity = try ChannelIdentity.read(from: channel, what: "multifd connection") } catch {
                     channel.close()
-                    throw MigrationError.stream(error)
-                } catch {
-                    channel.close()
-                    throw MigrationError.stream(.truncated("a multifd connection closed before its stream header (\(error))"))
+                    throw error
                 }
                 guard identity.role == .multifd else {
                     channel.close()

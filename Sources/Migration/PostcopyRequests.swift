@@ -18,6 +18,10 @@ final class PostcopyRequests: Sendable {
         var queue = Deque<Request>()
         var accepting = false
         var received: UInt64 = 0
+        /// Requests inside the huge page the background was sending (it finished them).
+        var dropped: UInt64 = 0
+        /// Pages sent on the preempt channel.
+        var urgentPages: UInt64 = 0
         var failure: MigrationError?
     }
 
@@ -81,6 +85,10 @@ final class PostcopyRequests: Sendable {
 
     /// Whether no request waits (a refused one counts as waiting: `take` throws it).
     var isEmpty: Bool { state.withLock { $0.queue.isEmpty && $0.failure == nil } }
+
+    func dropped() { state.withLock { $0.dropped += 1 } }
+    func served(urgentPages count: Int) { state.withLock { $0.urgentPages += UInt64(count) } }
+    var counts: (dropped: UInt64, urgentPages: UInt64) { state.withLock { ($0.dropped, $0.urgentPages) } }
 
     /// Why a request was refused, if one was.
     var failure: MigrationError? { state.withLock { $0.failure } }

@@ -48,7 +48,9 @@ extension PrecopySource {
             p.info.downtimeBytes = limiter.totalBytes - bytesBefore
         }
         setStatus(.postcopyActive)
-        try parts.ram.sendPostcopy(writer, requests: requests)
+        let urgent = preempt.withLock { $0 }?.writer
+        try parts.ram.sendPostcopy(writer, urgent: urgent, requests: requests)
+        try urgent?.sendEnd()
         try writer.sendEnd()
         if channel.hasReturnPath { try awaitDestination() }
     }

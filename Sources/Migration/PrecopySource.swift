@@ -97,6 +97,8 @@ public final class PrecopySource: Sendable {
     let limiter = RateLimiter()
     /// The multifd connections, once opening starts (so a cancel can shut them).
     let multifdChannels = Mutex<[PendingChannel]>([])
+    /// The `postcopy-preempt` channel (capability `postcopy-preempt`), once opened.
+    let preempt = Mutex<(channel: PendingChannel, writer: StreamWriter)?>(nil)
     /// `migrate-set-parameters` applies to a running migration, as in QEMU.
     let parameterStorage: Mutex<MigrationParameters>
     let capabilities: MigrationCapabilities
@@ -140,11 +142,18 @@ public final class PrecopySource: Sendable {
         var main = ChannelStatistics(role: .main, index: 0)
         (main.bytes, main.frames) = (writer.bytesWritten, writer.framesWritten)
         let multifd = parts.ram.multifd?.channelStatistics ?? []
-        info.channels = [main] + multifd
+        var urgent: [ChannelStatistics] = []
+        if let (_, writer) = preempt.withLock({ $0 }) {
+            var channel = ChannelStatistics(role: .postcopyPreempt, index: 0)
+            (channel.bytes, channel.frames) = (writer.bytesWritten, writer.framesWritten)
+            urgent = [channel]
+        }
+        info.channels = [main] + multifd + urgent
         info.multifdBytes = multifd.reduce(0) { $0 + $1.bytes }
         info.mappedRAM = progress.withLock { $0.mappedRAM }
         info.snapshot = snapshot.withLock { $0?.statistics }
         info.postcopyRequests = requests.received
+        (info.postcopyDroppedRequests, info.postcopyUrgentPages) = requests.counts
         if let start = progress.withLock({ $0.postcopyStart }) { info.postcopyBytes = limiter.totalBytes - start }
         return info
     }
@@ -186,6 +195,7 @@ public final class PrecopySource: Sendable {
         onStatus(.cancelling)
         channel.shutdown()      // before the connect is done, this abandons it
         for extra in multifdChannels.withLock({ $0 }) { extra.shutdown() }
+        preempt.withLock { $0 }?.channel.shutdown()
     }
 
     /// Runs the whole migration; returns when it has completed, failed or been cancelled.
@@ -226,7 +236,9 @@ public final class PrecopySource: Sendable {
                 try openMultifd(start, migrationID: migrationID)
             } else {
                 try writer.send(.residency, payload: parts.ram.residency().encode())
-                try writer.send(.channels, payload: ChannelPlan(multifd: 0).encode())
+                let preempting = capabilities.postcopyRAM && capabilities.postcopyPreempt
+                try writer.send(.channels, payload: ChannelPlan(multifd: 0, preempt: preempting).encode())
+                if preempting { try openPreempt(migrationID: migrationID) }
                 parts.ram.use(.inline(start.zeroPageDetection))
             }
             for device in parts.devices { try device.setup() }
@@ -329,6 +341,16 @@ public final class PrecopySource: Sendable {
         parts.ram.use(.multifd(sender, start.zeroPageDetection))
     }
 
+    /// Opens the `postcopy-preempt` channel (after the plan that announces it).
+    func openPreempt(migrationID: [UInt8]) throws(MigrationError) {
+        let extra = PendingChannel(parts.opener)
+        let writer = StreamWriter(channel: extra, limiter: limiter)
+        preempt.withLock { $0 = (extra, writer) }
+        try checkCancelled()
+        do { try extra.open() } catch { throw MigrationError.channel(error) }
+        try writer.sendStreamHeader(ChannelIdentity(role: .postcopyPreempt, migrationID: migrationID))
+    }
+
     /// Mapped-ram: checks the opened file, continues it if it is the baseline
     /// (an incremental save) or starts it afresh, and points the state stream
     /// past the page areas.
@@ -372,6 +394,7 @@ public final class PrecopySource: Sendable {
         } else {
             for extra in multifdChannels.withLock({ $0 }) { extra.close() }
         }
+        preempt.withLock { $0 }?.channel.close()
         closeChannel()
     }
 
@@ -542,6 +565,7 @@ public final class PrecopySource: Sendable {
             if p.cancelRequested { throw .cancelled }
             p.phase = p.phase.next(.sendingEnd)
         }
+        try preempt.withLock { $0 }?.writer.sendEnd()
         try writer.sendEnd()
         if let saver = saver.withLock({ $0 }) {
             // Complete only once the header says so: a failure before resumes the source.

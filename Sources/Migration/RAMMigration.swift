@@ -223,19 +223,39 @@ public final class RAMMigration: Migratable {
         }
     }
 
-    /// After the switch: every dirty page, requested pages first.  Each
-    /// background frame is short, and the queue is looked at before each, so a
-    /// request waits behind at most one frame (plus what the socket holds).
+    /// After the switch: every dirty page, requested pages first, on `urgent`
+    /// (the preempt channel) when there is one (`PostcopyPicker`'s rules).
+    /// Each background frame is short, and the queue is looked at before each,
+    /// so a request waits behind at most one frame (plus what the socket holds).
     /// Returns once no page is dirty; a request after that names pages sent already.
-    func sendPostcopy(_ output: StreamWriter, requests: PostcopyRequests) throws(MigrationError) {
-        var sender = PageSender(writer: output, mappings: mappings, detection: .multifd, statistics: statistics)
+    func sendPostcopy(_ output: StreamWriter, urgent: StreamWriter?, requests: PostcopyRequests) throws(MigrationError) {
+        var background = PageSender(writer: output, mappings: mappings, detection: .multifd, statistics: statistics)
+        var preempt = PageSender(writer: urgent ?? output, mappings: mappings, detection: .multifd, statistics: statistics)
+        var picker = PostcopyPicker(unitPages: blocks.map { $0.pageSize.byteCount / Self.pageSize }, preempt: urgent != nil)
         while true {
             while let request = try requests.take() {
-                let job = send.withLock { $0.selector.take(block: request.block, pages: request.pages) }
-                try sender.send(job)
+                let pick = send.withLock { state in
+                    defer { statistics.withLock { $0.remainingPages = UInt64(state.selector.dirtyCount) } }
+                    return picker.request(block: request.block, pages: request.pages, from: &state.selector)
+                }
+                switch pick {
+                case .send(let job, on: .urgent):
+                    try preempt.send(job)
+                    requests.served(urgentPages: job.count)
+                case .send(let job, on: .background):
+                    try background.send(job)
+                case .dropped:
+                    requests.dropped()
+                case .nothing:
+                    break
+                }
             }
-            guard let job = pick(Self.postcopyJobPages, findZero: false) else { return }
-            try sender.send(job)
+            let next = send.withLock { state in
+                defer { statistics.withLock { $0.remainingPages = UInt64(state.selector.dirtyCount) } }
+                return picker.background(Self.postcopyJobPages, from: &state.selector)
+            }
+            guard let job = next else { return }
+            try background.send(job)
             // `max-postcopy-bandwidth` holds back the background, never a request.
             while output.isRateLimited && requests.isEmpty {
                 sleepUntil(.now + .milliseconds(1))
@@ -383,6 +403,9 @@ public final class RAMMigration: Migratable {
     }
 
     // MARK: destination, postcopy
+
+    /// Whether the switch to postcopy was made.
+    var inPostcopy: Bool { load.withLock { $0.postcopy != nil } }
 
     /// The switch to postcopy (`payload`: the discard set): the helpers stop,
     /// a page that arrived corrupt must be one the source sends again, the

@@ -183,8 +183,10 @@ public enum StreamHeader {
 /// The main channel's `channels` frame: how many multifd channels follow and
 /// how their pages are compressed, or that the pages are in a mapped-ram file.
 ///
-///     multifd u16 | compression u8 (0 none, 1 zstd) | flags u8 (bit 0: mapped-ram) | reserved u32
+///     multifd u16 | compression u8 (0 none, 1 zstd) | flags u8 (bit 0: mapped-ram, bit 1: postcopy preempt) | reserved u32
 ///
+/// With the preempt flag a `postcopy-preempt` channel connects too: after a
+/// switch to postcopy it carries the pages the destination asked for.
 /// With the mapped-ram flag the stream is a mapped-ram file's device state:
 /// the pages are in the file's page areas, so no `pages` frame may follow and
 /// no channel connects (`multifd` is how many wrote the file, for the record).
@@ -197,17 +199,20 @@ public struct ChannelPlan: Equatable, Sendable {
     public let compression: Compression
     /// The pages are in a mapped-ram file, not on any channel.
     public let mappedRAM: Bool
+    /// A `postcopy-preempt` channel connects after the multifd channels.
+    public let preempt: Bool
     static let mappedRAMFlag: UInt8 = 1
+    static let preemptFlag: UInt8 = 2
 
-    public init(multifd: UInt16, compression: Compression = .none, mappedRAM: Bool = false) {
-        (self.multifd, self.compression, self.mappedRAM) = (multifd, compression, mappedRAM)
+    public init(multifd: UInt16, compression: Compression = .none, mappedRAM: Bool = false, preempt: Bool = false) {
+        (self.multifd, self.compression, self.mappedRAM, self.preempt) = (multifd, compression, mappedRAM, preempt)
     }
 
     public func encode() -> [UInt8] {
         var w = WireWriter(capacity: Self.byteCount)
         w.u16(multifd)
         w.u8(compression.rawValue)
-        w.u8(mappedRAM ? Self.mappedRAMFlag : 0)
+        w.u8((mappedRAM ? Self.mappedRAMFlag : 0) | (preempt ? Self.preemptFlag : 0))
         w.u32(0)
         return w.bytes
     }
@@ -219,11 +224,13 @@ public struct ChannelPlan: Equatable, Sendable {
         let raw = try r.u8("multifd compression")
         guard let compression = Compression(rawValue: raw) else { throw .malformed("multifd compression \(raw)") }
         let flags = try r.u8("channel flags")
-        guard flags & ~Self.mappedRAMFlag == 0, try r.u32("channels reserved") == 0 else { throw .reservedFieldNotZero }
+        guard flags & ~(Self.mappedRAMFlag | Self.preemptFlag) == 0, try r.u32("channels reserved") == 0 else { throw .reservedFieldNotZero }
         guard r.isAtEnd else { throw .malformed("\(r.remaining) extra bytes after the channel plan") }
         let mappedRAM = flags & Self.mappedRAMFlag != 0
+        let preempt = flags & Self.preemptFlag != 0
         guard !mappedRAM || compression == .none else { throw .malformed("a mapped-ram file with compressed pages") }
-        self.init(multifd: count, compression: compression, mappedRAM: mappedRAM)
+        guard !(mappedRAM && preempt) else { throw .malformed("a mapped-ram file with a postcopy preempt channel") }
+        self.init(multifd: count, compression: compression, mappedRAM: mappedRAM, preempt: preempt)
     }
 }
 

@@ -1,4 +1,5 @@
 import Foundation
+import GuestMemory
 import Synchronization
 import Testing
 @testable import Migration
@@ -107,5 +108,93 @@ import Transport
                 "\(engine.info.errorDescription ?? "")")
         #expect(!vm.events.withLock { $0 }.contains("hold"))
         #expect(!engine.info.destinationMayRun)
+    }
+
+    /// Which 4 KiB pages (by index) each pages frame of a channel carried.
+    final class Carried: Sendable {
+        let main = Mutex<[Int]>([])
+        let preempt = Mutex<[Int]>([])
+    }
+
+    /// Reads a channel's frames to its end, noting the pages; `afterFirstPostcopyPages` runs once, after
+    /// the first pages frame that follows the switch.
+    static func read(_ channel: any ByteChannel, layout: [MigrationConfiguration.Block], into pages: borrowing Mutex<[Int]>,
+                     preempt: Bool = false, afterFirstPostcopyPages: () -> Void = {}, onPlan: (ChannelPlan) -> Void = { _ in }) {
+        var reader = FrameReader(channel: channel)
+        var payload: [UInt8] = [], tail: [UInt8] = []
+        _ = try? reader.readStreamHeader()
+        var switched = preempt, told = false     // the preempt channel carries nothing before the switch
+        while let header = try? reader.next(into: &payload) {
+            if reader.pendingTail > 0 { _ = try? reader.readTail(into: &tail) }
+            switch header.kind {
+            case .channels: if let plan = try? ChannelPlan(decoding: payload) { onPlan(plan) }
+            case .postcopy: switched = true
+            case .pages where switched:
+                if let index = try? PageIndex(decoding: payload, tailLength: header.tailLength, layout: layout) {
+                    pages.withLock { $0 += index.records.map { Int($0.offset) / 4096 } }
+                }
+                if !told {
+                    told = true
+                    afterFirstPostcopyPages()
+                }
+            case .end: return
+            default: break
+            }
+        }
+    }
+
+    @Test("preempt on huge pages: a request inside the huge page the background is sending is dropped, the other goes whole on the preempt channel")
+    func dropRule() async throws {
+        try await MultifdKernelTests.withHugePages(2) {
+            let block = RAMBlock(name: "pc.ram", mapping: try HostMapping(byteCount: 4 << 20, backend: .hugetlb), placements: [])
+            for page in stride(from: 0, to: 4 << 20, by: 4096) {
+                let bytes = [UInt8](repeating: UInt8(truncatingIfNeeded: page >> 12 | 1), count: 4096)
+                block.mapping.storePage(bytes, range: 0..<4096, at: page)
+            }
+            let layout = RAMMigration.layout(of: [block])
+            let path = "/tmp/ferry-pc-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
+            let listener = try Transport.listen(.unix(path: path))
+            defer { listener.close() }
+            let carried = Carried()
+            let finished = DispatchSemaphore(value: 0)
+            Thread {
+                defer { finished.signal() }
+                guard let main = try? listener.accept() else { return }
+                let answers = ReturnPathWriter(channel: main)
+                let preemptDone = DispatchSemaphore(value: 0)
+                Self.read(main, layout: layout, into: carried.main, afterFirstPostcopyPages: {
+                    // The background has sent 32 pages of huge page 0: a request inside it, and one for huge page 1.
+                    try? answers.send(.pageRequest(block: 0, offset: 0, length: 2 << 20))
+                    try? answers.send(.pageRequest(block: 0, offset: 2 << 20, length: 2 << 20))
+                }, onPlan: { plan in
+                    guard plan.preempt, let preempt = try? listener.accept() else { return }
+                    Thread {
+                        Self.read(preempt, layout: layout, into: carried.preempt, preempt: true)
+                        preemptDone.signal()
+                    }.start()
+                })
+                preemptDone.wait()
+                try? answers.send(.loaded)
+                try? answers.send(.shut)
+                main.close()
+            }.start()
+            let vm = Kit.RecordingVM()
+            var capabilities = MigrationCapabilities()
+            (capabilities.postcopyRAM, capabilities.postcopyPreempt) = (true, true)
+            var parameters = PrecopyEngineTests.fast
+            parameters.maxPostcopyBandwidth = 1 << 20      // 2 s a huge page: the requests come while huge page 0 is under way
+            let engine = PrecopySource(
+                .init(opener: try URIChannelOpener(.unix(path: path)), configuration: MigrationConfiguration(blocks: layout, vcpuCount: 1),
+                      ram: RAMMigration(blocks: [block], tracker: Kit.OneShotDirtyLog(pages: 1024)), devices: [], vm: vm),
+                parameters: parameters, capabilities: capabilities, onStatus: { _ in })
+            try engine.startPostcopy()
+            engine.run()
+            finished.wait()
+            #expect(engine.info.status == .completed, "\(engine.info.errorDescription ?? "")")
+            #expect(engine.info.postcopyDroppedRequests == 1, "the request inside huge page 0 was dropped")
+            #expect(engine.info.postcopyUrgentPages == 512)
+            #expect(carried.preempt.withLock { $0 } == Array(512..<1024), "huge page 1, whole, on the preempt channel")
+            #expect(carried.main.withLock { $0 }.sorted() == Array(0..<512), "huge page 0, whole, on the main channel only")
+        }
     }
 }

@@ -30,9 +30,10 @@ struct PostcopyKernelTests {
     }
 
     /// Both sides with `postcopy-ram`; the source slowed so that precopy cannot finish alone.
-    func prepare(_ source: Machine, _ destination: Machine, postcopyBandwidth: Int64 = 0) {
+    func prepare(_ source: Machine, _ destination: Machine, postcopyBandwidth: Int64 = 0, preempt: Bool = false) {
         for side in [source, destination] {
-            #expect(side.execute(.migrateSetCapabilities([.init(capability: "postcopy-ram", state: true)])) == .success(.object([:])))
+            #expect(side.execute(.migrateSetCapabilities([.init(capability: "postcopy-ram", state: true),
+                                                          .init(capability: "postcopy-preempt", state: preempt)])) == .success(.object([:])))
         }
         // 4 MiB/s: under what the guest dirties, so precopy alone never converges.
         #expect(source.execute(.migrateSetParameters(["max-bandwidth": .int(4 << 20), "downtime-limit": .int(1),
@@ -58,20 +59,30 @@ struct PostcopyKernelTests {
           arguments: [MemoryBackend.anon, .memfd, .hugetlb])
     func postcopyRunsOnDestination(_ backend: MemoryBackend) async throws {
         if backend == .hugetlb {
-            try await MultifdKernelTests.withHugePages(2 * 128 + 8) { try await runsOnDestination(backend) }
+            try await MultifdKernelTests.withHugePages(2 * 128 + 8) { try await runsOnDestination(backend, preempt: false) }
         } else {
-            try await runsOnDestination(backend)
+            try await runsOnDestination(backend, preempt: false)
         }
     }
 
-    func runsOnDestination(_ backend: MemoryBackend) async throws {
+    @Test("with postcopy-preempt the pages asked for travel on their own channel; the guest verifies clean",
+          arguments: [MemoryBackend.anon, .hugetlb])
+    func preemptRunsOnDestination(_ backend: MemoryBackend) async throws {
+        if backend == .hugetlb {
+            try await MultifdKernelTests.withHugePages(2 * 128 + 8) { try await runsOnDestination(backend, preempt: true) }
+        } else {
+            try await runsOnDestination(backend, preempt: true)
+        }
+    }
+
+    func runsOnDestination(_ backend: MemoryBackend, preempt: Bool) async throws {
         let (source, sourceEvents) = try machine(backend, workload: Self.dirtying, incoming: false)
         let (destination, capture) = try machine(backend, incoming: true)
         source.start()
         destination.start()
         try await kit.waitFor { source.progress.minimumHeartbeats >= 5 }
         // Slow enough after the switch that the running guest asks for pages before they come anyway.
-        prepare(source, destination, postcopyBandwidth: 64 << 20)
+        prepare(source, destination, postcopyBandwidth: 64 << 20, preempt: preempt)
         try await migrateWithPostcopy(source, to: destination, capture: capture, autostart: true)
         let info = try #require(source.outgoingMigration)
         #expect(info.status == .completed, "\(info.errorDescription ?? "")")
@@ -85,6 +96,13 @@ struct PostcopyKernelTests {
         let stats = try #require(destination.incomingMigration?.destination.withLock { $0 }?.postcopyStatistics)
         #expect(stats.requests > 0 && stats.faults >= stats.requests, "\(stats)")
         #expect(info.postcopyRequests == stats.requests)
+        let urgent = info.channels.first { $0.role == .postcopyPreempt }
+        if preempt {
+            // Every request was served there (or dropped inside a huge page the background was sending).
+            #expect(info.postcopyUrgentPages > 0 && (urgent?.bytes ?? 0) > 0, "\(info.channels)")
+        } else {
+            #expect(urgent == nil && info.postcopyUrgentPages == 0 && info.postcopyDroppedRequests == 0)
+        }
         // It runs on: heartbeats continue, its own verifier finds every page as it left it.
         let beats = destination.progress.minimumHeartbeats
         try await kit.waitFor { destination.progress.minimumHeartbeats >= beats + 5 }
@@ -145,6 +163,8 @@ struct PostcopyKernelTests {
     func refusals() async throws {
         let (source, _) = try machine(.anon, incoming: false)
         source.start()
+        #expect(source.execute(.migrateSetCapabilities([.init(capability: "postcopy-preempt", state: true)]))
+                == .failure(.generic("Postcopy preempt requires postcopy-ram")))
         #expect(source.execute(.migrateStartPostcopy)
                 == .failure(.generic("Enable postcopy with migrate_set_capability before the start of migration")))
         #expect(source.execute(.migrateSetCapabilities([.init(capability: "postcopy-ram", state: true)])) == .success(.object([:])))
@@ -156,5 +176,12 @@ struct PostcopyKernelTests {
         #expect(source.execute(.migrateSetCapabilities([.init(capability: "background-snapshot", state: true)]))
                 == .failure(.generic("Background-snapshot is not compatible with postcopy-ram")))
         source.quit()
+        let (destination, _) = try machine(.anon, incoming: true)
+        destination.start()
+        #expect(destination.execute(.migrateSetCapabilities([.init(capability: "postcopy-ram", state: true)])) == .success(.object([:])))
+        #expect(destination.execute(.migrateIncoming(uri: "unix:" + MigrationKernelTests.socketPath(), exitOnError: false)) == .success(.object([:])))
+        #expect(destination.execute(.migrateSetCapabilities([.init(capability: "postcopy-preempt", state: true)]))
+                == .failure(.generic("Postcopy preempt must be set before incoming starts")))
+        destination.quit()
     }
 }

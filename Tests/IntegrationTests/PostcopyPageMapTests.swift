@@ -58,3 +58,63 @@ import GuestMemory
         #expect(map.fault(block: 0, offset: 0, at: start) == .absent(offset: 0, length: 512 * 4096))
     }
 }
+
+/// The preempt rules on the pure picker: where the background may be
+/// interrupted, how it resumes, which request is dropped, which channel each takes.
+@Suite struct PostcopyPickerTests {
+    static func selector(hugePages: Int, dirty: [Int]) -> PageSelector {
+        var selector = PageSelector(pageCounts: [hugePages * 512], chunkPages: 512)
+        _ = selector.merge([PostcopyPageMapTests.bitmap(hugePages * 512, set: dirty)])
+        return selector
+    }
+
+    @Test("a huge page the background has begun is interrupted between batches, resumed where it stopped, and a request inside it is dropped")
+    func interruptResumeDrop() throws {
+        var selector = Self.selector(hugePages: 3, dirty: Array(0..<1536))
+        var picker = PostcopyPicker(unitPages: [512], preempt: true)
+        let first = try #require(picker.background(32, from: &selector))
+        #expect(first.offsets.first == 0 && first.count == 32)
+        #expect(picker.interrupted?.block == 0 && picker.interrupted?.unit == 0, "an interruption point inside huge page 0")
+        // A request inside the interrupted huge page: dropped, nothing taken from it.
+        guard case .dropped = picker.request(block: 0, pages: 0..<512, from: &selector) else { Issue.record("not dropped"); return }
+        #expect(selector.dirtyCount == 1536 - 32)
+        // A request for another huge page: all of it, on the preempt channel.
+        guard case .send(let urgent, on: .urgent) = picker.request(block: 0, pages: 1024..<1536, from: &selector) else {
+            Issue.record("not sent urgently"); return
+        }
+        #expect(urgent.offsets == (1024..<1536).map { $0 * 4096 })
+        // The background resumes huge page 0 at page 32 and finishes it before moving on.
+        var resumed: [Int] = []
+        while picker.interrupted != nil || resumed.isEmpty, let job = picker.background(32, from: &selector) { resumed += job.offsets }
+        #expect(resumed == (32..<512).map { $0 * 4096 })
+        #expect(picker.interrupted == nil, "huge page 0 is done: no interruption")
+        // What is left is huge page 1, and a request for it now is not dropped.
+        guard case .send(let next, on: .urgent) = picker.request(block: 0, pages: 512..<1024, from: &selector) else {
+            Issue.record("not sent"); return
+        }
+        #expect(next.count == 512 && selector.dirtyCount == 0)
+        guard case .nothing = picker.request(block: 0, pages: 0..<512, from: &selector) else { Issue.record("sent twice"); return }
+    }
+
+    @Test("without a preempt channel a request is never dropped and goes on the one channel")
+    func singleChannel() throws {
+        var selector = Self.selector(hugePages: 2, dirty: Array(0..<1024))
+        var picker = PostcopyPicker(unitPages: [512], preempt: false)
+        _ = try #require(picker.background(32, from: &selector))
+        guard case .send(let job, on: .background) = picker.request(block: 0, pages: 0..<512, from: &selector) else {
+            Issue.record("not sent on the background channel"); return
+        }
+        #expect(job.offsets == (32..<512).map { $0 * 4096 }, "the rest of the huge page, in order, right behind its start")
+    }
+
+    @Test("4 KiB pages are never interrupted: a request for any of them goes at once")
+    func basePages() throws {
+        var selector = PageSelector(pageCounts: [64], chunkPages: 512)
+        _ = selector.merge([PostcopyPageMapTests.bitmap(64, set: Array(0..<64))])
+        var picker = PostcopyPicker(unitPages: [1], preempt: true)
+        _ = try #require(picker.background(8, from: &selector))
+        #expect(picker.interrupted == nil)
+        guard case .send(let job, on: .urgent) = picker.request(block: 0, pages: 8..<9, from: &selector) else { Issue.record("not sent"); return }
+        #expect(job.offsets == [8 * 4096])
+    }
+}

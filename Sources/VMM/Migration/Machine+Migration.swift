@@ -291,6 +291,9 @@ extension Machine {
             if capabilities.multifd && s.incoming != nil {
                 throw QMPError.generic("Multifd must be set before incoming starts")
             }
+            if capabilities.postcopyPreempt != s.capabilities.postcopyPreempt && s.incoming != nil {
+                throw QMPError.generic("Postcopy preempt must be set before incoming starts")
+            }
             s.capabilities = capabilities
         }
     }

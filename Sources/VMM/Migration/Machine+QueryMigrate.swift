@@ -70,6 +70,12 @@ extension Machine {
             }
             return .object(entry)
         })
+        // Ferry's own: how postcopy's requests were served.
+        if info.status == .postcopyActive || info.postcopyBytes > 0 {
+            result["x-ferry-postcopy"] = ["requests": .int(Int64(info.postcopyRequests)),
+                                          "dropped-requests": .int(Int64(info.postcopyDroppedRequests)),
+                                          "urgent-pages": .int(Int64(info.postcopyUrgentPages))]
+        }
         // Ferry's own: what a completed mapped-ram save wrote.
         if let saved = info.mappedRAM {
             result["x-ferry-mapped-ram"] = ["generation": .int(Int64(saved.baseline.generation)), "incremental": .bool(saved.incremental),

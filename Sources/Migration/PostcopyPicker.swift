@@ -1,0 +1,59 @@
+import GuestMemory
+
+/// What postcopy sends next, and on which channel: Ferry's reading of the
+/// seed's preempt rules (Peter Xu, "migration: Postcopy preemption
+/// enablement", 2022).  Pure: it edits the caller's `PageSelector` and does no I/O.
+///
+/// - Background pages come from the selector's cursor, a few at a time; the
+///   points between two background batches are where a request may interrupt.
+/// - With a preempt channel, a request's pages go there (`urgent`); without,
+///   on the one channel.
+/// - A huge page the background has started and not finished is
+///   `interrupted`: the background resumes it where it stopped, and a request
+///   that falls inside it is dropped (the background finishes it), so with a
+///   preempt channel a huge page never travels on two channels.
+struct PostcopyPicker: Sendable {
+    enum Channel: Equatable, Sendable { case background, urgent }
+
+    enum RequestPick {
+        /// These pages (the request's still dirty ones), on this channel.
+        case send(PageJob, on: Channel)
+        /// Inside the interrupted huge page: the background sends it.
+        case dropped
+        /// Nothing of it is dirty: sent already.
+        case nothing
+    }
+
+    /// Pages per placement unit of each block (1, or 512 on hugetlb).
+    let unitPages: [Int]
+    /// Whether a preempt channel carries requests.
+    let preempt: Bool
+    /// The huge page the background is in the middle of.
+    private(set) var interrupted: (block: Int, unit: Int)?
+
+    init(unitPages: [Int], preempt: Bool) { (self.unitPages, self.preempt) = (unitPages, preempt) }
+
+    /// The pages of a request for `pages` of `block`.
+    mutating func request(block: Int, pages: Range<Int>, from selector: inout PageSelector) -> RequestPick {
+        if preempt, let interrupted, interrupted.block == block, interrupted.unit == pages.lowerBound / unitPages[block] {
+            return .dropped
+        }
+        let job = selector.take(block: block, pages: pages)
+        guard job.count > 0 else { return .nothing }
+        return .send(job, on: preempt ? .urgent : .background)
+    }
+
+    /// The next background batch of at most `count` pages, from the cursor; nil when none is dirty.
+    mutating func background(_ count: Int, from selector: inout PageSelector) -> PageJob? {
+        guard let job = selector.next(count), let block = job.blocks.last, let offset = job.offsets.last else {
+            interrupted = nil
+            return nil
+        }
+        let unit = unitPages[block]
+        let page = offset / PageSize.base.byteCount
+        let first = page / unit * unit
+        let unfinished = unit > 1 && selector.bitmaps[block].nextSetPage(from: page + 1).map { $0 < first + unit } == true
+        interrupted = unfinished ? (block, page / unit) : nil
+        return job
+    }
+}

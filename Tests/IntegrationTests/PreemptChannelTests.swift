@@ -1,0 +1,140 @@
+import Foundation
+import Synchronization
+import Testing
+import GuestMemory
+import Migration
+import MigrationProtocol
+import Transport
+@testable import VMM
+
+/// A postcopy destination's preempt channel, driven by hand-made streams with
+/// the real userfaultfd placement: pages asked for arrive there and land; page
+/// data that is corrupt, outside the discard set, or early is refused with its reason.
+@Suite(.serialized) struct PreemptChannelTests {
+    static let id = (0..<16).map { UInt8($0 + 7) }
+
+    final class Destination: Sendable {
+        let listener: IncomingListener
+        let target: RAMBlock
+        let result = Mutex<Result<Void, MigrationError>?>(nil)
+        let done = DispatchSemaphore(value: 0)
+
+        init() throws {
+            listener = try Transport.listen(.unix(path: MultifdEngineTests.socketPath()))
+            target = RAMBlock(name: "pc.ram", mapping: try HostMapping(byteCount: 1 << 20, backend: .anon), placements: [])
+            let blocks = [target]
+            let placement = try UserfaultPagePlacement(blocks: blocks)
+            let configuration = MigrationConfiguration(blocks: RAMMigration.layout(of: blocks), vcpuCount: 1)
+            let thread = Thread { [self] in
+                defer { done.signal() }
+                do throws(MigrationError) {
+                    let main: any ByteChannel
+                    do throws(ChannelError) { main = try listener.accept(timeout: .seconds(10)) } catch { throw .channel(error) }
+                    try MigrationDestination(channel: main, acceptor: listener, configuration: configuration,
+                                             ram: RAMMigration(blocks: blocks, tracker: nil, destinationStartsZero: true),
+                                             devices: [], channelTimeout: .seconds(5), placement: placement, onStatus: { _ in }).run()
+                    result.withLock { $0 = .success(()) }
+                } catch {
+                    result.withLock { $0 = .failure(error) }
+                }
+            }
+            thread.start()
+        }
+
+        /// The main channel up to the plan (with preempt), and the preempt channel's header.
+        func open(main encoder: inout FrameEncoder) throws -> (main: DescriptorChannel, preempt: DescriptorChannel) {
+            let main = try Transport.connect(listener.address)
+            let configuration = MigrationConfiguration(blocks: RAMMigration.layout(of: [target]), vcpuCount: 1)
+            try main.write(StreamHeader.encode(ChannelIdentity(role: .main, migrationID: PreemptChannelTests.id))
+                           + encoder.frame(.configuration, payload: configuration.encode())
+                           + encoder.frame(.channels, payload: ChannelPlan(multifd: 0, preempt: true).encode()))
+            let preempt = try Transport.connect(listener.address)
+            try preempt.write(StreamHeader.encode(ChannelIdentity(role: .postcopyPreempt, migrationID: PreemptChannelTests.id)))
+            return (main, preempt)
+        }
+
+        func outcome() -> Result<Void, MigrationError>? {
+            _ = done.wait(timeout: .now() + 20)
+            listener.close()
+            return result.withLock { $0 }
+        }
+
+        func page(_ offset: Int) -> [UInt8] {
+            target.mapping.withSpan(at: offset, count: 4096) { span in (0..<4096).map { span[$0] } }
+        }
+    }
+
+    /// The switch with pages 0-3 of the 1 MiB block discarded.
+    static func switchFrame(_ encoder: inout FrameEncoder) -> [UInt8] {
+        encoder.frame(.postcopy, payload: PostcopyDiscard(words: [[0b1111, 0, 0, 0]]).encode())
+    }
+
+    static func pages(_ pages: [(offset: UInt64, fill: UInt8)], corrupt: Bool = false) -> (payload: [UInt8], tail: [UInt8]) {
+        var batch = PageBatchWriter()
+        for page in pages { batch.append(block: 0, offset: page.offset, page: ArraySlice(repeating: page.fill, count: 4096)) }
+        var tail = batch.tail
+        if corrupt { tail[100] ^= 1 }
+        return (batch.payload(), tail)
+    }
+
+    @Test("pages asked for arrive on the preempt channel, the rest on the main one; every page lands")
+    func pagesLandFromBothChannels() throws {
+        let destination = try Destination()
+        var mainFrames = FrameEncoder(), urgentFrames = FrameEncoder()
+        let (main, preempt) = try destination.open(main: &mainFrames)
+        try main.write(Self.switchFrame(&mainFrames))
+        usleep(100_000)     // as from a source: asked for only after the switch
+        let urgent = Self.pages([(4096, 0x21), (8192, 0x22)])
+        try preempt.write(urgentFrames.frame(.pages, payload: urgent.payload, tail: urgent.tail) + urgentFrames.end())
+        let background = Self.pages([(0, 0x20), (12288, 0x23)])
+        try main.write(mainFrames.frame(.pages, payload: background.payload, tail: background.tail) + mainFrames.end())
+        let outcome = destination.outcome()
+        guard case .success? = outcome else { Issue.record("destination: \(String(describing: outcome))"); return }
+        for (index, fill) in [0x20, 0x21, 0x22, 0x23].enumerated() {
+            #expect(destination.page(index * 4096) == [UInt8](repeating: UInt8(fill), count: 4096), "page \(index)")
+        }
+        main.close()
+        preempt.close()
+    }
+
+    struct Hostile: Sendable, CustomTestStringConvertible {
+        let name: String
+        let beforeSwitch: Bool
+        let pages: [UInt64]
+        let corrupt: Bool
+        let reason: String
+        var testDescription: String { name }
+    }
+
+    @Test("hostile page data on the preempt channel is refused with its reason",
+          arguments: [
+            Hostile(name: "a corrupt page", beforeSwitch: false, pages: [4096], corrupt: true,
+                    reason: "the page at offset 4096 of RAM block 'pc.ram' arrived corrupt in postcopy"),
+            Hostile(name: "a page outside the discard set", beforeSwitch: false, pages: [40960], corrupt: false,
+                    reason: "page at offset 40960 of RAM block 'pc.ram' arrived in postcopy, but it was not in the discard set or arrived already"),
+            Hostile(name: "a page twice", beforeSwitch: false, pages: [4096, 4096], corrupt: false,
+                    reason: "page at offset 4096 of RAM block 'pc.ram' arrived in postcopy, but it was not in the discard set or arrived already"),
+            Hostile(name: "pages before the switch", beforeSwitch: true, pages: [4096], corrupt: false,
+                    reason: "pages on the postcopy preempt channel before the switch to postcopy"),
+          ])
+    func hostilePreemptData(_ test: Hostile) throws {
+        let destination = try Destination()
+        var mainFrames = FrameEncoder(), urgentFrames = FrameEncoder()
+        let (main, preempt) = try destination.open(main: &mainFrames)
+        if !test.beforeSwitch {
+            try main.write(Self.switchFrame(&mainFrames))
+            usleep(100_000)     // the switch is made before the preempt channel's pages come
+        }
+        var frames: [UInt8] = []
+        for offset in test.pages {
+            let batch = Self.pages([(offset, 0x5a)], corrupt: test.corrupt)
+            frames += urgentFrames.frame(.pages, payload: batch.payload, tail: batch.tail)
+        }
+        try preempt.write(frames)
+        let outcome = destination.outcome()
+        guard case .failure(let error)? = outcome else { Issue.record("destination: \(String(describing: outcome))"); return }
+        #expect(error.description.contains(test.reason), "\(error)")
+        main.close()
+        preempt.close()
+    }
+}
