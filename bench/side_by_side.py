@@ -410,7 +410,7 @@ def main():
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--scenario", choices=["boot", "migrate-idle", "migrate-dirty", "migrate", "all",
                                                "multifd-idle", "multifd-dirty", "multifd", "mapped-ram-save",
-                                               "mapped-ram-restore", "mapped-ram", "background-snapshot"], default="all",
+                                               "mapped-ram-restore", "mapped-ram", "background-snapshot", "postcopy"], default="all",
                         help="`all` is boot and migrate; the multifd and mapped-ram scenarios run only by name")
     parser.add_argument("--channels",
                         help="multifd and mapped-ram scenarios: multifd-channels values, comma-separated; 0 = multifd "
@@ -435,6 +435,9 @@ def main():
                              "file with 2 multifd writers and direct-io (default off,seed,latency,seed/mapped-ram)")
     parser.add_argument("--snapshot-rates", default="1G,max",
                         help="background-snapshot: the guest's dirty rates, comma-separated (default 1G,max)")
+    parser.add_argument("--postcopy-modes", default="postcopy-4K,preempt-4K,postcopy-2M,preempt-2M",
+                        help="postcopy: modes, comma-separated: postcopy or preempt, with 4K or 2M pages "
+                             "(default postcopy-4K,preempt-4K,postcopy-2M,preempt-2M)")
     parser.add_argument("--mem-prealloc", action="store_true",
                         help="run both VMMs with -mem-prealloc (guest RAM allocated at start)")
     parser.add_argument("--only", choices=["ferry", "qemu"],
@@ -472,6 +475,14 @@ def main():
             working_set = args.working_set if args.working_set != "1280M" else "1536M"
             scenario_snapshot(ferry_vmm, qemu_vmm, [v for v in (ferry_vmm, qemu_vmm) if v.name in ONLY], args.runs,
                               memory, working_set, args.snapshot_rates.split(","), args.limiter.split(","), args.dir, raw)
+        if args.scenario == "postcopy":
+            sys.modules.setdefault("side_by_side", sys.modules[__name__])
+            from postcopy import scenario_postcopy
+            raw = Path(args.raw) if args.raw else ROOT / "bench" / "results" / f"postcopy-{time.strftime('%Y%m%d-%H%M%S')}.json"
+            memory = args.memory if args.memory != "1536M" else "2G"
+            working_set = args.working_set if args.working_set != "1280M" else "1536M"
+            scenario_postcopy(ferry_vmm, qemu_vmm, [v for v in (ferry_vmm, qemu_vmm) if v.name in ONLY], args.runs,
+                              memory, working_set, args.postcopy_modes.split(","), raw)
         if args.scenario.startswith("mapped-ram"):
             sys.modules.setdefault("side_by_side", sys.modules[__name__])     # mapped_ram imports the helpers above
             from mapped_ram import scenario_mapped_ram

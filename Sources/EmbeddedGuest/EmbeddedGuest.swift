@@ -21,6 +21,7 @@ public enum EmbeddedGuest {
         case .bytesPerSecond(let rate): line += " dirty-rate=\(rate)"
         }
         if let workingSet = workload.workingSet { line += " working-set=\(workingSet)" }
+        if workload.randomAccess { line += " access=random" }
         return line
     }
 }

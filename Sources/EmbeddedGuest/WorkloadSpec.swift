@@ -1,6 +1,7 @@
 /// What the embedded guest does (`--workload`): `idle`, or
-/// `dirty-rate=RATE[,working-set=SIZE]` with RATE in bytes per second (or `max`)
-/// and sizes with K, M or G suffixes.
+/// `dirty-rate=RATE[,working-set=SIZE][,access=random]` with RATE in bytes per
+/// second (or `max`) and sizes with K, M or G suffixes.  `access=random` adds
+/// one read of a random page of the working set after each page written.
 public struct WorkloadSpec: Equatable, Sendable, CustomStringConvertible {
     public enum DirtyRate: Equatable, Sendable {
         /// Touch the working set once, then only beat.
@@ -12,10 +13,13 @@ public struct WorkloadSpec: Equatable, Sendable, CustomStringConvertible {
     public var dirtyRate: DirtyRate
     /// Bytes of guest RAM the workload cycles through; `nil` for all of it.
     public var workingSet: UInt64?
+    /// After each page written, read (and verify) a random page of the working set.
+    public var randomAccess: Bool
 
-    public init(dirtyRate: DirtyRate, workingSet: UInt64? = nil) {
+    public init(dirtyRate: DirtyRate, workingSet: UInt64? = nil, randomAccess: Bool = false) {
         self.dirtyRate = dirtyRate
         self.workingSet = workingSet
+        self.randomAccess = randomAccess
     }
 
     public static let idle = WorkloadSpec(dirtyRate: .idle)
@@ -24,7 +28,7 @@ public struct WorkloadSpec: Equatable, Sendable, CustomStringConvertible {
         case unknownKey(String), badValue(key: String, value: String), missingRate
         public var description: String {
             switch self {
-            case .unknownKey(let key): "unknown workload key '\(key)' (expected dirty-rate or working-set)"
+            case .unknownKey(let key): "unknown workload key '\(key)' (expected dirty-rate, working-set or access)"
             case .badValue(let key, let value): "invalid value '\(value)' for workload key '\(key)'"
             case .missingRate: "a workload needs dirty-rate=RATE, or is 'idle'"
             }
@@ -35,6 +39,7 @@ public struct WorkloadSpec: Equatable, Sendable, CustomStringConvertible {
         if text == "idle" { self = .idle; return }
         var rate: DirtyRate?
         var workingSet: UInt64?
+        var randomAccess = false
         for item in text.split(separator: ",", omittingEmptySubsequences: false) {
             let parts = item.split(separator: "=", maxSplits: 1).map(String.init)
             guard parts.count == 2 else { throw .unknownKey(String(item)) }
@@ -46,12 +51,15 @@ public struct WorkloadSpec: Equatable, Sendable, CustomStringConvertible {
             case "working-set":
                 guard let bytes = ByteSize.parse(parts[1]), bytes >= 4096 else { throw .badValue(key: parts[0], value: parts[1]) }
                 workingSet = bytes
+            case "access":
+                guard ["random", "sweep"].contains(parts[1]) else { throw .badValue(key: parts[0], value: parts[1]) }
+                randomAccess = parts[1] == "random"
             default:
                 throw .unknownKey(parts[0])
             }
         }
         guard let rate else { throw .missingRate }
-        self.init(dirtyRate: rate, workingSet: workingSet)
+        self.init(dirtyRate: rate, workingSet: workingSet, randomAccess: randomAccess)
     }
 
     public var description: String {
@@ -60,8 +68,9 @@ public struct WorkloadSpec: Equatable, Sendable, CustomStringConvertible {
         case .max: "max"
         case .bytesPerSecond(let bytes): ByteSize.format(bytes)
         }
-        if dirtyRate == .idle && workingSet == nil { return "idle" }
+        if dirtyRate == .idle && workingSet == nil && !randomAccess { return "idle" }
         return "dirty-rate=\(rate)" + (workingSet.map { ",working-set=\(ByteSize.format($0))" } ?? "")
+            + (randomAccess ? ",access=random" : "")
     }
 }
 

@@ -30,11 +30,14 @@ public final class MigrationDestination: Sendable {
     /// A mapped-ram restore: `channel` is this file, and its pages are read by this many threads first.
     let mappedRAM: (file: any PageFile, readers: Int)?
     /// Where pages go after a switch to postcopy (nil: this destination refuses one).
-    let placement: (any PagePlacement)?
+    /// Makes the placement at the switch (a userfaultfd is opened only for a postcopy).
+    let makePlacement: (@Sendable () throws(MigrationError) -> any PagePlacement)?
     /// Told once the switch to postcopy is made: the guest may run now.
     let onPostcopy: @Sendable () -> Void
     /// After the switch to postcopy: the pages still to come.
     let postcopy = Mutex<PostcopyLoad?>(nil)
+    /// Whether the switch was made, and a completed postcopy's figures (its load let go).
+    let postcopyRecord = Mutex<(switched: Bool, statistics: PostcopyStatistics?)>((false, nil))
     /// The `postcopy-preempt` channel's loader, when the plan announced one.
     let preempt = Mutex<PreemptReceiver?>(nil)
 
@@ -43,10 +46,10 @@ public final class MigrationDestination: Sendable {
     public init(channel: any ByteChannel, acceptor: (any ChannelAcceptor)? = nil, configuration: MigrationConfiguration,
                 ram: RAMMigration, devices: [any Migratable], channelTimeout: Duration = MigrationDestination.channelArrivalTimeout,
                 mappedRAM: (file: any PageFile, readers: Int)? = nil,
-                placement: (any PagePlacement)? = nil, onPostcopy: @escaping @Sendable () -> Void = {},
+                placement: (@Sendable () throws(MigrationError) -> any PagePlacement)? = nil, onPostcopy: @escaping @Sendable () -> Void = {},
                 onStatus: @escaping @Sendable (MigrationStatus) -> Void) {
         self.channel = channel
-        self.placement = placement
+        self.makePlacement = placement
         self.onPostcopy = onPostcopy
         self.mappedRAM = mappedRAM
         self.acceptor = acceptor
@@ -62,7 +65,7 @@ public final class MigrationDestination: Sendable {
     public var status: MigrationStatus { statusStorage.withLock { $0 } }
 
     /// Whether the switch to postcopy was made (the guest may be running here).
-    public var switchedToPostcopy: Bool { postcopy.withLock { $0 != nil } }
+    public var switchedToPostcopy: Bool { postcopyRecord.withLock { $0.switched } }
 
     /// A postcopy that failed or is abandoned (the machine quits): its fault
     /// thread stops and RAM becomes ordinary memory, so no vCPU waits any more
@@ -85,7 +88,9 @@ public final class MigrationDestination: Sendable {
     }
 
     /// The postcopy figures, once switched.
-    public var postcopyStatistics: PostcopyStatistics? { postcopy.withLock { $0 }?.statistics }
+    public var postcopyStatistics: PostcopyStatistics? {
+        postcopy.withLock { $0 }?.statistics ?? postcopyRecord.withLock { $0.statistics }
+    }
 
     /// Loads the whole stream.  Throws on the first problem (after telling the
     /// source on the return path); on success the source has been told too, and
@@ -211,7 +216,13 @@ public final class MigrationDestination: Sendable {
                 // The preempt channel's own end (every page asked for that went there), then
                 // after a switch to postcopy: every discarded page must have come back.
                 try preempt.withLock { $0 }?.finish()
-                try postcopy.withLock { $0 }?.finish()
+                if let load = postcopy.withLock({ $0 }) {
+                    try load.finish()
+                    // Every page is here: the figures are kept, the userfaultfd goes.
+                    postcopyRecord.withLock { $0.statistics = load.statistics }
+                    ram.endPostcopy()
+                    postcopy.withLock { $0 = nil }
+                }
                 // Every multifd channel's own end, count and digest checked too.
                 try receivers.withLock { $0 }?.finish()
                 try ram.verifyIntact()
@@ -247,14 +258,15 @@ public final class MigrationDestination: Sendable {
     /// missing-page faults, the fault thread asking for pages on the return
     /// path; then the guest may run.
     func switchToPostcopy(_ payload: [UInt8]) throws(MigrationError) {
-        guard let placement, channel.hasReturnPath else {
+        guard let makePlacement, channel.hasReturnPath else {
             throw .stream(.unexpectedFrame("a switch to postcopy, which this destination cannot take (it needs a return path and userfaultfd)"))
         }
         let answers = returnPath
-        let load = try ram.beginPostcopy(payload, placement: placement) { block, offset, length throws(MigrationError) in
+        let load = try ram.beginPostcopy(payload, placement: try makePlacement()) { block, offset, length throws(MigrationError) in
             try answers.send(.pageRequest(block: UInt16(block), offset: UInt64(offset), length: UInt64(length)))
         }
         postcopy.withLock { $0 = load }
+        postcopyRecord.withLock { $0.switched = true }
         setStatus(.postcopyActive)
         onPostcopy()
     }

@@ -404,8 +404,11 @@ public final class RAMMigration: Migratable {
 
     // MARK: destination, postcopy
 
-    /// Whether the switch to postcopy was made.
+    /// Whether the switch to postcopy was made (and the load not yet over).
     var inPostcopy: Bool { load.withLock { $0.postcopy != nil } }
+
+    /// A postcopy load that completed lets go of its placement.
+    func endPostcopy() { load.withLock { $0.postcopy = nil } }
 
     /// The switch to postcopy (`payload`: the discard set): the helpers stop,
     /// a page that arrived corrupt must be one the source sends again, the

@@ -16,7 +16,7 @@ struct GuestCommand: ParsableCommand {
             discussion: """
                 The file boots under 'ferry run --kernel FILE' and under QEMU's microvm \
                 (-kernel FILE). Its command line sets the workload: cpus=N tsc-khz=KHZ \
-                dirty-rate=BYTES|max working-set=BYTES (K/M/G suffixes).
+                dirty-rate=BYTES|max working-set=BYTES (K/M/G suffixes) access=random.
                 """)
 
         @Option(help: "Where to write the ELF file.")

@@ -20,7 +20,7 @@ struct MachineOptions: ParsableArguments {
     @Option(help: "Number of vCPUs (1-32).")
     var cpus: Int = 1
 
-    @Option(help: ArgumentHelp("What the embedded guest does: 'idle' (touch its memory once, then only beat) or 'dirty-rate=RATE[,working-set=SIZE]' with RATE in bytes per second or 'max', e.g. dirty-rate=512M,working-set=1G.", valueName: "spec"))
+    @Option(help: ArgumentHelp("What the embedded guest does: 'idle' (touch its memory once, then only beat) or 'dirty-rate=RATE[,working-set=SIZE][,access=random]' with RATE in bytes per second or 'max', e.g. dirty-rate=512M,working-set=1G; access=random also reads a random page after each page written.", valueName: "spec"))
     var workload: String = "idle"
 
     @Option(help: "Boot this PVH ELF kernel instead of the embedded guest.")

@@ -8,12 +8,17 @@ import Testing
                 == WorkloadSpec(dirtyRate: .bytesPerSecond(512 << 20), workingSet: 1 << 30))
         #expect(try WorkloadSpec(parsing: "dirty-rate=max") == WorkloadSpec(dirtyRate: .max))
         #expect(try WorkloadSpec(parsing: "dirty-rate=0") == .idle)
+        let random = try WorkloadSpec(parsing: "dirty-rate=max,working-set=1536M,access=random")
+        #expect(random == WorkloadSpec(dirtyRate: .max, workingSet: 1536 << 20, randomAccess: true))
+        #expect(try WorkloadSpec(parsing: random.description) == random)
+        #expect(try WorkloadSpec(parsing: "dirty-rate=1M,access=sweep") == WorkloadSpec(dirtyRate: .bytesPerSecond(1 << 20)))
     }
 
     @Test func rejectsBadSpecs() {
         #expect(throws: WorkloadSpec.ParseError.badValue(key: "dirty-rate", value: "fast")) { try WorkloadSpec(parsing: "dirty-rate=fast") }
         #expect(throws: WorkloadSpec.ParseError.unknownKey("speed")) { try WorkloadSpec(parsing: "speed=1") }
         #expect(throws: WorkloadSpec.ParseError.missingRate) { try WorkloadSpec(parsing: "working-set=1G") }
+        #expect(throws: WorkloadSpec.ParseError.badValue(key: "access", value: "chaotic")) { try WorkloadSpec(parsing: "dirty-rate=1M,access=chaotic") }
         #expect(throws: WorkloadSpec.ParseError.badValue(key: "working-set", value: "12")) { try WorkloadSpec(parsing: "dirty-rate=1M,working-set=12") }
     }
 

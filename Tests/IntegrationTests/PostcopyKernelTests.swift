@@ -15,7 +15,8 @@ import QMP
 struct PostcopyKernelTests {
     let kit = MigrationKernelTests()
     static let memory: UInt64 = 256 << 20
-    static let dirtying = WorkloadSpec(dirtyRate: .max, workingSet: 128 << 20)
+    /// Writes at full speed, and reads a random page after each write (its verifier checks both).
+    static let dirtying = WorkloadSpec(dirtyRate: .max, workingSet: 128 << 20, randomAccess: true)
 
     func machine(_ backend: MemoryBackend, workload: WorkloadSpec = .idle, incoming: Bool) throws -> (Machine, MigrationKernelTests.Capture) {
         let capture = MigrationKernelTests.Capture()

@@ -23,7 +23,9 @@ import Transport
             listener = try Transport.listen(.unix(path: MultifdEngineTests.socketPath()))
             target = RAMBlock(name: "pc.ram", mapping: try HostMapping(byteCount: 1 << 20, backend: .anon), placements: [])
             let blocks = [target]
-            let placement = try UserfaultPagePlacement(blocks: blocks)
+            let placement: @Sendable () throws(MigrationError) -> any PagePlacement = { () throws(MigrationError) in
+                try UserfaultPagePlacement(blocks: blocks)
+            }
             let configuration = MigrationConfiguration(blocks: RAMMigration.layout(of: blocks), vcpuCount: 1)
             let thread = Thread { [self] in
                 defer { done.signal() }

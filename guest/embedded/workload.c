@@ -23,9 +23,16 @@
  * (counts of buckets 0.. up to the last non-zero one).
  *
  * Command line (hvm_start_info): cpus=N tsc-khz=N dirty-rate=BYTES|max
- * working-set=BYTES (K/M/G suffixes).  Without tsc-khz the guest measures the
- * TSC against its LAPIC timer.  dirty-rate=0 is the idle workload:
- * touch the working set once, then only beat.
+ * working-set=BYTES (K/M/G suffixes) access=random.  Without tsc-khz the
+ * guest measures the TSC against its LAPIC timer.  dirty-rate=0 is the idle
+ * workload: touch the working set once, then only beat.
+ *
+ * access=random: after each page written, the vCPU also reads one page of its
+ * stripe chosen at random (xorshift), verifies it against the generation the
+ * sweep left there (a page the sweep has passed in this pass holds pass + 1,
+ * one ahead of it holds pass, or zeroes before its first write) and times
+ * the read like a write: accesses that land anywhere in memory, as a
+ * postcopy destination's faults do.  "of=" then counts reads and writes.
  */
 #include "layout.h"
 
@@ -67,6 +74,8 @@ static volatile u64 memory_mapped;
 /* Totals for the serial line, one slot per vCPU (vCPU 0 sums them). */
 static volatile u64 shared_pages[MAX_CPUS];
 static volatile u64 shared_errors[MAX_CPUS];
+/* Random reads (access=random), one slot per vCPU. */
+static volatile u64 shared_reads[MAX_CPUS];
 
 /* Slow page writes per vCPU (see the top of this file). */
 #define SLOW_BUCKETS 65
@@ -79,7 +88,7 @@ struct range { u64 base, pages; };
 
 struct config {
     u64 cpus, tsc_khz, dirty_rate, working_set;
-    int max_rate;
+    int max_rate, random_access;
 };
 
 static inline u64 rdtsc(void) {
@@ -196,6 +205,7 @@ static void parse_cmdline(const char *s, struct config *c) {
         if (key_is(s, "cpus", &v)) c->cpus = parse_size(v);
         else if (key_is(s, "tsc-khz", &v)) c->tsc_khz = parse_size(v);
         else if (key_is(s, "working-set", &v)) c->working_set = parse_size(v);
+        else if (key_is(s, "access", &v)) c->random_access = v[0] == 'r';
         else if (key_is(s, "dirty-rate", &v)) {
             if (v[0] == 'm' && v[1] == 'a' && v[2] == 'x') c->max_rate = 1;
             else c->dirty_rate = parse_size(v);
@@ -262,18 +272,35 @@ static void map_high_memory(const struct start_info *si) {
     memory_mapped = 1;
 }
 
-struct cursor { u64 range, offset, pass; };
+struct cursor { u64 range, offset, pass, linear; };
 
 static u64 *cursor_page(const struct stripe *st, const struct cursor *cur) {
     return (u64 *)(st->ranges[cur->range].base + cur->offset * PAGE_SIZE);
 }
 
 static void advance(const struct stripe *st, struct cursor *cur) {
+    cur->linear++;
     if (++cur->offset < st->ranges[cur->range].pages) return;
     cur->offset = 0;
     if (++cur->range < st->nranges) return;
     cur->range = 0;
+    cur->linear = 0;
     cur->pass++;
+}
+
+/* The page at position `linear` of the stripe. */
+static u64 *stripe_page(const struct stripe *st, u64 linear) {
+    for (u64 r = 0; r < st->nranges; r++) {
+        if (linear < st->ranges[r].pages) return (u64 *)(st->ranges[r].base + linear * PAGE_SIZE);
+        linear -= st->ranges[r].pages;
+    }
+    return 0;
+}
+
+static inline u64 xorshift(u64 *state) {
+    u64 x = *state;
+    x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+    return *state = x;
 }
 
 /* Counts one page write of `micros` us (>= 16). */
@@ -292,7 +319,7 @@ static void print_slow(const struct config *c, u64 seq) {
         for (u64 i = 0; i < c->cpus && i < MAX_CPUS; i++) sums[b] += slow_counts[i][b];
         if (sums[b]) last = b + 1;
     }
-    for (u64 i = 0; i < c->cpus && i < MAX_CPUS; i++) { slow += slow_total[i]; all += shared_pages[i]; }
+    for (u64 i = 0; i < c->cpus && i < MAX_CPUS; i++) { slow += slow_total[i]; all += shared_pages[i] + shared_reads[i]; }
     u64 at = put_str(slow_line, 0, "SA ");
     at = put_dec(slow_line, at, seq);
     at = put_str(slow_line, at, " n=");
@@ -344,6 +371,7 @@ static void banner(const struct config *c, const struct stripe *st) {
     at = put_str(line, at, " dirty-rate=");
     if (c->max_rate) at = put_str(line, at, "max");
     else at = put_dec(line, at, c->dirty_rate);
+    if (c->random_access) at = put_str(line, at, " access=random");
     line[at++] = '\n';
     print(line, at);
 }
@@ -372,7 +400,7 @@ static u64 tsc_khz_shared(u64 cpu, const struct percpu *pc) {
 }
 
 void workload_main(u64 cpu, const struct start_info *si) {
-    struct config c = { .cpus = 1, .tsc_khz = 0, .dirty_rate = 0, .working_set = 0, .max_rate = 0 };
+    struct config c = { .cpus = 1, .tsc_khz = 0, .dirty_rate = 0, .working_set = 0, .max_rate = 0, .random_access = 0 };
     if (si && si->cmdline_paddr) parse_cmdline((const char *)si->cmdline_paddr, &c);
     if (c.cpus == 0 || c.cpus > MAX_CPUS) c.cpus = 1;
     struct percpu *pc = this_cpu();
@@ -387,7 +415,8 @@ void workload_main(u64 cpu, const struct start_info *si) {
     u64 slow_cycles = c.tsc_khz * 16 / 1000;      /* 16 us */
     u64 t0 = rdtsc(), next_beat = t0;      /* first heartbeat at once */
     u64 rate_pages = c.dirty_rate / PAGE_SIZE / c.cpus;   /* per vCPU per second */
-    struct cursor cur = { 0, 0, 0 };
+    struct cursor cur = { 0, 0, 0, 0 };
+    u64 random_state = mix(cpu + 1 + rdtsc());
     u64 written = 0;                     /* pages written since t0 (rate control) */
 
     for (;;) {
@@ -425,6 +454,19 @@ void workload_main(u64 cpu, const struct start_info *si) {
             written++;
             u64 took = rdtsc() - started;
             if (took >= slow_cycles) record_slow(cpu, took * 1000 / c.tsc_khz);
+            if (c.random_access) {
+                /* A page anywhere in the stripe, as the sweep left it. */
+                u64 at = xorshift(&random_state) % st.pages;
+                u64 generation = at < cur.linear ? cur.pass + 1 : cur.pass;
+                u64 *target = stripe_page(&st, at);
+                started = rdtsc();
+                if (target && !verify_page(target, (u64)target / PAGE_SIZE, generation)) {
+                    if (pc->hb.verify_errors++ == 0) pc->hb.first_error_page = (u64)target / PAGE_SIZE;
+                }
+                shared_reads[cpu]++;
+                took = rdtsc() - started;
+                if (took >= slow_cycles) record_slow(cpu, took * 1000 / c.tsc_khz);
+            }
             if (rdtsc() >= next_beat) break;
         }
     }

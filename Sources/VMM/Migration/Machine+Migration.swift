@@ -211,8 +211,11 @@ extension Machine {
                 listener.close()
                 acceptor = nil
             }
-            // Postcopy's page placement, if this kernel has it (a switch is refused otherwise).
-            let placement = channel.hasReturnPath ? try? UserfaultPagePlacement(blocks: memory.blocks) : nil
+            // Postcopy's page placement, made at the switch (a userfaultfd only when one is needed).
+            let blocks = memory.blocks
+            let placement: @Sendable () throws(MigrationError) -> any PagePlacement = { () throws(MigrationError) in
+                try UserfaultPagePlacement(blocks: blocks)
+            }
             destination = MigrationDestination(
                 channel: channel, acceptor: acceptor, configuration: migrationConfiguration,
                 ram: RAMMigration(blocks: memory.blocks, tracker: nil, destinationStartsZero: startsZero),

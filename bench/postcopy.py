@@ -1,0 +1,207 @@
+"""Postcopy side by side (scenario postcopy of side_by_side.py).
+
+Ferry and QEMU 10 move the identical exported guest between two network
+namespaces joined by a veth pair shaped to 1 Gbit/s with `tc tbf` on both ends
+(burst 32 KiB, latency 1 ms: at most ~125 KB queued).  The guest (1 vCPU,
+2 GiB) writes a 1.5 GiB working set at full speed and reads a random page of it
+after each page written (`access=random`); once it has written it all, `migrate`
+starts with `postcopy-ram` (and `postcopy-preempt` for the preempt rows), and
+`migrate-start-postcopy` follows 1 s later.  With 4 KiB pages (anon for Ferry,
+QEMU's default RAM) and 2 MiB pages (hugetlb on both).
+
+Per run: total time, the switch's downtime, the postcopy phase (from
+migrate-start-postcopy to completed), the page-request latency p50/p99/max
+that Ferry's destination reports (`x-ferry-postcopy`; QEMU 10.0 has no such
+figure), the guest's own slow accesses on the destination after the switch
+(its SA histogram: p50/p99 of accesses that took 16 us or more, for both
+VMMs), the largest heartbeat gap across the move, and each process's
+CPU-seconds.  Medians over the runs, Ferry and QEMU alternating.
+"""
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from side_by_side import SETTLE_SECONDS, connect_qmp, cpu_seconds, first_touch_ms, migration_command, quit_all
+from snapshot import SlowAccesses, slow_percentiles
+
+NETNS = ("ferry-pc-src", "ferry-pc-dst")
+VETH = ("ferry-pc-s", "ferry-pc-d")
+ADDRESS = ("10.231.0.1", "10.231.0.2")
+TBF = "rate 1gbit burst 32kb latency 1ms"
+PORT = 4444
+
+
+def sh(*argv, check=True):
+    return subprocess.run(argv, check=check, capture_output=True, text=True)
+
+
+def network_up():
+    network_down()
+    for ns in NETNS:
+        sh("ip", "netns", "add", ns)
+    sh("ip", "link", "add", VETH[0], "netns", NETNS[0], "type", "veth", "peer", "name", VETH[1], "netns", NETNS[1])
+    for ns, dev, address in zip(NETNS, VETH, ADDRESS):
+        sh("ip", "-n", ns, "addr", "add", f"{address}/24", "dev", dev)
+        sh("ip", "-n", ns, "link", "set", dev, "up")
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "tbf", *TBF.split())
+
+
+def network_down():
+    for ns in NETNS:
+        sh("ip", "netns", "del", ns, check=False)
+
+
+def socket_buffers():
+    read = lambda name: Path(f"/proc/sys/net/ipv4/{name}").read_text().split()
+    return {"tcp_wmem": read("tcp_wmem"), "tcp_rmem": read("tcp_rmem")}
+
+
+def hugetlb_flags(vmm, memory):
+    if vmm.name == "ferry":
+        return ["--memory-backend", "hugetlb"]
+    return ["-object", f"memory-backend-memfd,id=ram,hugetlb=on,hugetlbsize=2M,share=on,size={memory}",
+            "-machine", "memory-backend=ram"]
+
+
+@asynccontextmanager
+async def vm_in(ns, vmm, memory, cmdline, incoming, flags):
+    """One VMM process inside network namespace `ns`, its console and QMP client."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        sock = Path(tmp) / "qmp.sock"
+        command = ["ip", "netns", "exec", ns] + migration_command(vmm, memory, cmdline, sock, incoming, flags)
+        with open(Path(tmp) / "stderr", "w+b") as log:
+            proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
+            try:
+                console = SlowAccesses(proc)
+                yield proc, console, await connect_qmp(sock)
+            except Exception as error:
+                log.seek(0)
+                raise RuntimeError(f"{vmm.name}: {error!r}: {log.read().decode(errors='replace')[-800:]}") from error
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+
+
+async def postcopy_once(vmm, cmdline, memory, ready_pages, preempt, huge):
+    flags = hugetlb_flags(vmm, memory) if huge else []
+    async with vm_in(NETNS[0], vmm, memory, cmdline, None, flags) as (sproc, sconsole, src), \
+               vm_in(NETNS[1], vmm, memory, cmdline, "defer", flags) as (dproc, dconsole, dst):
+        capabilities = [{"capability": "postcopy-ram", "state": True}, {"capability": "postcopy-preempt", "state": preempt}]
+        for client in (src, dst):
+            await client.execute("migrate-set-capabilities", {"capabilities": capabilities})
+        await src.execute("migrate-set-parameters", {"max-bandwidth": 100 << 30})
+        await dst.execute("migrate-incoming", {"uri": f"tcp:{ADDRESS[1]}:{PORT}"})
+        deadline = time.monotonic() + 300
+        while sconsole.pages() < ready_pages or len(sconsole.slow) < 2:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{vmm.name}: guest never got ready ({sconsole.pages()} pages)")
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(SETTLE_SECONDS)
+        cpu = [cpu_seconds(sproc.pid), cpu_seconds(dproc.pid)]
+        start = time.monotonic()
+        await src.execute("migrate", {"uri": f"tcp:{ADDRESS[1]}:{PORT}"})
+        await asyncio.sleep(1.0)
+        switched = time.monotonic()
+        await src.execute("migrate-start-postcopy")
+        while True:
+            info = await src.execute("query-migrate")
+            if info.get("status") == "completed":
+                break
+            if info.get("status") in ("failed", "cancelled") or time.monotonic() > start + 600:
+                raise RuntimeError(f"{vmm.name}: {info.get('status')}: {info.get('error-desc', info)}")
+            await asyncio.sleep(0.005)
+        end = time.monotonic()
+        while (await dst.execute("query-migrate")).get("status") != "completed":
+            if time.monotonic() > end + 30:
+                raise RuntimeError(f"{vmm.name}: the destination never completed")
+            await asyncio.sleep(0.01)
+        cpu = [cpu_seconds(sproc.pid) - cpu[0], cpu_seconds(dproc.pid) - cpu[1]]
+        dinfo = await dst.execute("query-migrate")
+        # The destination's cumulative SA lines: the first one after its guest started (it counts
+        # from the switch, the guest's histogram having travelled with its memory), and one after the end.
+        count = len(dconsole.slow)
+        while len(dconsole.slow) == count and time.monotonic() < end + 3:
+            await asyncio.sleep(0.02)
+        before = [c for t, c in sconsole.slow if t <= switched]
+        p50, p99, slow = slow_percentiles(before[-1] if before else [], dconsole.slow[-1][1] if dconsole.slow else [])
+        last_source = max((b[0] for b in sconsole.beats if b[0] <= end), default=switched)
+        first_destination = min((b[0] for b in dconsole.beats), default=end)
+        errors = dconsole.errors
+        await quit_all([src, dst], [sproc, dproc])
+    if errors:
+        raise RuntimeError(f"{vmm.name}: the guest reports {errors} verify errors after the move")
+    latency = dinfo.get("x-ferry-postcopy", {}).get("request-latency-us", {})
+    return {"total": info["total-time"], "downtime": info.get("downtime"), "postcopy_ms": (end - switched) * 1000,
+            "requests": info["ram"].get("postcopy-requests"), "postcopy_mb": info["ram"].get("postcopy-bytes", 0) / 1e6,
+            "lat_p50": latency.get("p50"), "lat_p99": latency.get("p99"), "lat_max": latency.get("max"),
+            "slow_p50": p50, "slow_p99": p99, "slow": slow,
+            "gap": (first_destination - last_source) * 1000, "cpu_src": cpu[0], "cpu_dst": cpu[1]}
+
+
+def median(samples, key):
+    values = [s[key] for s in samples if s.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def cell(value, form="{:.0f}"):
+    return "-" if value is None else form.format(value)
+
+
+def scenario_postcopy(ferry_vmm, qemu_vmm, vmms, runs, memory, working_set, modes, raw_path):
+    cmdline_of = {}
+    for vmm in vmms:
+        cmdline_of[vmm.name] = subprocess.run(
+            [vmm.ferry, "guest", "cmdline", "--cpus", "1", "--workload", f"dirty-rate=max,working-set={working_set},access=random"],
+            check=True, capture_output=True, text=True).stdout.strip()
+    ws_bytes = int(working_set.rstrip("MG")) << (30 if working_set.endswith("G") else 20)
+    ready_pages = ws_bytes // 4096
+    touch = first_touch_ms(ws_bytes)
+    print(f"\n== postcopy: {memory} guest, {working_set} written at full speed with random reads, 1 vCPU; "
+          f"veth between netns, tbf {TBF}; socket buffers {socket_buffers()}; "
+          f"first touch of {working_set}: {touch:.0f} ms ({ws_bytes / touch / 1e3:.0f} MB/s)", flush=True)
+    huge_needed = 2 * (int(memory.rstrip('G')) << 9) + 16 if memory.endswith("G") else 0
+    results = {}
+    network_up()
+    try:
+        for mode in modes:
+            preempt, huge = "preempt" in mode, mode.endswith("2M")
+            if huge:
+                Path("/proc/sys/vm/nr_hugepages").write_text(f"{huge_needed}\n")
+            try:
+                for run in range(runs):
+                    for vmm in vmms:
+                        try:
+                            sample = asyncio.run(postcopy_once(vmm, cmdline_of[vmm.name], memory, ready_pages, preempt, huge))
+                        except Exception as error:      # noqa: BLE001  (the failure is the result)
+                            print(f"  {mode} {vmm.name} run {run + 1}: FAILED: {error}", flush=True)
+                            continue
+                        results.setdefault((mode, vmm.name), []).append(sample)
+                        print(f"  {mode} {vmm.name} run {run + 1}: " + json.dumps(sample), flush=True)
+            finally:
+                if huge:
+                    Path("/proc/sys/vm/nr_hugepages").write_text("0\n")
+    finally:
+        network_down()
+    columns = [("total ms", "total"), ("downtime", "downtime"), ("postcopy ms", "postcopy_ms"), ("requests", "requests"),
+               ("req p50 us", "lat_p50"), ("req p99 us", "lat_p99"), ("req max us", "lat_max"),
+               ("guest slow p50 us", "slow_p50"), ("guest slow p99 us", "slow_p99"), ("gap ms", "gap"),
+               ("CPU-s src", "cpu_src"), ("CPU-s dst", "cpu_dst")]
+    print("\n| mode | VMM | " + " | ".join(name for name, _ in columns) + " |")
+    print("| --- | --- | " + " | ".join("---" for _ in columns) + " |")
+    for mode in modes:
+        for vmm in vmms:
+            samples = results.get((mode, vmm.name), [])
+            forms = {"cpu_src": "{:.1f}", "cpu_dst": "{:.1f}"}
+            print(f"| {mode} | {vmm.name} ({len(samples)}) | "
+                  + " | ".join(cell(median(samples, key), forms.get(key, "{:.0f}")) for _, key in columns) + " |")
+    raw_path.parent.mkdir(parents=True, exist_ok=True)
+    raw_path.write_text(json.dumps({f"{m}/{v}": s for (m, v), s in results.items()}, indent=1))
+    print(f"raw samples: {raw_path}")
