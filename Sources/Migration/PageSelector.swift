@@ -77,6 +77,12 @@ struct PageSelector: Sendable {
         return job
     }
 
+    /// Moves the cursor to `page` of `block`: the next background pick starts there.
+    mutating func moveCursor(block: Int, page: Int) {
+        precondition(block < bitmaps.count && page <= bitmaps[block].pageCount)
+        cursor = (block, page)
+    }
+
     /// Marks dirty every page of each unit of `unitPages[block]` pages that has
     /// one dirty page (a huge page is placed whole, so it is sent whole).
     mutating func widen(unitPages: [Int]) {

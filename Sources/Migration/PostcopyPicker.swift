@@ -12,6 +12,11 @@ import GuestMemory
 ///   `interrupted`: the background resumes it where it stopped, and a request
 ///   that falls inside it is dropped (the background finishes it), so with a
 ///   preempt channel a huge page never travels on two channels.
+/// - After a request is served, the background goes on from the end of its
+///   range (unless it is in the middle of a huge page, which it finishes
+///   first): a guest that touched one page is likely to touch the next ones,
+///   and they are then already on their way (QEMU's background scan, too,
+///   continues from the page it was asked for).
 struct PostcopyPicker: Sendable {
     enum Channel: Equatable, Sendable { case background, urgent }
 
@@ -39,6 +44,7 @@ struct PostcopyPicker: Sendable {
             return .dropped
         }
         let job = selector.take(block: block, pages: pages)
+        if interrupted == nil { selector.moveCursor(block: block, page: pages.upperBound) }
         guard job.count > 0 else { return .nothing }
         return .send(job, on: preempt ? .urgent : .background)
     }

@@ -71,14 +71,19 @@ public final class RAMMigration: Migratable {
     let destinationStartsZero: Bool
     /// Source: dirty tracking is still on from an earlier save that kept it (`x-ferry-incremental`).
     let trackingKeptOn: Bool
+    /// Destination: allocate the resident chunks ahead of the pages (off when a
+    /// switch to postcopy may come: it would free them again at the switch).
+    let allocateAhead: Bool
 
     /// `tracker` is needed on the source only.  `destinationStartsZero`: on the
     /// destination, every byte of `blocks` is zero before the load (a fresh
     /// incoming machine whose guest has not run).
     /// `trackingKeptOn`: on the source, `tracker` has been tracking since an
     /// earlier save left it on.
-    public init(blocks: [RAMBlock], tracker: (any DirtyPageSource)?, destinationStartsZero: Bool = false, trackingKeptOn: Bool = false) {
+    public init(blocks: [RAMBlock], tracker: (any DirtyPageSource)?, destinationStartsZero: Bool = false, trackingKeptOn: Bool = false,
+                allocateAhead: Bool = true) {
         self.blocks = blocks
+        self.allocateAhead = allocateAhead
         self.trackingKeptOn = trackingKeptOn
         self.mappings = blocks.map(\.mapping)
         self.tracker = tracker
@@ -323,6 +328,7 @@ public final class RAMMigration: Migratable {
                 throw .stream(.unexpectedFrame("a residency frame after \(state.pagesLoaded ? "pages" : "another residency frame")"))
             }
             state.residencyLoaded = true
+            guard allocateAhead else { return }
             state.populators = zip(blocks, residency.words).map { block, words in
                 let chunks = DirtyBitmap(words: words, pageCount: RAMResidency.chunkCount(byteCount: block.byteCount))
                 return ChunkPopulator.start(mapping: block.mapping, chunks: chunks, chunkBytes: Self.chunkBytes)

@@ -107,14 +107,15 @@ import GuestMemory
         #expect(job.offsets == (32..<512).map { $0 * 4096 }, "the rest of the huge page, in order, right behind its start")
     }
 
-    @Test("4 KiB pages are never interrupted: a request for any of them goes at once")
+    @Test("4 KiB pages are never interrupted: a request for any of them goes at once, and the background follows it")
     func basePages() throws {
         var selector = PageSelector(pageCounts: [64], chunkPages: 512)
         _ = selector.merge([PostcopyPageMapTests.bitmap(64, set: Array(0..<64))])
         var picker = PostcopyPicker(unitPages: [1], preempt: true)
         _ = try #require(picker.background(8, from: &selector))
         #expect(picker.interrupted == nil)
-        guard case .send(let job, on: .urgent) = picker.request(block: 0, pages: 8..<9, from: &selector) else { Issue.record("not sent"); return }
-        #expect(job.offsets == [8 * 4096])
+        guard case .send(let job, on: .urgent) = picker.request(block: 0, pages: 40..<41, from: &selector) else { Issue.record("not sent"); return }
+        #expect(job.offsets == [40 * 4096])
+        #expect(picker.background(4, from: &selector)?.offsets == (41..<45).map { $0 * 4096 }, "the pages after the one asked for come next")
     }
 }

@@ -216,9 +216,11 @@ extension Machine {
             let placement: @Sendable () throws(MigrationError) -> any PagePlacement = { () throws(MigrationError) in
                 try UserfaultPagePlacement(blocks: blocks)
             }
+            // With postcopy-ram, chunks are not allocated ahead: the switch would free them again.
+            let postcopyExpected = migration.state.withLock { $0.capabilities.postcopyRAM }
             destination = MigrationDestination(
                 channel: channel, acceptor: acceptor, configuration: migrationConfiguration,
-                ram: RAMMigration(blocks: memory.blocks, tracker: nil, destinationStartsZero: startsZero),
+                ram: RAMMigration(blocks: memory.blocks, tracker: nil, destinationStartsZero: startsZero, allocateAhead: !postcopyExpected),
                 devices: migratableDevices(global: global), placement: placement,
                 onPostcopy: { [weak self] in
                     // The guest runs here from the switch on; its missing pages follow.
