@@ -9,8 +9,16 @@ public protocol ChannelAcceptor: Sendable {
     /// - Throws: ``ChannelError/timedOut(_:)`` when the time runs out (its text
     ///   names the address; add which channel was awaited), or the system error.
     func accept(timeout: Duration?) throws(ChannelError) -> any ByteChannel
+    /// `accept`, for a channel that may rightly stay silent for long (the postcopy
+    /// preempt channel carries nothing until a page is asked for): no inactivity
+    /// limit on it (the main channel's covers a source gone silent).
+    func acceptQuiet(timeout: Duration?) throws(ChannelError) -> any ByteChannel
     /// Stops accepting: later connects fail, and a later `accept` throws.  Idempotent.
     func close()
+}
+
+extension ChannelAcceptor {
+    public func acceptQuiet(timeout: Duration?) throws(ChannelError) -> any ByteChannel { try accept(timeout: timeout) }
 }
 
 extension ChannelIdentity {

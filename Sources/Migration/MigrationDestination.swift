@@ -103,7 +103,7 @@ public final class MigrationDestination: Sendable {
         } catch {
             // A multifd channel's failure is the cause; the main channel was shut because of it.
             let receivers = self.receivers.withLock { $0 }
-            var cause = receivers?.failure ?? preempt.withLock({ $0 })?.failure ?? error
+            var cause = receivers?.failure ?? preempt.withLock({ $0 })?.failure ?? postcopy.withLock({ $0 })?.failure ?? error
             if let postcopy = postcopy.withLock({ $0 }) {
                 // The guest runs here on what it has; what is missing can no longer come.
                 // Its vCPUs that wait on a missing page go on waiting.
@@ -262,9 +262,14 @@ public final class MigrationDestination: Sendable {
             throw .stream(.unexpectedFrame("a switch to postcopy, which this destination cannot take (it needs a return path and userfaultfd)"))
         }
         let answers = returnPath
-        let load = try ram.beginPostcopy(payload, placement: try makePlacement()) { block, offset, length throws(MigrationError) in
+        let main = channel
+        let load = try ram.beginPostcopy(payload, placement: try makePlacement(), ask: { block, offset, length throws(MigrationError) in
             try answers.send(.pageRequest(block: UInt16(block), offset: UInt64(offset), length: UInt64(length)))
-        }
+        }, onFailure: { error in
+            // A fault thread that stopped leaves every later access waiting: the load fails now.
+            try? answers.send(.failed(error.description))
+            main.shutdown()
+        })
         postcopy.withLock { $0 = load }
         postcopyRecord.withLock { $0.switched = true }
         setStatus(.postcopyActive)

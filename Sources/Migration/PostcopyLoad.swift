@@ -33,14 +33,21 @@ final class PostcopyLoad: Sendable {
         var failure: MigrationError?
     }
     let record = Mutex(Record())
-    /// Huge pages being gathered, by block and unit (the loading thread's alone).
-    let partial = Mutex<[UnitKey: [UInt8]]>([:])
+    /// Huge pages being gathered, by block and unit, with the loader (channel) that
+    /// carries each: a huge page never travels on two channels.
+    let partial = Mutex<[UnitKey: (loader: Int, bytes: [UInt8])]>([:])
+    /// Huge pages being gathered at once, at most: Ferry's source has one or two
+    /// under way; a source that starts many is refused before it costs a lot of memory.
+    static let maximumPartial = 64
+    /// Told when the fault thread fails: the load cannot go on (the vCPUs would wait forever).
+    let onFailure: @Sendable (MigrationError) -> Void
 
     struct UnitKey: Hashable { let block: Int, unit: Int }
 
     /// Frees the discarded pages and registers RAM; the guest must not run yet.
     init(discard: PostcopyDiscard, layout: [MigrationConfiguration.Block], placement: any PagePlacement,
-         ask: @escaping @Sendable (_ block: Int, _ offset: Int, _ length: Int) throws(MigrationError) -> Void) throws(MigrationError) {
+         ask: @escaping @Sendable (_ block: Int, _ offset: Int, _ length: Int) throws(MigrationError) -> Void,
+         onFailure: @escaping @Sendable (MigrationError) -> Void = { _ in }) throws(MigrationError) {
         let unitPages = placement.unitBytes.map { $0 / Self.pageSize }
         var bitmaps: [DirtyBitmap] = []
         for (index, block) in layout.enumerated() {
@@ -54,6 +61,7 @@ final class PostcopyLoad: Sendable {
         self.placement = placement
         self.layout = layout
         self.ask = ask
+        self.onFailure = onFailure
         map = Mutex(PostcopyPageMap(discard: bitmaps, unitPages: unitPages))
         try placement.prepare(discarding: bitmaps.map { $0.runs.map { $0.first * Self.pageSize..<($0.first + $0.count) * Self.pageSize } })
     }
@@ -81,6 +89,7 @@ final class PostcopyLoad: Sendable {
             }
         } catch {
             record.withLock { $0.failure = error }
+            onFailure(error)
         }
     }
 
@@ -108,7 +117,7 @@ final class PostcopyLoad: Sendable {
     /// Places the pages of one frame: `data` holds its data pages in record
     /// order, each already checked against its checksum.  A page not in the
     /// discard set, or arriving twice, is refused.
-    func place(_ records: [PageRecord], data: [UInt8]) throws(MigrationError) {
+    func place(_ records: [PageRecord], data: [UInt8], loader: Int = 0) throws(MigrationError) {
         var position = 0
         var index = 0
         while index < records.count {
@@ -119,7 +128,7 @@ final class PostcopyLoad: Sendable {
                 throw .stream(.unexpectedFrame("page at offset \(record.offset) of RAM block '\(layout[record.block].name)' arrived in postcopy, but it was not in the discard set or arrived already"))
             }
             if unitPages > 1 {
-                try gather(record, page: page, unitPages: unitPages, data: data, position: &position)
+                try gather(record, page: page, unitPages: unitPages, data: data, position: &position, loader: loader)
                 index += 1
                 continue
             }
@@ -154,32 +163,46 @@ final class PostcopyLoad: Sendable {
     }
 
     /// One 4 KiB page of a huge page: into its buffer, and the huge page placed once whole.
-    private func gather(_ record: PageRecord, page: Int, unitPages: Int, data: [UInt8], position: inout Int) throws(MigrationError) {
+    /// Checked, gathered and counted under one lock (the two loaders never share a
+    /// unit: one that tries is refused); placed outside it.
+    private func gather(_ record: PageRecord, page: Int, unitPages: Int, data: [UInt8], position: inout Int,
+                        loader: Int) throws(MigrationError) {
         let key = UnitKey(block: record.block, unit: page / unitPages)
         let unitBytes = unitPages * Self.pageSize
-        var buffer = partial.withLock { $0.removeValue(forKey: key) } ?? [UInt8](repeating: 0, count: unitBytes)
         let at = (page % unitPages) * Self.pageSize
-        if record.kind == .data {
-            buffer.replaceSubrange(at..<at + Self.pageSize, with: data[position..<position + Self.pageSize])
-            position += Self.pageSize
-        }
-        // The page is in the buffer, not yet in RAM: still "needed" for a fault, which then waits.
         let first = key.unit * unitPages
-        let remaining = map.withLock { m in (first..<first + unitPages).filter { $0 != page && m.isNeeded(block: record.block, page: $0) }.count }
-        if remaining > 0 {
-            map.withLock { _ = $0.placed(block: record.block, pages: page..<page + 1, at: .now) }
-            partial.withLock { $0[key] = buffer }
-            return
+        let bytes: ArraySlice<UInt8>? = record.kind == .data ? data[position..<position + Self.pageSize] : nil
+        if record.kind == .data { position += Self.pageSize }
+        let name = layout[record.block].name
+        let complete = try partial.withLock { units throws(MigrationError) -> [UInt8]? in
+            var entry = units.removeValue(forKey: key) ?? (loader, [UInt8](repeating: 0, count: unitBytes))
+            guard entry.loader == loader else {
+                units[key] = entry
+                throw .stream(.unexpectedFrame("the huge page at offset \(first * Self.pageSize) of RAM block '\(name)' arrived on two channels"))
+            }
+            if let bytes { entry.bytes.replaceSubrange(at..<at + Self.pageSize, with: bytes) }
+            // The page is in the buffer, not yet in RAM: still "needed" for a fault, which then waits.
+            let remaining = map.withLock { m in (first..<first + unitPages).filter { $0 != page && m.isNeeded(block: record.block, page: $0) }.count }
+            guard remaining == 0 else {
+                guard units.count < Self.maximumPartial else {
+                    throw .stream(.malformed("more than \(Self.maximumPartial) huge pages under way at once"))
+                }
+                map.withLock { _ = $0.placed(block: record.block, pages: page..<page + 1, at: .now) }
+                units[key] = entry
+                return nil
+            }
+            return entry.bytes
         }
-        _ = try placement.place(buffer, range: 0..<unitBytes, block: record.block, offset: first * Self.pageSize)
+        guard let complete else { return }
+        _ = try placement.place(complete, range: 0..<unitBytes, block: record.block, offset: first * Self.pageSize)
         placed(block: record.block, pages: page..<page + 1)
     }
 
     private func placed(block: Int, pages: Range<Int>) {
-        let latency = map.withLock { $0.placed(block: block, pages: pages, at: .now) }
+        let latencies = map.withLock { $0.placed(block: block, pages: pages, at: .now) }
         record.withLock { r in
             r.placedPages += UInt64(pages.count)
-            if let latency {
+            for latency in latencies {
                 let micros = latency.components.seconds * 1_000_000 + latency.components.attoseconds / 1_000_000_000_000
                 _ = r.latency.record(UInt64(max(1, micros)))
             }

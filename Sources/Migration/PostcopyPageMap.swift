@@ -51,19 +51,23 @@ struct PostcopyPageMap: Sendable {
     /// Whether page `page` of `block` is still to come (a page that is not must not arrive).
     func isNeeded(block: Int, page: Int) -> Bool { needed[block][page] }
 
-    /// Pages `pages` of `block`, all in one unit, are placed.  When that
-    /// completes a unit that was asked for, returns how long it took.
-    mutating func placed(block: Int, pages: Range<Int>, at now: ContinuousClock.Instant) -> Duration? {
+    /// Pages `pages` of `block` are placed.  For each unit that completes and
+    /// was asked for, how long it took.
+    mutating func placed(block: Int, pages: Range<Int>, at now: ContinuousClock.Instant) -> [Duration] {
         for page in pages where needed[block][page] {
             needed[block][page] = false
             neededCount -= 1
         }
-        let unit = pages.lowerBound / unitPages[block]
-        guard let asked = requested[block][unit] else { return nil }
-        let first = unit * unitPages[block]
-        if let next = needed[block].nextSetPage(from: first), next < first + unitPages[block] { return nil }
-        requested[block][unit] = nil
-        return now - asked
+        var latencies: [Duration] = []
+        let unitPages = self.unitPages[block]
+        for unit in pages.lowerBound / unitPages...(pages.upperBound - 1) / unitPages {
+            guard let asked = requested[block][unit] else { continue }
+            let first = unit * unitPages
+            if let next = needed[block].nextSetPage(from: first), next < first + unitPages { continue }
+            requested[block][unit] = nil
+            latencies.append(now - asked)
+        }
+        return latencies
     }
 
     /// The first page still to come, if any (for the error when the stream ends without it).

@@ -26,11 +26,16 @@ final class PostcopyRequests: Sendable {
     }
 
     let layout: [MigrationConfiguration.Block]
+    /// Bytes per placement unit of each block: a request names exactly one (4 KiB, or 2 MiB on hugetlb).
+    let unitBytes: [Int]
     let state = Mutex(State())
     /// More requests queued than any destination has vCPUs waiting: a destination gone wrong.
     static let maximumQueued = 1 << 16
 
-    init(layout: [MigrationConfiguration.Block]) { self.layout = layout }
+    init(layout: [MigrationConfiguration.Block], unitBytes: [Int]) {
+        precondition(layout.count == unitBytes.count)
+        (self.layout, self.unitBytes) = (layout, unitBytes)
+    }
 
     /// From now on requests are served (the switch to postcopy).
     func open() { state.withLock { $0.accepting = true } }
@@ -68,6 +73,10 @@ final class PostcopyRequests: Sendable {
         let size = layout[Int(block)].byteCount
         guard offset < size, length <= size - offset else {
             return .failure(.stream(.malformed("a page request for \(length) bytes at \(offset) of RAM block '\(layout[Int(block)].name)', which has \(size)")))
+        }
+        let unit = UInt64(unitBytes[Int(block)])
+        guard offset % unit == 0, length == unit else {
+            return .failure(.stream(.malformed("a page request for \(length) bytes at \(offset) of RAM block '\(layout[Int(block)].name)', which is not one whole \(unit)-byte page of it")))
         }
         let page = UInt64(PageSize.base.byteCount)
         return .success(Request(block: Int(block), pages: Int(offset / page)..<Int((offset + length) / page)))

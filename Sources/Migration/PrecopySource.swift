@@ -128,7 +128,7 @@ public final class PrecopySource: Sendable {
         self.capabilities = capabilities
         self.onStatus = onStatus
         self.onPass = onPass
-        requests = PostcopyRequests(layout: parts.ram.layout)
+        requests = PostcopyRequests(layout: parts.ram.layout, unitBytes: parts.ram.blocks.map(\.pageSize.byteCount))
         // In setup from the moment `migrate` returns, as in QEMU (the connect may take a while).
         progress.withLock { $0.info.status = .setup }
     }
@@ -289,8 +289,8 @@ public final class PrecopySource: Sendable {
             let refused = reason?.isDestinationAnswer == true
             if postcopy {
                 // The guest ran on the destination: its newest memory is there, whatever
-                // the destination says now, so it never runs here again on its own.
-                parts.vm.holdAfterUncertainSwitchover()
+                // the destination says now.  It stays stopped as the switch left it
+                // (finish-migrate), which `cont` refuses: it never runs here again.
                 reason = .postcopyFailed(reason?.description ?? "no answer")
             } else if uncertain && !refused {
                 // The end frame may have arrived and the destination may run the guest:

@@ -18,7 +18,7 @@ final class PreemptReceiver: Sendable {
     /// Accepts the channel the plan announced and checks its handshake.
     static func accept(migrationID: [UInt8], from acceptor: any ChannelAcceptor, timeout: Duration) throws(MigrationError) -> any ByteChannel {
         let channel: any ByteChannel
-        do { channel = try acceptor.accept(timeout: timeout) } catch {
+        do { channel = try acceptor.acceptQuiet(timeout: timeout) } catch {
             throw .channel(.connectFailed(uri: "postcopy-preempt", reason: "the postcopy preempt channel did not arrive within \(timeout) (\(error))"))
         }
         let identity: ChannelIdentity
@@ -48,6 +48,7 @@ final class PreemptReceiver: Sendable {
     private func receive(_ ram: RAMMigration) {
         var reader = FrameReader(channel: channel)
         var scratch = PageLoadScratch()
+        scratch.loader = 1
         var payload: [UInt8] = []
         do throws(MigrationError) {
             while true {

@@ -421,7 +421,8 @@ public final class RAMMigration: Migratable {
     /// discarded pages are freed and RAM is registered for missing-page
     /// faults, and the fault thread starts.  The guest may run once this returns.
     func beginPostcopy(_ payload: [UInt8], placement: any PagePlacement,
-                       ask: @escaping @Sendable (_ block: Int, _ offset: Int, _ length: Int) throws(MigrationError) -> Void) throws(MigrationError) -> PostcopyLoad {
+                       ask: @escaping @Sendable (_ block: Int, _ offset: Int, _ length: Int) throws(MigrationError) -> Void,
+                       onFailure: @escaping @Sendable (MigrationError) -> Void) throws(MigrationError) -> PostcopyLoad {
         let discard: PostcopyDiscard
         do { discard = try PostcopyDiscard(decoding: payload, layout: layout) } catch { throw .stream(error) }
         guard placement.unitBytes == blocks.map(\.pageSize.byteCount) else {
@@ -440,7 +441,7 @@ public final class RAMMigration: Migratable {
             }
         }
         try verifyIntact()
-        let postcopy = try PostcopyLoad(discard: discard, layout: layout, placement: placement, ask: ask)
+        let postcopy = try PostcopyLoad(discard: discard, layout: layout, placement: placement, ask: ask, onFailure: onFailure)
         load.withLock { $0.postcopy = postcopy }
         postcopy.start()
         return postcopy
@@ -468,7 +469,7 @@ public final class RAMMigration: Migratable {
             position += Self.pageSize
             normal += 1
         }
-        try postcopy.place(index.records, data: scratch.pages)
+        try postcopy.place(index.records, data: scratch.pages, loader: scratch.loader)
         statistics.withLock { s in
             s.normalPages += UInt64(normal)
             s.zeroPages += UInt64(zero)
@@ -500,6 +501,8 @@ public final class RAMMigration: Migratable {
 
 /// One loading thread's reusable buffers.
 public struct PageLoadScratch: ~Copyable {
+    /// Which loading thread this is (postcopy keeps a huge page to one): 0 the main channel's.
+    var loader = 0
     var list = ScatterList()
     var intact: [Bool] = []
     var compressed: [UInt8] = []

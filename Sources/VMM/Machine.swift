@@ -148,6 +148,10 @@ public final class Machine: Sendable {
         guard resumed else {
             let current = state
             if current == .running { return }
+            if current == .finishMigrate, let last = outgoingMigration, last.status == .failed, last.postcopyBytes > 0 || last.destinationMayRun {
+                throw .invalidState("the guest cannot be resumed from state 'finish-migrate': a postcopy migration failed after "
+                                    + "the destination started it, so its newest memory is there, not here")
+            }
             throw .invalidState("the guest cannot be resumed from state '\(current.rawValue)'")
         }
         emit("RESUME")

@@ -65,6 +65,8 @@ import Transport
                  reason: "a page request for 4096 bytes at 1099511627776 of RAM block 'pc.ram', which has 4194304"),
             Case(request: .pageRequest(block: 0, offset: 4096, length: 1 << 62),
                  reason: "a page request for 4611686018427387904 bytes at 4096 of RAM block 'pc.ram', which has 4194304"),
+            Case(request: .pageRequest(block: 0, offset: 4096, length: 8192),
+                 reason: "a page request for 8192 bytes at 4096 of RAM block 'pc.ram', which is not one whole 4096-byte page of it"),
           ])
     func hostileRequests(_ test: Case) throws {
         let path = "/tmp/ferry-pc-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
@@ -76,7 +78,7 @@ import Transport
         #expect(engine.info.status == .failed)
         #expect(engine.info.errorDescription?.contains(test.reason) == true, "\(engine.info.errorDescription ?? "")")
         #expect(engine.info.errorDescription?.contains("the postcopy migration failed after the destination started the guest") == true)
-        #expect(vm.events.withLock { $0 } == ["stop", "hold"])
+        #expect(vm.events.withLock { $0 } == ["stop"], "stopped at the switch, and never resumed")
         #expect(engine.info.destinationMayRun)
     }
 
@@ -92,7 +94,7 @@ import Transport
         #expect(engine.info.status == .failed)
         #expect(engine.info.errorDescription?.contains("page request at 100 for 4096 bytes is not 4096-byte aligned") == true,
                 "\(engine.info.errorDescription ?? "")")
-        #expect(vm.events.withLock { $0 } == ["stop", "hold"])
+        #expect(vm.events.withLock { $0 } == ["stop"])
     }
 
     @Test("a page request before the switch fails the migration, and the source guest runs on")

@@ -39,11 +39,20 @@ import GuestMemory
         #expect(map.fault(block: 0, offset: 2 * 4096, at: start) == .request(offset: 2 * 4096, length: 4096))
         #expect(map.fault(block: 0, offset: 2 * 4096 + 100, at: start) == .waiting, "asked already")
         #expect(map.fault(block: 0, offset: 9 * 4096, at: start) == .absent(offset: 9 * 4096, length: 4096))
-        #expect(map.placed(block: 0, pages: 3..<4, at: start + .milliseconds(1)) == nil, "never asked for")
-        #expect(map.placed(block: 0, pages: 2..<3, at: start + .milliseconds(5)) == .milliseconds(5))
+        #expect(map.placed(block: 0, pages: 3..<4, at: start + .milliseconds(1)) == [], "never asked for")
+        #expect(map.placed(block: 0, pages: 2..<3, at: start + .milliseconds(5)) == [.milliseconds(5)])
         #expect(map.isComplete && map.firstNeeded == nil)
         #expect(map.fault(block: 0, offset: 2 * 4096, at: start) == .absent(offset: 2 * 4096, length: 4096),
                 "placed since the fault: the caller finds it there and wakes")
+    }
+
+    @Test("a run of pages completes every unit asked for within it, each with its own latency")
+    func runCompletesSeveralRequests() {
+        let start = ContinuousClock.now
+        var map = PostcopyPageMap(discard: [Self.bitmap(16, set: [4, 5, 6])], unitPages: [1])
+        _ = map.fault(block: 0, offset: 5 * 4096, at: start)
+        _ = map.fault(block: 0, offset: 6 * 4096, at: start + .milliseconds(1))
+        #expect(map.placed(block: 0, pages: 4..<7, at: start + .milliseconds(3)) == [.milliseconds(3), .milliseconds(2)])
     }
 
     @Test("on huge pages a fault asks for the whole unit, which completes only with its last page")
@@ -51,10 +60,10 @@ import GuestMemory
         let start = ContinuousClock.now
         var map = PostcopyPageMap(discard: [Self.bitmap(1024, set: Array(512..<1024))], unitPages: [512])
         #expect(map.fault(block: 0, offset: 600 * 4096, at: start) == .request(offset: 512 * 4096, length: 512 * 4096))
-        #expect(map.placed(block: 0, pages: 512..<1023, at: start) == nil)
+        #expect(map.placed(block: 0, pages: 512..<1023, at: start) == [])
         #expect(map.isNeeded(block: 0, page: 1023) && map.neededCount == 1)
         #expect(map.fault(block: 0, offset: 1023 * 4096, at: start) == .waiting)
-        #expect(map.placed(block: 0, pages: 1023..<1024, at: start + .milliseconds(2)) == .milliseconds(2))
+        #expect(map.placed(block: 0, pages: 1023..<1024, at: start + .milliseconds(2)) == [.milliseconds(2)])
         #expect(map.fault(block: 0, offset: 0, at: start) == .absent(offset: 0, length: 512 * 4096))
     }
 }

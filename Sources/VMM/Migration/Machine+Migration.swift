@@ -319,6 +319,8 @@ struct LimitedAcceptor: ChannelAcceptor {
         return channel
     }
 
+    func acceptQuiet(timeout: Duration?) throws(ChannelError) -> any ByteChannel { try listener.accept(timeout: timeout) }
+
     func close() { listener.close() }
 }
 
