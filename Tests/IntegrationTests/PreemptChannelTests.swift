@@ -19,9 +19,10 @@ import Transport
         let result = Mutex<Result<Void, MigrationError>?>(nil)
         let done = DispatchSemaphore(value: 0)
 
-        init() throws {
+        init(backend: MemoryBackend = .anon) throws {
             listener = try Transport.listen(.unix(path: MultifdEngineTests.socketPath()))
-            target = RAMBlock(name: "pc.ram", mapping: try HostMapping(byteCount: 1 << 20, backend: .anon), placements: [])
+            target = RAMBlock(name: "pc.ram", mapping: try HostMapping(byteCount: backend == .hugetlb ? 4 << 20 : 1 << 20, backend: backend),
+                              placements: [])
             let blocks = [target]
             let placement: @Sendable () throws(MigrationError) -> any PagePlacement = { () throws(MigrationError) in
                 try UserfaultPagePlacement(blocks: blocks)
@@ -138,5 +139,27 @@ import Transport
         #expect(error.description.contains(test.reason), "\(error)")
         main.close()
         preempt.close()
+    }
+
+    @Test("a huge page whose pages come on both channels is refused")
+    func hugePageOnTwoChannels() async throws {
+        try await MultifdKernelTests.withHugePages(2) {
+            let destination = try Destination(backend: .hugetlb)
+            var mainFrames = FrameEncoder(), urgentFrames = FrameEncoder()
+            let (main, preempt) = try destination.open(main: &mainFrames)
+            // Huge page 0 (pages 0-511 of the 4 MiB block) discarded.
+            try main.write(mainFrames.frame(.postcopy, payload: PostcopyDiscard(words: [[UInt64](repeating: .max, count: 8) + [UInt64](repeating: 0, count: 8)]).encode()))
+            usleep(100_000)
+            let first = Self.pages((0..<4).map { (UInt64($0) * 4096, UInt8(0x30)) })
+            try main.write(mainFrames.frame(.pages, payload: first.payload, tail: first.tail))
+            usleep(100_000)
+            let other = Self.pages([(4 * 4096, 0x31)])
+            try preempt.write(urgentFrames.frame(.pages, payload: other.payload, tail: other.tail))
+            let outcome = destination.outcome()
+            guard case .failure(let error)? = outcome else { Issue.record("destination: \(String(describing: outcome))"); return }
+            #expect(error.description.contains("the huge page at offset 0 of RAM block 'pc.ram' arrived on two channels"), "\(error)")
+            main.close()
+            preempt.close()
+        }
     }
 }
