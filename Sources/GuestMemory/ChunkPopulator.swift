@@ -1,4 +1,5 @@
 import Dispatch
+import Foundation
 import Synchronization
 
 /// Allocates chosen chunks of a mapping on a helper thread, ahead of a thread
@@ -23,10 +24,14 @@ public final class ChunkPopulator: Sendable {
     /// `[i * chunkBytes, (i + 1) * chunkBytes)` of `mapping`), lowest first.
     public static func start(mapping: HostMapping, chunks: DirtyBitmap, chunkBytes: Int) -> ChunkPopulator {
         let populator = ChunkPopulator(mapping: mapping, chunks: chunks, chunkBytes: chunkBytes)
-        DispatchQueue.global(qos: .userInitiated).async {
+        // A thread of its own: on dispatch's shared pool (two threads here, shared with
+        // Swift's tasks) it could wait to start, and `stop` waits for it.
+        let thread = Thread {
             populator.runToEnd()
             populator.finished.signal()
         }
+        thread.name = "ferry-populate"
+        thread.start()
         return populator
     }
 

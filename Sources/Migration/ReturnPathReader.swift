@@ -1,3 +1,4 @@
+import Foundation
 import Dispatch
 import MigrationProtocol
 import Synchronization
@@ -62,10 +63,15 @@ public final class ReturnPathReader: Sendable {
             return !l.started
         }
         guard first else { return }
-        DispatchQueue(label: "ferry.return-path").async { [self] in
+        // A thread of its own, not a dispatch queue: it blocks in `read` for the whole
+        // migration, and dispatch's shared pool (two threads on a 2-core host, shared
+        // with Swift's tasks) could leave it waiting to start while the answer sits unread.
+        let thread = Thread { [self] in
             post(readAll())
             finished.signal()
         }
+        thread.name = "ferry-return-path"
+        thread.start()
     }
 
     /// Waits until the reading thread has returned.  The caller shuts the

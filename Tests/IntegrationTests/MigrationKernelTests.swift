@@ -34,10 +34,11 @@ struct MigrationKernelTests {
 
     static func socketPath() -> String { "/tmp/ferry-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock" }
 
-    func waitFor(seconds: Double = 60, _ condition: () -> Bool) async throws {
+    /// Waits until `condition` holds; after `seconds`, records an issue where the wait was asked for.
+    func waitFor(seconds: Double = 60, sourceLocation: SourceLocation = #_sourceLocation, _ condition: () -> Bool) async throws {
         let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
         while !condition() {
-            guard ContinuousClock.now < deadline else { Issue.record("timed out waiting"); return }
+            guard ContinuousClock.now < deadline else { Issue.record("timed out waiting", sourceLocation: sourceLocation); return }
             try await Task.sleep(for: .milliseconds(10))
         }
     }
