@@ -2,6 +2,7 @@ import ArgumentParser
 import EmbeddedGuest
 import Foundation
 import Migration
+import Synchronization
 import VMM
 
 /// `ferry demo`: the embedded guest migrated live between two Ferry processes.
@@ -82,8 +83,14 @@ struct DemoCommand: AsyncParsableCommand {
 
 /// The destination `ferry run --incoming` child process of the demo.
 struct DemoDestination: Sendable {
+    /// Bytes of output read so far (to tell when the pipe has gone quiet).
+    final class Received: Sendable {
+        let count = Mutex(0)
+    }
+
     let process: Process
     let output: Pipe
+    let received: Received
 
     static func launch(memory: String, cpus: Int, incoming: String, qmp: String) throws -> DemoDestination {
         let process = Process()
@@ -96,12 +103,16 @@ struct DemoDestination: Sendable {
         process.standardError = output
         process.standardInput = FileHandle.nullDevice
         let console = LinePrefixer(prefix: "  dst| ")
+        let received = Received()
         output.fileHandleForReading.readabilityHandler = { handle in
             let data = handle.availableData
-            if !data.isEmpty { console.feed(data) }
+            if !data.isEmpty {
+                console.feed(data)
+                received.count.withLock { $0 += data.count }
+            }
         }
         do { try process.run() } catch { throw FerryFailure.runtime("cannot start the destination process: \(error)") }
-        return DemoDestination(process: process, output: output)
+        return DemoDestination(process: process, output: output, received: received)
     }
 
     func waitUntilListening(_ socket: String) async throws {
@@ -115,7 +126,15 @@ struct DemoDestination: Sendable {
     func quitAndCollect(qmp: String) async throws -> (status: Int32, verifyLine: String) {
         try QMPOneShot.send(["qmp_capabilities", "quit"], to: qmp)
         while process.isRunning { try await Task.sleep(for: .milliseconds(20)) }
-        try await Task.sleep(for: .milliseconds(50))
+        // Its last lines (the verification) may still be in the pipe: wait until
+        // nothing more has come for 200 ms (at most 3 s), then stop reading.
+        var seen = received.count.withLock { $0 }
+        for _ in 0..<15 {
+            try await Task.sleep(for: .milliseconds(200))
+            let now = received.count.withLock { $0 }
+            if now == seen { break }
+            seen = now
+        }
         output.fileHandleForReading.readabilityHandler = nil
         return (process.terminationStatus, process.terminationStatus == 0 ? "verified clean on exit" : "verification failed")
     }
