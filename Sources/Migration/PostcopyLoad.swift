@@ -18,6 +18,8 @@ final class PostcopyLoad: Sendable {
     let placement: any PagePlacement
     let layout: [MigrationConfiguration.Block]
     let map: Mutex<PostcopyPageMap>
+    /// Per block: pages per placement unit (the map's, read without its lock).
+    let unitPages: [Int]
     let ask: @Sendable (_ block: Int, _ offset: Int, _ length: Int) throws(MigrationError) -> Void
     let stopping = Atomic<Bool>(false)
     let thread = Mutex<JoinableThread?>(nil)
@@ -35,7 +37,7 @@ final class PostcopyLoad: Sendable {
     let record = Mutex(Record())
     /// Huge pages being gathered, by block and unit, with the loader (channel) that
     /// carries each: a huge page never travels on two channels.
-    let partial = Mutex<[UnitKey: (loader: Int, bytes: [UInt8])]>([:])
+    let partial = Mutex<[UnitKey: (loader: Int, bytes: [UInt8], arrived: Int)]>([:])
     /// Huge pages being gathered at once, at most: Ferry's source has one or two
     /// under way; a source that starts many is refused before it costs a lot of memory.
     static let maximumPartial = 64
@@ -62,6 +64,7 @@ final class PostcopyLoad: Sendable {
         self.layout = layout
         self.ask = ask
         self.onFailure = onFailure
+        self.unitPages = unitPages
         map = Mutex(PostcopyPageMap(discard: bitmaps, unitPages: unitPages))
         try placement.prepare(discarding: bitmaps.map { $0.runs.map { $0.first * Self.pageSize..<($0.first + $0.count) * Self.pageSize } })
     }
@@ -123,7 +126,7 @@ final class PostcopyLoad: Sendable {
         while index < records.count {
             let record = records[index]
             let page = Int(record.offset) / Self.pageSize
-            let unitPages = map.withLock { $0.unitPages[record.block] }
+            let unitPages = self.unitPages[record.block]
             guard map.withLock({ $0.isNeeded(block: record.block, page: page) }) else {
                 throw .stream(.unexpectedFrame("page at offset \(record.offset) of RAM block '\(layout[record.block].name)' arrived in postcopy, but it was not in the discard set or arrived already"))
             }
@@ -175,15 +178,17 @@ final class PostcopyLoad: Sendable {
         if record.kind == .data { position += Self.pageSize }
         let name = layout[record.block].name
         let complete = try partial.withLock { units throws(MigrationError) -> [UInt8]? in
-            var entry = units.removeValue(forKey: key) ?? (loader, [UInt8](repeating: 0, count: unitBytes))
+            // A huge page is discarded whole (checked at the switch), so all its pages come,
+            // each once (a second copy fails `isNeeded` before it gets here).
+            var entry = units.removeValue(forKey: key) ?? (loader, [UInt8](repeating: 0, count: unitBytes), 0)
             guard entry.loader == loader else {
                 units[key] = entry
                 throw .stream(.unexpectedFrame("the huge page at offset \(first * Self.pageSize) of RAM block '\(name)' arrived on two channels"))
             }
             if let bytes { entry.bytes.replaceSubrange(at..<at + Self.pageSize, with: bytes) }
+            entry.arrived += 1
             // The page is in the buffer, not yet in RAM: still "needed" for a fault, which then waits.
-            let remaining = map.withLock { m in (first..<first + unitPages).filter { $0 != page && m.isNeeded(block: record.block, page: $0) }.count }
-            guard remaining == 0 else {
+            guard entry.arrived == unitPages else {
                 guard units.count < Self.maximumPartial else {
                     throw .stream(.malformed("more than \(Self.maximumPartial) huge pages under way at once"))
                 }
