@@ -22,6 +22,8 @@ public enum EmbeddedGuest {
         }
         if let workingSet = workload.workingSet { line += " working-set=\(workingSet)" }
         if workload.randomAccess { line += " access=random" }
+        if let free = workload.free { line += " free=\(free)" }
+        if let churn = workload.churn { line += " churn=\(churn)" }
         return line
     }
 }

@@ -7,7 +7,7 @@ public enum GuestABI {
     /// 32-bit out: the exception vector that killed the guest.
     public static let panicPort: UInt16 = 0x511
     /// The first guest physical address the workload writes.
-    public static let workBase: UInt64 = 0x40_0000
+    public static let workBase: UInt64 = 0x80_0000
     /// "FERRYPG1", the first word of every page the workload wrote.
     public static let pageMagic: UInt64 = 0x3147_5059_5252_4546
     public static let heartbeatMagic: UInt32 = 0x3154_4248
@@ -23,6 +23,10 @@ public enum GuestABI {
     /// Header version 2 adds the written-page bitmap: its guest physical
     /// address (u64 at 0x20) and how many pages it covers (u64 at 0x28).
     static let writtenBitmapVersion: UInt32 = 2
+    /// Header version 3: the bitmap means "in use"; the guest clears a page's
+    /// bit when it frees the page (free=, churn, the balloon), whose contents
+    /// then no longer matter.
+    static let inUseBitmapVersion: UInt32 = 3
     static let writtenBitmapOffset: UInt64 = 0x20
     static let writtenBitmapPagesOffset: UInt64 = 0x28
     /// The guest maps at most 68 GiB (layout.h: 4 + HIGH_PD_COUNT GiB), so its
@@ -68,7 +72,7 @@ public enum GuestABI {
         let words = (0..<wordCount).map { word in
             bytes[word * 8..<word * 8 + 8].reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
         }
-        return WrittenPages(words: words, pageCount: pages)
+        return WrittenPages(words: words, pageCount: pages, meansInUse: version >= inUseBitmapVersion)
     }
 }
 
@@ -80,10 +84,14 @@ public struct WrittenPages: Equatable, Sendable {
     let words: [UInt64]
     /// Pages covered, from page 0; pages past the end were never written.
     public let pageCount: UInt64
+    /// Image version 3 on: a clear bit may also be a page the guest wrote and
+    /// then freed, so a valid page without its bit is free memory, not a fault.
+    public let meansInUse: Bool
 
-    public init(words: [UInt64], pageCount: UInt64) {
+    public init(words: [UInt64], pageCount: UInt64, meansInUse: Bool = false) {
         self.words = words
         self.pageCount = min(pageCount, UInt64(words.count) * 64)
+        self.meansInUse = meansInUse
     }
 
     /// Whether the guest recorded writing page `index` (guest physical address / 4096).

@@ -22,6 +22,8 @@ public enum PageVerifier {
         public var checkedAgainstBitmap = false
         /// Pages a vCPU was in the middle of writing, set aside rather than checked.
         public var pagesInFlight = 0
+        /// Valid pages the guest has freed (image version 3): free memory, whatever they hold.
+        public var pagesFree = 0
 
         public var description: String {
             "\(pagesChecked) pages checked, \(pagesWritten) written by the guest, \(failureCount) failed"
@@ -51,9 +53,10 @@ public enum PageVerifier {
                 }
                 let state = try! memory.withPageWords(at: address) { check(words: $0, index: index) }
                 report.pagesChecked += 1
-                let result = outcome(of: state, recorded: written.map { $0.contains(index) })
+                let result = outcome(of: state, recorded: written.map { $0.contains(index) }, freeable: written?.meansInUse ?? false)
                 switch result {
                 case .neverWritten: break
+                case .free: report.pagesFree += 1
                 case .written: report.pagesWritten += 1
                 case .lost, .corrupt, .unrecorded:
                     report.failureCount += 1
@@ -75,16 +78,19 @@ public enum PageVerifier {
         case lost           // recorded as written, but all zero
         case unrecorded     // valid, but the guest never recorded writing it
         case corrupt        // neither zero nor a valid page
+        case free           // valid, not in use: written once, then freed (the bitmap means "in use")
     }
 
     /// Combines a page's state with the bitmap's bit for it (`nil`: no bitmap).
-    public static func outcome(of state: PageState, recorded: Bool?) -> Outcome {
+    /// `freeable`: the bitmap means "in use" (image version 3), so a valid page
+    /// without its bit was freed by the guest.
+    public static func outcome(of state: PageState, recorded: Bool?, freeable: Bool = false) -> Outcome {
         switch (state, recorded) {
         case (.corrupt, _): .corrupt
         case (.untouched, nil), (.untouched, false): .neverWritten
         case (.untouched, true): .lost
         case (.valid, nil), (.valid, true): .written
-        case (.valid, false): .unrecorded
+        case (.valid, false): freeable ? .free : .unrecorded
         }
     }
 

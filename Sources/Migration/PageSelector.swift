@@ -61,6 +61,20 @@ struct PageSelector: Sendable {
         return job
     }
 
+    /// Clears the dirty pages among `pages` of `block` (a free page hint);
+    /// returns how many were dirty.  Pages outside the block are ignored.
+    mutating func clear(block: Int, pages: Range<Int>) -> Int {
+        let upper = min(pages.upperBound, bitmaps[block].pageCount)
+        var page = max(pages.lowerBound, 0), cleared = 0
+        while page < upper, let next = bitmaps[block].nextSetPage(from: page), next < upper {
+            bitmaps[block][next] = false
+            cleared += 1
+            page = next + 1
+        }
+        dirtyCount -= cleared
+        return cleared
+    }
+
     // MARK: postcopy
 
     /// Takes the dirty pages among `pages` of `block` (a page request), in

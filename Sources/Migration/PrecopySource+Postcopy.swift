@@ -29,7 +29,7 @@ extension PrecopySource {
         parts.vm.setThrottle(percent: 0)
         setStatus(.device)
         let bytesBefore = limiter.totalBytes
-        try parts.ram.sync()
+        try parts.ram.sync(guestStopped: true)
         let discard = parts.ram.postcopyDiscard()
         for device in parts.devices { try device.complete(writer) }
         try progress.withLock { p throws(MigrationError) in

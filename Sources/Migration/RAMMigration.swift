@@ -50,6 +50,8 @@ public final class RAMMigration: Migratable {
         var keepTracking = false
         /// Cleanup ran: tracking is off (or kept) and stays so.
         var released = false
+        /// Syncs so far: free page hints name the one their round followed.
+        var syncEpoch: UInt64 = 0
     }
     /// The dirty bitmaps and the cursor: held only while pages are picked, never across I/O.
     let send: Mutex<SendState>
@@ -74,6 +76,8 @@ public final class RAMMigration: Migratable {
     /// Destination: allocate the resident chunks ahead of the pages (off when a
     /// switch to postcopy may come: it would free them again at the switch).
     let allocateAhead: Bool
+    /// Free page hints (a virtio-balloon's), told around every sync; source only.
+    let freePageHints: (any FreePageHints)?
 
     /// `tracker` is needed on the source only.  `destinationStartsZero`: on the
     /// destination, every byte of `blocks` is zero before the load (a fresh
@@ -81,8 +85,9 @@ public final class RAMMigration: Migratable {
     /// `trackingKeptOn`: on the source, `tracker` has been tracking since an
     /// earlier save left it on.
     public init(blocks: [RAMBlock], tracker: (any DirtyPageSource)?, destinationStartsZero: Bool = false, trackingKeptOn: Bool = false,
-                allocateAhead: Bool = true) {
+                allocateAhead: Bool = true, freePageHints: (any FreePageHints)? = nil) {
         self.blocks = blocks
+        self.freePageHints = freePageHints
         self.allocateAhead = allocateAhead
         self.trackingKeptOn = trackingKeptOn
         self.mappings = blocks.map(\.mapping)
@@ -138,6 +143,7 @@ public final class RAMMigration: Migratable {
     func keepTrackingAfterCleanup() { send.withLock { $0.keepTracking = true } }
 
     public func cleanup() throws(MigrationError) {
+        freePageHints?.finish()
         // Tracking kept on by an earlier save stops too, even if this migration
         // never got to set up (unless this one keeps it for the next save).
         let wasTracking = send.withLock { state in
@@ -177,17 +183,21 @@ public final class RAMMigration: Migratable {
     /// Collects the dirty log into the bitmaps; returns how many pages the guest
     /// dirtied since the previous sync.  With multifd, every channel then gets
     /// its `sync` barrier.
+    /// `guestStopped`: the last sync before the switchover; free page hints end.
     @discardableResult
-    public func sync() throws(MigrationError) -> Int {
+    public func sync(guestStopped: Bool = false) throws(MigrationError) -> Int {
         guard let tracker else { throw .invalidState("RAM has no dirty-page source") }
         let collected: [String: DirtyBitmap]
+        freePageHints?.willSync()
         do { collected = try tracker.collectDirtyPages() } catch { throw .state("cannot read the dirty log: \(error)") }
         let now = ContinuousClock.now
-        let (dirtied, remaining, elapsed) = send.withLock { state -> (Int, Int, Duration) in
+        let (dirtied, remaining, elapsed, epoch) = send.withLock { state -> (Int, Int, Duration, UInt64) in
             let dirtied = state.selector.merge(blocks.map { collected[$0.name] })
+            state.syncEpoch += 1
             defer { state.lastSync = now }
-            return (dirtied, state.selector.dirtyCount, now - state.lastSync)
+            return (dirtied, state.selector.dirtyCount, now - state.lastSync, state.syncEpoch)
         }
+        if guestStopped { freePageHints?.finish() } else { freePageHints?.didSync(epoch: epoch, ram: self) }
         try multifd?.sync()
         statistics.withLock { s in
             s.dirtySyncCount += 1
@@ -203,9 +213,28 @@ public final class RAMMigration: Migratable {
     }
 
     public func complete(_ output: StreamWriter) throws(MigrationError) {
-        _ = try sync()
+        _ = try sync(guestStopped: true)
         while !(try sendDirtyPages(output, limit: .max, respectRateLimit: false)) {}
         try multifd?.finish()
+    }
+
+    /// A free page hint: clears `pages` of `block` where they are dirty and not
+    /// yet sent, if no sync happened since sync `epoch` (the one the hint's round
+    /// followed: a newer sync may hold writes made after the page was reported).
+    /// Returns how many pages it cleared, so the dirty count stays exact.
+    public func dropFreePages(block: Int, pages: Range<Int>, epoch: UInt64) -> Int {
+        guard block >= 0, block < blocks.count else { return 0 }
+        let cleared = send.withLock { state -> Int in
+            guard state.tracking, !state.released, state.syncEpoch == epoch else { return 0 }
+            return state.selector.clear(block: block, pages: pages)
+        }
+        if cleared > 0 {
+            statistics.withLock { s in
+                s.freePageHintPages += UInt64(cleared)
+                s.remainingPages -= min(s.remainingPages, UInt64(cleared))
+            }
+        }
+        return cleared
     }
 
     // MARK: source, postcopy
@@ -533,5 +562,7 @@ public struct RAMStatistics: Equatable, Sendable {
     public var dirtyPagesRate: UInt64 = 0
     /// Zero-copy flushes whose sends the kernel copied after all.
     public var dirtySyncMissedZeroCopy: UInt64 = 0
+    /// Dirty pages free page hints took out before they were sent.
+    public var freePageHintPages: UInt64 = 0
     public var pageSize: UInt64 { UInt64(RAMMigration.pageSize) }
 }

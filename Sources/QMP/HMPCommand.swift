@@ -40,6 +40,7 @@ public enum HMPCommand: Equatable, Sendable {
             case "migrate": self = .run(.queryMigrate, .migrate)
             case "migrate_capabilities": self = .run(.queryMigrateCapabilities, .capabilities)
             case "migrate_parameters": self = .run(.queryMigrateParameters, .parameters)
+            case "balloon": self = .run(.queryBalloon, .balloon)
             default: throw HMPError("unknown command: 'info \(topic)'")
             }
         case "migrate":
@@ -75,6 +76,14 @@ public enum HMPCommand: Equatable, Sendable {
             let fdname = try argument("fdname")
             try end()
             self = .run(entry.name == "getfd" ? .getfd(fdname: fdname) : .closefd(fdname: fdname), .nothing)
+        case "balloon":
+            // HMP's target is in MiB, as QEMU's hmp_balloon shifts it.
+            let text = try argument("target")
+            try end()
+            guard let mib = Int64(text) else { throw HMPError("balloon: invalid value '\(text)'") }
+            let (bytes, overflow) = mib.multipliedReportingOverflow(by: 1 << 20)
+            guard !overflow else { throw HMPError("balloon: invalid value '\(text)'") }
+            self = .run(.balloon(value: bytes), .nothing)
         case "migrate_pause", "migrate_recover":
             throw HMPError("Error: Postcopy recovery is not supported by Ferry yet")
         default:
@@ -95,12 +104,13 @@ public enum HMPCommand: Equatable, Sendable {
     }
 
     public static let table: [Entry] = [
+        Entry(name: "balloon", alias: nil, arguments: "target", help: "request VM to change its memory allocation (in MB)", command: nil),
         Entry(name: "closefd", alias: nil, arguments: "name", help: "close a file descriptor previously passed via SCM rights", command: nil),
         Entry(name: "cont", alias: "c", arguments: "", help: "resume emulation", command: .cont),
         Entry(name: "getfd", alias: nil, arguments: "name", help: "receive a file descriptor via SCM rights and assign it a name", command: nil),
         Entry(name: "help", alias: "?", arguments: "[cmd]", help: "show the help", command: nil),
         Entry(name: "info", alias: nil, arguments: "[subcommand]",
-              help: "show various information about the system state (status, cpus, version, migrate, migrate_capabilities, migrate_parameters)",
+              help: "show various information about the system state (status, cpus, version, migrate, migrate_capabilities, migrate_parameters, balloon)",
               command: nil),
         Entry(name: "migrate", alias: nil, arguments: "[-d] uri", help: "migrate to URI (using -d to not wait for completion)", command: nil),
         Entry(name: "migrate_cancel", alias: nil, arguments: "", help: "cancel the current VM migration", command: .migrateCancel),
@@ -184,6 +194,8 @@ public enum HMPOutput: Equatable, Sendable {
     case migrate
     case capabilities
     case parameters
+    /// `info balloon`: "balloon: actual=MiB".
+    case balloon
     /// `migrate` without `-d`: through QMP the monitor cannot wait, so it says so (as QEMU does).
     case migrateAttached
 }

@@ -12,6 +12,7 @@ public enum HMPFormatter {
     public static func text(_ value: JSONValue, as output: HMPOutput, cpuIndex: Int64 = 0) -> String {
         switch output {
         case .nothing: return ""
+        case .balloon: return "balloon: actual=\((int(value["actual"]) ?? 0) >> 20)\n"
         case .migrateAttached: return "terminal does not allow synchronous migration, continuing detached\n"
         case .status:
             let status = string(value["status"]) ?? "unknown"

@@ -27,6 +27,8 @@ public enum QMPCommand: Equatable, Sendable {
     case addFd(fdsetID: Int64?, opaque: String?)           // "add-fd"
     case removeFd(fdsetID: Int64, fd: Int64?)              // "remove-fd"
     case queryFdsets                    // "query-fdsets"
+    case balloon(value: Int64)          // "balloon": the guest's memory target, bytes
+    case queryBalloon                   // "query-balloon"
 
     /// One `{"capability": NAME, "state": BOOL}` of migrate-set-capabilities.
     public struct CapabilityState: Equatable, Sendable {
@@ -136,6 +138,12 @@ public enum QMPCommand: Equatable, Sendable {
             self = .removeFd(fdsetID: fdsetID, fd: try Self.optionalInteger(arguments, "fd"))
             return
         case "query-fdsets": command = .queryFdsets
+        case "balloon":
+            try Self.refuseUnknown(arguments, allowed: ["value"])
+            guard let value = try Self.optionalInteger(arguments, "value") else { throw .generic("Parameter 'value' is missing") }
+            self = .balloon(value: value)
+            return
+        case "query-balloon": command = .queryBalloon
         default: throw QMPError(.commandNotFound, "The command \(name) has not been found")
         }
         try Self.refuseUnknown(arguments, allowed: [])
@@ -178,7 +186,7 @@ public enum QMPCommand: Equatable, Sendable {
         case .qmpCapabilities, .queryVersion, .queryStatus, .queryCommands, .queryCpusFast, .stop, .cont, .quit,
              .migrate, .migrateIncoming, .migrateCancel, .migrateStartPostcopy, .migrateSetCapabilities, .queryMigrateCapabilities,
              .migrateSetParameters, .queryMigrateParameters, .queryMigrate, .queryQMPSchema,
-             .closefd, .removeFd, .queryFdsets: false
+             .closefd, .removeFd, .queryFdsets, .balloon, .queryBalloon: false
         }
     }
 

@@ -59,6 +59,8 @@ public enum QMPSchema {
         Entry("add-fd", [Member("fdset-id", "int", optional: true), Member("opaque", "str", optional: true)], returns: "AddfdInfo"),
         Entry("remove-fd", [Member("fdset-id", "int"), Member("fd", "int", optional: true)]),
         Entry("query-fdsets", returns: "[FdsetInfo]"),
+        Entry("balloon", [Member("value", "int")]),
+        Entry("query-balloon", returns: "BalloonInfo"),
     ]
 
     public static let events: [Entry] = [
@@ -68,6 +70,7 @@ public enum QMPSchema {
         Entry("RESUME"),
         Entry("SHUTDOWN", [Member("guest", "bool"), Member("reason", "ShutdownCause")]),
         Entry("GUEST_PANICKED", [Member("action", "GuestPanicAction"), Member("info", "any", optional: true)]),
+        Entry("BALLOON_CHANGE", [Member("actual", "int")]),
     ]
 
     static let builtins = ["str", "int", "bool", "number", "any", "null"]
@@ -91,7 +94,8 @@ public enum QMPSchema {
                               Member("downtime", "int", optional: true), Member("expected-downtime", "int", optional: true),
                               Member("cpu-throttle-percentage", "int", optional: true), Member("error-desc", "str", optional: true),
                               Member("socket-address", "[any]", optional: true),
-                              Member("x-ferry-channels", "[any]", optional: true)],
+                              Member("x-ferry-channels", "[any]", optional: true),
+                              Member("x-ferry-free-page-hints", "any", optional: true)],
             "MigrationStats": ["transferred", "remaining", "total", "duplicate", "normal", "normal-bytes", "dirty-sync-count",
                                "dirty-pages-rate", "pages-per-second", "page-size", "precopy-bytes", "downtime-bytes",
                                "postcopy-bytes", "multifd-bytes", "postcopy-requests", "dirty-sync-missed-zero-copy"]
@@ -100,6 +104,7 @@ public enum QMPSchema {
             "AddfdInfo": [Member("fdset-id", "int"), Member("fd", "int")],
             "FdsetInfo": [Member("fdset-id", "int"), Member("fds", "[FdsetFdInfo]")],
             "FdsetFdInfo": [Member("fd", "int"), Member("opaque", "str", optional: true)],
+            "BalloonInfo": [Member("actual", "int")],
         ]
         let enums: [String: [String]] = [
             "QMPCapability": ["oob"],

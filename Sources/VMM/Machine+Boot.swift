@@ -52,13 +52,16 @@ extension Machine {
         catch { throw .invalidState("\(error)") }
     }
 
+    /// The virtio-mmio transports are announced on the command line, as microvm
+    /// without ACPI does (`virtio_mmio.device=512@ADDRESS:IRQ`).
     static func loadKernel(_ configuration: MachineConfiguration, tscKHz: UInt32, into memory: GuestMemoryMap) throws(PVHError) -> PVHLoader.Entry {
+        let devices = VirtioMMIOLayout.commandLine(count: configuration.devices.count)
         switch configuration.boot {
         case .embedded(let workload):
-            let commandLine = EmbeddedGuest.commandLine(workload: workload, cpus: configuration.cpus, tscKHz: tscKHz)
+            let commandLine = EmbeddedGuest.commandLine(workload: workload, cpus: configuration.cpus, tscKHz: tscKHz) + devices
             return try PVHLoader.load(kernel: EmbeddedGuest.elfImage, commandLine: commandLine, initrd: nil, into: memory)
         case .kernel(let image, let commandLine, let initrd):
-            return try PVHLoader.load(kernel: image, commandLine: commandLine, initrd: initrd, into: memory)
+            return try PVHLoader.load(kernel: image, commandLine: commandLine + devices, initrd: initrd, into: memory)
         }
     }
 

@@ -75,6 +75,15 @@ extension Machine {
             return Result { () throws(QMPError) in try removeDescriptor(fdset: fdsetID, fd: fd); return .object([:]) }
         case .queryFdsets:
             return .success(fdsetsJSON)
+        case .balloon(let value):
+            // QEMU's order: no active device first, then the value.
+            guard let balloon, balloon.isActive else { return .failure(QMPError(.deviceNotActive, "No balloon device has been activated")) }
+            guard value > 0 else { return .failure(.generic("Parameter 'target' expects a size")) }
+            balloon.setTarget(bytes: UInt64(value))
+            return .success(.object([:]))
+        case .queryBalloon:
+            guard let balloon, balloon.isActive else { return .failure(QMPError(.deviceNotActive, "No balloon device has been activated")) }
+            return .success(["actual": .int(Int64(balloon.actualBytes))])
         }
     }
 

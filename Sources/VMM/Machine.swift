@@ -16,6 +16,10 @@ public final class Machine: Sendable {
     public let configuration: MachineConfiguration
     public let memory: GuestMemoryMap
     public let serial: Serial16550
+    /// Where the vCPUs' port and MMIO exits go.
+    let bus: DeviceBus
+    /// The virtio-balloon `--device virtio-balloon` added, if any.
+    public let balloon: VirtioBalloon?
     let vm: VirtualMachine
     let vcpus: [VirtualCPU]
     let memorySlots: [MemorySlotMapping]
@@ -80,10 +84,42 @@ public final class Machine: Sendable {
                 faults.report("cannot set IRQ \(Serial16550.com1IRQ) of the UART: \(error)")
             }
         })
+        let abiPorts = GuestABIPorts()
+        let balloonHost = BalloonHostBridge()
+        var bus = DeviceBus()
+        var balloon: VirtioBalloon?
+        do {
+            try bus.attach(serial, ports: serial.ports)
+            try bus.attach(abiPorts, ports: GuestABI.heartbeatPort...GuestABI.panicPort)
+            for (slot, device) in configuration.devices.enumerated() {
+                let irq = VirtioMMIOLayout.irq(slot: slot)
+                switch device {
+                case .virtioBalloon(let freePageHint):
+                    let made = VirtioBalloon(
+                        memory: memory, freePageHint: freePageHint,
+                        host: BalloonHost(discard: { range in balloonHost.discard(range) },
+                                          actualChanged: { bytes in balloonHost.actualChanged(bytes) }),
+                        setInterruptLine: { level in
+                            do { try vm.setIRQLine(irq, level: level) } catch {
+                                faults.report("cannot set IRQ \(irq) of the virtio-balloon: \(error)")
+                            }
+                        },
+                        onBroken: { reason in
+                            FileHandle.standardError.write(Data("ferry: virtio-balloon needs a reset: \(reason)\n".utf8))
+                        })
+                    try bus.attach(made.transport, base: VirtioMMIOLayout.address(slot: slot), size: VirtioMMIOLayout.windowSize)
+                    balloon = made
+                }
+            }
+        } catch { throw .invalidState("device layout: \(error)") }
+        self.bus = bus
+        self.balloon = balloon
         control = RunControl(vcpuCount: configuration.cpus)
         tracker = GuestProgressTracker(cpuCount: configuration.cpus)
         (vcpus, tscKHz, memorySlots) = try Self.boot(configuration, vm: vm, memory: memory, loadKernel: !incoming)
         faults.attach(self)
+        abiPorts.attach(self)
+        balloonHost.attach(self)
     }
 
     /// Starts one thread per vCPU and runs the guest.  An incoming machine's

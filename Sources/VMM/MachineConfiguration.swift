@@ -18,6 +18,8 @@ public struct MachineConfiguration: Sendable {
     public var boot: Boot
     /// Allocate all guest RAM up front (QEMU's `-mem-prealloc`).
     public var preallocate = false
+    /// Devices on virtio-mmio transports, in slot order.
+    public var devices: [DeviceSpec] = []
 
     public init(memoryBytes: UInt64, backend: MemoryBackend = .anon, cpus: Int = 1, boot: Boot = .embedded(.idle)) {
         self.memoryBytes = memoryBytes
@@ -37,6 +39,7 @@ public struct MachineConfiguration: Sendable {
         if hostMemoryBytes > 0, memoryBytes > hostMemoryBytes {
             throw .memoryTooLarge(memoryBytes, host: hostMemoryBytes)
         }
+        if devices.count > 1 { throw .invalidState("at most one --device is supported (one virtio-balloon)") }
         if case .embedded = boot, memoryBytes > GuestLimits.embeddedGuestMaximumMemory {
             throw .memoryTooLarge(memoryBytes, host: GuestLimits.embeddedGuestMaximumMemory)
         }

@@ -20,8 +20,12 @@ struct MachineOptions: ParsableArguments {
     @Option(help: "Number of vCPUs (1-32).")
     var cpus: Int = 1
 
-    @Option(help: ArgumentHelp("What the embedded guest does: 'idle' (touch its memory once, then only beat) or 'dirty-rate=RATE[,working-set=SIZE][,access=random]' with RATE in bytes per second or 'max', e.g. dirty-rate=512M,working-set=1G; access=random also reads a random page after each page written.", valueName: "spec"))
+    @Option(help: ArgumentHelp("What the embedded guest does: 'idle' (touch its memory once, then only beat) or 'dirty-rate=RATE[,working-set=SIZE][,access=random][,free=SIZE][,churn=SIZE]' with RATE in bytes per second or 'max', e.g. dirty-rate=512M,working-set=1G; access=random also reads a random page after each page written; free=SIZE gives the last SIZE of the working set back to the guest's page allocator after the first pass; churn=SIZE keeps allocating, writing, verifying and freeing SIZE of memory in 4 MiB blocks.", valueName: "spec"))
     var workload: String = "idle"
+
+    @Option(name: [.customLong("device"), .customLong("device", withSingleDash: true)],
+            help: ArgumentHelp("Add a device, as QEMU's -device: 'virtio-balloon[,free-page-hint=on]' (a virtio-mmio balloon; with free-page-hint=on the guest's free pages stay out of a migration).", valueName: "spec"))
+    var device: [String] = []
 
     @Option(help: "Boot this PVH ELF kernel instead of the embedded guest.")
     var kernel: String?
@@ -52,6 +56,9 @@ struct MachineOptions: ParsableArguments {
         }
         var configuration = MachineConfiguration(memoryBytes: bytes, backend: backend, cpus: cpus, boot: boot)
         configuration.preallocate = memPrealloc
+        do { configuration.devices = try device.map { try DeviceSpec(parsing: $0) } } catch {
+            throw FerryFailure.badInput("invalid --device: \(error)")
+        }
         do { try configuration.validate() } catch { throw FerryFailure.badInput(error.description) }
         return configuration
     }

@@ -26,12 +26,13 @@ import Testing
 
     @Test func theImageHeaderPublishesABitmapCoveringRAM() throws {
         let memory = try loadedGuest()
-        #expect(try memory.readUInt32(at: GuestAddress(GuestABI.imageHeaderAddress + 8)) == 2)
+        #expect(try memory.readUInt32(at: GuestAddress(GuestABI.imageHeaderAddress + 8)) == 3)
         #expect(try memory.readUInt64(at: GuestAddress(GuestABI.imageHeaderAddress + 0x28)) == 68 << 18)
         let bitmap = try memory.readUInt64(at: GuestAddress(GuestABI.imageHeaderAddress + 0x20))
         #expect(bitmap % page == 0 && bitmap + (68 << 15) <= GuestABI.workBase, "between the image and the work area")
         let written = try #require(GuestABI.writtenPages(in: memory))
         #expect(written.pageCount == (64 << 20) / page, "covers the guest's RAM, not the whole 68 GiB")
+        #expect(written.meansInUse, "version 3: a freed page leaves the bitmap")
     }
 
     @Test func aRecordedPageThatReadsZeroIsLost() throws {
@@ -44,6 +45,24 @@ import Testing
         #expect(report.failures == [lost])
         #expect(report.pagesLost == 1)
         #expect(report.description.contains("1 failed, 1 of them lost"))
+    }
+
+    @Test func aValidPageTheGuestFreedIsFreeMemoryButGarbageIsStillCorrupt() throws {
+        let memory = try loadedGuest()
+        // A page the guest wrote (valid header and body) whose in-use bit it cleared: free memory.
+        let freed = GuestAddress(GuestABI.workBase + 11 * page)
+        var words = [UInt64](repeating: 0, count: 512)
+        let index = freed.rawValue / page
+        for i in 4..<512 { words[i] = UInt64(i) &* 0x9e37_79b9 ^ index }
+        words[0] = GuestABI.pageMagic
+        words[1] = index
+        words[3] = words.withUnsafeBufferPointer { PageVerifier.checksum(body: Span(_unsafeElements: $0)) }
+        try memory.write(words.flatMap { w in (0..<8).map { UInt8(truncatingIfNeeded: w >> (8 * $0)) } }, at: freed)
+        let stray = GuestAddress(GuestABI.workBase + 13 * page)
+        try memory.write([1], at: stray.advanced(by: 100)!)
+        let report = PageVerifier.verify(memory)
+        #expect(report.pagesFree == 1)
+        #expect(report.failures == [stray], "a freed page may hold anything valid, never a torn or foreign page")
     }
 
     @Test func anUnrecordedPageMustBeZero() throws {
@@ -70,6 +89,8 @@ import Testing
         #expect(PageVerifier.outcome(of: .valid, recorded: nil) == .written)
         #expect(PageVerifier.outcome(of: .valid, recorded: true) == .written)
         #expect(PageVerifier.outcome(of: .valid, recorded: false) == .unrecorded)
+        #expect(PageVerifier.outcome(of: .valid, recorded: false, freeable: true) == .free)
+        #expect(PageVerifier.outcome(of: .untouched, recorded: true, freeable: true) == .lost)
         #expect(PageVerifier.outcome(of: .corrupt, recorded: true) == .corrupt)
     }
 

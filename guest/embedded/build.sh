@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rebuilds Ferry's embedded test guest from entry.S, workload.c and guest.ld,
+# Rebuilds Ferry's embedded test guest from entry.S, the C files and guest.ld,
 # and regenerates Sources/EmbeddedGuest/EmbeddedGuestImage.swift, the PVH ELF
 # the ferry binary carries.  Needs gcc and binutils (Debian: build-essential).
 # The generated file is committed, so building Ferry does not need this script.
@@ -11,9 +11,9 @@ cflags=(-O2 -ffreestanding -fno-pic -fno-pie -mno-red-zone -mgeneral-regs-only
         -fno-stack-protector -fno-asynchronous-unwind-tables -fcf-protection=none
         -fno-builtin -nostdlib -Wall -Wextra -Werror)
 gcc "${cflags[@]}" -c "$here/entry.S" -o "$out/entry.o"
-gcc "${cflags[@]}" -c "$here/workload.c" -o "$out/workload.o"
+for part in workload alloc virtio balloon; do gcc "${cflags[@]}" -c "$here/$part.c" -o "$out/$part.o"; done
 (cd "$out" && ld -nostdlib -static -no-pie --build-id=none -z noexecstack -z max-page-size=4096 --no-warn-rwx-segments \
-    -T "$here/guest.ld" entry.o workload.o -o guest.elf)
+    -T "$here/guest.ld" entry.o workload.o alloc.o virtio.o balloon.o -o guest.elf)
 strip --strip-all "$out/guest.elf"
 target="${1:-$here/../../Sources/EmbeddedGuest/EmbeddedGuestImage.swift}"
 python3 - "$out/guest.elf" "$target" <<'PY'

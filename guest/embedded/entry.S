@@ -4,7 +4,8 @@
  * PVM runs guest ring 0 under emulation (about 0.4 M instructions/s), so this
  * file does as little as possible at run time: the page tables, GDT and IDT are
  * built by the assembler as static data, and each vCPU only loads them, sets
- * its stacks, starts its LAPIC timer and drops to ring 3 (workload.c), where
+ * its stacks, starts its LAPIC timer (the BSP also masks the 8259s: device
+ * drivers poll) and drops to ring 3 (workload.c), where
  * all real work runs natively.  Afterwards ring 0 runs only three things:
  *   - the timer interrupt (count a tick, EOI),
  *   - services ring 3 asks for with `ud2` (heartbeat, serial write, sleep),
@@ -122,6 +123,15 @@ long_mode:
         movl    $0x20000 | TIMER_VECTOR, 0x320(%rdi)
         movl    $TIMER_INITIAL, 0x380(%rdi)
 
+        /* Device interrupts are not used (drivers poll): mask both 8259 PICs,
+         * whose reset state would deliver an IRQ as a low vector through the
+         * BSP's ExtINT LINT0.  The IOAPIC's pins are masked from reset. */
+        testq   %rbp, %rbp
+        jnz     1f
+        movb    $0xff, %al
+        outb    %al, $0x21
+        outb    %al, $0xa1
+1:
         /* The BSP wakes the APs the standard way (every VMM keeps them waiting
          * for SIPI): copy the real-mode trampoline below 1 MiB, then INIT and
          * SIPI to all but itself.  The APs come back through pvh_entry. */

@@ -8,7 +8,7 @@
 
 #define LOAD_ADDRESS      0x100000      /* the PT_LOAD segment starts at 1 MiB */
 #define MAX_CPUS          32            /* static GDT/TSS/per-CPU slots */
-#define WORK_BASE         0x400000      /* first byte the workload may dirty (4 MiB) */
+#define WORK_BASE         0x800000      /* first byte the workload may dirty (8 MiB) */
 #define HIGH_PD_COUNT     64            /* RAM mapped above 4 GiB: up to 68 GiB in all */
 #define PAGE_SIZE         4096
 
@@ -16,7 +16,14 @@
  * workload has started writing guest physical page n.  One bit per 4 KiB page
  * up to the mapped limit (4 + HIGH_PD_COUNT GiB): 2.125 MiB. */
 #define WRITTEN_BITMAP_PAGES  ((4 + HIGH_PD_COUNT) << 18)
-#define IMAGE_HEADER_VERSION  2         /* 2: written-page bitmap address and page count */
+#define IMAGE_HEADER_VERSION  3         /* 2: written-page bitmap address and page count;
+                                           3: the bitmap means "in use": a freed page's bit is cleared */
+
+/* The page allocator's unit (alloc.c): 4 MiB, aligned, as Linux hands
+ * free-page-hint buffers out (MAX_ORDER - 1). */
+#define BLOCK_SIZE        (4ull << 20)
+#define BLOCK_PAGES       (BLOCK_SIZE / PAGE_SIZE)
+#define MAX_BLOCKS        (((4ull + HIGH_PD_COUNT) << 30) / BLOCK_SIZE)
 
 /* GDT selectors */
 #define SEL_KCODE         0x08

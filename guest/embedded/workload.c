@@ -33,12 +33,21 @@
  * one ahead of it holds pass, or zeroes before its first write) and times
  * the read like a write: accesses that land anywhere in memory, as a
  * postcopy destination's faults do.  "of=" then counts reads and writes.
+ *
+ * free=BYTES: once every vCPU has finished its first pass, the last BYTES of
+ * the working set go back to the page allocator (alloc.c): no vCPU touches
+ * them again, and their bits leave the written-page bitmap, which from image
+ * version 3 on means "in use".  RAM past the working set is free from boot.
+ *
+ * churn=BYTES: every heartbeat vCPU 0 verifies and frees its oldest 4 MiB
+ * block and allocates and writes a new one (generation per block), keeping
+ * BYTES allocated: memory that is allocated and freed while it dirties, and
+ * that may be a block the balloon driver reported as free.
+ *
+ * virtio_mmio.device=SIZE@ADDRESS:IRQ (added by the VMM, as microvm does):
+ * vCPU 0 drives the virtio-balloon there (balloon.c).
  */
-#include "layout.h"
-
-typedef unsigned long u64;
-typedef unsigned int u32;
-typedef unsigned char u8;
+#include "guest.h"
 
 struct start_info {                     /* hvm_start_info, version 1 */
     u32 magic, version, flags, nr_modules;
@@ -87,7 +96,7 @@ struct range { u64 base, pages; };
 #define MAX_RANGES 16
 
 struct config {
-    u64 cpus, tsc_khz, dirty_rate, working_set;
+    u64 cpus, tsc_khz, dirty_rate, working_set, free, churn;
     int max_rate, random_access;
 };
 
@@ -95,10 +104,6 @@ static inline u64 rdtsc(void) {
     u32 lo, hi;
     __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
     return ((u64)hi << 32) | lo;
-}
-
-static inline void service(u64 number, u64 a, u64 b) {
-    __asm__ volatile("ud2" : : "a"(number), "D"(a), "S"(b) : "memory");
 }
 
 static struct percpu *this_cpu(void) {
@@ -132,7 +137,7 @@ static u64 checksum_body(const u64 *page) {
     return mix(h0 ^ (h1 << 16 | h1 >> 48) ^ (h2 << 32 | h2 >> 32) ^ (h3 << 48 | h3 >> 16));
 }
 
-static void write_page(u64 *page, u64 index, u64 generation) {
+void write_page(u64 *page, u64 index, u64 generation) {
     fill_page(page, index, generation);
     page[1] = index;
     page[2] = generation;
@@ -141,7 +146,7 @@ static void write_page(u64 *page, u64 index, u64 generation) {
 }
 
 /* Generation 0 means "never written": the page must still be all zero. */
-static int verify_page(const u64 *page, u64 index, u64 generation) {
+int verify_page(const u64 *page, u64 index, u64 generation) {
     if (generation == 0) {
         u64 any = 0;
         for (u64 i = 0; i < 512; i++) any |= page[i];
@@ -156,30 +161,43 @@ static int verify_page(const u64 *page, u64 index, u64 generation) {
  * host verifier.  Pages of neighbouring stripes share words: the OR is atomic.
  * A bit already set is only read, so the bitmap stops being dirtied after the
  * first pass (it would otherwise be rewritten with every page). */
-static void mark_written(u64 index) {
+void mark_written(u64 index) {
     volatile u64 *word = &written_pages[index / 64];
     u64 bit = 1ull << (index % 64);
     if (!(*word & bit)) __atomic_fetch_or(word, bit, __ATOMIC_SEQ_CST);
 }
 
+/* Page `index` is no longer in use (freed, or given to the balloon). */
+void mark_free(u64 index) {
+    volatile u64 *word = &written_pages[index / 64];
+    u64 bit = 1ull << (index % 64);
+    if (*word & bit) __atomic_fetch_and(word, ~bit, __ATOMIC_SEQ_CST);
+}
+
 /* ------------------------------------------------------------ text output */
-static u64 put_str(char *out, u64 at, const char *s) {
+u64 put_str(char *out, u64 at, const char *s) {
     while (*s) out[at++] = *s++;
     return at;
 }
-static u64 put_dec(char *out, u64 at, u64 v) {
+u64 put_dec(char *out, u64 at, u64 v) {
     char tmp[20];
     int n = 0;
     do { tmp[n++] = (char)('0' + v % 10); v /= 10; } while (v);
     while (n) out[at++] = tmp[--n];
     return at;
 }
-static void print(const char *buf, u64 len) { service(SVC_WRITE, (u64)buf, len); }
+u64 put_hex(char *out, u64 at, u64 v) {
+    at = put_str(out, at, "0x");
+    int shift = 60;
+    while (shift > 0 && !((v >> shift) & 0xf)) shift -= 4;
+    for (; shift >= 0; shift -= 4) out[at++] = "0123456789abcdef"[(v >> shift) & 0xf];
+    return at;
+}
 
 /* ------------------------------------------------------------ command line */
 static int is_space(char c) { return c == ' ' || c == '\t' || c == '\n'; }
 
-static int key_is(const char *s, const char *key, const char **value) {
+int key_is(const char *s, const char *key, const char **value) {
     while (*key && *s == *key) { s++; key++; }
     if (*key || *s != '=') return 0;
     *value = s + 1;
@@ -206,6 +224,8 @@ static void parse_cmdline(const char *s, struct config *c) {
         else if (key_is(s, "tsc-khz", &v)) c->tsc_khz = parse_size(v);
         else if (key_is(s, "working-set", &v)) c->working_set = parse_size(v);
         else if (key_is(s, "access", &v)) c->random_access = v[0] == 'r';
+        else if (key_is(s, "free", &v)) c->free = parse_size(v);
+        else if (key_is(s, "churn", &v)) c->churn = parse_size(v);
         else if (key_is(s, "dirty-rate", &v)) {
             if (v[0] == 'm' && v[1] == 'a' && v[2] == 'x') c->max_rate = 1;
             else c->dirty_rate = parse_size(v);
@@ -220,11 +240,10 @@ struct stripe {
     u64 nranges, pages;
 };
 
-/* The usable RAM above WORK_BASE, capped at the working set, cut into this
- * vCPU's stripe [cpu * total / cpus, (cpu + 1) * total / cpus). */
-static void make_stripe(const struct start_info *si, const struct config *c, u64 cpu, struct stripe *st) {
-    struct range all[MAX_RANGES];
-    u64 n = 0, total = 0, limit = c->working_set / PAGE_SIZE;
+/* Usable RAM from WORK_BASE up, in memory-map order: the guest's linear page
+ * space (the working set is its first pages).  Returns the number of ranges. */
+static u64 usable_ranges(const struct start_info *si, struct range *all) {
+    u64 n = 0;
     const struct memmap_entry *map = (const struct memmap_entry *)si->memmap_paddr;
     for (u32 i = 0; i < si->memmap_entries && n < MAX_RANGES; i++) {
         if (map[i].type != 1) continue;
@@ -234,23 +253,34 @@ static void make_stripe(const struct start_info *si, const struct config *c, u64
         start = (start + PAGE_SIZE - 1) & ~(u64)(PAGE_SIZE - 1);
         end &= ~(u64)(PAGE_SIZE - 1);
         if (end <= start) continue;
-        u64 pages = (end - start) / PAGE_SIZE;
-        if (limit && total + pages > limit) pages = limit - total;
-        if (!pages) break;
-        all[n].base = start; all[n].pages = pages; n++;
-        total += pages;
+        all[n].base = start; all[n].pages = (end - start) / PAGE_SIZE; n++;
     }
-    u64 first = cpu * total / c->cpus, last = (cpu + 1) * total / c->cpus, seen = 0;
-    st->nranges = 0; st->pages = last - first;
+    return n;
+}
+
+/* The physical ranges of linear pages [first, last) into `out`; returns how many. */
+static u64 linear_ranges(const struct range *all, u64 n, u64 first, u64 last, struct range *out) {
+    u64 count = 0, seen = 0;
     for (u64 i = 0; i < n; i++) {
         u64 lo = seen, hi = seen + all[i].pages;
         seen = hi;
         if (hi <= first || lo >= last) continue;
         u64 from = lo < first ? first : lo, to = hi > last ? last : hi;
-        st->ranges[st->nranges].base = all[i].base + (from - lo) * PAGE_SIZE;
-        st->ranges[st->nranges].pages = to - from;
-        st->nranges++;
+        out[count].base = all[i].base + (from - lo) * PAGE_SIZE;
+        out[count].pages = to - from;
+        count++;
     }
+    return count;
+}
+
+/* This vCPU's stripe of a working set of `total` pages, [cpu * total / cpus,
+ * (cpu + 1) * total / cpus), cut off at linear page `cap` (free=). */
+static void make_stripe(const struct range *all, u64 n, u64 total, u64 cap, u64 cpu, u64 cpus, struct stripe *st) {
+    u64 first = cpu * total / cpus, last = (cpu + 1) * total / cpus;
+    if (last > cap) last = cap;
+    if (last < first) last = first;
+    st->nranges = linear_ranges(all, n, first, last, st->ranges);
+    st->pages = last - first;
 }
 
 /* Maps RAM above 4 GiB with 2 MiB pages.  Each directory is filled while it is
@@ -399,17 +429,107 @@ static u64 tsc_khz_shared(u64 cpu, const struct percpu *pc) {
     return calibrated_khz;
 }
 
+/* ------------------------------------------------------------------ churn */
+#define CHURN_MAX 64
+struct churn_block { u64 base, generation; };
+static struct churn_block churn_ring[CHURN_MAX];
+static u64 churn_head, churn_live, churn_generation;
+
+/* Verifies, then frees, the oldest live block: each page must still hold what
+ * was written there (a page a migration lost or a hint wrongly dropped fails). */
+static void churn_free_oldest(struct percpu *pc) {
+    struct churn_block b = churn_ring[churn_head];
+    churn_head = (churn_head + 1) % CHURN_MAX;
+    churn_live--;
+    for (u64 i = 0; i < BLOCK_PAGES; i++) {
+        u64 *page = (u64 *)(b.base + i * PAGE_SIZE);
+        u64 index = (u64)page / PAGE_SIZE;
+        if (!verify_page(page, index, b.generation)) {
+            if (pc->hb.verify_errors++ == 0) pc->hb.first_error_page = index;
+        }
+        mark_free(index);
+    }
+    free_block(b.base);
+}
+
+/* One churn step (vCPU 0, every heartbeat): keep `target` blocks live, the
+ * oldest freed and a new one allocated and written in its place. */
+static void churn_step(struct percpu *pc, u64 target) {
+    if (target > CHURN_MAX) target = CHURN_MAX;
+    if (churn_live && churn_live >= target) churn_free_oldest(pc);
+    u64 base;
+    if (!alloc_block(&base)) return;
+    u64 generation = ++churn_generation;
+    for (u64 i = 0; i < BLOCK_PAGES; i++) {
+        u64 *page = (u64 *)(base + i * PAGE_SIZE);
+        u64 index = (u64)page / PAGE_SIZE;
+        pc->writing = (u64)page + 1;
+        barrier();
+        mark_written(index);
+        write_page(page, index, generation);
+        barrier();
+        pc->writing = 0;
+    }
+    churn_ring[(churn_head + churn_live) % CHURN_MAX] = (struct churn_block){ base, generation };
+    churn_live++;
+}
+
+/* ---------------------------------------------------------------- free= */
+static volatile u64 first_pass_done[MAX_CPUS];
+
+static int all_first_passes_done(u64 cpus) {
+    for (u64 i = 0; i < cpus; i++) if (!first_pass_done[i]) return 0;
+    return 1;
+}
+
+/* Linear pages [from, to) go back to the allocator and out of the in-use bitmap. */
+static u64 free_linear(const struct range *all, u64 n, u64 from, u64 to, int was_in_use) {
+    struct range parts[MAX_RANGES];
+    u64 count = linear_ranges(all, n, from, to, parts), before = alloc_free_blocks();
+    for (u64 i = 0; i < count; i++) {
+        if (was_in_use) for (u64 p = 0; p < parts[i].pages; p++) mark_free(parts[i].base / PAGE_SIZE + p);
+        alloc_add_range(parts[i].base, parts[i].base + parts[i].pages * PAGE_SIZE);
+    }
+    return alloc_free_blocks() - before;
+}
+
+static void say_free(const char *what, u64 pages, u64 blocks) {
+    char line[96];
+    u64 at = put_str(line, 0, what);
+    at = put_dec(line, at, pages);
+    at = put_str(line, at, " blocks=");
+    at = put_dec(line, at, blocks);
+    line[at++] = '\n';
+    print(line, at);
+}
+
 void workload_main(u64 cpu, const struct start_info *si) {
-    struct config c = { .cpus = 1, .tsc_khz = 0, .dirty_rate = 0, .working_set = 0, .max_rate = 0, .random_access = 0 };
-    if (si && si->cmdline_paddr) parse_cmdline((const char *)si->cmdline_paddr, &c);
+    struct config c = { .cpus = 1, .tsc_khz = 0, .dirty_rate = 0, .working_set = 0, .free = 0, .churn = 0,
+                        .max_rate = 0, .random_access = 0 };
+    const char *cmdline = si && si->cmdline_paddr ? (const char *)si->cmdline_paddr : 0;
+    if (cmdline) parse_cmdline(cmdline, &c);
     if (c.cpus == 0 || c.cpus > MAX_CPUS) c.cpus = 1;
     struct percpu *pc = this_cpu();
     if (c.tsc_khz == 0) c.tsc_khz = tsc_khz_shared(cpu, pc);
     if (cpu == 0) map_high_memory(si);
     while (!memory_mapped) __asm__ volatile("pause");
+    struct range all[MAX_RANGES];
+    u64 nall = usable_ranges(si, all), total = 0;
+    for (u64 i = 0; i < nall; i++) total += all[i].pages;
+    u64 working = c.working_set / PAGE_SIZE;
+    if (working == 0 || working > total) working = total;
+    u64 freeing = c.free / PAGE_SIZE;
+    if (freeing > working) freeing = working;
     struct stripe st;
-    make_stripe(si, &c, cpu, &st);
-    if (cpu == 0) banner(&c, &st);
+    make_stripe(all, nall, working, working, cpu, c.cpus, &st);
+    if (st.pages == 0 || freeing == 0) first_pass_done[cpu] = 1;
+    int truncated = freeing == 0, freed = freeing == 0;
+    if (cpu == 0) {
+        banner(&c, &st);
+        u64 blocks = free_linear(all, nall, working, total, 0);
+        say_free("FREE boot pages=", total - working, blocks);
+        balloon_probe(cmdline);
+    }
 
     u64 hz = c.tsc_khz * 1000, beat = hz / 10;
     u64 slow_cycles = c.tsc_khz * 16 / 1000;      /* 16 us */
@@ -423,8 +543,17 @@ void workload_main(u64 cpu, const struct start_info *si) {
         u64 now = rdtsc();
         if (now >= next_beat) {
             heartbeat(pc, &c, t0, now, cpu);
+            if (cpu == 0 && c.churn) churn_step(pc, c.churn / BLOCK_SIZE);
             next_beat += beat;
             if (next_beat <= now) next_beat = now + beat;   /* after a long pause */
+        }
+        if (cpu == 0) {
+            if (!freed && all_first_passes_done(c.cpus)) {
+                freed = 1;
+                u64 blocks = free_linear(all, nall, working - freeing, working, 1);
+                say_free("FREE pages=", freeing, blocks);
+            }
+            balloon_tick(pc->ticks);
         }
         u64 due;
         if (st.pages == 0) due = 0;
@@ -452,6 +581,13 @@ void workload_main(u64 cpu, const struct start_info *si) {
             pc->hb.pass = cur.pass;
             advance(&st, &cur);
             written++;
+            if (!truncated && cur.pass == 1) {
+                /* free=: the first pass is over; the tail of the working set is no longer ours. */
+                truncated = 1;
+                make_stripe(all, nall, working, working - freeing, cpu, c.cpus, &st);
+                first_pass_done[cpu] = 1;
+                if (st.pages == 0) break;
+            }
             u64 took = rdtsc() - started;
             if (took >= slow_cycles) record_slow(cpu, took * 1000 / c.tsc_khz);
             if (c.random_access) {

@@ -144,3 +144,11 @@ extension Serial16550 {
         return true
     }
 }
+
+extension Serial16550: PortDevice {
+    /// The eight ports from `base`: what a device bus attaches.
+    public var ports: ClosedRange<UInt16> { base...(base + 7) }
+
+    /// `count` bytes read from one port (`rep insb` reads the same register each time).
+    public func read(port: UInt16, count: Int) -> [UInt8] { (0..<count).map { _ in read(port: port) } }
+}

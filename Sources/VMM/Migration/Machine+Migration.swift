@@ -14,6 +14,7 @@ extension Machine {
     /// platform devices, each vCPU, the UART.
     func migratableDevices(global: GlobalStateMigratable) -> [any Migratable] {
         [global, PlatformMigratable(vm)] + vcpus.map { VCPUMigratable($0) } + [SerialMigratable(serial)]
+            + (balloon.map { [BalloonMigratable($0)] } ?? [])
     }
 
     // MARK: source
@@ -91,7 +92,8 @@ extension Machine {
                 : nil
             let source = PrecopySource(
                 .init(opener: opener, configuration: migrationConfiguration,
-                      ram: RAMMigration(blocks: memory.blocks, tracker: makeDirtyPageSource(), trackingKeptOn: baseline != nil),
+                      ram: RAMMigration(blocks: memory.blocks, tracker: makeDirtyPageSource(), trackingKeptOn: baseline != nil,
+                                        freePageHints: freePageHints(capabilities)),
                       devices: migratableDevices(global: global), vm: MachineMigrationControl(machine: self), mappedRAM: mappedRAM,
                       writeProtection: protection),
                 parameters: s.parameters, capabilities: capabilities,
@@ -103,6 +105,14 @@ extension Machine {
         let thread = Thread { source.run() }
         thread.name = "ferry-migration"
         thread.start()
+    }
+
+    /// The balloon's free page hints, for a migration with these capabilities:
+    /// none with postcopy (a page never sent would stall a faulting vCPU) or a
+    /// background snapshot (it saves what the guest had, not a dirty log).
+    func freePageHints(_ capabilities: MigrationCapabilities) -> (any FreePageHints)? {
+        guard let balloon, balloon.freePageHint, !capabilities.postcopyRAM, !capabilities.backgroundSnapshot else { return nil }
+        return BalloonFreePageHints(balloon: balloon, memory: memory)
     }
 
     /// QMP `migrate_cancel`: the source guest keeps running.  Refused in

@@ -60,6 +60,14 @@ extension Machine {
             "dirty-sync-missed-zero-copy": .int(Int64(ram.dirtySyncMissedZeroCopy)),
         ]
         // Ferry's own: what each channel carried (main, then multifd 0..N-1).
+        // Ferry's own: what the balloon's free page hints kept out of the stream.
+        if let balloon, balloon.freePageHint {
+            let counters = balloon.counters
+            result["x-ferry-free-page-hints"] = ["skipped-pages": .int(Int64(ram.freePageHintPages)),
+                                                 "skipped-bytes": .int(Int64(ram.freePageHintPages * ram.pageSize)),
+                                                 "reported-pages": .int(Int64(counters.reportedPages)),
+                                                 "ignored-pages": .int(Int64(counters.ignoredPages))]
+        }
         result["x-ferry-channels"] = .array(info.channels.map { channel in
             var entry: [String: JSONValue] = ["role": .string(channel.role.description), "bytes": .int(Int64(channel.bytes)),
                                               "frames": .int(Int64(channel.frames))]
