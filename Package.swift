@@ -18,7 +18,8 @@ let package = Package(
     products: [
         .executable(name: "ferry", targets: ["ferry"]),
         // For the fuzz targets in fuzz/ (a separate package, built only by scripts/fuzz.sh).
-        .library(name: "FerryFuzzable", targets: ["GuestMemory", "MigrationProtocol", "Compression", "Migration", "Analysis", "QMP", "QMPSocket"]),
+        .library(name: "FerryFuzzable", targets: ["GuestMemory", "MigrationProtocol", "Compression", "Migration", "Analysis", "QMP", "QMPSocket",
+                                                   "Devices"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -77,7 +78,8 @@ let package = Package(
         .testTarget(name: "TransportTests", dependencies: ["Transport", "Migration", "GuestMemory"]),
         .testTarget(name: "AnalysisTests", dependencies: ["Analysis", "Migration", "MigrationProtocol"]),
         .testTarget(name: "QMPSocketTests", dependencies: ["QMPSocket", "QMP", "HostIO"]),
+        .testTarget(name: "DevicesTests", dependencies: ["Devices", "GuestMemory"]),
         .testTarget(name: "IntegrationTests", dependencies: ["VMM", "KVM", "GuestMemory", "EmbeddedGuest", "QMP", "Migration",
-                                                           "MigrationProtocol", "Transport", "Analysis"]),
+                                                           "MigrationProtocol", "Transport", "Analysis", "Devices"]),
     ]
 )

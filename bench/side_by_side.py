@@ -15,6 +15,8 @@ Scenarios (more arrive with later capabilities):
   mapped-ram-save     saves into a file with mapped-ram (+ multifd, direct-io off/on), stopped and live
   mapped-ram-restore  the live save, then its restore with a cold page cache, without and with -mem-prealloc
   mapped-ram          both (bench/mapped_ram.py; with fio's O_DIRECT figures and the first-touch floor)
+  free-page-hints     idle and churning guests that freed 1 of 1.5 GiB, hints off and on, each VMM with its
+                      own virtio-balloon (bench/free_page_hints.py)
 
 Every migration reports total time, downtime (as the VMM reports it),
 throughput, and the guest-observed pause: the largest gap between two
@@ -191,6 +193,27 @@ async def quit_all(clients, procs):
         proc.wait(timeout=20)
 
 
+async def migrate_and_time(name, clients, procs, uri, deadline):
+    """`migrate` on clients[0] to `uri`, then polls both sides until each says completed;
+    each process's CPU time is read when `migrate` is issued and the moment that process
+    first says completed (a destination's guest runs from then on, and a dirtying one spins
+    a core).  Returns (the source's query-migrate, CPU at start, CPU at completion)."""
+    cpu_start = [cpu_seconds(p.pid) for p in procs]
+    await clients[0].execute("migrate", {"uri": uri})
+    cpu_end, info = [None, None], None
+    while None in cpu_end:
+        for i, client in enumerate(clients):
+            if cpu_end[i] is None:
+                state = await client.execute("query-migrate")
+                if state.get("status") == "completed":
+                    cpu_end[i] = cpu_seconds(procs[i].pid)
+                    info = state if i == 0 else info
+                assert state.get("status") not in ("failed", "cancelled"), f"{name}: {state}"
+        assert time.monotonic() < deadline, f"{name}: no completion ({cpu_end})"
+        await asyncio.sleep(0.01)
+    return info, cpu_start, cpu_end
+
+
 async def multifd_setup(src, dst, multifd):
     """QEMU's multifd recipe on both sides (destination started with -incoming defer), then
     migrate-incoming on an ephemeral port; returns the URI the destination listens on."""
@@ -227,21 +250,7 @@ async def migrate_once(vmm, cmdline, ready_pages, port, multifd=None, prealloc=N
                 assert time.monotonic() < deadline, f"{vmm.name}: guest never got ready ({consoles[0].pages()} pages)"
                 await asyncio.sleep(0.05)
             await src.execute("migrate-set-parameters", {"max-bandwidth": 100 << 30, "downtime-limit": 300})
-            cpu_start = [cpu_seconds(p.pid) for p in procs]
-            await src.execute("migrate", {"uri": uri})
-            # Polls both sides; each process's CPU is read the moment it first says completed (a
-            # destination's guest runs from then on, and a dirtying one spins a core).
-            cpu_end, info = [None, None], None
-            while None in cpu_end:
-                for i, client in enumerate(clients):
-                    if cpu_end[i] is None:
-                        state = await client.execute("query-migrate")
-                        if state.get("status") == "completed":
-                            cpu_end[i] = cpu_seconds(procs[i].pid)
-                            info = state if i == 0 else info
-                        assert state.get("status") not in ("failed", "cancelled"), f"{vmm.name}: {state}"
-                assert time.monotonic() < deadline + 60, f"{vmm.name}: no completion ({cpu_end})"
-                await asyncio.sleep(0.01)
+            info, cpu_start, cpu_end = await migrate_and_time(vmm.name, clients, procs, uri, deadline + 60)
             beats_before = len(consoles[1].beats)
             while len(consoles[1].beats) < beats_before + 3:
                 assert time.monotonic() < deadline + 90, f"{vmm.name}: the guest does not beat on the destination"
@@ -410,7 +419,8 @@ def main():
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--scenario", choices=["boot", "migrate-idle", "migrate-dirty", "migrate", "all",
                                                "multifd-idle", "multifd-dirty", "multifd", "mapped-ram-save",
-                                               "mapped-ram-restore", "mapped-ram", "background-snapshot", "postcopy"], default="all",
+                                               "mapped-ram-restore", "mapped-ram", "background-snapshot", "postcopy",
+                                               "free-page-hints"], default="all",
                         help="`all` is boot and migrate; the multifd and mapped-ram scenarios run only by name")
     parser.add_argument("--channels",
                         help="multifd and mapped-ram scenarios: multifd-channels values, comma-separated; 0 = multifd "
@@ -438,6 +448,8 @@ def main():
     parser.add_argument("--postcopy-modes", default="postcopy-4K,preempt-4K,postcopy-2M,preempt-2M",
                         help="postcopy: modes, comma-separated: postcopy or preempt, with 4K or 2M pages "
                              "(default postcopy-4K,preempt-4K,postcopy-2M,preempt-2M)")
+    parser.add_argument("--hint-workloads", default="idle,churn",
+                        help="free-page-hints: the guest's workloads, idle and/or churn (default idle,churn)")
     parser.add_argument("--mem-prealloc", action="store_true",
                         help="run both VMMs with -mem-prealloc (guest RAM allocated at start)")
     parser.add_argument("--only", choices=["ferry", "qemu"],
@@ -483,6 +495,12 @@ def main():
             working_set = args.working_set if args.working_set != "1280M" else "1536M"
             scenario_postcopy(ferry_vmm, qemu_vmm, [v for v in (ferry_vmm, qemu_vmm) if v.name in ONLY], args.runs,
                               memory, working_set, args.postcopy_modes.split(","), raw)
+        if args.scenario == "free-page-hints":
+            sys.modules.setdefault("side_by_side", sys.modules[__name__])
+            from free_page_hints import scenario_free_page_hints
+            raw = Path(args.raw) if args.raw else ROOT / "bench" / "results" / f"free-page-hints-{time.strftime('%Y%m%d-%H%M%S')}.json"
+            scenario_free_page_hints(ferry_vmm, qemu_vmm, [v for v in (ferry_vmm, qemu_vmm) if v.name in ONLY], args.runs,
+                                     args.hint_workloads.split(","), raw)
         if args.scenario.startswith("mapped-ram"):
             sys.modules.setdefault("side_by_side", sys.modules[__name__])     # mapped_ram imports the helpers above
             from mapped_ram import scenario_mapped_ram

@@ -27,6 +27,9 @@ let package = Package(
         // A mapped-ram file: header and block metadata decoders, then `ferry analyze`'s analyzer; `--make-seeds DIR` as above.
         .executableTarget(name: "FuzzMappedRAM", dependencies: ["FuzzSupport", .product(name: "FerryFuzzable", package: ferry)],
                           swiftSettings: strict),
+        // A hostile virtio driver against the virtio-balloon and its transport; hostile device state.
+        .executableTarget(name: "FuzzVirtio", dependencies: [.product(name: "FerryFuzzable", package: ferry)],
+                          swiftSettings: strict),
         // QMP text: JSON splitting, session, command decoding, URIs and parameters.
         .executableTarget(name: "FuzzQMP", dependencies: [.product(name: "FerryFuzzable", package: ferry),
                                                           .product(name: "NIOCore", package: "swift-nio"),

@@ -14,22 +14,24 @@
 # through the socket's decoder and the session, fuzz/Sources/FuzzQMP) and
 # mappedram (a mapped-ram file through the header and metadata decoders and
 # `ferry analyze`, fuzz/Sources/FuzzMappedRAM; it runs half of SECONDS: its
-# decoders are small, and CI's total stays near three minutes).  See
+# decoders are small, and CI's total stays near three minutes) and virtio (a
+# hostile driver against the virtio-balloon's transport and rings, and hostile
+# device state, fuzz/Sources/FuzzVirtio; half of SECONDS too).  See
 # README.md, "Fuzzing".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 seconds=${1:-60}
-targets=${FUZZ_TARGETS:-"stream returnpath qmp mappedram"}
+targets=${FUZZ_TARGETS:-"stream returnpath qmp mappedram virtio"}
 scratch="$root/.build-fuzz"
 
-declare -A product=([stream]=FuzzStream [returnpath]=FuzzReturnPath [qmp]=FuzzQMP [mappedram]=FuzzMappedRAM)
+declare -A product=([stream]=FuzzStream [returnpath]=FuzzReturnPath [qmp]=FuzzQMP [mappedram]=FuzzMappedRAM [virtio]=FuzzVirtio)
 # Inputs longer than this are not tried: a stream seed with its pages is up to ~27 KB (multifd: three channels),
 # a return path's seeds a few hundred bytes, a QMP transcript a few hundred bytes, and a compact
 # mapped-ram file with its pages up to ~29 KB.
-declare -A max_len=([stream]=32768 [returnpath]=4096 [qmp]=4096 [mappedram]=40960)
+declare -A max_len=([stream]=32768 [returnpath]=4096 [qmp]=4096 [mappedram]=40960 [virtio]=70000)
 # Each target's share of SECONDS, in halves.
-declare -A halves=([stream]=2 [returnpath]=2 [qmp]=2 [mappedram]=1)
+declare -A halves=([stream]=2 [returnpath]=2 [qmp]=2 [mappedram]=1 [virtio]=1)
 
 build_log=$(mktemp)
 for target in $targets; do

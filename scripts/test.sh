@@ -44,7 +44,7 @@ guest/pvhtest/build.sh .build/pvhtest.elf
 echo "== swift test"
 swift test --skip-build --no-parallel   # KVM suites share two cores: one test at a time
 
-echo "== fuzzing (stream and qmp, 60 s each)"
+echo "== fuzzing (five targets, 30-60 s each)"
 scripts/fuzz.sh 60
 
 echo "== pytest (CLI and qemu.qmp)"

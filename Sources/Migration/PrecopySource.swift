@@ -101,7 +101,7 @@ public final class PrecopySource: Sendable {
     let preempt = Mutex<(channel: PendingChannel, writer: StreamWriter)?>(nil)
     /// `migrate-set-parameters` applies to a running migration, as in QEMU.
     let parameterStorage: Mutex<MigrationParameters>
-    let capabilities: MigrationCapabilities
+    public let capabilities: MigrationCapabilities
     let onStatus: @Sendable (MigrationStatus) -> Void
     let onPass: @Sendable (UInt64) -> Void
     let progress = Mutex(Progress())

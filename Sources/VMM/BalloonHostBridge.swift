@@ -8,8 +8,9 @@ import Synchronization
 /// Inflated pages are discarded only on 4 KiB backends (a hugetlb page holds
 /// other pages the guest still uses), and not while an incoming migration
 /// loads: a discarded page there would be refilled by the stream, or, in
-/// postcopy, fault and wait for a page the source may no longer send.  QEMU
-/// inhibits the balloon during postcopy for the same reason.
+/// postcopy, fault and wait for a page the source may no longer send; nor
+/// during a background snapshot, which saves what the guest had.  QEMU
+/// inhibits the balloon in the same cases (incoming postcopy, background snapshot).
 final class BalloonHostBridge: Sendable {
     struct Reference { weak var machine: Machine? }
     let reference = Mutex(Reference())
@@ -29,11 +30,13 @@ final class BalloonHostBridge: Sendable {
 }
 
 extension Machine {
-    /// False while an incoming migration has not completed, or an outgoing one is in postcopy.
+    /// False while an incoming migration has not completed, an outgoing one is in
+    /// postcopy, or a background snapshot runs.
     var balloonMayDiscard: Bool {
         migration.state.withLock { s in
             if let incoming = s.incoming, incoming.status.withLock({ $0 }) != .completed { return false }
             if let outgoing = s.outgoing, outgoing.status == .postcopyActive { return false }
+            if let outgoing = s.outgoing, !outgoing.status.isFinished, outgoing.capabilities.backgroundSnapshot { return false }
             return true
         }
     }

@@ -76,13 +76,14 @@ extension Machine {
         case .queryFdsets:
             return .success(fdsetsJSON)
         case .balloon(let value):
-            // QEMU's order: no active device first, then the value.
-            guard let balloon, balloon.isActive else { return .failure(QMPError(.deviceNotActive, "No balloon device has been activated")) }
-            guard value > 0 else { return .failure(.generic("Parameter 'target' expects a size")) }
+            // QEMU's order and texts: no device first, then the value.  As in QEMU, a device
+            // whose driver has not started takes the target; the driver finds it when it does.
+            guard let balloon else { return .failure(QMPError(.deviceNotActive, "No balloon device has been activated")) }
+            guard value > 0 else { return .failure(.generic("Parameter 'value' expects a size")) }
             balloon.setTarget(bytes: UInt64(value))
             return .success(.object([:]))
         case .queryBalloon:
-            guard let balloon, balloon.isActive else { return .failure(QMPError(.deviceNotActive, "No balloon device has been activated")) }
+            guard let balloon else { return .failure(QMPError(.deviceNotActive, "No balloon device has been activated")) }
             return .success(["actual": .int(Int64(balloon.actualBytes))])
         }
     }

@@ -48,7 +48,7 @@ static u32 cmd_active;                   /* the id being (or last) reported */
 static u64 hinted[MAX_BLOCKS];           /* reported blocks the device has used */
 static u64 hinted_count;
 static u64 hints_in_flight;              /* reported blocks not yet used */
-static u64 reported_total, rounds;
+static u64 reported_total, rounds, taken_back;
 static u64 last_ticks;
 static u32 generation_seen = 0xffffffff, cmd_id_cache = CMD_ID_DONE;
 static char line[160];
@@ -201,7 +201,14 @@ static void report(u32 id) {
     drain(&hint_q, hint_used);          /* the id buffers are reused next round */
     reported_total += blocks;
     rounds++;
-    say("hints round=", rounds, " blocks=", blocks);
+    u64 at = put_str(line, 0, "BL hints round=");
+    at = put_dec(line, at, rounds);
+    at = put_str(line, at, " blocks=");
+    at = put_dec(line, at, blocks);
+    at = put_str(line, at, " taken-back=");
+    at = put_dec(line, at, taken_back);
+    line[at++] = '\n';
+    print(line, at);
 }
 
 int balloon_take_hinted(u64 *base) {
@@ -210,6 +217,7 @@ int balloon_take_hinted(u64 *base) {
     while (vq_reclaim(&hint_q, &cookie)) hint_used(cookie);
     if (!hinted_count) return 0;
     *base = hinted[--hinted_count];
+    taken_back++;
     return 1;
 }
 

@@ -452,13 +452,16 @@ static void churn_free_oldest(struct percpu *pc) {
     free_block(b.base);
 }
 
-/* One churn step (vCPU 0, every heartbeat): keep `target` blocks live, the
- * oldest freed and a new one allocated and written in its place. */
+/* One churn step (vCPU 0, every heartbeat): a new block is allocated and
+ * written, then the oldest beyond `target` live ones is verified and freed.
+ * Allocating first means an empty free list (every free block reported as a
+ * hint) makes the allocator take a reported block back. */
 static void churn_step(struct percpu *pc, u64 target) {
     if (target > CHURN_MAX) target = CHURN_MAX;
-    if (churn_live && churn_live >= target) churn_free_oldest(pc);
+    if (target == 0) target = 1;
     u64 base;
-    if (!alloc_block(&base)) return;
+    if (churn_live >= CHURN_MAX) churn_free_oldest(pc);
+    if (!alloc_block(&base)) { if (churn_live) churn_free_oldest(pc); return; }
     u64 generation = ++churn_generation;
     for (u64 i = 0; i < BLOCK_PAGES; i++) {
         u64 *page = (u64 *)(base + i * PAGE_SIZE);
@@ -472,6 +475,7 @@ static void churn_step(struct percpu *pc, u64 target) {
     }
     churn_ring[(churn_head + churn_live) % CHURN_MAX] = (struct churn_block){ base, generation };
     churn_live++;
+    while (churn_live > target) churn_free_oldest(pc);
 }
 
 /* ---------------------------------------------------------------- free= */

@@ -57,20 +57,20 @@ public struct BalloonBackend: VirtioBackend, VirtioBackendState {
     }
 
     public var deviceID: UInt32 { 5 }
+    /// VERSION_1 and PAGE_POISON (on by default on QEMU's device), FREE_PAGE_HINT when asked for.
     public var deviceFeatures: UInt64 {
-        VirtioFeature.version1 | (freePageHint ? Feature.freePageHint | Feature.pagePoison : 0)
+        VirtioFeature.version1 | Feature.pagePoison | (freePageHint ? Feature.freePageHint : 0)
     }
     public var queueCount: Int { freePageHint ? 3 : 2 }
 
-    /// num_pages, actual, free_page_hint_cmd_id, poison_val: as long as the features offered need.
+    /// num_pages, actual, free_page_hint_cmd_id, poison_val: 16 bytes, as QEMU's
+    /// device has with PAGE_POISON offered.
     public func configBytes(negotiated: UInt64) -> [UInt8] {
         var e = DeviceStateEncoder()
         e.u32(targetPages)
         e.u32(actualPages)
-        if freePageHint {
-            e.u32(hinting.configCommandID)
-            e.u32(poisonValue)
-        }
+        e.u32(hinting.configCommandID)
+        e.u32(poisonValue)
         return e.bytes
     }
 
@@ -82,7 +82,7 @@ public struct BalloonBackend: VirtioBackend, VirtioBackendState {
             guard value != actualPages else { return }
             actualPages = value
             host.actualChanged(actualBytes)
-        case 12 where freePageHint: poisonValue = value
+        case 12 where negotiated & Feature.pagePoison != 0: poisonValue = value
         default: break      // num_pages and the command id are the device's
         }
     }
@@ -92,11 +92,12 @@ public struct BalloonBackend: VirtioBackend, VirtioBackendState {
 
     public mutating func featuresNegotiated(_ features: UInt64) { negotiated = features }
 
+    /// As QEMU's reset: the hint state goes to STOP and the poison value to 0.
     public mutating func reset() {
         negotiated = 0
         actualPages = 0
         poisonValue = 0
-        _ = hinting.finish()
+        hinting.reset()
     }
 
     public mutating func process(queue index: Int, context: inout VirtioContext) throws(VirtqueueError) {

@@ -21,15 +21,17 @@ public struct FreePageHinting: Equatable, Sendable {
         case done = 3
     }
 
-    /// VIRTIO_BALLOON_CMD_ID_STOP and _DONE, and the first id QEMU offers
-    /// (VIRTIO_BALLOON_FREE_PAGE_HINT_CMD_ID_MIN); ids wrap back to it.
+    /// VIRTIO_BALLOON_CMD_ID_STOP and _DONE, and QEMU's
+    /// VIRTIO_BALLOON_FREE_PAGE_HINT_CMD_ID_MIN: ids count up from just past
+    /// it (the first command is 0x80000001, as QEMU's) and wrap back to it.
     public static let stopID: UInt32 = 0
     public static let doneID: UInt32 = 1
-    public static let firstID: UInt32 = 0x8000_0000
+    public static let minimumID: UInt32 = 0x8000_0000
 
-    public private(set) var status: Status = .done
-    /// The id of the current (or last) command; 0 before the first.
-    public private(set) var commandID: UInt32 = 0
+    /// STOP from the start, as QEMU's device begins.
+    public private(set) var status: Status = .stopped
+    /// The id of the current (or last) command.
+    public private(set) var commandID: UInt32 = minimumID
     /// Which sync the current command follows: hints under it clear only bits that sync (or an older one) set.
     public private(set) var epoch: UInt64 = 0
 
@@ -52,7 +54,7 @@ public struct FreePageHinting: Equatable, Sendable {
     /// A sync (number `epoch`) happened with the guest running: a new command.
     /// Returns whether the config space changed (always).
     public mutating func start(epoch: UInt64) -> Bool {
-        commandID = commandID < Self.firstID || commandID == .max ? Self.firstID : commandID + 1
+        commandID = commandID < Self.minimumID || commandID == .max ? Self.minimumID : commandID + 1
         self.epoch = epoch
         status = .requested
         return true
@@ -75,6 +77,9 @@ public struct FreePageHinting: Equatable, Sendable {
         status = .done
         return true
     }
+
+    /// The device was reset: STOP, whatever came before (as QEMU's reset does).
+    public mutating func reset() { status = .stopped }
 
     /// The driver sent `id` on the free-page queue: the current command's id
     /// starts hinting; once started, any id (the driver's STOP when it has
