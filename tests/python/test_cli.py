@@ -36,6 +36,13 @@ def free_huge_pages():
     (["--append", "console=ttyS0"], "--append and --initrd need --kernel"),
     (["--run-for", "0"], "--run-for must be a positive number"),
     (["--run-for=-1"], "--run-for must be a positive number"),
+    (["--device", "virtio-net"], "invalid --device: unknown device 'virtio-net'"),
+    (["--device", "virtio-balloon,free-page-hint=maybe"], "free-page-hint takes on or off, not 'maybe'"),
+    (["--device", "virtio-balloon,deflate-on-oom=on"], "unknown property 'deflate-on-oom'"),
+    (["--device", "virtio-balloon", "-device", "virtio-balloon"], "at most one --device"),
+    (["--workload", "dirty-rate=0,free=3M"], "invalid value '3M' for workload key 'free'"),
+    (["--workload", "dirty-rate=0,working-set=64M,free=64M"], "invalid value '64M' for workload key 'free'"),
+    (["--workload", "dirty-rate=0,churn=lots"], "invalid value 'lots' for workload key 'churn'"),
 ])
 def test_bad_input_is_one_error_line_and_status_2(ferry, args, message):
     result = run(ferry, "run", "--serial", "none", *args) if "--serial" not in args else run(ferry, "run", *args)
