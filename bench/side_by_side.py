@@ -17,6 +17,8 @@ Scenarios (more arrive with later capabilities):
   mapped-ram          both (bench/mapped_ram.py; with fio's O_DIRECT figures and the first-touch floor)
   free-page-hints     idle and churning guests that freed 1 of 1.5 GiB, hints off and on, each VMM with its
                       own virtio-balloon (bench/free_page_hints.py)
+  lazy-restore        Ferry's x-ferry-lazy-restore against eager mapped-ram restores on Ferry and QEMU 10:
+                      time to running and to every page loaded (bench/lazy_restore.py)
 
 Every migration reports total time, downtime (as the VMM reports it),
 throughput, and the guest-observed pause: the largest gap between two
@@ -420,7 +422,7 @@ def main():
     parser.add_argument("--scenario", choices=["boot", "migrate-idle", "migrate-dirty", "migrate", "all",
                                                "multifd-idle", "multifd-dirty", "multifd", "mapped-ram-save",
                                                "mapped-ram-restore", "mapped-ram", "background-snapshot", "postcopy",
-                                               "free-page-hints"], default="all",
+                                               "free-page-hints", "lazy-restore"], default="all",
                         help="`all` is boot and migrate; the multifd and mapped-ram scenarios run only by name")
     parser.add_argument("--channels",
                         help="multifd and mapped-ram scenarios: multifd-channels values, comma-separated; 0 = multifd "
@@ -495,6 +497,12 @@ def main():
             working_set = args.working_set if args.working_set != "1280M" else "1536M"
             scenario_postcopy(ferry_vmm, qemu_vmm, [v for v in (ferry_vmm, qemu_vmm) if v.name in ONLY], args.runs,
                               memory, working_set, args.postcopy_modes.split(","), raw)
+        if args.scenario == "lazy-restore":
+            sys.modules.setdefault("side_by_side", sys.modules[__name__])
+            from lazy_restore import scenario_lazy_restore
+            raw = Path(args.raw) if args.raw else ROOT / "bench" / "results" / f"lazy-restore-{time.strftime('%Y%m%d-%H%M%S')}.json"
+            scenario_lazy_restore(ferry_vmm, qemu_vmm, [v for v in (ferry_vmm, qemu_vmm) if v.name in ONLY], args.runs,
+                                  args.dir, raw)
         if args.scenario == "free-page-hints":
             sys.modules.setdefault("side_by_side", sys.modules[__name__])
             from free_page_hints import scenario_free_page_hints

@@ -40,15 +40,26 @@ public final class MigrationDestination: Sendable {
     let postcopyRecord = Mutex<(switched: Bool, statistics: PostcopyStatistics?)>((false, nil))
     /// The `postcopy-preempt` channel's loader, when the plan announced one.
     let preempt = Mutex<PreemptReceiver?>(nil)
+    /// With `lazyRestore`: the mapped-ram image read at the start, then the restore serving it.
+    let lazyRestore: Bool
+    let lazyImage = Mutex<MappedRAMImage?>(nil)
+    let lazy = Mutex<LazyRestore?>(nil)
+    let onLazyFailure: @Sendable (MigrationError) -> Void
 
     /// `mappedRAM`: restore from a mapped-ram file (`channel` must be that
     /// file): its pages first, in parallel, then the device state it holds.
+    /// With `lazyRestore` (and `placement`) the device state only: the pages
+    /// follow once the guest runs (`LazyRestore`), and `onLazyFailure` is told
+    /// if one cannot be read.
     public init(channel: any ByteChannel, acceptor: (any ChannelAcceptor)? = nil, configuration: MigrationConfiguration,
                 ram: RAMMigration, devices: [any Migratable], channelTimeout: Duration = MigrationDestination.channelArrivalTimeout,
                 mappedRAM: (file: any PageFile, readers: Int)? = nil,
                 placement: (@Sendable () throws(MigrationError) -> any PagePlacement)? = nil, onPostcopy: @escaping @Sendable () -> Void = {},
+                lazyRestore: Bool = false, onLazyFailure: @escaping @Sendable (MigrationError) -> Void = { _ in },
                 onStatus: @escaping @Sendable (MigrationStatus) -> Void) {
         self.channel = channel
+        self.lazyRestore = lazyRestore && mappedRAM != nil
+        self.onLazyFailure = onLazyFailure
         self.makePlacement = placement
         self.onPostcopy = onPostcopy
         self.mappedRAM = mappedRAM
@@ -81,11 +92,15 @@ public final class MigrationDestination: Sendable {
     /// exited: its connections are shut (the source sees them close), and a
     /// postcopy is abandoned.
     public func abort() {
+        lazy.withLock { $0 }?.abandon()
         channel.shutdown()
         preempt.withLock { $0 }?.channel.shutdown()
         receivers.withLock { $0 }?.abort(.cancelled)
         abandonPostcopy()
     }
+
+    /// A lazy restore's figures, once its guest may run.
+    public var lazyRestoreStatistics: LazyRestoreStatistics? { lazy.withLock { $0 }?.statistics }
 
     /// The postcopy figures, once switched.
     public var postcopyStatistics: PostcopyStatistics? {
@@ -133,7 +148,8 @@ public final class MigrationDestination: Sendable {
             }
             try? returnPath.send(.shut)     // the source has its answer; a source already gone changes nothing
         }
-        channel.close()
+        // A lazy restore reads its pages from the file (the channel) from now on; it closes it.
+        if lazy.withLock({ $0 }) == nil { channel.close() }
     }
 
     /// The VM runs (or waits, with -S) on the loaded state: the migration is complete.
@@ -145,7 +161,12 @@ public final class MigrationDestination: Sendable {
             // Every offset checked before a page is read; then the pages, in parallel.
             let image = try MappedRAMImage(file: file, blocks: configuration.blocks)
             setStatus(.active)
-            try ram.loadMappedRAM(image, from: file, readers: readers)
+            if lazyRestore {
+                guard makePlacement != nil else { throw .invalidState("a lazy restore needs userfaultfd page placement") }
+                lazyImage.withLock { $0 = image }
+            } else {
+                try ram.loadMappedRAM(image, from: file, readers: readers)
+            }
             file.seek(to: image.header.stateOffset)
         }
         var reader = FrameReader(channel: channel)
@@ -226,6 +247,13 @@ public final class MigrationDestination: Sendable {
                 // Every multifd channel's own end, count and digest checked too.
                 try receivers.withLock { $0 }?.finish()
                 try ram.verifyIntact()
+                if let image = lazyImage.withLock({ $0 }), let makePlacement, let (file, readers) = mappedRAM {
+                    // Every section loaded: RAM is registered, and the guest may run while it is read.
+                    let restore = try LazyRestore(image: image, file: file, placement: try makePlacement(), readers: readers,
+                                                  onFailure: onLazyFailure)
+                    restore.start()
+                    lazy.withLock { $0 = restore }
+                }
                 return
             case .configuration:
                 throw .stream(.unexpectedFrame("a second configuration"))

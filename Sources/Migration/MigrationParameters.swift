@@ -209,6 +209,10 @@ public struct MigrationCapabilities: Equatable, Sendable {
     /// dirty tracking stays on, and the next save into the same file writes
     /// only the pages changed since.
     public var incremental = false
+    /// Ferry's own `x-ferry-lazy-restore`: a destination restoring a mapped-ram
+    /// file starts its guest once the device state is loaded, and its memory is
+    /// read from the file as the guest touches it and in the background.
+    public var lazyRestore = false
     /// QEMU's `background-snapshot`: the VM saved as it was when the migration
     /// started, the guest running on (userfaultfd write protection, no dirty log).
     public var backgroundSnapshot = false
@@ -224,7 +228,7 @@ public struct MigrationCapabilities: Equatable, Sendable {
     /// Capabilities Ferry implements.  `return-path` is always on: on sockets the
     /// destination always confirms (or refuses) the stream.
     public static let supported = ["auto-converge", "events", "return-path", "multifd", "zero-copy-send", "mapped-ram",
-                                   "x-ferry-incremental", "background-snapshot", "postcopy-ram", "postcopy-preempt"]
+                                   "x-ferry-incremental", "x-ferry-lazy-restore", "background-snapshot", "postcopy-ram", "postcopy-preempt"]
     /// QEMU 10's other capabilities: listed as off; enabling one is refused, naming it.
     public static let unsupported = ["xbzrle", "rdma-pin-all", "zero-blocks", "x-colo", "release-ram",
                                      "pause-before-switchover", "dirty-bitmaps",
@@ -240,6 +244,7 @@ public struct MigrationCapabilities: Equatable, Sendable {
         case "zero-copy-send": zeroCopySend = enabled
         case "mapped-ram": mappedRAM = enabled
         case "x-ferry-incremental": incremental = enabled
+        case "x-ferry-lazy-restore": lazyRestore = enabled
         case "background-snapshot": backgroundSnapshot = enabled
         case "postcopy-ram": postcopyRAM = enabled
         case "postcopy-preempt": postcopyPreempt = enabled
@@ -254,7 +259,7 @@ public struct MigrationCapabilities: Equatable, Sendable {
     public var states: [(name: String, enabled: Bool)] {
         [("auto-converge", autoConverge), ("events", events), ("return-path", true), ("multifd", multifd),
          ("zero-copy-send", zeroCopySend), ("mapped-ram", mappedRAM), ("x-ferry-incremental", incremental),
-         ("background-snapshot", backgroundSnapshot), ("postcopy-ram", postcopyRAM), ("postcopy-preempt", postcopyPreempt)]
+         ("x-ferry-lazy-restore", lazyRestore), ("background-snapshot", backgroundSnapshot), ("postcopy-ram", postcopyRAM), ("postcopy-preempt", postcopyPreempt)]
             + Self.unsupported.map { ($0, false) }
     }
 

@@ -16,9 +16,11 @@ public protocol PagePlacement: Sendable {
     /// none came or `interrupt()` was called.
     func waitForFaults(timeout: Duration) throws(MigrationError) -> [MissingPageFault]
     /// Places `bytes[range]` at `offset` of `block` and wakes whoever waits
-    /// there; `false` if a page of it was there already.
+    /// there; `false` if a page of it was there already (every other unit of
+    /// the range is placed all the same).
     func place(_ bytes: [UInt8], range: Range<Int>, block: Int, offset: Int) throws(MigrationError) -> Bool
-    /// Places zero pages over `[offset, offset + length)`; `false` if one was there already.
+    /// Places zero pages over `[offset, offset + length)`; `false` if one was
+    /// there already (the others placed all the same).
     func placeZero(block: Int, offset: Int, length: Int) throws(MigrationError) -> Bool
     /// Wakes whoever waits on `[offset, offset + length)` (a unit placed meanwhile).
     func wake(block: Int, offset: Int, length: Int) throws(MigrationError)

@@ -109,6 +109,65 @@ import SystemPackage
         if let failure { throw failure }
     }
 
+    /// Places `bytes[range]` at `address` (`UFFDIO_COPY`, waking the threads
+    /// waiting there) as far as it can: a page already there is skipped, `unit`
+    /// bytes of it, and the rest still placed.  Returns false if one was there.
+    ///
+    /// The kernel stops a copy at the first page already there; when it had
+    /// copied some pages before it, it answers EAGAIN with how far it got
+    /// rather than EEXIST.  Both, and a plain EAGAIN (the address space
+    /// changing under it), are continued from where the copy stopped, so a
+    /// range is never left half placed.
+    public func copyAll(from bytes: [UInt8], range: Range<Int>, to address: UInt64, unit: Int) throws(UserfaultfdError) -> Bool {
+        precondition(range.lowerBound >= 0 && range.upperBound <= bytes.count && unit > 0)
+        var start = range.lowerBound
+        var allHere = true
+        while start < range.upperBound {
+            var copied: Int64 = 0
+            let result = unsafe bytes.withUnsafeBytes { raw in
+                // SAFETY: [start, range.upperBound) lies inside `bytes` (checked above); the view does not escape.
+                unsafe CLinuxUAPI_uffd_copy(descriptor, address + UInt64(start - range.lowerBound), raw.baseAddress! + start,
+                                            UInt64(range.upperBound - start), 1, 0, &copied)
+            }
+            if result >= 0 { break }
+            let progress = copied > 0 ? Int(copied) : 0
+            switch Errno(rawValue: Int32(-result)) {
+            case .resourceTemporarilyUnavailable:
+                start += progress
+                if progress == 0 { sched_yield() }
+            case .fileExists:
+                allHere = false
+                start += progress + unit
+            case let other: throw .ioctl("UFFDIO_COPY", other)
+            }
+        }
+        return allHere
+    }
+
+    /// `zeroPage` over the range as far as it can, as `copyAll` does: a page
+    /// already there is skipped, `unit` bytes of it.  Returns false if one was there.
+    public func zeroPageAll(address: UInt64, length: UInt64, unit: UInt64) throws(UserfaultfdError) -> Bool {
+        precondition(unit > 0)
+        var start: UInt64 = 0
+        var allHere = true
+        while start < length {
+            var zeroed: Int64 = 0
+            let result = unsafe CLinuxUAPI_uffd_zeropage(descriptor, address + start, length - start, 1, &zeroed)
+            if result >= 0 { break }
+            let progress = zeroed > 0 ? UInt64(zeroed) : 0
+            switch Errno(rawValue: Int32(-result)) {
+            case .resourceTemporarilyUnavailable:
+                start += progress
+                if progress == 0 { sched_yield() }
+            case .fileExists:
+                allHere = false
+                start += progress + unit
+            case let other: throw .ioctl("UFFDIO_ZEROPAGE", other)
+            }
+        }
+        return allHere
+    }
+
     /// Maps zero pages over the range (`UFFDIO_ZEROPAGE`; not on hugetlbfs).
     public func zeroPage(address: UInt64, length: UInt64, wake: Bool = true) throws(UserfaultfdError) {
         var zeroed: Int64 = 0

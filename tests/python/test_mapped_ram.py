@@ -121,3 +121,43 @@ def test_ferry_restores_a_mapped_ram_file_from_the_command_line_and_honours_offs
     assert_verified_clean(result.stderr)
     restored = guest_beats(serial)
     assert restored and restored[0][0] == last + 1
+
+
+def test_lazy_restore_runs_the_guest_at_once_and_loads_the_rest(vms, tmp_path):
+    """Ferry's x-ferry-lazy-restore, driven like the restore above: the guest runs as soon as
+    the device state is in, its memory follows from the file, and the host and guest verifiers
+    stay clean.  Refused on anything but a file."""
+    state = tmp_path / "vm.mapped"
+    source = vms("ferry", "src")
+
+    async def scenario():
+        src = (await source.connect()).qmp
+        await wait_guest_ready(source)
+        await mapped_ram_settings(src, False)
+        await src.execute("migrate-set-parameters", {"max-bandwidth": 4 << 30})
+        await src.execute("migrate", {"uri": f"file:{state}"})
+        assert (await wait_status(src, ("completed", "failed")))["status"] == "completed"
+
+        destination = vms("ferry", "dst", incoming="defer")
+        dst = (await destination.connect()).qmp
+        await dst.execute("migrate-set-capabilities", {"capabilities": [{"capability": "x-ferry-lazy-restore", "state": True}]})
+        message = await refused(dst, "migrate-incoming", {"uri": f"unix:{tmp_path / 'never.sock'}"})
+        assert message == "Capability 'x-ferry-lazy-restore' restores a mapped-ram file: it needs a file: URI", message
+        await mapped_ram_settings(dst, False)
+        await dst.execute("migrate-incoming", {"uri": f"file:{state}"})
+        info = await wait_status(dst, ("completed", "failed"))
+        assert info["status"] == "completed", info
+        deadline = asyncio.get_running_loop().time() + 30
+        while not (info.get("x-ferry-lazy-restore") or {}).get("complete"):
+            assert asyncio.get_running_loop().time() < deadline, info
+            await asyncio.sleep(0.05)
+            info = await dst.execute("query-migrate")
+        lazy = info["x-ferry-lazy-restore"]
+        assert lazy["loaded-units"] == lazy["total-units"] == (256 << 20) // 4096, lazy
+        assert lazy["fault-pages"] + lazy["prefetched-pages"] >= lazy["total-units"], lazy
+        assert (await dst.execute("query-status"))["status"] == "running"
+        await assert_guest_moved(source, destination)
+        await source.quit()
+        assert_verified_clean(await destination.quit())
+
+    asyncio.run(scenario())

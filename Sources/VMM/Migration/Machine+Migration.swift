@@ -162,9 +162,16 @@ extension Machine {
                 do { file = try MigrationFile.open(path: path, writing: false, direct: direct, base: offset, descriptors: descriptors) } catch {
                     throw QMPError.generic("Failed to open '\(text)': \(error)")
                 }
+                if s.capabilities.lazyRestore, let backend = memory.blocks.first?.mapping.backend,
+                   !UserfaultPagePlacement.supported(backend: backend) {
+                    throw QMPError.generic("Capability 'x-ferry-lazy-restore' needs userfaultfd on \(backend.rawValue) memory, which this kernel lacks")
+                }
                 incoming = MigrationSlot.Incoming(file: file, uri: uri,
                                                   readers: s.capabilities.multifd ? Int(s.parameters.multifdChannels) : 1)
             } else {
+                if s.capabilities.lazyRestore {
+                    throw QMPError.generic("Capability 'x-ferry-lazy-restore' restores a mapped-ram file: it needs a file: URI")
+                }
                 let listener: IncomingListener
                 do { listener = try Transport.listen(uri, descriptors: descriptors) } catch { throw .generic("Failed to listen on '\(text)': \(error)") }
                 incoming = MigrationSlot.Incoming(listener: listener)
@@ -197,11 +204,24 @@ extension Machine {
         let destination: MigrationDestination
         do {
             if let (file, readers) = incoming.mappedRAM {
-                // A mapped-ram file: its pages in parallel, then its device state.
+                // A mapped-ram file: its pages in parallel, then its device state; or, lazily,
+                // the device state, then the pages while the guest runs.
+                let blocks = memory.blocks
+                let lazy = migration.state.withLock { $0.capabilities.lazyRestore }
                 destination = MigrationDestination(
                     channel: file, configuration: migrationConfiguration,
                     ram: RAMMigration(blocks: memory.blocks, tracker: nil, destinationStartsZero: startsZero),
-                    devices: migratableDevices(global: global), mappedRAM: (file, readers), onStatus: fromDestination)
+                    devices: migratableDevices(global: global), mappedRAM: (file, readers),
+                    placement: { () throws(MigrationError) in try UserfaultPagePlacement(blocks: blocks) },
+                    lazyRestore: lazy,
+                    onLazyFailure: { [weak self, weak incoming] error in
+                        // The guest cannot go on without the page it waits for: it stops (or never
+                        // starts), saying why.  (Weak: the slot holds `incoming`, which holds this load.)
+                        incoming?.error.withLock { $0 = "\(error)" }
+                        self?.lazyRestoreFailed("lazy restore failed: \(error)")
+                    },
+                    onStatus: fromDestination)
+                incoming.destination.withLock { $0 = destination }
                 try destination.run()
                 finishIncoming(run: autostart && global.sourceWasRunning == true)
                 destination.complete()
@@ -249,11 +269,31 @@ extension Machine {
         destination.complete()
     }
 
+    /// A lazy restore cannot read a page: a guest that runs stops; one not yet
+    /// started (or paused) is put in `internal-error`, so it never runs on without it.
+    func lazyRestoreFailed(_ reason: String) {
+        let wasRunning = runState.withLock { state -> Bool? in
+            switch state {
+            case .running: return true
+            case .inmigrate, .paused, .prelaunch:
+                state = .internalError
+                return false
+            default: return nil      // quit, or stopped otherwise already
+            }
+        }
+        if wasRunning == true { guestStopped(.internalError, reason: reason) }
+    }
+
     /// The migration is loaded: the guest runs here if it ran on the source.
+    /// A lazy restore that failed already leaves it in `internal-error`.
     func finishIncoming(run: Bool) {
         let next: RunState = run ? .running : .paused
-        runState.withLock { $0 = next }
-        if run {
+        let moved = runState.withLock { state -> Bool in
+            guard state != .internalError else { return false }
+            state = next
+            return true
+        }
+        if moved && run {
             control.resume()
             emit("RESUME")
         }

@@ -16,6 +16,19 @@ extension Machine {
             default: break
             }
             if let error = incoming.error.withLock({ $0 }) { result["error-desc"] = .string(error) }
+            // Ferry's own: a lazy restore's progress (the guest runs from the start of it).
+            if let lazy = incoming.destination.withLock({ $0 })?.lazyRestoreStatistics {
+                var entry: [String: JSONValue] = ["faults": .int(Int64(lazy.faults)), "fault-pages": .int(Int64(lazy.faultPages)),
+                                                  "prefetched-pages": .int(Int64(lazy.prefetchedPages)),
+                                                  "zero-pages": .int(Int64(lazy.zeroPages)),
+                                                  "loaded-units": .int(Int64(lazy.loadedUnits)), "total-units": .int(Int64(lazy.totalUnits)),
+                                                  "complete": .bool(lazy.complete)]
+                if let time = lazy.loadTime {
+                    entry["load-time"] = .int(time.components.seconds * 1000 + time.components.attoseconds / 1_000_000_000_000_000)
+                }
+                if let latency = lazy.faultLatency { entry["fault-latency-us"] = Self.json(latency) }
+                result["x-ferry-lazy-restore"] = .object(entry)
+            }
             // Ferry's own: what the guest waited for since the switch to postcopy.
             if let postcopy = incoming.destination.withLock({ $0 })?.postcopyStatistics {
                 var entry: [String: JSONValue] = ["faults": .int(Int64(postcopy.faults)), "requests": .int(Int64(postcopy.requests)),

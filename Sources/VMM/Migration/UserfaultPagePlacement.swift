@@ -69,20 +69,16 @@ final class UserfaultPagePlacement: PagePlacement {
     }
 
     func place(_ bytes: [UInt8], range: Range<Int>, block: Int, offset: Int) throws(MigrationError) -> Bool {
-        do { try descriptor.copy(from: bytes, range: range, to: address(block, offset)) } catch {
-            if case .ioctl(_, .fileExists) = error { return false }
+        do { return try descriptor.copyAll(from: bytes, range: range, to: address(block, offset), unit: unitBytes[block]) } catch {
             throw .state("cannot place \(range.count) bytes at offset \(offset) of RAM block '\(blocks[block].name)': \(error)")
         }
-        return true
     }
 
     func placeZero(block: Int, offset: Int, length: Int) throws(MigrationError) -> Bool {
         guard blocks[block].mapping.backend == .hugetlb else {
-            do { try descriptor.zeroPage(address: address(block, offset), length: UInt64(length)) } catch {
-                if case .ioctl(_, .fileExists) = error { return false }
+            do { return try descriptor.zeroPageAll(address: address(block, offset), length: UInt64(length), unit: UInt64(unitBytes[block])) } catch {
                 throw .state("cannot place zero pages at offset \(offset) of RAM block '\(blocks[block].name)': \(error)")
             }
-            return true
         }
         let unit = unitBytes[block]
         let zero = zeroHugePage.withLock { page in
