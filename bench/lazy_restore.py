@@ -1,7 +1,7 @@
 """Lazy restore (scenario lazy-restore of side_by_side.py): Ferry's x-ferry-lazy-restore against
 Ferry's and QEMU 10's eager mapped-ram restores of the same guest.
 
-Each VMM saves its own guest (2 GiB, 1 vCPU, 1536 MiB written once, then `stop`) into a
+Each VMM saves its own guest (2 GiB, 1 vCPU, 1536 MiB written once, then idle; a live save) into a
 mapped-ram file with 4 multifd channels, fsynced; each restore starts from a dropped page cache
 on an `-incoming defer` machine with the same settings, and measures `migrate-incoming` to
 query-status `running` (polled every 5 ms) and, for the lazy restore, to every page loaded
@@ -65,13 +65,13 @@ def scenario_lazy_restore(ferry_vmm, qemu_vmm, vmms, runs, directory, raw_path):
                              check=True, capture_output=True, text=True).stdout.strip()
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    print(f"scenario lazy-restore: 2 GiB guest, 1 vCPU, {workload}, stopped save with mapped-ram + {CHANNELS} channels, "
+    print(f"scenario lazy-restore: 2 GiB guest, 1 vCPU, {workload}, live save of the idle guest with mapped-ram + {CHANNELS} channels, "
           f"restores from a dropped page cache; median of {runs} runs; first touch of 1.5 GiB {first_touch_ms(1536 << 20):.0f} ms")
     samples = {}
     for run in range(runs):
         for vmm in vmms:
             path = directory / f"lazy-{vmm.name}.mapped"
-            asyncio.run(save_once(vmm, cmdline, "2G", 393216, CHANNELS, False, True, path))
+            asyncio.run(save_once(vmm, cmdline, "2G", 393216, CHANNELS, False, False, path))   # live (idle guest): it restores running
             modes = [("eager", False)] + ([("lazy", True)] if vmm.name == "ferry" else [])
             for mode, lazy in modes:
                 result = asyncio.run(restore(vmm, cmdline, path, lazy))
