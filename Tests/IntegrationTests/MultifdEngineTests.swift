@@ -176,8 +176,12 @@ import Transport
         })
         #expect(failed.info.status == .failed)
         // The destination's reason when its answer comes in time, else the source's own broken channel.
+        // The dying channel shuts its connection before its error reaches the destination's receiver;
+        // in that window the source may see the broken pipe, fail and close its main channel, and the
+        // destination then reports the main channel's early end (seen once in CI).
         let reason = failed.info.errorDescription ?? ""
-        #expect(reason.contains("Connection reset by peer") || reason.contains("Broken pipe"), "\(reason)")
+        #expect(reason.contains("Connection reset by peer") || reason.contains("Broken pipe") || reason.contains("stream truncated"),
+                "\(reason)")
         guard case .failure? = failed.destination else { Issue.record("the destination loaded a stream with a dead channel"); return }
         #expect(!failed.events.contains("hold"), "before the switchover the source is never held: \(failed.events)")
         #expect(failed.events.allSatisfy { $0 != "completed" })
