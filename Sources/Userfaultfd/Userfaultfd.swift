@@ -120,41 +120,36 @@ import SystemPackage
     /// range is never left half placed.
     public func copyAll(from bytes: [UInt8], range: Range<Int>, to address: UInt64, unit: Int) throws(UserfaultfdError) -> Bool {
         precondition(range.lowerBound >= 0 && range.upperBound <= bytes.count && unit > 0)
-        var start = range.lowerBound
-        var allHere = true
-        while start < range.upperBound {
-            var copied: Int64 = 0
-            let result = unsafe bytes.withUnsafeBytes { raw in
-                // SAFETY: [start, range.upperBound) lies inside `bytes` (checked above); the view does not escape.
-                unsafe CLinuxUAPI_uffd_copy(descriptor, address + UInt64(start - range.lowerBound), raw.baseAddress! + start,
-                                            UInt64(range.upperBound - start), 1, 0, &copied)
-            }
-            if result >= 0 { break }
-            let progress = copied > 0 ? Int(copied) : 0
-            switch Errno(rawValue: Int32(-result)) {
-            case .resourceTemporarilyUnavailable:
-                start += progress
-                if progress == 0 { sched_yield() }
-            case .fileExists:
-                allHere = false
-                start += progress + unit
-            case let other: throw .ioctl("UFFDIO_COPY", other)
+        return try fillAll("UFFDIO_COPY", length: range.count, unit: unit) { start, progress in
+            unsafe bytes.withUnsafeBytes { raw in
+                // SAFETY: [range.lowerBound + start, range.upperBound) lies inside `bytes` (checked above); the view does not escape.
+                unsafe CLinuxUAPI_uffd_copy(descriptor, address + UInt64(start), raw.baseAddress! + range.lowerBound + start,
+                                            UInt64(range.count - start), 1, 0, &progress)
             }
         }
-        return allHere
     }
 
     /// `zeroPage` over the range as far as it can, as `copyAll` does: a page
     /// already there is skipped, `unit` bytes of it.  Returns false if one was there.
     public func zeroPageAll(address: UInt64, length: UInt64, unit: UInt64) throws(UserfaultfdError) -> Bool {
         precondition(unit > 0)
-        var start: UInt64 = 0
+        return try fillAll("UFFDIO_ZEROPAGE", length: Int(length), unit: Int(unit)) { start, progress in
+            unsafe CLinuxUAPI_uffd_zeropage(descriptor, address + UInt64(start), length - UInt64(start), 1, &progress)
+        }
+    }
+
+    /// The loop `copyAll` and `zeroPageAll` share: `fill(start, &progress)` is one
+    /// ioctl from byte `start` to the end; EAGAIN continues after the bytes it
+    /// reports done, EEXIST skips one unit after them.
+    private func fillAll(_ name: String, length: Int, unit: Int,
+                         _ fill: (_ start: Int, _ progress: inout Int64) -> Int) throws(UserfaultfdError) -> Bool {
+        var start = 0
         var allHere = true
         while start < length {
-            var zeroed: Int64 = 0
-            let result = unsafe CLinuxUAPI_uffd_zeropage(descriptor, address + start, length - start, 1, &zeroed)
+            var done: Int64 = 0
+            let result = fill(start, &done)
             if result >= 0 { break }
-            let progress = zeroed > 0 ? UInt64(zeroed) : 0
+            let progress = done > 0 ? Int(done) : 0
             switch Errno(rawValue: Int32(-result)) {
             case .resourceTemporarilyUnavailable:
                 start += progress
@@ -162,7 +157,7 @@ import SystemPackage
             case .fileExists:
                 allHere = false
                 start += progress + unit
-            case let other: throw .ioctl("UFFDIO_ZEROPAGE", other)
+            case let other: throw .ioctl(name, other)
             }
         }
         return allHere

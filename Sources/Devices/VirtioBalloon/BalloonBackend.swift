@@ -103,8 +103,8 @@ public struct BalloonBackend: VirtioBackend, VirtioBackendState {
     public mutating func process(queue index: Int, context: inout VirtioContext) throws(VirtqueueError) {
         while let chain = try context.pop(queue: index) {
             switch index {
-            case Self.inflateQueue: try inflate(chain, context: context)
-            case Self.deflateQueue: try deflate(chain, context: context)
+            case Self.inflateQueue: try inflate(chain, queue: index, context: context)
+            case Self.deflateQueue: try deflate(chain, queue: index, context: context)
             default: try freePages(chain, context: context)
             }
             try context.push(queue: index, chain)
@@ -113,9 +113,9 @@ public struct BalloonBackend: VirtioBackend, VirtioBackendState {
 
     /// Each readable buffer holds little-endian 32-bit PFNs.  A PFN outside RAM is
     /// skipped, as QEMU skips it; runs of pages in RAM are discarded together.
-    mutating func inflate(_ chain: DescriptorChain, context: borrowing VirtioContext) throws(VirtqueueError) {
+    mutating func inflate(_ chain: DescriptorChain, queue: Int, context: borrowing VirtioContext) throws(VirtqueueError) {
         var run: (start: UInt64, count: UInt64)?
-        for pfn in try pfns(chain, context: context) {
+        for pfn in try pfns(chain, queue: queue, context: context) {
             let address = UInt64(pfn) << Self.pfnShift
             guard (try? context.guestMemory.locate(GuestAddress(address), length: 1 << Self.pfnShift)) != nil else {
                 counters.invalidPFNs += 1
@@ -130,18 +130,18 @@ public struct BalloonBackend: VirtioBackend, VirtioBackendState {
     }
 
     /// Deflated pages come back on their next touch: only counted.
-    mutating func deflate(_ chain: DescriptorChain, context: borrowing VirtioContext) throws(VirtqueueError) {
-        counters.deflatedPages += UInt64(try pfns(chain, context: context).count)
+    mutating func deflate(_ chain: DescriptorChain, queue: Int, context: borrowing VirtioContext) throws(VirtqueueError) {
+        counters.deflatedPages += UInt64(try pfns(chain, queue: queue, context: context).count)
     }
 
-    func pfns(_ chain: DescriptorChain, context: borrowing VirtioContext) throws(VirtqueueError) -> [UInt32] {
+    func pfns(_ chain: DescriptorChain, queue: Int, context: borrowing VirtioContext) throws(VirtqueueError) -> [UInt32] {
         var result: [UInt32] = []
         for buffer in chain.readable {
             guard buffer.byteCount % 4 == 0, buffer.byteCount <= 1 << 20 else {
-                throw .badBuffer(queue: Self.inflateQueue, reason: "a PFN buffer of \(buffer.byteCount) bytes")
+                throw .badBuffer(queue: queue, reason: "a PFN buffer of \(buffer.byteCount) bytes")
             }
             guard let bytes = try? context.guestMemory.read(at: buffer.start, count: Int(buffer.byteCount)) else {
-                throw .bufferOutsideRAM(queue: Self.inflateQueue, address: buffer.start.rawValue, length: UInt32(buffer.byteCount))
+                throw .bufferOutsideRAM(queue: queue, address: buffer.start.rawValue, length: UInt32(buffer.byteCount))
             }
             for i in stride(from: 0, to: bytes.count, by: 4) {
                 result.append(UInt32(bytes[i]) | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2]) << 16 | UInt32(bytes[i + 3]) << 24)
