@@ -121,6 +121,8 @@ struct StreamAnalyzer {
         case .postcopy:
             // Postcopy needs the return path's page requests: a file never holds one.
             throw AnalysisStop("unexpected frame: a postcopy switch in a migration file")
+        case .resume:
+            throw AnalysisStop("unexpected frame: a resumed postcopy connection's opening in a migration file")
         case .returnMessage:
             throw AnalysisStop("unexpected frame: a return-path message on the forward stream")
         case .invalid:
@@ -172,6 +174,7 @@ struct StreamAnalyzer {
         case .channels: "channels"
         case .sync: "sync"
         case .postcopy: "postcopy"
+        case .resume: "resume"
         case .returnMessage: "return-message"
         }
     }

@@ -132,11 +132,10 @@ public final class LazyRestore: Sendable {
                 for fault in try placement.waitForFaults(timeout: .milliseconds(100)) {
                     let begin = ContinuousClock.now
                     let unit = fault.offset / (unitPages[fault.block] * Self.pageSize)
-                    let pages = try serve(block: fault.block, units: unit..<(unit + 1), wakeIfPlaced: true)
+                    try serve(block: fault.block, units: unit..<(unit + 1), wakeIfPlaced: true)
                     let micros = (ContinuousClock.now - begin).components
                     record.withLock { r in
                         r.faults += 1
-                        r.faultPages += UInt64(pages)
                         r.faultLatency.record(UInt64(max(1, micros.seconds * 1_000_000 + micros.attoseconds / 1_000_000_000_000)))
                     }
                 }
@@ -158,15 +157,16 @@ public final class LazyRestore: Sendable {
                 let firstPage = taken * Self.prefetchPages
                 let lastPage = min(firstPage + Self.prefetchPages, image.indexes[block].pageCount)
                 let units = firstPage / unitPages[block]..<(lastPage / unitPages[block])
-                let pages = try serve(block: block, units: units, wakeIfPlaced: false)
-                record.withLock { $0.prefetchedPages += UInt64(pages) }
+                try serve(block: block, units: units, wakeIfPlaced: false)
             }
         } catch { fail(error) }
     }
 
-    /// Reads, checks and places the units of `units` not placed yet; returns the
+    /// Reads, checks and places the units of `units` not placed yet (counted as
+    /// a fault's pages when `wakeIfPlaced`, else as prefetched); returns the
     /// pages this call placed.  `wakeIfPlaced`: a unit another thread placed
     /// meanwhile is woken (a fault waits on it).
+    @discardableResult
     private func serve(block: Int, units: Range<Int>, wakeIfPlaced: Bool) throws(MigrationError) -> Int {
         let unitBytes = unitPages[block] * Self.pageSize
         var placedPages = 0
@@ -231,7 +231,13 @@ public final class LazyRestore: Sendable {
         if let bytes { whole = try placement.place(bytes, range: 0..<length, block: block, offset: offset) }
         else { whole = try placement.placeZero(block: block, offset: offset, length: length) }
         if !whole && wakeIfPlaced { try placement.wake(block: block, offset: offset, length: length) }
-        if bytes == nil { record.withLock { $0.zeroPages += UInt64(units.count * unitPages[block]) } }
+        // Counted before the last unit can mark the restore complete, so a complete
+        // restore's figures always add up (a reader of them waits for `complete`).
+        let pages = UInt64(units.count * unitPages[block])
+        record.withLock { r in
+            if bytes == nil { r.zeroPages += pages }
+            if wakeIfPlaced { r.faultPages += pages } else { r.prefetchedPages += pages }
+        }
         let complete = state.withLock { s -> Bool in
             for unit in units where !s.placed[block][unit] {
                 s.placed[block][unit] = true

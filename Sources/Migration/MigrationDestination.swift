@@ -10,14 +10,15 @@ import Synchronization
 /// object and arrive once each), so a hostile stream gets an error, never a
 /// write outside guest RAM.  The VM is resumed by the caller once `run` returns.
 public final class MigrationDestination: Sendable {
-    let channel: any ByteChannel
+    /// The connection to the source: the main channel and the return path (a postcopy recovery replaces it).
+    let link: DestinationLink
+    var channel: any ByteChannel { link.channel }
+    var returnPath: ReturnPathWriter { link.returnPath }
     /// Where the multifd channels come from (a socket listener); nil: none may.
     let acceptor: (any ChannelAcceptor)?
     let receivers = Mutex<MultifdReceivers?>(nil)
     /// How long the multifd channels the main channel announces may take to arrive, all together.
     public static let channelArrivalTimeout: Duration = .seconds(10)
-    /// The answers to the source (sockets only); shared with the multifd receivers and, later, a fault thread.
-    let returnPath: ReturnPathWriter
     let configuration: MigrationConfiguration
     let ram: RAMMigration
     let devices: [String: any Migratable]
@@ -34,6 +35,8 @@ public final class MigrationDestination: Sendable {
     let makePlacement: (@Sendable () throws(MigrationError) -> any PagePlacement)?
     /// Told once the switch to postcopy is made: the guest may run now.
     let onPostcopy: @Sendable () -> Void
+    /// With capability `postcopy-blocktime`: the vCPUs' TIDs (by index) at the switch, whose waits are measured.
+    let blocktimeVCPUThreads: (@Sendable () -> [Int32])?
     /// After the switch to postcopy: the pages still to come.
     let postcopy = Mutex<PostcopyLoad?>(nil)
     /// Whether the switch was made, and a completed postcopy's figures (its load let go).
@@ -45,6 +48,8 @@ public final class MigrationDestination: Sendable {
     let lazyImage = Mutex<MappedRAMImage?>(nil)
     let lazy = Mutex<LazyRestore?>(nil)
     let onLazyFailure: @Sendable (MigrationError) -> Void
+    /// A paused postcopy's way back: `migrate-recover`'s listener, handed to the loading thread.
+    let recovery = RecoveryWait<any ChannelAcceptor>(close: { $0.close() })
 
     /// `mappedRAM`: restore from a mapped-ram file (`channel` must be that
     /// file): its pages first, in parallel, then the device state it holds.
@@ -55,17 +60,18 @@ public final class MigrationDestination: Sendable {
                 ram: RAMMigration, devices: [any Migratable], channelTimeout: Duration = MigrationDestination.channelArrivalTimeout,
                 mappedRAM: (file: any PageFile, readers: Int)? = nil,
                 placement: (@Sendable () throws(MigrationError) -> any PagePlacement)? = nil, onPostcopy: @escaping @Sendable () -> Void = {},
+                blocktimeVCPUThreads: (@Sendable () -> [Int32])? = nil,
                 lazyRestore: Bool = false, onLazyFailure: @escaping @Sendable (MigrationError) -> Void = { _ in },
                 onStatus: @escaping @Sendable (MigrationStatus) -> Void) {
-        self.channel = channel
+        link = DestinationLink(channel: channel)
         self.lazyRestore = lazyRestore && mappedRAM != nil
         self.onLazyFailure = onLazyFailure
         self.makePlacement = placement
         self.onPostcopy = onPostcopy
+        self.blocktimeVCPUThreads = blocktimeVCPUThreads
         self.mappedRAM = mappedRAM
         self.acceptor = acceptor
         self.channelTimeout = channelTimeout
-        returnPath = ReturnPathWriter(channel: channel)
         self.configuration = configuration
         self.ram = ram
         self.devices = Dictionary(devices.map { ($0.sectionName, $0) }, uniquingKeysWith: { first, _ in first })
@@ -93,6 +99,7 @@ public final class MigrationDestination: Sendable {
     /// postcopy is abandoned.
     public func abort() {
         lazy.withLock { $0 }?.abandon()
+        recovery.abandon()
         channel.shutdown()
         preempt.withLock { $0 }?.channel.shutdown()
         receivers.withLock { $0 }?.abort(.cancelled)
@@ -181,33 +188,52 @@ public final class MigrationDestination: Sendable {
         }
         do { try configuration.check(incoming: try MigrationConfiguration(decoding: payload)) } catch { throw .stream(error) }
         setStatus(.active)
+        var stream = StreamState()
+        while true {
+            do {
+                try loadFrames(from: &reader, into: &stream, migrationID: identity.migrationID)
+                return
+            } catch {
+                // After the switch to postcopy the guest runs here: a break pauses, it never fails.
+                reader = try pauseUntilRecovered(after: error, plan: stream.plan, migrationID: identity.migrationID)
+            }
+        }
+    }
+
+    /// What the main stream's frames have set up so far (kept across a postcopy recovery).
+    struct StreamState: ~Copyable {
         var loaded = Set<String>()
         var plan: ChannelPlan?
         var scratch = PageLoadScratch()
+    }
+
+    /// Loads the main channel's frames until its `end`.
+    func loadFrames(from reader: inout FrameReader, into stream: inout StreamState, migrationID: [UInt8]) throws(MigrationError) {
+        var payload: [UInt8] = []
         while true {
             let header = try reader.next(into: &payload)
-            if plan == nil && [.pages, .section, .end].contains(header.kind) {
+            if stream.plan == nil && [.pages, .section, .end].contains(header.kind) {
                 throw .stream(.unexpectedFrame("a frame of kind \(header.kind.rawValue) before the channel plan"))
             }
             switch header.kind {
             case .pages:
-                guard plan?.mappedRAM != true else { throw .stream(.unexpectedFrame("a pages frame in a mapped-ram file's device state")) }
-                guard plan?.multifd == 0 else { throw .stream(.unexpectedFrame("pages on the main channel of a multifd migration")) }
-                try ram.loadPages(header, payload: payload, from: &reader, scratch: &scratch)
+                guard stream.plan?.mappedRAM != true else { throw .stream(.unexpectedFrame("a pages frame in a mapped-ram file's device state")) }
+                guard stream.plan?.multifd == 0 else { throw .stream(.unexpectedFrame("pages on the main channel of a multifd migration")) }
+                try ram.loadPages(header, payload: payload, from: &reader, scratch: &stream.scratch)
             case .residency:
                 try ram.loadResidency(payload)
             case .channels:
-                guard plan == nil else { throw .stream(.unexpectedFrame("a second channel plan")) }
+                guard stream.plan == nil else { throw .stream(.unexpectedFrame("a second channel plan")) }
                 let announced: ChannelPlan
                 do { announced = try ChannelPlan(decoding: payload) } catch { throw .stream(error) }
-                plan = announced
+                stream.plan = announced
                 guard announced.mappedRAM == (mappedRAM != nil) else {
                     throw .stream(.unexpectedFrame(announced.mappedRAM
                         ? "the stream says its pages are in a mapped-ram file, but this is not a mapped-ram restore"
                         : "a mapped-ram file's device state without the mapped-ram flag"))
                 }
-                if announced.multifd > 0 && !announced.mappedRAM { try startReceivers(announced, migrationID: identity.migrationID) }
-                if announced.preempt { try startPreempt(migrationID: identity.migrationID) }
+                if announced.multifd > 0 && !announced.mappedRAM { try startReceivers(announced, migrationID: migrationID) }
+                if announced.preempt { try startPreempt(migrationID: migrationID, from: acceptor) }
             case .section:
                 let section: StateSection
                 do { section = try StateSection(decoding: payload) } catch { throw .stream(error) }
@@ -217,21 +243,21 @@ public final class MigrationDestination: Sendable {
                 guard section.version == owner.sectionVersion else {
                     throw .stream(.unexpectedFrame("section '\(section.name)' has version \(section.version), this Ferry loads \(owner.sectionVersion)"))
                 }
-                guard loaded.insert(section.name).inserted else {
+                guard stream.loaded.insert(section.name).inserted else {
                     throw .stream(.unexpectedFrame("section '\(section.name)' arrived twice"))
                 }
                 try owner.load(section)
             case .postcopy:
-                guard plan?.multifd == 0, plan?.mappedRAM == false else {
+                guard stream.plan?.multifd == 0, stream.plan?.mappedRAM == false else {
                     throw .stream(.unexpectedFrame("a postcopy switch in a migration with multifd channels or a mapped-ram file"))
                 }
-                if let missing = devices.keys.sorted().first(where: { !loaded.contains($0) }) {
+                if let missing = devices.keys.sorted().first(where: { !stream.loaded.contains($0) }) {
                     throw .stream(.unexpectedFrame("the switch to postcopy came without section '\(missing)'"))
                 }
                 try switchToPostcopy(payload)
             case .end:
                 // The reader has checked the end's frame count and digest: every frame arrived, in order.
-                if let missing = devices.keys.sorted().first(where: { !loaded.contains($0) }) {
+                if let missing = devices.keys.sorted().first(where: { !stream.loaded.contains($0) }) {
                     throw .stream(.unexpectedFrame("the stream ended without section '\(missing)'"))
                 }
                 // The preempt channel's own end (every page asked for that went there), then
@@ -257,6 +283,8 @@ public final class MigrationDestination: Sendable {
                 return
             case .configuration:
                 throw .stream(.unexpectedFrame("a second configuration"))
+            case .resume:
+                throw .stream(.unexpectedFrame("a resume frame in the middle of a stream (it opens a recovered postcopy connection)"))
             case .sync:
                 throw .stream(.unexpectedFrame("a sync frame on the main channel"))
             case .returnMessage:
@@ -268,16 +296,16 @@ public final class MigrationDestination: Sendable {
     }
 
     /// Accepts the `postcopy-preempt` channel the plan announces and starts loading from it.
-    func startPreempt(migrationID: [UInt8]) throws(MigrationError) {
+    func startPreempt(migrationID: [UInt8], from acceptor: (any ChannelAcceptor)?) throws(MigrationError) {
         guard let acceptor, channel.hasReturnPath else {
             throw .stream(.unexpectedFrame("the source announced a postcopy preempt channel, but this destination reads a file or descriptor"))
         }
         let accepted = try PreemptReceiver.accept(migrationID: migrationID, from: acceptor, timeout: channelTimeout)
-        let (main, answers) = (channel, returnPath)
-        let receiver = PreemptReceiver(channel: accepted, ram: ram) { error in
-            // Tell the source why, then wake the main thread, which waits on its own channel.
-            try? answers.send(.failed(error.description))
-            main.shutdown()
+        let link = self.link
+        let receiver = PreemptReceiver(channel: accepted, ram: ram) { _ in
+            // Wake the main thread, which waits on its own channel: it fails the load (and says
+            // why), or after the switch to postcopy pauses it.
+            link.shutdown()
         }
         preempt.withLock { $0 = receiver }
     }
@@ -289,14 +317,14 @@ public final class MigrationDestination: Sendable {
         guard let makePlacement, channel.hasReturnPath else {
             throw .stream(.unexpectedFrame("a switch to postcopy, which this destination cannot take (it needs a return path and userfaultfd)"))
         }
-        let answers = returnPath
-        let main = channel
-        let load = try ram.beginPostcopy(payload, placement: try makePlacement(), ask: { block, offset, length throws(MigrationError) in
-            try answers.send(.pageRequest(block: UInt16(block), offset: UInt64(offset), length: UInt64(length)))
+        let link = self.link
+        let load = try ram.beginPostcopy(payload, placement: try makePlacement(), vcpuThreads: blocktimeVCPUThreads?(), ask: { block, offset, length in
+            // A request that cannot be sent breaks the connection: the load pauses, and asks again after a recovery.
+            link.ask(block: block, offset: offset, length: length)
         }, onFailure: { error in
             // A fault thread that stopped leaves every later access waiting: the load fails now.
-            try? answers.send(.failed(error.description))
-            main.shutdown()
+            try? link.send(.failed(error.description))
+            link.shutdown()
         })
         postcopy.withLock { $0 = load }
         postcopyRecord.withLock { $0.switched = true }
@@ -312,15 +340,14 @@ public final class MigrationDestination: Sendable {
         let channels = try MultifdReceivers.accept(Int(plan.multifd), migrationID: migrationID, from: acceptor,
                                                    timeout: channelTimeout)
         acceptor.close()
-        let main = channel
-        let answers = returnPath
+        let link = self.link
         let started = MultifdReceivers(channels: channels, ram: ram, onApplied: { epoch in
             // The source waits for this before it stops the guest (nothing old left in flight then).
-            if main.hasReturnPath { try? answers.send(.applied(epoch: epoch)) }
+            if link.channel.hasReturnPath { try? link.send(.applied(epoch: epoch)) }
         }) { error in
             // Tell the source why, then wake the main thread, which waits on its own channel.
-            if main.hasReturnPath { try? answers.send(.failed(error.description)) }
-            main.shutdown()
+            if link.channel.hasReturnPath { try? link.send(.failed(error.description)) }
+            link.shutdown()
         }
         receivers.withLock { $0 = started }
     }

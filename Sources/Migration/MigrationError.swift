@@ -38,4 +38,7 @@ public enum MigrationError: Error, Equatable, Sendable, CustomStringConvertible 
 extension MigrationError {
     /// Whether this is the destination's own answer that it did not load the stream.
     public var isDestinationAnswer: Bool { if case .refused = self { true } else { false } }
+
+    /// Whether this already says that postcopy failed after the destination started the guest.
+    var isPostcopyFailure: Bool { if case .postcopyFailed = self { true } else { false } }
 }

@@ -41,6 +41,8 @@ public struct MigrationInfo: Equatable, Sendable {
     /// background was sending (it finished them), and pages sent on the preempt channel.
     public var postcopyDroppedRequests: UInt64 = 0
     public var postcopyUrgentPages: UInt64 = 0
+    /// Times postcopy paused (its connection broke, or `migrate-pause`) and waited for a recovery.
+    public var postcopyPauses: UInt64 = 0
 
     public init() {}
 }

@@ -222,17 +222,21 @@ public struct MigrationCapabilities: Equatable, Sendable {
     /// QEMU's `postcopy-preempt`: after the switch, requested pages travel on a
     /// channel of their own (`postcopy-preempt`), never behind background pages.
     public var postcopyPreempt = false
+    /// QEMU's `postcopy-blocktime` (on the destination): how long its vCPUs
+    /// waited for pages, with QEMU 10.1's latency figures, in `query-migrate`.
+    public var postcopyBlocktime = false
 
     public init() {}
 
     /// Capabilities Ferry implements.  `return-path` is always on: on sockets the
     /// destination always confirms (or refuses) the stream.
     public static let supported = ["auto-converge", "events", "return-path", "multifd", "zero-copy-send", "mapped-ram",
-                                   "x-ferry-incremental", "x-ferry-lazy-restore", "background-snapshot", "postcopy-ram", "postcopy-preempt"]
+                                   "x-ferry-incremental", "x-ferry-lazy-restore", "background-snapshot", "postcopy-ram", "postcopy-preempt",
+                                   "postcopy-blocktime"]
     /// QEMU 10's other capabilities: listed as off; enabling one is refused, naming it.
     public static let unsupported = ["xbzrle", "rdma-pin-all", "zero-blocks", "x-colo", "release-ram",
                                      "pause-before-switchover", "dirty-bitmaps",
-                                     "postcopy-blocktime", "late-block-activate", "x-ignore-shared", "validate-uuid",
+                                     "late-block-activate", "x-ignore-shared", "validate-uuid",
                                      "switchover-ack",
                                      "dirty-limit"]
 
@@ -248,6 +252,7 @@ public struct MigrationCapabilities: Equatable, Sendable {
         case "background-snapshot": backgroundSnapshot = enabled
         case "postcopy-ram": postcopyRAM = enabled
         case "postcopy-preempt": postcopyPreempt = enabled
+        case "postcopy-blocktime": postcopyBlocktime = enabled
         case "return-path":
             if !enabled { throw .invalidParameter("Capability 'return-path' cannot be turned off: Ferry always confirms a migration on the return path") }
         case _ where Self.unsupported.contains(name):
@@ -259,7 +264,8 @@ public struct MigrationCapabilities: Equatable, Sendable {
     public var states: [(name: String, enabled: Bool)] {
         [("auto-converge", autoConverge), ("events", events), ("return-path", true), ("multifd", multifd),
          ("zero-copy-send", zeroCopySend), ("mapped-ram", mappedRAM), ("x-ferry-incremental", incremental),
-         ("x-ferry-lazy-restore", lazyRestore), ("background-snapshot", backgroundSnapshot), ("postcopy-ram", postcopyRAM), ("postcopy-preempt", postcopyPreempt)]
+         ("x-ferry-lazy-restore", lazyRestore), ("background-snapshot", backgroundSnapshot), ("postcopy-ram", postcopyRAM), ("postcopy-preempt", postcopyPreempt),
+         ("postcopy-blocktime", postcopyBlocktime)]
             + Self.unsupported.map { ($0, false) }
     }
 
@@ -285,6 +291,7 @@ public struct MigrationCapabilities: Equatable, Sendable {
             // (`return-path` is always on in Ferry: a snapshot to a socket waits for the
             // destination's answer; a file has none.)
             if postcopyRAM { throw .invalidParameter("Background-snapshot is not compatible with postcopy-ram") }
+            if postcopyBlocktime { throw .invalidParameter("Background-snapshot is not compatible with postcopy-blocktime") }
             if autoConverge { throw .invalidParameter("Background-snapshot is not compatible with auto-converge") }
             if zeroCopySend { throw .invalidParameter("Background-snapshot is not compatible with zero-copy-send") }
             // Ferry's own: into a mapped-ram file, multifd's threads write the pages.

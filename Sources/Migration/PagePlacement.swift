@@ -34,5 +34,7 @@ public protocol PagePlacement: Sendable {
 public struct MissingPageFault: Equatable, Sendable {
     public let block: Int
     public let offset: Int
-    public init(block: Int, offset: Int) { (self.block, self.offset) = (block, offset) }
+    /// The faulting thread's TID, when the placement can tell (0: unknown).
+    public let thread: Int32
+    public init(block: Int, offset: Int, thread: Int32 = 0) { (self.block, self.offset, self.thread) = (block, offset, thread) }
 }

@@ -97,6 +97,16 @@ struct PageSelector: Sendable {
         cursor = (block, page)
     }
 
+    /// Postcopy recovery: exactly `pages` are dirty from now on (what the
+    /// destination still lacks), and the pass starts again from the first.
+    mutating func replace(with pages: [DirtyBitmap]) {
+        precondition(pages.map(\.pageCount) == bitmaps.map(\.pageCount))
+        bitmaps = pages
+        dirtyCount = pages.reduce(0) { $0 + $1.count }
+        cursor = (0, 0)
+        resident = nil
+    }
+
     /// Marks dirty every page of each unit of `unitPages[block]` pages that has
     /// one dirty page (a huge page is placed whole, so it is sent whole).
     mutating func widen(unitPages: [Int]) {

@@ -20,7 +20,7 @@ final class PostcopyLoad: Sendable {
     let map: Mutex<PostcopyPageMap>
     /// Per block: pages per placement unit (the map's, read without its lock).
     let unitPages: [Int]
-    let ask: @Sendable (_ block: Int, _ offset: Int, _ length: Int) throws(MigrationError) -> Void
+    let ask: @Sendable (_ block: Int, _ offset: Int, _ length: Int) -> Void
     let stopping = Atomic<Bool>(false)
     let thread = Mutex<JoinableThread?>(nil)
     static let pageSize = PageSize.base.byteCount
@@ -32,12 +32,23 @@ final class PostcopyLoad: Sendable {
         var requests: UInt64 = 0
         var zeroFilled: UInt64 = 0
         var placedPages: UInt64 = 0
+        /// Times the connection broke and the load waited for a recovery.
+        var pauses: UInt64 = 0
         var failure: MigrationError?
     }
     let record = Mutex(Record())
     /// Huge pages being gathered, by block and unit, with the loader (channel) that
-    /// carries each: a huge page never travels on two channels.
-    let partial = Mutex<[UnitKey: (loader: Int, bytes: [UInt8], arrived: Int)]>([:])
+    /// carries each: a huge page never travels on two channels.  Their pages stay
+    /// "needed" in the map until the unit is placed, so a recovery that drops
+    /// them asks for them again.
+    let partial = Mutex<[UnitKey: PartialUnit]>([:])
+
+    struct PartialUnit {
+        let loader: Int
+        var bytes: [UInt8]
+        /// Which of its 4 KiB pages arrived.
+        var arrived: DirtyBitmap
+    }
     /// Huge pages being gathered at once, at most: Ferry's source has one or two
     /// under way; a source that starts many is refused before it costs a lot of memory.
     static let maximumPartial = 64
@@ -46,9 +57,14 @@ final class PostcopyLoad: Sendable {
 
     struct UnitKey: Hashable { let block: Int, unit: Int }
 
+    /// With capability `postcopy-blocktime`: each vCPU's thread (TID), by index.
+    let vcpuThreads: [Int32]?
+
     /// Frees the discarded pages and registers RAM; the guest must not run yet.
+    /// `vcpuThreads`: the vCPUs' TIDs, to measure their blocktime (nil: not measured).
     init(discard: PostcopyDiscard, layout: [MigrationConfiguration.Block], placement: any PagePlacement,
-         ask: @escaping @Sendable (_ block: Int, _ offset: Int, _ length: Int) throws(MigrationError) -> Void,
+         vcpuThreads: [Int32]? = nil,
+         ask: @escaping @Sendable (_ block: Int, _ offset: Int, _ length: Int) -> Void,
          onFailure: @escaping @Sendable (MigrationError) -> Void = { _ in }) throws(MigrationError) {
         let unitPages = placement.unitBytes.map { $0 / Self.pageSize }
         var bitmaps: [DirtyBitmap] = []
@@ -65,7 +81,8 @@ final class PostcopyLoad: Sendable {
         self.ask = ask
         self.onFailure = onFailure
         self.unitPages = unitPages
-        map = Mutex(PostcopyPageMap(discard: bitmaps, unitPages: unitPages))
+        self.vcpuThreads = vcpuThreads
+        map = Mutex(PostcopyPageMap(discard: bitmaps, unitPages: unitPages, blocktimeVCPUs: vcpuThreads?.count))
         try placement.prepare(discarding: bitmaps.map { $0.runs.map { $0.first * Self.pageSize..<($0.first + $0.count) * Self.pageSize } })
     }
 
@@ -97,14 +114,15 @@ final class PostcopyLoad: Sendable {
     }
 
     private func handle(_ fault: MissingPageFault) throws(MigrationError) {
-        let action = map.withLock { $0.fault(block: fault.block, offset: fault.offset, at: .now) }
+        let vcpu = fault.thread == 0 ? nil : vcpuThreads?.firstIndex(of: fault.thread)
+        let action = map.withLock { $0.fault(block: fault.block, offset: fault.offset, vcpu: vcpu, at: .now) }
         record.withLock { $0.faults += 1 }
         switch action {
         case .waiting:
             return
         case .request(let offset, let length):
             record.withLock { $0.requests += 1 }
-            try ask(fault.block, offset, length)
+            ask(fault.block, offset, length)
         case .absent(let offset, let length):
             // Zero on the source; or placed since the fault was reported, and then the wake is all it needs.
             if try placement.placeZero(block: fault.block, offset: offset, length: length) {
@@ -178,21 +196,23 @@ final class PostcopyLoad: Sendable {
         if record.kind == .data { position += Self.pageSize }
         let name = layout[record.block].name
         let complete = try partial.withLock { units throws(MigrationError) -> [UInt8]? in
-            // A huge page is discarded whole (checked at the switch), so all its pages come,
-            // each once (a second copy fails `isNeeded` before it gets here).
-            var entry = units.removeValue(forKey: key) ?? (loader, [UInt8](repeating: 0, count: unitBytes), 0)
-            guard entry.loader == loader else {
+            // A huge page is discarded whole (checked at the switch), so all its pages come, each once.
+            var entry = units.removeValue(forKey: key)
+                ?? PartialUnit(loader: loader, bytes: [UInt8](repeating: 0, count: unitBytes), arrived: DirtyBitmap(pageCount: unitPages))
+            guard entry.loader == loader, !entry.arrived[page % unitPages] else {
+                let twice = entry.loader == loader
                 units[key] = entry
-                throw .stream(.unexpectedFrame("the huge page at offset \(first * Self.pageSize) of RAM block '\(name)' arrived on two channels"))
+                throw .stream(.unexpectedFrame(twice
+                    ? "page at offset \(page * Self.pageSize) of RAM block '\(name)' arrived twice in postcopy"
+                    : "the huge page at offset \(first * Self.pageSize) of RAM block '\(name)' arrived on two channels"))
             }
             if let bytes { entry.bytes.replaceSubrange(at..<at + Self.pageSize, with: bytes) }
-            entry.arrived += 1
+            entry.arrived[page % unitPages] = true
             // The page is in the buffer, not yet in RAM: still "needed" for a fault, which then waits.
-            guard entry.arrived == unitPages else {
+            guard entry.arrived.count == unitPages else {
                 guard units.count < Self.maximumPartial else {
                     throw .stream(.malformed("more than \(Self.maximumPartial) huge pages under way at once"))
                 }
-                map.withLock { _ = $0.placed(block: record.block, pages: page..<page + 1, at: .now) }
                 units[key] = entry
                 return nil
             }
@@ -200,7 +220,7 @@ final class PostcopyLoad: Sendable {
         }
         guard let complete else { return }
         _ = try placement.place(complete, range: 0..<unitBytes, block: record.block, offset: first * Self.pageSize)
-        placed(block: record.block, pages: page..<page + 1)
+        placed(block: record.block, pages: first..<first + unitPages)
     }
 
     private func placed(block: Int, pages: Range<Int>) {
@@ -215,21 +235,41 @@ final class PostcopyLoad: Sendable {
     }
 
     /// The stream ended: every page must be here.  Stops the fault thread and
-    /// makes RAM ordinary memory again.
+    /// makes RAM ordinary memory again.  A page missing leaves the fault thread
+    /// running (a recovery may still bring it).
     func finish() throws(MigrationError) {
-        stop()
         if let failure { throw failure }
         if let (block, page) = map.withLock({ $0.firstNeeded }) {
             let count = map.withLock { $0.neededCount }
             throw .stream(.incomplete("the postcopy stream ended with \(count) page(s) never sent (the first: offset \(page * Self.pageSize) of RAM block '\(layout[block].name)')"))
         }
+        stop()
+        if let failure { throw failure }
         try placement.releaseAll()
     }
 
+    // MARK: recovery
+
+    /// The connection broke: huge pages half gathered are dropped (their pages
+    /// are still to come, and come again whole).  The fault thread runs on: a
+    /// vCPU that touches a missing page waits, and its request is asked again
+    /// once a new connection is made (`outstandingRequests`).
+    func pause() {
+        partial.withLock { $0.removeAll() }
+        record.withLock { $0.pauses += 1 }
+    }
+
+    /// Per block, the pages that are here (the received bitmap the source resends against).
+    var receivedWords: [[UInt64]] { map.withLock { $0.receivedWords } }
+
+    /// The units asked for and not yet placed, oldest first.
+    var outstandingRequests: [(block: Int, offset: Int, length: Int)] { map.withLock { $0.outstandingRequests } }
+
     var statistics: PostcopyStatistics {
-        record.withLock { r in
+        let blocktime = map.withLock { $0.blocktime?.report }
+        return record.withLock { r in
             PostcopyStatistics(faults: r.faults, requests: r.requests, zeroFilled: r.zeroFilled, placedPages: r.placedPages,
-                               latency: LatencySummary(r.latency))
+                               pauses: r.pauses, latency: LatencySummary(r.latency), blocktime: blocktime)
         }
     }
 }
@@ -244,6 +284,10 @@ public struct PostcopyStatistics: Equatable, Sendable {
     public var zeroFilled: UInt64
     /// 4 KiB pages placed since the switch.
     public var placedPages: UInt64
+    /// Times the connection broke and the load waited for a recovery.
+    public var pauses: UInt64 = 0
     /// Microseconds from a request to its page placed.
     public var latency: LatencySummary?
+    /// With capability `postcopy-blocktime`: how long the vCPUs waited (QEMU's figures).
+    public var blocktime: PostcopyBlocktimeReport?
 }

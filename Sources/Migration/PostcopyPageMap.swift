@@ -25,24 +25,31 @@ struct PostcopyPageMap: Sendable {
         case absent(offset: Int, length: Int)
     }
 
-    init(discard: [DirtyBitmap], unitPages: [Int]) {
+    /// With capability `postcopy-blocktime`: who waited, and how long (kept with
+    /// the map, so a fault and the placement that ends it are seen in order).
+    private(set) var blocktime: PostcopyBlocktime?
+
+    init(discard: [DirtyBitmap], unitPages: [Int], blocktimeVCPUs: Int? = nil) {
         precondition(discard.count == unitPages.count)
         needed = discard
         neededCount = discard.reduce(0) { $0 + $1.count }
         self.unitPages = unitPages
         requested = Array(repeating: [:], count: discard.count)
+        blocktime = blocktimeVCPUs.map { PostcopyBlocktime(vcpuCount: $0) }
     }
 
     var isComplete: Bool { neededCount == 0 }
 
-    /// What to do about an access waiting at byte `offset` of `block`.
-    mutating func fault(block: Int, offset: Int, at now: ContinuousClock.Instant) -> FaultAction {
+    /// What to do about an access waiting at byte `offset` of `block`, by
+    /// `vcpu` (nil: another thread, or not known).
+    mutating func fault(block: Int, offset: Int, vcpu: Int? = nil, at now: ContinuousClock.Instant) -> FaultAction {
         let unitBytes = unitPages[block] * PageSize.base.byteCount
         let unit = offset / unitBytes
         let first = unit * unitPages[block]
         guard let next = needed[block].nextSetPage(from: first), next < first + unitPages[block] else {
             return .absent(offset: unit * unitBytes, length: unitBytes)
         }
+        blocktime?.fault(block: block, unit: unit, vcpu: vcpu, at: now)
         guard requested[block][unit] == nil else { return .waiting }
         requested[block][unit] = now
         return .request(offset: unit * unitBytes, length: unitBytes)
@@ -65,9 +72,27 @@ struct PostcopyPageMap: Sendable {
             let first = unit * unitPages
             if let next = needed[block].nextSetPage(from: first), next < first + unitPages { continue }
             requested[block][unit] = nil
+            blocktime?.placed(block: block, unit: unit, at: now)
             latencies.append(now - asked)
         }
         return latencies
+    }
+
+    /// The units asked for and not yet placed, oldest first: after a recovery
+    /// they are asked for again (the requests may have been lost with the connection).
+    var outstandingRequests: [(block: Int, offset: Int, length: Int)] {
+        var all: [(block: Int, offset: Int, length: Int, asked: ContinuousClock.Instant)] = []
+        for (block, units) in requested.enumerated() {
+            let unitBytes = unitPages[block] * PageSize.base.byteCount
+            for (unit, asked) in units { all.append((block, unit * unitBytes, unitBytes, asked)) }
+        }
+        return all.sorted { $0.asked < $1.asked }.map { ($0.block, $0.offset, $0.length) }
+    }
+
+    /// Per block, the pages that are here (QEMU's received bitmap): every page
+    /// but those still to come.  Bit `i` of word `i / 64` is page `i`; no bit past the block's end.
+    var receivedWords: [[UInt64]] {
+        needed.map { DirtyBitmap(words: $0.words.map { ~$0 }, pageCount: $0.pageCount).words }
     }
 
     /// The first page still to come, if any (for the error when the stream ends without it).

@@ -40,6 +40,16 @@ final class PostcopyRequests: Sendable {
     /// From now on requests are served (the switch to postcopy).
     func open() { state.withLock { $0.accepting = true } }
 
+    /// A recovery starts on a new connection: the requests of the broken one
+    /// are dropped (the destination asks again for what it still waits for),
+    /// and so is a refused one's failure (the pause reported it).
+    func reset() {
+        state.withLock { s in
+            s.queue.removeAll()
+            s.failure = nil
+        }
+    }
+
     /// A request from the return path; `false` if it is refused (the failure is kept).
     func add(block: UInt16, offset: UInt64, length: UInt64) -> Bool {
         let checked = check(block: block, offset: offset, length: length)

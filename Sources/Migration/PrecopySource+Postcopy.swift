@@ -4,6 +4,7 @@ import MigrationProtocol
 ///
 ///     active ──(migrate-start-postcopy)──▶ stop, sync, device state, `postcopy` frame
 ///            ──▶ postcopy-active: requested pages first, the rest in the background ──▶ end ──▶ completed
+///     postcopy-active ──(a break)──▶ postcopy-paused ──▶ … ──▶ postcopy-active (PrecopySource+Recovery.swift)
 ///
 /// The `postcopy` frame is the point of no return: once it may have reached
 /// the destination, the destination runs the guest, so the source guest never
@@ -48,10 +49,19 @@ extension PrecopySource {
             p.info.downtimeBytes = limiter.totalBytes - bytesBefore
         }
         setStatus(.postcopyActive)
-        let urgent = preempt.withLock { $0 }?.writer
-        try parts.ram.sendPostcopy(writer, urgent: urgent, requests: requests)
-        try urgent?.sendEnd()
-        try writer.sendEnd()
-        if channel.hasReturnPath { try awaitDestination() }
+        while true {
+            do throws(MigrationError) {
+                let urgent = preempt.withLock { $0 }?.writer
+                try parts.ram.sendPostcopy(writer, urgent: urgent, requests: requests)
+                try urgent?.sendEnd()
+                try writer.sendEnd()
+                try awaitDestination()
+                return
+            } catch {
+                // The guest runs on the destination: a break pauses (a recovery resends
+                // what it lacks); only the destination giving up ends it.
+                try pauseUntilResumed(after: error)
+            }
+        }
     }
 }

@@ -88,11 +88,21 @@ public final class PrecopySource: Sendable {
         var postcopyRequested = false
         /// The switch to postcopy was made: the stream's bytes at that moment.
         var postcopyStart: UInt64?
+        /// What main channels broken in postcopy carried (a recovery opens a new one).
+        var earlierMain: (bytes: UInt64, frames: UInt64) = (0, 0)
+        /// Times postcopy paused (its connection broke, or `migrate-pause`).
+        var postcopyPauses: UInt64 = 0
     }
 
     let parts: Dependencies
-    let channel: PendingChannel
-    let writer: StreamWriter
+    /// The main channel and its writer; a postcopy recovery replaces them.
+    let connection: Mutex<(channel: PendingChannel, writer: StreamWriter)>
+    var channel: PendingChannel { connection.withLock { $0.channel } }
+    var writer: StreamWriter { connection.withLock { $0.writer } }
+    /// Names this migration on every channel it opens (a recovered one included).
+    let migrationID = (0..<ChannelIdentity.idByteCount).map { _ in UInt8.random(in: 0...255) }
+    /// A paused postcopy's way back (`migrate` with `resume: true`).
+    let recovery = RecoveryWait<any ChannelOpener>(close: { $0.cancel() })
     /// Shared by every channel: `max-bandwidth` holds for their sum.
     let limiter = RateLimiter()
     /// The multifd connections, once opening starts (so a cancel can shut them).
@@ -122,8 +132,8 @@ public final class PrecopySource: Sendable {
     public init(_ parts: Dependencies, parameters: MigrationParameters, capabilities: MigrationCapabilities,
                 onStatus: @escaping @Sendable (MigrationStatus) -> Void, onPass: @escaping @Sendable (UInt64) -> Void = { _ in }) {
         self.parts = parts
-        self.channel = PendingChannel(parts.opener)
-        self.writer = StreamWriter(channel: channel, limiter: limiter)
+        let channel = PendingChannel(parts.opener)
+        connection = Mutex((channel, StreamWriter(channel: channel, limiter: limiter)))
         self.parameterStorage = Mutex(parameters)
         self.capabilities = capabilities
         self.onStatus = onStatus
@@ -140,7 +150,8 @@ public final class PrecopySource: Sendable {
         info.ram = parts.ram.stats
         info.transferredBytes = limiter.totalBytes
         var main = ChannelStatistics(role: .main, index: 0)
-        (main.bytes, main.frames) = (writer.bytesWritten, writer.framesWritten)
+        let earlier = progress.withLock { $0.earlierMain }
+        (main.bytes, main.frames) = (earlier.bytes + writer.bytesWritten, earlier.frames + writer.framesWritten)
         let multifd = parts.ram.multifd?.channelStatistics ?? []
         var urgent: [ChannelStatistics] = []
         if let (_, writer) = preempt.withLock({ $0 }) {
@@ -155,6 +166,12 @@ public final class PrecopySource: Sendable {
         info.postcopyRequests = requests.received
         (info.postcopyDroppedRequests, info.postcopyUrgentPages) = requests.counts
         if let start = progress.withLock({ $0.postcopyStart }) { info.postcopyBytes = limiter.totalBytes - start }
+        info.postcopyPauses = progress.withLock { $0.postcopyPauses }
+        // While paused or recovering, why (QEMU's source shows the error that paused it).
+        if [.postcopyPaused, .postcopyRecoverSetup, .postcopyRecover].contains(info.status), let reason = recovery.reason {
+            info.errorDescription = "postcopy paused (\(reason)): the guest runs on the destination, where its newest memory is, "
+                + "so it stays stopped here; after 'migrate-recover' there, 'migrate' with \"resume\": true reconnects"
+        }
         return info
     }
 
@@ -178,7 +195,11 @@ public final class PrecopySource: Sendable {
     public func update(_ parameters: MigrationParameters) {
         parameterStorage.withLock { $0 = parameters }
         // Under the progress lock, so a switchover starting now cannot be limited by it.
-        progress.withLock { p in if p.phase == .live { writer.setRateLimit(parameters.maxBandwidth) } }
+        // In postcopy `max-postcopy-bandwidth` holds instead, at once (as in QEMU).
+        progress.withLock { p in
+            if p.phase == .live { writer.setRateLimit(parameters.maxBandwidth) }
+            if p.postcopyStart != nil { writer.setRateLimit(parameters.maxPostcopyBandwidth) }
+        }
     }
 
     /// Asks a running migration to stop; the source guest keeps (or resumes)
@@ -214,7 +235,6 @@ public final class PrecopySource: Sendable {
             let start = parameters      // the multifd settings hold for this whole migration, as in QEMU
             // Mapped-ram: the file, continued or started afresh, before RAM tracking starts.
             let fileSave = try parts.mappedRAM.map { settings throws(MigrationError) in try prepareMappedRAM(settings) }
-            let migrationID = (0..<ChannelIdentity.idByteCount).map { _ in UInt8.random(in: 0...255) }
             writer.setRateLimit(start.maxBandwidth)
             try writer.sendStreamHeader(ChannelIdentity(role: .main, migrationID: migrationID))
             try writer.send(.configuration, payload: parts.configuration.encode())
@@ -282,7 +302,7 @@ public final class PrecopySource: Sendable {
             }
             // A destination that refused the stream said why on the return path
             // before closing; that beats "broken pipe".  So does a page request that was refused here.
-            var reason: MigrationError? = cancelled ? nil : (requests.failure ?? error)
+            var reason: MigrationError? = cancelled ? nil : (error.isPostcopyFailure ? error : requests.failure ?? error)
             if !cancelled, let answer = (error.isDestinationAnswer ? nil : destinationRefusal()) {
                 reason = answer
             }
@@ -291,7 +311,7 @@ public final class PrecopySource: Sendable {
                 // The guest ran on the destination: its newest memory is there, whatever
                 // the destination says now.  It stays stopped as the switch left it
                 // (finish-migrate), which `cont` refuses: it never runs here again.
-                reason = .postcopyFailed(reason?.description ?? "no answer")
+                if reason?.isPostcopyFailure != true { reason = .postcopyFailed(reason?.description ?? "no answer") }
             } else if uncertain && !refused {
                 // The end frame may have arrived and the destination may run the guest:
                 // never both.  The guest stays paused here until the operator decides.
@@ -342,8 +362,8 @@ public final class PrecopySource: Sendable {
     }
 
     /// Opens the `postcopy-preempt` channel (after the plan that announces it).
-    func openPreempt(migrationID: [UInt8]) throws(MigrationError) {
-        let extra = PendingChannel(parts.opener)
+    func openPreempt(migrationID: [UInt8], opener: (any ChannelOpener)? = nil) throws(MigrationError) {
+        let extra = PendingChannel(opener ?? parts.opener)
         let writer = StreamWriter(channel: extra, limiter: limiter)
         preempt.withLock { $0 = (extra, writer) }
         try checkCancelled()

@@ -52,6 +52,8 @@ public final class RAMMigration: Migratable {
         var released = false
         /// Syncs so far: free page hints name the one their round followed.
         var syncEpoch: UInt64 = 0
+        /// The discard set sent at the switch to postcopy: the only pages a recovery may resend.
+        var postcopyDiscard: [DirtyBitmap]?
     }
     /// The dirty bitmaps and the cursor: held only while pages are picked, never across I/O.
     let send: Mutex<SendState>
@@ -253,7 +255,37 @@ public final class RAMMigration: Migratable {
             state.selector.widen(unitPages: unitPages)
             state.selector.resident = nil
             statistics.withLock { $0.remainingPages = UInt64(state.selector.dirtyCount) }
+            state.postcopyDiscard = state.selector.bitmaps
             return PostcopyDiscard(words: state.selector.bitmaps.map(\.words))
+        }
+    }
+
+    /// Postcopy recovery: the destination's received bitmaps (one per block,
+    /// QEMU's sense: a set bit is a page it has) make the pages it lacks the
+    /// dirty set, which is sent again from the start.  A page it lacks must be
+    /// one of the discard set (it had every other before the switch); a bitmap
+    /// of the wrong size, or one that claims otherwise, is refused.  On hugetlb
+    /// a huge page it lacks in part is sent whole.
+    func resumePostcopy(received: [[UInt64]]) throws(MigrationError) {
+        let unitPages = blocks.map { $0.pageSize.byteCount / Self.pageSize }
+        try send.withLock { state throws(MigrationError) in
+            guard let discard = state.postcopyDiscard else { throw .invalidState("a postcopy recovery before the switch to postcopy") }
+            var lacking: [DirtyBitmap] = []
+            for (index, words) in received.enumerated() {
+                let pageCount = discard[index].pageCount
+                guard words.count == discard[index].words.count else {
+                    throw .stream(.malformed("the received bitmap of RAM block '\(layout[index].name)' has \(words.count) words; the block needs \(discard[index].words.count)"))
+                }
+                let missing = DirtyBitmap(words: words.map { ~$0 }, pageCount: pageCount)
+                for (at, word) in missing.words.enumerated() where word & ~discard[index].words[at] != 0 {
+                    let page = at * 64 + (word & ~discard[index].words[at]).trailingZeroBitCount
+                    throw .stream(.malformed("the destination says it lacks page \(page) of RAM block '\(layout[index].name)', which it had before the switch to postcopy"))
+                }
+                lacking.append(missing)
+            }
+            state.selector.replace(with: lacking)
+            state.selector.widen(unitPages: unitPages)
+            statistics.withLock { $0.remainingPages = UInt64(state.selector.dirtyCount) }
         }
     }
 
@@ -449,8 +481,8 @@ public final class RAMMigration: Migratable {
     /// a page that arrived corrupt must be one the source sends again, the
     /// discarded pages are freed and RAM is registered for missing-page
     /// faults, and the fault thread starts.  The guest may run once this returns.
-    func beginPostcopy(_ payload: [UInt8], placement: any PagePlacement,
-                       ask: @escaping @Sendable (_ block: Int, _ offset: Int, _ length: Int) throws(MigrationError) -> Void,
+    func beginPostcopy(_ payload: [UInt8], placement: any PagePlacement, vcpuThreads: [Int32]? = nil,
+                       ask: @escaping @Sendable (_ block: Int, _ offset: Int, _ length: Int) -> Void,
                        onFailure: @escaping @Sendable (MigrationError) -> Void) throws(MigrationError) -> PostcopyLoad {
         let discard: PostcopyDiscard
         do { discard = try PostcopyDiscard(decoding: payload, layout: layout) } catch { throw .stream(error) }
@@ -470,7 +502,8 @@ public final class RAMMigration: Migratable {
             }
         }
         try verifyIntact()
-        let postcopy = try PostcopyLoad(discard: discard, layout: layout, placement: placement, ask: ask, onFailure: onFailure)
+        let postcopy = try PostcopyLoad(discard: discard, layout: layout, placement: placement, vcpuThreads: vcpuThreads,
+                                        ask: ask, onFailure: onFailure)
         load.withLock { $0.postcopy = postcopy }
         postcopy.start()
         return postcopy

@@ -33,4 +33,11 @@ public final class ReturnPathWriter: Sendable {
             if message == .shut { s.closed = "shut" }
         }
     }
+
+    /// Nothing more is sent from now on (a send under way has finished when
+    /// this returns), so the channel may be closed without a late write landing
+    /// on a descriptor number reused by then.
+    public func retire(_ why: String) {
+        state.withLock { if $0.closed == nil { $0.closed = why } }
+    }
 }

@@ -32,6 +32,11 @@ public enum FrameKind: UInt16, Sendable, CaseIterable {
     /// destination drops the pages it names, runs the guest, and takes the rest of
     /// RAM (those pages) as it comes or as the guest faults on it.
     case postcopy = 8
+    /// The opening of a postcopy connection made again after a break (recovery),
+    /// right after its stream header: a `ChannelPlan` (no multifd, the original
+    /// preempt flag).  The destination answers with its received bitmaps; then
+    /// the discarded pages it still lacks follow as after `postcopy`.
+    case resume = 9
 
     /// Whether frames of this kind may carry a tail.
     public var hasTail: Bool { self == .pages }

@@ -44,18 +44,22 @@ public enum HMPCommand: Equatable, Sendable {
             default: throw HMPError("unknown command: 'info \(topic)'")
             }
         case "migrate":
-            var detach = false
+            var detach = false, resume = false
             while let flag = words.first, flag.hasPrefix("-"), flag.count > 1 {
                 words.removeFirst()
                 switch flag {
                 case "-d": detach = true
-                case "-r": throw HMPError("Error: Postcopy recovery is not supported by Ferry yet")
+                case "-r": resume = true
                 default: throw HMPError("migrate: unsupported option \(flag)")
                 }
             }
             let uri = try argument("uri")
             try end()
-            self = .run(.migrate(uri: uri), detach ? .nothing : .migrateAttached)
+            self = .run(.migrate(uri: uri, resume: resume), detach ? .nothing : .migrateAttached)
+        case "migrate_recover":
+            let uri = try argument("uri")
+            try end()
+            self = .run(.migrateRecover(uri: uri), .nothing)
         case "migrate_incoming":
             let uri = try argument("uri")
             try end()
@@ -84,8 +88,6 @@ public enum HMPCommand: Equatable, Sendable {
             let (bytes, overflow) = mib.multipliedReportingOverflow(by: 1 << 20)
             guard !overflow else { throw HMPError("balloon: invalid value '\(text)'") }
             self = .run(.balloon(value: bytes), .nothing)
-        case "migrate_pause", "migrate_recover":
-            throw HMPError("Error: Postcopy recovery is not supported by Ferry yet")
         default:
             try end()
             guard let command = entry.command else { throw HMPError("unknown command: '\(name)'") }
@@ -112,11 +114,12 @@ public enum HMPCommand: Equatable, Sendable {
         Entry(name: "info", alias: nil, arguments: "[subcommand]",
               help: "show various information about the system state (status, cpus, version, migrate, migrate_capabilities, migrate_parameters, balloon)",
               command: nil),
-        Entry(name: "migrate", alias: nil, arguments: "[-d] uri", help: "migrate to URI (using -d to not wait for completion)", command: nil),
+        Entry(name: "migrate", alias: nil, arguments: "[-d] [-r] uri",
+              help: "migrate to URI (using -d to not wait for completion)\n\t\t\t -r to resume a paused postcopy migration", command: nil),
         Entry(name: "migrate_cancel", alias: nil, arguments: "", help: "cancel the current VM migration", command: .migrateCancel),
         Entry(name: "migrate_incoming", alias: nil, arguments: "uri", help: "Continue an incoming migration from an -incoming defer", command: nil),
-        Entry(name: "migrate_pause", alias: nil, arguments: "", help: "Pause an ongoing migration (postcopy-only; recovery is not supported yet)", command: nil),
-        Entry(name: "migrate_recover", alias: nil, arguments: "uri", help: "Continue a paused incoming postcopy migration (recovery is not supported yet)", command: nil),
+        Entry(name: "migrate_pause", alias: nil, arguments: "", help: "Pause an ongoing migration (postcopy-only)", command: .migratePause),
+        Entry(name: "migrate_recover", alias: nil, arguments: "uri", help: "Continue a paused incoming postcopy migration", command: nil),
         Entry(name: "migrate_set_capability", alias: nil, arguments: "capability state", help: "Enable/Disable the usage of a capability for migration", command: nil),
         Entry(name: "migrate_set_parameter", alias: nil, arguments: "parameter value", help: "Set the parameter for migration", command: nil),
         Entry(name: "migrate_start_postcopy", alias: nil, arguments: "", help: "Followup to a migration command to switch the migration to postcopy mode. The postcopy-ram capability must be set on both source and destination before the original migration command .", command: .migrateStartPostcopy),

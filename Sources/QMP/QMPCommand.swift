@@ -8,7 +8,10 @@ public enum QMPCommand: Equatable, Sendable {
     case stop                           // "stop"
     case cont                           // "cont"
     case quit                           // "quit"
-    case migrate(uri: String)           // "migrate"
+    /// With `resume`: reconnect a paused postcopy migration.
+    case migrate(uri: String, resume: Bool = false)   // "migrate"
+    case migratePause                   // "migrate-pause"
+    case migrateRecover(uri: String)    // "migrate-recover"
     case migrateIncoming(uri: String, exitOnError: Bool)   // "migrate-incoming"
     case migrateCancel                  // "migrate_cancel"
     case migrateStartPostcopy           // "migrate-start-postcopy"
@@ -73,11 +76,17 @@ public enum QMPCommand: Equatable, Sendable {
             if let detach = arguments["detach"], case .bool = detach {} else if arguments["detach"] != nil {
                 throw .generic("Invalid parameter type for 'detach', expected: boolean")
             }
-            if let resume = arguments["resume"] {
-                guard case .bool(let value) = resume else { throw .generic("Invalid parameter type for 'resume', expected: boolean") }
-                if value { throw .generic("Parameter 'resume' is only for postcopy recovery, which Ferry does not offer yet") }
+            var resume = false
+            if let value = arguments["resume"] {
+                guard case .bool(let flag) = value else { throw .generic("Invalid parameter type for 'resume', expected: boolean") }
+                resume = flag
             }
-            self = .migrate(uri: try Self.requiredString(arguments, "uri"))
+            self = .migrate(uri: try Self.requiredString(arguments, "uri"), resume: resume)
+            return
+        case "migrate-pause": command = .migratePause
+        case "migrate-recover":
+            try Self.refuseUnknown(arguments, allowed: ["uri"])
+            self = .migrateRecover(uri: try Self.requiredString(arguments, "uri"))
             return
         case "migrate-incoming":
             try Self.refuseUnknown(arguments, allowed: ["uri", "channels", "exit-on-error"])
@@ -184,7 +193,8 @@ public enum QMPCommand: Equatable, Sendable {
             if case .run(let command, _)? = try? HMPCommand(parsing: line) { command.takesDescriptor } else { false }
         // Listed one by one: a new command does not compile until this is decided for it.
         case .qmpCapabilities, .queryVersion, .queryStatus, .queryCommands, .queryCpusFast, .stop, .cont, .quit,
-             .migrate, .migrateIncoming, .migrateCancel, .migrateStartPostcopy, .migrateSetCapabilities, .queryMigrateCapabilities,
+             .migrate, .migratePause, .migrateRecover, .migrateIncoming, .migrateCancel, .migrateStartPostcopy, .migrateSetCapabilities,
+             .queryMigrateCapabilities,
              .migrateSetParameters, .queryMigrateParameters, .queryMigrate, .queryQMPSchema,
              .closefd, .removeFd, .queryFdsets, .balloon, .queryBalloon: false
         }

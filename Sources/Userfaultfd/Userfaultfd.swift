@@ -200,15 +200,18 @@ import SystemPackage
     /// The faults waiting now, at most 64, without blocking.
     public func readEvents() throws(UserfaultfdError) -> [UserfaultEvent] {
         var addresses = [UInt64](repeating: 0, count: 64), flags = [UInt64](repeating: 0, count: 64)
+        var threads = [UInt32](repeating: 0, count: 64)
         var others: Int32 = 0
         let count = unsafe addresses.withUnsafeMutableBufferPointer { a in
             unsafe flags.withUnsafeMutableBufferPointer { f in
-                unsafe CLinuxUAPI_uffd_read_faults(descriptor, a.baseAddress, f.baseAddress, 64, &others)
+                unsafe threads.withUnsafeMutableBufferPointer { t in
+                    unsafe CLinuxUAPI_uffd_read_faults(descriptor, a.baseAddress, f.baseAddress, t.baseAddress, 64, &others)
+                }
             }
         }
         guard count >= 0 else { throw .read(Errno(rawValue: -count)) }
         guard others == 0 else { throw .unexpectedEvents(Int(others)) }
-        return (0..<Int(count)).map { UserfaultEvent(address: addresses[$0], flags: flags[$0]) }
+        return (0..<Int(count)).map { UserfaultEvent(address: addresses[$0], flags: flags[$0], thread: threads[$0]) }
     }
 
     /// Makes a `waitForEvents` in another thread return now (empty).

@@ -19,11 +19,14 @@ public struct UserfaultfdFeatures: OptionSet, Hashable, Sendable, CustomStringCo
     public static let wpUnpopulated = Self(rawValue: CLinuxUAPI_UFFD_FEATURE_WP_UNPOPULATED)
     /// Write faults resolved by the kernel, recorded for `PAGEMAP_SCAN` (Linux 6.7).
     public static let wpAsync = Self(rawValue: CLinuxUAPI_UFFD_FEATURE_WP_ASYNC)
+    /// A fault names its thread (`ptid`): postcopy blocktime tells vCPUs apart.
+    public static let threadID = Self(rawValue: CLinuxUAPI_UFFD_FEATURE_THREAD_ID)
 
     static let named: [(Self, String)] = [
         (.pageFaultFlagWP, "PAGEFAULT_FLAG_WP"), (.missingHugetlbfs, "MISSING_HUGETLBFS"), (.missingShmem, "MISSING_SHMEM"),
         (.minorHugetlbfs, "MINOR_HUGETLBFS"), (.minorShmem, "MINOR_SHMEM"), (.exactAddress, "EXACT_ADDRESS"),
         (.wpHugetlbfsShmem, "WP_HUGETLBFS_SHMEM"), (.wpUnpopulated, "WP_UNPOPULATED"), (.wpAsync, "WP_ASYNC"),
+        (.threadID, "THREAD_ID"),
     ]
 
     /// The kernel's names of the bits set, `UFFD_FEATURE_` left off.
@@ -56,9 +59,12 @@ public struct UserfaultEvent: Equatable, Sendable {
     public let isWriteProtect: Bool
     /// A minor fault (`UFFD_PAGEFAULT_FLAG_MINOR`).
     public let isMinor: Bool
+    /// The faulting thread's TID with `THREAD_ID`; 0 without it.
+    public let thread: UInt32
 
-    public init(address: UInt64, flags: UInt64) {
+    public init(address: UInt64, flags: UInt64, thread: UInt32 = 0) {
         self.address = address
+        self.thread = thread
         isWrite = flags & CLinuxUAPI_UFFD_PAGEFAULT_FLAG_WRITE != 0
         isWriteProtect = flags & CLinuxUAPI_UFFD_PAGEFAULT_FLAG_WP != 0
         isMinor = flags & CLinuxUAPI_UFFD_PAGEFAULT_FLAG_MINOR != 0

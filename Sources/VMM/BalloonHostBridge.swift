@@ -35,7 +35,7 @@ extension Machine {
     var balloonMayDiscard: Bool {
         migration.state.withLock { s in
             if let incoming = s.incoming, incoming.status.withLock({ $0 }) != .completed { return false }
-            if let outgoing = s.outgoing, outgoing.status == .postcopyActive { return false }
+            if let outgoing = s.outgoing, outgoing.status.isPostcopy { return false }
             if let outgoing = s.outgoing, !outgoing.status.isFinished, outgoing.capabilities.backgroundSnapshot { return false }
             return true
         }

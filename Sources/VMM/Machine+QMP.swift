@@ -35,8 +35,15 @@ extension Machine {
         case .quit:
             // Reply first, as QEMU does: the machine stops in `afterReply`.
             return .success(.object([:]))
-        case .migrate(let uri):
-            return Result { () throws(QMPError) in try startMigration(to: uri); return .object([:]) }
+        case .migrate(let uri, let resume):
+            return Result { () throws(QMPError) in
+                if resume { try resumeMigration(to: uri) } else { try startMigration(to: uri) }
+                return .object([:])
+            }
+        case .migratePause:
+            return Result { () throws(QMPError) in try pauseMigration(); return .object([:]) }
+        case .migrateRecover(let uri):
+            return Result { () throws(QMPError) in try recoverIncoming(from: uri); return .object([:]) }
         case .migrateIncoming(let uri, let exitOnError):
             return Result { () throws(QMPError) in
                 try startIncoming(from: uri, autostart: autostart, onFailure: { [self] reason in if exitOnError { failIncoming(reason) } })

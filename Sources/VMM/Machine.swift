@@ -184,6 +184,10 @@ public final class Machine: Sendable {
         guard resumed else {
             let current = state
             if current == .running { return }
+            if current == .finishMigrate, let last = outgoingMigration, last.status.isPostcopy {
+                throw .invalidState("the guest cannot be resumed from state 'finish-migrate': it runs on the destination of a "
+                                    + "postcopy migration (\(last.status.rawValue)), where its newest memory is")
+            }
             if current == .finishMigrate, let last = outgoingMigration, last.status == .failed, last.postcopyBytes > 0 || last.destinationMayRun {
                 throw .invalidState("the guest cannot be resumed from state 'finish-migrate': a postcopy migration failed after "
                                     + "the destination started it, so its newest memory is there, not here")
@@ -213,6 +217,8 @@ public final class Machine: Sendable {
         // An incoming load stops, as it would with the process; a vCPU waiting on a
         // page a postcopy will now never bring could not exit otherwise.
         migration.state.withLock { $0.incoming }?.destination.withLock { $0 }?.abort()
+        // A paused postcopy's source will never be resumed now.
+        migration.state.withLock { $0.outgoing }?.abandon()
         control.terminate { kickAll() }
         last()
         lifecycle.withLock { $0 = .finished }

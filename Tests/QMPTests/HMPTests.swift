@@ -18,6 +18,10 @@ import Testing
         #expect(try HMPCommand(parsing: "migrate_incoming tcp:0:4444")
                 == .run(.migrateIncoming(uri: "tcp:0:4444", exitOnError: false), .nothing))
         #expect(try HMPCommand(parsing: "migrate_cancel") == .run(.migrateCancel, .nothing))
+        // Postcopy recovery: QEMU's `migrate -r`, `migrate_recover` and `migrate_pause`.
+        #expect(try HMPCommand(parsing: "migrate -d -r tcp:a:1") == .run(.migrate(uri: "tcp:a:1", resume: true), .nothing))
+        #expect(try HMPCommand(parsing: "migrate_recover tcp:0:4445") == .run(.migrateRecover(uri: "tcp:0:4445"), .nothing))
+        #expect(try HMPCommand(parsing: "migrate_pause") == .run(.migratePause, .nothing))
         #expect(try HMPCommand(parsing: "migrate_set_capability auto-converge on")
                 == .run(.migrateSetCapabilities([.init(capability: "auto-converge", state: true)]), .nothing))
         #expect(try HMPCommand(parsing: "stop") == .run(.stop, .nothing))
@@ -52,7 +56,6 @@ import Testing
                              ("info bogus", "unknown command: 'info bogus'"),
                              ("migrate", "migrate: missing argument 'uri'"),
                              ("migrate -x tcp:a:1", "migrate: unsupported option -x"),
-                             ("migrate -r tcp:a:1", "Error: Postcopy recovery is not supported by Ferry yet"),
                              ("migrate_cancel now", "migrate_cancel: extraneous characters at the end of line"),
                              ("migrate_set_capability events", "migrate_set_capability: missing argument 'state'"),
                              ("migrate_set_capability events maybe", "migrate_set_capability: Expected 'on' or 'off'"),
@@ -61,8 +64,8 @@ import Testing
                              ("migrate_set_parameter max-bandwidth -1", "Error: Invalid size -1"),
                              ("migrate_set_parameter max-bandwidth 99999999999999G", "Error: Invalid size 99999999999999G"),
                              ("migrate_start_postcopy now", "migrate_start_postcopy: extraneous characters at the end of line"),
-                             ("migrate_recover tcp:a:1", "Error: Postcopy recovery is not supported by Ferry yet"),
-                             ("migrate_pause", "Error: Postcopy recovery is not supported by Ferry yet"),
+                             ("migrate_recover", "migrate_recover: missing argument 'uri'"),
+                             ("migrate_pause now", "migrate_pause: extraneous characters at the end of line"),
                              (#"migrate "unix:/tmp/x"#, "unterminated string literal")] {
             #expect(parse(line) == .failure(HMPError(text)), "\(line)")
         }
@@ -146,7 +149,7 @@ import Testing
                 #expect(error.errorClass != .commandNotFound, "\(name)")
             }
         }
-        for name in ["migrate-pause", "query-cpus", "system_reset", "human_monitor_command"] {
+        for name in ["migrate-continue", "query-cpus", "system_reset", "human_monitor_command"] {
             #expect(throws: QMPError(.commandNotFound, "The command \(name) has not been found")) {
                 try QMPCommand(name: name, arguments: [:])
             }

@@ -63,8 +63,10 @@ def test_hmp_drives_a_migration_then_cont_resumes_the_source(vms, tmp_path):
                            ("migrate_set_capability xbzrle on", "Error: Capability 'xbzrle' is not supported by Ferry\n"),
                            ("migrate_start_postcopy",
                             "Error: Enable postcopy with migrate_set_capability before the start of migration\n"),
-                           ("migrate_recover tcp:127.0.0.1:1", "Error: Postcopy recovery is not supported by Ferry yet\n"),
-                           ("migrate_pause", "Error: Postcopy recovery is not supported by Ferry yet\n"),
+                           ("migrate_recover tcp:127.0.0.1:1", "Error: Migrate recover can only be run when postcopy is paused.\n"),
+                           ("migrate_pause", "Error: migrate-pause is currently only supported during postcopy-active "
+                                             "or postcopy-recover state\n"),
+                           ("migrate -d -r tcp:127.0.0.1:1", "Error: Cannot resume if there is no paused migration\n"),
                            ("stop now", "stop: extraneous characters at the end of line\n")]:
             reply = await hmp(src, line)
             if text is None:
@@ -186,7 +188,7 @@ def test_qmp_schema_matches_the_commands_answered(running_vm):
                     await client.execute(name, {})
                 assert refused.value.error_class == "GenericError", name
         # ... and nothing else is.
-        for name in ("query-cpus", "system_reset", "migrate-pause", "human_monitor_command", "x-exit-preconfig"):
+        for name in ("query-cpus", "system_reset", "migrate-continue", "human_monitor_command", "x-exit-preconfig"):
             with pytest.raises(ExecuteError) as missing:
                 await client.execute(name)
             assert missing.value.error_class == "CommandNotFound", name

@@ -321,10 +321,11 @@ static inline long CLinuxUAPI_uffd_continue(int fd, uint64_t start, uint64_t len
     *mapped = cont.mapped;
     return r;
 }
-/* Reads up to `max` messages: each page fault's address and flags are stored
- * in order; any other event counts in *others.  Returns the number of faults,
- * 0 when none is waiting (EAGAIN), or -errno. */
-static inline int CLinuxUAPI_uffd_read_faults(int fd, uint64_t *addresses, uint64_t *flags, int max, int *others) {
+/* Reads up to `max` messages: each page fault's address, flags and faulting
+ * thread (its TID with UFFD_FEATURE_THREAD_ID, else 0) are stored in order;
+ * any other event counts in *others.  Returns the number of faults, 0 when
+ * none is waiting (EAGAIN), or -errno. */
+static inline int CLinuxUAPI_uffd_read_faults(int fd, uint64_t *addresses, uint64_t *flags, uint32_t *threads, int max, int *others) {
     struct uffd_msg messages[64];
     if (max > 64) max = 64;
     *others = 0;
@@ -336,6 +337,7 @@ static inline int CLinuxUAPI_uffd_read_faults(int fd, uint64_t *addresses, uint6
         if (messages[i].event != UFFD_EVENT_PAGEFAULT) { (*others)++; continue; }
         addresses[count] = messages[i].arg.pagefault.address;
         flags[count] = messages[i].arg.pagefault.flags;
+        threads[count] = messages[i].arg.pagefault.feat.ptid;
         count++;
     }
     return count;

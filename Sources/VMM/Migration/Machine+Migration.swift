@@ -119,8 +119,61 @@ extension Machine {
     /// postcopy, as QEMU refuses it: the guest already runs on the destination.
     public func cancelMigration() throws(QMPError) {
         guard let outgoing = migration.state.withLock({ $0.outgoing }) else { return }
-        if outgoing.status == .postcopyActive { throw .generic("Postcopy migration in progress, cannot cancel.") }
+        if outgoing.status.isPostcopy { throw .generic("Postcopy migration in progress, cannot cancel.") }
         outgoing.cancel()
+    }
+
+    // MARK: postcopy recovery
+
+    /// QMP `migrate` with `resume: true`: a paused postcopy reconnects to `text`
+    /// (the destination listens there after `migrate-recover`).  QEMU's texts.
+    public func resumeMigration(to text: String) throws(QMPError) {
+        let uri: MigrationURI
+        do { uri = try MigrationURI(parsing: text) } catch { throw .generic(error.description) }
+        guard let outgoing = migration.state.withLock({ $0.outgoing }), outgoing.status == .postcopyPaused else {
+            throw .generic("Cannot resume if there is no paused migration")
+        }
+        switch uri {
+        case .tcp, .unix, .fd, .fdName: break
+        case .file: throw .generic("Postcopy recovery needs the destination's answers: '\(text)' has no return path")
+        }
+        if case .fdName(let name) = uri, !descriptors.hasNamed(name) { throw .generic("File descriptor named '\(name)' has not been found") }
+        let opener: URIChannelOpener
+        do { opener = try URIChannelOpener(uri, descriptors: descriptors) } catch { throw .generic("Failed to connect to '\(text)': \(error)") }
+        do { try outgoing.resume(through: opener) } catch { throw .generic(error.description) }
+    }
+
+    /// QMP `migrate-pause`: breaks a postcopy's connection on whichever side
+    /// this machine is; both sides then wait in `postcopy-paused`.
+    public func pauseMigration() throws(QMPError) {
+        let (outgoing, incoming) = migration.state.withLock { ($0.outgoing, $0.incoming?.destination.withLock { $0 }) }
+        do {
+            if let outgoing, outgoing.status.isPostcopyConnected { return try outgoing.pause() }
+            if let incoming, incoming.status.isPostcopyConnected { return try incoming.pause() }
+        } catch { throw .generic(error.description) }
+        throw .generic("migrate-pause is currently only supported during postcopy-active or postcopy-recover state")
+    }
+
+    /// QMP `migrate-recover`: a paused incoming postcopy listens on `text` for
+    /// the source's new connection (`migrate` with `resume: true` there).
+    public func recoverIncoming(from text: String) throws(QMPError) {
+        guard let incoming = migration.state.withLock({ $0.incoming }), let destination = incoming.destination.withLock({ $0 }),
+              destination.status == .postcopyPaused else {
+            throw .generic("Migrate recover can only be run when postcopy is paused.")
+        }
+        let uri: MigrationURI
+        do { uri = try MigrationURI(parsing: text) } catch { throw .generic(error.description) }
+        switch uri {
+        case .tcp, .unix, .fd, .fdName: break
+        case .file: throw .generic("Postcopy recovery needs a connection to the source: '\(text)' is a file")
+        }
+        let listener: IncomingListener
+        do { listener = try Transport.listen(uri, descriptors: descriptors) } catch { throw .generic("Failed to listen on '\(text)': \(error)") }
+        let limit = migration.state.withLock { $0.parameters.inactivityLimit }
+        let inactivity: Duration? = limit == 0 ? nil : .milliseconds(Int64(limit))
+        do { try destination.recover(from: LimitedAcceptor(listener: listener, inactivity: inactivity)) } catch {
+            throw .generic(error.description)
+        }
     }
 
     /// QMP `migrate-start-postcopy`, with QEMU's texts.
@@ -247,7 +300,12 @@ extension Machine {
                 try UserfaultPagePlacement(blocks: blocks)
             }
             // With postcopy-ram, chunks are not allocated ahead: the switch would free them again.
-            let postcopyExpected = migration.state.withLock { $0.capabilities.postcopyRAM }
+            let (postcopyExpected, blocktime) = migration.state.withLock { ($0.capabilities.postcopyRAM, $0.capabilities.postcopyBlocktime) }
+            // postcopy-blocktime: the vCPUs' threads, read at the switch (they run by then).
+            var blocktimeThreads: (@Sendable () -> [Int32])?
+            if blocktime {
+                blocktimeThreads = { @Sendable [weak self] in self?.vcpus.map(\.threadID) ?? [] }
+            }
             destination = MigrationDestination(
                 channel: channel, acceptor: acceptor, configuration: migrationConfiguration,
                 ram: RAMMigration(blocks: memory.blocks, tracker: nil, destinationStartsZero: startsZero, allocateAhead: !postcopyExpected),
@@ -256,6 +314,7 @@ extension Machine {
                     // The guest runs here from the switch on; its missing pages follow.
                     self?.finishIncoming(run: autostart && global.sourceWasRunning == true)
                 },
+                blocktimeVCPUThreads: blocktimeThreads,
                 onStatus: fromDestination)
             incoming.destination.withLock { $0 = destination }
             try destination.run()

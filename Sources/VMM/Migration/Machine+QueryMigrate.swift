@@ -16,6 +16,8 @@ extension Machine {
             default: break
             }
             if let error = incoming.error.withLock({ $0 }) { result["error-desc"] = .string(error) }
+            // Ferry's own: why a postcopy waits for `migrate-recover` (QEMU's destination says nothing).
+            if let reason = incoming.destination.withLock({ $0 })?.pauseReason { result["error-desc"] = .string(reason) }
             // Ferry's own: a lazy restore's progress (the guest runs from the start of it).
             if let lazy = incoming.destination.withLock({ $0 })?.lazyRestoreStatistics {
                 var entry: [String: JSONValue] = ["faults": .int(Int64(lazy.faults)), "fault-pages": .int(Int64(lazy.faultPages)),
@@ -33,9 +35,20 @@ extension Machine {
             if let postcopy = incoming.destination.withLock({ $0 })?.postcopyStatistics {
                 var entry: [String: JSONValue] = ["faults": .int(Int64(postcopy.faults)), "requests": .int(Int64(postcopy.requests)),
                                                   "zero-filled": .int(Int64(postcopy.zeroFilled)),
-                                                  "placed-pages": .int(Int64(postcopy.placedPages))]
+                                                  "placed-pages": .int(Int64(postcopy.placedPages)),
+                                                  "pauses": .int(Int64(postcopy.pauses))]
                 if let latency = postcopy.latency { entry["request-latency-us"] = Self.json(latency) }
                 result["x-ferry-postcopy"] = .object(entry)
+                // QEMU's (capability postcopy-blocktime; the latencies are QEMU 10.1's), QEMU's units.
+                // QEMU shows them once the migration completed; Ferry from the switch on.
+                if let blocktime = postcopy.blocktime {
+                    result["postcopy-blocktime"] = .int(Int64(blocktime.blocktime))
+                    result["postcopy-vcpu-blocktime"] = .array(blocktime.vcpuBlocktime.map { .int(Int64($0)) })
+                    result["postcopy-latency"] = .int(Int64(clamping: blocktime.latency))
+                    result["postcopy-latency-dist"] = .array(blocktime.latencyDistribution.map { .int(Int64(clamping: $0)) })
+                    result["postcopy-vcpu-latency"] = .array(blocktime.vcpuLatency.map { .int(Int64(clamping: $0)) })
+                    result["postcopy-non-vcpu-latency"] = .int(Int64(clamping: blocktime.nonVCPULatency))
+                }
             }
             return .object(result)
         }
@@ -92,10 +105,11 @@ extension Machine {
             return .object(entry)
         })
         // Ferry's own: how postcopy's requests were served.
-        if info.status == .postcopyActive || info.postcopyBytes > 0 {
+        if info.status.isPostcopy || info.postcopyBytes > 0 {
             result["x-ferry-postcopy"] = ["requests": .int(Int64(info.postcopyRequests)),
                                           "dropped-requests": .int(Int64(info.postcopyDroppedRequests)),
-                                          "urgent-pages": .int(Int64(info.postcopyUrgentPages))]
+                                          "urgent-pages": .int(Int64(info.postcopyUrgentPages)),
+                                          "pauses": .int(Int64(info.postcopyPauses))]
         }
         // Ferry's own: what a completed mapped-ram save wrote.
         if let saved = info.mappedRAM {

@@ -21,7 +21,10 @@ final class UserfaultPagePlacement: PagePlacement {
         self.blocks = blocks
         unitBytes = blocks.map { $0.pageSize.byteCount }
         registered = Mutex(Array(repeating: false, count: blocks.count))
-        do { descriptor = try Userfaultfd(features: Self.features(blocks.map(\.mapping.backend))) } catch {
+        // The faulting thread's TID too, where the kernel has it (postcopy blocktime tells vCPUs apart by it).
+        var features = Self.features(blocks.map(\.mapping.backend))
+        if (try? Userfaultfd.availableFeatures())?.contains(.threadID) == true { features.insert(.threadID) }
+        do { descriptor = try Userfaultfd(features: features) } catch {
             throw .state("Postcopy is not supported: \(error)")
         }
     }
@@ -61,7 +64,8 @@ final class UserfaultPagePlacement: PagePlacement {
                 let start = address(index, 0)
                 if event.address >= start && event.address - start < blocks[index].byteCount {
                     let offset = Int(event.address - start)
-                    return MissingPageFault(block: index, offset: offset / unitBytes[index] * unitBytes[index])
+                    return MissingPageFault(block: index, offset: offset / unitBytes[index] * unitBytes[index],
+                                            thread: Int32(bitPattern: event.thread))
                 }
             }
             throw .state("a missing-page fault at host address 0x\(String(event.address, radix: 16)) outside guest RAM")
