@@ -90,3 +90,52 @@ import GuestMemory
         #expect(map.blocktime?.report.latencyDistribution.reduce(0, +) == 1)
     }
 }
+
+/// The source's side of a recovery: the destination's received bitmaps become
+/// what is sent again, checked against the discard set sent at the switch.
+@Suite struct PostcopyResumeSourceTests {
+    typealias Kit = SwitchoverRetryTests
+
+    /// A source's RAM (4 MiB, 1024 pages) switched to postcopy with pages 10-19 and 600 discarded.
+    static func switched() throws -> RAMMigration {
+        let ram = RAMMigration(blocks: [try Kit.block(filled: false)], tracker: Kit.OneShotDirtyLog(pages: 1024))
+        ram.send.withLock { $0.selector.replace(with: [PostcopyPageMapTests.bitmap(1024, set: Array(10..<20) + [600])]) }
+        _ = ram.postcopyDiscard()
+        return ram
+    }
+
+    /// The received bitmap's words for a 1024-page block that lacks `pages`.
+    static func received(lacking pages: [Int]) -> [UInt64] {
+        var words = [UInt64](repeating: .max, count: 16)
+        for page in pages { words[page / 64] &= ~(1 << UInt64(page % 64)) }
+        return words
+    }
+
+    @Test("the pages the destination lacks become the dirty set, and nothing else")
+    func lackingPagesAreResent() throws {
+        let ram = try Self.switched()
+        _ = ram.send.withLock { $0.selector.next(1000) }       // all sent before the break
+        try ram.resumePostcopy(received: [Self.received(lacking: [12, 13, 600])])
+        let job = ram.send.withLock { $0.selector.next(100) }
+        #expect(job?.offsets == [12, 13, 600].map { $0 * 4096 })
+        #expect(ram.stats.remainingPages == 3)
+    }
+
+    @Test("a received bitmap of the wrong size, or one that lacks a page sent before the switch, is refused")
+    func hostileReceivedBitmaps() throws {
+        let ram = try Self.switched()
+        #expect(throws: MigrationError.stream(.malformed("the received bitmap of RAM block 'pc.ram' has 15 words; the block needs 16"))) {
+            try ram.resumePostcopy(received: [[UInt64](repeating: .max, count: 15)])
+        }
+        #expect(throws: MigrationError.stream(.malformed("the destination says it lacks page 70 of RAM block 'pc.ram', which it had before the switch to postcopy"))) {
+            try ram.resumePostcopy(received: [Self.received(lacking: [12, 70])])
+        }
+        var words = Self.received(lacking: [])
+        words[15] = 0
+        #expect(throws: MigrationError.stream(.malformed("the destination says it lacks page 960 of RAM block 'pc.ram', which it had before the switch to postcopy"))) {
+            try ram.resumePostcopy(received: [words])
+        }
+        // Refused, the dirty set is as it was.
+        #expect(ram.send.withLock { $0.selector.dirtyCount } == 11)
+    }
+}
