@@ -19,6 +19,7 @@ CPU-seconds.  Medians over the runs, Ferry and QEMU alternating.
 """
 import asyncio
 import json
+import re
 import os
 import statistics
 import subprocess
@@ -55,6 +56,25 @@ def network_up():
 def network_down():
     for ns in NETNS:
         sh("ip", "netns", "del", ns, check=False)
+
+
+def network_counters():
+    """Per namespace: packets the tbf qdisc dropped, TCP segments retransmitted, retransmission
+    timeouts, tail loss probes (cumulative since the namespaces were made)."""
+    counters = {}
+    for ns, dev in zip(NETNS, VETH):
+        qdisc = sh("ip", "netns", "exec", ns, "tc", "-s", "qdisc", "show", "dev", dev).stdout
+        dropped = re.search(r"dropped (\d+)", qdisc)
+        nstat = sh("ip", "netns", "exec", ns, "nstat", "-az", "TcpRetransSegs", "TcpExtTCPTimeouts", "TcpExtTCPLossProbes",
+                   check=False).stdout
+        values = {name: int(value) for name, value in re.findall(r"^(\w+)\s+(\d+)", nstat, re.M)}
+        counters[ns] = {"drops": int(dropped.group(1)) if dropped else 0, "retrans": values.get("TcpRetransSegs", 0),
+                        "timeouts": values.get("TcpExtTCPTimeouts", 0), "probes": values.get("TcpExtTCPLossProbes", 0)}
+    return counters
+
+
+def counter_delta(before, after):
+    return {ns: {k: after[ns][k] - before[ns][k] for k in after[ns]} for ns in after}
 
 
 def socket_buffers():
@@ -106,6 +126,7 @@ async def postcopy_once(vmm, cmdline, memory, ready_pages, preempt, huge):
             await asyncio.sleep(0.05)
         await asyncio.sleep(SETTLE_SECONDS)
         cpu = [cpu_seconds(sproc.pid), cpu_seconds(dproc.pid)]
+        network = network_counters()
         start = time.monotonic()
         await src.execute("migrate", {"uri": f"tcp:{ADDRESS[1]}:{PORT}"})
         await asyncio.sleep(1.0)
@@ -124,6 +145,7 @@ async def postcopy_once(vmm, cmdline, memory, ready_pages, preempt, huge):
                 raise RuntimeError(f"{vmm.name}: the destination never completed")
             await asyncio.sleep(0.01)
         cpu = [cpu_seconds(sproc.pid) - cpu[0], cpu_seconds(dproc.pid) - cpu[1]]
+        network = counter_delta(network, network_counters())
         dinfo = await dst.execute("query-migrate")
         # The destination's cumulative SA lines: the first one after its guest started (it counts
         # from the switch, the guest's histogram having travelled with its memory), and one after the end.
@@ -143,7 +165,8 @@ async def postcopy_once(vmm, cmdline, memory, ready_pages, preempt, huge):
             "requests": info["ram"].get("postcopy-requests"), "postcopy_mb": info["ram"].get("postcopy-bytes", 0) / 1e6,
             "lat_p50": latency.get("p50"), "lat_p99": latency.get("p99"), "lat_max": latency.get("max"),
             "slow_p50": p50, "slow_p99": p99, "slow": slow,
-            "gap": (first_destination - last_source) * 1000, "cpu_src": cpu[0], "cpu_dst": cpu[1]}
+            "gap": (first_destination - last_source) * 1000, "cpu_src": cpu[0], "cpu_dst": cpu[1],
+            "network": network, "drops": network[NETNS[0]]["drops"], "retrans": network[NETNS[0]]["retrans"]}
 
 
 def median(samples, key):
@@ -193,7 +216,7 @@ def scenario_postcopy(ferry_vmm, qemu_vmm, vmms, runs, memory, working_set, mode
     columns = [("total ms", "total"), ("downtime", "downtime"), ("postcopy ms", "postcopy_ms"), ("requests", "requests"),
                ("req p50 us", "lat_p50"), ("req p99 us", "lat_p99"), ("req max us", "lat_max"),
                ("guest slow p50 us", "slow_p50"), ("guest slow p99 us", "slow_p99"), ("gap ms", "gap"),
-               ("CPU-s src", "cpu_src"), ("CPU-s dst", "cpu_dst")]
+               ("CPU-s src", "cpu_src"), ("CPU-s dst", "cpu_dst"), ("tbf drops src", "drops"), ("TCP retrans src", "retrans")]
     print("\n| mode | VMM | " + " | ".join(name for name, _ in columns) + " |")
     print("| --- | --- | " + " | ".join("---" for _ in columns) + " |")
     for mode in modes:

@@ -103,6 +103,8 @@ final class PostcopyLoad: Sendable {
     var failure: MigrationError? { record.withLock { $0.failure } }
 
     private func run() {
+        // A faulting vCPU waits on this thread's request: it must not wait for a time slice too.
+        HostThread.makeUrgent()
         do throws(MigrationError) {
             while !stopping.load(ordering: .acquiring) {
                 for fault in try placement.waitForFaults(timeout: .milliseconds(100)) { try handle(fault) }

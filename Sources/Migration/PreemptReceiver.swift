@@ -1,3 +1,4 @@
+import GuestMemory
 import MigrationProtocol
 import Synchronization
 
@@ -46,6 +47,8 @@ final class PreemptReceiver: Sendable {
     }
 
     private func receive(_ ram: RAMMigration) {
+        // The pages a faulting vCPU waits for.
+        HostThread.makeUrgent()
         var reader = FrameReader(channel: channel)
         var scratch = PageLoadScratch()
         scratch.loader = 1

@@ -1,4 +1,5 @@
 import Foundation
+import GuestMemory
 import Dispatch
 import MigrationProtocol
 import Synchronization
@@ -67,6 +68,8 @@ public final class ReturnPathReader: Sendable {
         // migration, and dispatch's shared pool (two threads on a 2-core host, shared
         // with Swift's tasks) could leave it waiting to start while the answer sits unread.
         let thread = Thread { [self] in
+            // Postcopy's page requests: a vCPU on the destination waits on each.
+            HostThread.makeUrgent()
             post(readAll())
             finished.signal()
         }

@@ -31,6 +31,7 @@
 #include <sys/socket.h>
 #include <sys/eventfd.h>
 #include <sys/stat.h>
+#include <sys/resource.h>
 #include <sys/un.h>
 #include <sys/uio.h>
 #include <linux/errqueue.h>
@@ -493,6 +494,11 @@ static inline int CLinuxUAPI_set_receive_timeout(int fd, int milliseconds) {
 }
 /* The eventfd that cancels a connect: created, signalled. */
 static inline int CLinuxUAPI_eventfd(void) { int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); return fd >= 0 ? fd : -errno; }
+/* Sets the calling thread's nice value (Linux: per thread); 0 or -errno.
+ * Lowering it below 0 needs CAP_SYS_NICE. */
+static inline int CLinuxUAPI_set_thread_nice(int nice) {
+    return setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), nice) == 0 ? 0 : -errno;
+}
 static inline void CLinuxUAPI_eventfd_signal(int fd) { uint64_t one = 1; ssize_t r = write(fd, &one, sizeof one); (void)r; }
 /* poll for readability: 1 readable, 0 timeout, -errno. */
 static inline int CLinuxUAPI_wait_readable(int fd, int milliseconds) {
