@@ -21,9 +21,27 @@ public protocol ByteChannel: Sendable {
     /// Makes blocked and future reads and writes fail at once (cancel).
     func shutdown()
     func close()
+    /// Sees that what was written has left: while the kernel holds some unsent
+    /// (a TCP segment the local queue dropped is otherwise sent again only by a
+    /// 200 ms timer), asks it to send again, up to `limit`.  Whether nothing is
+    /// left unsent; channels without such a queue say true.
+    @discardableResult
+    func pushUnsent(within limit: Duration) -> Bool
+    /// Bounds what the channel holds written but unsent to about `bytes` (a
+    /// socket's own queue), so what is written next leaves soon after.
+    func limitUnsent(_ bytes: Int)
+    /// Waits up to `timeout` until a write would go ahead without waiting long
+    /// (under the `limitUnsent` bound); true at once for channels without one.
+    func waitWritable(timeout: Duration) throws(ChannelError) -> Bool
 }
 
 extension ByteChannel {
+    /// Channels that are not TCP sockets hold nothing back.
+    @discardableResult
+    public func pushUnsent(within limit: Duration) -> Bool { true }
+    public func limitUnsent(_ bytes: Int) {}
+    public func waitWritable(timeout: Duration) throws(ChannelError) -> Bool { true }
+
     /// For channels that are not descriptors: one copy.
     public func write(_ list: borrowing GatherList) throws(ChannelError) { try write(list.flattened()) }
 

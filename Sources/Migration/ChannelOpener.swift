@@ -68,6 +68,9 @@ final class PendingChannel: ByteChannel {
     }
     func waitReadable(timeout: Duration) throws(ChannelError) -> Bool { try channel.waitReadable(timeout: timeout) }
     var hasReturnPath: Bool { (try? channel.hasReturnPath) ?? false }
+    func pushUnsent(within limit: Duration) -> Bool { (try? channel.pushUnsent(within: limit)) ?? true }
+    func limitUnsent(_ bytes: Int) { (try? channel)?.limitUnsent(bytes) }
+    func waitWritable(timeout: Duration) throws(ChannelError) -> Bool { try channel.waitWritable(timeout: timeout) }
 
     func shutdown() {
         let previous = state.withLock { s -> State in

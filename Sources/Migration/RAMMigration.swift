@@ -244,6 +244,11 @@ public final class RAMMigration: Migratable {
     /// Pages per background frame after the switch to postcopy: small, so a
     /// page request waits behind at most this much on the channel (128 KiB).
     static let postcopyJobPages = 32
+    /// How long the migration thread keeps asking the kernel to send a page a
+    /// request was answered with (while it holds it unsent) before going on.
+    static let urgentPushLimit: Duration = .milliseconds(5)
+    /// The main socket's bound on unsent bytes after the switch to postcopy.
+    static let postcopyUnsentBytes = 1 << 20
 
     /// The switch to postcopy, guest stopped and the dirty log synced: the
     /// pages still dirty, which the destination drops and gets again.  On
@@ -298,6 +303,11 @@ public final class RAMMigration: Migratable {
         var background = PageSender(writer: output, mappings: mappings, detection: .multifd, statistics: statistics)
         var preempt = PageSender(writer: urgent ?? output, mappings: mappings, detection: .multifd, statistics: statistics)
         var picker = PostcopyPicker(unitPages: blocks.map { $0.pageSize.byteCount / Self.pageSize }, preempt: urgent != nil)
+        // The background never blocks in a long write while a request waits: the main
+        // socket holds at most about a megabyte unsent (8 ms at 1 Gbit/s; without a preempt
+        // channel, what a request's pages queue behind), and a background frame is written
+        // only once it has room, requests being served meanwhile.
+        output.channel.limitUnsent(Self.postcopyUnsentBytes)
         while true {
             while let request = try requests.take() {
                 let pick = send.withLock { state in
@@ -307,6 +317,8 @@ public final class RAMMigration: Migratable {
                 switch pick {
                 case .send(let job, on: .urgent):
                     try preempt.send(job)
+                    // A faulting vCPU waits for it: it must leave now, not when TCP next tries.
+                    urgent?.channel.pushUnsent(within: Self.urgentPushLimit)
                     requests.served(urgentPages: job.count)
                 case .send(let job, on: .background):
                     try background.send(job)
@@ -316,6 +328,9 @@ public final class RAMMigration: Migratable {
                     break
                 }
             }
+            let writable: Bool
+            do { writable = try output.channel.waitWritable(timeout: .milliseconds(1)) } catch { throw .channel(error) }
+            guard writable else { continue }        // look at the requests again
             let next = send.withLock { state in
                 defer { statistics.withLock { $0.remainingPages = UInt64(state.selector.dirtyCount) } }
                 return picker.background(Self.postcopyJobPages, from: &state.selector)

@@ -92,6 +92,36 @@ public final class DescriptorChannel: ZeroCopyChannel {
         inactivity.withLock { $0 = limit }
     }
 
+    /// While the socket holds bytes unsent (`SIOCOUTQNSD`), pushes them
+    /// (`TCP_NODELAY` set again) every 100 µs, up to `limit`.  When the local
+    /// qdisc drops a segment (a shaped link's queue full of other traffic),
+    /// TCP with nothing in flight retries it only from its probe timer, at
+    /// least 200 ms later; a push retries it now.
+    @discardableResult
+    public func pushUnsent(within limit: Duration) -> Bool {
+        let deadline = ContinuousClock.now + limit
+        while true {
+            let unsent = closed.withLock { done in done ? 0 : CLinuxUAPI_socket_unsent(descriptor) }
+            guard unsent > 0 else { return true }      // sent, closed, or not TCP (an error)
+            guard ContinuousClock.now < deadline else { return false }
+            _ = closed.withLock { done in done ? 0 : CLinuxUAPI_socket_push(descriptor) }
+            usleep(100)
+        }
+    }
+
+    /// `TCP_NOTSENT_LOWAT`: the socket polls writable, and a write goes ahead,
+    /// only while it holds less than about half of `bytes` unsent (ignored by
+    /// channels that are not TCP).
+    public func limitUnsent(_ bytes: Int) {
+        _ = closed.withLock { done in done ? 0 : CLinuxUAPI_socket_limit_unsent(descriptor, Int32(clamping: bytes)) }
+    }
+
+    public func waitWritable(timeout: Duration) throws(ChannelError) -> Bool {
+        let result = closed.withLock { done in done ? 1 : CLinuxUAPI_wait_writable(descriptor, timeout.pollMilliseconds) }
+        guard result >= 0 else { throw .system("poll on the migration channel", errno: -result) }
+        return result > 0
+    }
+
     public func waitReadable(timeout: Duration) throws(ChannelError) -> Bool {
         let result = CLinuxUAPI_wait_readable(descriptor, timeout.pollMilliseconds)
         guard result >= 0 else { throw .system("poll on the migration channel", errno: -result) }

@@ -33,6 +33,7 @@
 #include <sys/stat.h>
 #include <sys/resource.h>
 #include <sys/un.h>
+#include <linux/sockios.h>
 #include <sys/uio.h>
 #include <linux/errqueue.h>
 
@@ -378,6 +379,17 @@ static inline int CLinuxUAPI_socket_tune(int fd) {
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     return fd;
 }
+/* Bytes written to TCP socket `fd` that it has not sent yet (SIOCOUTQNSD), or -errno. */
+static inline int CLinuxUAPI_socket_unsent(int fd) {
+    int bytes = 0;
+    return ioctl(fd, SIOCOUTQNSD, &bytes) == 0 ? bytes : -errno;
+}
+/* Makes TCP try at once to send what `fd` holds unsent (setting TCP_NODELAY
+ * pushes pending frames); 0 or -errno. */
+static inline int CLinuxUAPI_socket_push(int fd) {
+    int one = 1;
+    return setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0 ? 0 : -errno;
+}
 /* Waits for a non-blocking connect in progress on `fd` to finish (0 or
  * -SO_ERROR) or for `cancel_fd` to be signalled (-ECANCELED). */
 static inline int CLinuxUAPI_connect_wait(int fd, int cancel_fd) {
@@ -506,6 +518,17 @@ static inline int CLinuxUAPI_wait_readable(int fd, int milliseconds) {
     int r;
     do { r = poll(&p, 1, milliseconds); } while (r < 0 && errno == EINTR);
     return r < 0 ? -errno : r;
+}
+static inline int CLinuxUAPI_wait_writable(int fd, int milliseconds) {
+    struct pollfd p = { .fd = fd, .events = POLLOUT };
+    int r;
+    do { r = poll(&p, 1, milliseconds); } while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : r;
+}
+/* Bounds what TCP socket `fd` holds unsent (TCP_NOTSENT_LOWAT): it polls
+ * writable, and a write goes ahead, only while under about half of `bytes`. */
+static inline int CLinuxUAPI_socket_limit_unsent(int fd, int bytes) {
+    return setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &bytes, sizeof bytes) == 0 ? 0 : -errno;
 }
 static inline long CLinuxUAPI_read(int fd, void *buffer, size_t count) {
     long r;
