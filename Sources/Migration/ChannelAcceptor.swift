@@ -15,6 +15,15 @@ public protocol ChannelAcceptor: Sendable {
     func acceptQuiet(timeout: Duration?) throws(ChannelError) -> any ByteChannel
     /// Stops accepting: later connects fail, and a later `accept` throws.  Idempotent.
     func close()
+    /// Makes an `accept` blocked in another thread fail now, without closing
+    /// (that thread closes it when done: a descriptor closed under it could be
+    /// another file's by the time it accepts again).
+    func interrupt()
+}
+
+extension ChannelAcceptor {
+    /// Acceptors with no descriptor of their own: closing is interrupting.
+    public func interrupt() { close() }
 }
 
 extension ChannelAcceptor {

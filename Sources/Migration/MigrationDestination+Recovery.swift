@@ -19,6 +19,8 @@ extension MigrationDestination {
             throw .invalidState("Migrate recover can only be run when postcopy is paused.")
         }
         recovery.offer(acceptor)
+        // A connection being checked on the older listener gives way to the newer one.
+        handshaking.withLock { $0 }?.shutdown()
     }
 
     /// QMP `migrate-pause` on the destination: the connection is shut, and the load pauses.
@@ -54,10 +56,13 @@ extension MigrationDestination {
             do {
                 let reader = try reconnect(acceptor, plan: plan, migrationID: migrationID, load: load)
                 recovery.reason = nil
+                // A `migrate-recover` that came too late to matter leaves no listener open.
+                recovery.dropPending()
                 return reader
             } catch {
                 recovery.release(acceptor)
-                if recovery.isAbandoned || load.failure != nil { throw error }
+                if let failure = load.failure { throw failure }
+                if recovery.isAbandoned { throw error }
                 // A listener replaced by a newer `migrate-recover` is no failure to report.
                 if !recovery.replaced { recovery.reason = "the recovery failed: \(error)" }
                 dropPreempt()
@@ -84,6 +89,15 @@ extension MigrationDestination {
                            load: PostcopyLoad) throws(MigrationError) -> FrameReader {
         let channel: any ByteChannel
         do { channel = try acceptor.accept(timeout: nil) } catch { throw .channel(error) }
+        // Checked within the channel timeout, and shut by a newer migrate-recover or a quit.
+        handshaking.withLock { $0 = channel }
+        defer { handshaking.withLock { $0 = nil } }
+        if recovery.replaced {
+            channel.close()
+            throw .cancelled
+        }
+        let watchdog = HandshakeWatchdog(channel: channel, limit: channelTimeout)
+        defer { watchdog.disarm() }
         var reader = FrameReader(channel: channel)
         do throws(MigrationError) {
             let identity = try reader.readStreamHeader()
@@ -110,10 +124,13 @@ extension MigrationDestination {
             channel.close()
             throw error
         }
-        setStatus(.postcopyRecover)
+        watchdog.disarm()
+        // The link first: a migrate-pause from now on shuts the new connection.
         link.replace(with: channel)
+        setStatus(.postcopyRecover)
         if plan.preempt { try startPreempt(migrationID: migrationID, from: acceptor) }
         recovery.release(acceptor)
+        if let failure = load.failure { throw failure }
         for (block, words) in load.receivedWords.enumerated() {
             try link.send(.receivedBitmap(block: UInt16(block), words: words))
         }

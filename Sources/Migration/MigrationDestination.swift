@@ -49,7 +49,10 @@ public final class MigrationDestination: Sendable {
     let lazy = Mutex<LazyRestore?>(nil)
     let onLazyFailure: @Sendable (MigrationError) -> Void
     /// A paused postcopy's way back: `migrate-recover`'s listener, handed to the loading thread.
-    let recovery = RecoveryWait<any ChannelAcceptor>(close: { $0.close() })
+    let recovery = RecoveryWait<any ChannelAcceptor>(close: { $0.close() }, interrupt: { $0.interrupt() })
+    /// A recovered connection being checked (its header and `resume` frame): shut by a newer
+    /// `migrate-recover` or by `abort`, so neither waits on a peer that says nothing.
+    let handshaking = Mutex<(any ByteChannel)?>(nil)
 
     /// `mappedRAM`: restore from a mapped-ram file (`channel` must be that
     /// file): its pages first, in parallel, then the device state it holds.
@@ -100,6 +103,7 @@ public final class MigrationDestination: Sendable {
     public func abort() {
         lazy.withLock { $0 }?.abandon()
         recovery.abandon()
+        handshaking.withLock { $0 }?.shutdown()
         channel.shutdown()
         preempt.withLock { $0 }?.channel.shutdown()
         receivers.withLock { $0 }?.abort(.cancelled)
@@ -136,6 +140,7 @@ public final class MigrationDestination: Sendable {
             receivers?.close()
             preempt.withLock { $0 }?.abort()
             acceptor?.close()
+            recovery.abandon()
             if channel.hasReturnPath {
                 try? returnPath.send(.failed(cause.description))
                 try? returnPath.send(.shut)
@@ -147,11 +152,16 @@ public final class MigrationDestination: Sendable {
         receivers.withLock { $0 }?.close()
         preempt.withLock { $0 }?.abort()       // finished: this only closes it
         acceptor?.close()
+        recovery.abandon()      // no recovery after the end: a listener offered meanwhile is closed
         if channel.hasReturnPath {
             do { try returnPath.send(.loaded) } catch {
-                setStatus(.failed)
-                channel.close()
-                throw error
+                // After a postcopy the guest runs here with every page: it is complete,
+                // whether or not the source hears so (its end frames were all here).
+                if !switchedToPostcopy {
+                    setStatus(.failed)
+                    channel.close()
+                    throw error
+                }
             }
             try? returnPath.send(.shut)     // the source has its answer; a source already gone changes nothing
         }
@@ -321,10 +331,12 @@ public final class MigrationDestination: Sendable {
         let load = try ram.beginPostcopy(payload, placement: try makePlacement(), vcpuThreads: blocktimeVCPUThreads?(), ask: { block, offset, length in
             // A request that cannot be sent breaks the connection: the load pauses, and asks again after a recovery.
             link.ask(block: block, offset: offset, length: length)
-        }, onFailure: { error in
-            // A fault thread that stopped leaves every later access waiting: the load fails now.
+        }, onFailure: { [recovery] error in
+            // A fault thread that stopped leaves every later access waiting: the load fails now,
+            // paused or not (no recovery can mend it).
             try? link.send(.failed(error.description))
             link.shutdown()
+            recovery.abandon()
         })
         postcopy.withLock { $0 = load }
         postcopyRecord.withLock { $0.switched = true }

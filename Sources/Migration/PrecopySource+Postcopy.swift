@@ -50,17 +50,19 @@ extension PrecopySource {
         }
         setStatus(.postcopyActive)
         while true {
+            var endsSent = false
             do throws(MigrationError) {
                 let urgent = preempt.withLock { $0 }?.writer
                 try parts.ram.sendPostcopy(writer, urgent: urgent, requests: requests)
                 try urgent?.sendEnd()
                 try writer.sendEnd()
+                endsSent = true
                 try awaitDestination()
                 return
             } catch {
                 // The guest runs on the destination: a break pauses (a recovery resends
                 // what it lacks); only the destination giving up ends it.
-                try pauseUntilResumed(after: error)
+                try pauseUntilResumed(after: error, endsSent: endsSent)
             }
         }
     }

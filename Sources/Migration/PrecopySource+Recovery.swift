@@ -49,12 +49,19 @@ extension PrecopySource {
     /// After `error` in postcopy: throws if the destination refused (it will
     /// not go on) or the migration is abandoned; otherwise pauses until a
     /// `resume` reconnects and the destination has said which pages it lacks.
-    func pauseUntilResumed(after error: MigrationError) throws(MigrationError) {
-        // The destination may have said why before closing: its refusal ends the migration.
+    func pauseUntilResumed(after error: MigrationError, endsSent: Bool = false) throws(MigrationError) {
+        // The destination's own refusal ends the migration; it may have said why before closing.
+        if error.isDestinationAnswer { throw error }
         var cause = requests.failure ?? error
-        if !error.isDestinationAnswer, let answer = destinationRefusal() { cause = answer }
+        if let answer = destinationRefusal() { cause = answer }
         if cause.isDestinationAnswer || recovery.isAbandoned { throw cause }
-        if recovery.reason == nil { recovery.reason = cause.description }
+        if recovery.reason == nil {
+            // Every frame was written: the destination may have them all and be complete,
+            // and then no recovery will come (quit this side once it says so).
+            recovery.reason = endsSent
+                ? "\(cause); both end frames were sent, so the destination may have every page: if it reports completed, nothing is left to do here ('quit')"
+                : cause.description
+        }
         while true {
             closeConnection()
             progress.withLock { p in
@@ -81,14 +88,20 @@ extension PrecopySource {
     /// Shuts the main and preempt channels, waits for the return-path reader,
     /// closes them; what the main channel carried is kept for `query-migrate`.
     func closeConnection() {
-        let (bytes, frames) = (writer.bytesWritten, writer.framesWritten)
-        progress.withLock { p in p.earlierMain = (p.earlierMain.bytes + bytes, p.earlierMain.frames + frames) }
         if let (extra, _) = preempt.withLock({ $0 }) {
             extra.shutdown()
             extra.close()
         }
         preempt.withLock { $0 = nil }
         closeChannel()
+        // What it carried is kept aside, and a writer with nothing written stands in until a
+        // new connection (`query-migrate` adds the two: counted once).
+        let closed = channel
+        let (bytes, frames) = (writer.bytesWritten, writer.framesWritten)
+        progress.withLock { p in
+            p.earlierMain = (p.earlierMain.bytes + bytes, p.earlierMain.frames + frames)
+            connection.withLock { $0 = (closed, StreamWriter(channel: closed, limiter: limiter)) }
+        }
     }
 
     /// Opens the new main channel, says it resumes this migration, opens the

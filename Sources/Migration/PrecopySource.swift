@@ -102,7 +102,7 @@ public final class PrecopySource: Sendable {
     /// Names this migration on every channel it opens (a recovered one included).
     let migrationID = (0..<ChannelIdentity.idByteCount).map { _ in UInt8.random(in: 0...255) }
     /// A paused postcopy's way back (`migrate` with `resume: true`).
-    let recovery = RecoveryWait<any ChannelOpener>(close: { $0.cancel() })
+    let recovery = RecoveryWait<any ChannelOpener>(close: { $0.cancel() }, interrupt: { $0.cancel() })
     /// Shared by every channel: `max-bandwidth` holds for their sum.
     let limiter = RateLimiter()
     /// The multifd connections, once opening starts (so a cancel can shut them).

@@ -5,10 +5,11 @@ import Synchronization
 /// listener `migrate-recover` names, on the source the opener of `migrate`
 /// with `resume: true`.  The item offered is handed to the migration's own
 /// thread, which blocks in `take`.  An item offered while another is pending
-/// or in use replaces it (the old one is closed: a listener nobody connected
-/// to, as QEMU lets `migrate-recover` be run again while still paused; closing
-/// it wakes an `accept` blocked on it).  `abandon` (the machine quits) ends the
-/// wait for good.
+/// or in use replaces it (a listener nobody connected to, as QEMU lets
+/// `migrate-recover` be run again while still paused): a pending one is
+/// closed, one in use interrupted (an `accept` blocked on it fails) and closed
+/// by its thread.  `abandon` (the machine quits, or the load can no longer go
+/// on) ends the wait for good.
 final class RecoveryWait<Item: Sendable>: Sendable {
     struct State {
         /// Offered, not yet taken.
@@ -22,23 +23,35 @@ final class RecoveryWait<Item: Sendable>: Sendable {
     let state = Mutex(State())
     private let offered = DispatchSemaphore(value: 0)
     private let close: @Sendable (Item) -> Void
+    private let interrupt: @Sendable (Item) -> Void
 
-    /// `close`: what ends an item replaced or never used.
-    init(close: @escaping @Sendable (Item) -> Void) { self.close = close }
+    /// `close`: what ends an item replaced or never used; `interrupt`: what
+    /// stops one in use by the migration's thread (which then `release`s it:
+    /// only that thread closes it, so no descriptor is closed under it).
+    init(close: @escaping @Sendable (Item) -> Void, interrupt: @escaping @Sendable (Item) -> Void) {
+        (self.close, self.interrupt) = (close, interrupt)
+    }
 
-    /// Offers `item`; one pending or in use is closed.  After `abandon`, `item` is closed at once.
+    /// Offers `item`; one pending is closed, one in use interrupted.  After
+    /// `abandon`, `item` is closed at once.
     func offer(_ item: Item) {
-        let (replaced, abandoned) = state.withLock { s -> ([Item], Bool) in
-            guard !s.abandoned else { return ([], true) }
-            defer { (s.pending, s.inUse) = (item, nil) }
-            return ([s.pending, s.inUse].compactMap { $0 }, false)
+        let (pending, inUse, abandoned) = state.withLock { s -> (Item?, Item?, Bool) in
+            guard !s.abandoned else { return (nil, nil, true) }
+            defer { s.pending = item }
+            return (s.pending, s.inUse, false)
         }
         if abandoned {
             close(item)
             return
         }
-        for old in replaced { close(old) }
+        if let pending { close(pending) }
+        if let inUse { interrupt(inUse) }
         offered.signal()
+    }
+
+    /// Closes an item offered and not taken (the migration no longer waits for one).
+    func dropPending() {
+        if let pending = state.withLock({ s -> Item? in defer { s.pending = nil }; return s.pending }) { close(pending) }
     }
 
     /// Blocks until an item is offered, and takes it; nil once abandoned.
@@ -58,7 +71,7 @@ final class RecoveryWait<Item: Sendable>: Sendable {
     /// Whether the item taken last has been replaced (or the wait abandoned) since.
     var replaced: Bool { state.withLock { $0.pending != nil || $0.abandoned } }
 
-    /// The item taken is done with (it worked, or failed): closed.
+    /// The item taken is done with (it worked, or failed): closed, by the thread that took it.
     func release(_ item: Item) {
         state.withLock { $0.inUse = nil }
         close(item)
@@ -71,14 +84,15 @@ final class RecoveryWait<Item: Sendable>: Sendable {
         set { state.withLock { $0.reason = newValue } }
     }
 
-    /// No recovery will come: the wait ends, and every item is closed.
+    /// No recovery will come: the wait ends; an item pending is closed, one in use interrupted.
     func abandon() {
-        let open = state.withLock { s -> [Item] in
+        let (pending, inUse) = state.withLock { s -> (Item?, Item?) in
             s.abandoned = true
-            defer { (s.pending, s.inUse) = (nil, nil) }
-            return [s.pending, s.inUse].compactMap { $0 }
+            defer { s.pending = nil }
+            return (s.pending, s.inUse)
         }
-        for item in open { close(item) }
+        if let pending { close(pending) }
+        if let inUse { interrupt(inUse) }
         offered.signal()
     }
 }

@@ -92,17 +92,22 @@ public final class DescriptorChannel: ZeroCopyChannel {
         inactivity.withLock { $0 = limit }
     }
 
-    /// While the socket holds bytes unsent (`SIOCOUTQNSD`), pushes them
+    /// While the socket holds bytes unsent (`SIOCOUTQNSD`) and nothing in
+    /// flight (all it holds is unsent: `SIOCOUTQ` equal), pushes them
     /// (`TCP_NODELAY` set again) every 100 µs, up to `limit`.  When the local
     /// qdisc drops a segment (a shaped link's queue full of other traffic),
     /// TCP with nothing in flight retries it only from its probe timer, at
-    /// least 200 ms later; a push retries it now.
+    /// least 200 ms later; a push retries it now.  With segments in flight,
+    /// their acknowledgements send the rest: nothing to do.
     @discardableResult
     public func pushUnsent(within limit: Duration) -> Bool {
         let deadline = ContinuousClock.now + limit
         while true {
-            let unsent = closed.withLock { done in done ? 0 : CLinuxUAPI_socket_unsent(descriptor) }
-            guard unsent > 0 else { return true }      // sent, closed, or not TCP (an error)
+            let (unsent, queued) = closed.withLock { done -> (Int32, Int32) in
+                done ? (0, 0) : (CLinuxUAPI_socket_unsent(descriptor), CLinuxUAPI_socket_queued(descriptor))
+            }
+            guard unsent > 0 else { return true }           // sent, closed, or not TCP (an error)
+            guard queued == unsent else { return true }     // in flight: TCP goes on by itself
             guard ContinuousClock.now < deadline else { return false }
             _ = closed.withLock { done in done ? 0 : CLinuxUAPI_socket_push(descriptor) }
             usleep(100)

@@ -136,6 +136,13 @@ public final class IncomingListener: ChannelAcceptor {
         }
     }
 
+    /// Makes a blocked `accept` fail (and later ones) without closing the
+    /// descriptor, which its owner closes once no thread accepts on it.
+    public func interrupt() {
+        guard case .socket(let fd) = kind else { return }
+        closed.withLock { done in if !done { _ = CLinuxUAPI_shutdown(fd) } }
+    }
+
     static func closedError(_ address: MigrationURI) -> ChannelError {
         .system("accept on \(address): the listener is closed", errno: ECANCELED)
     }

@@ -384,6 +384,11 @@ static inline int CLinuxUAPI_socket_unsent(int fd) {
     int bytes = 0;
     return ioctl(fd, SIOCOUTQNSD, &bytes) == 0 ? bytes : -errno;
 }
+/* Bytes TCP socket `fd` holds: unsent plus sent and not acknowledged (SIOCOUTQ), or -errno. */
+static inline int CLinuxUAPI_socket_queued(int fd) {
+    int bytes = 0;
+    return ioctl(fd, SIOCOUTQ, &bytes) == 0 ? bytes : -errno;
+}
 /* Makes TCP try at once to send what `fd` holds unsent (setting TCP_NODELAY
  * pushes pending frames); 0 or -errno. */
 static inline int CLinuxUAPI_socket_push(int fd) {

@@ -431,6 +431,8 @@ struct LimitedAcceptor: ChannelAcceptor {
     func acceptQuiet(timeout: Duration?) throws(ChannelError) -> any ByteChannel { try listener.accept(timeout: timeout) }
 
     func close() { listener.close() }
+
+    func interrupt() { listener.interrupt() }
 }
 
 /// The source engine's handle on the machine.

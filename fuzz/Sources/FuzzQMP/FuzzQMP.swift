@@ -61,7 +61,7 @@ enum QMPTarget {
     static func apply(_ command: QMPCommand, _ parameters: inout MigrationParameters,
                       _ capabilities: inout MigrationCapabilities) {
         switch command {
-        case .migrate(let uri), .migrateIncoming(let uri, _):
+        case .migrate(let uri, _), .migrateIncoming(let uri, _), .migrateRecover(let uri):
             let parsed = try? MigrationURI(parsing: uri)
             if explain { print("  uri: \(String(describing: parsed))") }
         case .migrateSetParameters(let arguments):
