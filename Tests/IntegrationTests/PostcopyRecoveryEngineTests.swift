@@ -71,9 +71,16 @@ import Transport
             channel.close()
         }
 
+        // A second migrate-recover before the source connects replaces the first listener (QEMU
+        // lets it be run again while paused): the first stops listening, the load stays paused.
+        let replaced = try Transport.listen(.unix(path: MultifdEngineTests.socketPath()))
+        try engine.recover(from: replaced)
         // A good one: the received bitmap says pages 1-3 are still to come (page 0 arrived before the break).
         let listener = try Transport.listen(.unix(path: MultifdEngineTests.socketPath()))
         try engine.recover(from: listener)
+        usleep(100_000)
+        #expect(throws: ChannelError.self, "the replaced listener is closed") { _ = try Transport.connect(replaced.address) }
+        #expect(engine.status == .postcopyPaused)
         var resumed = FrameEncoder(), urgent = FrameEncoder()
         let channel = try Self.reconnect(listener.address, &resumed, identity: ChannelIdentity(role: .main, migrationID: Kit.id),
                                          first: (.resume, plan))
