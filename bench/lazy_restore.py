@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from mapped_ram import drop_caches, save_once, set_mapped_ram, vmm_process
-from side_by_side import SETTLE_SECONDS, first_touch_ms
+from side_by_side import SETTLE_SECONDS, check_restored_guest, first_touch_ms
 
 CHANNELS = 4
 
@@ -47,13 +47,7 @@ async def restore(vmm, cmdline, path, lazy):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"lazy restore never completed: {info}")
                 await asyncio.sleep(0.01)
-        beats = len(console.beats)
-        while len(console.beats) < beats + 3:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{vmm.name}: the restored guest does not beat")
-            await asyncio.sleep(0.05)
-        if console.errors:
-            raise RuntimeError(f"{vmm.name}: the restored guest reports {console.errors} verify errors")
+        await check_restored_guest(vmm.name, console, deadline)
         await client.execute("quit")
         proc.wait(timeout=20)
         return result

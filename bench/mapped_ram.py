@@ -20,7 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from side_by_side import SETTLE_SECONDS, Console, connect_qmp, cpu_seconds, first_touch_ms, migration_command, quit_all
+from side_by_side import (SETTLE_SECONDS, Console, check_restored_guest, connect_qmp, cpu_seconds, first_touch_ms,
+                          migration_command, quit_all)
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -216,13 +217,7 @@ async def restore_once(vmm, cmdline, memory, channels, direct_io, prealloc, path
             await asyncio.sleep(0.005)
         end, cpu_end = time.monotonic(), cpu_seconds(proc.pid)
         info = await client.execute("query-migrate")
-        beats = len(console.beats)
-        while len(console.beats) < beats + 3:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{vmm.name}: the restored guest does not beat")
-            await asyncio.sleep(0.05)
-        if console.errors:
-            raise RuntimeError(f"{vmm.name}: the restored guest reports {console.errors} verify errors")
+        await check_restored_guest(vmm.name, console, deadline)
         await quit_all([client], [proc])
         allocated = path.stat().st_blocks * 512
         return {"time": (end - start) * 1000, "dst_cpu": cpu_end - cpu_start, "status": info.get("status"),

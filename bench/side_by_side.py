@@ -183,6 +183,17 @@ async def connect_qmp(sock):
     raise TimeoutError(f"no QMP socket at {sock}")
 
 
+async def check_restored_guest(vmm_name, console, deadline):
+    """A restored guest beats three more times by `deadline` and its verifier reports no error; raises otherwise."""
+    beats = len(console.beats)
+    while len(console.beats) < beats + 3:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{vmm_name}: the restored guest does not beat")
+        await asyncio.sleep(0.05)
+    if console.errors:
+        raise RuntimeError(f"{vmm_name}: the restored guest reports {console.errors} verify errors")
+
+
 async def quit_all(clients, procs):
     """`quit` on every client, then waits for the processes."""
     for client in clients:

@@ -22,7 +22,7 @@ import statistics
 import time
 from pathlib import Path
 
-from side_by_side import SETTLE_SECONDS, Console, cpu_seconds, first_touch_ms, quit_all
+from side_by_side import SETTLE_SECONDS, Console, check_restored_guest, cpu_seconds, first_touch_ms, quit_all
 from mapped_ram import drop_caches, fio_mbps, guarded, parse_size, print_table, vmm_process
 
 SLOW_FLOOR_US = 16
@@ -140,13 +140,7 @@ async def restore_once(vmm, cmdline, memory, path):
                 raise RuntimeError(f"{vmm.name}: restore never ran")
             await asyncio.sleep(0.005)
         took = (time.monotonic() - start) * 1000
-        beats = len(console.beats)
-        while len(console.beats) < beats + 3:
-            if time.monotonic() > start + 120:
-                raise RuntimeError(f"{vmm.name}: the restored guest does not beat")
-            await asyncio.sleep(0.05)
-        if console.errors:
-            raise RuntimeError(f"{vmm.name}: the restored guest reports {console.errors} verify errors")
+        await check_restored_guest(vmm.name, console, start + 120)
         await quit_all([client], [proc])
     return took
 

@@ -46,11 +46,7 @@ extension MigrationDestination {
         let cause = preempt.withLock({ $0 })?.failure ?? error
         // Set already when `migrate-pause` broke it.
         if recovery.reason == nil { recovery.reason = "\(cause)" }
-        // The preempt channel's thread stops first: nothing is gathered once the partial huge pages go.
-        dropPreempt()
-        load.pause()
-        link.retireCurrent("the connection broke")
-        setStatus(.postcopyPaused)
+        enterPause(load, "the connection broke")
         while true {
             guard let acceptor = recovery.take() else { throw .cancelled }
             do {
@@ -65,21 +61,22 @@ extension MigrationDestination {
                 if recovery.isAbandoned { throw error }
                 // A listener replaced by a newer `migrate-recover` is no failure to report.
                 if !recovery.replaced { recovery.reason = "the recovery failed: \(error)" }
-                dropPreempt()
-                load.pause()
-                link.retireCurrent("the recovery failed")
-                setStatus(.postcopyPaused)
+                enterPause(load, "the recovery failed")
             }
         }
     }
 
-    /// The preempt channel's receiver stops, and its channel is closed.
-    private func dropPreempt() {
+    /// Into `postcopy-paused`: the preempt receiver stops first (nothing is gathered
+    /// once the partial huge pages go), the load drops them, the connection retires.
+    private func enterPause(_ load: PostcopyLoad, _ why: String) {
         let receiver = preempt.withLock { p in
             defer { p = nil }
             return p
         }
         receiver?.abort()
+        load.pause()
+        link.retireCurrent(why)
+        setStatus(.postcopyPaused)
     }
 
     /// Accepts the source's new main channel, checks that it resumes this

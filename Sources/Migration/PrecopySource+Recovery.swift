@@ -1,4 +1,3 @@
-import GuestMemory
 import MigrationProtocol
 
 /// Postcopy recovery on the source.  Once the destination runs the guest, a
@@ -78,7 +77,7 @@ extension PrecopySource {
                 return
             } catch {
                 recovery.release(opener)
-                if case .refused = error { throw error }
+                if error.isDestinationAnswer { throw error }
                 if recovery.isAbandoned { throw .postcopyFailed("the machine quit while postcopy was paused") }
                 recovery.reason = "the recovery failed: \(error)"
             }

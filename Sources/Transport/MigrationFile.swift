@@ -46,9 +46,10 @@ public final class MigrationFile: PageFile {
                 throw error
             }
         }
-        let fd = try Transport.check(CLinuxUAPI_open_migration_file(path, writing ? 2 : 0, 0), "open \(path)")
+        // SAFETY: the path is passed as a C string that lives for the call.
+        let fd = try Transport.check(unsafe CLinuxUAPI_open_migration_file(path, writing ? 2 : 0, 0), "open \(path)")
         guard direct else { return MigrationFile(adopting: fd, direct: nil, base: base) }
-        let directFD = CLinuxUAPI_open_migration_file(path, writing ? 2 : 0, 1)
+        let directFD = unsafe CLinuxUAPI_open_migration_file(path, writing ? 2 : 0, 1)
         guard directFD >= 0 else {
             _ = Glibc.close(fd)
             if directFD == -EINVAL {
