@@ -144,7 +144,8 @@ struct PostcopyRecoveryKernelTests {
         // Unthrottled now, so the rest comes quickly (max-postcopy-bandwidth takes effect at once, as in QEMU).
         #expect(source.execute(.migrateSetParameters(["max-postcopy-bandwidth": .int(0)])) == .success(.object([:])))
         try await kit.waitFor(seconds: 90) { source.outgoingMigration?.status.isFinished == true }
-        try await kit.waitFor { destination.incomingMigration?.status.withLock({ $0 }) == .completed || capture.failure.withLock({ $0 }) != nil }
+        // The event follows the status: wait for it too, or the sequence below can miss its last entry.
+        try await kit.waitFor { capture.migrationStatuses.last == "completed" || capture.failure.withLock({ $0 }) != nil }
         let info = try #require(source.outgoingMigration)
         #expect(info.status == .completed, "\(info.errorDescription ?? "")")
         #expect(capture.failure.withLock { $0 } == nil)
