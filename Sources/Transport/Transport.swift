@@ -95,6 +95,8 @@ public final class IncomingListener: ChannelAcceptor {
     /// Where it listens; for `tcp:HOST:0`, with the port the kernel chose.
     public let address: MigrationURI
     let closed = Mutex(false)
+    /// `interrupt` was called: a failed `accept` is the listener stopping, not an error of its own.
+    let interrupted = Mutex(false)
     /// A file's or descriptor's channel until `accept` hands it out.
     let readyChannel: Mutex<DescriptorChannel?>
 
@@ -131,7 +133,7 @@ public final class IncomingListener: ChannelAcceptor {
             guard !closed.withLock({ $0 }) else { throw Self.closedError(address) }
             let result = CLinuxUAPI_accept_within(fd, timeout?.pollMilliseconds ?? -1)
             if result == -ETIMEDOUT, let timeout { throw .timedOut("no connection on \(address) within \(timeout)") }
-            if result < 0, closed.withLock({ $0 }) { throw Self.closedError(address) }
+            if result < 0, closed.withLock({ $0 }) || interrupted.withLock({ $0 }) { throw Self.closedError(address) }
             return DescriptorChannel(adopting: try Transport.check(result, "accept on \(address)"), returnPath: true)
         }
     }
@@ -140,6 +142,7 @@ public final class IncomingListener: ChannelAcceptor {
     /// descriptor, which its owner closes once no thread accepts on it.
     public func interrupt() {
         guard case .socket(let fd) = kind else { return }
+        interrupted.withLock { $0 = true }
         closed.withLock { done in if !done { _ = CLinuxUAPI_shutdown(fd) } }
     }
 

@@ -49,6 +49,23 @@ struct ListenerTests {
         #expect(worker.wait() == .system("accept on \(listener.address): the listener is closed", errno: ECANCELED))
     }
 
+    @Test("an accept blocked without a timeout ends when another thread interrupts the listener, on TCP and Unix sockets",
+          arguments: ["tcp", "unix"])
+    func interruptWakesAccept(_ kind: String) throws {
+        let uri: MigrationURI = kind == "tcp" ? .tcp(host: "127.0.0.1", port: 0)
+            : .unix(path: "/tmp/ferry-transport-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock")
+        let listener = try Transport.listen(uri)
+        defer { listener.close() }
+        let worker = WorkerThread { _ = try listener.accept(timeout: nil) }
+        usleep(100_000)
+        let interrupted = ContinuousClock.now
+        listener.interrupt()
+        // Interrupted, not closed: its owner closes it; the accept ends at once (a shut-down Unix
+        // listener polls as hung up while accept says EAGAIN: it must not spin there).
+        #expect(worker.wait() == .system("accept on \(listener.address): the listener is closed", errno: ECANCELED))
+        #expect(ContinuousClock.now - interrupted < .seconds(2))
+    }
+
     @Test("a Unix listener takes two connections, and close removes its path")
     func unixPath() throws {
         let path = "/tmp/ferry-transport-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"

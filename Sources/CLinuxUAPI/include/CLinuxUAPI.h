@@ -661,6 +661,9 @@ static inline int CLinuxUAPI_accept_within(int fd, int milliseconds) {
         if (n < 0 && errno != EINTR) return -errno;
         if (n == 0) return -ETIMEDOUT;
         if (n > 0 && (p.revents & POLLNVAL)) return -EBADF;
+        /* A listener shut down (interrupted) polls as hung up while accept still says
+         * EAGAIN (Unix sockets): it will never accept again. */
+        if (n > 0 && (p.revents & (POLLHUP | POLLERR))) return -EINVAL;
     }
 }
 
