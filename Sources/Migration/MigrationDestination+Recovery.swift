@@ -74,7 +74,8 @@ extension MigrationDestination {
             return p
         }
         receiver?.abort()
-        load.pause()
+        // A pause is a connection lost; a reconnection refused before it was taken is not another.
+        load.pause(counting: status != .postcopyPaused)
         link.retireCurrent(why)
         setStatus(.postcopyPaused)
     }

@@ -256,9 +256,9 @@ final class PostcopyLoad: Sendable {
     /// are still to come, and come again whole).  The fault thread runs on: a
     /// vCPU that touches a missing page waits, and its request is asked again
     /// once a new connection is made (`outstandingRequests`).
-    func pause() {
+    func pause(counting: Bool = true) {
         partial.withLock { $0.removeAll() }
-        record.withLock { $0.pauses += 1 }
+        if counting { record.withLock { $0.pauses += 1 } }
     }
 
     /// Per block, the pages that are here (the received bitmap the source resends against).
