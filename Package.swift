@@ -68,7 +68,7 @@ let package = Package(
                                            "MigrationProtocol", "Transport", "HostIO", "Userfaultfd"],
                 swiftSettings: strict),
         .executableTarget(name: "ferry", dependencies: ["VMM", "QMPSocket", "QMP", "EmbeddedGuest", "GuestMemory", "Migration", "Transport",
-                                                        "Analysis", argumentParser], swiftSettings: strict),
+                                                        "Analysis", "Devices", argumentParser], swiftSettings: strict),
         .testTarget(name: "GuestMemoryTests", dependencies: ["GuestMemory"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM"]),
         .testTarget(name: "EmbeddedGuestTests", dependencies: ["EmbeddedGuest", "GuestMemory", "PVHBoot"]),

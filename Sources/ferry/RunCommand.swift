@@ -69,7 +69,8 @@ struct RunCommand: AsyncParsableCommand {
                                             + "migrate-incoming can use (--incoming defer); here fd: takes a descriptor number")
             }
         }
-        let vm = try makeMachine(configuration, incoming: incoming != nil, serialOutput: try serialOption.makeOutput(),
+        let serialOutput = try serialOption.makeOutput()
+        let vm = try makeMachine(configuration, incoming: incoming != nil, serialOutput: serialOutput.write,
                                  events: { forwarder.forward($0) })
         var server: QMPServer?
         // QMP clients and the terminal monitor take turns: one command at a time, as on one monitor.
@@ -103,6 +104,8 @@ struct RunCommand: AsyncParsableCommand {
         }
         reporter?.stop()
         await server?.shutdown()
+        // The guest may have stopped in the middle of a line: Ferry's last lines start on their own.
+        serialOutput.console?.endLine()
         try report(vm)
     }
 

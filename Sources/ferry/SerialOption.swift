@@ -1,3 +1,4 @@
+import Devices
 import Foundation
 
 /// Where COM1 goes (`--serial`): stdio, file:PATH, or none.
@@ -14,19 +15,21 @@ enum SerialOption {
         }
     }
 
-    /// The sink for the guest's serial output.
-    func makeOutput() throws -> @Sendable ([UInt8]) -> Void {
+    /// The sink for the guest's serial output and, on stdio, the console it
+    /// shares with Ferry's own messages.
+    func makeOutput() throws -> (write: @Sendable ([UInt8]) -> Void, console: SharedConsole?) {
         switch self {
-        case .none: return { _ in }
+        case .none: return ({ _ in }, nil)
         case .stdio:
             let handle = FileHandle.standardOutput
-            return { bytes in handle.write(Data(bytes)) }
+            let console = SharedConsole { bytes in handle.write(Data(bytes)) }
+            return ({ console.write($0) }, console)
         case .file(let path):
             guard FileManager.default.createFile(atPath: path, contents: nil),
                   let handle = FileHandle(forWritingAtPath: path) else {
                 throw FerryFailure.badInput("cannot create serial output file '\(path)'")
             }
-            return { bytes in handle.write(Data(bytes)) }
+            return ({ bytes in handle.write(Data(bytes)) }, nil)
         }
     }
 }
