@@ -31,8 +31,10 @@ let package = Package(
     targets: [
         // C only: kernel UAPI numbers as constants, fixed-arity ioctl/syscall entry points.
         .target(name: "CLinuxUAPI"),
+        // Ferry's threads: started with the names the host's tools show, and their scheduling.
+        .target(name: "HostThreads", dependencies: ["CLinuxUAPI"], swiftSettings: strict),
         // Typed units, RAM blocks and their host mappings.
-        .target(name: "GuestMemory", dependencies: ["CLinuxUAPI", system], swiftSettings: hot),
+        .target(name: "GuestMemory", dependencies: ["CLinuxUAPI", "HostThreads", system], swiftSettings: hot),
         // /dev/kvm: system, VM, vCPU, irqchip, PIT, register state.
         .target(name: "KVM", dependencies: ["CLinuxUAPI", "GuestMemory", system], swiftSettings: strict),
         // PVH ELF kernels: loader and hvm_start_info.
@@ -46,7 +48,7 @@ let package = Package(
         // zstd compression of page batches: reusable per-channel contexts, typed errors, no unsafe API.
         .target(name: "Compression", dependencies: ["CZstd"], swiftSettings: hot),
         // The migration engine: RAM blocks, pages, channels and state. No KVM, no NIO.
-        .target(name: "Migration", dependencies: ["GuestMemory", "MigrationProtocol", "Compression", histogram,
+        .target(name: "Migration", dependencies: ["GuestMemory", "HostThreads", "MigrationProtocol", "Compression", histogram,
                                                 .product(name: "DequeModule", package: "swift-collections")], swiftSettings: hot),
         // `ferry analyze`'s logic: stream and mapped-ram files checked with the production decoders. No CLI, no I/O of its own.
         // Optimized in debug builds too: it reads and checksums every page of a file.
@@ -62,14 +64,14 @@ let package = Package(
         // Pure QMP: commands, replies, events, negotiation. No I/O.
         .target(name: "QMP", swiftSettings: strict),
         // QMP over a Unix socket: read (with passed descriptors) by HostIO, framed and answered on SwiftNIO.
-        .target(name: "QMPSocket", dependencies: ["QMP", "HostIO", nioCore, nioPosix], swiftSettings: strict),
+        .target(name: "QMPSocket", dependencies: ["QMP", "HostIO", "HostThreads", nioCore, nioPosix], swiftSettings: strict),
         // Composition root: the machine, vCPU threads, run state.
         .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "PVHBoot", "EmbeddedGuest", "Devices", "QMP", "Migration",
-                                           "MigrationProtocol", "Transport", "HostIO", "Userfaultfd"],
+                                           "MigrationProtocol", "Transport", "HostIO", "HostThreads", "Userfaultfd"],
                 swiftSettings: strict),
         .executableTarget(name: "ferry", dependencies: ["VMM", "QMPSocket", "QMP", "EmbeddedGuest", "GuestMemory", "Migration", "Transport",
-                                                        "Analysis", "Devices", argumentParser], swiftSettings: strict),
-        .testTarget(name: "GuestMemoryTests", dependencies: ["GuestMemory"]),
+                                                        "Analysis", "Devices", "HostThreads", argumentParser], swiftSettings: strict),
+        .testTarget(name: "GuestMemoryTests", dependencies: ["GuestMemory", "HostThreads"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM"]),
         .testTarget(name: "EmbeddedGuestTests", dependencies: ["EmbeddedGuest", "GuestMemory", "PVHBoot"]),
         .testTarget(name: "QMPTests", dependencies: ["QMP"]),

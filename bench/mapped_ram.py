@@ -20,47 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from side_by_side import (SETTLE_SECONDS, Console, check_restored_guest, connect_qmp, cpu_seconds, first_touch_ms,
-                          migration_command, quit_all)
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def thread_cpu(pid):
-    """{tid: (thread name, utime + stime seconds)} of every living thread of `pid`."""
-    threads = {}
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except (FileNotFoundError, ProcessLookupError):
-        return threads
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as stat:
-                text = stat.read()
-        except (FileNotFoundError, ProcessLookupError):
-            continue        # exited meanwhile (a dying thread's stat answers ESRCH)
-        name = text[text.index("(") + 1:text.rindex(")")]
-        fields = text.rsplit(")", 1)[1].split()
-        threads[tid] = (name, (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
-    return threads
-
-
-class ThreadSampler:
-    """Per-thread CPU of one process over an interval.  Sampled at every poll, so a thread that exits
-    during the interval counts with its last sample (at most one poll period short)."""
-
-    def __init__(self, pid):
-        self.pid, self.start, self.last = pid, thread_cpu(pid), {}
-
-    def sample(self):
-        self.last.update(thread_cpu(self.pid))
-
-    def spent(self):
-        """[thread name, CPU-seconds] spent in the interval by each thread that spent any, largest first
-        (QEMU names no threads without -name debug-threads=on; 10 ms granularity)."""
-        spent = [[name, round(seconds - self.start.get(tid, (name, 0.0))[1], 3)] for tid, (name, seconds) in self.last.items()]
-        return sorted((entry for entry in spent if entry[1] > 0.005), key=lambda entry: -entry[1])
-
+from side_by_side import (SETTLE_SECONDS, Console, ThreadSampler, check_restored_guest, connect_qmp, cpu_seconds,
+                          first_touch_ms, migration_command, quit_all)
 
 # ---------------------------------------------------------------------------------------------- host limits
 

@@ -27,7 +27,8 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from side_by_side import SETTLE_SECONDS, connect_qmp, cpu_seconds, first_touch_ms, migration_command, quit_all
+from side_by_side import (SETTLE_SECONDS, ThreadSampler, connect_qmp, cpu_seconds, first_touch_ms, migration_command,
+                          migration_cpu, quit_all, thread_medians)
 from snapshot import SlowAccesses, slow_percentiles
 
 NETNS = ("ferry-pc-src", "ferry-pc-dst")
@@ -126,6 +127,7 @@ async def postcopy_once(vmm, cmdline, memory, ready_pages, preempt, huge):
             await asyncio.sleep(0.05)
         await asyncio.sleep(SETTLE_SECONDS)
         cpu = [cpu_seconds(sproc.pid), cpu_seconds(dproc.pid)]
+        samplers = [ThreadSampler(sproc.pid), ThreadSampler(dproc.pid)]
         network = network_counters()
         start = time.monotonic()
         await src.execute("migrate", {"uri": f"tcp:{ADDRESS[1]}:{PORT}"})
@@ -133,6 +135,8 @@ async def postcopy_once(vmm, cmdline, memory, ready_pages, preempt, huge):
         switched = time.monotonic()
         await src.execute("migrate-start-postcopy")
         while True:
+            for sampler in samplers:
+                sampler.sample()
             info = await src.execute("query-migrate")
             if info.get("status") == "completed":
                 break
@@ -145,6 +149,9 @@ async def postcopy_once(vmm, cmdline, memory, ready_pages, preempt, huge):
                 raise RuntimeError(f"{vmm.name}: the destination never completed")
             await asyncio.sleep(0.01)
         cpu = [cpu_seconds(sproc.pid) - cpu[0], cpu_seconds(dproc.pid) - cpu[1]]
+        for sampler in samplers:
+            sampler.sample()
+        threads = [sampler.spent() for sampler in samplers]
         network = counter_delta(network, network_counters())
         dinfo = await dst.execute("query-migrate")
         # The destination's cumulative SA lines: the first one after its guest started (it counts
@@ -166,6 +173,7 @@ async def postcopy_once(vmm, cmdline, memory, ready_pages, preempt, huge):
             "lat_p50": latency.get("p50"), "lat_p99": latency.get("p99"), "lat_max": latency.get("max"),
             "slow_p50": p50, "slow_p99": p99, "slow": slow,
             "gap": (first_destination - last_source) * 1000, "cpu_src": cpu[0], "cpu_dst": cpu[1],
+            "cpu_src_mig": migration_cpu(threads[0]), "cpu_dst_mig": migration_cpu(threads[1]), "threads": threads,
             "network": network, "drops": network[NETNS[0]]["drops"], "retrans": network[NETNS[0]]["retrans"]}
 
 
@@ -216,15 +224,23 @@ def scenario_postcopy(ferry_vmm, qemu_vmm, vmms, runs, memory, working_set, mode
     columns = [("total ms", "total"), ("downtime", "downtime"), ("postcopy ms", "postcopy_ms"), ("requests", "requests"),
                ("req p50 us", "lat_p50"), ("req p99 us", "lat_p99"), ("req max us", "lat_max"),
                ("guest slow p50 us", "slow_p50"), ("guest slow p99 us", "slow_p99"), ("gap ms", "gap"),
-               ("CPU-s src", "cpu_src"), ("CPU-s dst", "cpu_dst"), ("tbf drops src", "drops"), ("TCP retrans src", "retrans")]
+               ("CPU-s src", "cpu_src"), ("CPU-s dst", "cpu_dst"), ("mig CPU-s src", "cpu_src_mig"),
+               ("mig CPU-s dst", "cpu_dst_mig"), ("tbf drops src", "drops"), ("TCP retrans src", "retrans")]
     print("\n| mode | VMM | " + " | ".join(name for name, _ in columns) + " |")
     print("| --- | --- | " + " | ".join("---" for _ in columns) + " |")
     for mode in modes:
         for vmm in vmms:
             samples = results.get((mode, vmm.name), [])
-            forms = {"cpu_src": "{:.1f}", "cpu_dst": "{:.1f}"}
+            forms = {"cpu_src": "{:.1f}", "cpu_dst": "{:.1f}", "cpu_src_mig": "{:.1f}", "cpu_dst_mig": "{:.1f}"}
             print(f"| {mode} | {vmm.name} ({len(samples)}) | "
                   + " | ".join(cell(median(samples, key), forms.get(key, "{:.0f}")) for _, key in columns) + " |")
+    for mode in modes:
+        for vmm in vmms:
+            samples = results.get((mode, vmm.name), [])
+            if samples:
+                print(f"threads, {mode}, {vmm.name} (CPU-s, median; src | dst): {thread_medians(samples)}")
+    print("(mig CPU-s: the process's threads other than its vCPUs, from `migrate` to the source's completion; the "
+          "kernel's network work for the other side's packets lands on whichever thread runs it)")
     raw_path.parent.mkdir(parents=True, exist_ok=True)
     raw_path.write_text(json.dumps({f"{m}/{v}": s for (m, v), s in results.items()}, indent=1))
     print(f"raw samples: {raw_path}")

@@ -59,8 +59,10 @@ class VMM:
         if self.name == "ferry":
             return [self.ferry, "run", "--memory", memory, "--cpus", str(cpus), "--kernel", self.image,
                     "--append", cmdline, "--serial", "stdio", "--qmp", f"unix:{sock}"]
+        # debug-threads: QEMU's threads get their names (CPU 0/KVM, mig/src/main, mig/src/send_0...),
+        # which Ferry's threads share where they do the same work: per-thread CPU compares like with like.
         return microvm_command("qemu-system-x86_64", self.image, memory, cpus, cmdline) + [
-            "-qmp", f"unix:{sock},server=on,wait=off"]
+            "-name", "bench,debug-threads=on", "-qmp", f"unix:{sock},server=on,wait=off"]
 
 
 async def qmp_quit(sock):
@@ -167,6 +169,55 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def thread_cpu(pid):
+    """{tid: (thread name, utime + stime seconds)} of every living thread of `pid`."""
+    threads = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except (FileNotFoundError, ProcessLookupError):
+        return threads
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as stat:
+                text = stat.read()
+        except (FileNotFoundError, ProcessLookupError):
+            continue        # exited meanwhile (a dying thread's stat answers ESRCH)
+        name = text[text.index("(") + 1:text.rindex(")")]
+        fields = text.rsplit(")", 1)[1].split()
+        threads[tid] = (name, (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
+    return threads
+
+
+class ThreadSampler:
+    """Per-thread CPU of one process over an interval.  Sampled at every poll, so a thread that exits
+    during the interval counts with its last sample (at most one poll period short)."""
+
+    def __init__(self, pid):
+        self.pid, self.start, self.last = pid, thread_cpu(pid), {}
+
+    def sample(self):
+        self.last.update(thread_cpu(self.pid))
+
+    def spent(self):
+        """[thread name, CPU-seconds] spent in the interval by each thread that spent any, largest first
+        (QEMU names its threads with -name debug-threads=on, which the harness passes; 10 ms granularity)."""
+        spent = [[name, round(seconds - self.start.get(tid, (name, 0.0))[1], 3)] for tid, (name, seconds) in self.last.items()]
+        return sorted((entry for entry in spent if entry[1] > 0.005), key=lambda entry: -entry[1])
+
+
+
+
+def is_vcpu_thread(name):
+    """Both VMMs name a vCPU thread as QEMU does: `CPU N/KVM`."""
+    return name.startswith("CPU ") and name.endswith("/KVM")
+
+
+def migration_cpu(threads):
+    """CPU-seconds of the threads that are not vCPUs, from `ThreadSampler.spent()`: what the
+    migration cost the process, its guest's own work left out."""
+    return sum(seconds for name, seconds in threads if not is_vcpu_thread(name))
+
+
 async def connect_qmp(sock):
     """A QMP client on `sock`.  The socket file appears at bind, before the listen (and
     -mem-prealloc may come between them): a refused connect is retried for 30 s."""
@@ -212,19 +263,22 @@ async def migrate_and_time(name, clients, procs, uri, deadline):
     first says completed (a destination's guest runs from then on, and a dirtying one spins
     a core).  Returns (the source's query-migrate, CPU at start, CPU at completion)."""
     cpu_start = [cpu_seconds(p.pid) for p in procs]
+    samplers = [ThreadSampler(p.pid) for p in procs]
     await clients[0].execute("migrate", {"uri": uri})
     cpu_end, info = [None, None], None
     while None in cpu_end:
         for i, client in enumerate(clients):
             if cpu_end[i] is None:
+                samplers[i].sample()
                 state = await client.execute("query-migrate")
                 if state.get("status") == "completed":
                     cpu_end[i] = cpu_seconds(procs[i].pid)
+                    samplers[i].sample()
                     info = state if i == 0 else info
                 assert state.get("status") not in ("failed", "cancelled"), f"{name}: {state}"
         assert time.monotonic() < deadline, f"{name}: no completion ({cpu_end})"
         await asyncio.sleep(0.01)
-    return info, cpu_start, cpu_end
+    return info, cpu_start, cpu_end, [sampler.spent() for sampler in samplers]
 
 
 async def multifd_setup(src, dst, multifd):
@@ -263,7 +317,7 @@ async def migrate_once(vmm, cmdline, ready_pages, port, multifd=None, prealloc=N
                 assert time.monotonic() < deadline, f"{vmm.name}: guest never got ready ({consoles[0].pages()} pages)"
                 await asyncio.sleep(0.05)
             await src.execute("migrate-set-parameters", {"max-bandwidth": 100 << 30, "downtime-limit": 300})
-            info, cpu_start, cpu_end = await migrate_and_time(vmm.name, clients, procs, uri, deadline + 60)
+            info, cpu_start, cpu_end, threads = await migrate_and_time(vmm.name, clients, procs, uri, deadline + 60)
             beats_before = len(consoles[1].beats)
             while len(consoles[1].beats) < beats_before + 3:
                 assert time.monotonic() < deadline + 90, f"{vmm.name}: the guest does not beat on the destination"
@@ -275,7 +329,9 @@ async def migrate_once(vmm, cmdline, ready_pages, port, multifd=None, prealloc=N
             return {"total": info["total-time"], "downtime": info["downtime"],
                     "mbps": info["ram"]["transferred"] * 8 / info["total-time"] / 1000,
                     "transferred": info["ram"]["transferred"], "gap": gap * 1000,
-                    "src_cpu": cpu_end[0] - cpu_start[0], "dst_cpu": cpu_end[1] - cpu_start[1], "dst_cpu_total": cpu_end[1]}
+                    "src_cpu": cpu_end[0] - cpu_start[0], "dst_cpu": cpu_end[1] - cpu_start[1], "dst_cpu_total": cpu_end[1],
+                    "src_mig_cpu": migration_cpu(threads[0]), "dst_mig_cpu": migration_cpu(threads[1]),
+                    "threads": threads}
         finally:
             for proc in procs:
                 if proc.poll() is None:
@@ -300,7 +356,8 @@ def scenario_migrate(ferry_vmm, qemu_vmm, runs, name, workload, ready_pages):
             time.sleep(SETTLE_SECONDS)
             runs_of[vmm.name].append(asyncio.run(migrate_once(vmm, cmdline, ready_pages,
                                                               47000 + i + (0 if vmm.name == "ferry" else 100))))
-    results = {name: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for name, rs in runs_of.items()}
+    results = {name: {key: statistics.median(r[key] for r in rs) for key in rs[0] if key != "threads"}
+               for name, rs in runs_of.items()}
     if len(results) == 1:       # --only: one VMM, no ratio
         (name, r), = results.items()
         print(f"{name}: total {r['total']:.0f} ms, downtime {r['downtime']:.0f} ms, pause {r['gap']:.0f} ms, "
@@ -403,7 +460,8 @@ def scenario_multifd(ferry_vmm, qemu_vmm, runs, name, workload, ready_pages, tou
         print(f"  host, same run: loopback TCP {h['tcp1']:.1f} Gbit/s on 1 stream, {h['tcpn']:.1f} Gbit/s on "
               f"{max_streams} streams (Python, 4 MiB writes)")
         columns = [("total ms", "total", "{:.0f}"), ("downtime ms", "downtime", "{:.0f}"), ("pause ms", "gap", "{:.0f}"),
-                   ("src CPU-s", "src_cpu", "{:.2f}"), ("dst CPU-s", "dst_cpu", "{:.2f}"),
+                   ("src CPU-s", "src_cpu", "{:.2f}"), ("src mig CPU-s", "src_mig_cpu", "{:.2f}"),
+                   ("dst CPU-s", "dst_cpu", "{:.2f}"), ("dst mig CPU-s", "dst_mig_cpu", "{:.2f}"),
                    ("dst CPU-s all", "dst_cpu_total", "{:.2f}"), ("MB/s", "mbps", "{:.0f}"), ("MiB sent", "transferred", "{:.0f}")]
         scale = {"mbps": 1 / 8, "transferred": 1 / 2**20}
         names = [vmm.name for vmm in vmms]
@@ -414,16 +472,32 @@ def scenario_multifd(ferry_vmm, qemu_vmm, runs, name, workload, ready_pages, tou
             "".join(f"{({'ferry': 'Ferry', 'qemu': 'QEMU'})[n]:>8}" for n in names) for _ in columns)
               + ("  QEMU/Ferry" if len(names) == 2 else ""))
         for config in configs:
-            medians = {n: {key: statistics.median(r[key] for r in results[(config, n)]) for key in results[(config, n)][0]}
+            medians = {n: {key: statistics.median(r[key] for r in results[(config, n)])
+                           for key in results[(config, n)][0] if key != "threads"}
                        for n in names}
             cells = ["".join(f"{form.format(medians[n][key] * scale.get(key, 1)):>8}" for n in names)
                      for _, key, form in columns]
             ratio = f"  {medians['qemu']['total'] / medians['ferry']['total']:9.2f}x" if len(names) == 2 else ""
             channels, compression = config
             print(f"  {channels if channels else 'off':>8} {'yes' if compression == 'zstd' else 'no':>4} " + " ".join(cells) + ratio)
+        for config in configs:
+            for n in names:
+                print(f"  threads, {n}, channels {config[0]}, {config[1]}: " + thread_medians(results[(config, n)]))
         print("  (total, downtime: query-migrate; pause: largest heartbeat gap, 100 ms is normal; CPU-s: utime+stime "
-              "from `migrate` to the process's own completion, src includes its running vCPU; 'dst CPU-s all': the "
-              "destination since its start, -mem-prealloc included)")
+              "from `migrate` to the process's own completion, src includes its running vCPU; 'mig CPU-s': the same "
+              "without the vCPU threads; 'dst CPU-s all': the destination since its start, -mem-prealloc included; "
+              "threads: median CPU-s per thread name, src | dst)")
+
+
+def thread_medians(runs):
+    """Per thread name, the median over `runs` of its CPU-seconds (summed over threads of one name), source | destination."""
+    sides = []
+    for side in (0, 1):
+        names = sorted({name for r in runs for name, _ in r["threads"][side]})
+        spent = {name: statistics.median(sum(s for n, s in r["threads"][side] if n == name) for r in runs) for name in names}
+        sides.append(", ".join(f"{name} {seconds:.2f}" for name, seconds in sorted(spent.items(), key=lambda e: -e[1])
+                               if seconds >= 0.01))
+    return " | ".join(sides)
 
 
 def main():

@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import HostThreads
 import Synchronization
 
 /// Allocates chosen chunks of a mapping on a helper thread, ahead of a thread
@@ -26,12 +27,10 @@ public final class ChunkPopulator: Sendable {
         let populator = ChunkPopulator(mapping: mapping, chunks: chunks, chunkBytes: chunkBytes)
         // A thread of its own: on dispatch's shared pool (two threads here, shared with
         // Swift's tasks) it could wait to start, and `stop` waits for it.
-        let thread = Thread {
+        HostThread.start("ferry-populate") {
             populator.runToEnd()
             populator.finished.signal()
         }
-        thread.name = "ferry-populate"
-        thread.start()
         return populator
     }
 

@@ -1,4 +1,5 @@
 import Foundation
+import HostThreads
 import Synchronization
 
 /// A named thread that runs `body` once; `join` waits until it has returned.
@@ -8,15 +9,13 @@ final class JoinableThread: Sendable {
     let condition = NSCondition()
 
     init(name: String, _ body: @escaping @Sendable () -> Void) {
-        let thread = Thread { [self] in
+        HostThread.start(name) { [self] in
             body()
             condition.lock()
             exited.withLock { $0 = true }
             condition.broadcast()
             condition.unlock()
         }
-        thread.name = name
-        thread.start()
     }
 
     /// Waits until the body has returned (at once if it has).

@@ -76,8 +76,8 @@ public final class LazyRestore: Sendable {
     /// can then still be under way.
     public func start() {
         running.store(1 + readers, ordering: .releasing)
-        var started = [JoinableThread(name: "ferry-lazy-faults") { [self] in serveFaults(); threadEnded() }]
-        for _ in 0..<readers { started.append(JoinableThread(name: "ferry-lazy-prefetch") { [self] in prefetch(); threadEnded() }) }
+        var started = [JoinableThread(name: "ferry-lazy-fault") { [self] in serveFaults(); threadEnded() }]
+        for _ in 0..<readers { started.append(JoinableThread(name: "ferry-prefetch") { [self] in prefetch(); threadEnded() }) }
         threads.withLock { $0 = started }
     }
 

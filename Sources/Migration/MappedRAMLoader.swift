@@ -1,5 +1,6 @@
 import Foundation
 import GuestMemory
+import HostThreads
 import MigrationProtocol
 import Synchronization
 
@@ -72,7 +73,7 @@ extension RAMMigration {
         let condition = NSCondition()
         let count = max(1, min(readers, segments.count))
         for _ in 0..<count {
-            let thread = Thread { [self] in
+            HostThread.start("ferry-restore") { [self] in
                 var list = ScatterList()
                 var normal = 0, zero = 0
                 while failure.withLock({ $0 == nil }) {
@@ -96,8 +97,6 @@ extension RAMMigration {
                 condition.broadcast()
                 condition.unlock()
             }
-            thread.name = "ferry-restore"
-            thread.start()
         }
         condition.lock()
         while done.withLock({ $0 }) < count { condition.wait() }

@@ -1,4 +1,5 @@
 import Foundation
+import HostThreads
 import MigrationProtocol
 import Synchronization
 
@@ -71,9 +72,7 @@ final class MultifdReceivers: Sendable {
         self.onFailure = onFailure
         barrier = SyncBarrier(parties: channels.count, onPassed: onApplied)
         for (index, channel) in channels.enumerated() {
-            let thread = Thread { [self] in receive(channel, ram: ram) }
-            thread.name = "ferry-multifd-recv-\(index)"
-            thread.start()
+            HostThread.start("mig/dst/recv_\(index)") { [self] in receive(channel, ram: ram) }
         }
     }
 

@@ -1,6 +1,7 @@
 import Compression
 import Foundation
 import GuestMemory
+import HostThreads
 import MigrationProtocol
 import Synchronization
 
@@ -60,7 +61,7 @@ final class MultifdSender: Sendable {
         state = Mutex(Queues(items: Array(repeating: [], count: count), jobs: Array(repeating: 0, count: count),
                              pages: Array(repeating: (0, 0), count: count), bytes: Array(repeating: (0, 0), count: count)))
         for index in 0..<count {
-            let thread = Thread { [self] in
+            HostThread.start("mig/src/send_\(index)") { [self] in
                 let worker: any ChannelWorker
                 do throws(MigrationError) { worker = try makeWorker(index) } catch {
                     fail(error)
@@ -70,8 +71,6 @@ final class MultifdSender: Sendable {
                 }
                 run(index, worker)
             }
-            thread.name = "ferry-multifd-\(index)"
-            thread.start()
         }
     }
 

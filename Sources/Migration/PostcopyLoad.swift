@@ -1,6 +1,7 @@
 import Foundation
 import GuestMemory
 import Histogram
+import HostThreads
 import MigrationProtocol
 import Synchronization
 
@@ -89,7 +90,7 @@ final class PostcopyLoad: Sendable {
     // MARK: the fault thread
 
     func start() {
-        let started = JoinableThread(name: "ferry-page-faults") { [self] in run() }
+        let started = JoinableThread(name: "mig/dst/fault") { [self] in run() }
         thread.withLock { $0 = started }
     }
 

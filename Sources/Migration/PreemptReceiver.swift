@@ -1,4 +1,5 @@
 import GuestMemory
+import HostThreads
 import MigrationProtocol
 import Synchronization
 
@@ -42,7 +43,7 @@ final class PreemptReceiver: Sendable {
     init(channel: any ByteChannel, ram: RAMMigration, onFailure: @escaping @Sendable (MigrationError) -> Void) {
         self.channel = channel
         self.onFailure = onFailure
-        let started = JoinableThread(name: "ferry-preempt-recv") { [self] in receive(ram) }
+        let started = JoinableThread(name: "mig/dst/preempt") { [self] in receive(ram) }
         thread.withLock { $0 = started }
     }
 

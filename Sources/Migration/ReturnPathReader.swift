@@ -1,6 +1,7 @@
+import Dispatch
 import Foundation
 import GuestMemory
-import Dispatch
+import HostThreads
 import MigrationProtocol
 import Synchronization
 
@@ -67,14 +68,12 @@ public final class ReturnPathReader: Sendable {
         // A thread of its own, not a dispatch queue: it blocks in `read` for the whole
         // migration, and dispatch's shared pool (two threads on a 2-core host, shared
         // with Swift's tasks) could leave it waiting to start while the answer sits unread.
-        let thread = Thread { [self] in
+        HostThread.start("mig/src/return") { [self] in
             // Postcopy's page requests: a vCPU on the destination waits on each.
             HostThread.makeUrgent()
             post(readAll())
             finished.signal()
         }
-        thread.name = "ferry-return-path"
-        thread.start()
     }
 
     /// Waits until the reading thread has returned.  The caller shuts the

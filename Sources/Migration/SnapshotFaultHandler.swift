@@ -40,7 +40,7 @@ final class SnapshotFaultHandler: Sendable {
     }
 
     func start() {
-        let started = JoinableThread(name: "ferry-write-faults") { [self] in run() }
+        let started = JoinableThread(name: "ferry-wp-fault") { [self] in run() }
         thread.withLock { $0 = started }
     }
 

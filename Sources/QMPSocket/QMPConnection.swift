@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import HostIO
+import HostThreads
 import NIOCore
 import NIOPosix
 
@@ -26,12 +27,10 @@ enum QMPConnection {
         // Whichever side ends first ends the other: the pipeline closing the
         // channel (bad input, server shutdown) wakes the reader's `recvmsg`.
         channel.closeFuture.whenComplete { _ in socket.shutdown() }
-        let thread = Thread {
+        HostThread.start("ferry-qmp-read") {
             read(socket, into: channel, inbox: inbox)
             done()
         }
-        thread.name = "ferry-qmp-read"
-        thread.start()
     }
 
     /// The channel that writes to `socket` (through a descriptor of its own,

@@ -1,6 +1,7 @@
 import Dispatch
 import Foundation
 import HostIO
+import HostThreads
 import NIOCore
 import NIOPosix
 import QMP
@@ -49,14 +50,12 @@ public final class QMPServer: Sendable {
         }
         let live = server.live
         live.track(nil) { done in
-            let thread = Thread {
+            HostThread.start("ferry-qmp") {
                 while let socket = acceptNext(listener) {
                     live.track(socket) { finished in QMPConnection.serve(socket, group: group, pipeline: pipeline, done: finished) }
                 }
                 done()
             }
-            thread.name = "ferry-qmp-accept"
-            thread.start()
         }
         return server
     }

@@ -1,4 +1,5 @@
 import Foundation
+import HostThreads
 import QMP
 
 extension Machine {
@@ -51,7 +52,7 @@ extension Machine {
     /// the flag still up and started none, so the leaving ticker carries on.
     private func startThrottleTicker() {
         guard !control.throttleTickerRunning.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        let thread = Thread { [self] in
+        HostThread.start("ferry-throttle") { [self] in
             while true {
                 while !isFinished, control.throttlePercent.load(ordering: .relaxed) > 0 {
                     let percent = control.throttlePercent.load(ordering: .relaxed)
@@ -64,8 +65,6 @@ extension Machine {
                       !control.throttleTickerRunning.exchange(true, ordering: .sequentiallyConsistent) else { return }
             }
         }
-        thread.name = "ferry-throttle"
-        thread.start()
     }
 
     /// The throttle now in force, 0 when none.

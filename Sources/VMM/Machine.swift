@@ -2,6 +2,7 @@ import Devices
 import EmbeddedGuest
 import Foundation
 import GuestMemory
+import HostThreads
 import KVM
 import QMP
 import Synchronization
@@ -127,10 +128,7 @@ public final class Machine: Sendable {
     public func start(paused: Bool = false) {
         autostartStorage.withLock { $0 = !paused }
         for vcpu in vcpus {
-            let thread = Thread { [self] in VCPURunLoop(machine: self, vcpu: vcpu).run() }
-            thread.name = "ferry-\(vcpu.index)"
-            thread.stackSize = 1 << 20
-            thread.start()
+            HostThread.start("CPU \(vcpu.index.rawValue)/KVM", stackSize: 1 << 20) { [self] in VCPURunLoop(machine: self, vcpu: vcpu).run() }
         }
         if isIncoming { return }
         if paused {
@@ -243,14 +241,14 @@ public final class Machine: Sendable {
         guard changed else { return }
         // This is a vCPU thread, which must return to park: another thread waits for it.
         // (A switchover parks the vCPUs itself, whatever the run state says.)
-        Thread { [self] in
+        HostThread.start("ferry-stop") { [self] in
             stopping.withLock { _ in control.pause { kickAll() } }
             switch state {
             case .guestPanicked: emit("GUEST_PANICKED", data: ["action": "pause", "info": ["type": "ferry", "reason": .string(reason)]])
             case .shutdown: emit("SHUTDOWN", data: ["guest": true, "reason": .string(reason)])
             default: emit("STOP")
             }
-        }.start()
+        }
     }
 
     func emit(_ name: String, data: JSONValue? = nil) {

@@ -1,4 +1,5 @@
 import Foundation
+import HostThreads
 import QMP
 import VMM
 
@@ -7,7 +8,7 @@ import VMM
 enum HumanMonitor {
     /// Reads lines until EOF or `quit`; each runs under `commands`, the lock QMP commands take too.
     static func start(_ vm: Machine, commands: NSLock) {
-        let thread = Thread {
+        HostThread.start("ferry-monitor") {
             write("QEMU \(Machine.version.major).\(Machine.version.minor).\(Machine.version.micro) monitor (Ferry) - type 'help' for more information\n(qemu) ")
             while let line = readLine(strippingNewline: true) {
                 let command = QMPCommand.humanMonitorCommand(commandLine: line, cpuIndex: nil)
@@ -17,8 +18,6 @@ enum HumanMonitor {
                 write("(qemu) ")
             }
         }
-        thread.name = "ferry-monitor"
-        thread.start()
     }
 
     static func write(_ text: String) {

@@ -1,4 +1,5 @@
 import Foundation
+import HostThreads
 import Migration
 import Synchronization
 import VMM
@@ -11,7 +12,7 @@ final class ProgressReporter: Sendable {
     init(machine: Machine) { self.machine = machine }
 
     func start() {
-        Thread { [self] in
+        HostThread.start("ferry-progress") { [self] in
             let start = ContinuousClock.now
             var previous = machine.progress
             while running.withLock({ $0 }) {
@@ -26,7 +27,7 @@ final class ProgressReporter: Sendable {
                 FileHandle.standardError.write(Data(line.utf8))
                 previous = now
             }
-        }.start()
+        }
     }
 
     func stop() { running.withLock { $0 = false } }

@@ -1,6 +1,8 @@
 """The ferry CLI: bad input gets one clear error line and exit status 2."""
 import re
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
@@ -80,6 +82,26 @@ def test_run_verifies_clean_and_exits_0(ferry, backend):
     assert "HB 1 t=0 pages=0 err=0" in result.stdout
     assert_verified_clean(result.stderr)
     assert "heartbeats/s=" in result.stderr
+
+
+def test_threads_carry_qemus_names(ferry):
+    """top -H, ps -L and perf see Ferry's threads by name; vCPUs are named as QEMU names them."""
+    proc = subprocess.Popen([ferry, "run", "--memory", "64M", "--cpus", "2", "--serial", "none", "--run-for", "3"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        names = set()
+        for _ in range(200):
+            try:
+                names = {(task / "comm").read_text().strip() for task in Path(f"/proc/{proc.pid}/task").iterdir()}
+            except FileNotFoundError:
+                pass    # a thread ended between the listing and the read
+            if {"CPU 0/KVM", "CPU 1/KVM"} <= names:
+                break
+            time.sleep(0.01)
+        assert {"CPU 0/KVM", "CPU 1/KVM"} <= names, names
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == 0, proc.stderr.read()
 
 
 def test_exported_guest_boots_with_kernel_flag(ferry, tmp_path):

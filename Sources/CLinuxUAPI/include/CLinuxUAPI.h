@@ -36,6 +36,7 @@
 #include <linux/sockios.h>
 #include <sys/uio.h>
 #include <linux/errqueue.h>
+#include <sys/prctl.h>
 
 /* ---- system ioctls (on /dev/kvm) */
 static const unsigned long CLinuxUAPI_KVM_GET_API_VERSION = KVM_GET_API_VERSION;
@@ -513,6 +514,8 @@ static inline int CLinuxUAPI_set_receive_timeout(int fd, int milliseconds) {
 static inline int CLinuxUAPI_eventfd(void) { int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); return fd >= 0 ? fd : -errno; }
 /* Sets the calling thread's nice value (Linux: per thread); 0 or -errno.
  * Lowering it below 0 needs CAP_SYS_NICE. */
+/* The calling thread's name as the kernel keeps it (comm: top -H, ps -L, perf); cut at 15 bytes. */
+static inline void CLinuxUAPI_set_thread_name(const char *name) { (void)prctl(PR_SET_NAME, name, 0, 0, 0); }
 static inline int CLinuxUAPI_set_thread_nice(int nice) {
     return setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), nice) == 0 ? 0 : -errno;
 }

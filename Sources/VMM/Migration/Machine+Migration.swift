@@ -1,4 +1,5 @@
 import Foundation
+import HostThreads
 import Migration
 import MigrationProtocol
 import QMP
@@ -102,9 +103,7 @@ extension Machine {
             s.outgoing = source
             return source
         }
-        let thread = Thread { source.run() }
-        thread.name = "ferry-migration"
-        thread.start()
+        HostThread.start("mig/src/main") { source.run() }
     }
 
     /// The balloon's free page hints, for a migration with these capabilities:
@@ -232,9 +231,7 @@ extension Machine {
             s.incoming = incoming
             return incoming
         }
-        let thread = Thread { [self] in receive(incoming, autostart: autostart, onFailure: onFailure) }
-        thread.name = "ferry-incoming"
-        thread.start()
+        HostThread.start("ferry-incoming") { [self] in receive(incoming, autostart: autostart, onFailure: onFailure) }
     }
 
     private func receive(_ incoming: MigrationSlot.Incoming, autostart: Bool, onFailure: @Sendable (String) -> Void) {
