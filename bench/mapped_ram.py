@@ -86,6 +86,7 @@ async def wait_migration(vmm, client, proc, sampler, deadline, period=0.01):
         sampler.sample()
         status = state.get("status")
         if status == "completed":
+            sampler.stop()
             return state, cpu_seconds(proc.pid), time.monotonic()
         if status in ("failed", "cancelled"):
             raise RuntimeError(f"{vmm.name}: migration {status}: {state.get('error-desc', state)}")
@@ -177,6 +178,7 @@ async def restore_once(vmm, cmdline, memory, channels, direct_io, prealloc, path
                 raise RuntimeError(f"{vmm.name}: restore never ran (status {status}): {state}")
             await asyncio.sleep(0.005)
         end, cpu_end = time.monotonic(), cpu_seconds(proc.pid)
+        sampler.stop()
         info = await client.execute("query-migrate")
         await check_restored_guest(vmm.name, console, deadline)
         await quit_all([client], [proc])

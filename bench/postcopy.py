@@ -135,8 +135,6 @@ async def postcopy_once(vmm, cmdline, memory, ready_pages, preempt, huge):
         switched = time.monotonic()
         await src.execute("migrate-start-postcopy")
         while True:
-            for sampler in samplers:
-                sampler.sample()
             info = await src.execute("query-migrate")
             if info.get("status") == "completed":
                 break
@@ -149,8 +147,6 @@ async def postcopy_once(vmm, cmdline, memory, ready_pages, preempt, huge):
                 raise RuntimeError(f"{vmm.name}: the destination never completed")
             await asyncio.sleep(0.01)
         cpu = [cpu_seconds(sproc.pid) - cpu[0], cpu_seconds(dproc.pid) - cpu[1]]
-        for sampler in samplers:
-            sampler.sample()
         threads = [sampler.spent() for sampler in samplers]
         network = counter_delta(network, network_counters())
         dinfo = await dst.execute("query-migrate")

@@ -189,22 +189,51 @@ def thread_cpu(pid):
 
 
 class ThreadSampler:
-    """Per-thread CPU of one process over an interval.  Sampled at every poll, so a thread that exits
-    during the interval counts with its last sample (at most one poll period short)."""
+    """Per-thread CPU of one process over an interval.  A thread of the harness samples every 20 ms
+    (a VMM slow to answer QMP during a migration does not thin the samples; more often costs the
+    machine's two cores more than it tells), and `sample()` adds one.  A thread that exits during
+    the interval counts with its last sample; what it spent after that (the process's total, which
+    counts ended threads, minus the threads' sum) is reported as `(ended between samples)`."""
+
+    PERIOD = 0.02
+    ENDED = "(ended between samples)"
 
     def __init__(self, pid):
+        import threading
         self.pid, self.start, self.last = pid, thread_cpu(pid), {}
+        self.total_start, self.total_end = cpu_seconds(pid), None
+        self.lock, self.stopped = threading.Lock(), threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stopped.wait(self.PERIOD):
+            self.sample()
 
     def sample(self):
-        self.last.update(thread_cpu(self.pid))
+        threads = thread_cpu(self.pid)
+        with self.lock:
+            self.last.update(threads)
+
+    def stop(self):
+        """Ends the interval: the last sample."""
+        if not self.stopped.is_set():
+            self.stopped.set()
+            self.thread.join()
+            self.sample()
+            try:
+                self.total_end = cpu_seconds(self.pid)
+            except (FileNotFoundError, ProcessLookupError):
+                pass
 
     def spent(self):
         """[thread name, CPU-seconds] spent in the interval by each thread that spent any, largest first
-        (QEMU names its threads with -name debug-threads=on, which the harness passes; 10 ms granularity)."""
+        (QEMU names its threads with -name debug-threads=on, which the harness passes). Ends the interval."""
+        self.stop()
         spent = [[name, round(seconds - self.start.get(tid, (name, 0.0))[1], 3)] for tid, (name, seconds) in self.last.items()]
+        if self.total_end is not None:
+            spent.append([self.ENDED, round(self.total_end - self.total_start - sum(s for _, s in spent), 3)])
         return sorted((entry for entry in spent if entry[1] > 0.005), key=lambda entry: -entry[1])
-
-
 
 
 def is_vcpu_thread(name):
@@ -269,11 +298,10 @@ async def migrate_and_time(name, clients, procs, uri, deadline):
     while None in cpu_end:
         for i, client in enumerate(clients):
             if cpu_end[i] is None:
-                samplers[i].sample()
                 state = await client.execute("query-migrate")
                 if state.get("status") == "completed":
                     cpu_end[i] = cpu_seconds(procs[i].pid)
-                    samplers[i].sample()
+                    samplers[i].stop()
                     info = state if i == 0 else info
                 assert state.get("status") not in ("failed", "cancelled"), f"{name}: {state}"
         assert time.monotonic() < deadline, f"{name}: no completion ({cpu_end})"

@@ -1,4 +1,6 @@
 import Compression
+import DequeModule
+import Dispatch
 import Foundation
 import GuestMemory
 import HostThreads
@@ -15,6 +17,13 @@ import Synchronization
 /// channel has applied everything before its own, so an old copy of a page
 /// (sent before the sync on one channel) never lands after a newer copy (sent
 /// after it on another).  Between two syncs a page is picked at most once.
+///
+/// The hand-off is a short lock on the queues and two kinds of counting
+/// semaphore: one per channel (items waiting for it) and one for free job
+/// slots (room for the picker).  A thread sleeps only when it has nothing to
+/// do, and wakes only the one thread that now has something: on a host whose
+/// cores are all busy, threads that woke each other through one shared
+/// condition spent their time queueing for its lock.
 final class MultifdSender: Sendable {
     enum Item: Sendable {
         case pages(PageJob)
@@ -23,13 +32,11 @@ final class MultifdSender: Sendable {
     }
 
     struct Queues {
-        var items: [[Item]]
+        var items: [Deque<Item>]
         /// Page jobs queued per channel (sync and end do not count against the room).
         var jobs: [Int]
         var queuedPages = 0
         var epoch: UInt64 = 0
-        var finished = 0
-        var exited = 0
         var failure: MigrationError?
         var next = 0
         /// Per channel: pages sent as data and as zero; bytes and frames written.
@@ -44,8 +51,12 @@ final class MultifdSender: Sendable {
     let channels: [any ByteChannel]
     let limiter: RateLimiter
     let state: Mutex<Queues>
-    // NSCondition: the channel threads and the picker wait on it for room, work and the end.
-    let condition = NSCondition()
+    /// Per channel: signalled once for every item queued for it (and once more at a failure).
+    let waiting: [DispatchSemaphore]
+    /// Free job slots over all channels (`queueDepth` each); a failure adds one to wake the picker.
+    let slots = DispatchSemaphore(value: 0)
+    /// Every channel thread is in it until it returns.
+    let running = DispatchGroup()
     /// Told once when the sender fails or is aborted (a file saver's barrier lets its waiters go).
     let onFailure: @Sendable () -> Void
 
@@ -60,13 +71,16 @@ final class MultifdSender: Sendable {
         self.onFailure = onFailure
         state = Mutex(Queues(items: Array(repeating: [], count: count), jobs: Array(repeating: 0, count: count),
                              pages: Array(repeating: (0, 0), count: count), bytes: Array(repeating: (0, 0), count: count)))
+        // Made at 0 and signalled up: a semaphore freed below its starting value is a libdispatch fault.
+        waiting = (0..<count).map { _ in DispatchSemaphore(value: 0) }
+        for _ in 0..<(count * Self.queueDepth) { slots.signal() }
         for index in 0..<count {
+            running.enter()
             HostThread.start("mig/src/send_\(index)") { [self] in
+                defer { running.leave() }
                 let worker: any ChannelWorker
                 do throws(MigrationError) { worker = try makeWorker(index) } catch {
                     fail(error)
-                    state.withLock { $0.exited += 1 }
-                    condition.wakeAll()
                     return
                 }
                 run(index, worker)
@@ -105,36 +119,25 @@ final class MultifdSender: Sendable {
     var queuedPages: Int { state.withLock { $0.queuedPages } }
 
     /// Queues `job` on the channel with the most room, waiting while all are
-    /// full; throws the first channel's failure.
+    /// full; throws the first channel's failure.  One thread picks.
     func send(_ job: PageJob) throws(MigrationError) {
-        condition.lock()
-        defer { condition.unlock() }
-        while true {
-            let chosen = try state.withLock { q throws(MigrationError) -> Int? in
-                if let failure = q.failure { throw failure }
-                // Round robin among the channels with the fewest jobs waiting.
-                let least = q.jobs.min()!
-                guard least < Self.queueDepth else { return nil }
-                for step in 0..<q.jobs.count {
-                    let i = (q.next + step) % q.jobs.count
-                    if q.jobs[i] == least {
-                        q.items[i].append(.pages(job))
-                        q.jobs[i] += 1
-                        q.queuedPages += job.count
-                        q.next = (i + 1) % q.jobs.count
-                        return i
-                    }
-                }
-                return nil
-            }
-            if chosen != nil {
-                // Counted against the bandwidth limit now, charged when written.
-                limiter.reserve(job.count * PageSender.pageSize)
-                condition.broadcast()
-                return
-            }
-            condition.wait()
+        if let failure = state.withLock({ $0.failure }) { throw failure }
+        slots.wait()
+        let chosen = try state.withLock { q throws(MigrationError) -> Int in
+            if let failure = q.failure { throw failure }
+            // A slot is free, so some channel has room: round robin among the fewest jobs waiting.
+            let least = q.jobs.min()!
+            var i = q.next
+            while q.jobs[i] != least { i = (i + 1) % q.jobs.count }
+            q.items[i].append(.pages(job))
+            q.jobs[i] += 1
+            q.queuedPages += job.count
+            q.next = (i + 1) % q.jobs.count
+            return i
         }
+        // Counted against the bandwidth limit now, charged when written.
+        limiter.reserve(job.count * PageSender.pageSize)
+        waiting[chosen].signal()
     }
 
     /// A dirty sync happened: every channel sends a `sync` frame after what it has queued.
@@ -149,16 +152,8 @@ final class MultifdSender: Sendable {
     /// have, and throws the first failure.
     func finish() throws(MigrationError) {
         try enqueueOnAll { _ in .end }
-        condition.lock()
-        defer { condition.unlock() }
-        while true {
-            let done = try state.withLock { q throws(MigrationError) -> Bool in
-                if let failure = q.failure { throw failure }
-                return q.finished == q.items.count
-            }
-            if done { return }
-            condition.wait()
-        }
+        running.wait()
+        if let failure = state.withLock({ $0.failure }) { throw failure }
     }
 
     /// Stops every channel now (failure or cancel): blocked writes fail, threads end.
@@ -167,14 +162,12 @@ final class MultifdSender: Sendable {
     }
 
     private func enqueueOnAll(_ item: (inout Queues) -> Item) throws(MigrationError) {
-        condition.lock()
-        defer { condition.unlock() }
         try state.withLock { q throws(MigrationError) in
             if let failure = q.failure { throw failure }
             let next = item(&q)
             for i in q.items.indices { q.items[i].append(next) }
         }
-        condition.broadcast()
+        for semaphore in waiting { semaphore.signal() }
     }
 
     private func fail(_ error: MigrationError) {
@@ -183,41 +176,30 @@ final class MultifdSender: Sendable {
             q.failure = error
             return true
         }
-        if first {
-            for channel in channels { channel.shutdown() }
-            onFailure()
-        }
-        condition.wakeAll()
+        guard first else { return }
+        for channel in channels { channel.shutdown() }
+        onFailure()
+        // Whoever sleeps wakes and sees the failure.
+        for semaphore in waiting { semaphore.signal() }
+        slots.signal()
     }
 
     /// The next item for channel `index`, waiting for one; nil once the sender failed.
     private func take(_ index: Int) -> Item? {
-        condition.lock()
-        defer { condition.unlock() }
-        while true {
-            let item = state.withLock { q -> Item?? in
-                if q.failure != nil { return .some(nil) }
-                guard !q.items[index].isEmpty else { return nil }
-                return .some(q.items[index].removeFirst())
-            }
-            if let item { return item }
-            condition.wait()
+        waiting[index].wait()
+        return state.withLock { q -> Item? in
+            guard q.failure == nil, !q.items[index].isEmpty else { return nil }
+            return q.items[index].removeFirst()
         }
     }
 
     /// Waits for every channel thread to end (after `finish`, or `abort`), then closes the channels (if any).
     func close() {
-        condition.lock()
-        while state.withLock({ $0.exited < $0.items.count }) { condition.wait() }
-        condition.unlock()
+        running.wait()
         for channel in channels { channel.close() }
     }
 
     private func run(_ index: Int, _ worker: any ChannelWorker) {
-        defer {
-            state.withLock { $0.exited += 1 }
-            condition.wakeAll()
-        }
         while let item = take(index) {
             do throws(MigrationError) {
                 switch item {
@@ -231,23 +213,19 @@ final class MultifdSender: Sendable {
                         q.jobs[index] -= 1
                         q.queuedPages -= job.count
                     }
+                    slots.signal()          // room for the picker
                 case .sync(let epoch):
                     try worker.sync(epoch: epoch)
                 case .end:
                     try worker.end()
                     let written = worker.written
-                    state.withLock { q in
-                        q.bytes[index] = written
-                        q.finished += 1
-                    }
-                    condition.wakeAll()
+                    state.withLock { q in q.bytes[index] = written }
                     return
                 }
             } catch {
                 fail(error)
                 return
             }
-            condition.wakeAll()       // room for the picker
         }
     }
 }
