@@ -13,8 +13,7 @@ import shutil
 import subprocess
 
 import pytest
-from qemu.qmp import ExecuteError, QMPClient
-from qemu.qmp.protocol import ConnectError
+from qemu.qmp import ExecuteError
 
 from conftest import assert_verified_clean
 from qemu_microvm import QBOOT, QEMU_CPU
@@ -73,19 +72,6 @@ def vms(ferry, tmp_path):
         vm.kill()
 
 
-async def connected(vm):
-    """`vm.connect()`, retried: with -mem-prealloc the socket file exists (bound) while RAM is
-    still being allocated, before the listen, so a first connect can be refused."""
-    for attempt in range(600):
-        try:
-            return await vm.connect()
-        except ConnectError:
-            if attempt == 599 or vm.proc.poll() is not None:
-                raise
-            vm.qmp = QMPClient(vm.sock.stem)
-            await asyncio.sleep(0.05)
-
-
 def serial_text(vm):
     # QEMU's console may put escape codes in; the lines searched for are plain.
     return vm.serial.read_bytes().decode(errors="replace")
@@ -111,7 +97,7 @@ async def balloon_change(client, timeout=10):
 @pytest.mark.parametrize("kind", ["ferry", pytest.param("qemu", marks=needs_qemu)])
 def test_balloon_inflates_and_deflates_through_qmp(vms, kind):
     async def run():
-        vm = await connected(vms(kind, "vm", hints=False))
+        vm = await vms(kind, "vm", hints=False).connect()
         await wait_serial(vm, r"BL ready hint-queue=\d+ irq=\d+")
         ram = MEMORY_MB << 20
         assert await vm.qmp.execute("query-balloon") == {"actual": ram}
@@ -140,7 +126,7 @@ def test_balloon_inflates_and_deflates_through_qmp(vms, kind):
 @pytest.mark.parametrize("kind", ["ferry", pytest.param("qemu", marks=needs_qemu)])
 def test_without_a_balloon_the_commands_say_so(vms, kind):
     async def run():
-        vm = await connected(vms(kind, "vm", balloon=False))
+        vm = await vms(kind, "vm", balloon=False).connect()
         for command, arguments in (("balloon", {"value": 1 << 20}), ("query-balloon", None)):
             with pytest.raises(ExecuteError) as caught:
                 await vm.qmp.execute(command, arguments)
@@ -152,8 +138,8 @@ def test_without_a_balloon_the_commands_say_so(vms, kind):
 async def migrate(kind, vms, tmp_path, hints):
     """Idle guest, 192 of its 256 MiB freed: migrate it, return (transferred bytes, total ms, destination)."""
     uri = f"unix:{tmp_path}/{kind}-{hints}.sock"
-    source = await connected(vms(kind, f"src-{hints}", hints=hints))
-    destination = await connected(vms(kind, f"dst-{hints}", hints=hints, incoming="defer"))
+    source = await vms(kind, f"src-{hints}", hints=hints).connect()
+    destination = await vms(kind, f"dst-{hints}", hints=hints, incoming="defer").connect()
     await wait_serial(source, r"FREE pages=")
     await wait_serial(source, r"BL ready")
     await destination.qmp.execute("migrate-incoming", {"uri": uri})

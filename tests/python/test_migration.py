@@ -8,6 +8,7 @@ import time
 
 import pytest
 from qemu.qmp import QMPClient, ExecuteError
+from qemu.qmp.protocol import ConnectError
 
 from conftest import assert_verified_clean
 
@@ -39,8 +40,18 @@ class VM:
         self.qmp = QMPClient(name)
 
     async def connect(self):
-        await self.qmp.connect(str(self.sock))
-        return self
+        """Connects, retried while refused: the socket file exists from the bind, and QEMU may
+        still be allocating RAM (-mem-prealloc) or opening its migration before the listen."""
+        name = self.qmp.name
+        for attempt in range(600):
+            try:
+                await self.qmp.connect(str(self.sock))
+                return self
+            except ConnectError:
+                if attempt == 599 or self.proc.poll() is not None:
+                    raise
+                self.qmp = QMPClient(name)
+                await asyncio.sleep(0.05)
 
     async def quit(self):
         await self.qmp.execute("quit")
