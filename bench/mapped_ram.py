@@ -83,7 +83,6 @@ async def wait_migration(vmm, client, proc, sampler, deadline, period=0.01):
     """Polls query-migrate until completed; returns (its answer, CPU-seconds of proc at that moment, when)."""
     while True:
         state = await client.execute("query-migrate")
-        sampler.sample()
         status = state.get("status")
         if status == "completed":
             sampler.stop()
@@ -170,7 +169,6 @@ async def restore_once(vmm, cmdline, memory, channels, direct_io, prealloc, path
         deadline = start + 120
         while True:
             status = (await client.execute("query-status"))["status"]
-            sampler.sample()
             if status == "running":
                 break
             if proc.poll() is not None or time.monotonic() > deadline:

@@ -191,7 +191,7 @@ def thread_cpu(pid):
 class ThreadSampler:
     """Per-thread CPU of one process over an interval.  A thread of the harness samples every 20 ms
     (a VMM slow to answer QMP during a migration does not thin the samples; more often costs the
-    machine's two cores more than it tells), and `sample()` adds one.  A thread that exits during
+    machine's two cores more than it tells), and `stop()` takes the last.  A thread that exits during
     the interval counts with its last sample; what it spent after that (the process's total, which
     counts ended threads, minus the threads' sum) is reported as `(ended between samples)`."""
 
