@@ -28,6 +28,15 @@ public struct MachineConfiguration: Sendable {
         self.boot = boot
     }
 
+    /// Whether an incoming migration allocates RAM ahead of the arriving pages
+    /// (`ChunkPopulator`).  Not when RAM was preallocated: every page is there
+    /// already, and walking them again only takes CPU from the receivers (a
+    /// fifth of the destination's CPU in a 2-channel multifd migration).  Not
+    /// when a switch to postcopy may come: it would free them again.
+    public func allocatesAheadOnIncoming(postcopyExpected: Bool) -> Bool {
+        !preallocate && !postcopyExpected
+    }
+
     /// Checks what can be checked before touching KVM or mapping memory.
     public func validate(hostMemoryBytes: UInt64 = HostMemory.totalBytes) throws(MachineError) {
         guard Self.cpuRange.contains(cpus) else { throw .invalidCPUCount(cpus) }

@@ -20,13 +20,18 @@ struct MultifdKernelTests {
         let backend: MemoryBackend
         let compression: MultifdCompression
         let dirty: Bool
-        var testDescription: String { "\(channels) channels, \(backend), \(compression), \(dirty ? "dirtying" : "idle")" }
+        /// Both sides with -mem-prealloc: the destination allocates nothing ahead.
+        var preallocated = false
+        var testDescription: String {
+            "\(channels) channels, \(backend), \(compression), \(dirty ? "dirtying" : "idle")\(preallocated ? ", preallocated" : "")"
+        }
     }
 
-    func machine(_ backend: MemoryBackend, workload: WorkloadSpec, incoming: Bool) throws -> (Machine, MigrationKernelTests.Capture) {
+    func machine(_ backend: MemoryBackend, workload: WorkloadSpec, incoming: Bool,
+                 preallocate: Bool = false) throws -> (Machine, MigrationKernelTests.Capture) {
         let capture = MigrationKernelTests.Capture()
         var configuration = MachineConfiguration(memoryBytes: 256 << 20, backend: backend, cpus: 2, boot: .embedded(workload))
-        configuration.preallocate = false
+        configuration.preallocate = preallocate
         let machine = try Machine(configuration, incoming: incoming, serialOutput: { _ in }, events: { event in
             capture.events.withLock { $0.append(event.name) }
         })
@@ -67,7 +72,8 @@ struct MultifdKernelTests {
                       Case(channels: 2, backend: .memfd, compression: .zstd, dirty: true),
                       Case(channels: 8, backend: .memfd, compression: .none, dirty: false),
                       Case(channels: 8, backend: .hugetlb, compression: .none, dirty: true),
-                      Case(channels: 2, backend: .hugetlb, compression: .zstd, dirty: false)])
+                      Case(channels: 2, backend: .hugetlb, compression: .zstd, dirty: false),
+                      Case(channels: 2, backend: .anon, compression: .none, dirty: true, preallocated: true)])
     func migratesOnChannels(_ test: Case) async throws {
         if test.backend == .hugetlb {
             try await Self.withHugePages(2 * 128 + 8) { try await run(test) }
@@ -78,8 +84,8 @@ struct MultifdKernelTests {
 
     func run(_ test: Case) async throws {
         let workload = test.dirty ? WorkloadSpec(dirtyRate: .max, workingSet: 64 << 20) : WorkloadSpec(dirtyRate: .idle, workingSet: 64 << 20)
-        let (source, _) = try machine(test.backend, workload: workload, incoming: false)
-        let (destination, capture) = try machine(test.backend, workload: .idle, incoming: true)
+        let (source, _) = try machine(test.backend, workload: workload, incoming: false, preallocate: test.preallocated)
+        let (destination, capture) = try machine(test.backend, workload: .idle, incoming: true, preallocate: test.preallocated)
         source.start()
         destination.start()
         try await kit.waitFor { source.progress.minimumHeartbeats >= 5 }

@@ -296,7 +296,6 @@ extension Machine {
             let placement: @Sendable () throws(MigrationError) -> any PagePlacement = { () throws(MigrationError) in
                 try UserfaultPagePlacement(blocks: blocks)
             }
-            // With postcopy-ram, chunks are not allocated ahead: the switch would free them again.
             let (postcopyExpected, blocktime) = migration.state.withLock { ($0.capabilities.postcopyRAM, $0.capabilities.postcopyBlocktime) }
             // postcopy-blocktime: the vCPUs' threads, read at the switch (they run by then).
             var blocktimeThreads: (@Sendable () -> [Int32])?
@@ -305,7 +304,8 @@ extension Machine {
             }
             destination = MigrationDestination(
                 channel: channel, acceptor: acceptor, configuration: migrationConfiguration,
-                ram: RAMMigration(blocks: memory.blocks, tracker: nil, destinationStartsZero: startsZero, allocateAhead: !postcopyExpected),
+                ram: RAMMigration(blocks: memory.blocks, tracker: nil, destinationStartsZero: startsZero,
+                                  allocateAhead: configuration.allocatesAheadOnIncoming(postcopyExpected: postcopyExpected)),
                 devices: migratableDevices(global: global), placement: placement,
                 onPostcopy: { [weak self] in
                     // The guest runs here from the switch on; its missing pages follow.
