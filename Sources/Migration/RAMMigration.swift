@@ -435,22 +435,32 @@ public final class RAMMigration: Migratable {
                 mappings[record.block].storePage(scratch.pages, range: position..<position + pageSize, at: Int(record.offset))
                 position += pageSize
             }
-        } else if index.dataByteCount > 0 {
+        }
+        // The data pages as runs adjacent in one block (a frame is usually one run):
+        // the mapping is looked up, and retained, once a run rather than once a page,
+        // where the channels' threads would contend for its reference count.
+        let runs = DataRuns(index.records, pageSize: pageSize)
+        if !index.compressed, index.dataByteCount > 0 {
             scratch.list.removeAll()
-            for record in index.records where record.kind == .data {
-                scratch.list.append(mappings[record.block], offset: Int(record.offset), count: pageSize)
-            }
+            for run in runs.runs { scratch.list.append(mappings[run.block], offset: run.offset, count: run.pages * pageSize) }
             try reader.readTail(into: scratch.list)
         }
         // Each page as it now is in RAM against the checksum the source computed.
-        scratch.intact.removeAll(keepingCapacity: true)
-        for record in index.records where record.kind == .data {
-            let sum = mappings[record.block].withSpan(at: Int(record.offset), count: pageSize) { FrameChecksum.of($0) }
-            scratch.intact.append(sum == record.checksum)
+        var intact = scratch.intact
+        intact.removeAll(keepingCapacity: true)
+        var position = 0
+        for run in runs.runs {
+            mappings[run.block].withSpan(at: run.offset, count: run.pages * pageSize) { span in
+                for page in 0..<run.pages {
+                    let sum = FrameChecksum.of(span.extracting(page * pageSize..<(page + 1) * pageSize))
+                    intact.append(sum == runs.checksums[position])
+                    position += 1
+                }
+            }
         }
+        scratch.intact = intact
         var normal = 0, zero = 0
         let startsZero = destinationStartsZero
-        let intact = scratch.intact
         load.withLock { state in
             state.pagesLoaded = true
             var nextData = 0
@@ -577,6 +587,27 @@ public final class RAMMigration: Migratable {
 }
 
 /// One loading thread's reusable buffers.
+/// A frame's data records as runs of pages adjacent in one block, in the
+/// order of the frame's tail, with each page's checksum in that order.
+struct DataRuns {
+    struct Run: Equatable { let block: Int, offset: Int, pages: Int }
+    private(set) var runs: [Run] = []
+    private(set) var checksums: [UInt64] = []
+
+    init(_ records: [PageRecord], pageSize: Int) {
+        checksums.reserveCapacity(records.count)
+        for record in records where record.kind == .data {
+            checksums.append(record.checksum)
+            let offset = Int(record.offset)
+            if let last = runs.last, last.block == record.block, last.offset + last.pages * pageSize == offset {
+                runs[runs.count - 1] = Run(block: last.block, offset: last.offset, pages: last.pages + 1)
+            } else {
+                runs.append(Run(block: record.block, offset: offset, pages: 1))
+            }
+        }
+    }
+}
+
 public struct PageLoadScratch: ~Copyable {
     /// Which loading thread this is (postcopy keeps a huge page to one): 0 the main channel's.
     var loader = 0
