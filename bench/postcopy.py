@@ -111,7 +111,7 @@ async def vm_in(ns, vmm, memory, cmdline, incoming, flags):
                     proc.wait()
 
 
-async def postcopy_once(vmm, cmdline, memory, ready_pages, preempt, huge):
+async def postcopy_once(vmm, cmdline, memory, ready_pages, preempt, huge, pacing=None):
     flags = hugetlb_flags(vmm, memory) if huge else []
     async with vm_in(NETNS[0], vmm, memory, cmdline, None, flags) as (sproc, sconsole, src), \
                vm_in(NETNS[1], vmm, memory, cmdline, "defer", flags) as (dproc, dconsole, dst):
@@ -119,6 +119,8 @@ async def postcopy_once(vmm, cmdline, memory, ready_pages, preempt, huge):
         for client in (src, dst):
             await client.execute("migrate-set-capabilities", {"capabilities": capabilities})
         await src.execute("migrate-set-parameters", {"max-bandwidth": 100 << 30})
+        if pacing is not None and vmm.name == "ferry":
+            await src.execute("migrate-set-parameters", {"x-ferry-postcopy-pacing": pacing})
         await dst.execute("migrate-incoming", {"uri": f"tcp:{ADDRESS[1]}:{PORT}"})
         deadline = time.monotonic() + 300
         while sconsole.pages() < ready_pages or len(sconsole.slow) < 2:
@@ -182,7 +184,7 @@ def cell(value, form="{:.0f}"):
     return "-" if value is None else form.format(value)
 
 
-def scenario_postcopy(ferry_vmm, qemu_vmm, vmms, runs, memory, working_set, modes, raw_path):
+def scenario_postcopy(ferry_vmm, qemu_vmm, vmms, runs, memory, working_set, modes, raw_path, pacing=None):
     cmdline_of = {}
     for vmm in vmms:
         cmdline_of[vmm.name] = subprocess.run(
@@ -193,6 +195,7 @@ def scenario_postcopy(ferry_vmm, qemu_vmm, vmms, runs, memory, working_set, mode
     touch = first_touch_ms(ws_bytes)
     print(f"\n== postcopy: {memory} guest, {working_set} written at full speed with random reads, 1 vCPU; "
           f"veth between netns, tbf {TBF}; socket buffers {socket_buffers()}; "
+          f"Ferry's x-ferry-postcopy-pacing {'its default' if pacing is None else pacing}; "
           f"first touch of {working_set}: {touch:.0f} ms ({ws_bytes / touch / 1e3:.0f} MB/s)", flush=True)
     huge_needed = 2 * (int(memory.rstrip('G')) << 9) + 16 if memory.endswith("G") else 0
     results = {}
@@ -206,7 +209,8 @@ def scenario_postcopy(ferry_vmm, qemu_vmm, vmms, runs, memory, working_set, mode
                 for run in range(runs):
                     for vmm in vmms:
                         try:
-                            sample = asyncio.run(postcopy_once(vmm, cmdline_of[vmm.name], memory, ready_pages, preempt, huge))
+                            sample = asyncio.run(postcopy_once(vmm, cmdline_of[vmm.name], memory, ready_pages, preempt, huge,
+                                                              pacing))
                         except Exception as error:      # noqa: BLE001  (the failure is the result)
                             print(f"  {mode} {vmm.name} run {run + 1}: FAILED: {error}", flush=True)
                             continue

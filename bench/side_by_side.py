@@ -563,6 +563,8 @@ def main():
     parser.add_argument("--postcopy-modes", default="postcopy-4K,preempt-4K,postcopy-2M,preempt-2M",
                         help="postcopy: modes, comma-separated: postcopy or preempt, with 4K or 2M pages "
                              "(default postcopy-4K,preempt-4K,postcopy-2M,preempt-2M)")
+    parser.add_argument("--ferry-postcopy-pacing", type=int, default=None,
+                        help="postcopy: Ferry's x-ferry-postcopy-pacing, percent of precopy's rate (default: Ferry's own)")
     parser.add_argument("--hint-workloads", default="idle,churn",
                         help="free-page-hints: the guest's workloads, idle and/or churn (default idle,churn)")
     parser.add_argument("--mem-prealloc", action="store_true",
@@ -609,7 +611,7 @@ def main():
             memory = args.memory if args.memory != "1536M" else "2G"
             working_set = args.working_set if args.working_set != "1280M" else "1536M"
             scenario_postcopy(ferry_vmm, qemu_vmm, [v for v in (ferry_vmm, qemu_vmm) if v.name in ONLY], args.runs,
-                              memory, working_set, args.postcopy_modes.split(","), raw)
+                              memory, working_set, args.postcopy_modes.split(","), raw, args.ferry_postcopy_pacing)
         if args.scenario == "lazy-restore":
             sys.modules.setdefault("side_by_side", sys.modules[__name__])
             from lazy_restore import scenario_lazy_restore

@@ -30,6 +30,8 @@ public protocol ByteChannel: Sendable {
     /// Bounds what the channel holds written but unsent to about `bytes` (a
     /// socket's own queue), so what is written next leaves soon after.
     func limitUnsent(_ bytes: Int)
+    /// Paces what the channel sends to at most `bytesPerSecond` (nil: no limit).
+    func limitPacing(_ bytesPerSecond: UInt64?)
     /// Waits up to `timeout` until a write would go ahead without waiting long
     /// (under the `limitUnsent` bound); true at once for channels without one.
     func waitWritable(timeout: Duration) throws(ChannelError) -> Bool
@@ -40,6 +42,7 @@ extension ByteChannel {
     @discardableResult
     public func pushUnsent(within limit: Duration) -> Bool { true }
     public func limitUnsent(_ bytes: Int) {}
+    public func limitPacing(_ bytesPerSecond: UInt64?) {}
     public func waitWritable(timeout: Duration) throws(ChannelError) -> Bool { true }
 
     /// For channels that are not descriptors: one copy.

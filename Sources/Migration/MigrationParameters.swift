@@ -33,6 +33,11 @@ public struct MigrationParameters: Equatable, Sendable {
     /// descriptor.  As in QEMU it takes effect with `mapped-ram` and `multifd`;
     /// otherwise the migration says it is ignored.
     public var directIO = false
+    /// Ferry's own `x-ferry-postcopy-pacing`: after the switch to postcopy, the
+    /// background pages leave at this percentage of the rate precopy measured,
+    /// so requested pages do not queue behind them at the link's bottleneck
+    /// (`PostcopyPacing`).  0: not paced (as QEMU).
+    public var postcopyPacing: UInt8 = 95
     /// Ferry's own `x-ferry-snapshot-*`: how a background snapshot's scan
     /// yields to pages the guest waits for (`ScanLimiter`).
     public var snapshotLimiter = SnapshotLimiterSettings()
@@ -46,7 +51,7 @@ public struct MigrationParameters: Equatable, Sendable {
     /// The parameters Ferry honours, by QEMU name.
     public static let names = ["max-bandwidth", "avail-switchover-bandwidth", "max-postcopy-bandwidth", "downtime-limit", "cpu-throttle-initial",
                                "cpu-throttle-increment", "max-cpu-throttle", "throttle-trigger-threshold", "x-inactivity-limit",
-                               "multifd-channels", "multifd-zstd-level"] + snapshotNames + textNames + booleanNames
+                               "multifd-channels", "multifd-zstd-level", "x-ferry-postcopy-pacing"] + snapshotNames + textNames + booleanNames
     /// Ferry's background-snapshot limiter settings, in microseconds and pages.
     public static let snapshotNames = ["x-ferry-snapshot-fault-threshold", "x-ferry-snapshot-fault-only-pages",
                                        "x-ferry-snapshot-poll", "x-ferry-snapshot-target-latency"]
@@ -122,6 +127,7 @@ public struct MigrationParameters: Equatable, Sendable {
         case "cpu-throttle-increment": cpuThrottleIncrement = try percent(1...99)
         case "max-cpu-throttle": maxCPUThrottle = try percent(1...99)
         case "throttle-trigger-threshold": throttleTriggerThreshold = try percent(1...100)
+        case "x-ferry-postcopy-pacing": postcopyPacing = try percent(0...100)
         case "x-inactivity-limit":
             guard value >= 0, UInt64(value) <= Self.maximumDowntimeLimit * 1000 else {
                 throw .invalidParameter("Parameter 'x-inactivity-limit' expects an integer in the range of 0 to \(Self.maximumDowntimeLimit * 1000) ms")
@@ -167,6 +173,7 @@ public struct MigrationParameters: Equatable, Sendable {
          ("cpu-throttle-increment", UInt64(cpuThrottleIncrement)), ("max-cpu-throttle", UInt64(maxCPUThrottle)),
          ("throttle-trigger-threshold", UInt64(throttleTriggerThreshold)), ("x-inactivity-limit", inactivityLimit),
          ("multifd-channels", UInt64(multifdChannels)), ("multifd-zstd-level", UInt64(multifdZstdLevel)),
+         ("x-ferry-postcopy-pacing", UInt64(postcopyPacing)),
          ("x-ferry-snapshot-fault-threshold", Self.microseconds(snapshotLimiter.faultThreshold)),
          ("x-ferry-snapshot-fault-only-pages", UInt64(snapshotLimiter.faultOnlyPages)),
          ("x-ferry-snapshot-poll", Self.microseconds(snapshotLimiter.poll)),

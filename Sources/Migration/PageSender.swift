@@ -60,6 +60,7 @@ struct PageSender: ~Copyable {
     var index = PageIndexBuilder()
     var list = GatherList(arenaCapacity: 8 << 10)
     var pageList = GatherList()
+    var dataRuns: [PageRun] = []
     var pages = (normal: UInt64(0), zero: UInt64(0))
 
     init(writer: StreamWriter, mappings: [HostMapping], detection: ZeroPageDetection, statistics: RAMCounters,
@@ -90,15 +91,24 @@ struct PageSender: ~Copyable {
         var data = 0
         let findZero = detection != .none
         // The records first, so the frame head (which numbers the frame) can lead the list.
-        var dataPages: [(block: Int, offset: Int)] = []
-        dataPages.reserveCapacity(job.count)
+        // The data pages are kept as runs adjacent in one block, and the block's mapping is
+        // taken once a run: not retained and released once a page, where the channels'
+        // threads would contend for its reference count.
+        dataRuns.removeAll(keepingCapacity: true)
+        var mapping: HostMapping?
+        var mappingBlock = -1
         for i in 0..<job.count {
             let (block, offset) = (job.blocks[i], job.offsets[i])
             if !job.knownZero[i] {
-                let scan = mappings[block].withSpan(at: offset, count: Self.pageSize) { PageScan.of($0) }
+                if block != mappingBlock { (mapping, mappingBlock) = (mappings[block], block) }
+                let scan = mapping!.withSpan(at: offset, count: Self.pageSize) { PageScan.of($0) }
                 if !(findZero && scan.isZero) {
                     index.append(block: block, offset: UInt64(offset), kind: .data, checksum: scan.checksum)
-                    dataPages.append((block, offset))
+                    if let last = dataRuns.last, last.block == block, last.offset + last.pages * Self.pageSize == offset {
+                        dataRuns[dataRuns.count - 1].pages += 1
+                    } else {
+                        dataRuns.append(PageRun(block: block, offset: offset, pages: 1))
+                    }
                     data += 1
                     continue
                 }
@@ -110,10 +120,12 @@ struct PageSender: ~Copyable {
             let size: Int
             do {
                 try compressor.begin(totalBytes: data * Self.pageSize)
-                for page in dataPages {
+                for run in dataRuns {
                     var failure: CompressionError?
-                    mappings[page.block].withSpan(at: page.offset, count: Self.pageSize) { span in
-                        do throws(CompressionError) { try compressor.append(span) } catch { failure = error }
+                    mappings[run.block].withSpan(at: run.offset, count: run.pages * Self.pageSize) { span in
+                        do throws(CompressionError) {
+                            for page in 0..<run.pages { try compressor.append(span.extracting(page * Self.pageSize..<(page + 1) * Self.pageSize)) }
+                        } catch { failure = error }
                     }
                     if let failure { throw failure }
                 }
@@ -124,14 +136,14 @@ struct PageSender: ~Copyable {
         } else if let zeroCopy {
             list.append(writer.pagesFrameHead(index: index.payload(), tailLength: data * Self.pageSize))
             pageList.removeAll()
-            for page in dataPages { pageList.append(mappings[page.block], offset: page.offset, count: Self.pageSize) }
+            for run in dataRuns { pageList.append(mappings[run.block], offset: run.offset, count: run.pages * Self.pageSize) }
             try writer.write(list)
             try writer.writeZeroCopy(pageList, on: zeroCopy)
             list.removeAll()
         } else {
             list.append(writer.pagesFrameHead(index: index.payload(), tailLength: data * Self.pageSize))
             // The tail: the data pages in record order, by reference into guest RAM.
-            for page in dataPages { list.append(mappings[page.block], offset: page.offset, count: Self.pageSize) }
+            for run in dataRuns { list.append(mappings[run.block], offset: run.offset, count: run.pages * Self.pageSize) }
         }
         try writer.write(list)
         let zero = job.count - data
@@ -142,6 +154,13 @@ struct PageSender: ~Copyable {
             s.zeroPages += UInt64(zero)
         }
     }
+}
+
+/// Data pages adjacent in one RAM block, in the order they are sent.
+struct PageRun: Equatable {
+    let block: Int
+    let offset: Int
+    var pages: Int
 }
 
 /// RAM counters shared by the threads that send or load pages.

@@ -53,7 +53,8 @@ extension PrecopySource {
             var endsSent = false
             do throws(MigrationError) {
                 let urgent = preempt.withLock { $0 }?.writer
-                try parts.ram.sendPostcopy(writer, urgent: urgent, requests: requests)
+                let pacing = progress.withLock { Self.postcopyPacing(parameters, windows: $0.recentBandwidths) }
+                try parts.ram.sendPostcopy(writer, urgent: urgent, requests: requests, pacing: pacing)
                 try urgent?.sendEnd()
                 try writer.sendEnd()
                 endsSent = true
@@ -65,5 +66,11 @@ extension PrecopySource {
                 try pauseUntilResumed(after: error, endsSent: endsSent)
             }
         }
+    }
+
+    /// The background's pace after the switch (`PostcopyPacing`), from `parameters` and precopy's windows.
+    static func postcopyPacing(_ parameters: MigrationParameters, windows: [Double]) -> UInt64? {
+        PostcopyPacing.rate(precopyWindows: windows, maxBandwidth: parameters.maxBandwidth,
+                            maxPostcopyBandwidth: parameters.maxPostcopyBandwidth, percent: parameters.postcopyPacing)
     }
 }

@@ -88,6 +88,8 @@ public final class PrecopySource: Sendable {
         var postcopyRequested = false
         /// The switch to postcopy was made: the stream's bytes at that moment.
         var postcopyStart: UInt64?
+        /// The last live windows' bandwidths (bytes per second) of windows that sent something.
+        var recentBandwidths: [Double] = []
         /// What main channels broken in postcopy carried (a recovery opens a new one).
         var earlierMain: (bytes: UInt64, frames: UInt64) = (0, 0)
         /// Times postcopy paused (its connection broke, or `migrate-pause`).
@@ -196,10 +198,12 @@ public final class PrecopySource: Sendable {
         parameterStorage.withLock { $0 = parameters }
         // Under the progress lock, so a switchover starting now cannot be limited by it.
         // In postcopy `max-postcopy-bandwidth` holds instead, at once (as in QEMU).
-        progress.withLock { p in
+        let postcopy = progress.withLock { p -> Bool in
             if p.phase == .live { writer.setRateLimit(parameters.maxBandwidth) }
             if p.postcopyStart != nil { writer.setRateLimit(parameters.maxPostcopyBandwidth) }
+            return p.postcopyStart != nil
         }
+        if postcopy { channel.limitPacing(Self.postcopyPacing(parameters, windows: progress.withLock { $0.recentBandwidths })) }
     }
 
     /// Asks a running migration to stop; the source guest keeps (or resumes)
@@ -482,6 +486,7 @@ public final class PrecopySource: Sendable {
                 let pending = pendingEstimate()
                 progress.withLock { p in
                     p.info.bandwidth = bandwidth
+                    if bytes > windowBytes { p.recentBandwidths = Array((p.recentBandwidths + [bandwidth]).suffix(PostcopyPacing.windows)) }
                     p.info.pagesPerSecond = UInt64(Double(stats.normalPages + stats.zeroPages - windowPages) / seconds)
                     p.info.expectedDowntime = switchoverBandwidth > 0 ? UInt64(Double(pending) / switchoverBandwidth * 1000) : nil
                 }

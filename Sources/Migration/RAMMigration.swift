@@ -299,7 +299,8 @@ public final class RAMMigration: Migratable {
     /// Each background frame is short, and the queue is looked at before each,
     /// so a request waits behind at most one frame (plus what the socket holds).
     /// Returns once no page is dirty; a request after that names pages sent already.
-    func sendPostcopy(_ output: StreamWriter, urgent: StreamWriter?, requests: PostcopyRequests) throws(MigrationError) {
+    func sendPostcopy(_ output: StreamWriter, urgent: StreamWriter?, requests: PostcopyRequests,
+                      pacing: UInt64? = nil) throws(MigrationError) {
         var background = PageSender(writer: output, mappings: mappings, detection: .multifd, statistics: statistics)
         var preempt = PageSender(writer: urgent ?? output, mappings: mappings, detection: .multifd, statistics: statistics)
         var picker = PostcopyPicker(unitPages: blocks.map { $0.pageSize.byteCount / Self.pageSize }, preempt: urgent != nil)
@@ -308,6 +309,9 @@ public final class RAMMigration: Migratable {
         // channel, what a request's pages queue behind), and a background frame is written
         // only once it has room, requests being served meanwhile.
         output.channel.limitUnsent(Self.postcopyUnsentBytes)
+        // Paced a little under the link's rate (when known), the background leaves the
+        // bottleneck's queue short for the requested pages (`PostcopyPacing`).
+        output.channel.limitPacing(pacing)
         while true {
             while let request = try requests.take() {
                 let pick = send.withLock { state in
@@ -590,8 +594,7 @@ public final class RAMMigration: Migratable {
 /// A frame's data records as runs of pages adjacent in one block, in the
 /// order of the frame's tail, with each page's checksum in that order.
 struct DataRuns {
-    struct Run: Equatable { let block: Int, offset: Int, pages: Int }
-    private(set) var runs: [Run] = []
+    private(set) var runs: [PageRun] = []
     private(set) var checksums: [UInt64] = []
 
     init(_ records: [PageRecord], pageSize: Int) {
@@ -600,9 +603,9 @@ struct DataRuns {
             checksums.append(record.checksum)
             let offset = Int(record.offset)
             if let last = runs.last, last.block == record.block, last.offset + last.pages * pageSize == offset {
-                runs[runs.count - 1] = Run(block: last.block, offset: last.offset, pages: last.pages + 1)
+                runs[runs.count - 1].pages += 1
             } else {
-                runs.append(Run(block: record.block, offset: offset, pages: 1))
+                runs.append(PageRun(block: record.block, offset: offset, pages: 1))
             }
         }
     }

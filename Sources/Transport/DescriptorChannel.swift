@@ -121,6 +121,12 @@ public final class DescriptorChannel: ZeroCopyChannel {
         _ = closed.withLock { done in done ? 0 : CLinuxUAPI_socket_limit_unsent(descriptor, Int32(clamping: bytes)) }
     }
 
+    /// `SO_MAX_PACING_RATE`: TCP spreads what it sends to at most `bytesPerSecond`
+    /// (ignored by channels that are not TCP).
+    public func limitPacing(_ bytesPerSecond: UInt64?) {
+        _ = closed.withLock { done in done ? 0 : CLinuxUAPI_socket_max_pacing_rate(descriptor, bytesPerSecond ?? UInt64.max) }
+    }
+
     public func waitWritable(timeout: Duration) throws(ChannelError) -> Bool {
         let result = closed.withLock { done in done ? 1 : CLinuxUAPI_wait_writable(descriptor, timeout.pollMilliseconds) }
         guard result >= 0 else { throw .system("poll on the migration channel", errno: -result) }

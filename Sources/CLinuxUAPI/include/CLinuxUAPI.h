@@ -538,6 +538,12 @@ static inline int CLinuxUAPI_wait_writable(int fd, int milliseconds) {
 static inline int CLinuxUAPI_socket_limit_unsent(int fd, int bytes) {
     return setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &bytes, sizeof bytes) == 0 ? 0 : -errno;
 }
+/* Paces what TCP socket `fd` sends to at most `bytes_per_second` (SO_MAX_PACING_RATE;
+ * TCP paces by itself, no fq qdisc needed); ~0 lifts the limit.  0 or -errno. */
+static inline int CLinuxUAPI_socket_max_pacing_rate(int fd, unsigned long long bytes_per_second) {
+    unsigned long long rate = bytes_per_second;
+    return setsockopt(fd, SOL_SOCKET, 47 /* SO_MAX_PACING_RATE */, &rate, sizeof rate) == 0 ? 0 : -errno;
+}
 static inline long CLinuxUAPI_read(int fd, void *buffer, size_t count) {
     long r;
     do { r = read(fd, buffer, count); } while (r < 0 && errno == EINTR);

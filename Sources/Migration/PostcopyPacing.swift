@@ -1,0 +1,36 @@
+/// How fast the main channel's background pages may leave after the switch to
+/// postcopy, so that the pages a faulting vCPU waits for do not queue, or get
+/// dropped, behind them at the link's bottleneck.
+///
+/// Background pages sent as fast as TCP allows keep the bottleneck's queue full
+/// (a shaped 1 Gbit/s link's holds 1 ms), and a requested page, on the preempt
+/// channel or not, waits in it or is dropped from it and resent from a timer.
+/// Paced a little under the link's rate (the kernel's `SO_MAX_PACING_RATE`, no
+/// qdisc needed), the background leaves that queue short.
+public enum PostcopyPacing {
+    /// The window bandwidths the estimate is taken from (the last ones of precopy).
+    public static let windows = 5
+
+    /// The rate for the background, in bytes per second; nil for none.
+    ///
+    /// - `max-postcopy-bandwidth` set: that rate (QEMU's limit, which the rate
+    ///   limiter holds on average, then leaves smoothly rather than in bursts).
+    /// - Otherwise `percent` of what the precopy's last windows measured
+    ///   (their median), unless `percent` is 0, nothing was measured, or the
+    ///   precopy was held by `max-bandwidth` (within 10 % of it): then the link's
+    ///   rate is not known, and the background is not paced.
+    public static func rate(precopyWindows: [Double], maxBandwidth: UInt64, maxPostcopyBandwidth: UInt64,
+                            percent: UInt8) -> UInt64? {
+        if maxPostcopyBandwidth > 0 { return maxPostcopyBandwidth }
+        guard percent > 0, let measured = median(precopyWindows), measured > 0 else { return nil }
+        if maxBandwidth > 0, measured >= Double(maxBandwidth) * 0.9 { return nil }
+        return UInt64(measured * Double(percent) / 100)
+    }
+
+    static func median(_ values: [Double]) -> Double? {
+        guard !values.isEmpty else { return nil }
+        let sorted = values.sorted()
+        let middle = sorted.count / 2
+        return sorted.count % 2 == 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
+    }
+}
