@@ -172,7 +172,8 @@ async def postcopy_once(vmm, cmdline, memory, ready_pages, preempt, huge, pacing
             "slow_p50": p50, "slow_p99": p99, "slow": slow,
             "gap": (first_destination - last_source) * 1000, "cpu_src": cpu[0], "cpu_dst": cpu[1],
             "cpu_src_mig": migration_cpu(threads[0]), "cpu_dst_mig": migration_cpu(threads[1]), "threads": threads,
-            "network": network, "drops": network[NETNS[0]]["drops"], "retrans": network[NETNS[0]]["retrans"]}
+            "network": network, "drops": network[NETNS[0]]["drops"], "retrans": network[NETNS[0]]["retrans"],
+            "pacing_mb_s": info.get("x-ferry-postcopy", {}).get("pacing", 0) / 1e6}
 
 
 def median(samples, key):

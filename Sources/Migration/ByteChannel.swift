@@ -32,6 +32,9 @@ public protocol ByteChannel: Sendable {
     func limitUnsent(_ bytes: Int)
     /// Paces what the channel sends to at most `bytesPerSecond` (nil: no limit).
     func limitPacing(_ bytesPerSecond: UInt64?)
+    /// The path's latest delivery rate as the transport measured it while the
+    /// channel kept it busy, in bytes per second; nil when unknown.
+    func deliveryRate() -> UInt64?
     /// Waits up to `timeout` until a write would go ahead without waiting long
     /// (under the `limitUnsent` bound); true at once for channels without one.
     func waitWritable(timeout: Duration) throws(ChannelError) -> Bool
@@ -43,6 +46,7 @@ extension ByteChannel {
     public func pushUnsent(within limit: Duration) -> Bool { true }
     public func limitUnsent(_ bytes: Int) {}
     public func limitPacing(_ bytesPerSecond: UInt64?) {}
+    public func deliveryRate() -> UInt64? { nil }
     public func waitWritable(timeout: Duration) throws(ChannelError) -> Bool { true }
 
     /// For channels that are not descriptors: one copy.

@@ -43,6 +43,8 @@ public struct MigrationInfo: Equatable, Sendable {
     public var postcopyUrgentPages: UInt64 = 0
     /// Times postcopy paused (its connection broke, or `migrate-pause`) and waited for a recovery.
     public var postcopyPauses: UInt64 = 0
+    /// The background's pace after the switch (`PostcopyPacing`), bytes per second; 0: not paced.
+    public var postcopyPacing: UInt64 = 0
 
     public init() {}
 }

@@ -57,15 +57,18 @@ final class MultifdSender: Sendable {
     let slots = DispatchSemaphore(value: 0)
     /// Every channel thread is in it until it returns.
     let running = DispatchGroup()
+    /// Pages the picker hands a channel at a time.
+    let jobPages: Int
     /// Told once when the sender fails or is aborted (a file saver's barrier lets its waiters go).
     let onFailure: @Sendable () -> Void
 
     /// Starts one thread per worker; each thread makes its worker with `makeWorker(index)`
     /// and owns it.  `channels` (none for a file) are shut on failure and closed by `close`.
-    init(workers count: Int, channels: [any ByteChannel], limiter: RateLimiter,
+    init(workers count: Int, channels: [any ByteChannel], limiter: RateLimiter, jobPages: Int = RAMMigration.jobPages,
          onFailure: @escaping @Sendable () -> Void = {},
          makeWorker: @escaping @Sendable (Int) throws(MigrationError) -> any ChannelWorker) {
-        precondition(count > 0)
+        precondition(count > 0 && jobPages > 0)
+        self.jobPages = jobPages
         self.channels = channels
         self.limiter = limiter
         self.onFailure = onFailure

@@ -15,16 +15,21 @@ public enum PostcopyPacing {
     ///
     /// - `max-postcopy-bandwidth` set: that rate (QEMU's limit, which the rate
     ///   limiter holds on average, then leaves smoothly rather than in bursts).
-    /// - Otherwise `percent` of what the precopy's last windows measured
-    ///   (their median), unless `percent` is 0, nothing was measured, or the
-    ///   precopy was held by `max-bandwidth` (within 10 % of it): then the link's
-    ///   rate is not known, and the background is not paced.
-    public static func rate(precopyWindows: [Double], maxBandwidth: UInt64, maxPostcopyBandwidth: UInt64,
-                            percent: UInt8) -> UInt64? {
+    /// - Otherwise `percent` of the link's rate as precopy's last windows saw
+    ///   it: the highest of TCP's delivery-rate samples (taken while the socket
+    ///   kept the path busy), or without one the median of what the windows
+    ///   sent (lower than the link's rate where losses slow TCP down).  Not
+    ///   paced when `percent` is 0, nothing was measured, or the precopy was held
+    ///   by `max-bandwidth` (its windows within 10 % of it): then the link's rate
+    ///   is not known.
+    public static func rate(precopyWindows: [Double], deliveryRates: [UInt64] = [], maxBandwidth: UInt64,
+                            maxPostcopyBandwidth: UInt64, percent: UInt8) -> UInt64? {
         if maxPostcopyBandwidth > 0 { return maxPostcopyBandwidth }
-        guard percent > 0, let measured = median(precopyWindows), measured > 0 else { return nil }
-        if maxBandwidth > 0, measured >= Double(maxBandwidth) * 0.9 { return nil }
-        return UInt64(measured * Double(percent) / 100)
+        guard percent > 0 else { return nil }
+        let sent = median(precopyWindows)
+        if let sent, maxBandwidth > 0, sent >= Double(maxBandwidth) * 0.9 { return nil }
+        guard let link = deliveryRates.max().map({ Double($0) }) ?? sent, link > 0 else { return nil }
+        return UInt64(link * Double(percent) / 100)
     }
 
     static func median(_ values: [Double]) -> Double? {

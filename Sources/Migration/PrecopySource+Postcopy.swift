@@ -53,7 +53,11 @@ extension PrecopySource {
             var endsSent = false
             do throws(MigrationError) {
                 let urgent = preempt.withLock { $0 }?.writer
-                let pacing = progress.withLock { Self.postcopyPacing(parameters, windows: $0.recentBandwidths) }
+                let pacing = progress.withLock { p in
+                    let rate = Self.postcopyPacing(parameters, p)
+                    p.info.postcopyPacing = rate ?? 0
+                    return rate
+                }
                 try parts.ram.sendPostcopy(writer, urgent: urgent, requests: requests, pacing: pacing)
                 try urgent?.sendEnd()
                 try writer.sendEnd()
@@ -68,9 +72,10 @@ extension PrecopySource {
         }
     }
 
-    /// The background's pace after the switch (`PostcopyPacing`), from `parameters` and precopy's windows.
-    static func postcopyPacing(_ parameters: MigrationParameters, windows: [Double]) -> UInt64? {
-        PostcopyPacing.rate(precopyWindows: windows, maxBandwidth: parameters.maxBandwidth,
-                            maxPostcopyBandwidth: parameters.maxPostcopyBandwidth, percent: parameters.postcopyPacing)
+    /// The background's pace after the switch (`PostcopyPacing`), from `parameters` and what precopy measured.
+    static func postcopyPacing(_ parameters: MigrationParameters, _ progress: Progress) -> UInt64? {
+        PostcopyPacing.rate(precopyWindows: progress.recentBandwidths, deliveryRates: progress.recentDeliveryRates,
+                            maxBandwidth: parameters.maxBandwidth, maxPostcopyBandwidth: parameters.maxPostcopyBandwidth,
+                            percent: parameters.postcopyPacing)
     }
 }

@@ -90,6 +90,8 @@ public final class PrecopySource: Sendable {
         var postcopyStart: UInt64?
         /// The last live windows' bandwidths (bytes per second) of windows that sent something.
         var recentBandwidths: [Double] = []
+        /// The main channel's delivery-rate samples at the end of those windows (`ByteChannel.deliveryRate`).
+        var recentDeliveryRates: [UInt64] = []
         /// What main channels broken in postcopy carried (a recovery opens a new one).
         var earlierMain: (bytes: UInt64, frames: UInt64) = (0, 0)
         /// Times postcopy paused (its connection broke, or `migrate-pause`).
@@ -203,7 +205,14 @@ public final class PrecopySource: Sendable {
             if p.postcopyStart != nil { writer.setRateLimit(parameters.maxPostcopyBandwidth) }
             return p.postcopyStart != nil
         }
-        if postcopy { channel.limitPacing(Self.postcopyPacing(parameters, windows: progress.withLock { $0.recentBandwidths })) }
+        if postcopy {
+            let rate = progress.withLock { p in
+                let rate = Self.postcopyPacing(parameters, p)
+                p.info.postcopyPacing = rate ?? 0
+                return rate
+            }
+            channel.limitPacing(rate)
+        }
     }
 
     /// Asks a running migration to stop; the source guest keeps (or resumes)
@@ -407,6 +416,7 @@ public final class PrecopySource: Sendable {
         let (statistics, limiter) = (parts.ram.statistics, self.limiter)
         let detection = start.zeroPageDetection
         let sender = MultifdSender(workers: saver.barrier.parties, channels: [], limiter: limiter,
+                                   jobPages: RAMMigration.fileJobPages,
                                    onFailure: { saver.barrier.abort() }) { _ throws(MigrationError) in
             FilePageWorker(saver: saver, detection: detection == .legacy ? .none : detection, statistics: statistics, limiter: limiter)
         }
@@ -484,9 +494,11 @@ public final class PrecopySource: Sendable {
                 switchoverBandwidth = parameters.availSwitchoverBandwidth > 0 ? Double(parameters.availSwitchoverBandwidth) : bandwidth
                 threshold = UInt64(switchoverBandwidth * Double(parameters.downtimeLimit) / 1000)
                 let pending = pendingEstimate()
+                let delivery = bytes > windowBytes ? channel.deliveryRate() : nil
                 progress.withLock { p in
                     p.info.bandwidth = bandwidth
                     if bytes > windowBytes { p.recentBandwidths = Array((p.recentBandwidths + [bandwidth]).suffix(PostcopyPacing.windows)) }
+                    if let delivery { p.recentDeliveryRates = Array((p.recentDeliveryRates + [delivery]).suffix(PostcopyPacing.windows)) }
                     p.info.pagesPerSecond = UInt64(Double(stats.normalPages + stats.zeroPages - windowPages) / seconds)
                     p.info.expectedDowntime = switchoverBandwidth > 0 ? UInt64(Double(pending) / switchoverBandwidth * 1000) : nil
                 }

@@ -127,6 +127,13 @@ public final class DescriptorChannel: ZeroCopyChannel {
         _ = closed.withLock { done in done ? 0 : CLinuxUAPI_socket_max_pacing_rate(descriptor, bytesPerSecond ?? UInt64.max) }
     }
 
+    /// TCP's latest delivery-rate sample (`TCP_INFO`), unless it was
+    /// application-limited; nil for channels that are not TCP.
+    public func deliveryRate() -> UInt64? {
+        let rate = closed.withLock { done in done ? 0 : CLinuxUAPI_socket_delivery_rate(descriptor) }
+        return rate > 0 ? UInt64(rate) : nil
+    }
+
     public func waitWritable(timeout: Duration) throws(ChannelError) -> Bool {
         let result = closed.withLock { done in done ? 1 : CLinuxUAPI_wait_writable(descriptor, timeout.pollMilliseconds) }
         guard result >= 0 else { throw .system("poll on the migration channel", errno: -result) }

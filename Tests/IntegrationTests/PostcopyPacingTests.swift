@@ -13,6 +13,16 @@ import Testing
         #expect(PostcopyPacing.rate(precopyWindows: [100, 300], maxBandwidth: 0, maxPostcopyBandwidth: 0, percent: 50) == 100)
     }
 
+    @Test func tcpsHighestDeliveryRateSampleIsTheLinksRateWhenThereIsOne() {
+        // Losses kept what the windows sent under the link's rate; TCP's samples see the link.
+        let windows = [link * 0.85, link * 0.9, link * 0.88]
+        #expect(PostcopyPacing.rate(precopyWindows: windows, deliveryRates: [112_000_000, 120_000_000, 115_000_000],
+                                    maxBandwidth: 100 << 30, maxPostcopyBandwidth: 0, percent: 90) == 108_000_000)
+        // Held by max-bandwidth: whatever TCP saw, the link's rate under load is unknown.
+        #expect(PostcopyPacing.rate(precopyWindows: [Double(64 << 20)], deliveryRates: [118_000_000],
+                                    maxBandwidth: 64 << 20, maxPostcopyBandwidth: 0, percent: 95) == nil)
+    }
+
     @Test func maxPostcopyBandwidthIsThePaceWhenSet() {
         #expect(PostcopyPacing.rate(precopyWindows: [link], maxBandwidth: 100 << 30, maxPostcopyBandwidth: 50 << 20, percent: 90)
                 == 50 << 20)

@@ -21,6 +21,29 @@ import Testing
         #expect(Self.pacing(of: sender) == UInt64.max)
     }
 
+    @Test func aTCPChannelThatKeptThePathBusyHasADeliveryRate() throws {
+        let (sender, receiver) = try Kit.tcpPair()
+        defer { sender.close(); receiver.close() }
+        #expect(sender.deliveryRate() == nil)       // nothing sent yet
+        let bytes = 64 << 20
+        let reader = ReaderThread(receiver, count: bytes)
+        let chunk = [UInt8](repeating: 0x5A, count: 1 << 20)
+        // Sampled while the socket still has data in flight (a sample taken once the
+        // sender is idle is application-limited, and says nothing).
+        var rate: UInt64?
+        for _ in 0..<64 {
+            try sender.write(chunk)
+            if let sample = sender.deliveryRate() { rate = max(rate ?? 0, sample) }
+        }
+        #expect(try reader.wait().count == bytes)
+        // Loopback delivers far faster than any link: at least 10 MB/s whatever the host's load.
+        #expect(rate != nil)
+        if let rate { #expect(rate > 10_000_000) }
+        let (a, b) = try Kit.socketPair()
+        defer { a.close(); b.close() }
+        #expect(a.deliveryRate() == nil)            // not TCP
+    }
+
     @Test func aClosedChannelIsLeftAlone() throws {
         let (sender, receiver) = try Kit.tcpPair()
         sender.close()

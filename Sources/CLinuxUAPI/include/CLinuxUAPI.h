@@ -544,6 +544,20 @@ static inline int CLinuxUAPI_socket_max_pacing_rate(int fd, unsigned long long b
     unsigned long long rate = bytes_per_second;
     return setsockopt(fd, SOL_SOCKET, 47 /* SO_MAX_PACING_RATE */, &rate, sizeof rate) == 0 ? 0 : -errno;
 }
+/* TCP's latest delivery-rate sample for socket `fd` in bytes per second (TCP_INFO's
+ * tcpi_delivery_rate, Linux 4.9): what the path delivered while the sender kept it busy.
+ * 0 when the sample was application-limited (it says nothing about the path) or the
+ * kernel has none; -errno on failure.  Offsets from linux/tcp.h's struct tcp_info (glibc's
+ * netinet/tcp.h has an older one): the app-limited bit is bit 0 of byte 7, the rate at 160. */
+static inline long long CLinuxUAPI_socket_delivery_rate(int fd) {
+    unsigned char info[232] = {0};
+    socklen_t length = sizeof info;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, info, &length) != 0) return -errno;
+    if (length < 168 || (info[7] & 1)) return 0;
+    unsigned long long rate;
+    memcpy(&rate, info + 160, sizeof rate);
+    return rate > (unsigned long long)__LONG_LONG_MAX__ ? __LONG_LONG_MAX__ : (long long)rate;
+}
 static inline long CLinuxUAPI_read(int fd, void *buffer, size_t count) {
     long r;
     do { r = read(fd, buffer, count); } while (r < 0 && errno == EINTR);

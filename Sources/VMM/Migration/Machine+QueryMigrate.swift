@@ -109,7 +109,8 @@ extension Machine {
             result["x-ferry-postcopy"] = ["requests": .int(Int64(info.postcopyRequests)),
                                           "dropped-requests": .int(Int64(info.postcopyDroppedRequests)),
                                           "urgent-pages": .int(Int64(info.postcopyUrgentPages)),
-                                          "pauses": .int(Int64(info.postcopyPauses))]
+                                          "pauses": .int(Int64(info.postcopyPauses)),
+                                          "pacing": .int(Int64(clamping: info.postcopyPacing))]
         }
         // Ferry's own: what a completed mapped-ram save wrote.
         if let saved = info.mappedRAM {
