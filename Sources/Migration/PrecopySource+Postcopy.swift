@@ -54,7 +54,7 @@ extension PrecopySource {
             do throws(MigrationError) {
                 let urgent = preempt.withLock { $0 }?.writer
                 let pacing = progress.withLock { p in
-                    let rate = Self.postcopyPacing(parameters, p)
+                    let rate = postcopyPacing(parameters, p)
                     p.info.postcopyPacing = rate ?? 0
                     return rate
                 }
@@ -73,9 +73,9 @@ extension PrecopySource {
     }
 
     /// The background's pace after the switch (`PostcopyPacing`), from `parameters` and what precopy measured.
-    static func postcopyPacing(_ parameters: MigrationParameters, _ progress: Progress) -> UInt64? {
+    func postcopyPacing(_ parameters: MigrationParameters, _ progress: Progress) -> UInt64? {
         PostcopyPacing.rate(precopyWindows: progress.recentBandwidths, deliveryRates: progress.recentDeliveryRates,
                             maxBandwidth: parameters.maxBandwidth, maxPostcopyBandwidth: parameters.maxPostcopyBandwidth,
-                            percent: parameters.postcopyPacing)
+                            percent: parameters.postcopyPacing, preempt: capabilities.postcopyPreempt)
     }
 }

@@ -207,7 +207,7 @@ public final class PrecopySource: Sendable {
         }
         if postcopy {
             let rate = progress.withLock { p in
-                let rate = Self.postcopyPacing(parameters, p)
+                let rate = postcopyPacing(parameters, p)
                 p.info.postcopyPacing = rate ?? 0
                 return rate
             }

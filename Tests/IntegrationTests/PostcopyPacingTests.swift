@@ -7,20 +7,30 @@ import Testing
 
     @Test func pacedAtThePercentageOfTheMedianOfPrecopysLastWindows() {
         // One window inflated (the socket's buffer filling) does not move the median.
-        let windows = [link, link * 3, link * 0.98, link * 1.01, link]
+        let windows = [link, link * 3, link * 0.98, link * 1.01, link]       // no delivery-rate samples
         #expect(PostcopyPacing.rate(precopyWindows: windows, maxBandwidth: 100 << 30, maxPostcopyBandwidth: 0, percent: 90)
                 == UInt64(link * 0.9))
         #expect(PostcopyPacing.rate(precopyWindows: [100, 300], maxBandwidth: 0, maxPostcopyBandwidth: 0, percent: 50) == 100)
     }
 
-    @Test func tcpsHighestDeliveryRateSampleIsTheLinksRateWhenThereIsOne() {
+    @Test func tcpsMedianDeliveryRateIsTheLinksRateWithinHeadroomOfWhatWasSent() {
         // Losses kept what the windows sent under the link's rate; TCP's samples see the link.
-        let windows = [link * 0.85, link * 0.9, link * 0.88]
-        #expect(PostcopyPacing.rate(precopyWindows: windows, deliveryRates: [112_000_000, 120_000_000, 115_000_000],
-                                    maxBandwidth: 100 << 30, maxPostcopyBandwidth: 0, percent: 90) == 108_000_000)
+        let windows = [100e6, 104e6, 102e6]
+        #expect(PostcopyPacing.rate(precopyWindows: windows, deliveryRates: [108_000_000, 250_000_000, 110_000_000, 90_000_000, 112_000_000],
+                                    maxBandwidth: 100 << 30, maxPostcopyBandwidth: 0, percent: 90) == 99_000_000)
+        // Samples far too high (bunched acknowledgements): at most 10 % over what was sent.
+        #expect(PostcopyPacing.rate(precopyWindows: [100e6], deliveryRates: [190_000_000, 200_000_000],
+                                    maxBandwidth: 100 << 30, maxPostcopyBandwidth: 0, percent: 50) == 55_000_000)
         // Held by max-bandwidth: whatever TCP saw, the link's rate under load is unknown.
         #expect(PostcopyPacing.rate(precopyWindows: [Double(64 << 20)], deliveryRates: [118_000_000],
                                     maxBandwidth: 64 << 20, maxPostcopyBandwidth: 0, percent: 95) == nil)
+    }
+
+    @Test func withoutAPreemptChannelOnlyMaxPostcopyBandwidthPaces() {
+        #expect(PostcopyPacing.rate(precopyWindows: [link], deliveryRates: [118_000_000], maxBandwidth: 100 << 30,
+                                    maxPostcopyBandwidth: 0, percent: 95, preempt: false) == nil)
+        #expect(PostcopyPacing.rate(precopyWindows: [link], maxBandwidth: 100 << 30,
+                                    maxPostcopyBandwidth: 50 << 20, percent: 95, preempt: false) == 50 << 20)
     }
 
     @Test func maxPostcopyBandwidthIsThePaceWhenSet() {
