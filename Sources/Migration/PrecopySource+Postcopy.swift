@@ -53,12 +53,8 @@ extension PrecopySource {
             var endsSent = false
             do throws(MigrationError) {
                 let urgent = preempt.withLock { $0 }?.writer
-                let pacing = progress.withLock { p in
-                    let rate = postcopyPacing(parameters, p)
-                    p.info.postcopyPacing = rate ?? 0
-                    return rate
-                }
-                try parts.ram.sendPostcopy(writer, urgent: urgent, requests: requests, pacing: pacing)
+                applyPostcopyPacing()
+                try parts.ram.sendPostcopy(writer, urgent: urgent, requests: requests)
                 try urgent?.sendEnd()
                 try writer.sendEnd()
                 endsSent = true
@@ -72,10 +68,17 @@ extension PrecopySource {
         }
     }
 
-    /// The background's pace after the switch (`PostcopyPacing`), from `parameters` and what precopy measured.
-    func postcopyPacing(_ parameters: MigrationParameters, _ progress: Progress) -> UInt64? {
-        PostcopyPacing.rate(precopyWindows: progress.recentBandwidths, deliveryRates: progress.recentDeliveryRates,
-                            maxBandwidth: parameters.maxBandwidth, maxPostcopyBandwidth: parameters.maxPostcopyBandwidth,
-                            percent: parameters.postcopyPacing, preempt: capabilities.postcopyPreempt)
+    /// Paces the main channel for postcopy's background (`PostcopyPacing`) from
+    /// the parameters in force and what precopy measured.  Under the progress
+    /// lock, so a parameter change and the postcopy thread cannot apply their
+    /// rates in the wrong order.
+    func applyPostcopyPacing() {
+        let parameters = self.parameters
+        progress.withLock { p in
+            let rate = PostcopyPacing.rate(p.recentWindows, maxPostcopyBandwidth: parameters.maxPostcopyBandwidth,
+                                           percent: parameters.postcopyPacing, preempt: capabilities.postcopyPreempt)
+            p.info.postcopyPacing = rate ?? 0
+            channel.limitPacing(rate)
+        }
     }
 }

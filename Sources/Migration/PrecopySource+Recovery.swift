@@ -66,6 +66,7 @@ extension PrecopySource {
             progress.withLock { p in
                 p.info.status = .postcopyPaused
                 p.postcopyPauses += 1
+                p.recentWindows = []        // the recovery may take another path: its pace is not known
             }
             onStatus(.postcopyPaused)
             guard let opener = recovery.take() else { throw .postcopyFailed("the machine quit while postcopy was paused") }

@@ -88,10 +88,9 @@ public final class PrecopySource: Sendable {
         var postcopyRequested = false
         /// The switch to postcopy was made: the stream's bytes at that moment.
         var postcopyStart: UInt64?
-        /// The last live windows' bandwidths (bytes per second) of windows that sent something.
-        var recentBandwidths: [Double] = []
-        /// The main channel's delivery-rate samples at the end of those windows (`ByteChannel.deliveryRate`).
-        var recentDeliveryRates: [UInt64] = []
+        /// The last live windows that sent something, for postcopy's pace (`PostcopyPacing`);
+        /// emptied when postcopy pauses (a recovery may take another path).
+        var recentWindows: [PostcopyPacing.Window] = []
         /// What main channels broken in postcopy carried (a recovery opens a new one).
         var earlierMain: (bytes: UInt64, frames: UInt64) = (0, 0)
         /// Times postcopy paused (its connection broke, or `migrate-pause`).
@@ -205,14 +204,7 @@ public final class PrecopySource: Sendable {
             if p.postcopyStart != nil { writer.setRateLimit(parameters.maxPostcopyBandwidth) }
             return p.postcopyStart != nil
         }
-        if postcopy {
-            let rate = progress.withLock { p in
-                let rate = postcopyPacing(parameters, p)
-                p.info.postcopyPacing = rate ?? 0
-                return rate
-            }
-            channel.limitPacing(rate)
-        }
+        if postcopy { applyPostcopyPacing() }
     }
 
     /// Asks a running migration to stop; the source guest keeps (or resumes)
@@ -497,8 +489,10 @@ public final class PrecopySource: Sendable {
                 let delivery = bytes > windowBytes ? channel.deliveryRate() : nil
                 progress.withLock { p in
                     p.info.bandwidth = bandwidth
-                    if bytes > windowBytes { p.recentBandwidths = Array((p.recentBandwidths + [bandwidth]).suffix(PostcopyPacing.windows)) }
-                    if let delivery { p.recentDeliveryRates = Array((p.recentDeliveryRates + [delivery]).suffix(PostcopyPacing.windows)) }
+                    if bytes > windowBytes {
+                        let window = PostcopyPacing.Window(sent: bandwidth, delivery: delivery, maxBandwidth: parameters.maxBandwidth)
+                        p.recentWindows = Array((p.recentWindows + [window]).suffix(PostcopyPacing.windows))
+                    }
                     p.info.pagesPerSecond = UInt64(Double(stats.normalPages + stats.zeroPages - windowPages) / seconds)
                     p.info.expectedDowntime = switchoverBandwidth > 0 ? UInt64(Double(pending) / switchoverBandwidth * 1000) : nil
                 }

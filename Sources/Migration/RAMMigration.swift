@@ -302,8 +302,7 @@ public final class RAMMigration: Migratable {
     /// Each background frame is short, and the queue is looked at before each,
     /// so a request waits behind at most one frame (plus what the socket holds).
     /// Returns once no page is dirty; a request after that names pages sent already.
-    func sendPostcopy(_ output: StreamWriter, urgent: StreamWriter?, requests: PostcopyRequests,
-                      pacing: UInt64? = nil) throws(MigrationError) {
+    func sendPostcopy(_ output: StreamWriter, urgent: StreamWriter?, requests: PostcopyRequests) throws(MigrationError) {
         var background = PageSender(writer: output, mappings: mappings, detection: .multifd, statistics: statistics)
         var preempt = PageSender(writer: urgent ?? output, mappings: mappings, detection: .multifd, statistics: statistics)
         var picker = PostcopyPicker(unitPages: blocks.map { $0.pageSize.byteCount / Self.pageSize }, preempt: urgent != nil)
@@ -312,9 +311,6 @@ public final class RAMMigration: Migratable {
         // channel, what a request's pages queue behind), and a background frame is written
         // only once it has room, requests being served meanwhile.
         output.channel.limitUnsent(Self.postcopyUnsentBytes)
-        // Paced a little under the link's rate (when known), the background leaves the
-        // bottleneck's queue short for the requested pages (`PostcopyPacing`).
-        output.channel.limitPacing(pacing)
         while true {
             while let request = try requests.take() {
                 let pick = send.withLock { state in
@@ -453,7 +449,8 @@ public final class RAMMigration: Migratable {
             try reader.readTail(into: scratch.list)
         }
         // Each page as it now is in RAM against the checksum the source computed.
-        var intact = scratch.intact
+        var intact: [Bool] = []
+        swap(&intact, &scratch.intact)      // its storage, unshared: kept from frame to frame
         intact.removeAll(keepingCapacity: true)
         var position = 0
         for run in runs.runs {

@@ -3,51 +3,60 @@ import Testing
 
 /// The background's pace after the switch to postcopy.
 @Suite struct PostcopyPacingTests {
-    let link = 117e6        // what precopy measured on a 1 Gbit/s link, bytes per second
+    typealias Window = PostcopyPacing.Window
+    static let unlimited: UInt64 = 100 << 30
 
-    @Test func pacedAtThePercentageOfTheMedianOfPrecopysLastWindows() {
-        // One window inflated (the socket's buffer filling) does not move the median.
-        let windows = [link, link * 3, link * 0.98, link * 1.01, link]       // no delivery-rate samples
-        #expect(PostcopyPacing.rate(precopyWindows: windows, maxBandwidth: 100 << 30, maxPostcopyBandwidth: 0, percent: 90)
-                == UInt64(link * 0.9))
-        #expect(PostcopyPacing.rate(precopyWindows: [100, 300], maxBandwidth: 0, maxPostcopyBandwidth: 0, percent: 50) == 100)
+    static func busy(_ sent: Double, _ delivery: UInt64, maxBandwidth: UInt64 = unlimited) -> Window {
+        Window(sent: sent, delivery: delivery, maxBandwidth: maxBandwidth)
     }
 
-    @Test func tcpsMedianDeliveryRateIsTheLinksRateWithinHeadroomOfWhatWasSent() {
+    static func idle(_ sent: Double) -> Window { Window(sent: sent, delivery: nil, maxBandwidth: unlimited) }
+
+    @Test func theMedianDeliveryRateOfTheBusyWindowsWithinHeadroomOfWhatTheySent() {
         // Losses kept what the windows sent under the link's rate; TCP's samples see the link.
-        let windows = [100e6, 104e6, 102e6]
-        #expect(PostcopyPacing.rate(precopyWindows: windows, deliveryRates: [108_000_000, 250_000_000, 110_000_000, 90_000_000, 112_000_000],
-                                    maxBandwidth: 100 << 30, maxPostcopyBandwidth: 0, percent: 90) == 99_000_000)
+        let windows = [Self.busy(100e6, 108_000_000), Self.busy(104e6, 250_000_000), Self.busy(102e6, 110_000_000),
+                       Self.busy(101e6, 90_000_000), Self.busy(103e6, 112_000_000)]
+        #expect(PostcopyPacing.rate(windows, maxPostcopyBandwidth: 0, percent: 90, preempt: true) == 99_000_000)
         // Samples far too high (bunched acknowledgements): at most 10 % over what was sent.
-        #expect(PostcopyPacing.rate(precopyWindows: [100e6], deliveryRates: [190_000_000, 200_000_000],
-                                    maxBandwidth: 100 << 30, maxPostcopyBandwidth: 0, percent: 50) == 55_000_000)
-        // Held by max-bandwidth: whatever TCP saw, the link's rate under load is unknown.
-        #expect(PostcopyPacing.rate(precopyWindows: [Double(64 << 20)], deliveryRates: [118_000_000],
-                                    maxBandwidth: 64 << 20, maxPostcopyBandwidth: 0, percent: 95) == nil)
+        #expect(PostcopyPacing.rate([Self.busy(100e6, 190_000_000), Self.busy(100e6, 200_000_000)],
+                                    maxPostcopyBandwidth: 0, percent: 50, preempt: true) == 55_000_000)
     }
 
-    @Test func withoutAPreemptChannelOnlyMaxPostcopyBandwidthPaces() {
-        #expect(PostcopyPacing.rate(precopyWindows: [link], deliveryRates: [118_000_000], maxBandwidth: 100 << 30,
-                                    maxPostcopyBandwidth: 0, percent: 95, preempt: false) == nil)
-        #expect(PostcopyPacing.rate(precopyWindows: [link], maxBandwidth: 100 << 30,
-                                    maxPostcopyBandwidth: 50 << 20, percent: 95, preempt: false) == 50 << 20)
+    @Test func idleWindowsDoNotCountAndTooFewBusyOnesMeanNoPace() {
+        // A first pass over zero pages sends little and keeps nothing busy: left out.
+        let some = [Self.idle(5e6), Self.busy(100e6, 110_000_000), Self.busy(100e6, 110_000_000), Self.idle(20e6)]
+        #expect(PostcopyPacing.rate(some, maxPostcopyBandwidth: 0, percent: 90, preempt: true) == 99_000_000)
+        let mostlyIdle = [Self.idle(5e6), Self.idle(8e6), Self.busy(100e6, 110_000_000)]
+        #expect(PostcopyPacing.rate(mostlyIdle, maxPostcopyBandwidth: 0, percent: 90, preempt: true) == nil)
+        #expect(PostcopyPacing.rate([], maxPostcopyBandwidth: 0, percent: 90, preempt: true) == nil)
+    }
+
+    @Test func windowsHeldByTheMaxBandwidthThenInForceDoNotCount() {
+        // Precopy at QEMU's default 128 MiB/s: the link's own rate is unknown, even if the limit is lifted later.
+        let held = Window(sent: Double(128 << 20) * 0.97, delivery: 150_000_000, maxBandwidth: 128 << 20)
+        #expect(held.limited)
+        #expect(PostcopyPacing.rate([held, held, held], maxPostcopyBandwidth: 0, percent: 95, preempt: true) == nil)
+        // Well under the limit: the link held it.
+        let free = Window(sent: 100e6, delivery: 110_000_000, maxBandwidth: 1 << 30)
+        #expect(!free.limited)
+        #expect(PostcopyPacing.rate([free], maxPostcopyBandwidth: 0, percent: 90, preempt: true) == 99_000_000)
+    }
+
+    @Test func withoutAPreemptChannelNothingIsPaced() {
+        let windows = [Self.busy(100e6, 110_000_000)]
+        #expect(PostcopyPacing.rate(windows, maxPostcopyBandwidth: 0, percent: 95, preempt: false) == nil)
+        // max-postcopy-bandwidth is the rate limiter's then: a request on the main channel is never held back.
+        #expect(PostcopyPacing.rate(windows, maxPostcopyBandwidth: 50 << 20, percent: 95, preempt: false) == nil)
     }
 
     @Test func maxPostcopyBandwidthIsThePaceWhenSet() {
-        #expect(PostcopyPacing.rate(precopyWindows: [link], maxBandwidth: 100 << 30, maxPostcopyBandwidth: 50 << 20, percent: 90)
+        #expect(PostcopyPacing.rate([Self.busy(100e6, 110_000_000)], maxPostcopyBandwidth: 50 << 20, percent: 90, preempt: true)
                 == 50 << 20)
-        #expect(PostcopyPacing.rate(precopyWindows: [], maxBandwidth: 0, maxPostcopyBandwidth: 50 << 20, percent: 0) == 50 << 20)
+        #expect(PostcopyPacing.rate([], maxPostcopyBandwidth: 50 << 20, percent: 0, preempt: true) == 50 << 20)
     }
 
-    @Test func notPacedWhenOffUnmeasuredOrHeldByMaxBandwidth() {
-        #expect(PostcopyPacing.rate(precopyWindows: [link], maxBandwidth: 100 << 30, maxPostcopyBandwidth: 0, percent: 0) == nil)
-        #expect(PostcopyPacing.rate(precopyWindows: [], maxBandwidth: 100 << 30, maxPostcopyBandwidth: 0, percent: 90) == nil)
-        // Precopy ran at QEMU's default 128 MiB/s limit: the link's own rate is unknown.
-        #expect(PostcopyPacing.rate(precopyWindows: [Double(128 << 20) * 0.97], maxBandwidth: 128 << 20,
-                                    maxPostcopyBandwidth: 0, percent: 90) == nil)
-        // Well under the limit: the link held it.
-        #expect(PostcopyPacing.rate(precopyWindows: [link], maxBandwidth: 1 << 30, maxPostcopyBandwidth: 0, percent: 90)
-                == UInt64(link * 0.9))
+    @Test func offWithZeroPercent() {
+        #expect(PostcopyPacing.rate([Self.busy(100e6, 110_000_000)], maxPostcopyBandwidth: 0, percent: 0, preempt: true) == nil)
     }
 
     @Test func theParameterTakesAPercentage() throws {
