@@ -104,11 +104,7 @@ struct PageSender: ~Copyable {
                 let scan = mapping!.withSpan(at: offset, count: Self.pageSize) { PageScan.of($0) }
                 if !(findZero && scan.isZero) {
                     index.append(block: block, offset: UInt64(offset), kind: .data, checksum: scan.checksum)
-                    if let last = dataRuns.last, last.block == block, last.offset + last.pages * Self.pageSize == offset {
-                        dataRuns[dataRuns.count - 1].pages += 1
-                    } else {
-                        dataRuns.append(PageRun(block: block, offset: offset, pages: 1))
-                    }
+                    dataRuns.appendPage(block: block, offset: offset, pageSize: Self.pageSize)
                     data += 1
                     continue
                 }
@@ -161,6 +157,17 @@ struct PageRun: Equatable {
     let block: Int
     let offset: Int
     var pages: Int
+}
+
+extension Array where Element == PageRun {
+    /// The page at `offset` of `block` next: it extends the last run when adjacent to it.
+    mutating func appendPage(block: Int, offset: Int, pageSize: Int) {
+        if let last, last.block == block, last.offset + last.pages * pageSize == offset {
+            self[count - 1].pages += 1
+        } else {
+            append(PageRun(block: block, offset: offset, pages: 1))
+        }
+    }
 }
 
 /// RAM counters shared by the threads that send or load pages.

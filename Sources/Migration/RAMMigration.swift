@@ -601,12 +601,7 @@ struct DataRuns {
         checksums.reserveCapacity(records.count)
         for record in records where record.kind == .data {
             checksums.append(record.checksum)
-            let offset = Int(record.offset)
-            if let last = runs.last, last.block == record.block, last.offset + last.pages * pageSize == offset {
-                runs[runs.count - 1].pages += 1
-            } else {
-                runs.append(PageRun(block: record.block, offset: offset, pages: 1))
-            }
+            runs.appendPage(block: record.block, offset: Int(record.offset), pageSize: pageSize)
         }
     }
 }

@@ -11,7 +11,7 @@ from test_migration import wait_status
 from test_multifd import assert_guest_moved, guest_beats, needs_qemu, refused, vms, wait_guest_ready  # noqa: F401
 
 
-async def postcopy_recipe(src, dst, preempt=False):
+async def postcopy_recipe(src, dst, preempt=False, postcopy_bandwidth=None):
     """QEMU's postcopy recipe, command for command; returns the source's final query-migrate."""
     for client in (src, dst):
         await client.execute("migrate-set-capabilities", {"capabilities": [{"capability": "postcopy-ram", "state": True},
@@ -22,6 +22,8 @@ async def postcopy_recipe(src, dst, preempt=False):
     await dst.execute("migrate-set-capabilities", {"capabilities": [{"capability": "postcopy-blocktime", "state": True}]})
     # 4 MiB/s: less than the guest dirties (16 MB/s), so precopy alone never ends.
     await src.execute("migrate-set-parameters", {"max-bandwidth": 4 << 20, "downtime-limit": 1})
+    if postcopy_bandwidth is not None:
+        await src.execute("migrate-set-parameters", {"max-postcopy-bandwidth": postcopy_bandwidth})
     await dst.execute("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
     port = int((await dst.execute("query-migrate"))["socket-address"][0]["port"])
     await src.execute("migrate", {"uri": f"tcp:127.0.0.1:{port}"})
@@ -48,7 +50,7 @@ def test_postcopy_qemu_recipe(vms, kind, preempt):
     async def scenario():
         src, dst = await source.connect(), await destination.connect()
         await wait_guest_ready(source)
-        info = await postcopy_recipe(src.qmp, dst.qmp, preempt)
+        info = await postcopy_recipe(src.qmp, dst.qmp, preempt, postcopy_bandwidth=64 << 20)
         ram = info["ram"]
         assert ram["postcopy-bytes"] > 0, ram
         assert ram["remaining"] == 0
@@ -72,8 +74,31 @@ def test_postcopy_qemu_recipe(vms, kind, preempt):
             assert postcopy["placed-pages"] > 0 and postcopy["requests"] == ram["postcopy-requests"], (postcopy, ram)
             roles = [c["role"] for c in info["x-ferry-channels"]]
             assert ("postcopy-preempt" in roles) == preempt, roles
+            # With a preempt channel the background went paced at max-postcopy-bandwidth; without
+            # one nothing is paced (a request would queue behind the main socket's unsent bytes).
+            assert info["x-ferry-postcopy"]["pacing"] == (64 << 20 if preempt else 0), info["x-ferry-postcopy"]
         await destination.quit()
         await source.quit()
+
+    asyncio.run(scenario())
+
+
+def test_postcopy_pacing_parameter(vms):
+    """Ferry's own x-ferry-postcopy-pacing: a percentage, read back, out-of-range values refused."""
+    vm = vms("ferry", "vm")
+
+    async def scenario():
+        client = (await vm.connect()).qmp
+        assert (await client.execute("query-migrate-parameters"))["x-ferry-postcopy-pacing"] == 95
+        await client.execute("migrate-set-parameters", {"x-ferry-postcopy-pacing": 50})
+        assert (await client.execute("query-migrate-parameters"))["x-ferry-postcopy-pacing"] == 50
+        for bad in (101, -1):
+            message = await refused(client, "migrate-set-parameters", {"x-ferry-postcopy-pacing": bad})
+            assert message == "Parameter 'x-ferry-postcopy-pacing' expects an integer in the range of 0 to 100", message
+        message = await refused(client, "migrate-set-parameters", {"x-ferry-postcopy-pacing": "fast"})
+        assert "x-ferry-postcopy-pacing" in message, message
+        assert (await client.execute("query-migrate-parameters"))["x-ferry-postcopy-pacing"] == 50
+        await vm.quit()
 
     asyncio.run(scenario())
 
