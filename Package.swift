@@ -41,8 +41,10 @@ let package = Package(
         .target(name: "PVHBoot", dependencies: ["GuestMemory"], swiftSettings: strict),
         // The built-in test guest: image bytes, its ABI, the host-side page verifier.
         .target(name: "EmbeddedGuest", dependencies: ["GuestMemory"], swiftSettings: hot),
+        // C only: the frame checksum's block loop with AVX2, used where the CPU has it (the Swift loop is the reference).
+        .target(name: "CFrameChecksum"),
         // Pure: the migration stream format (framing, configuration, page records, sections).
-        .target(name: "MigrationProtocol", swiftSettings: hot),
+        .target(name: "MigrationProtocol", dependencies: ["CFrameChecksum"], swiftSettings: hot),
         // Debian's system libzstd (libzstd-dev), for multifd's zstd compression.
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
         // zstd compression of page batches: reusable per-channel contexts, typed errors, no unsafe API.
