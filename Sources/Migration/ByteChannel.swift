@@ -38,6 +38,21 @@ public protocol ByteChannel: Sendable {
     /// Waits up to `timeout` until a write would go ahead without waiting long
     /// (under the `limitUnsent` bound); true at once for channels without one.
     func waitWritable(timeout: Duration) throws(ChannelError) -> Bool
+    /// A doorbell that `waitWritable(timeout:orRung:)` also wakes for; nil when the
+    /// channel has none (its waits then last their timeout).
+    func makeDoorbell() -> (any ChannelDoorbell)?
+    /// `waitWritable(timeout:)` that also returns, false unless writable, as soon
+    /// as `doorbell` (made by this channel) rings; a ring is consumed by the wait it ends.
+    func waitWritable(timeout: Duration, orRung doorbell: (any ChannelDoorbell)?) throws(ChannelError) -> Bool
+}
+
+/// Rung by one thread to wake another that waits on a channel (postcopy: a page
+/// request arrived while the migration thread waits to write background pages).
+/// A ring before the wait is not lost: the next wait returns at once.
+public protocol ChannelDoorbell: AnyObject, Sendable {
+    func ring()
+    /// Waits up to `timeout` for a ring; whether one came (and is consumed).
+    func wait(timeout: Duration) -> Bool
 }
 
 extension ByteChannel {
@@ -48,6 +63,10 @@ extension ByteChannel {
     public func limitPacing(_ bytesPerSecond: UInt64?) {}
     public func deliveryRate() -> UInt64? { nil }
     public func waitWritable(timeout: Duration) throws(ChannelError) -> Bool { true }
+    public func makeDoorbell() -> (any ChannelDoorbell)? { nil }
+    public func waitWritable(timeout: Duration, orRung doorbell: (any ChannelDoorbell)?) throws(ChannelError) -> Bool {
+        try waitWritable(timeout: timeout)
+    }
 
     /// For channels that are not descriptors: one copy.
     public func write(_ list: borrowing GatherList) throws(ChannelError) { try write(list.flattened()) }

@@ -73,6 +73,10 @@ final class PendingChannel: ByteChannel {
     func limitPacing(_ bytesPerSecond: UInt64?) { (try? channel)?.limitPacing(bytesPerSecond) }
     func deliveryRate() -> UInt64? { (try? channel)?.deliveryRate() }
     func waitWritable(timeout: Duration) throws(ChannelError) -> Bool { try channel.waitWritable(timeout: timeout) }
+    func makeDoorbell() -> (any ChannelDoorbell)? { (try? channel)?.makeDoorbell() }
+    func waitWritable(timeout: Duration, orRung doorbell: (any ChannelDoorbell)?) throws(ChannelError) -> Bool {
+        try channel.waitWritable(timeout: timeout, orRung: doorbell)
+    }
 
     func shutdown() {
         let previous = state.withLock { s -> State in

@@ -23,6 +23,8 @@ final class PostcopyRequests: Sendable {
         /// Pages sent on the preempt channel.
         var urgentPages: UInt64 = 0
         var failure: MigrationError?
+        /// Rung when a request arrives, so a migration thread waiting to write the background serves it at once.
+        var doorbell: (any ChannelDoorbell)?
     }
 
     let layout: [MigrationConfiguration.Block]
@@ -50,29 +52,34 @@ final class PostcopyRequests: Sendable {
         }
     }
 
+    /// Rings `doorbell` (nil: none) from now on when a request arrives, or is refused.
+    func ringOnArrival(_ doorbell: (any ChannelDoorbell)?) { state.withLock { $0.doorbell = doorbell } }
+
     /// A request from the return path; `false` if it is refused (the failure is kept).
     func add(block: UInt16, offset: UInt64, length: UInt64) -> Bool {
         let checked = check(block: block, offset: offset, length: length)
-        return state.withLock { s in
-            guard s.failure == nil else { return false }
+        let (accepted, doorbell) = state.withLock { s -> (Bool, (any ChannelDoorbell)?) in
+            guard s.failure == nil else { return (false, nil) }
             switch checked {
             case .failure(let error):
                 s.failure = error
-                return false
+                return (false, s.doorbell)
             case .success(let request):
                 guard s.accepting else {
                     s.failure = .stream(.unexpectedFrame("a page request before the switch to postcopy"))
-                    return false
+                    return (false, s.doorbell)
                 }
                 guard s.queue.count < Self.maximumQueued else {
                     s.failure = .stream(.malformed("more than \(Self.maximumQueued) page requests waiting"))
-                    return false
+                    return (false, s.doorbell)
                 }
                 s.received += 1
                 s.queue.append(request)
-                return true
+                return (true, s.doorbell)
             }
         }
+        doorbell?.ring()        // outside the lock: a write to an eventfd
+        return accepted
     }
 
     private func check(block: UInt16, offset: UInt64, length: UInt64) -> Result<Request, MigrationError> {

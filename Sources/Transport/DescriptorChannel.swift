@@ -140,6 +140,17 @@ public final class DescriptorChannel: ZeroCopyChannel {
         return result > 0
     }
 
+    public func makeDoorbell() -> (any ChannelDoorbell)? { try? EventDoorbell() }
+
+    public func waitWritable(timeout: Duration, orRung doorbell: (any ChannelDoorbell)?) throws(ChannelError) -> Bool {
+        guard let event = doorbell as? EventDoorbell else { return try waitWritable(timeout: timeout) }
+        let result = closed.withLock { done in
+            done ? 1 : CLinuxUAPI_wait_writable_or_event(descriptor, event.descriptor, timeout.pollMilliseconds)
+        }
+        guard result >= 0 else { throw .system("poll on the migration channel", errno: -result) }
+        return result & 1 != 0
+    }
+
     public func waitReadable(timeout: Duration) throws(ChannelError) -> Bool {
         let result = CLinuxUAPI_wait_readable(descriptor, timeout.pollMilliseconds)
         guard result >= 0 else { throw .system("poll on the migration channel", errno: -result) }

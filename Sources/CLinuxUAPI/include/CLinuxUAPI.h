@@ -533,6 +533,28 @@ static inline int CLinuxUAPI_wait_writable(int fd, int milliseconds) {
     do { r = poll(&p, 1, milliseconds); } while (r < 0 && errno == EINTR);
     return r < 0 ? -errno : r;
 }
+/* Waits until `fd` is writable (or has an error or hang-up) or eventfd `event`
+ * is signalled, whose count it then resets: returns 1 for fd, 2 for event (3
+ * both), 0 on timeout, -errno. */
+static inline int CLinuxUAPI_wait_writable_or_event(int fd, int event, int milliseconds) {
+    struct pollfd fds[2] = { { .fd = fd, .events = POLLOUT }, { .fd = event, .events = POLLIN } };
+    int r;
+    do { r = poll(fds, 2, milliseconds); } while (r < 0 && errno == EINTR);
+    if (r < 0) return -errno;
+    int rung = (fds[1].revents & POLLIN) ? 2 : 0;
+    if (rung) { uint64_t count; ssize_t n = read(event, &count, sizeof count); (void)n; }
+    return ((fds[0].revents & (POLLOUT | POLLERR | POLLHUP)) ? 1 : 0) | rung;
+}
+/* Waits until eventfd `event` is signalled and resets its count: 1, 0 on timeout, -errno. */
+static inline int CLinuxUAPI_eventfd_wait(int event, int milliseconds) {
+    struct pollfd p = { .fd = event, .events = POLLIN };
+    int r;
+    do { r = poll(&p, 1, milliseconds); } while (r < 0 && errno == EINTR);
+    if (r < 0) return -errno;
+    if (r == 0) return 0;
+    uint64_t count; ssize_t n = read(event, &count, sizeof count); (void)n;
+    return 1;
+}
 /* Bounds what TCP socket `fd` holds unsent (TCP_NOTSENT_LOWAT): it polls
  * writable, and a write goes ahead, only while under about half of `bytes`. */
 static inline int CLinuxUAPI_socket_limit_unsent(int fd, int bytes) {
