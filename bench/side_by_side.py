@@ -511,6 +511,8 @@ def scenario_multifd(ferry_vmm, qemu_vmm, runs, name, workload, ready_pages, tou
         for config in configs:
             for n in names:
                 print(f"  threads, {n}, channels {config[0]}, {config[1]}: " + thread_medians(results[(config, n)]))
+            print(f"  each run's total ms, channels {config[0]}, {config[1]}: " + "; ".join(
+                f"{n} " + " ".join(f"{r['total']:.0f}" for r in results[(config, n)]) for n in names))
         print("  (total, downtime: query-migrate; pause: largest heartbeat gap, 100 ms is normal; CPU-s: utime+stime "
               "from `migrate` to the process's own completion, src includes its running vCPU; 'mig CPU-s': the same "
               "without the vCPU threads; 'dst CPU-s all': the destination since its start, -mem-prealloc included; "

@@ -371,12 +371,15 @@ static inline long CLinuxUAPI_lseek(int fd, long offset, int whence) {
  * largest multifd-channels (255), so a source opening all of them at once
  * never waits on a full queue (TCP would drop the SYN and retry a second later). */
 #define CLINUXUAPI_LISTEN_BACKLOG 256
-/* 4 MiB socket buffers; on TCP no Nagle delay, so the last small frames of a
- * switchover and the return-path answer go out at once (fails harmlessly on Unix sockets). */
+/* On TCP no Nagle delay, so the last small frames of a switchover and the
+ * return-path answer go out at once (fails harmlessly on Unix sockets).  The
+ * buffers are left to the kernel's autotuning (tcp_wmem, tcp_rmem), as QEMU
+ * leaves them: fixed sizes turn it off, and a receive window held at 4 MiB made
+ * the receiving thread on loopback do the sender's transmitting as its window
+ * reopened (multifd, 2 channels: 438 against 387 ms, destination CPU 0.38
+ * against 0.24 s). */
 static inline int CLinuxUAPI_socket_tune(int fd) {
-    int one = 1, size = 4 << 20;
-    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
-    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
+    int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     return fd;
 }
