@@ -2,8 +2,9 @@ import CLinuxUAPI
 import Glibc
 import Migration
 
-/// A `ChannelDoorbell` over an eventfd, which `DescriptorChannel` polls beside
-/// its socket: a ring wakes the waiting thread at once.
+/// An eventfd: a `ChannelDoorbell` that `DescriptorChannel` polls beside its
+/// socket (a ring wakes the waiting thread at once), and what a connect in
+/// progress polls to be cancelled (`ConnectCancellation`).
 final class EventDoorbell: ChannelDoorbell {
     let descriptor: Int32
 
@@ -15,5 +16,9 @@ final class EventDoorbell: ChannelDoorbell {
 
     func ring() { CLinuxUAPI_eventfd_signal(descriptor) }
 
-    func wait(timeout: Duration) -> Bool { CLinuxUAPI_eventfd_wait(descriptor, timeout.pollMilliseconds) > 0 }
+    func wait(timeout: Duration) -> Bool {
+        guard CLinuxUAPI_wait_readable(descriptor, timeout.pollMilliseconds) > 0 else { return false }
+        CLinuxUAPI_eventfd_reset(descriptor)
+        return true
+    }
 }

@@ -180,15 +180,12 @@ extension ChannelAcceptor where Self == IncomingListener {
 
 /// Cancels a `Transport.connect` in progress from another thread (an eventfd).
 public final class ConnectCancellation: Sendable {
-    let descriptor: Int32
+    let event: EventDoorbell
+    var descriptor: Int32 { event.descriptor }
 
-    public init() throws(ChannelError) {
-        descriptor = try Transport.check(CLinuxUAPI_eventfd(), "create an eventfd")
-    }
+    public init() throws(ChannelError) { event = try EventDoorbell() }
 
-    deinit { _ = Glibc.close(descriptor) }
-
-    public func cancel() { CLinuxUAPI_eventfd_signal(descriptor) }
+    public func cancel() { event.ring() }
 }
 
 /// Opens a migration URI on the migration thread; `migrate_cancel` abandons the connect.

@@ -523,6 +523,8 @@ static inline int CLinuxUAPI_set_thread_nice(int nice) {
     return setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), nice) == 0 ? 0 : -errno;
 }
 static inline void CLinuxUAPI_eventfd_signal(int fd) { uint64_t one = 1; ssize_t r = write(fd, &one, sizeof one); (void)r; }
+/* Resets a non-blocking eventfd's count to 0 (a no-op when it is 0 already). */
+static inline void CLinuxUAPI_eventfd_reset(int fd) { uint64_t count; ssize_t r = read(fd, &count, sizeof count); (void)r; }
 /* poll for readability: 1 readable, 0 timeout, -errno. */
 static inline int CLinuxUAPI_wait_readable(int fd, int milliseconds) {
     struct pollfd p = { .fd = fd, .events = POLLIN };
@@ -545,18 +547,8 @@ static inline int CLinuxUAPI_wait_writable_or_event(int fd, int event, int milli
     do { r = poll(fds, 2, milliseconds); } while (r < 0 && errno == EINTR);
     if (r < 0) return -errno;
     int rung = (fds[1].revents & POLLIN) ? 2 : 0;
-    if (rung) { uint64_t count; ssize_t n = read(event, &count, sizeof count); (void)n; }
+    if (rung) CLinuxUAPI_eventfd_reset(event);
     return ((fds[0].revents & (POLLOUT | POLLERR | POLLHUP)) ? 1 : 0) | rung;
-}
-/* Waits until eventfd `event` is signalled and resets its count: 1, 0 on timeout, -errno. */
-static inline int CLinuxUAPI_eventfd_wait(int event, int milliseconds) {
-    struct pollfd p = { .fd = event, .events = POLLIN };
-    int r;
-    do { r = poll(&p, 1, milliseconds); } while (r < 0 && errno == EINTR);
-    if (r < 0) return -errno;
-    if (r == 0) return 0;
-    uint64_t count; ssize_t n = read(event, &count, sizeof count); (void)n;
-    return 1;
 }
 /* Bounds what TCP socket `fd` holds unsent (TCP_NOTSENT_LOWAT): it polls
  * writable, and a write goes ahead, only while under about half of `bytes`. */
