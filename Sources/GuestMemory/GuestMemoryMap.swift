@@ -81,6 +81,9 @@ public final class GuestMemoryMap: Sendable {
         }
     }
 
+    /// The pages written since the last `takeRecordedWrites`, which still reports them.
+    public func peekRecordedWrites() -> [String: DirtyBitmap] { recordedWrites.withLock { $0 ?? [:] } }
+
     public func stopRecordingWrites() { recordedWrites.withLock { $0 = nil } }
 
     /// Little-endian integer reads, bounds-checked like `read`.

@@ -30,11 +30,16 @@ extension VirtualMachine {
     /// Pages written by the VMM itself are not included.
     /// - Throws: ``KVMError/unknownSlot(_:)`` for a slot never mapped;
     ///   ``KVMError/ioctl(_:_:)`` with `ENOENT` if `slot` is not logging.
-    public func collectDirtyLog(slot: MemorySlot) throws(KVMError) -> DirtyBitmap {
+    ///
+    /// With `clearing` false only `KVM_GET_DIRTY_LOG`: the pages stay set in the
+    /// log, nothing is write-protected again, and the next call returns them
+    /// again (the last look with the guest stopped: at the switch to postcopy,
+    /// with many pages dirty, the clear was 7.5-9 ms of an 8-15 ms downtime).
+    public func collectDirtyLog(slot: MemorySlot, clearing: Bool = true) throws(KVMError) -> DirtyBitmap {
         guard let pageCount = pageCount(of: slot) else { throw .unknownSlot(slot.rawValue) }
         var words = [UInt64](repeating: 0, count: (pageCount + 63) / 64)
         try Ioctl.getDirtyLog(descriptor, slot: slot.rawValue, into: &words)
-        if words.contains(where: { $0 != 0 }) {
+        if clearing, words.contains(where: { $0 != 0 }) {
             try Ioctl.clearDirtyLog(descriptor, slot: slot.rawValue, pageCount: pageCount, words: &words)
         }
         return DirtyBitmap(words: words, pageCount: pageCount)

@@ -32,6 +32,9 @@ public protocol ByteChannel: Sendable {
     func limitUnsent(_ bytes: Int)
     /// Paces what the channel sends to at most `bytesPerSecond` (nil: no limit).
     func limitPacing(_ bytesPerSecond: UInt64?)
+    /// Sends what is written in trains of at most `bytes` (nil: as the transport
+    /// groups it), so a shaped link's queue never holds a large one at once.
+    func limitBursts(_ bytes: Int?)
     /// The path's latest delivery rate as the transport measured it while the
     /// channel kept it busy, in bytes per second; nil when unknown.
     func deliveryRate() -> UInt64?
@@ -61,6 +64,7 @@ extension ByteChannel {
     public func pushUnsent(within limit: Duration) -> Bool { true }
     public func limitUnsent(_ bytes: Int) {}
     public func limitPacing(_ bytesPerSecond: UInt64?) {}
+    public func limitBursts(_ bytes: Int?) {}
     public func deliveryRate() -> UInt64? { nil }
     public func waitWritable(timeout: Duration) throws(ChannelError) -> Bool { true }
     public func makeDoorbell() -> (any ChannelDoorbell)? { nil }

@@ -71,6 +71,7 @@ final class PendingChannel: ByteChannel {
     func pushUnsent(within limit: Duration) -> Bool { (try? channel.pushUnsent(within: limit)) ?? true }
     func limitUnsent(_ bytes: Int) { (try? channel)?.limitUnsent(bytes) }
     func limitPacing(_ bytesPerSecond: UInt64?) { (try? channel)?.limitPacing(bytesPerSecond) }
+    func limitBursts(_ bytes: Int?) { (try? channel)?.limitBursts(bytes) }
     func deliveryRate() -> UInt64? { (try? channel)?.deliveryRate() }
     func waitWritable(timeout: Duration) throws(ChannelError) -> Bool { try channel.waitWritable(timeout: timeout) }
     func makeDoorbell() -> (any ChannelDoorbell)? { (try? channel)?.makeDoorbell() }

@@ -9,5 +9,15 @@ public protocol DirtyPageSource: Sendable {
     /// The pages written since the previous call, by RAM block name; starts a new interval.
     /// Read a page's contents only after it was collected.
     func collectDirtyPages() throws -> [String: DirtyBitmap]
+    /// The pages written since the previous collection, for the last look with
+    /// the guest stopped: the interval need not end, so a source may skip
+    /// re-arming its tracking (KVM: the clear that write-protects the pages
+    /// again), and a later collection then reports them again.
+    func peekDirtyPages() throws -> [String: DirtyBitmap]
     func stopTracking() throws
+}
+
+extension DirtyPageSource {
+    /// A source that cannot look without ending the interval collects.
+    public func peekDirtyPages() throws -> [String: DirtyBitmap] { try collectDirtyPages() }
 }

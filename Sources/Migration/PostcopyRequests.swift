@@ -3,16 +3,26 @@ import GuestMemory
 import MigrationProtocol
 import Synchronization
 
-/// The source's queue of the destination's page requests, filled by the
-/// return-path reader's thread and emptied by the migration thread before
-/// each background batch.  Every request is checked against the RAM layout
-/// where it arrives; one that does not fit (or any before the switch to
+/// The source's page requests from the destination, as the return-path
+/// reader's thread receives them.  Every request is checked against the RAM
+/// layout where it arrives; one that does not fit (or any before the switch to
 /// postcopy, when no guest can be waiting) fails the migration.
+///
+/// A checked request is either queued, for the migration thread to take
+/// before each background batch, or, while a `Server` is installed (postcopy
+/// with a preempt channel), served at once on the reader's thread: the pages
+/// leave on the preempt channel without a second thread to wake (measured at
+/// 1 Gbit/s: that wake was a request's largest wait, 28 µs at the median and
+/// 0.6 ms at the 99th percentile on a busy host).
 final class PostcopyRequests: Sendable {
     struct Request: Equatable, Sendable {
         let block: Int
         let pages: Range<Int>
     }
+
+    /// Serves one request on the calling thread; a failure fails the migration's
+    /// postcopy phase (it pauses: `take` throws it).
+    typealias Server = @Sendable (Request) throws(MigrationError) -> Void
 
     struct State {
         var queue = Deque<Request>()
@@ -23,8 +33,12 @@ final class PostcopyRequests: Sendable {
         /// Pages sent on the preempt channel.
         var urgentPages: UInt64 = 0
         var failure: MigrationError?
-        /// Rung when a request arrives, so a migration thread waiting to write the background serves it at once.
+        /// Rung when a request is queued or refused, so a migration thread waiting to write the background sees it at once.
         var doorbell: (any ChannelDoorbell)?
+        /// Serves requests as they arrive instead of queueing them (`serveOnArrival`).
+        var server: Server?
+        /// The reader's thread is in `server`: `stopServing` waits for it.
+        var serving = false
     }
 
     let layout: [MigrationConfiguration.Block]
@@ -52,34 +66,76 @@ final class PostcopyRequests: Sendable {
         }
     }
 
-    /// Rings `doorbell` (nil: none) from now on when a request arrives, or is refused.
+    /// Rings `doorbell` (nil: none) from now on when a request is queued or refused, or fails to be served.
     func ringOnArrival(_ doorbell: (any ChannelDoorbell)?) { state.withLock { $0.doorbell = doorbell } }
 
     /// A request from the return path; `false` if it is refused (the failure is kept).
     func add(block: UInt16, offset: UInt64, length: UInt64) -> Bool {
         let checked = check(block: block, offset: offset, length: length)
-        let (accepted, doorbell) = state.withLock { s -> (Bool, (any ChannelDoorbell)?) in
-            guard s.failure == nil else { return (false, nil) }
+        let (accepted, doorbell, served) = state.withLock { s -> (Bool, (any ChannelDoorbell)?, (Server, Request)?) in
+            guard s.failure == nil else { return (false, nil, nil) }
             switch checked {
             case .failure(let error):
                 s.failure = error
-                return (false, s.doorbell)
+                return (false, s.doorbell, nil)
             case .success(let request):
                 guard s.accepting else {
                     s.failure = .stream(.unexpectedFrame("a page request before the switch to postcopy"))
-                    return (false, s.doorbell)
+                    return (false, s.doorbell, nil)
+                }
+                s.received += 1
+                if let server = s.server {
+                    s.serving = true
+                    return (true, nil, (server, request))
                 }
                 guard s.queue.count < Self.maximumQueued else {
                     s.failure = .stream(.malformed("more than \(Self.maximumQueued) page requests waiting"))
-                    return (false, s.doorbell)
+                    return (false, s.doorbell, nil)
                 }
-                s.received += 1
                 s.queue.append(request)
-                return (true, s.doorbell)
+                return (true, s.doorbell, nil)
             }
         }
         doorbell?.ring()        // outside the lock: a write to an eventfd
-        return accepted
+        guard let (server, request) = served else { return accepted }
+        // Outside the lock: the server sends.
+        var failure: MigrationError?
+        do { try server(request) } catch { failure = error }
+        let ring = state.withLock { s -> (any ChannelDoorbell)? in
+            s.serving = false
+            guard let failure, s.failure == nil else { return nil }
+            s.failure = failure
+            return s.doorbell
+        }
+        ring?.ring()
+        return true
+    }
+
+    /// Serves every request from now on with `server`, on the thread it arrives
+    /// on, until `stopServing`.  The requests queued until now are served
+    /// first, on the calling thread, so that two threads never serve at once.
+    /// Throws a refused request's failure.
+    func serveOnArrival(_ server: @escaping Server) throws(MigrationError) {
+        while true {
+            let waiting = try state.withLock { s throws(MigrationError) -> [Request] in
+                if let failure = s.failure { throw failure }
+                guard s.queue.isEmpty else {
+                    defer { s.queue.removeAll() }
+                    return Array(s.queue)
+                }
+                s.server = server
+                return []
+            }
+            guard !waiting.isEmpty else { return }
+            for request in waiting { try server(request) }
+        }
+    }
+
+    /// Requests are queued again from now on; returns once a request being
+    /// served on the reader's thread is out.
+    func stopServing() {
+        state.withLock { $0.server = nil }
+        while state.withLock({ $0.serving }) { sleepUntil(.now + .microseconds(50)) }
     }
 
     private func check(block: UInt16, offset: UInt64, length: UInt64) -> Result<Request, MigrationError> {

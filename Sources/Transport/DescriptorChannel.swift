@@ -14,6 +14,8 @@ public final class DescriptorChannel: ZeroCopyChannel {
     let inactivity = Mutex<Duration?>(nil)
     /// Zero-copy sends queued and completed (DescriptorChannel+ZeroCopy.swift).
     let zeroCopy = Mutex(ZeroCopyCounts())
+    /// Set by `limitBursts`: a gathered write leaves in pieces of at most this many bytes (0: whole).
+    let burst = Atomic<Int>(0)
 
     /// Adopts `descriptor`; `returnPath` is whether the other side can answer on it.
     public init(adopting descriptor: Int32, returnPath: Bool) {
@@ -53,9 +55,14 @@ public final class DescriptorChannel: ZeroCopyChannel {
     /// mapping to the socket without a copy here.  Resumes partial writes
     /// mid-segment, at most `CLINUXUAPI_IOV_MAX` segments per call.
     public func write(_ list: borrowing GatherList) throws(ChannelError) {
+        let burst = burst.load(ordering: .relaxed)
         let outcome = unsafe list.withIOVectors { vectors in
             // SAFETY: the vectors stay valid for the whole transfer, inside `withIOVectors`.
-            unsafe Self.transferAll(vectors) { unsafe CLinuxUAPI_writev(descriptor, $0, $1) }      // retries EINTR itself
+            unsafe Self.transferAll(vectors) { vectors, count in
+                burst > 0
+                    ? unsafe CLinuxUAPI_write_burst(descriptor, vectors, count, burst)      // retries EINTR itself
+                    : unsafe CLinuxUAPI_writev(descriptor, vectors, count)
+            }
         }
         switch outcome {
         case .complete: return
@@ -119,6 +126,13 @@ public final class DescriptorChannel: ZeroCopyChannel {
     /// channels that are not TCP).
     public func limitUnsent(_ bytes: Int) {
         _ = closed.withLock { done in done ? 0 : CLinuxUAPI_socket_limit_unsent(descriptor, Int32(clamping: bytes)) }
+    }
+
+    /// Gathered writes leave in pieces of at most `bytes` (nil: whole), each
+    /// kept apart by the kernel (`CLinuxUAPI_write_burst`), so a paced socket
+    /// sends trains of that size instead of 64 KiB ones.
+    public func limitBursts(_ bytes: Int?) {
+        burst.store(max(0, bytes ?? 0), ordering: .relaxed)
     }
 
     /// `SO_MAX_PACING_RATE`: TCP spreads what it sends to at most `bytesPerSecond`

@@ -19,15 +19,21 @@ struct DirtyLogKernelTests {
         }
     }
 
-    @Test("no guest write escapes the dirty log")
-    func everyRewrittenPageIsDirty() async throws {
-        let machine = try Machine(MachineConfiguration(memoryBytes: 128 << 20, cpus: 2,
+    /// A 128 MiB guest rewriting its working set at 24 MiB/s, running 300 ms, then tracked.
+    func trackedDirtyingMachine(cpus: Int) async throws -> (Machine, any DirtyPageSource) {
+        let machine = try Machine(MachineConfiguration(memoryBytes: 128 << 20, cpus: cpus,
                                                        boot: .embedded(WorkloadSpec(dirtyRate: .bytesPerSecond(24 << 20), workingSet: workingSet))),
                                   serialOutput: { _ in })
         let source = machine.makeDirtyPageSource()
         machine.start()
         try await Task.sleep(for: .milliseconds(300))
         try source.startTracking()
+        return (machine, source)
+    }
+
+    @Test("no guest write escapes the dirty log")
+    func everyRewrittenPageIsDirty() async throws {
+        let (machine, source) = try await trackedDirtyingMachine(cpus: 2)
         let first = try source.collectDirtyPages()
         #expect(first["pc.ram"]?.count == Int(128 << 20) / 4096, "initially every page is dirty")
 
@@ -75,5 +81,26 @@ struct DirtyLogKernelTests {
         #expect(try source.collectDirtyPages()["pc.ram"]?.count == (64 << 20) / 4096, "a new round starts with every page")
         try source.stopTracking()
         machine.quit()
+    }
+
+    @Test("a peek (a stopped guest's last sync) ends no interval: the next collection reports its pages again, the VMM's writes too")
+    func peekKeepsThePages() async throws {
+        let (machine, source) = try await trackedDirtyingMachine(cpus: 1)
+        machine.pause()
+        _ = try source.collectDirtyPages()                      // every page, once
+        try machine.resume()
+        try await Task.sleep(for: .milliseconds(250))
+        machine.pause()
+        try machine.memory.write([0x5a], at: GuestAddress(100 << 20))
+        let peeked = try #require(try source.peekDirtyPages()["pc.ram"])
+        #expect(peeked.count > 500, "the guest rewrote pages")
+        #expect(peeked[(100 << 20) / 4096], "the VMM's write is reported")
+        #expect(try source.peekDirtyPages()["pc.ram"] == peeked, "a second peek sees the same pages")
+        let collected = try #require(try source.collectDirtyPages()["pc.ram"])
+        #expect(collected == peeked, "the collection after a peek reports every peeked page again")
+        #expect(try source.collectDirtyPages()["pc.ram"]?.isEmpty == true, "collected, they are gone")
+        try source.stopTracking()
+        machine.quit()
+        #expect(machine.progress.verifyErrors == 0)
     }
 }

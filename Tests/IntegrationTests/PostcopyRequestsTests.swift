@@ -1,10 +1,13 @@
+import Foundation
 import MigrationProtocol
 import Synchronization
 import Testing
 @testable import Migration
 
-/// The source's queue of page requests rings the migration thread's doorbell
-/// as each arrives, so a thread waiting to write background pages serves it at once.
+/// The source's page requests: queued, they ring the migration thread's
+/// doorbell as each arrives, so a thread waiting to write background pages
+/// serves it at once; with a server installed (a preempt channel), each is
+/// served on the thread it arrives on, and never by two threads at once.
 @Suite struct PostcopyRequestsTests {
     final class CountingDoorbell: ChannelDoorbell {
         let rings = Mutex(0)
@@ -43,5 +46,95 @@ import Testing
         #expect(throws: MigrationError.self) { try requests.take() }
         #expect(!requests.add(block: 0, offset: 0, length: 4096))              // after a failure: refused, silent
         #expect(bell.count == 1)
+    }
+
+    /// Records what it serves, and on which thread.
+    final class RecordingServer: Sendable {
+        let served = Mutex<[(PostcopyRequests.Request, Bool)]>([])
+        var requests: [PostcopyRequests.Request] { served.withLock { $0.map(\.0) } }
+        var onMainThread: [Bool] { served.withLock { $0.map(\.1) } }
+        func serve(_ request: PostcopyRequests.Request) { served.withLock { $0.append((request, Thread.isMainThread)) } }
+    }
+
+    @Test func withAServerEachRequestIsServedWhereItArrivesAndNotQueued() throws {
+        let requests = Self.queue()
+        let bell = CountingDoorbell()
+        requests.ringOnArrival(bell)
+        let server = RecordingServer()
+        try requests.serveOnArrival { server.serve($0) }
+        #expect(requests.add(block: 0, offset: 4096, length: 4096))
+        #expect(requests.add(block: 0, offset: 8192, length: 4096))
+        #expect(server.requests == [.init(block: 0, pages: 1..<2), .init(block: 0, pages: 2..<3)])
+        #expect(try requests.take() == nil)
+        #expect(bell.count == 0)                 // nothing for the migration thread to do
+        #expect(requests.received == 2)
+        requests.stopServing()
+        #expect(requests.add(block: 0, offset: 12288, length: 4096))
+        #expect(server.requests.count == 2)      // queued again
+        #expect(try requests.take() == .init(block: 0, pages: 3..<4))
+    }
+
+    @Test func requestsQueuedBeforeTheServerAreServedFirstOnTheInstallingThread() throws {
+        let requests = Self.queue()
+        #expect(requests.add(block: 0, offset: 0, length: 4096))
+        #expect(requests.add(block: 0, offset: 4096, length: 4096))
+        let server = RecordingServer()
+        let installer = Thread {
+            try? requests.serveOnArrival { server.serve($0) }
+        }
+        installer.start()
+        let deadline = Date().addingTimeInterval(5)
+        while server.requests.count < 2 && Date() < deadline { Thread.sleep(forTimeInterval: 0.001) }
+        // Served by the installing thread, in order, and taken out of the queue.
+        #expect(server.requests == [.init(block: 0, pages: 0..<1), .init(block: 0, pages: 1..<2)])
+        #expect(server.onMainThread == [false, false])
+        #expect(try requests.take() == nil)
+    }
+
+    @Test func aServingFailureIsKeptRingsAndFailsTheMigrationThreadsTake() {
+        let requests = Self.queue()
+        let bell = CountingDoorbell()
+        requests.ringOnArrival(bell)
+        #expect(throws: Never.self) {
+            try requests.serveOnArrival { _ throws(MigrationError) in throw .channel(.endOfStream) }
+        }
+        #expect(requests.add(block: 0, offset: 0, length: 4096))          // accepted; its sending failed
+        #expect(bell.count == 1)
+        #expect(throws: MigrationError.self) { try requests.take() }
+        #expect(!requests.add(block: 0, offset: 4096, length: 4096))      // after a failure: refused
+        #expect(throws: MigrationError.self) { try requests.serveOnArrival { _ in } }
+    }
+
+    final class Flag: Sendable {
+        let value = Mutex(false)
+        func set() { value.withLock { $0 = true } }
+        var isSet: Bool { value.withLock { $0 } }
+        /// Whether it was set within 5 s.
+        @discardableResult
+        func await() -> Bool {
+            let deadline = Date().addingTimeInterval(5)
+            while !isSet && Date() < deadline { Thread.sleep(forTimeInterval: 0.001) }
+            return isSet
+        }
+    }
+
+    @Test func stopServingWaitsForTheRequestBeingServed() throws {
+        let requests = Self.queue()
+        let (entered, release, finished) = (Flag(), Flag(), Flag())
+        try requests.serveOnArrival { _ in
+            entered.set()
+            release.await()
+            finished.set()
+        }
+        let reader = Thread { _ = requests.add(block: 0, offset: 0, length: 4096) }
+        reader.start()
+        try #require(entered.await())
+        let releaser = Thread {
+            Thread.sleep(forTimeInterval: 0.05)
+            release.set()
+        }
+        releaser.start()
+        requests.stopServing()
+        #expect(finished.isSet)
     }
 }

@@ -1,3 +1,4 @@
+import CLinuxUAPI
 import Glibc
 import GuestMemory
 import Migration
@@ -32,6 +33,36 @@ struct VectorIOTests {
         let bytes = try received.wait()
         #expect(bytes.count == expected.count)
         #expect(Kit.firstDifference(bytes, expected) == nil, "the bytes differ from what was sent")
+    }
+
+    @Test("a channel limited to bursts (postcopy's background) delivers a gather write byte for byte", arguments: [1000, 16 << 10])
+    func burstWrite(burst: Int) throws {
+        let mapping = try Kit.filledMapping(pages: 1024)
+        let (list, expected) = Self.headersAndPages(mapping, pages: 1024)
+        let (writer, reader) = try Kit.tcpPair()
+        defer { writer.close(); reader.close() }
+        writer.limitBursts(burst)
+        let received = ReaderThread(reader, count: expected.count)
+        try writer.write(list)
+        let bytes = try received.wait()
+        #expect(bytes.count == expected.count)
+        #expect(Kit.firstDifference(bytes, expected) == nil, "the bytes differ from what was sent")
+    }
+
+    @Test("one burst call sends at most the burst, ending inside a vector, and at most 64 vectors")
+    func oneBurst() throws {
+        let mapping = try Kit.filledMapping(pages: 100)
+        let (list, expected) = Self.headersAndPages(mapping, pages: 100)        // 200 segments
+        let (writer, reader) = try Kit.tcpPair()
+        defer { writer.close(); reader.close() }
+        // 5000 bytes: a header, a page, a header and 896 bytes of the next page.
+        let first = list.withIOVectors { CLinuxUAPI_write_burst(writer.descriptor, $0.baseAddress!, Int32($0.count), 5000) }
+        #expect(first == 5000)
+        #expect(try ReaderThread(reader, count: 5000).wait() == Array(expected.prefix(5000)))
+        // A burst larger than 64 vectors hold: the first 64 vectors whole.
+        let second = list.withIOVectors { CLinuxUAPI_write_burst(writer.descriptor, $0.baseAddress!, Int32($0.count), 1 << 20) }
+        #expect(second == 32 * (4 + 4096))
+        #expect(try ReaderThread(reader, count: second).wait() == Array(expected.prefix(second)))
     }
 
     @Test("short transfers resume mid-segment and never pass more than IOV_MAX vectors")

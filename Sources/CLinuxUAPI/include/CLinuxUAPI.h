@@ -593,6 +593,31 @@ static inline long CLinuxUAPI_writev(int fd, const struct iovec *vectors, int co
     do { r = writev(fd, vectors, count); } while (r < 0 && errno == EINTR);
     return r < 0 ? -errno : r;
 }
+/* writev on a TCP socket, at most `burst` bytes, sent with MSG_EOR: the kernel
+ * then never appends later writes to these bytes' buffer, so it sends them as a
+ * train of at most `burst` bytes.  Written whole, a paced socket's queue leaves in
+ * 64 KiB trains (TSO/GSO sizing on a short round trip), and a shaped link's
+ * queue holds each for the time 64 KiB takes to pass.  The bytes written, or -errno. */
+static inline long CLinuxUAPI_write_burst(int fd, const struct iovec *vectors, int count, long burst) {
+    struct iovec part[64];
+    int used = 0;
+    long total = 0;
+    for (int i = 0; i < count && used < 64 && total < burst; i++) {
+        if (vectors[i].iov_len == 0) continue;
+        long room = burst - total;
+        part[used].iov_base = vectors[i].iov_base;
+        part[used].iov_len = (long)vectors[i].iov_len < room ? vectors[i].iov_len : (size_t)room;
+        total += (long)part[used].iov_len;
+        used++;
+    }
+    if (used == 0) return 0;
+    struct msghdr message = {0};
+    message.msg_iov = part;
+    message.msg_iovlen = used;
+    long r;
+    do { r = sendmsg(fd, &message, MSG_EOR | MSG_NOSIGNAL); } while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : r;
+}
 static inline long CLinuxUAPI_readv(int fd, const struct iovec *vectors, int count) {
     long r;
     do { r = readv(fd, vectors, count); } while (r < 0 && errno == EINTR);

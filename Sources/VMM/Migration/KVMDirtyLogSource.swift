@@ -35,16 +35,21 @@ final class KVMDirtyLogSource: DirtyPageSource {
         }
     }
 
-    func collectDirtyPages() throws -> [String: DirtyBitmap] {
+    func collectDirtyPages() throws -> [String: DirtyBitmap] { try collect(ending: true) }
+
+    /// KVM's log read without its clear, and the VMM's writes kept for the next collection.
+    func peekDirtyPages() throws -> [String: DirtyBitmap] { try collect(ending: false) }
+
+    private func collect(ending: Bool) throws -> [String: DirtyBitmap] {
         var result: [String: DirtyBitmap] = [:]
         for mapping in slots {
-            let log = try vm.collectDirtyLog(slot: mapping.slot)
+            let log = try vm.collectDirtyLog(slot: mapping.slot, clearing: ending)
             var bitmap = result[mapping.block.name] ?? DirtyBitmap(pageCount: Int(mapping.block.byteCount) / PageSize.base.byteCount)
             bitmap.insert(log, atPage: mapping.firstBlockPage)
             result[mapping.block.name] = bitmap
         }
         // The VMM's own writes, which KVM does not log.
-        for (name, written) in memory.takeRecordedWrites() {
+        for (name, written) in ending ? memory.takeRecordedWrites() : memory.peekRecordedWrites() {
             result[name]?.formUnion(written)
         }
         return result
