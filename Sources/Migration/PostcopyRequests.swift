@@ -21,7 +21,7 @@ final class PostcopyRequests: Sendable {
     }
 
     /// Serves one request on the calling thread; a failure fails the migration's
-    /// postcopy phase (it pauses: `take` throws it).
+    /// postcopy phase (it pauses: `take` and `stopServing` give it).
     typealias Server = @Sendable (Request) throws(MigrationError) -> Void
 
     struct State {
@@ -39,6 +39,9 @@ final class PostcopyRequests: Sendable {
         var server: Server?
         /// The reader's thread is in `server`: `stopServing` waits for it.
         var serving = false
+        /// `abandonServing` is shutting the channel a request is being served on:
+        /// that request's failure is a consequence, not a cause, and is not kept.
+        var abandoning = false
     }
 
     let layout: [MigrationConfiguration.Block]
@@ -83,8 +86,8 @@ final class PostcopyRequests: Sendable {
                     s.failure = .stream(.unexpectedFrame("a page request before the switch to postcopy"))
                     return (false, s.doorbell, nil)
                 }
-                s.received += 1
                 if let server = s.server {
+                    s.received += 1
                     s.serving = true
                     return (true, nil, (server, request))
                 }
@@ -92,6 +95,7 @@ final class PostcopyRequests: Sendable {
                     s.failure = .stream(.malformed("more than \(Self.maximumQueued) page requests waiting"))
                     return (false, s.doorbell, nil)
                 }
+                s.received += 1
                 s.queue.append(request)
                 return (true, s.doorbell, nil)
             }
@@ -103,7 +107,7 @@ final class PostcopyRequests: Sendable {
         do { try server(request) } catch { failure = error }
         let ring = state.withLock { s -> (any ChannelDoorbell)? in
             s.serving = false
-            guard let failure, s.failure == nil else { return nil }
+            guard let failure, s.failure == nil, !s.abandoning else { return nil }
             s.failure = failure
             return s.doorbell
         }
@@ -132,10 +136,27 @@ final class PostcopyRequests: Sendable {
     }
 
     /// Requests are queued again from now on; returns once a request being
-    /// served on the reader's thread is out.
-    func stopServing() {
+    /// served on the reader's thread is out, with the failure kept if one was
+    /// refused or failed to be served.
+    @discardableResult
+    func stopServing() -> MigrationError? {
         state.withLock { $0.server = nil }
         while state.withLock({ $0.serving }) { sleepUntil(.now + .microseconds(50)) }
+        return failure
+    }
+
+    /// The migration thread failed: as `stopServing`, after `interrupt` (which
+    /// shuts the channel requests are served on, so a request being served into
+    /// a stalled socket gives up), and that request's failure is not kept: the
+    /// migration thread's own is the cause.
+    func abandonServing(_ interrupt: () -> Void) {
+        state.withLock { s in
+            s.server = nil
+            s.abandoning = true
+        }
+        interrupt()
+        stopServing()
+        state.withLock { $0.abandoning = false }
     }
 
     private func check(block: UInt16, offset: UInt64, length: UInt64) -> Result<Request, MigrationError> {

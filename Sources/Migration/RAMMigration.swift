@@ -254,8 +254,9 @@ public final class RAMMigration: Migratable {
     /// Pages per background frame after the switch to postcopy: small, so a
     /// page request waits behind at most this much on the channel (128 KiB).
     static let postcopyJobPages = 32
-    /// How long the migration thread keeps asking the kernel to send a page a
-    /// request was answered with (while it holds it unsent) before going on.
+    /// How long the thread that answers a request (the return path's reader with
+    /// a preempt channel, else the migration thread) keeps asking the kernel to
+    /// send the page (while it holds it unsent) before going on.
     static let urgentPushLimit: Duration = .milliseconds(5)
     /// The main socket's bound on unsent bytes after the switch to postcopy.
     static let postcopyUnsentBytes = 1 << 20
@@ -340,7 +341,6 @@ public final class RAMMigration: Migratable {
         defer { requests.ringOnArrival(nil) }
         // With a preempt channel, the return path's reader sends a request's pages as
         // it reads the request; this thread sends the background.
-        defer { requests.stopServing() }
         do throws(MigrationError) {
             if let urgent {
                 try requests.serveOnArrival { [self] request throws(MigrationError) in
@@ -348,11 +348,14 @@ public final class RAMMigration: Migratable {
                 }
             }
             try sendBackground(output, requests: requests, doorbell: doorbell)
+            // A request whose sending failed after the background's last look took its
+            // pages from the dirty set: the migration must not end as if they were sent.
+            if let failure = requests.stopServing() { throw failure }
         } catch {
             // The pause that follows closes both channels.  The preempt one is shut now,
-            // so a request being served into a stalled socket gives up and `stopServing`
-            // does not wait for it.
-            urgent?.channel.shutdown()
+            // so a request being served into a stalled socket gives up (its failure, a
+            // consequence, not recorded) and this does not wait for it.
+            requests.abandonServing { urgent?.channel.shutdown() }
             throw error
         }
     }

@@ -137,4 +137,27 @@ import Testing
         requests.stopServing()
         #expect(finished.isSet)
     }
+
+    @Test func stopServingGivesAServingFailureTheMigrationThreadHasNotSeen() throws {
+        let requests = Self.queue()
+        try requests.serveOnArrival { _ throws(MigrationError) in throw .channel(.endOfStream) }
+        #expect(requests.add(block: 0, offset: 0, length: 4096))
+        #expect(requests.stopServing() == .channel(.endOfStream))
+    }
+
+    @Test func aServeThatFailsBecauseServingWasAbandonedIsNotKept() throws {
+        let requests = Self.queue()
+        let (entered, release) = (Flag(), Flag())
+        try requests.serveOnArrival { _ throws(MigrationError) in
+            entered.set()
+            release.await()
+            throw .channel(.endOfStream)        // its channel was shut under it
+        }
+        let reader = Thread { _ = requests.add(block: 0, offset: 0, length: 4096) }
+        reader.start()
+        try #require(entered.await())
+        requests.abandonServing { release.set() }
+        #expect(requests.failure == nil, "the migration thread's own failure is the cause")
+        #expect(try requests.take() == nil)
+    }
 }

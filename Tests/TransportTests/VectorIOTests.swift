@@ -65,6 +65,20 @@ struct VectorIOTests {
         #expect(try ReaderThread(reader, count: second).wait() == Array(expected.prefix(second)))
     }
 
+    @Test("on a descriptor that is not a socket a burst write writes whole")
+    func burstOnAPipe() throws {
+        let mapping = try Kit.filledMapping(pages: 2)
+        let (list, expected) = Self.headersAndPages(mapping, pages: 2)         // 8200 bytes: under a pipe's buffer
+        var ends: [Int32] = [0, 0]
+        #expect(pipe(&ends) == 0)
+        defer { close(ends[0]); close(ends[1]) }
+        let written = list.withIOVectors { CLinuxUAPI_write_burst(ends[1], $0.baseAddress!, Int32($0.count), 1000) }
+        #expect(written == expected.count)
+        var bytes = [UInt8](repeating: 0, count: expected.count)
+        #expect(read(ends[0], &bytes, bytes.count) == expected.count)
+        #expect(bytes == expected)
+    }
+
     @Test("short transfers resume mid-segment and never pass more than IOV_MAX vectors")
     func shortTransfers() throws {
         let mapping = try Kit.filledMapping(pages: 1024)

@@ -616,6 +616,8 @@ static inline long CLinuxUAPI_write_burst(int fd, const struct iovec *vectors, i
     message.msg_iovlen = used;
     long r;
     do { r = sendmsg(fd, &message, MSG_EOR | MSG_NOSIGNAL); } while (r < 0 && errno == EINTR);
+    /* A descriptor that is not a socket, or a socket that takes no MSG_EOR: whole. */
+    if (r < 0 && (errno == EOPNOTSUPP || errno == ENOTSOCK)) return CLinuxUAPI_writev(fd, vectors, count);
     return r < 0 ? -errno : r;
 }
 static inline long CLinuxUAPI_readv(int fd, const struct iovec *vectors, int count) {
