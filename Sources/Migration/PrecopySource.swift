@@ -501,7 +501,12 @@ public final class PrecopySource: Sendable {
             // While converging, the next sync waits until the last one's pages are all out
             // (with multifd: applied by the destination, so no older pass is in flight at the stop).
             let caughtUp = destinationCaughtUp(since: &waitingSince)
-            if converging == nil ? pendingEstimate() <= threshold : parts.ram.pendingEstimate() == 0 && caughtUp {
+            // A pass with every page out syncs too, whatever the devices estimate: with
+            // nothing to send and no sync, the loop would spin on the last pass's pages
+            // (seen: a minute at 100 % CPU, `query-migrate` starved of the lock, when
+            // the devices' running estimate was over a 1 ms downtime's threshold).
+            let passDone = parts.ram.pendingEstimate() == 0
+            if converging == nil ? pendingEstimate() <= threshold || passDone : passDone && caughtUp {
                 let dirtied = try parts.ram.sync()
                 onPass(parts.ram.stats.dirtySyncCount)
                 if capabilities.autoConverge {
@@ -538,8 +543,9 @@ public final class PrecopySource: Sendable {
             _ = try parts.ram.iterate(writer)
             for device in parts.devices { _ = try device.iterate(writer) }
             writer.waitForBudget()
-            // Nothing to pick while multifd channels drain or the destination catches up: do not spin.
-            if nothingDirty, parts.ram.multifd != nil { sleepUntil(.now + .milliseconds(1)) }
+            // Nothing to pick (multifd channels drain, the destination catches up, or a
+            // sync found nothing while the downtime limit cannot be met): do not spin.
+            if nothingDirty { sleepUntil(.now + .milliseconds(1)) }
         }
     }
 

@@ -10,8 +10,9 @@ public final class DescriptorChannel: ZeroCopyChannel {
     let descriptor: Int32
     public let hasReturnPath: Bool
     let closed = Mutex(false)
-    /// Set by `limitInactivity`: a read that waits this long fails with `.inactive`.
-    let inactivity = Mutex<Duration?>(nil)
+    /// Set by `limitInactivity`: a read that waits this long fails with `.inactive`,
+    /// unless a channel sharing `activity` received something meanwhile.
+    let inactivity = Mutex<(limit: Duration?, activity: ChannelActivity?)>((nil, nil))
     /// Zero-copy sends queued and completed (DescriptorChannel+ZeroCopy.swift).
     let zeroCopy = Mutex(ZeroCopyCounts())
     /// Set by `limitBursts`: a gathered write leaves in pieces of at most this many bytes (0: whole).
@@ -44,8 +45,10 @@ public final class DescriptorChannel: ZeroCopyChannel {
         precondition(offset >= 0 && count >= 0 && offset + count <= buffer.count)
         guard count > 0 else { return 0 }
         let result = unsafe buffer.withUnsafeMutableBytes { raw in
-            // SAFETY: the precondition keeps [offset, offset + count) inside the buffer.
-            unsafe CLinuxUAPI_read(descriptor, raw.baseAddress! + offset, count)     // retries EINTR itself
+            awaitingArrival {
+                // SAFETY: the precondition keeps [offset, offset + count) inside the buffer.
+                unsafe CLinuxUAPI_read(descriptor, raw.baseAddress! + offset, count)     // retries EINTR itself
+            }
         }
         if result >= 0 { return result }
         throw readError(Int32(-result))
@@ -76,7 +79,9 @@ public final class DescriptorChannel: ZeroCopyChannel {
     public func read(into list: borrowing ScatterList) throws(ChannelError) {
         let outcome = unsafe list.withIOVectors { vectors in
             // SAFETY: the vectors stay valid for the whole transfer, inside `withIOVectors`.
-            unsafe Self.transferAll(vectors) { unsafe CLinuxUAPI_readv(descriptor, $0, $1) }       // retries EINTR itself
+            unsafe Self.transferAll(vectors) { vectors, count in
+                awaitingArrival { unsafe CLinuxUAPI_readv(descriptor, vectors, count) }       // retries EINTR itself
+            }
         }
         switch outcome {
         case .complete: return
@@ -87,16 +92,30 @@ public final class DescriptorChannel: ZeroCopyChannel {
 
     /// A failed read: `.inactive` if it waited out the inactivity limit (the receive timeout's EAGAIN).
     func readError(_ errno: Int32) -> ChannelError {
-        if errno == EAGAIN, let limit = inactivity.withLock({ $0 }) { return .inactive(limit) }
+        if errno == EAGAIN, let limit = inactivity.withLock({ $0.limit }) { return .inactive(limit) }
         return .system("read from the migration channel", errno: errno)
     }
 
     /// Makes a read that waits `limit` for its first byte fail with `.inactive`
-    /// (the socket's receive timeout; `nil` waits forever).  Sockets only: a
-    /// file's read never waits.
-    public func limitInactivity(_ limit: Duration?) {
+    /// (the socket's receive timeout; `nil` waits forever).  With `activity`
+    /// shared by a migration's channels, a read whose wait timed out while
+    /// another of them received waits again: the limit is on the migration
+    /// falling silent, not one channel.  Sockets only: a file's read never waits.
+    public func limitInactivity(_ limit: Duration?, sharing activity: ChannelActivity? = nil) {
         guard CLinuxUAPI_set_receive_timeout(descriptor, limit?.pollMilliseconds ?? 0) == 0 else { return }
-        inactivity.withLock { $0 = limit }
+        inactivity.withLock { $0 = (limit, limit == nil ? nil : activity) }
+    }
+
+    /// Runs `read` (bytes read, or -errno) and counts what it read in the shared
+    /// activity; a timeout while another channel received is waited again.
+    func awaitingArrival(_ read: () -> Int) -> Int {
+        guard let activity = inactivity.withLock({ $0.activity }) else { return read() }
+        while true {
+            let before = activity.bytes
+            let result = read()
+            if result > 0 { activity.add(result) }
+            guard result == -Int(EAGAIN), activity.bytes != before else { return result }
+        }
     }
 
     /// While the socket holds bytes unsent (`SIOCOUTQNSD`) and nothing in

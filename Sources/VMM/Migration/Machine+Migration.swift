@@ -281,12 +281,15 @@ extension Machine {
             let channel = try listener.accept(timeout: nil)
             // A source that goes silent fails the load instead of stalling it forever
             // (a socket's receive timeout: no extra system call per read).
+            // The limit is on the whole migration: the main channel is quiet while a
+            // pass's pages arrive on multifd channels, so they count their bytes together.
             let inactivity: Duration? = limit == 0 ? nil : .milliseconds(Int64(limit))
-            channel.limitInactivity(inactivity)
+            let activity = ChannelActivity()
+            channel.limitInactivity(inactivity, sharing: activity)
             // A socket listener stays open for the multifd channels the source may announce.
             let acceptor: (any ChannelAcceptor)?
             switch incoming.address {
-            case .tcp, .unix: acceptor = LimitedAcceptor(listener: listener, inactivity: inactivity)
+            case .tcp, .unix: acceptor = LimitedAcceptor(listener: listener, inactivity: inactivity, activity: activity)
             case .file, .fd, .fdName:
                 listener.close()
                 acceptor = nil
@@ -414,14 +417,15 @@ extension Machine {
 }
 
 /// The destination's listener for the channels after the main one, each with
-/// the same inactivity limit.
+/// the same inactivity limit, counted over all of them (`activity`).
 struct LimitedAcceptor: ChannelAcceptor {
     let listener: IncomingListener
     let inactivity: Duration?
+    var activity = ChannelActivity()
 
     func accept(timeout: Duration?) throws(ChannelError) -> any ByteChannel {
         let channel = try listener.accept(timeout: timeout)
-        channel.limitInactivity(inactivity)
+        channel.limitInactivity(inactivity, sharing: activity)
         return channel
     }
 
