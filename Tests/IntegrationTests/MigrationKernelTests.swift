@@ -84,9 +84,17 @@ struct MigrationKernelTests {
         destination.start()
         try await waitFor { source.progress.minimumHeartbeats >= 5 }
         _ = source.execute(.migrateSetParameters(["max-bandwidth": .int(8 << 30)]))
+        // A max-rate guest over 256 MiB dirties about three quarters of what a debug build
+        // sends on two shared cores: whether it converges unthrottled is the scheduler's
+        // luck (seen: 113 passes in a minute, 170 MiB left after each), so it is
+        // throttled as a user would (auto-converge).
+        _ = source.execute(.migrateSetCapabilities([.init(capability: "auto-converge", state: workload != .idle)]))
         try await migrate(source, to: destination, capture: destinationEvents)
         let info = try #require(source.outgoingMigration)
-        #expect(info.status == .completed, "\(info.errorDescription ?? "")")
+        #expect(info.status == .completed, """
+            \(info.errorDescription ?? "") after \(info.ram.dirtySyncCount) syncs, \(info.transferredBytes >> 20) MiB sent, \
+            dirtying \(info.ram.dirtyPagesRate) pages/s, \(info.ram.remainingPages) pages left, throttle \(info.cpuThrottlePercentage ?? 0) %
+            """)
         #expect(destinationEvents.failure.withLock { $0 } == nil)
         #expect(source.state == .postmigrate)
         #expect(destination.state == .paused, "-S keeps the destination paused after the load")
@@ -107,7 +115,10 @@ struct MigrationKernelTests {
         for cpu in 0..<2 {
             let last = try #require(before.cpus[cpu].last), now = try #require(after.cpus[cpu].last)
             #expect(now.sequence >= last.sequence + 5, "vCPU \(cpu) heartbeats continue their sequence")
-            #expect(now.timerTicks > last.timerTicks + 20, "vCPU \(cpu) timer interrupts keep arriving")
+            // 100 Hz nominal, about 50 ticks over 5 heartbeats; a busy host coalesces ticks
+            // that find the previous one still pending (seen: 20 on CI), and a timer
+            // left unrestored gives none.
+            #expect(now.timerTicks >= last.timerTicks + 10, "vCPU \(cpu) timer interrupts keep arriving")
         }
         #expect(after.verifyErrors == 0)
         #expect(PageVerifier.verify(destination.memory).failureCount == 0)
