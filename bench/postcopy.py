@@ -14,8 +14,11 @@ migrate-start-postcopy to completed), the page-request latency p50/p99/max
 that Ferry's destination reports (`x-ferry-postcopy`; QEMU 10.0 has no such
 figure), the guest's own slow accesses on the destination after the switch
 (its SA histogram: p50/p99 of accesses that took 16 us or more, for both
-VMMs), the largest heartbeat gap across the move, and each process's
-CPU-seconds.  Medians over the runs, Ferry and QEMU alternating.
+VMMs), how many there were and the seconds they add up to, the MB/s the guest
+wrote from its last heartbeat on the source to its last before the end (what
+it got done while its memory moved: percentiles alone compare a guest that
+faults often and briefly with one that faults rarely and waits long), the
+largest heartbeat gap across the move, and each process's CPU-seconds.  Medians over the runs, Ferry and QEMU alternating.
 """
 import asyncio
 import json
@@ -29,7 +32,7 @@ from pathlib import Path
 
 from side_by_side import (SETTLE_SECONDS, ThreadSampler, connect_qmp, cpu_seconds, first_touch_ms, migration_command,
                           migration_cpu, quit_all, thread_medians)
-from snapshot import SlowAccesses, slow_percentiles
+from snapshot import SlowAccesses, bucket_floor_us, slow_percentiles
 
 NETNS = ("ferry-pc-src", "ferry-pc-dst")
 VETH = ("ferry-pc-s", "ferry-pc-d")
@@ -161,6 +164,8 @@ async def postcopy_once(vmm, cmdline, memory, ready_pages, preempt, huge, pacing
         p50, p99, slow = slow_percentiles(before[-1] if before else [], dconsole.slow[-1][1] if dconsole.slow else [])
         last_source = max((b[0] for b in sconsole.beats if b[0] <= end), default=switched)
         first_destination = min((b[0] for b in dconsole.beats), default=end)
+        progress = guest_progress(sconsole.beats, dconsole.beats, end)
+        stall = slow_seconds(before[-1] if before else [], dconsole.slow[-1][1] if dconsole.slow else [])
         errors = dconsole.errors
         await quit_all([src, dst], [sproc, dproc])
     if errors:
@@ -169,11 +174,30 @@ async def postcopy_once(vmm, cmdline, memory, ready_pages, preempt, huge, pacing
     return {"total": info["total-time"], "downtime": info.get("downtime"), "postcopy_ms": (end - switched) * 1000,
             "requests": info["ram"].get("postcopy-requests"), "postcopy_mb": info["ram"].get("postcopy-bytes", 0) / 1e6,
             "lat_p50": latency.get("p50"), "lat_p99": latency.get("p99"), "lat_max": latency.get("max"),
-            "slow_p50": p50, "slow_p99": p99, "slow": slow,
+            "slow_p50": p50, "slow_p99": p99, "slow": slow, "guest_mb_s": progress, "stall_s": stall,
             "gap": (first_destination - last_source) * 1000, "cpu_src": cpu[0], "cpu_dst": cpu[1],
             "cpu_src_mig": migration_cpu(threads[0]), "cpu_dst_mig": migration_cpu(threads[1]), "threads": threads,
             "network": network, "drops": network[NETNS[0]]["drops"], "retrans": network[NETNS[0]]["retrans"],
             "pacing_mb_s": info.get("x-ferry-postcopy", {}).get("pacing", 0) / 1e6}
+
+
+def guest_progress(source_beats, destination_beats, end):
+    """MB/s the guest wrote from its last heartbeat on the source to its last on the
+    destination before the end: what it got done while its memory moved (beats are
+    (host time, seq, guest time, pages written), the count travelling with the guest)."""
+    before = [b for b in source_beats]
+    after = [b for b in destination_beats if b[0] <= end]
+    if not before or not after or after[-1][0] <= before[-1][0]:
+        return None
+    return (after[-1][3] - before[-1][3]) * 4096 / (after[-1][0] - before[-1][0]) / 1e6
+
+
+def slow_seconds(before, after):
+    """Seconds the guest spent in slow page writes between two cumulative histograms,
+    each counted at its bucket's lower bound (so at most a quarter octave short)."""
+    size = max(len(before), len(after))
+    return sum(((after[i] if i < len(after) else 0) - (before[i] if i < len(before) else 0)) * bucket_floor_us(i)
+               for i in range(size)) / 1e6
 
 
 def median(samples, key):
@@ -224,7 +248,8 @@ def scenario_postcopy(ferry_vmm, qemu_vmm, vmms, runs, memory, working_set, mode
         network_down()
     columns = [("total ms", "total"), ("downtime", "downtime"), ("postcopy ms", "postcopy_ms"), ("requests", "requests"),
                ("req p50 us", "lat_p50"), ("req p99 us", "lat_p99"), ("req max us", "lat_max"),
-               ("guest slow p50 us", "slow_p50"), ("guest slow p99 us", "slow_p99"), ("gap ms", "gap"),
+               ("guest slow p50 us", "slow_p50"), ("guest slow p99 us", "slow_p99"), ("slow writes", "slow"),
+               ("guest stalled s", "stall_s"), ("guest MB/s written", "guest_mb_s"), ("gap ms", "gap"),
                ("CPU-s src", "cpu_src"), ("CPU-s dst", "cpu_dst"), ("mig CPU-s src", "cpu_src_mig"),
                ("mig CPU-s dst", "cpu_dst_mig"), ("tbf drops src", "drops"), ("TCP retrans src", "retrans")]
     print("\n| mode | VMM | " + " | ".join(name for name, _ in columns) + " |")
@@ -232,7 +257,8 @@ def scenario_postcopy(ferry_vmm, qemu_vmm, vmms, runs, memory, working_set, mode
     for mode in modes:
         for vmm in vmms:
             samples = results.get((mode, vmm.name), [])
-            forms = {"cpu_src": "{:.1f}", "cpu_dst": "{:.1f}", "cpu_src_mig": "{:.1f}", "cpu_dst_mig": "{:.1f}"}
+            forms = {"cpu_src": "{:.1f}", "cpu_dst": "{:.1f}", "cpu_src_mig": "{:.1f}", "cpu_dst_mig": "{:.1f}",
+                     "stall_s": "{:.2f}", "guest_mb_s": "{:.1f}"}
             print(f"| {mode} | {vmm.name} ({len(samples)}) | "
                   + " | ".join(cell(median(samples, key), forms.get(key, "{:.0f}")) for _, key in columns) + " |")
     for mode in modes:

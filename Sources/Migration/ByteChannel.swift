@@ -38,6 +38,10 @@ public protocol ByteChannel: Sendable {
     /// The path's latest delivery rate as the transport measured it while the
     /// channel kept it busy, in bytes per second; nil when unknown.
     func deliveryRate() -> UInt64?
+    /// About how many of the bytes written have reached the other side (TCP:
+    /// the segments it counts delivered, times their size; it only grows); nil
+    /// when the transport does not say.
+    func deliveredBytes() -> UInt64?
     /// Waits up to `timeout` until a write would go ahead without waiting long
     /// (under the `limitUnsent` bound); true at once for channels without one.
     func waitWritable(timeout: Duration) throws(ChannelError) -> Bool
@@ -66,6 +70,7 @@ extension ByteChannel {
     public func limitPacing(_ bytesPerSecond: UInt64?) {}
     public func limitBursts(_ bytes: Int?) {}
     public func deliveryRate() -> UInt64? { nil }
+    public func deliveredBytes() -> UInt64? { nil }
     public func waitWritable(timeout: Duration) throws(ChannelError) -> Bool { true }
     public func makeDoorbell() -> (any ChannelDoorbell)? { nil }
     public func waitWritable(timeout: Duration, orRung doorbell: (any ChannelDoorbell)?) throws(ChannelError) -> Bool {

@@ -73,6 +73,7 @@ final class PendingChannel: ByteChannel {
     func limitPacing(_ bytesPerSecond: UInt64?) { (try? channel)?.limitPacing(bytesPerSecond) }
     func limitBursts(_ bytes: Int?) { (try? channel)?.limitBursts(bytes) }
     func deliveryRate() -> UInt64? { (try? channel)?.deliveryRate() }
+    func deliveredBytes() -> UInt64? { (try? channel)?.deliveredBytes() }
     func waitWritable(timeout: Duration) throws(ChannelError) -> Bool { try channel.waitWritable(timeout: timeout) }
     func makeDoorbell() -> (any ChannelDoorbell)? { (try? channel)?.makeDoorbell() }
     func waitWritable(timeout: Duration, orRung doorbell: (any ChannelDoorbell)?) throws(ChannelError) -> Bool {

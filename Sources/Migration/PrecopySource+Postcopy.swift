@@ -74,8 +74,9 @@ extension PrecopySource {
     /// rates in the wrong order.
     func applyPostcopyPacing() {
         let parameters = self.parameters
+        let samples = linkSampler.withLock { $0 }?.rates ?? []
         progress.withLock { p in
-            let rate = PostcopyPacing.rate(p.recentWindows, maxPostcopyBandwidth: parameters.maxPostcopyBandwidth,
+            let rate = PostcopyPacing.rate(p.recentWindows, linkSamples: samples, maxPostcopyBandwidth: parameters.maxPostcopyBandwidth,
                                            percent: parameters.postcopyPacing, preempt: capabilities.postcopyPreempt)
             p.info.postcopyPacing = rate ?? 0
             channel.limitPacing(rate)

@@ -112,6 +112,8 @@ public final class PrecopySource: Sendable {
     let multifdChannels = Mutex<[PendingChannel]>([])
     /// The `postcopy-preempt` channel (capability `postcopy-preempt`), once opened.
     let preempt = Mutex<(channel: PendingChannel, writer: StreamWriter)?>(nil)
+    /// With postcopy-preempt: the main channel's delivery, sampled from the live phase to the switch.
+    let linkSampler = Mutex<LinkRateSampler?>(nil)
     /// `migrate-set-parameters` applies to a running migration, as in QEMU.
     let parameterStorage: Mutex<MigrationParameters>
     public let capabilities: MigrationCapabilities
@@ -270,6 +272,8 @@ public final class PrecopySource: Sendable {
             progress.withLock { $0.info.setupTime = Self.milliseconds(.now - $0.startedAt) }
             try checkCancelled()
             setStatus(.active)
+            if preempt.withLock({ $0 }) != nil { linkSampler.withLock { $0 = LinkRateSampler(channel) } }
+            defer { stopLinkSampler() }
             while true {
                 let outcome = try iterateUntilThresholdMet(throttle: &throttle)
                 // Downtime counts from the stop request, as QEMU counts it: a throttled
@@ -282,6 +286,7 @@ public final class PrecopySource: Sendable {
                 let wasRunning = parts.vm.stopForSwitchover()
                 stoppedGuest = wasRunning
                 guard case .switchover(let threshold) = outcome else {
+                    linkSampler.withLock { $0 }?.finish()       // what it saw is the pace's (joined at the end)
                     try runPostcopy(stopRequested: stopRequested)
                     break
                 }
@@ -416,6 +421,11 @@ public final class PrecopySource: Sendable {
     }
 
     /// Every channel closed, once no thread uses it any more.
+    /// Ends the link's sampling (`LinkRateSampler`), keeping what it saw.
+    func stopLinkSampler() {
+        linkSampler.withLock { $0 }?.stop()
+    }
+
     func closeChannels() {
         if let sender = parts.ram.multifd {
             sender.abort()      // after a finished migration its threads are done already

@@ -167,6 +167,13 @@ public final class DescriptorChannel: ZeroCopyChannel {
         return rate > 0 ? UInt64(rate) : nil
     }
 
+    /// TCP's delivered segments times the MSS (`TCP_INFO`); nil for channels
+    /// that are not TCP, or once closed.
+    public func deliveredBytes() -> UInt64? {
+        let delivered = closed.withLock { done in done ? -1 : CLinuxUAPI_socket_delivered_bytes(descriptor) }
+        return delivered >= 0 ? UInt64(delivered) : nil
+    }
+
     public func waitWritable(timeout: Duration) throws(ChannelError) -> Bool {
         let result = closed.withLock { done in done ? 1 : CLinuxUAPI_wait_writable(descriptor, timeout.pollMilliseconds) }
         guard result >= 0 else { throw .system("poll on the migration channel", errno: -result) }

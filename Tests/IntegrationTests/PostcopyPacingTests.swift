@@ -51,6 +51,28 @@ import Testing
         #expect(PostcopyPacing.rate(windows, maxPostcopyBandwidth: 50 << 20, percent: 95, preempt: false) == nil)
     }
 
+    @Test func theLinkSamplesEightiethPercentileWhenThereAreEnough() {
+        // 20 ms samples: the link's 119 MB/s while its queue was full, dips while TCP
+        // recovered a loss or the sender scanned zero pages, two bunched acknowledgements.
+        let samples = Array(repeating: 119e6, count: 20) + [40e6, 60e6, 0, 80e6, 90e6, 100e6] + [150e6, 170e6]
+        #expect(PostcopyPacing.linkRate(samples) == 119e6)
+        // Precopy's windows sent less than the link carries; TCP's samples ran ahead of it.
+        let windows = [Self.busy(80e6, 125_000_000), Self.busy(85e6, 130_000_000)]
+        #expect(PostcopyPacing.rate(windows, linkSamples: samples, maxPostcopyBandwidth: 0, percent: 90, preempt: true) == 107_100_000)
+        // TCP's samples under the short ones' percentile bound it.
+        let under = [Self.busy(80e6, 100_000_000), Self.busy(85e6, 110_000_000)]
+        #expect(PostcopyPacing.rate(under, linkSamples: samples, maxPostcopyBandwidth: 0, percent: 90, preempt: true) == 94_500_000)
+        // Too few samples (a short precopy): the windows.
+        let few = Array(samples.prefix(PostcopyPacing.minimumLinkSamples - 1))
+        #expect(PostcopyPacing.linkRate(few) == nil)
+        #expect(PostcopyPacing.rate(windows, linkSamples: few, maxPostcopyBandwidth: 0, percent: 90, preempt: true) == 74_250_000)
+        // Nothing acknowledged at all: not a rate.
+        #expect(PostcopyPacing.linkRate(Array(repeating: 0, count: 30)) == nil)
+        // Windows held by max-bandwidth: the samples show the limit, not the link.
+        let held = Window(sent: Double(64 << 20), delivery: 70_000_000, maxBandwidth: 64 << 20)
+        #expect(PostcopyPacing.rate([held, held], linkSamples: samples, maxPostcopyBandwidth: 0, percent: 90, preempt: true) == nil)
+    }
+
     @Test func maxPostcopyBandwidthIsThePaceWhenSet() {
         #expect(PostcopyPacing.rate([Self.busy(100e6, 110_000_000)], maxPostcopyBandwidth: 50 << 20, percent: 90, preempt: true)
                 == 50 << 20)

@@ -44,6 +44,29 @@ import Testing
         #expect(a.deliveryRate() == nil)            // not TCP
     }
 
+    @Test func aTCPChannelCountsWhatReachedThePeer() throws {
+        let (sender, receiver) = try Kit.tcpPair()
+        defer { sender.close(); receiver.close() }
+        let before = try #require(sender.deliveredBytes())
+        #expect(before < 128 << 10, "nothing but the handshake")
+        let bytes = 4 << 20
+        let reader = ReaderThread(receiver, count: bytes)
+        try sender.write([UInt8](repeating: 0x5A, count: bytes))
+        #expect(try reader.wait().count == bytes)
+        // Read by the peer, so counted delivered soon after (the last ACK may still be on its way).
+        // Segments times the MSS: a short segment counts whole (on loopback, whose MSS is
+        // 64 KiB, many are short; on a link whose segments are full, within a segment).
+        let deadline = ContinuousClock.now + .seconds(5)
+        while (sender.deliveredBytes() ?? 0) - before < UInt64(bytes), ContinuousClock.now < deadline { usleep(1000) }
+        let delivered = Double((sender.deliveredBytes() ?? 0) - before)
+        #expect(delivered >= Double(bytes) && delivered < Double(bytes) * 1.5, "\(delivered)")
+        let (a, b) = try Kit.socketPair()
+        defer { a.close(); b.close() }
+        #expect(a.deliveredBytes() == nil)       // not TCP
+        sender.close()
+        #expect(sender.deliveredBytes() == nil)  // closed
+    }
+
     @Test func aClosedChannelIsLeftAlone() throws {
         let (sender, receiver) = try Kit.tcpPair()
         sender.close()
