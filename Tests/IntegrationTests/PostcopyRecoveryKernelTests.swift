@@ -148,6 +148,8 @@ struct PostcopyRecoveryKernelTests {
         try await kit.waitFor { capture.migrationStatuses.last == "completed" || capture.failure.withLock({ $0 }) != nil }
         let info = try #require(source.outgoingMigration)
         #expect(info.status == .completed, "\(info.errorDescription ?? "")")
+        // Short of completed, pages may be missing on the destination, and a read of one waits for ever.
+        guard info.status == .completed else { relay.cut(); source.quit(); destination.quit(); return }
         #expect(capture.failure.withLock { $0 } == nil)
         #expect(info.postcopyPauses == 2)
         #expect(sourceEvents.migrationStatuses == ["setup", "active", "device", "postcopy-active", "postcopy-paused",
