@@ -108,8 +108,16 @@ struct PageSelector: Sendable {
     }
 
     /// Marks dirty every page of each unit of `unitPages[block]` pages that has
-    /// one dirty page (a huge page is placed whole, so it is sent whole).
+    /// one dirty page (a huge page is placed whole, so it is sent whole), and
+    /// moves the cursor back to the start of its unit.  Left inside one (a pass
+    /// with jobs of 256 pages stops in the middle of a 512-page huge page), the
+    /// pass would send only the unit's upper part first, and a request for the
+    /// rest would send it on another channel: a huge page split in two, which
+    /// the destination refuses.
     mutating func widen(unitPages: [Int]) {
+        if cursor.block < unitPages.count, unitPages[cursor.block] > 1 {
+            cursor.page = cursor.page / unitPages[cursor.block] * unitPages[cursor.block]
+        }
         for (block, unit) in unitPages.enumerated() where unit > 1 {
             var page = 0
             while let next = bitmaps[block].nextSetPage(from: page) {

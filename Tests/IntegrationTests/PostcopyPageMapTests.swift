@@ -105,6 +105,25 @@ import GuestMemory
         guard case .nothing = picker.request(block: 0, pages: 0..<512, from: &selector) else { Issue.record("sent twice"); return }
     }
 
+    /// Seen failing before the widening realigned the cursor: precopy's 256-page
+    /// jobs left it inside huge page 0, the background sent only its upper half,
+    /// and a request sent the lower half on the preempt channel, which the
+    /// destination refused ("arrived on two channels"; both sides paused).
+    @Test("the switch's widening starts the background at the huge page the cursor is in, so no huge page is split across channels")
+    func wideningRealignsTheCursor() throws {
+        var selector = Self.selector(hugePages: 2, dirty: Array(0..<256))
+        #expect(selector.next(256)?.count == 256)           // precopy's job of 256 pages: the cursor is at 256
+        _ = selector.merge([PostcopyPageMapTests.bitmap(1024, set: [300, 700])])      // the last sync
+        selector.widen(unitPages: [512])                    // the discard set: huge pages 0 and 1, whole
+        var picker = PostcopyPicker(unitPages: [512], preempt: true)
+        var sent: [Int] = []
+        while sent.count < 512, let job = picker.background(32, from: &selector) { sent += job.offsets.map { $0 / 4096 } }
+        #expect(sent == Array(0..<512), "huge page 0 from its first page")
+        guard case .nothing = picker.request(block: 0, pages: 0..<512, from: &selector) else {
+            Issue.record("a request sent part of huge page 0 on the preempt channel"); return
+        }
+    }
+
     @Test("without a preempt channel a request is never dropped and goes on the one channel")
     func singleChannel() throws {
         var selector = Self.selector(hugePages: 2, dirty: Array(0..<1024))
