@@ -82,7 +82,12 @@ struct BackgroundSnapshotKernelTests {
         restored.start(paused: true)
         defer { restored.quit() }
         try restored.startIncoming(from: "file:" + path, autostart: false, onFailure: { reason in capture.failure.withLock { $0 = reason } })
-        try await kit.waitFor { [.completed, .failed].contains(restored.incomingMigration?.status.withLock({ $0 })) }
+        // `failed` is published before the reason reaches `onFailure` (the machine may end
+        // there): a refused image is waited for until its reason is in.
+        try await kit.waitFor {
+            let status = restored.incomingMigration?.status.withLock({ $0 })
+            return status == .completed || (status == .failed && capture.failure.withLock({ $0 }) != nil)
+        }
         if let refusal = capture.failure.withLock({ $0 }) { return Restored(refusal: refusal) }
         var result = Restored(hostFailures: PageVerifier.verify(restored.memory).failureCount)
         #expect(restored.execute(.cont) == .success(.object([:])))
