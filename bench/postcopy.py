@@ -32,7 +32,7 @@ from pathlib import Path
 
 from side_by_side import (SETTLE_SECONDS, ThreadSampler, connect_qmp, cpu_seconds, first_touch_ms, migration_command,
                           migration_cpu, quit_all, thread_medians)
-from snapshot import SlowAccesses, bucket_floor_us, slow_percentiles
+from snapshot import SlowAccesses, bucket_floor_us, histogram_delta, slow_percentiles
 
 NETNS = ("ferry-pc-src", "ferry-pc-dst")
 VETH = ("ferry-pc-s", "ferry-pc-d")
@@ -185,19 +185,16 @@ def guest_progress(source_beats, destination_beats, end):
     """MB/s the guest wrote from its last heartbeat on the source to its last on the
     destination before the end: what it got done while its memory moved (beats are
     (host time, seq, guest time, pages written), the count travelling with the guest)."""
-    before = [b for b in source_beats]
     after = [b for b in destination_beats if b[0] <= end]
-    if not before or not after or after[-1][0] <= before[-1][0]:
+    if not source_beats or not after or after[-1][0] <= source_beats[-1][0]:
         return None
-    return (after[-1][3] - before[-1][3]) * 4096 / (after[-1][0] - before[-1][0]) / 1e6
+    return (after[-1][3] - source_beats[-1][3]) * 4096 / (after[-1][0] - source_beats[-1][0]) / 1e6
 
 
 def slow_seconds(before, after):
     """Seconds the guest spent in slow page writes between two cumulative histograms,
     each counted at its bucket's lower bound (so at most a quarter octave short)."""
-    size = max(len(before), len(after))
-    return sum(((after[i] if i < len(after) else 0) - (before[i] if i < len(before) else 0)) * bucket_floor_us(i)
-               for i in range(size)) / 1e6
+    return sum(count * bucket_floor_us(i) for i, count in enumerate(histogram_delta(before, after))) / 1e6
 
 
 def median(samples, key):

@@ -55,10 +55,15 @@ def bucket_floor_us(bucket):
     return SLOW_FLOOR_US * (1 << octave) * (1 + quarter / 4)
 
 
+def histogram_delta(before, after):
+    """Per bucket, the slow page writes between two cumulative histograms."""
+    size = max(len(before), len(after))
+    return [(after[i] if i < len(after) else 0) - (before[i] if i < len(before) else 0) for i in range(size)]
+
+
 def slow_percentiles(before, after):
     """p50, p99 (us, bucket lower bounds) and count of the slow page writes between two cumulative histograms."""
-    size = max(len(before), len(after))
-    delta = [(after[i] if i < len(after) else 0) - (before[i] if i < len(before) else 0) for i in range(size)]
+    delta = histogram_delta(before, after)
     total = sum(delta)
     if total <= 0:
         return None, None, 0

@@ -7,7 +7,7 @@ import Synchronization
 ///
 /// A 100 ms window of what precopy sent reads low whenever part of it went to
 /// something else (zero pages scanned, a sync, TCP recovering a loss): on a
-/// shaped 1 Gbit/s link the windows' estimate ranged from 62 to 114 MB/s over
+/// shaped 1 Gbit/s link the windows' estimate ranged from 46 to 115 MB/s over
 /// runs, and the postcopy phase's length with it.  A short sample taken while
 /// the link's queue was full reads the link itself, so the upper samples do.
 final class LinkRateSampler: Sendable {
@@ -25,22 +25,22 @@ final class LinkRateSampler: Sendable {
     let thread: JoinableThread
 
     /// Starts sampling `channel` on a thread of its own; it ends at once if the
-    /// channel has no acknowledged count (not TCP).
+    /// channel has no delivered count (not TCP).
     init(_ channel: any ByteChannel) {
         let shared = self.shared
         thread = JoinableThread(name: "mig/src/link") {
-            var last: (at: ContinuousClock.Instant, acked: UInt64)?
+            var last: (at: ContinuousClock.Instant, delivered: UInt64)?
             while !shared.stopping.load(ordering: .relaxed) {
-                guard let acked = channel.deliveredBytes() else { return }
+                guard let delivered = channel.deliveredBytes() else { return }
                 let now = ContinuousClock.now
-                if let last, acked >= last.acked, now > last.at {
-                    let rate = Double(acked - last.acked) / PrecopySource.seconds(now - last.at)
+                if let last, delivered >= last.delivered, now > last.at {
+                    let rate = Double(delivered - last.delivered) / PrecopySource.seconds(now - last.at)
                     shared.samples.withLock { s in
                         s.append(rate)
                         if s.count > Self.kept { s.removeFirst(s.count - Self.kept) }
                     }
                 }
-                last = (now, acked)
+                last = (now, delivered)
                 Thread.sleep(forTimeInterval: PrecopySource.seconds(Self.interval))
             }
         }

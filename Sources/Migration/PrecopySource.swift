@@ -420,12 +420,12 @@ public final class PrecopySource: Sendable {
         parts.ram.use(.multifd(sender, detection))
     }
 
-    /// Every channel closed, once no thread uses it any more.
     /// Ends the link's sampling (`LinkRateSampler`), keeping what it saw.
     func stopLinkSampler() {
         linkSampler.withLock { $0 }?.stop()
     }
 
+    /// Every channel closed, once no thread uses it any more.
     func closeChannels() {
         if let sender = parts.ram.multifd {
             sender.abort()      // after a finished migration its threads are done already
