@@ -25,16 +25,19 @@ from side_by_side import (SETTLE_SECONDS, Console, ThreadSampler, check_restored
 
 # ---------------------------------------------------------------------------------------------- host limits
 
-def fio_mbps(directory, nbytes, jobs, iodepth, block):
+def fio_mbps(directory, nbytes, jobs, iodepth, block, overwrite=False):
     """O_DIRECT sequential write, then read, of `nbytes` in one fresh file under `directory`, `block`
     bytes a request: `jobs` threads on disjoint equal parts (psync), or one job with libaio at `iodepth`.
-    The file is created sparse, as the saves create theirs (--fallocate=none).  Returns MB/s."""
+    The file is created sparse, as the saves create theirs (--fallocate=none).  With `overwrite`, the
+    written file is written again before the read (blocks already allocated, as an incremental save
+    finds them).  Returns MB/s by "write", "read" (and "overwrite")."""
     path = Path(directory) / "fio.bench"
     part = nbytes // jobs // block * block
     figures = {}
     try:
-        for rw in ("write", "read"):
-            command = ["fio", "--name=seq", f"--filename={path}", f"--rw={rw}", f"--bs={block}", "--direct=1",
+        for rw in ("write", "overwrite", "read") if overwrite else ("write", "read"):
+            mode = "write" if rw == "overwrite" else rw
+            command = ["fio", "--name=seq", f"--filename={path}", f"--rw={mode}", f"--bs={block}", "--direct=1",
                        f"--size={part}", f"--numjobs={jobs}", f"--offset_increment={part}", "--group_reporting",
                        "--fallocate=none", "--output-format=json"]
             command += ["--ioengine=libaio", f"--iodepth={iodepth}"] if iodepth > 1 else ["--ioengine=psync"]
@@ -42,7 +45,7 @@ def fio_mbps(directory, nbytes, jobs, iodepth, block):
                 path.unlink()
             out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             job = json.loads(out[out.index("{"):])["jobs"][0]
-            figures[rw] = job[rw]["bw_bytes"] / 1e6
+            figures[rw] = job[mode]["bw_bytes"] / 1e6
     finally:
         if path.exists():
             path.unlink()
@@ -115,6 +118,15 @@ async def vmm_process(vmm, memory, cmdline, incoming, flags, console_class=Conso
                     proc.wait()
 
 
+async def wait_ready(vmm, console, ready_pages):
+    """Waits (up to 120 s) until the guest has written `ready_pages` pages and beaten 10 times."""
+    deadline = time.monotonic() + 120
+    while console.pages() < ready_pages or len(console.beats) < 10:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{vmm.name}: guest never got ready ({console.pages()} pages)")
+        await asyncio.sleep(0.05)
+
+
 async def save_once(vmm, cmdline, memory, ready_pages, channels, direct_io, stopped, path):
     """One save into `path` (removed first): the guest is written once over its working set, then
     paused with `stop` (stopped) or left dirtying (live), then `migrate file:PATH`.  The source's CPU
@@ -122,11 +134,7 @@ async def save_once(vmm, cmdline, memory, ready_pages, channels, direct_io, stop
     async with vmm_process(vmm, memory, cmdline, None, []) as (proc, console, client):
         await set_mapped_ram(client, channels, direct_io)
         await client.execute("migrate-set-parameters", {"max-bandwidth": 100 << 30, "downtime-limit": 300})
-        deadline = time.monotonic() + 120
-        while console.pages() < ready_pages or len(console.beats) < 10:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{vmm.name}: guest never got ready ({console.pages()} pages)")
-            await asyncio.sleep(0.05)
+        await wait_ready(vmm, console, ready_pages)
         if stopped:
             await client.execute("stop")
         if path.exists():

@@ -17,6 +17,8 @@ Scenarios (more arrive with later capabilities):
   mapped-ram          both (bench/mapped_ram.py; with fio's O_DIRECT figures and the first-touch floor)
   free-page-hints     idle and churning guests that freed 1 of 1.5 GiB, hints off and on, each VMM with its
                       own virtio-balloon (bench/free_page_hints.py)
+  mapped-ram-incremental  Ferry's x-ferry-incremental saves after 0.25, 1 and 4 s of dirtying against its full save
+                      and the disk (bench/incremental.py; QEMU has none)
   lazy-restore        Ferry's x-ferry-lazy-restore against eager mapped-ram restores on Ferry and QEMU 10:
                       time to running and to every page loaded (bench/lazy_restore.py)
 
@@ -537,7 +539,7 @@ def main():
     parser.add_argument("--scenario", choices=["boot", "migrate-idle", "migrate-dirty", "migrate", "all",
                                                "multifd-idle", "multifd-dirty", "multifd", "mapped-ram-save",
                                                "mapped-ram-restore", "mapped-ram", "background-snapshot", "postcopy",
-                                               "free-page-hints", "lazy-restore"], default="all",
+                                               "free-page-hints", "lazy-restore", "mapped-ram-incremental"], default="all",
                         help="`all` is boot and migrate; the multifd and mapped-ram scenarios run only by name")
     parser.add_argument("--channels",
                         help="multifd and mapped-ram scenarios: multifd-channels values, comma-separated; 0 = multifd "
@@ -567,6 +569,8 @@ def main():
                              "(default postcopy-4K,preempt-4K,postcopy-2M,preempt-2M)")
     parser.add_argument("--ferry-postcopy-pacing", type=int, default=None,
                         help="postcopy: Ferry's x-ferry-postcopy-pacing, percent of precopy's rate (default: Ferry's own)")
+    parser.add_argument("--incremental-seconds", default="0.25,1,4",
+                        help="mapped-ram-incremental: seconds of dirtying before each incremental save (default 0.25,1,4)")
     parser.add_argument("--hint-workloads", default="idle,churn",
                         help="free-page-hints: the guest's workloads, idle and/or churn (default idle,churn)")
     parser.add_argument("--mem-prealloc", action="store_true",
@@ -626,7 +630,14 @@ def main():
             raw = Path(args.raw) if args.raw else ROOT / "bench" / "results" / f"free-page-hints-{time.strftime('%Y%m%d-%H%M%S')}.json"
             scenario_free_page_hints(ferry_vmm, qemu_vmm, [v for v in (ferry_vmm, qemu_vmm) if v.name in ONLY], args.runs,
                                      args.hint_workloads.split(","), raw)
-        if args.scenario.startswith("mapped-ram"):
+        if args.scenario == "mapped-ram-incremental":
+            sys.modules.setdefault("side_by_side", sys.modules[__name__])
+            from incremental import scenario_incremental
+            raw = Path(args.raw) if args.raw else ROOT / "bench" / "results" / f"incremental-{time.strftime('%Y%m%d-%H%M%S')}.json"
+            scenario_incremental(ferry_vmm, args.runs, args.memory, args.working_set, args.dirty_rate,
+                                 int((args.channels or "4").split(",")[0]), onoff[args.direct_io.split(",")[-1]],
+                                 [float(s) for s in args.incremental_seconds.split(",")], args.dir, raw)
+        elif args.scenario.startswith("mapped-ram"):
             sys.modules.setdefault("side_by_side", sys.modules[__name__])     # mapped_ram imports the helpers above
             from mapped_ram import scenario_mapped_ram
             parts = {"mapped-ram-save": {"stopped", "live"}, "mapped-ram-restore": {"live", "restore"},

@@ -485,14 +485,17 @@ public final class PrecopySource: Sendable {
             }
             let parameters = self.parameters      // live: re-read every round
             let now = ContinuousClock.now
+            // A pass with every page out syncs too, whatever the devices estimate: with
+            // nothing to send and no sync, the loop would spin on the last pass's pages
+            // (seen: a minute at 100 % CPU, `query-migrate` starved of the lock, when
+            // the devices' running estimate was over a 1 ms downtime's threshold).
+            let passDone = parts.ram.pendingEstimate() == 0
             if now - windowStart >= Self.window {
                 let seconds = Self.seconds(now - windowStart)
                 let bytes = limiter.totalBytes, stats = parts.ram.stats
                 // A window that sent nothing (everything already out, the guest idle or
                 // stopped) says nothing about the link: use the average since the start.
-                let bandwidth = bytes > windowBytes
-                    ? Double(bytes - windowBytes) / seconds
-                    : Double(bytes) / Self.seconds(now - progress.withLock { $0.startedAt })
+                let bandwidth = bytes > windowBytes ? Double(bytes - windowBytes) / seconds : averageBandwidth(at: now)
                 switchoverBandwidth = parameters.availSwitchoverBandwidth > 0 ? Double(parameters.availSwitchoverBandwidth) : bandwidth
                 threshold = UInt64(switchoverBandwidth * Double(parameters.downtimeLimit) / 1000)
                 let pending = pendingEstimate()
@@ -508,14 +511,17 @@ public final class PrecopySource: Sendable {
                 }
                 (windowStart, windowBytes, windowPages) = (now, bytes, stats.normalPages + stats.zeroPages)
             }
+            // A first pass done before the first window closed (a small or idle guest, an
+            // incremental save) does not wait for it: the average since the start is the
+            // estimate.  Until then the threshold is 0, and no device state fits it.
+            if switchoverBandwidth == 0 && passDone {
+                let bandwidth = averageBandwidth(at: now)
+                switchoverBandwidth = parameters.availSwitchoverBandwidth > 0 ? Double(parameters.availSwitchoverBandwidth) : bandwidth
+                threshold = UInt64(switchoverBandwidth * Double(parameters.downtimeLimit) / 1000)
+            }
             // While converging, the next sync waits until the last one's pages are all out
             // (with multifd: applied by the destination, so no older pass is in flight at the stop).
             let caughtUp = destinationCaughtUp(since: &waitingSince)
-            // A pass with every page out syncs too, whatever the devices estimate: with
-            // nothing to send and no sync, the loop would spin on the last pass's pages
-            // (seen: a minute at 100 % CPU, `query-migrate` starved of the lock, when
-            // the devices' running estimate was over a 1 ms downtime's threshold).
-            let passDone = parts.ram.pendingEstimate() == 0
             if converging == nil ? pendingEstimate() <= threshold || passDone : passDone && caughtUp {
                 let dirtied = try parts.ram.sync()
                 onPass(parts.ram.stats.dirtySyncCount)
@@ -557,6 +563,12 @@ public final class PrecopySource: Sendable {
             // sync found nothing while the downtime limit cannot be met): do not spin.
             if nothingDirty { sleepUntil(.now + .milliseconds(1)) }
         }
+    }
+
+    /// Bytes per second sent since the migration started.
+    func averageBandwidth(at now: ContinuousClock.Instant) -> Double {
+        let elapsed = Self.seconds(now - progress.withLock { $0.startedAt })
+        return elapsed > 0 ? Double(limiter.totalBytes) / elapsed : 0
     }
 
     /// How the live phase ends.
