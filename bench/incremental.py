@@ -31,16 +31,18 @@ from side_by_side import SETTLE_SECONDS, ThreadSampler, quit_all
 MIB = 1 << 20
 
 
-async def save(vmm, client, proc, path, stopped):
-    """One save into `path` (`stop` first when `stopped`, `cont` after); returns its figures."""
+async def save(vmm, client, proc, console, path, stopped):
+    """One save into `path` (`stop` first when `stopped`, `cont` after); returns its figures, with the
+    guest's page count at its last beat before the save (`pages`)."""
     if stopped:
         await client.execute("stop")
+    pages = console.pages()
     start = time.monotonic()
     await client.execute("migrate", {"uri": f"file:{path}"})
     info, _, _ = await wait_migration(vmm, client, proc, ThreadSampler(proc.pid), start + 120)
     await client.execute("cont")
     ram, mapped = info.get("ram", {}), info.get("x-ferry-mapped-ram", {})
-    return {"total": info["total-time"], "written": ram.get("normal-bytes", 0), "passes": ram.get("dirty-sync-count", 0),
+    return {"pages": pages, "total": info["total-time"], "written": ram.get("normal-bytes", 0), "passes": ram.get("dirty-sync-count", 0),
             "downtime": info.get("downtime", 0), "incremental": mapped.get("incremental"),
             "generation": mapped.get("generation")}
 
@@ -56,19 +58,18 @@ async def run_once(vmm, cmdline, memory, ready_pages, channels, direct_io, secon
         await wait_ready(vmm, console, ready_pages)
         if path.exists():
             path.unlink()
-        pages = console.pages()
-        full = await save(vmm, client, proc, path, True)
-        full["guest"] = pages * 4096
+        full = await save(vmm, client, proc, console, path, True)
+        full["guest"] = full["pages"] * 4096
         results.append(("full", full))
         for interval in seconds + [None]:
             pages = console.pages()
             await asyncio.sleep(interval if interval is not None else 1.0)
-            figures = await save(vmm, client, proc, path, interval is not None)
-            # The guest's page count at its last beat before the save, against the one before it ran.
-            figures["guest"] = (console.pages() - pages) * 4096
+            figures = await save(vmm, client, proc, console, path, interval is not None)
+            # The guest's page count at its last beat before this save, against the one before it ran.
+            figures["guest"] = (figures["pages"] - pages) * 4096
             if not figures["incremental"]:
-                raise RuntimeError(f"the save after {interval} s was not incremental: {figures}")
-            results.append((f"after {interval} s" if interval is not None else "live, after 1 s", figures))
+                raise RuntimeError(f"the save after {interval:g} s was not incremental: {figures}")
+            results.append((f"after {interval:g} s" if interval is not None else "live, after 1 s", figures))
         await quit_all([client], [proc])
     return results
 
@@ -113,6 +114,7 @@ def scenario_incremental(ferry_vmm, runs, memory, working_set, dirty_rate, chann
     print()
     print(f"incremental saves into one mapped-ram file (stopped unless said; disk O_DIRECT write {fresh:.0f} MB/s "
           f"into a fresh file, {over:.0f} MB/s over it again; median of {runs} runs)")
+    print("(MB/s: median written over median total-time)")
     print("| save | guest wrote MiB | save wrote MiB | total ms | MB/s | % of disk | ms per 100 MiB | passes |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for label, rs in samples.items():
@@ -123,7 +125,7 @@ def scenario_incremental(ferry_vmm, runs, memory, working_set, dirty_rate, chann
         print(f"| {label} | {med['guest'] / MIB:.0f} | {med['written'] / MIB:.0f} | {med['total']:.0f} | {rate:.0f} | "
               f"{rate / disk * 100:.0f} | {per:.0f} | {med['passes']:.0f} |")
     points = [(r["written"] / MIB, r["total"]) for label, rs in samples.items() if label.startswith("after") for r in rs]
-    fixed, per_mib = fit(points)
+    fixed, per_mib = fit(points) if len(points) > 1 else (0.0, 0.0)
     print(f"\nleast squares over the stopped incremental saves ({len(points)} points): total-time = {fixed:.0f} ms + "
           f"{per_mib * 100:.1f} ms per 100 MiB written (the disk overwriting alone: {100 * MIB / over / 1e3:.1f} ms per "
           f"100 MiB); the full save: {statistics.median(r['total'] for r in samples['full']):.0f} ms")

@@ -634,8 +634,12 @@ def main():
             sys.modules.setdefault("side_by_side", sys.modules[__name__])
             from incremental import scenario_incremental
             raw = Path(args.raw) if args.raw else ROOT / "bench" / "results" / f"incremental-{time.strftime('%Y%m%d-%H%M%S')}.json"
+            # One configuration: --channels one value (default 4), --direct-io one value (default on).
+            channels, direct_io = (args.channels or "4").split(","), (args.direct_io if args.direct_io != "off,on" else "on").split(",")
+            if len(channels) != 1 or len(direct_io) != 1 or args.only == "qemu":
+                raise SystemExit("mapped-ram-incremental runs Ferry with one --channels and one --direct-io value")
             scenario_incremental(ferry_vmm, args.runs, args.memory, args.working_set, args.dirty_rate,
-                                 int((args.channels or "4").split(",")[0]), onoff[args.direct_io.split(",")[-1]],
+                                 int(channels[0]), onoff[direct_io[0]],
                                  [float(s) for s in args.incremental_seconds.split(",")], args.dir, raw)
         elif args.scenario.startswith("mapped-ram"):
             sys.modules.setdefault("side_by_side", sys.modules[__name__])     # mapped_ram imports the helpers above

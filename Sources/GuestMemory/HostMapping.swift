@@ -208,8 +208,8 @@ extension HostMapping {
         _ = unsafe madvise(base, byteCount, 14 /* MADV_HUGEPAGE */)
     }
 
-    /// Withdraws that advice (`MADV_NOHUGEPAGE`): pages not yet touched come
-    /// 4 KiB at a time, as a booted guest's do.  Best effort.
+    /// The opposite advice (`MADV_NOHUGEPAGE`): pages touched from now on come
+    /// 4 KiB at a time, until `adviseHugePages` again.  Best effort.
     public func adviseBasePages() {
         guard backend == .anon else { return }
         _ = unsafe madvise(base, byteCount, 15 /* MADV_NOHUGEPAGE */)

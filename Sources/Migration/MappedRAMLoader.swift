@@ -65,13 +65,15 @@ extension RAMMigration {
     /// refuses the restore.  Pages the file lacks are zero: left alone when
     /// RAM starts zero, zeroed otherwise.
     ///
-    /// Guest RAM not yet touched is filled 4 KiB at a time (`adviseBasePages`):
-    /// on this platform readers faulting in transparent huge pages restored
-    /// 1280 MiB in 3.8-6.5 s, against 0.8-1.6 s with base pages (alternating runs,
-    /// bench/README "Eighth session"), where a multifd migration's receivers gain
-    /// from huge pages instead.
+    /// While the readers run, guest RAM not yet touched is filled 4 KiB at a time
+    /// (`adviseBasePages`); huge pages are advised again once they are done, so
+    /// the kernel may still merge the restored memory later.  On this platform,
+    /// readers faulting in transparent huge pages restored 1280 MiB in 3836, 6363
+    /// and 6544 ms, with base pages in 1551, 1528 and 792 ms (alternating runs,
+    /// bench/README "Eighth session").
     public func loadMappedRAM(_ image: MappedRAMImage, from file: any PageFile, readers: Int) throws(MigrationError) {
         for mapping in mappings { mapping.adviseBasePages() }
+        defer { for mapping in mappings { mapping.adviseHugePages() } }
         let segments = image.indexes.enumerated().flatMap { block, index in
             stride(from: 0, to: index.pageCount, by: Self.restoreSegmentPages).map { (block: block, first: $0) }
         }

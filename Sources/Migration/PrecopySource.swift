@@ -485,11 +485,7 @@ public final class PrecopySource: Sendable {
             }
             let parameters = self.parameters      // live: re-read every round
             let now = ContinuousClock.now
-            // A pass with every page out syncs too, whatever the devices estimate: with
-            // nothing to send and no sync, the loop would spin on the last pass's pages
-            // (seen: a minute at 100 % CPU, `query-migrate` starved of the lock, when
-            // the devices' running estimate was over a 1 ms downtime's threshold).
-            let passDone = parts.ram.pendingEstimate() == 0
+            let passDone = parts.ram.pendingEstimate() == 0      // every page of this pass is out
             if now - windowStart >= Self.window {
                 let seconds = Self.seconds(now - windowStart)
                 let bytes = limiter.totalBytes, stats = parts.ram.stats
@@ -512,9 +508,11 @@ public final class PrecopySource: Sendable {
                 (windowStart, windowBytes, windowPages) = (now, bytes, stats.normalPages + stats.zeroPages)
             }
             // A first pass done before the first window closed (a small or idle guest, an
-            // incremental save) does not wait for it: the average since the start is the
-            // estimate.  Until then the threshold is 0, and no device state fits it.
-            if switchoverBandwidth == 0 && passDone {
+            // incremental save) does not wait for it: what was sent, over at least a
+            // window's time, is the estimate.  Until then the threshold is 0, which no
+            // device state fits.  Not after a refused switchover: its retry waits for a
+            // window, as before, rather than stop again at once.
+            if switchoverBandwidth == 0 && passDone && progress.withLock({ $0.info.switchoverRetries }) == 0 {
                 let bandwidth = averageBandwidth(at: now)
                 switchoverBandwidth = parameters.availSwitchoverBandwidth > 0 ? Double(parameters.availSwitchoverBandwidth) : bandwidth
                 threshold = UInt64(switchoverBandwidth * Double(parameters.downtimeLimit) / 1000)
@@ -522,6 +520,10 @@ public final class PrecopySource: Sendable {
             // While converging, the next sync waits until the last one's pages are all out
             // (with multifd: applied by the destination, so no older pass is in flight at the stop).
             let caughtUp = destinationCaughtUp(since: &waitingSince)
+            // A pass with every page out syncs too, whatever the devices estimate: with
+            // nothing to send and no sync, the loop would spin on the last pass's pages
+            // (seen: a minute at 100 % CPU, `query-migrate` starved of the lock, when
+            // the devices' running estimate was over a 1 ms downtime's threshold).
             if converging == nil ? pendingEstimate() <= threshold || passDone : passDone && caughtUp {
                 let dirtied = try parts.ram.sync()
                 onPass(parts.ram.stats.dirtySyncCount)
@@ -565,10 +567,11 @@ public final class PrecopySource: Sendable {
         }
     }
 
-    /// Bytes per second sent since the migration started.
+    /// Bytes per second sent since the migration started, over at least one
+    /// window's time: what socket buffers took at once in the first milliseconds,
+    /// or a rate limit's first window released in one go, must not read as the link.
     func averageBandwidth(at now: ContinuousClock.Instant) -> Double {
-        let elapsed = Self.seconds(now - progress.withLock { $0.startedAt })
-        return elapsed > 0 ? Double(limiter.totalBytes) / elapsed : 0
+        Double(limiter.totalBytes) / max(Self.seconds(now - progress.withLock { $0.startedAt }), Self.seconds(Self.window))
     }
 
     /// How the live phase ends.

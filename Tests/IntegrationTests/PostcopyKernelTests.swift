@@ -93,6 +93,7 @@ struct PostcopyKernelTests {
         #expect(capture.failure.withLock { $0 } == nil)
         #expect(source.state == .postmigrate)
         #expect(destination.state == .running)
+        try await kit.waitForFinalEvent(sourceEvents)
         #expect(sourceEvents.migrationStatuses == ["setup", "active", "device", "postcopy-active", "completed"])
         #expect(capture.migrationStatuses == ["setup", "active", "postcopy-active", "completed"])
         #expect(info.postcopyBytes > 0)

@@ -152,6 +152,7 @@ struct PostcopyRecoveryKernelTests {
         guard info.status == .completed else { relay.cut(); source.quit(); destination.quit(); return }
         #expect(capture.failure.withLock { $0 } == nil)
         #expect(info.postcopyPauses == 2)
+        try await kit.waitForFinalEvent(sourceEvents)
         #expect(sourceEvents.migrationStatuses == ["setup", "active", "device", "postcopy-active", "postcopy-paused",
                                                    "postcopy-recover-setup", "postcopy-paused",
                                                    "postcopy-recover-setup", "postcopy-recover", "postcopy-active", "completed"])

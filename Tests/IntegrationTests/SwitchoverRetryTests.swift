@@ -152,20 +152,15 @@ import Transport
 
     @Test("a first pass done before the first bandwidth window closes switches over at once (it synced every millisecond until the window closed)")
     func quickPassNeedsNoWindow() throws {
-        let vm = RecordingVM()
-        let loadedDevice = StopSizedDevice(vm: nil, largeStops: 0)
-        var parameters = MigrationParameters()
-        parameters.maxBandwidth = 1 << 40
-        let run = try Self.runMigration(vm: vm, tracker: OneShotDirtyLog(pages: 1024), sourceDevices: [StopSizedDevice(vm: vm, largeStops: 0)],
-                                        destinationDevices: [loadedDevice], parameters: parameters)
-        #expect(run.info.status == .completed, "\(run.info.errorDescription ?? "")")
+        let (info, events, device, source, target) = try migrate(largeStops: 0)
+        #expect(info.status == .completed, "\(info.errorDescription ?? "")")
         // The setup's sync, the finished pass's, and the stop's: with a threshold of 0
         // until the first window closed, the device state never fitted it and the loop
         // synced each millisecond for 100 ms (58 syncs in a stopped incremental save).
-        #expect(run.info.ram.dirtySyncCount <= 4, "\(run.info.ram.dirtySyncCount) syncs")
-        #expect(vm.events.withLock { $0 } == ["stop", "completed"])
-        #expect(loadedDevice.loaded.withLock { $0 } == StopSizedDevice.state)
-        #expect(Self.sameBytes(run.source, run.target))
+        #expect(info.ram.dirtySyncCount <= 4, "\(info.ram.dirtySyncCount) syncs")
+        #expect(events == ["stop", "completed"])
+        #expect(device.loaded.withLock { $0 } == StopSizedDevice.state)
+        #expect(Self.sameBytes(source, target))
     }
 
     /// Estimates far more while the guest runs than its exact size (200 bytes).
