@@ -492,8 +492,7 @@ public final class PrecopySource: Sendable {
                 // A window that sent nothing (everything already out, the guest idle or
                 // stopped) says nothing about the link: use the average since the start.
                 let bandwidth = bytes > windowBytes ? Double(bytes - windowBytes) / seconds : averageBandwidth(at: now)
-                switchoverBandwidth = parameters.availSwitchoverBandwidth > 0 ? Double(parameters.availSwitchoverBandwidth) : bandwidth
-                threshold = UInt64(switchoverBandwidth * Double(parameters.downtimeLimit) / 1000)
+                (switchoverBandwidth, threshold) = Self.switchoverBudget(measured: bandwidth, parameters)
                 let pending = pendingEstimate()
                 let delivery = bytes > windowBytes ? channel.deliveryRate() : nil
                 progress.withLock { p in
@@ -513,9 +512,7 @@ public final class PrecopySource: Sendable {
             // device state fits.  Not after a refused switchover: its retry waits for a
             // window, as before, rather than stop again at once.
             if switchoverBandwidth == 0 && passDone && progress.withLock({ $0.info.switchoverRetries }) == 0 {
-                let bandwidth = averageBandwidth(at: now)
-                switchoverBandwidth = parameters.availSwitchoverBandwidth > 0 ? Double(parameters.availSwitchoverBandwidth) : bandwidth
-                threshold = UInt64(switchoverBandwidth * Double(parameters.downtimeLimit) / 1000)
+                (switchoverBandwidth, threshold) = Self.switchoverBudget(measured: averageBandwidth(at: now), parameters)
             }
             // While converging, the next sync waits until the last one's pages are all out
             // (with multifd: applied by the destination, so no older pass is in flight at the stop).
@@ -565,6 +562,13 @@ public final class PrecopySource: Sendable {
             // sync found nothing while the downtime limit cannot be met): do not spin.
             if nothingDirty { sleepUntil(.now + .milliseconds(1)) }
         }
+    }
+
+    /// The bandwidth the switchover counts on (`avail-switchover-bandwidth` when
+    /// set, else `measured`) and the bytes it may send within `downtime-limit`.
+    static func switchoverBudget(measured: Double, _ parameters: MigrationParameters) -> (bandwidth: Double, threshold: UInt64) {
+        let bandwidth = parameters.availSwitchoverBandwidth > 0 ? Double(parameters.availSwitchoverBandwidth) : measured
+        return (bandwidth, UInt64(bandwidth * Double(parameters.downtimeLimit) / 1000))
     }
 
     /// Bytes per second sent since the migration started, over at least one
