@@ -55,11 +55,12 @@ import Testing
         #expect(try reader.wait().count == bytes)
         // Read by the peer, so counted delivered soon after (the last ACK may still be on its way).
         // Segments times the MSS: a short segment counts whole (on loopback, whose MSS is
-        // 64 KiB, many are short; on a link whose segments are full, within a segment).
+        // 64 KiB, many are short, more so on a loaded host: 1.63x on one CI run; on a link
+        // whose segments are full, within a segment). Counted twice would be 2x or more.
         let deadline = ContinuousClock.now + .seconds(5)
         while (sender.deliveredBytes() ?? 0) - before < UInt64(bytes), ContinuousClock.now < deadline { usleep(1000) }
         let delivered = Double((sender.deliveredBytes() ?? 0) - before)
-        #expect(delivered >= Double(bytes) && delivered < Double(bytes) * 1.5, "\(delivered)")
+        #expect(delivered >= Double(bytes) && delivered < Double(bytes) * 2, "\(delivered)")
         let (a, b) = try Kit.socketPair()
         defer { a.close(); b.close() }
         #expect(a.deliveredBytes() == nil)       // not TCP
