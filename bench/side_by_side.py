@@ -403,12 +403,19 @@ def scenario_migrate(ferry_vmm, qemu_vmm, runs, name, workload, ready_pages):
     print(f"{'bytes sent (MiB)':>26} {f['transferred'] / 2**20:10.0f} {q['transferred'] / 2**20:10.0f}")
 
 
-def first_touch_ms(nbytes, hugepage=False):
+def first_touch_ms(nbytes, hugepage=False, beside=0):
     """The host's first-touch floor: one thread writes one byte into each 4 KiB page of
     `nbytes` fresh private anonymous memory (the kernel faults and clears each page);
-    hugepage: with MADV_HUGEPAGE first, as QEMU advises its guest RAM."""
+    hugepage: with MADV_HUGEPAGE first, as QEMU advises its guest RAM.  `beside`: bytes
+    touched first (untimed) and held meanwhile, as a source holds its RAM while its
+    destination fills on the same host.  Memory the host's host has just backed is
+    handed out first, so the bytes after it are the colder ones: here 1.5 GiB took
+    0.7-1 s alone and 8-12 s beside 1.5 GiB held."""
+    held = mmap.mmap(-1, beside, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS) if beside else None
     area = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:
+        if held is not None:
+            held[::4096] = b"\1" * (beside // 4096)
         if hugepage:
             area.madvise(mmap.MADV_HUGEPAGE)
         pages = nbytes // 4096
@@ -417,6 +424,8 @@ def first_touch_ms(nbytes, hugepage=False):
         return (time.monotonic() - start) * 1000
     finally:
         area.close()
+        if held is not None:
+            held.close()
 
 
 def loopback_gbps(streams, seconds=1.0, chunk=4 << 20):
@@ -454,6 +463,77 @@ def loopback_gbps(streams, seconds=1.0, chunk=4 << 20):
     return sum(received) * 8 / (time.monotonic() - start) / 1e9
 
 
+def loopback_transfer(nbytes, streams, zerocopy=False, chunk=4 << 20):
+    """`nbytes` over `streams` loopback TCP connections, 4 MiB writes of memory already in cache, sender and
+    receiver each a process of its own (as the two VMMs are): wall ms and each process's CPU-seconds (wait4).
+    What sending these bytes costs the kernel alone, with no page to read or check: the floor under any
+    source's CPU here.  With `zerocopy`, MSG_ZEROCOPY (SO_ZEROCOPY, completions reaped from the error queue),
+    which loopback turns back into a copy at delivery."""
+    import errno
+    import threading
+    listener = socket.create_server(("127.0.0.1", 0), backlog=streams)
+    port = listener.getsockname()[1]
+    part = nbytes // streams // chunk * chunk
+
+    def child(body):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                body()
+            finally:
+                os._exit(0)
+        return pid
+
+    def receive():
+        def one(conn):
+            buffer = bytearray(chunk)
+            with conn:
+                while conn.recv_into(buffer) > 0:
+                    pass
+        threads = [threading.Thread(target=one, args=(listener.accept()[0],)) for _ in range(streams)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def send():
+        def one():
+            buffers = [memoryview(bytearray(b"\1" * chunk)) for _ in range(8 if zerocopy else 1)]
+            with socket.create_connection(("127.0.0.1", port)) as conn:
+                if zerocopy:
+                    conn.setsockopt(socket.SOL_SOCKET, 60, 1)          # SO_ZEROCOPY
+                sent = 0
+                while sent < part:
+                    data = buffers[sent // chunk % len(buffers)][sent % chunk:]
+                    try:
+                        sent += conn.send(data, 0x4000000 if zerocopy else 0)   # MSG_ZEROCOPY
+                    except OSError as error:
+                        if error.errno != errno.ENOBUFS:
+                            raise
+                    while zerocopy:
+                        try:
+                            conn.recvmsg(0, 1024, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+                        except BlockingIOError:
+                            break
+        threads = [threading.Thread(target=one) for _ in range(streams)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    receiver = child(receive)
+    start = time.monotonic()
+    sender = child(send)
+    cpu = {}
+    for pid in (sender, receiver):
+        _, _, usage = os.wait4(pid, 0)
+        cpu[pid] = usage.ru_utime + usage.ru_stime
+        if pid == sender:
+            wall = (time.monotonic() - start) * 1000
+    listener.close()
+    return {"ms": wall, "send_cpu": cpu[sender], "recv_cpu": cpu[receiver]}
+
+
 def scenario_multifd(ferry_vmm, qemu_vmm, runs, name, workload, ready_pages, touch_bytes, channel_counts, compressions,
                      preallocs):
     """Multifd side by side: every (channels, compression) configuration on both VMMs, runs alternating
@@ -470,14 +550,19 @@ def scenario_multifd(ferry_vmm, qemu_vmm, runs, name, workload, ready_pages, tou
               f"downtime-limit 300 ms, {'-mem-prealloc' if prealloc else 'no -mem-prealloc'} on both sides, "
               f"zero-page-detection and zstd level at their defaults, median of {runs} runs")
         results = {(config, vmm.name): [] for config in configs for vmm in vmms}
-        host = {"touch": [], "touch_huge": [], "tcp1": [], "tcpn": []}
+        host = {"touch": [], "touch_huge": [], "touch_beside": [], "tcp1": [], "tcpn": []}
+        floors = {(streams, zc): [] for streams in sorted({max(c, 1) for c, _ in configs}) for zc in (False, True)}
         for i in range(runs):
             time.sleep(SETTLE_SECONDS)
             host["touch"].append(first_touch_ms(touch_bytes))
             time.sleep(SETTLE_SECONDS)
             host["touch_huge"].append(first_touch_ms(touch_bytes, hugepage=True))
+            time.sleep(SETTLE_SECONDS)
+            host["touch_beside"].append(first_touch_ms(touch_bytes, beside=touch_bytes))
             host["tcp1"].append(loopback_gbps(1))
             host["tcpn"].append(loopback_gbps(max_streams))
+            for streams, zerocopy in floors:
+                floors[(streams, zerocopy)].append(loopback_transfer(touch_bytes, streams, zerocopy))
             for config in configs:
                 for vmm in vmms:
                     time.sleep(SETTLE_SECONDS)
@@ -486,9 +571,15 @@ def scenario_multifd(ferry_vmm, qemu_vmm, runs, name, workload, ready_pages, tou
         mib = touch_bytes >> 20
         print(f"  host, same run: first touch of {mib} MiB fresh anonymous memory by one thread: {h['touch']:.0f} ms "
               f"({touch_bytes / h['touch'] / 1e6:.2f} GB/s); with MADV_HUGEPAGE {h['touch_huge']:.0f} ms "
-              f"({touch_bytes / h['touch_huge'] / 1e6:.2f} GB/s)")
+              f"({touch_bytes / h['touch_huge'] / 1e6:.2f} GB/s); beside {mib} MiB held, as the source holds its "
+              f"RAM here: {h['touch_beside']:.0f} ms ({touch_bytes / h['touch_beside'] / 1e6:.2f} GB/s)")
         print(f"  host, same run: loopback TCP {h['tcp1']:.1f} Gbit/s on 1 stream, {h['tcpn']:.1f} Gbit/s on "
               f"{max_streams} streams (Python, 4 MiB writes)")
+        for (streams, zerocopy), samples in floors.items():
+            m = {key: statistics.median(r[key] for r in samples) for key in samples[0]}
+            print(f"  host, same run: {mib} MiB over {streams} loopback TCP stream(s){' with MSG_ZEROCOPY' if zerocopy else ''}, "
+                  f"data in cache, no checksum: {m['ms']:.0f} ms, sender {m['send_cpu']:.2f} CPU-s, "
+                  f"receiver {m['recv_cpu']:.2f} CPU-s (the kernel's own cost, a floor under each side's CPU)")
         columns = [("total ms", "total", "{:.0f}"), ("downtime ms", "downtime", "{:.0f}"), ("pause ms", "gap", "{:.0f}"),
                    ("src CPU-s", "src_cpu", "{:.2f}"), ("src mig CPU-s", "src_mig_cpu", "{:.2f}"),
                    ("dst CPU-s", "dst_cpu", "{:.2f}"), ("dst mig CPU-s", "dst_mig_cpu", "{:.2f}"),
