@@ -18,7 +18,7 @@ public protocol PageFile: ByteChannel {
     /// Fills `list` from `offset` (page data, as `write`); `.endOfStream` if the file ends first.
     func read(into list: borrowing ScatterList, at offset: UInt64) throws(ChannelError)
     /// Metadata, always through the buffered descriptor.
-    func write(_ bytes: [UInt8], at offset: UInt64) throws(ChannelError)
+    func write(_ bytes: RawSpan, at offset: UInt64) throws(ChannelError)
     func read(_ count: Int, at offset: UInt64) throws(ChannelError) -> [UInt8]
     /// Frees the blocks of `count` bytes at `offset`: they read back as zero.
     func punchHole(at offset: UInt64, count: UInt64) throws(ChannelError)
@@ -29,6 +29,11 @@ public protocol PageFile: ByteChannel {
     func seek(to offset: UInt64)
     /// Which file this is (device and inode), to tell whether a later save goes to the same one.
     var identity: FileIdentity { get throws(ChannelError) }
+}
+
+extension PageFile {
+    /// Metadata, always through the buffered descriptor.
+    func write(_ bytes: [UInt8], at offset: UInt64) throws(ChannelError) { try write(unsafe bytes.span.bytes, at: offset) }  // SAFETY: UInt8 has no padding
 }
 
 /// A file's device and inode numbers.

@@ -12,9 +12,10 @@ struct PageSelector: Sendable {
     var bitmaps: [DirtyBitmap]
     private(set) var dirtyCount = 0
     private(set) var cursor = (block: 0, page: 0)
-    /// The chunks resident (in RAM or swap) when tracking started, until the next
-    /// sync: a page in a chunk that was not resident is zero for this pass (a
-    /// later write is in the dirty log), so it is picked as zero without being read.
+    /// The chunks resident (in RAM or swap) when tracking started, and every chunk
+    /// the guest has written since (each sync adds the chunks of the pages it
+    /// collected): a page in a chunk outside it is still zero (any write to it
+    /// would be in the dirty log), so it is picked as zero without being read.
     var resident: [DirtyBitmap]?
     let chunkPages: Int
 
@@ -32,9 +33,23 @@ struct PageSelector: Sendable {
             guard let bitmap else { continue }
             dirtied += bitmap.count
             dirtyCount += bitmaps[index].merge(bitmap)
+            // Pages written since tracking started may sit in chunks that were not
+            // resident: those chunks hold data now.  The others are still empty (a
+            // sync in the middle of the first pass, as a save's threshold makes, no
+            // longer has the rest of it read page by page through the zero page).
+            if resident != nil { Self.markChunks(of: bitmap, in: &resident![index], chunkPages: chunkPages) }
         }
-        resident = nil      // pages dirtied since tracking started may sit in chunks that were not resident
         return dirtied
+    }
+
+    /// Sets in `chunks` every chunk (of `chunkPages` pages) that holds a page set in `pages`.
+    static func markChunks(of pages: DirtyBitmap, in chunks: inout DirtyBitmap, chunkPages: Int) {
+        var from = 0
+        while from < pages.pageCount, let page = pages.nextSetPage(from: from) {
+            let chunk = page / chunkPages
+            chunks[chunk] = true
+            from = (chunk + 1) * chunkPages
+        }
     }
 
     /// Takes up to `count` dirty pages from the cursor on, wrapping to the next

@@ -105,23 +105,67 @@ public enum FrameChecksum {
         public static let fastest: BlockLoop = ferry_checksum_has_avx2() != 0 ? .avx2 : .portable
     }
 
+    /// The checksum of `first` followed by `second`, as `of` gives for their
+    /// concatenation, without making it (a mapped-ram file's bitmap and checksum
+    /// table, megabytes at a save's end, are summed where they lie).
+    public static func of(_ first: RawSpan, then second: RawSpan, loop: BlockLoop = .fastest) -> UInt64 {
+        var state = BlockState()
+        let total = first.byteCount + second.byteCount
+        let firstBlocks = first.byteCount / 64
+        blocks(first, from: 0, count: firstBlocks, state: &state, loop: loop)
+        let left = first.byteCount - firstBlocks * 64
+        guard left > 0 else {
+            let secondBlocks = second.byteCount / 64
+            blocks(second, from: 0, count: secondBlocks, state: &state, loop: loop)
+            return finish(state.lanes, tail: second, from: secondBlocks * 64, totalCount: total)
+        }
+        // The block that straddles the two parts, put together.
+        let borrowed = min(64 - left, second.byteCount)
+        var joint: [UInt8] = []
+        joint.reserveCapacity(64)
+        // SAFETY: RawSpan bounds-checks each load, and every bit pattern is a valid UInt8.
+        for i in firstBlocks * 64..<first.byteCount { joint.append(unsafe first.unsafeLoad(fromByteOffset: i, as: UInt8.self)) }
+        for i in 0..<borrowed { joint.append(unsafe second.unsafeLoad(fromByteOffset: i, as: UInt8.self)) }
+        // SAFETY (`bytes` here and below): a span's bytes are unsafe only for elements with padding; UInt8 has none.
+        guard joint.count == 64 else { return finish(state.lanes, tail: unsafe joint.span.bytes, from: 0, totalCount: total) }
+        blocks(unsafe joint.span.bytes, from: 0, count: 1, state: &state, loop: loop)
+        let secondBlocks = (second.byteCount - borrowed) / 64
+        blocks(second, from: borrowed, count: secondBlocks, state: &state, loop: loop)
+        return finish(state.lanes, tail: second, from: borrowed + secondBlocks * 64, totalCount: total)
+    }
+
+    /// The block loop's running state: the lanes, the next block's key, and the OR of the blocks seen.
+    struct BlockState {
+        var lanes = FrameChecksum.seed
+        var keys = FrameChecksum.key
+        var seen = SIMD8<UInt64>(repeating: 0)
+    }
+
     /// The checksum, and the OR of every whole 64-byte block (zero detection).
     @inline(__always)
     static func scan(_ bytes: Span<UInt8>, loop: BlockLoop = .fastest) -> (checksum: UInt64, blocksOR: SIMD8<UInt64>) {
-        var seen = SIMD8<UInt64>(repeating: 0)
-        var lanes = seed
-        var blockKey = key
-        let blocksEnd = (bytes.count / 64) * 64
-        if loop == .avx2 && blocksEnd > 0 {
+        var state = BlockState()
+        let raw = unsafe bytes.bytes
+        let blockCount = bytes.count / 64
+        blocks(raw, from: 0, count: blockCount, state: &state, loop: loop)
+        return (finish(state.lanes, tail: raw, from: blockCount * 64, totalCount: bytes.count), state.seen)
+    }
+
+    /// The block loop over `count` whole 64-byte blocks of `raw` from byte `start` on.
+    @inline(__always)
+    static func blocks(_ raw: RawSpan, from start: Int, count: Int, state: inout BlockState, loop: BlockLoop) {
+        guard count > 0 else { return }
+        precondition(start >= 0 && start + count * 64 <= raw.byteCount)
+        if loop == .avx2 {
             precondition(ferry_checksum_has_avx2() != 0, "the AVX2 checksum loop on a CPU without AVX2")
-            bytes.withUnsafeBufferPointer { buffer in
-                // SAFETY: the C loop reads `blocksEnd / 64` whole blocks, all inside `buffer`, and
-                // reads and writes eight UInt64 through each of the three pointers, which address
-                // SIMD8<UInt64> values (eight contiguous UInt64).
-                unsafe withUnsafeMutableBytes(of: &lanes) { lanes in
-                    unsafe withUnsafeMutableBytes(of: &blockKey) { keys in
-                        unsafe withUnsafeMutableBytes(of: &seen) { seen in
-                            unsafe ferry_checksum_blocks_avx2(buffer.baseAddress, blocksEnd / 64,
+            unsafe raw.withUnsafeBytes { buffer in
+                // SAFETY: the C loop reads `count` whole blocks from `start`, all inside `buffer`
+                // (checked above), and reads and writes eight UInt64 through each of the three
+                // pointers, which address SIMD8<UInt64> values (eight contiguous UInt64).
+                unsafe withUnsafeMutableBytes(of: &state.lanes) { lanes in
+                    unsafe withUnsafeMutableBytes(of: &state.keys) { keys in
+                        unsafe withUnsafeMutableBytes(of: &state.seen) { seen in
+                            unsafe ferry_checksum_blocks_avx2(buffer.baseAddress! + start, count,
                                                               lanes.baseAddress!.assumingMemoryBound(to: UInt64.self),
                                                               keys.baseAddress!.assumingMemoryBound(to: UInt64.self),
                                                               seen.baseAddress!.assumingMemoryBound(to: UInt64.self))
@@ -130,19 +174,17 @@ public enum FrameChecksum {
                 }
             }
         } else {
-            portableBlocks(bytes, end: blocksEnd, lanes: &lanes, keys: &blockKey, seen: &seen)
+            portableBlocks(raw, from: start, end: start + count * 64, state: &state)
         }
-        return (finish(bytes, lanes: lanes, from: blocksEnd), seen)
     }
 
     /// The block loop in Swift: `SIMD8<UInt64>` lanes, which compile to plain SSE2.
     @inline(__always)
-    static func portableBlocks(_ bytes: Span<UInt8>, end blocksEnd: Int, lanes: inout SIMD8<UInt64>, keys blockKey: inout SIMD8<UInt64>,
-                               seen: inout SIMD8<UInt64>) {
-        let raw = bytes.bytes
+    static func portableBlocks(_ raw: RawSpan, from start: Int, end blocksEnd: Int, state: inout BlockState) {
         let low = SIMD8<UInt64>(repeating: 0xffff_ffff)
         let step = SIMD8<UInt64>(repeating: 0x9e37_79b9_7f4a_7c15)
-        var i = 0
+        var (lanes, blockKey, seen) = (state.lanes, state.keys, state.seen)
+        var i = start
         while i < blocksEnd {
             // SAFETY: RawSpan bounds-checks the load, and every bit pattern is a valid SIMD8<UInt64>.
             let data = unsafe raw.unsafeLoadUnaligned(fromByteOffset: i, as: SIMD8<UInt64>.self)
@@ -158,18 +200,21 @@ public enum FrameChecksum {
             blockKey = blockKey &+ step
             i += 64
         }
+        (state.lanes, state.keys, state.seen) = (lanes, blockKey, seen)
     }
 
-    /// The lanes folded, the bytes after the last whole block and the length mixed in, and the finaliser.
+    /// The lanes folded, the bytes of `tail` from `start` on (fewer than a block) and
+    /// the whole input's length mixed in, and the finaliser.
     @inline(__always)
-    static func finish(_ bytes: Span<UInt8>, lanes: SIMD8<UInt64>, from blocksEnd: Int) -> UInt64 {
-        var i = blocksEnd
+    static func finish(_ lanes: SIMD8<UInt64>, tail: RawSpan, from start: Int, totalCount: Int) -> UInt64 {
+        var i = start
         let prime: UInt64 = 0x100_0000_01b3
         @inline(__always) func rotate(_ x: UInt64, _ r: UInt64) -> UInt64 { x << r | x >> (64 - r) }
         var h: UInt64 = 0
         for lane in 0..<8 { h = (h ^ rotate(lanes[lane], UInt64(7 * lane + 1))) &* 0x9e37_79b9_7f4a_7c15 }
-        while i < bytes.count { h = (h ^ UInt64(bytes[i])) &* prime; i += 1 }
-        h ^= UInt64(bytes.count)
+        // SAFETY: RawSpan bounds-checks each load, and every bit pattern is a valid UInt8.
+        while i < tail.byteCount { h = (h ^ UInt64(unsafe tail.unsafeLoad(fromByteOffset: i, as: UInt8.self))) &* prime; i += 1 }
+        h ^= UInt64(totalCount)
         h ^= h >> 30; h = h &* 0xbf58_476d_1ce4_e5b9
         h ^= h >> 27; h = h &* 0x94d0_49bb_1331_11eb
         return h ^ (h >> 31)

@@ -145,10 +145,10 @@ public final class MigrationFile: PageFile {
         }
     }
 
-    public func write(_ bytes: [UInt8], at offset: UInt64) throws(ChannelError) {
+    public func write(_ bytes: RawSpan, at offset: UInt64) throws(ChannelError) {
         let start = try absolute(offset)
         var written = 0
-        while written < bytes.count {
+        while written < bytes.byteCount {
             let result = unsafe bytes.withUnsafeBytes { raw in
                 // SAFETY: [written, count) lies inside the array.
                 unsafe CLinuxUAPI_pwrite(descriptor, raw.baseAddress! + written, raw.count - written, start + written)
@@ -197,7 +197,7 @@ public final class MigrationFile: PageFile {
 
     public func write(_ bytes: [UInt8]) throws(ChannelError) {
         let at = position.withLock { $0 }
-        try write(bytes, at: at)
+        try write(unsafe bytes.span.bytes, at: at)      // SAFETY: UInt8 has no padding
         position.withLock { $0 = at + UInt64(bytes.count) }
     }
 

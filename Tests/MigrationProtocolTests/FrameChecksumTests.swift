@@ -42,6 +42,26 @@ struct FrameChecksumTests {
         #expect(FrameChecksum.scan(zero.span, loop: .avx2).blocksOR == SIMD8(repeating: 0))
     }
 
+    @Test("the sum of two parts is the sum of their concatenation, wherever the parts split a block, by every loop")
+    func twoParts() {
+        var generator = SystemRandomNumberGenerator()
+        let whole = (0..<400).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        for loop in Self.loops {
+            for length in [0, 1, 63, 64, 65, 127, 128, 200, 400] {
+                let bytes = Array(whole[..<length])
+                let expected = FrameChecksum.of(bytes.span, loop: loop)
+                for split in Set([0, 1, 7, 8, 63, 64, 65, 100, 129, length / 2, length - 1, length]) where split >= 0 && split <= length {
+                    let first = Array(bytes[..<split]), second = Array(bytes[split...])
+                    #expect(FrameChecksum.of(first.span.bytes, then: second.span.bytes, loop: loop) == expected,
+                            "\(loop), \(length) bytes split at \(split)")
+                }
+            }
+        }
+        // A mapped-ram block's metadata: a bitmap of words and a table of sums.
+        let bitmap = FrameChecksumTests.pattern(8 * 7, 13), table = FrameChecksumTests.pattern(8 * 448, 29)
+        #expect(FrameChecksum.of(bitmap.span.bytes, then: table.span.bytes) == FrameChecksum.of((bitmap + table).span))
+    }
+
     @Test("the AVX2 loop sees every single-bit flip of a page")
     func avx2SeesFlips() {
         let page = Self.pattern(4096, 131)
