@@ -35,6 +35,7 @@ import argparse
 import asyncio
 import mmap
 import os
+import select
 import socket
 import statistics
 import subprocess
@@ -410,7 +411,7 @@ def first_touch_ms(nbytes, hugepage=False, beside=0):
     touched first (untimed) and held meanwhile, as a source holds its RAM while its
     destination fills on the same host.  Memory the host's host has just backed is
     handed out first, so the bytes after it are the colder ones: here 1.5 GiB took
-    0.7-1 s alone and 8-12 s beside 1.5 GiB held."""
+    0.7-3.2 s alone and 8-14 s beside 1.5 GiB held."""
     held = mmap.mmap(-1, beside, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS) if beside else None
     area = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:
@@ -478,10 +479,12 @@ def loopback_transfer(nbytes, streams, zerocopy=False, chunk=4 << 20):
     def child(body):
         pid = os.fork()
         if pid == 0:
+            status = 1
             try:
                 body()
+                status = 0
             finally:
-                os._exit(0)
+                os._exit(status)
         return pid
 
     def receive():
@@ -502,6 +505,8 @@ def loopback_transfer(nbytes, streams, zerocopy=False, chunk=4 << 20):
             with socket.create_connection(("127.0.0.1", port)) as conn:
                 if zerocopy:
                     conn.setsockopt(socket.SOL_SOCKET, 60, 1)          # SO_ZEROCOPY
+                waiter = select.poll()
+                waiter.register(conn, 0)                                # POLLERR only: completions queued
                 sent = 0
                 while sent < part:
                     data = buffers[sent // chunk % len(buffers)][sent % chunk:]
@@ -510,6 +515,7 @@ def loopback_transfer(nbytes, streams, zerocopy=False, chunk=4 << 20):
                     except OSError as error:
                         if error.errno != errno.ENOBUFS:
                             raise
+                        waiter.poll(1000)       # the socket's option memory is full: wait for completions (POLLERR)
                     while zerocopy:
                         try:
                             conn.recvmsg(0, 1024, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
@@ -526,10 +532,11 @@ def loopback_transfer(nbytes, streams, zerocopy=False, chunk=4 << 20):
     sender = child(send)
     cpu = {}
     for pid in (sender, receiver):
-        _, _, usage = os.wait4(pid, 0)
+        _, status, usage = os.wait4(pid, 0)
+        if status != 0:
+            raise RuntimeError(f"loopback transfer: the {'sender' if pid == sender else 'receiver'} failed ({status})")
         cpu[pid] = usage.ru_utime + usage.ru_stime
-        if pid == sender:
-            wall = (time.monotonic() - start) * 1000
+        wall = (time.monotonic() - start) * 1000      # once the receiver has read everything too
     listener.close()
     return {"ms": wall, "send_cpu": cpu[sender], "recv_cpu": cpu[receiver]}
 

@@ -113,6 +113,10 @@ public final class MigrationDestination: Sendable {
     /// A lazy restore's figures, once its guest may run.
     public var lazyRestoreStatistics: LazyRestoreStatistics? { lazy.withLock { $0 }?.statistics }
 
+    /// A lazy restore still placing pages: RAM is not all there yet, and what it
+    /// places is in no dirty log (a migration of this guest must wait).
+    public var isLazyRestoreLoading: Bool { lazy.withLock { $0 }.map { !$0.isComplete } ?? false }
+
     /// The postcopy figures, once switched.
     public var postcopyStatistics: PostcopyStatistics? {
         postcopy.withLock { $0 }?.statistics ?? postcopyRecord.withLock { $0.statistics }

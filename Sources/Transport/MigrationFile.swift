@@ -150,7 +150,7 @@ public final class MigrationFile: PageFile {
         var written = 0
         while written < bytes.byteCount {
             let result = unsafe bytes.withUnsafeBytes { raw in
-                // SAFETY: [written, count) lies inside the array.
+                // SAFETY: [written, count) lies inside the span.
                 unsafe CLinuxUAPI_pwrite(descriptor, raw.baseAddress! + written, raw.count - written, start + written)
             }
             guard result > 0 else { throw .system("write to the migration file", errno: result == 0 ? EIO : Int32(-result)) }

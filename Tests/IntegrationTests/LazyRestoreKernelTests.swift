@@ -69,6 +69,13 @@ struct LazyRestoreKernelTests {
         let toRunning = ContinuousClock.now - begin
         let early = try #require(lazyStatistics(running))
         #expect(!early.complete, "the guest runs while its memory is still being read")
+        // Not migrated away meanwhile: the pages still to come are in no dirty log.
+        do {
+            try running.startMigration(to: "file:/nonexistent-ferry-dir/lazy")
+            #expect(lazyStatistics(running)?.complete == true, "a migration started while the restore was placing pages")
+        } catch {
+            #expect("\(error)".contains("still being restored"), "\(error)")
+        }
         try await kit.waitFor { lazyStatistics(running)?.complete == true }
         let done = try #require(lazyStatistics(running))
         #expect(done.faults > 0, "the running guest touched pages before the prefetch reached them")

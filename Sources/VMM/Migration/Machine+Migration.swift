@@ -84,6 +84,11 @@ extension Machine {
             if let incoming = s.incoming, incoming.status.withLock({ $0 }) != .completed {
                 throw QMPError.generic("The VM is receiving a migration")
             }
+            // A lazy restore is complete for QMP once the guest may run, but its pages are
+            // still being placed, where no dirty log sees them: a save now would miss them.
+            if let incoming = s.incoming, incoming.destination.withLock({ $0 })?.isLazyRestoreLoading == true {
+                throw QMPError.generic("The VM's memory is still being restored (lazy restore): migrate once it is loaded")
+            }
             let capabilities = s.capabilities
             // Dirty tracking the last save left on (x-ferry-incremental): continued or restarted.
             let baseline = s.outgoing?.keptTrackingBaseline
