@@ -23,6 +23,8 @@ from pathlib import Path
 from side_by_side import (SETTLE_SECONDS, Console, ThreadSampler, check_restored_guest, connect_qmp, cpu_seconds,
                           first_touch_ms, migration_command, quit_all)
 
+DESTINATION_MEMORY = {True: "-mem-prealloc", False: "no prealloc (cold)", "freed": "no prealloc, memory just freed"}
+
 # ---------------------------------------------------------------------------------------------- host limits
 
 def fio_mbps(directory, nbytes, jobs, iodepth, block, overwrite=False):
@@ -161,13 +163,17 @@ async def save_once(vmm, cmdline, memory, ready_pages, channels, direct_io, stop
 
 
 async def restore_once(vmm, cmdline, memory, channels, direct_io, prealloc, path):
-    """Restores `path` into a fresh destination (`-incoming defer`, -mem-prealloc or not), with the
-    page cache dropped and the settle pause after it; times `migrate-incoming` -> query-status running
-    (polled every 5 ms), checks the restored guest beats without verify errors."""
+    """Restores `path` into a fresh destination (`-incoming defer`), with the page cache dropped and
+    the settle pause after it; times `migrate-incoming` -> query-status running (polled every 5 ms),
+    checks the restored guest beats without verify errors.  prealloc: True (-mem-prealloc), False
+    (cold memory), or "freed": no prealloc, and the guest's size touched and freed by another process
+    just before the destination starts, as after a source on the same host quits (this host hands
+    freed memory back to its own host about 2 s later; memory freed just now is warm)."""
     drop_caches()
     time.sleep(SETTLE_SECONDS)      # the dropped cache is freed memory too: let it go cold
+    freed_ms = first_touch_ms(parse_size(memory)) if prealloc == "freed" else None
     started = time.monotonic()
-    async with vmm_process(vmm, memory, cmdline, "defer", ["-mem-prealloc"] if prealloc else []) as (proc, console, client):
+    async with vmm_process(vmm, memory, cmdline, "defer", ["-mem-prealloc"] if prealloc is True else []) as (proc, console, client):
         ready = time.monotonic()
         await set_mapped_ram(client, channels, direct_io)
         cached = cached_bytes(path)
@@ -191,7 +197,7 @@ async def restore_once(vmm, cmdline, memory, channels, direct_io, prealloc, path
         allocated = path.stat().st_blocks * 512
         return {"time": (end - start) * 1000, "dst_cpu": cpu_end - cpu_start, "status": info.get("status"),
                 "mbps": allocated / (end - start) / 1e6, "startup": (ready - started) * 1000,
-                "cached_before": cached, "threads": sampler.spent()}
+                "cached_before": cached, "threads": sampler.spent(), "freed_touch": freed_ms}
 
 
 def exit_report(vmm, proc, log):
@@ -356,7 +362,7 @@ def scenario_mapped_ram(ferry_vmm, qemu_vmm, vmms, runs, parts, memory, working_
     if "restore" in parts:
         columns = [("ms to running", "time", "{:.0f}", 1), ("MB/s", "mbps", "{:.0f}", 1),
                    ("% of disk read", "mbps", "{:.0f}", 100 / disk_read), ("dst CPU-s", "dst_cpu", "{:.2f}", 1)]
-        rows = [(f"multifd {c}, direct-io {'on' if d else 'off'}, {'-mem-prealloc' if p else 'no prealloc'}",
+        rows = [(f"multifd {c}, direct-io {'on' if d else 'off'}, {DESTINATION_MEMORY[p]}",
                  samples[("restore", c, d, p)]) for c, d in configs for p in preallocs]
         print()
         print_table(f"restore of the live save, cold page cache (migrate-incoming -> running; disk read "

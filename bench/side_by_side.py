@@ -646,7 +646,8 @@ def main():
                         help="multifd scenarios: multifd-compression values, none and/or zstd (default none,zstd)")
     parser.add_argument("--prealloc", default="off,on",
                         help="multifd scenarios: without (off) and/or with (on) -mem-prealloc on both sides; "
-                             "mapped-ram: on the restoring destination (default off,on)")
+                             "mapped-ram: on the restoring destination, and `freed` there: no prealloc, the guest's size "
+                             "touched and freed by another process just before it starts (default off,on)")
     parser.add_argument("--direct-io", default="off,on", help="mapped-ram scenarios: direct-io off and/or on (default off,on)")
     parser.add_argument("--memory", default="1536M", help="mapped-ram scenarios: guest RAM (default 1536M)")
     parser.add_argument("--working-set", default="1280M",
@@ -693,7 +694,7 @@ def main():
             scenario_migrate(ferry_vmm, qemu_vmm, args.runs, "migrate-dirty", "dirty-rate=max,working-set=256M", 65536)
         onoff = {"off": False, "on": True}
         multifd = ([int(c) for c in (args.channels or "1,2,4").split(",")], args.compression.split(","),
-                   [onoff[p] for p in args.prealloc.split(",")])
+                   [onoff[p] for p in args.prealloc.split(",")] if args.scenario.startswith("multifd") else [])
         if args.scenario in ("multifd-idle", "multifd"):
             scenario_multifd(ferry_vmm, qemu_vmm, args.runs, "multifd-idle", "dirty-rate=0,working-set=1536M", 393216,
                              1536 << 20, *multifd)
@@ -748,7 +749,8 @@ def main():
             scenario_mapped_ram(ferry_vmm, qemu_vmm, [v for v in (ferry_vmm, qemu_vmm) if v.name in ONLY], args.runs,
                                 parts, args.memory, args.working_set, args.dirty_rate,
                                 [int(c) for c in (args.channels or "4").split(",")],
-                                [onoff[d] for d in args.direct_io.split(",")], [onoff[p] for p in args.prealloc.split(",")],
+                                [onoff[d] for d in args.direct_io.split(",")],
+                                [{**onoff, "freed": "freed"}[p] for p in args.prealloc.split(",")],
                                 args.dir, raw)
 
 

@@ -180,15 +180,19 @@ public final class MigrationDestination: Sendable {
         if let name = duplicateSection { throw .invalidState("two pieces of state claim section '\(name)'") }
         if let (file, readers) = mappedRAM {
             // Every offset checked before a page is read; then the pages, in parallel.
-            let image = try MappedRAMImage(file: file, blocks: configuration.blocks)
-            setStatus(.active)
+            let header: MappedRAMHeader
             if lazyRestore {
+                let image = try MappedRAMImage(file: file, blocks: configuration.blocks)
+                setStatus(.active)
                 guard makePlacement != nil else { throw .invalidState("a lazy restore needs userfaultfd page placement") }
                 lazyImage.withLock { $0 = image }
+                header = image.header
             } else {
-                try ram.loadMappedRAM(image, from: file, readers: readers)
+                header = try MappedRAMImage.readHeader(of: file, for: configuration.blocks)
+                setStatus(.active)
+                try ram.loadMappedRAM(header, from: file, readers: readers)
             }
-            file.seek(to: image.header.stateOffset)
+            file.seek(to: header.stateOffset)
         }
         var reader = FrameReader(channel: channel)
         let identity = try reader.readStreamHeader()

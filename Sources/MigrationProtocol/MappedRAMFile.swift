@@ -288,7 +288,7 @@ public struct MappedRAMBlockIndex: Equatable, Sendable {
     }
 
     public subscript(page: Int) -> Bool {
-        get { present[page >> 6] & (1 << UInt64(page & 63)) != 0 }
+        get { Self.isPresent(page, in: present) }
         set {
             if newValue { present[page >> 6] |= 1 << UInt64(page & 63) } else { present[page >> 6] &= ~(1 << UInt64(page & 63)) }
         }
@@ -339,13 +339,26 @@ public struct MappedRAMBlockIndex: Equatable, Sendable {
             throw .malformed("block '\(entry.name)': the bitmap or checksum table does not match its checksum: the file is corrupt")
         }
         self.init(pageCount: entry.pageCount)
-        var r = WireReader(bitmap)
-        for i in present.indices { present[i] = try r.u64("bitmap word") }
-        let spare = present.count * 64 - pageCount
-        if spare > 0, present[present.count - 1] >> UInt64(64 - spare) != 0 {
-            throw .malformed("block '\(entry.name)': the bitmap claims pages past the block's \(pageCount) pages")
-        }
+        present = try Self.presentWords(bitmap: bitmap, entry: entry)
         var c = WireReader(table)
         for i in checksums.indices { checksums[i] = try c.u64("page checksum") }
     }
+
+    /// Decodes one block's bitmap alone, refusing a bit past the block's last
+    /// page; the metadata checksum, which covers the checksum table too, is
+    /// checked once that table is read (`init(bitmap:checksums:entry:)`).
+    public static func presentWords(bitmap: [UInt8], entry: MappedRAMBlockEntry) throws(ProtocolError) -> [UInt64] {
+        guard bitmap.count == Int(entry.bitmapBytes) else { throw .truncated("block '\(entry.name)' bitmap") }
+        var words = [UInt64](repeating: 0, count: entry.bitmapWords)
+        var r = WireReader(bitmap)
+        for i in words.indices { words[i] = try r.u64("bitmap word") }
+        let spare = words.count * 64 - entry.pageCount
+        if spare > 0, words[words.count - 1] >> UInt64(64 - spare) != 0 {
+            throw .malformed("block '\(entry.name)': the bitmap claims pages past the block's \(entry.pageCount) pages")
+        }
+        return words
+    }
+
+    /// Whether `page` is present in `words` (a bitmap as `presentWords` decodes it).
+    public static func isPresent(_ page: Int, in words: [UInt64]) -> Bool { words[page >> 6] & (1 << UInt64(page & 63)) != 0 }
 }

@@ -69,7 +69,10 @@ struct LazyRestoreKernelTests {
         let toRunning = ContinuousClock.now - begin
         let early = try #require(lazyStatistics(running))
         #expect(!early.complete, "the guest runs while its memory is still being read")
-        // Not migrated away meanwhile: the pages still to come are in no dirty log.
+        // Not migrated away meanwhile: the pages still to come are in no dirty log. (The guest may
+        // run a moment before the incoming migration says completed, and `migrate` refuses that
+        // sooner, for another reason: wait for it.)
+        try await kit.waitFor { running.incomingMigration?.status.withLock({ $0 }) == .completed }
         do {
             try running.startMigration(to: "file:/nonexistent-ferry-dir/lazy")
             #expect(lazyStatistics(running)?.complete == true, "a migration started while the restore was placing pages")

@@ -223,7 +223,18 @@ struct MappedRAMKernelTests {
         source.quit()
     }
 
-    @Test("a cancelled save leaves the source running and a file that a restore refuses; a corrupt page is refused")
+    /// Restores `path` into a paused destination, which must fail and never run: its reason.
+    func failedRestore(from path: String) async throws -> String {
+        let (restored, capture) = try machine(workload: .idle, incoming: true)
+        restored.start(paused: true)
+        try restored.startIncoming(from: "file:" + path, autostart: false, onFailure: { reason in capture.failure.withLock { $0 = reason } })
+        try await kit.waitFor { restored.incomingMigration?.status.withLock({ $0 }) == .failed }
+        #expect(restored.state != .running)
+        restored.quit()
+        return capture.failure.withLock { $0 } ?? ""
+    }
+
+    @Test("a cancelled save leaves the source running and a file that a restore refuses; a corrupt page, and a corrupt checksum table, are refused")
     func incompleteAndCorruptFiles() async throws {
         let path = Self.path()
         defer { unlink(path) }
@@ -239,12 +250,8 @@ struct MappedRAMKernelTests {
         try await kit.waitFor { kit.outgoingStatus(source).isFinished }
         #expect(kit.outgoingStatus(source) == .cancelled)
         #expect(source.state == .running)
-        let (restored, capture) = try machine(workload: .idle, incoming: true)
-        restored.start(paused: true)
-        try restored.startIncoming(from: "file:" + path, autostart: false, onFailure: { reason in capture.failure.withLock { $0 = reason } })
-        try await kit.waitFor { restored.incomingMigration?.status.withLock({ $0 }) == .failed }
-        #expect(capture.failure.withLock { $0 }?.contains("did not complete") == true, "\(capture.failure.withLock { $0 } ?? "")")
-        restored.quit()
+        let incomplete = try await failedRestore(from: path)
+        #expect(incomplete.contains("did not complete"), "\(incomplete)")
 
         // A complete save, then one byte of one present page flipped: the restore names that page.
         #expect(source.execute(.migrateSetParameters(["max-bandwidth": .int(8 << 30)])) == .success(.object([:])))
@@ -259,13 +266,22 @@ struct MappedRAMKernelTests {
         try handle.seek(toOffset: layout.pageOffset(block: 0, page: page) + 100)
         handle.write(Data([byte[0] ^ 0x5a]))
         try handle.close()
-        let (corrupt, corruptCapture) = try machine(workload: .idle, incoming: true)
-        corrupt.start(paused: true)
-        try corrupt.startIncoming(from: "file:" + path, autostart: false, onFailure: { reason in corruptCapture.failure.withLock { $0 = reason } })
-        try await kit.waitFor { corrupt.incomingMigration?.status.withLock({ $0 }) == .failed }
-        #expect(corruptCapture.failure.withLock { $0 }?.contains("page \(page) (offset \(page * 4096)) does not match its checksum") == true,
-                "\(corruptCapture.failure.withLock { $0 } ?? "")")
-        corrupt.quit()
+        let badPage = try await failedRestore(from: path)
+        #expect(badPage.contains("page \(page) (offset \(page * 4096)) does not match its checksum"), "\(badPage)")
+
+        // The page mended, one byte of its entry in the checksum table flipped: the table no longer
+        // matches the metadata checksum, which the readers (started on the bitmap) wait for.
+        let mend = try #require(FileHandle(forUpdatingAtPath: path))
+        try mend.seek(toOffset: layout.pageOffset(block: 0, page: page) + 100)
+        mend.write(Data(byte))
+        let sumOffset = layout.entries[0].checksumsOffset + UInt64(page * 8)
+        try mend.seek(toOffset: sumOffset)
+        let sumByte = try #require(try mend.read(upToCount: 1))
+        try mend.seek(toOffset: sumOffset)
+        mend.write(Data([sumByte[0] ^ 0x5a]))
+        try mend.close()
+        let badTable = try await failedRestore(from: path)
+        #expect(badTable.contains("block 'pc.ram': the bitmap or checksum table does not match its checksum"), "\(badTable)")
         source.quit()
     }
 }
