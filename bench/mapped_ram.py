@@ -5,7 +5,8 @@ recipe and the identical flags (capability `mapped-ram`, `multifd` with
 `multifd-channels`, parameter `direct-io`), stopped (`stop` first) and live, and
 restore their own file (the two formats differ) into a destination started with
 `-incoming defer`, the same capabilities and parameters, then `migrate-incoming
-file:PATH`, with a cold page cache, without and with `-mem-prealloc`.  In the
+file:PATH`, with a cold page cache, without and with `-mem-prealloc` (and `--prealloc freed`: without, into
+memory another process has just freed).  In the
 same run: the disk's O_DIRECT sequential write and read bandwidth (fio, same file
 system, same size) and the host's first-touch floor.  Raw samples go to a JSON file.
 """

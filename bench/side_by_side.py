@@ -14,6 +14,7 @@ Scenarios (more arrive with later capabilities):
   multifd        both multifd scenarios (not part of `all`: 24 configurations, long)
   mapped-ram-save     saves into a file with mapped-ram (+ multifd, direct-io off/on), stopped and live
   mapped-ram-restore  the live save, then its restore with a cold page cache, without and with -mem-prealloc
+                      (--prealloc off,freed,on: freed = into memory another process has just freed)
   mapped-ram          both (bench/mapped_ram.py; with fio's O_DIRECT figures and the first-touch floor)
   free-page-hints     idle and churning guests that freed 1 of 1.5 GiB, hints off and on, each VMM with its
                       own virtio-balloon (bench/free_page_hints.py)

@@ -1,8 +1,9 @@
 import Migration
 import MigrationProtocol
 
-/// Checks a mapped-ram file as a restore would (`MappedRAMImage`, then the
-/// pages, then the device state), with the same decoders, and describes it:
+/// Checks a mapped-ram file as a restore would (its header, bitmaps and
+/// checksum tables, then the pages, then the device state), with the same
+/// decoders, and describes it:
 /// the header, each block's regions, present and zero pages, the metadata's
 /// checksum, every present page against its checksum, and the device state.
 /// Reads one block's metadata and about 1 MiB of pages at a time.

@@ -14,7 +14,8 @@ extension RAMMigration {
     /// this host's virtual disk read a 1.5 GiB file faster with more requests
     /// queued (6 alternating rounds: 4 readers 622 ms, 16 readers 585, 24 readers
     /// 564; fio read 2.0-2.6 GB/s at depth 32, 1.3-1.7 with 4 jobs; bench/README
-    /// "Tenth session").
+    /// "Tenth session").  16, not more: 24 and 32 did no better than 16 within
+    /// this disk's noise, and each reader is a thread.
     static let restoreReadsInFlight = 16
 
     /// Restores every page of the file `header` describes, with `readers`
@@ -87,15 +88,16 @@ extension RAMMigration {
                 condition.unlock()
             }
         }
-        for (block, entry) in header.entries.enumerated() {
+        for (block, entry) in header.entries.enumerated() where failure.withLock({ $0 == nil }) {
             do throws(MigrationError) {
                 tables.publish(block, try MappedRAMImage.readIndex(entry, bitmap: bitmaps[block], of: file).checksums)
             } catch {
                 failure.withLock { if $0 == nil { $0 = error } }
-                tables.fail(error)
                 break
             }
         }
+        // A reader's failure stops the tables too: a reader waiting for one must hear of it.
+        if let error = failure.withLock({ $0 }) { tables.fail(error) }
         condition.lock()
         while done.withLock({ $0 }) < count { condition.wait() }
         condition.unlock()

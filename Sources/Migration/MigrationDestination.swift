@@ -188,6 +188,8 @@ public final class MigrationDestination: Sendable {
                 lazyImage.withLock { $0 = image }
                 header = image.header
             } else {
+                // Active once the header is checked (the tables are checked while pages are
+                // read): a table that does not match fails the restore from active.
                 header = try MappedRAMImage.readHeader(of: file, for: configuration.blocks)
                 setStatus(.active)
                 try ram.loadMappedRAM(header, from: file, readers: readers)

@@ -7,6 +7,18 @@ import Testing
 /// and checks the checksum tables: a reader never checks pages against a table
 /// not yet published, waits for it, and hears a failure instead of waiting forever.
 @Suite struct ChecksumTablesTests {
+    /// Waits until `done`, failing the test after `limit`.
+    static func within(_ limit: Duration, _ done: () -> Bool) async throws {
+        let deadline = ContinuousClock.now + limit
+        while !done() {
+            guard ContinuousClock.now < deadline else {
+                Issue.record("still waiting after \(limit)")
+                throw CancellationError()
+            }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+    }
+
     @Test("a table is there once published, not before; a waiting reader gets it")
     func publishAndWait() async throws {
         let tables = ChecksumTables(blocks: 2)
@@ -19,6 +31,7 @@ import Testing
         try await Task.sleep(for: .milliseconds(50))
         #expect(got.withLock { $0 } == nil, "the wait returned before the table came")
         tables.publish(1, [7, 8, 9])
+        try await Self.within(.seconds(10)) { got.withLock { $0 } != nil }      // a lost wakeup fails here, not hangs
         waiter.join()
         #expect(got.withLock { $0 } == [7, 8, 9])
         #expect(tables.checksumsIfReady(of: 0) == nil, "publishing one block's table publishes only that one")
@@ -36,6 +49,7 @@ import Testing
         }
         try await Task.sleep(for: .milliseconds(50))
         tables.fail(error)
+        try await Self.within(.seconds(10)) { seen.withLock { $0 } != nil }
         waiter.join()
         #expect(seen.withLock { $0 } == error)
         #expect(try tables.checksums(of: 0) == [1])

@@ -223,12 +223,13 @@ struct MappedRAMKernelTests {
         source.quit()
     }
 
-    /// Restores `path` into a paused destination, which must fail and never run: its reason.
+    /// Restores `path` (a running source's) into a destination that would run it once loaded: the
+    /// restore must fail and the guest never run. Its reason.
     func failedRestore(from path: String) async throws -> String {
         let (restored, capture) = try machine(workload: .idle, incoming: true)
         restored.start(paused: true)
-        try restored.startIncoming(from: "file:" + path, autostart: false, onFailure: { reason in capture.failure.withLock { $0 = reason } })
-        try await kit.waitFor { restored.incomingMigration?.status.withLock({ $0 }) == .failed }
+        try restored.startIncoming(from: "file:" + path, autostart: true, onFailure: { reason in capture.failure.withLock { $0 = reason } })
+        try await kit.waitFor { restored.incomingMigration?.status.withLock({ $0 }) == .failed && capture.failure.withLock({ $0 }) != nil }
         #expect(restored.state != .running)
         restored.quit()
         return capture.failure.withLock { $0 } ?? ""
