@@ -678,6 +678,9 @@ def main():
     parser.add_argument("--only", choices=["ferry", "qemu"],
                         help="migration scenarios on one VMM only (no side-by-side ratio; for profiling)")
     args = parser.parse_args()
+    allowed = {"off", "on", "freed"} if args.scenario.startswith("mapped-ram") else {"off", "on"}
+    if not set(args.prealloc.split(",")) <= allowed:
+        parser.error(f"--prealloc takes {', '.join(sorted(allowed))} for scenario {args.scenario}: {args.prealloc}")
     if args.only:
         ONLY.intersection_update({args.only})
     if args.mem_prealloc:

@@ -1,6 +1,5 @@
 import Foundation
 import GuestMemory
-import HostThreads
 import MigrationProtocol
 import Synchronization
 
@@ -48,11 +47,9 @@ extension RAMMigration {
         let tables = ChecksumTables(blocks: header.entries.count)
         let next = Atomic<Int>(0)
         let failure = Mutex<MigrationError?>(nil)
-        let done = Mutex(0)
-        let condition = NSCondition()
         let count = max(1, min(max(readers, Self.restoreReadsInFlight), segments.count))
-        for _ in 0..<count {
-            HostThread.start("ferry-restore") { [self, present] in
+        let threads = (0..<count).map { _ in
+            JoinableThread(name: "ferry-restore") { [self, present] in
                 var list = ScatterList()
                 var normal = 0, zero = 0
                 var unchecked: [(block: Int, pages: [Range<Int>])] = []
@@ -82,10 +79,6 @@ extension RAMMigration {
                     s.normalPages += UInt64(normal)
                     s.zeroPages += UInt64(zero)
                 }
-                condition.lock()
-                done.withLock { $0 += 1 }
-                condition.broadcast()
-                condition.unlock()
             }
         }
         for (block, entry) in header.entries.enumerated() where failure.withLock({ $0 == nil }) {
@@ -98,9 +91,7 @@ extension RAMMigration {
         }
         // A reader's failure stops the tables too: a reader waiting for one must hear of it.
         if let error = failure.withLock({ $0 }) { tables.fail(error) }
-        condition.lock()
-        while done.withLock({ $0 }) < count { condition.wait() }
-        condition.unlock()
+        for thread in threads { thread.join() }
         if let error = failure.withLock({ $0 }) { throw error }
         load.withLock { $0.pagesLoaded = true }
     }
