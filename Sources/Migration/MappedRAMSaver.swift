@@ -23,6 +23,13 @@ final class MappedRAMSaver: Sendable {
     /// Workers at a dirty sync wait here for each other, so no page of an older
     /// pass is written after a newer copy of it.
     let barrier: SyncBarrier
+    /// Whether the page areas were allocated up front (`allocatePageAreas`).
+    let allocated: Bool
+    /// The shortest run of pages the file does not hold that `finish` turns back
+    /// into a hole after an allocation up front (1 MiB).  Each punch costs tens of µs,
+    /// so a guest's scattered zero pages stay allocated but unwritten: they read as
+    /// zero, and their bits are clear.
+    static let shortestHole = 256
 
     /// Where the file stood when a save began.
     enum Start: Sendable {
@@ -76,11 +83,26 @@ final class MappedRAMSaver: Sendable {
             continued = true
             index = Mutex(indexes)
         }
+        allocated = file.isDirect ? try Self.allocatePageAreas(of: file, layout: layout) : false
         // Incomplete until `finish`: a crash mid-save leaves a file a restore refuses.
         let header = MappedRAMHeader(layout: layout, generation: generation, complete: false, stateLength: 0)
         do {
             try file.write(header.encode(), at: 0)
             try file.synchronize()
+        } catch { throw .channel(error) }
+    }
+
+    /// Allocates every block's page area (blocks that read as zero), so that
+    /// direct-io writes land in allocated blocks.  Into a hole, ext4 allocates
+    /// under the file's exclusive lock and holds it until the write completes,
+    /// so parallel writers run one at a time; into allocated blocks they run
+    /// side by side.  Allocating per write does not help: an allocation waits
+    /// for every direct write in flight.  Returns false where the file system
+    /// cannot (pages then go into holes, as before).
+    static func allocatePageAreas(of file: any PageFile, layout: MappedRAMLayout) throws(MigrationError) -> Bool {
+        do {
+            for entry in layout.entries where !(try file.allocate(at: entry.pagesOffset, count: entry.byteCount)) { return false }
+            return true
         } catch { throw .channel(error) }
     }
 
@@ -142,6 +164,15 @@ final class MappedRAMSaver: Sendable {
         let indexes = index.withLock { $0 }
         var header = MappedRAMHeader(layout: layout, generation: generation, complete: false, stateLength: stateLength)
         do {
+            if allocated {
+                // Long runs of zero pages become holes again (no page write is in flight now).
+                for (number, blockIndex) in indexes.enumerated() {
+                    for run in blockIndex.absentRuns(atLeast: Self.shortestHole) {
+                        try file.punchHole(at: layout.pageOffset(block: number, page: run.lowerBound),
+                                           count: UInt64(run.count * RAMMigration.pageSize))
+                    }
+                }
+            }
             for (number, blockIndex) in indexes.enumerated() {
                 // Written and summed from the index's own storage: copies of it would be
                 // fresh memory, slow to touch here (tens of ms for a 1.5 GiB guest's 3 MiB

@@ -296,6 +296,29 @@ public struct MappedRAMBlockIndex: Equatable, Sendable {
 
     public var presentCount: Int { present.reduce(0) { $0 + $1.nonzeroBitCount } }
 
+    /// The runs of pages the file does not hold that are at least `minimum` pages long, in order.
+    public func absentRuns(atLeast minimum: Int) -> [Range<Int>] {
+        var runs: [Range<Int>] = []
+        var start: Int?        // where the run of absent pages being walked began
+        func held(at page: Int) {
+            if let first = start, page - first >= minimum { runs.append(first..<page) }
+            start = nil
+        }
+        var page = 0
+        while page < pageCount {
+            let word = present[page >> 6]
+            if page & 63 == 0, page + 64 <= pageCount, word == 0 || word == ~0 {     // a whole word at once
+                if word == 0 { start = start ?? page } else { held(at: page) }
+                page += 64
+                continue
+            }
+            if Self.isPresent(page, in: present) { held(at: page) } else { start = start ?? page }
+            page += 1
+        }
+        held(at: pageCount)
+        return runs
+    }
+
     /// The bitmap's bytes then the checksum table's, as the file holds them.
     public func encode() -> (bitmap: [UInt8], checksums: [UInt8]) {
         var b = WireWriter(capacity: present.count * 8)

@@ -179,6 +179,15 @@ public final class MigrationFile: PageFile {
         guard result == 0 else { throw .system("punch a hole in the migration file", errno: -result) }
     }
 
+    public func allocate(at offset: UInt64, count: UInt64) throws(ChannelError) -> Bool {
+        let result = CLinuxUAPI_allocate(descriptor, try absolute(offset), Int(count))
+        switch result {
+        case 0: return true
+        case -EOPNOTSUPP, -ENOSPC: return false
+        default: throw .system("allocate blocks in the migration file", errno: -result)
+        }
+    }
+
     public func truncate(to length: UInt64) throws(ChannelError) {
         let result = CLinuxUAPI_ftruncate(descriptor, try absolute(length))
         guard result == 0 else { throw .system("truncate the migration file", errno: -result) }

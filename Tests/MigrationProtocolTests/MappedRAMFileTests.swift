@@ -189,4 +189,41 @@ import Testing
             try MappedRAMBlockIndex(bitmap: bitmap, checksums: Array(sums.dropLast()), entry: entry)
         }
     }
+
+    @Test("absent runs: word-sized and odd runs, a block that ends mid-word, the shortest run kept and one shorter dropped")
+    func absentRuns() {
+        /// Every run of clear bits at least `minimum` long, one page at a time.
+        func naive(_ index: MappedRAMBlockIndex, atLeast minimum: Int) -> [Range<Int>] {
+            var runs: [Range<Int>] = []
+            var start: Int?
+            for page in 0...index.pageCount {
+                if page < index.pageCount, !index[page] { start = start ?? page; continue }
+                if let first = start, page - first >= minimum { runs.append(first..<page) }
+                start = nil
+            }
+            return runs
+        }
+        var index = MappedRAMBlockIndex(pageCount: 200)
+        #expect(index.absentRuns(atLeast: 1) == [0..<200])
+        for page in [3, 64, 65, 140] { index[page] = true }
+        #expect(index.absentRuns(atLeast: 1) == [0..<3, 4..<64, 66..<140, 141..<200])
+        #expect(index.absentRuns(atLeast: 59) == [4..<64, 66..<140, 141..<200])
+        #expect(index.absentRuns(atLeast: 60) == [4..<64, 66..<140])
+        #expect(index.absentRuns(atLeast: 61) == [66..<140])
+        for page in 0..<200 { index[page] = true }
+        #expect(index.absentRuns(atLeast: 1).isEmpty)
+        var generator = SystemRandomNumberGenerator()
+        for pageCount in [1, 63, 64, 65, 128, 1000, 4099] {
+            for density in [0.01, 0.5, 0.99] {
+                var random = MappedRAMBlockIndex(pageCount: pageCount)
+                // Long stretches of whole words, held and not, with scattered pages between.
+                for page in 0..<pageCount where (page / 192) % 3 == 1 || ((page / 192) % 3 == 2 && Double.random(in: 0..<1, using: &generator) < density) {
+                    random[page] = true
+                }
+                for minimum in [1, 2, 64, 100] {
+                    #expect(random.absentRuns(atLeast: minimum) == naive(random, atLeast: minimum), "\(pageCount) pages, density \(density), at least \(minimum)")
+                }
+            }
+        }
+    }
 }

@@ -819,6 +819,10 @@ static inline long CLinuxUAPI_pwritev(int fd, const struct iovec *vectors, int c
 static inline int CLinuxUAPI_punch_hole(int fd, long offset, long length) {
     return fallocate(fd, CLINUXUAPI_FALLOC_FL_PUNCH_HOLE | CLINUXUAPI_FALLOC_FL_KEEP_SIZE, offset, length) == 0 ? 0 : -errno;
 }
+/* Blocks for [offset, offset + length) (unwritten extents: they read as zero), the size kept. */
+static inline int CLinuxUAPI_allocate(int fd, long offset, long length) {
+    return fallocate(fd, CLINUXUAPI_FALLOC_FL_KEEP_SIZE, offset, length) == 0 ? 0 : -errno;
+}
 static inline int CLinuxUAPI_ftruncate(int fd, long length) { return ftruncate(fd, length) == 0 ? 0 : -errno; }
 static inline int CLinuxUAPI_fdatasync(int fd) { return fdatasync(fd) == 0 ? 0 : -errno; }
 /* The file's size, device and inode (which file a descriptor names), or -errno. */
