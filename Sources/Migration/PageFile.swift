@@ -24,7 +24,8 @@ public protocol PageFile: ByteChannel {
     func punchHole(at offset: UInt64, count: UInt64) throws(ChannelError)
     /// Gives the file blocks for `count` bytes at `offset` that read as zero
     /// (unwritten extents), before page data is written there: false where the
-    /// file system cannot (no support, or no room), and the pages then go into holes.
+    /// file system cannot (no support, or no room) or gains nothing from it, and
+    /// the pages then go into holes.
     func allocate(at offset: UInt64, count: UInt64) throws(ChannelError) -> Bool
     func truncate(to length: UInt64) throws(ChannelError)
     /// Everything written so far is on the disk.

@@ -179,7 +179,11 @@ public final class MigrationFile: PageFile {
         guard result == 0 else { throw .system("punch a hole in the migration file", errno: -result) }
     }
 
+    /// Allocates on ext4 only, whose direct writes into holes run one at a time.
+    /// Elsewhere it returns false: XFS allocates for parallel direct writes side
+    /// by side, and on tmpfs an allocation would fill memory with the whole area.
     public func allocate(at offset: UInt64, count: UInt64) throws(ChannelError) -> Bool {
+        guard CLinuxUAPI_file_system_type(descriptor) == CLINUXUAPI_EXT4_SUPER_MAGIC else { return false }
         let result = CLinuxUAPI_allocate(descriptor, try absolute(offset), Int(count))
         switch result {
         case 0: return true

@@ -31,6 +31,7 @@
 #include <sys/socket.h>
 #include <sys/eventfd.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <sys/resource.h>
 #include <sys/un.h>
 #include <linux/sockios.h>
@@ -819,6 +820,12 @@ static inline long CLinuxUAPI_pwritev(int fd, const struct iovec *vectors, int c
 static inline int CLinuxUAPI_punch_hole(int fd, long offset, long length) {
     return fallocate(fd, CLINUXUAPI_FALLOC_FL_PUNCH_HOLE | CLINUXUAPI_FALLOC_FL_KEEP_SIZE, offset, length) == 0 ? 0 : -errno;
 }
+/* The magic number of the file system that holds fd (statfs f_type), or -errno. */
+static inline long CLinuxUAPI_file_system_type(int fd) {
+    struct statfs facts;
+    return fstatfs(fd, &facts) == 0 ? (long)facts.f_type : -errno;
+}
+#define CLINUXUAPI_EXT4_SUPER_MAGIC 0xEF53
 /* Blocks for [offset, offset + length) (unwritten extents: they read as zero), the size kept. */
 static inline int CLinuxUAPI_allocate(int fd, long offset, long length) {
     return fallocate(fd, CLINUXUAPI_FALLOC_FL_KEEP_SIZE, offset, length) == 0 ? 0 : -errno;
