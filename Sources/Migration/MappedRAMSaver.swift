@@ -97,8 +97,8 @@ final class MappedRAMSaver: Sendable {
     /// under the file's exclusive lock and holds it until the write completes,
     /// so parallel writers run one at a time; into allocated blocks they run
     /// side by side.  Allocating per write does not help: an allocation waits
-    /// for every direct write in flight.  Returns false where the file system
-    /// cannot (pages then go into holes, as before).
+    /// for every direct write in flight.  Returns false where nothing was
+    /// allocated (pages then go into holes, as before).
     static func allocatePageAreas(of file: any PageFile, layout: MappedRAMLayout) throws(MigrationError) -> Bool {
         do {
             for entry in layout.entries where !(try file.allocate(at: entry.pagesOffset, count: entry.byteCount)) { return false }

@@ -23,9 +23,9 @@ public protocol PageFile: ByteChannel {
     /// Frees the blocks of `count` bytes at `offset`: they read back as zero.
     func punchHole(at offset: UInt64, count: UInt64) throws(ChannelError)
     /// Gives the file blocks for `count` bytes at `offset` that read as zero
-    /// (unwritten extents), before page data is written there: false where the
-    /// file system cannot (no support, or no room) or gains nothing from it, and
-    /// the pages then go into holes.
+    /// (unwritten extents), before page data is written there, as far as there
+    /// is room: false where the file system cannot or gains nothing from it
+    /// (nothing was allocated, and the pages go into holes).
     func allocate(at offset: UInt64, count: UInt64) throws(ChannelError) -> Bool
     func truncate(to length: UInt64) throws(ChannelError)
     /// Everything written so far is on the disk.

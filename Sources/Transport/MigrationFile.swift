@@ -186,8 +186,10 @@ public final class MigrationFile: PageFile {
         guard CLinuxUAPI_file_system_type(descriptor) == CLINUXUAPI_EXT4_SUPER_MAGIC else { return false }
         let result = CLinuxUAPI_allocate(descriptor, try absolute(offset), Int(count))
         switch result {
-        case 0: return true
-        case -EOPNOTSUPP, -ENOSPC: return false
+        // Without room for all of it, ext4 may have allocated part: the pages go into what
+        // is there and holes, and the saver still punches what stays unused back out.
+        case 0, -ENOSPC: return true
+        case -EOPNOTSUPP: return false
         default: throw .system("allocate blocks in the migration file", errno: -result)
         }
     }
