@@ -32,8 +32,8 @@ def fio_mbps(directory, nbytes, jobs, iodepth, block, overwrite=False, allocated
     """O_DIRECT sequential write, then read, of `nbytes` in one fresh file under `directory`, `block`
     bytes a request: `jobs` threads on disjoint equal parts (psync), or one job with libaio at `iodepth`.
     The file is created sparse, as QEMU's saves create theirs (--fallocate=none); with `allocated`, its
-    blocks are allocated first (fallocate: unwritten extents), as Ferry's direct-io saves allocate each
-    run of pages before writing it.  With `overwrite`, the written file is written again before the
+    blocks are allocated first (fallocate: unwritten extents), as Ferry's direct-io saves allocate their
+    page areas before the first page.  With `overwrite`, the written file is written again before the
     read (blocks already written, as an incremental save finds them).  Returns MB/s by "write", "read"
     (and "overwrite")."""
     path = Path(directory) / "fio.bench"

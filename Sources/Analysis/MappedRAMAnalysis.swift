@@ -11,7 +11,7 @@ public struct MappedRAMAnalysis: Encodable, Equatable, Sendable {
         public var pages: Int
         /// Pages the file holds (bits set in the bitmap).
         public var present: Int?
-        /// Pages it does not: zero in the guest, a hole in the file.
+        /// Pages it does not: zero in the guest, never written in the file.
         public var zero: Int?
         /// Whether the bitmap and checksum table match their checksum in the header.
         public var metadataOK: Bool?

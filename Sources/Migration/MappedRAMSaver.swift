@@ -63,7 +63,7 @@ final class MappedRAMSaver: Sendable {
     }
 
     /// Marks the file incomplete (a fresh start also empties it: its page areas
-    /// become one hole) and returns the saver.
+    /// become one hole, allocated with direct-io where that pays) and returns the saver.
     init(file: any PageFile, layout: MappedRAMLayout, mappings: [HostMapping], start: Start, workers: Int) throws(MigrationError) {
         self.file = file
         self.layout = layout
@@ -83,7 +83,8 @@ final class MappedRAMSaver: Sendable {
             continued = true
             index = Mutex(indexes)
         }
-        allocated = file.isDirect ? try Self.allocatePageAreas(of: file, layout: layout) : false
+        // An incremental save mostly rewrites pages the file holds: no allocation.
+        allocated = continued || !file.isDirect ? false : Self.allocatePageAreas(of: file, layout: layout)
         // Incomplete until `finish`: a crash mid-save leaves a file a restore refuses.
         let header = MappedRAMHeader(layout: layout, generation: generation, complete: false, stateLength: 0)
         do {
@@ -92,18 +93,23 @@ final class MappedRAMSaver: Sendable {
         } catch { throw .channel(error) }
     }
 
-    /// Allocates every block's page area (blocks that read as zero), so that
-    /// direct-io writes land in allocated blocks.  Into a hole, ext4 allocates
-    /// under the file's exclusive lock and holds it until the write completes,
-    /// so parallel writers run one at a time; into allocated blocks they run
-    /// side by side.  Allocating per write does not help: an allocation waits
-    /// for every direct write in flight.  Returns false where nothing was
-    /// allocated (pages then go into holes, as before).
-    static func allocatePageAreas(of file: any PageFile, layout: MappedRAMLayout) throws(MigrationError) -> Bool {
+    /// Allocates every block's page area of a file just emptied (blocks that
+    /// read as zero), so that direct-io writes land in allocated blocks.  Into a
+    /// hole, ext4 allocates under the file's exclusive lock and holds it until
+    /// the write completes, so parallel writers run one at a time; into
+    /// allocated blocks they run side by side.  Allocating per write does not
+    /// help: an allocation waits for every direct write in flight.  Returns
+    /// false where it does not pay or fails (what a failure allocated is
+    /// punched out again, and pages go into holes, as without it).
+    static func allocatePageAreas(of file: any PageFile, layout: MappedRAMLayout) -> Bool {
+        guard file.allocationHelps(bytes: layout.entries.reduce(0) { $0 + $1.byteCount }) else { return false }
         do {
-            for entry in layout.entries where !(try file.allocate(at: entry.pagesOffset, count: entry.byteCount)) { return false }
+            for entry in layout.entries { try file.allocate(at: entry.pagesOffset, count: entry.byteCount) }
             return true
-        } catch { throw .channel(error) }
+        } catch {
+            for entry in layout.entries { try? file.punchHole(at: entry.pagesOffset, count: entry.byteCount) }
+            return false
+        }
     }
 
     /// Whether the file holds `page` of `block` now (a zero page there needs a hole).
@@ -125,7 +131,7 @@ final class MappedRAMSaver: Sendable {
 
     /// Writes a background snapshot's copy of `bytes` (whole pages) taken at
     /// `offset` of `block`: its data pages at their places, through the buffered
-    /// descriptor (a copy is not aligned for O_DIRECT), zero pages left as holes.
+    /// descriptor (a copy is not aligned for O_DIRECT), zero pages not written.
     /// Returns (data pages, zero pages).
     func writeCopy(block: Int, offset: Int, bytes: [UInt8]) throws(MigrationError) -> (Int, Int) {
         let pageSize = RAMMigration.pageSize
@@ -164,15 +170,6 @@ final class MappedRAMSaver: Sendable {
         let indexes = index.withLock { $0 }
         var header = MappedRAMHeader(layout: layout, generation: generation, complete: false, stateLength: stateLength)
         do {
-            if allocated {
-                // Long runs of zero pages become holes again (no page write is in flight now).
-                for (number, blockIndex) in indexes.enumerated() {
-                    for run in blockIndex.absentRuns(atLeast: Self.shortestHole) {
-                        try file.punchHole(at: layout.pageOffset(block: number, page: run.lowerBound),
-                                           count: UInt64(run.count * RAMMigration.pageSize))
-                    }
-                }
-            }
             for (number, blockIndex) in indexes.enumerated() {
                 // Written and summed from the index's own storage: copies of it would be
                 // fresh memory, slow to touch here (tens of ms for a 1.5 GiB guest's 3 MiB
@@ -192,6 +189,17 @@ final class MappedRAMSaver: Sendable {
             header.flags = MappedRAMFormat.completeFlag
             try file.write(header.encode(), at: 0)
         } catch { throw .channel(error) }
+        if allocated {
+            // Long runs of zero pages become holes again: no page write is in flight now, and
+            // the file is complete either way (an allocated page it does not hold reads as zero),
+            // so a punch that fails only leaves blocks allocated.
+            for (number, blockIndex) in indexes.enumerated() {
+                for run in blockIndex.absentRuns(atLeast: Self.shortestHole) {
+                    try? file.punchHole(at: layout.pageOffset(block: number, page: run.lowerBound),
+                                        count: UInt64(run.count) * UInt64(layout.pageSize))
+                }
+            }
+        }
     }
 }
 
@@ -234,7 +242,8 @@ final class FilePageWorker: ChannelWorker {
             zero.append((block, page))
         }
         try writeRuns(data)
-        // A zero page the file never held is a hole already; one it held becomes one.
+        // A zero page the file never held reads as zero already (a hole, or a block allocated
+        // and never written); one it held becomes a hole.
         let holes = zero.filter { saver.isPresent(block: $0.block, page: $0.page) }
         do {
             for hole in holes {

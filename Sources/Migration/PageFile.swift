@@ -22,11 +22,13 @@ public protocol PageFile: ByteChannel {
     func read(_ count: Int, at offset: UInt64) throws(ChannelError) -> [UInt8]
     /// Frees the blocks of `count` bytes at `offset`: they read back as zero.
     func punchHole(at offset: UInt64, count: UInt64) throws(ChannelError)
+    /// Whether allocating `bytes` ahead of direct writes (`allocate`) pays on
+    /// this file's file system, and it has room for them with plenty to spare.
+    func allocationHelps(bytes: UInt64) -> Bool
     /// Gives the file blocks for `count` bytes at `offset` that read as zero
-    /// (unwritten extents), before page data is written there, as far as there
-    /// is room: false where the file system cannot or gains nothing from it
-    /// (nothing was allocated, and the pages go into holes).
-    func allocate(at offset: UInt64, count: UInt64) throws(ChannelError) -> Bool
+    /// (unwritten extents), before page data is written there.  After a
+    /// failure part of the range may be allocated.
+    func allocate(at offset: UInt64, count: UInt64) throws(ChannelError)
     func truncate(to length: UInt64) throws(ChannelError)
     /// Everything written so far is on the disk.
     func synchronize() throws(ChannelError)

@@ -10,7 +10,8 @@
 ///     per block          bitmap of pages present (one bit per page, u64 words),
 ///                        then one u64 checksum per page          (each 4 KiB-aligned)
 ///     per block          the page area: page N at pagesOffset + N * pageSize
-///                        (1 MiB-aligned; absent pages are holes)
+///                        (1 MiB-aligned; absent pages read as zero:
+///                        holes, or blocks allocated and never written)
 ///     stateOffset        the device-state stream: stream header, configuration,
 ///                        channel plan (mapped-ram flag), sections, end
 ///

@@ -179,19 +179,23 @@ public final class MigrationFile: PageFile {
         guard result == 0 else { throw .system("punch a hole in the migration file", errno: -result) }
     }
 
-    /// Allocates on ext4 only, whose direct writes into holes run one at a time.
-    /// Elsewhere it returns false: XFS allocates for parallel direct writes side
-    /// by side, and on tmpfs an allocation would fill memory with the whole area.
-    public func allocate(at offset: UInt64, count: UInt64) throws(ChannelError) -> Bool {
-        guard CLinuxUAPI_file_system_type(descriptor) == CLINUXUAPI_EXT4_SUPER_MAGIC else { return false }
+    /// On ext4 only, whose direct writes into holes run one at a time: XFS
+    /// allocates for parallel direct writes side by side, and on tmpfs an
+    /// allocation would fill memory.  And only with room to spare: the whole
+    /// area, then 1 GiB or an eighth of the area, whichever is more, still free,
+    /// since zero pages hold blocks until the save's end punches them out.
+    public func allocationHelps(bytes: UInt64) -> Bool {
+        var type = 0, available: UInt64 = 0
+        guard unsafe CLinuxUAPI_file_system(descriptor, &type, &available) == 0,
+              type == CLINUXUAPI_EXT4_SUPER_MAGIC else { return false }
+        let (needed, overflow) = bytes.addingReportingOverflow(max(1 << 30, bytes / 8))
+        return !overflow && available >= needed
+    }
+
+    public func allocate(at offset: UInt64, count: UInt64) throws(ChannelError) {
+        guard count <= UInt64(Int.max) else { throw .system("allocate \(count) bytes in the migration file", errno: EFBIG) }
         let result = CLinuxUAPI_allocate(descriptor, try absolute(offset), Int(count))
-        switch result {
-        // Without room for all of it, ext4 may have allocated part: the pages go into what
-        // is there and holes, and the saver still punches what stays unused back out.
-        case 0, -ENOSPC: return true
-        case -EOPNOTSUPP: return false
-        default: throw .system("allocate blocks in the migration file", errno: -result)
-        }
+        guard result == 0 else { throw .system("allocate blocks in the migration file", errno: -result) }
     }
 
     public func truncate(to length: UInt64) throws(ChannelError) {

@@ -212,12 +212,16 @@ import Testing
         #expect(index.absentRuns(atLeast: 61) == [66..<140])
         for page in 0..<200 { index[page] = true }
         #expect(index.absentRuns(atLeast: 1).isEmpty)
-        var generator = SystemRandomNumberGenerator()
+        var state: UInt64 = 0x9E37_79B9_7F4A_7C15      // a fixed sequence (xorshift), so a failure repeats
+        func next() -> Double {
+            state ^= state << 13; state ^= state >> 7; state ^= state << 17
+            return Double(state >> 11) / Double(1 << 53)
+        }
         for pageCount in [1, 63, 64, 65, 128, 1000, 4099] {
             for density in [0.01, 0.5, 0.99] {
                 var random = MappedRAMBlockIndex(pageCount: pageCount)
                 // Long stretches of whole words, held and not, with scattered pages between.
-                for page in 0..<pageCount where (page / 192) % 3 == 1 || ((page / 192) % 3 == 2 && Double.random(in: 0..<1, using: &generator) < density) {
+                for page in 0..<pageCount where (page / 192) % 3 == 1 || ((page / 192) % 3 == 2 && next() < density) {
                     random[page] = true
                 }
                 for minimum in [1, 2, 64, 100] {

@@ -1,5 +1,6 @@
 """Shared fixtures: the ferry binary and a running VM with a QMP socket."""
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -43,3 +44,20 @@ def assert_verified_clean(stderr):
                       r"guest-reported verify failures: (\d+)", stderr)
     assert match, stderr
     assert int(match[2]) > 0 and match[3] == "0" and match[4] == "0", stderr
+
+
+HEARTBEAT = re.compile(r"HB (\d+) t=(\d+) pages=\d+ err=(\d+)")
+
+
+def assert_beats_continue(source_serial, destination_serial):
+    """The guest's heartbeats go on at the destination where the source's stopped, none lost or
+    repeated; returns (sequence, guest ms) of the source's beats and of the destination's.  The
+    stop may cut a beat's line in two (its head in the source's log, its tail in the
+    destination's): read as one text, that line counts once, as the destination's first."""
+    source, destination = source_serial.read_text(), destination_serial.read_text()
+    before = [(int(n), int(t)) for n, t, _ in HEARTBEAT.findall(source)]
+    after = [(int(n), int(t)) for n, t, _ in HEARTBEAT.findall(source + destination)][len(before):]
+    context = f"the source's log ends {source[-200:]!r}, the destination's begins {destination[:200]!r}"
+    assert before and after, context
+    assert after[0][0] == before[-1][0] + 1, context
+    return before, after

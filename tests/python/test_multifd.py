@@ -12,7 +12,7 @@ import time
 import pytest
 from qemu.qmp import ExecuteError
 
-from conftest import assert_verified_clean
+from conftest import assert_beats_continue, assert_verified_clean
 from qemu_microvm import microvm_command
 from test_migration import VM, wait_status
 
@@ -109,15 +109,13 @@ async def assert_guest_moved(source, destination):
     """The guest left the source in postmigrate and beats on at the destination, in sequence, with no verify error."""
     assert (await source.qmp.execute("query-status"))["status"] == "postmigrate"
     assert (await destination.qmp.execute("query-status"))["status"] == "running"
-    last_on_source = guest_beats(source.serial)[-1][0]
     deadline = time.monotonic() + 10
     while len(guest_beats(destination.serial)) < 5:
         assert time.monotonic() < deadline, destination.serial.read_text()[-2000:]
         await asyncio.sleep(0.1)
-    after = guest_beats(destination.serial)
-    assert after[0][0] == last_on_source + 1, "heartbeats continue their sequence on the destination"
-    assert [s for s, _, _ in after] == list(range(after[0][0], after[0][0] + len(after)))
-    assert all(err == 0 for *_, err in guest_beats(source.serial) + after), "the guest's own verifier saw no error"
+    numbers = [n for n, _ in assert_beats_continue(source.serial, destination.serial)[1]]
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+    assert all(err == 0 for *_, err in guest_beats(source.serial) + guest_beats(destination.serial)), "the guest's own verifier saw no error"
 
 
 def test_ferry_multifd_four_channels_qemu_recipe(vms):

@@ -820,10 +820,14 @@ static inline long CLinuxUAPI_pwritev(int fd, const struct iovec *vectors, int c
 static inline int CLinuxUAPI_punch_hole(int fd, long offset, long length) {
     return fallocate(fd, CLINUXUAPI_FALLOC_FL_PUNCH_HOLE | CLINUXUAPI_FALLOC_FL_KEEP_SIZE, offset, length) == 0 ? 0 : -errno;
 }
-/* The magic number of the file system that holds fd (statfs f_type), or -errno. */
-static inline long CLinuxUAPI_file_system_type(int fd) {
+/* The file system that holds fd: its magic number (statfs f_type) and the bytes an
+   unprivileged writer may still allocate (f_bavail * f_bsize); 0 or -errno. */
+static inline int CLinuxUAPI_file_system(int fd, long *type, uint64_t *available) {
     struct statfs facts;
-    return fstatfs(fd, &facts) == 0 ? (long)facts.f_type : -errno;
+    if (fstatfs(fd, &facts) != 0) return -errno;
+    *type = (long)facts.f_type;
+    *available = (uint64_t)facts.f_bavail * (uint64_t)facts.f_bsize;
+    return 0;
 }
 #define CLINUXUAPI_EXT4_SUPER_MAGIC 0xEF53
 /* Blocks for [offset, offset + length) (unwritten extents: they read as zero), the size kept. */
