@@ -112,8 +112,13 @@ final class MappedRAMSaver: Sendable {
         }
     }
 
-    /// Whether the file holds `page` of `block` now (a zero page there needs a hole).
-    func isPresent(block: Int, page: Int) -> Bool { index.withLock { $0[block][page] } }
+    /// Those of `pages` the file holds now (a zero page there needs a hole), under one
+    /// hold of the lock: writer threads that took it once per page (a job's 1024 zero pages)
+    /// queued on it for seconds.
+    func held(among pages: [(block: Int, page: Int)]) -> [(block: Int, page: Int)] {
+        guard !pages.isEmpty else { return [] }
+        return index.withLock { index in pages.filter { index[$0.block][$0.page] } }
+    }
 
     /// Records pages just written (with their checksums) and pages now zero.
     func record(block: Int, data: [(page: Int, checksum: UInt64)], zero: [Int]) {
@@ -244,7 +249,7 @@ final class FilePageWorker: ChannelWorker {
         try writeRuns(data)
         // A zero page the file never held reads as zero already (a hole, or a block allocated
         // and never written); one it held becomes a hole.
-        let holes = zero.filter { saver.isPresent(block: $0.block, page: $0.page) }
+        let holes = saver.held(among: zero)
         do {
             for hole in holes {
                 try saver.file.punchHole(at: saver.layout.pageOffset(block: hole.block, page: hole.page), count: UInt64(Self.pageSize))

@@ -93,7 +93,8 @@ extension Machine {
             // Dirty tracking the last save left on (x-ferry-incremental): continued or restarted.
             let baseline = s.outgoing?.keptTrackingBaseline
             let mappedRAM = capabilities.mappedRAM
-                ? MappedRAMSettings(writers: capabilities.multifd ? Int(s.parameters.multifdChannels) : 1,
+                ? MappedRAMSettings(writers: MappedRAMSettings.writers(multifdChannels: capabilities.multifd ? Int(s.parameters.multifdChannels) : nil,
+                                                                       direct: s.parameters.directIO),
                                     keepTracking: capabilities.incremental, baseline: capabilities.incremental ? baseline : nil)
                 : nil
             let source = PrecopySource(
