@@ -4,7 +4,6 @@ with multifd-channels on both sides, `migrate-incoming`, then `migrate`.  The sa
 recipe runs against QEMU 10 (microvm, the exported guest) when it is installed, to
 show the recipe is QEMU's; the refusals whose texts are QEMU's are checked on both."""
 import asyncio
-import re
 import shutil
 import subprocess
 import time
@@ -12,7 +11,7 @@ import time
 import pytest
 from qemu.qmp import ExecuteError
 
-from conftest import assert_beats_continue, assert_verified_clean
+from conftest import HEARTBEAT, assert_beats_continue, assert_verified_clean
 from qemu_microvm import microvm_command
 from test_migration import VM, wait_status
 
@@ -68,7 +67,7 @@ def vms(ferry, tmp_path):
 
 def guest_beats(serial):
     """(sequence, guest ms, err) of every heartbeat; QEMU's console may put escape codes before the first."""
-    return [(int(s), int(t), int(e)) for s, t, e in re.findall(r"HB (\d+) t=(\d+) pages=\d+ err=(\d+)", serial.read_text())]
+    return [(int(s), int(t), int(e)) for s, t, e in HEARTBEAT.findall(serial.read_text())]
 
 
 async def refused(client, command, arguments):
