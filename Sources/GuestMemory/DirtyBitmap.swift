@@ -36,6 +36,9 @@ public struct DirtyBitmap: Equatable, Sendable {
     public var count: Int { words.reduce(0) { $0 + $1.nonzeroBitCount } }
     public var isEmpty: Bool { words.allSatisfy { $0 == 0 } }
 
+    /// The pages not set here, and only they.
+    public var complement: DirtyBitmap { DirtyBitmap(words: words.map { ~$0 }, pageCount: pageCount) }
+
     public mutating func formUnion(_ other: DirtyBitmap) {
         precondition(other.pageCount == pageCount)
         for i in words.indices { words[i] |= other.words[i] }

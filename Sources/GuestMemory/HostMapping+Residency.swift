@@ -20,15 +20,22 @@ extension HostMapping {
     /// - hugetlb: `mincore`; huge pages are never swapped.
     ///
     /// Every chunk is reported resident if the kernel cannot be asked.
-    public func residentChunks(chunkBytes: Int) -> DirtyBitmap {
+    ///
+    /// With `among`, only those chunks are asked about (and only they can be set).
+    public func residentChunks(chunkBytes: Int, among: Range<Int>? = nil) -> DirtyBitmap {
         precondition(chunkBytes > 0 && chunkBytes % PageSize.base.byteCount == 0)
         let chunkCount = (byteCount + chunkBytes - 1) / chunkBytes
+        let chunks = among.map { $0.clamped(to: 0..<chunkCount) } ?? 0..<chunkCount
+        let bytes = chunks.lowerBound * chunkBytes..<min(chunks.upperBound * chunkBytes, byteCount)
         let found: DirtyBitmap? = switch backend {
-        case .anon: scannedChunks(chunkBytes: chunkBytes) ?? pagemapChunks(chunkBytes: chunkBytes)
-        case .memfd: dataExtentChunks(chunkBytes: chunkBytes)
-        case .hugetlb: mincoreChunks(chunkBytes: chunkBytes)
+        case .anon: scannedChunks(chunkBytes: chunkBytes, bytes: bytes) ?? pagemapChunks(chunkBytes: chunkBytes, chunks: chunks)
+        case .memfd: dataExtentChunks(chunkBytes: chunkBytes, bytes: bytes)
+        case .hugetlb: mincoreChunks(chunkBytes: chunkBytes, chunks: chunks)
         }
-        return found ?? DirtyBitmap(pageCount: chunkCount, allSet: true)
+        if let found { return found }
+        var all = DirtyBitmap(pageCount: chunkCount)
+        for chunk in chunks { all[chunk] = true }
+        return all
     }
 
     /// Marks every chunk that `[start, end)` (byte offsets into the mapping) touches.
@@ -43,13 +50,13 @@ extension HostMapping {
 
     /// Anon residency by `PAGEMAP_SCAN`: the ranges of pages present or
     /// swapped.  `nil` if the ioctl fails (before Linux 6.7: ENOTTY or EINVAL).
-    func scannedChunks(chunkBytes: Int) -> DirtyBitmap? {
+    func scannedChunks(chunkBytes: Int, bytes: Range<Int>) -> DirtyBitmap? {
         guard let pagemap = Self.openPagemap() else { return nil }
         defer { try? pagemap.close() }
         var chunks = DirtyBitmap(pageCount: (byteCount + chunkBytes - 1) / chunkBytes)
-        let first = hostAddress(at: 0), end = hostAddress(at: byteCount)
+        let first = hostAddress(at: 0), end = hostAddress(at: bytes.upperBound)
         var regions = [CLinuxUAPI_page_region](repeating: CLinuxUAPI_page_region(), count: 512)
-        var start = first
+        var start = hostAddress(at: bytes.lowerBound)
         while start < end {
             var walkEnd: UInt64 = 0
             let filled = unsafe regions.withUnsafeMutableBufferPointer { buffer in
@@ -69,7 +76,7 @@ extension HostMapping {
 
     /// Anon residency from the pagemap entries, one 8-byte entry per 4 KiB
     /// page, read a chunk at a time: the fallback before `PAGEMAP_SCAN`.
-    func pagemapChunks(chunkBytes: Int) -> DirtyBitmap? {
+    func pagemapChunks(chunkBytes: Int, chunks range: Range<Int>) -> DirtyBitmap? {
         guard let pagemap = Self.openPagemap() else { return nil }
         defer { try? pagemap.close() }
         let present: UInt64 = 1 << 63, swapped: UInt64 = 1 << 62
@@ -78,7 +85,7 @@ extension HostMapping {
         var chunks = DirtyBitmap(pageCount: chunkCount)
         var entries = [UInt64](repeating: 0, count: chunkBytes / pageBytes)
         let firstPage = Int(hostAddress(at: 0)) / pageBytes
-        for chunk in 0..<chunkCount {
+        for chunk in range {
             let pages = min(chunkBytes, byteCount - chunk * chunkBytes) / pageBytes
             let entryOffset = Int64(firstPage + chunk * chunkBytes / pageBytes) * 8
             let read = try? unsafe entries.withUnsafeMutableBytes { bytes in
@@ -93,17 +100,17 @@ extension HostMapping {
 
     /// memfd residency from the file's data extents: shmem counts a page in
     /// swap as data, as it counts one in RAM.  `nil` if lseek fails.
-    func dataExtentChunks(chunkBytes: Int) -> DirtyBitmap? {
+    func dataExtentChunks(chunkBytes: Int, bytes: Range<Int>) -> DirtyBitmap? {
         guard let memfd else { return nil }
         var chunks = DirtyBitmap(pageCount: (byteCount + chunkBytes - 1) / chunkBytes)
-        var offset = 0
-        while offset < byteCount {
+        var offset = bytes.lowerBound
+        while offset < bytes.upperBound {
             let data = CLinuxUAPI_lseek(memfd.rawValue, offset, CLinuxUAPI_SEEK_DATA)
-            if data == -Int(ENXIO) || data >= byteCount { break }      // no data from here on
+            if data == -Int(ENXIO) || data >= bytes.upperBound { break }      // no data from here on
             guard data >= 0 else { return nil }
             let hole = CLinuxUAPI_lseek(memfd.rawValue, data, CLinuxUAPI_SEEK_HOLE)
             guard hole > data else { return nil }
-            let end = min(hole, byteCount)
+            let end = min(hole, bytes.upperBound)
             Self.mark(&chunks, from: data, to: end, chunkBytes: chunkBytes)
             // The chunk holding the extent's end is marked: go on from the next one.
             offset = max(end, ((end - 1) / chunkBytes + 1) * chunkBytes)
@@ -113,12 +120,12 @@ extension HostMapping {
 
     /// Residency by `mincore`: pages in RAM only, so right only for memory that
     /// is never swapped (hugetlb).  A chunk whose query fails counts as resident.
-    func mincoreChunks(chunkBytes: Int) -> DirtyBitmap {
+    func mincoreChunks(chunkBytes: Int, chunks: Range<Int>) -> DirtyBitmap {
         let chunkCount = (byteCount + chunkBytes - 1) / chunkBytes
         var result = DirtyBitmap(pageCount: chunkCount)
         let pagesPerChunk = chunkBytes / PageSize.base.byteCount
         var vector = [UInt8](repeating: 0, count: pagesPerChunk)
-        for chunk in 0..<chunkCount {
+        for chunk in chunks {
             let offset = chunk * chunkBytes
             let length = min(chunkBytes, byteCount - offset)
             let status = unsafe vector.withUnsafeMutableBufferPointer { buffer in

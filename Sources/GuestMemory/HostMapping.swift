@@ -215,3 +215,20 @@ extension HostMapping {
         _ = unsafe madvise(base, byteCount, 15 /* MADV_NOHUGEPAGE */)
     }
 }
+
+extension HostMapping {
+    /// The little-endian 64-bit word at `offset` (a multiple of 8).
+    public func loadWord(at offset: Int) -> UInt64 {
+        precondition(offset >= 0 && offset % 8 == 0 && offset <= byteCount - 8)
+        // SAFETY: bounds and alignment checked above (mappings are page-aligned).
+        return UInt64(littleEndian: unsafe (base + offset).load(as: UInt64.self))
+    }
+
+    /// Stores `value` little-endian at `offset` (a multiple of 8).  Callers keep
+    /// any one word to one thread at a time.
+    public func storeWord(_ value: UInt64, at offset: Int) {
+        precondition(offset >= 0 && offset % 8 == 0 && offset <= byteCount - 8)
+        // SAFETY: bounds and alignment checked above (mappings are page-aligned).
+        unsafe (base + offset).storeBytes(of: value.littleEndian, as: UInt64.self)
+    }
+}

@@ -120,10 +120,13 @@ extension Ioctl {
     }
 
     /// KVM_CLEAR_DIRTY_LOG of the pages set in `words`, from page 0 of the slot.
-    static func clearDirtyLog(_ vm: Int32, slot: UInt32, pageCount: Int, words: inout [UInt64]) throws(KVMError) {
+    /// KVM_CLEAR_DIRTY_LOG of the pages set in `words`, which covers `pageCount` pages from
+    /// `firstPage` of the slot (a multiple of 64; `pageCount` too, unless it reaches the slot's end).
+    static func clearDirtyLog(_ vm: Int32, slot: UInt32, firstPage: Int = 0, pageCount: Int, words: inout [UInt64]) throws(KVMError) {
+        precondition(firstPage >= 0 && firstPage % 64 == 0 && words.count * 64 >= pageCount)
         // SAFETY: `words` covers `pageCount` pages; KVM only reads it.
         let result = unsafe words.withUnsafeMutableBufferPointer {
-            unsafe CLinuxUAPI_clear_dirty_log(vm, slot, 0, UInt32(pageCount), $0.baseAddress)
+            unsafe CLinuxUAPI_clear_dirty_log(vm, slot, UInt64(firstPage), UInt32(pageCount), $0.baseAddress)
         }
         guard result >= 0 else { throw .ioctl(.clearDirtyLog, Errno(rawValue: Int32(-result))) }
     }

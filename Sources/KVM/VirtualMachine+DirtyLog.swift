@@ -44,4 +44,30 @@ extension VirtualMachine {
         }
         return DirtyBitmap(words: words, pageCount: pageCount)
     }
+
+    /// Re-arms logging for `pages` of `slot` (slot-relative) that the log still
+    /// holds set: `KVM_CLEAR_DIRTY_LOG` of exactly those pages, which write-protects
+    /// them again, so the guest's next write to one is reported.  A page already
+    /// re-armed is left as it is (KVM clears only pages both set in the log and
+    /// named here), and so is every page outside `pages`: the request is widened
+    /// to KVM's 64-page alignment with those bits left clear.
+    ///
+    /// For a collection that reported every page without clearing (the first after
+    /// logging starts, under `KVM_DIRTY_LOG_INITIALLY_SET`): pages are re-armed
+    /// just before they are read, as QEMU's clear bitmap does, instead of all at once.
+    public func rearmDirtyLog(slot: MemorySlot, pages: Range<Int>) throws(KVMError) {
+        guard let slotPages = pageCount(of: slot) else { throw .unknownSlot(slot.rawValue) }
+        let lower = max(pages.lowerBound, 0), upper = min(pages.upperBound, slotPages)
+        guard lower < upper else { return }
+        let first = lower & ~63
+        let count = min((upper - first + 63) & ~63, slotPages - first)
+        // Bits for [lower - first, upper - first): whole words but the first and last.
+        let from = lower - first, to = upper - first
+        var words = [UInt64](repeating: 0, count: (count + 63) / 64)
+        for word in (from >> 6)...((to - 1) >> 6) {
+            let low = max(from, word << 6) - (word << 6), high = min(to, (word + 1) << 6) - (word << 6)
+            words[word] = (high - low == 64 ? ~0 : (UInt64(1) << UInt64(high - low)) - 1) << UInt64(low)
+        }
+        try Ioctl.clearDirtyLog(descriptor, slot: slot.rawValue, firstPage: first, pageCount: count, words: &words)
+    }
 }

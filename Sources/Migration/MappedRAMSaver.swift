@@ -15,7 +15,7 @@ final class MappedRAMSaver: Sendable {
     let layout: MappedRAMLayout
     let mappings: [HostMapping]
     /// Per block: pages the file holds and their checksums.
-    let index: Mutex<[MappedRAMBlockIndex]>
+    let index: Mutex<[MappedRAMSavedBlock]>
     /// The generation this save writes.
     let generation: UInt64
     /// Whether this save continues the file's last one (an incremental save).
@@ -37,11 +37,11 @@ final class MappedRAMSaver: Sendable {
         case fresh(generation: UInt64)
         /// A complete file of the same layout that an incremental save continues:
         /// its pages stay, only pages dirtied since are written.
-        case continuing(MappedRAMHeader, [MappedRAMBlockIndex])
+        case continuing(MappedRAMHeader, [MappedRAMSavedBlock])
     }
 
-    /// Reads the file's header, if it has one that fits `layout`: what an incremental save may continue.
-    static func existing(in file: any PageFile, layout: MappedRAMLayout) -> (MappedRAMHeader, [MappedRAMBlockIndex])? {
+    /// Reads the file's header, if it is a complete one that fits `layout`: what an incremental save may continue.
+    static func existing(in file: any PageFile, layout: MappedRAMLayout) -> MappedRAMHeader? {
         guard let length = try? file.length(), length >= UInt64(MappedRAMFormat.fixedHeaderBytes),
               let prefix = try? file.read(MappedRAMFormat.fixedHeaderBytes, at: 0),
               let total = try? MappedRAMHeader.totalByteCount(prefix: prefix),
@@ -52,14 +52,16 @@ final class MappedRAMSaver: Sendable {
               zip(header.entries, layout.entries).allSatisfy({ $0.bitmapOffset == $1.bitmapOffset && $0.pagesOffset == $1.pagesOffset
                   && $0.checksumsOffset == $1.checksumsOffset && $0.byteCount == $1.byteCount })
         else { return nil }
-        var indexes: [MappedRAMBlockIndex] = []
-        for entry in header.entries {
-            guard let bitmap = try? file.read(Int(entry.bitmapBytes), at: entry.bitmapOffset),
-                  let sums = try? file.read(Int(entry.checksumBytes), at: entry.checksumsOffset),
-                  let decoded = try? MappedRAMBlockIndex(bitmap: bitmap, checksums: sums, entry: entry) else { return nil }
-            indexes.append(decoded)
+        return header
+    }
+
+    /// The blocks as the file `header` heads holds them (bitmaps and checksum tables, checked).
+    static func blocks(of header: MappedRAMHeader, in file: any PageFile) throws(MigrationError) -> [MappedRAMSavedBlock] {
+        try header.entries.map { entry throws(MigrationError) in
+            let bitmap: [UInt8]
+            do throws(ChannelError) { bitmap = try file.read(Int(entry.bitmapBytes), at: entry.bitmapOffset) } catch { throw .channel(error) }
+            return try MappedRAMSavedBlock(entry: entry, bitmap: bitmap, in: file)
         }
-        return (header, indexes)
     }
 
     /// Marks the file incomplete (a fresh start also empties it: its page areas
@@ -73,15 +75,15 @@ final class MappedRAMSaver: Sendable {
         case .fresh(let generation):
             self.generation = generation
             continued = false
-            index = Mutex(layout.entries.map { MappedRAMBlockIndex(pageCount: $0.pageCount) })
+            index = Mutex(try layout.entries.map { entry throws(MigrationError) in try MappedRAMSavedBlock(pageCount: entry.pageCount) })
             do {
                 try file.truncate(to: 0)
                 try file.truncate(to: layout.stateOffset)
             } catch { throw .channel(error) }
-        case .continuing(let header, let indexes):
+        case .continuing(let header, let blocks):
             generation = header.generation + 1
             continued = true
-            index = Mutex(indexes)
+            index = Mutex(blocks)
         }
         // An incremental save mostly rewrites pages the file holds: no allocation.
         allocated = continued || !file.isDirect ? false : Self.allocatePageAreas(of: file, layout: layout)
@@ -123,14 +125,8 @@ final class MappedRAMSaver: Sendable {
     /// Records pages just written (with their checksums) and pages now zero.
     func record(block: Int, data: [(page: Int, checksum: UInt64)], zero: [Int]) {
         index.withLock { indexes in
-            for (page, checksum) in data {
-                indexes[block][page] = true
-                indexes[block].checksums[page] = checksum
-            }
-            for page in zero {
-                indexes[block][page] = false
-                indexes[block].checksums[page] = 0
-            }
+            for (page, checksum) in data { indexes[block].hold(page, checksum: checksum) }
+            for page in zero { indexes[block].drop(page) }
         }
     }
 
@@ -175,16 +171,8 @@ final class MappedRAMSaver: Sendable {
         let indexes = index.withLock { $0 }
         var header = MappedRAMHeader(layout: layout, generation: generation, complete: false, stateLength: stateLength)
         do {
-            for (number, blockIndex) in indexes.enumerated() {
-                // Written and summed from the index's own storage: copies of it would be
-                // fresh memory, slow to touch here (tens of ms for a 1.5 GiB guest's 3 MiB
-                // table), at the guest's pause.
-                let entry = header.entries[number]
-                header.entries[number].metadataChecksum = try blockIndex.withWireBytes { bitmap, sums throws(ChannelError) in
-                    try file.write(bitmap, at: entry.bitmapOffset)
-                    try file.write(sums, at: entry.checksumsOffset)
-                    return MappedRAMBlockIndex.checksum(bitmap: bitmap, checksums: sums)
-                }
+            for (number, block) in indexes.enumerated() {
+                header.entries[number].metadataChecksum = try block.write(to: file, entry: header.entries[number])
             }
             try file.truncate(to: layout.stateOffset + stateLength)
             // No fdatasync here, as in QEMU: it would add the page cache's writeback
@@ -198,8 +186,8 @@ final class MappedRAMSaver: Sendable {
             // Long runs of zero pages become holes again: no page write is in flight now, and
             // the file is complete either way (an allocated page it does not hold reads as zero),
             // so a punch that fails only leaves blocks allocated.
-            for (number, blockIndex) in indexes.enumerated() {
-                for run in blockIndex.absentRuns(atLeast: Self.shortestHole) {
+            for (number, block) in indexes.enumerated() {
+                for run in block.absentRuns(atLeast: Self.shortestHole) {
                     try? file.punchHole(at: layout.pageOffset(block: number, page: run.lowerBound),
                                         count: UInt64(run.count) * UInt64(layout.pageSize))
                 }

@@ -394,12 +394,13 @@ public final class PrecopySource: Sendable {
         let layout: MappedRAMLayout
         do { layout = try MappedRAMLayout(blocks: parts.configuration.blocks) } catch { throw .stream(error) }
         var start = MappedRAMSaver.Start.fresh(generation: 1)
-        let existing = MappedRAMSaver.existing(in: file, layout: layout)
-        if let baseline = settings.baseline, let (header, indexes) = existing,
-           header.generation == baseline.generation, (try? file.identity) == baseline.file {
-            start = .continuing(header, indexes)
-        } else if let (header, _) = existing {
+        if let header = MappedRAMSaver.existing(in: file, layout: layout) {
             start = .fresh(generation: header.generation + 1)
+            // The blocks (checksum tables: megabytes) are read only for a save that continues the file.
+            if let baseline = settings.baseline, header.generation == baseline.generation, (try? file.identity) == baseline.file,
+               let blocks = try? MappedRAMSaver.blocks(of: header, in: file) {
+                start = .continuing(header, blocks)
+            }
         }
         let saver = try MappedRAMSaver(file: file, layout: layout, mappings: parts.ram.mappings, start: start,
                                        workers: max(1, settings.writers))

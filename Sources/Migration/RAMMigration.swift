@@ -143,8 +143,34 @@ public final class RAMMigration: Migratable {
         }
         send.withLock { $0.tracking = true }
         _ = try sync()      // every page, or (continuing) every page written since the last save
-        let resident = residentChunks()
+        var resident = residentChunks()
+        try armTracking(&resident)
         send.withLock { $0.selector.resident = resident }
+    }
+
+    /// After the first sync: the tracker may have left re-arming its tracking
+    /// until pages are read (`prepareToRead`, from `pick`).  A page in a chunk
+    /// that is not resident is picked as zero without being read, so its chunk
+    /// is re-armed now, and asked about again: a write that came before the
+    /// re-arm has made it resident by then, and one after is in the next sync.
+    /// With free page hints everything is re-armed now: a hinted page is never
+    /// read, and a write after the hint must reach the dirty log.
+    func armTracking(_ resident: inout [DirtyBitmap]) throws(MigrationError) {
+        guard let tracker else { return }
+        let chunkPages = Self.chunkBytes / Self.pageSize
+        do {
+            for (number, block) in blocks.enumerated() {
+                if freePageHints != nil {
+                    try tracker.prepareToRead(block: block.name, pages: 0..<resident[number].pageCount * chunkPages)
+                    continue
+                }
+                for run in resident[number].complement.runs {
+                    let chunks = run.first..<run.first + run.count
+                    try tracker.prepareToRead(block: block.name, pages: chunks.lowerBound * chunkPages..<chunks.upperBound * chunkPages)
+                    resident[number].formUnion(block.mapping.residentChunks(chunkBytes: Self.chunkBytes, among: chunks))
+                }
+            }
+        } catch { throw .state("cannot re-arm dirty tracking: \(error)") }
     }
 
     /// The save completed and tracking is to go on for the next (incremental) one.
@@ -440,7 +466,7 @@ public final class RAMMigration: Migratable {
                       _ deliver: (PageJob) throws(MigrationError) -> Void) throws(MigrationError) -> Bool {
         let start = limiter.totalBytes
         var looked = 0
-        while let job = pick(jobPages, findZero: findZero) {
+        while let job = try pick(jobPages, findZero: findZero) {
             try deliver(job)
             looked += job.count
             let done = send.withLock { $0.selector.dirtyCount == 0 }
@@ -450,18 +476,38 @@ public final class RAMMigration: Migratable {
         return true
     }
 
-    /// Takes up to `count` dirty pages from the cursor on (`PageSelector.next`);
-    /// with `findZero` (QEMU's `legacy` detection) reads each for zero here.
-    func pick(_ count: Int, findZero: Bool) -> PageJob? {
-        let mappings = self.mappings
-        return send.withLock { state -> PageJob? in
-            let job = state.selector.next(count) { block, page in
-                findZero && mappings[block].isZeroPage(at: page * Self.pageSize)
-            }
+    /// Takes up to `count` dirty pages from the cursor on (`PageSelector.next`),
+    /// has the tracker re-arm them before anything reads them, and with
+    /// `findZero` (QEMU's `legacy` detection) reads each for zero here.
+    func pick(_ count: Int, findZero: Bool) throws(MigrationError) -> PageJob? {
+        let picked = send.withLock { state -> PageJob? in
+            let job = state.selector.next(count)
             let remaining = state.selector.dirtyCount
             statistics.withLock { $0.remainingPages = UInt64(remaining) }
             return job
         }
+        guard var job = picked else { return nil }
+        try prepareToRead(job)
+        if findZero {
+            for i in 0..<job.count where !job.knownZero[i] {
+                job.knownZero[i] = mappings[job.blocks[i]].isZeroPage(at: job.offsets[i])
+            }
+        }
+        return job
+    }
+
+    /// The tracker re-arms the span of each block the job's pages cover (`DirtyPageSource.prepareToRead`).
+    private func prepareToRead(_ job: PageJob) throws(MigrationError) {
+        guard let tracker, job.count > 0 else { return }
+        var spans: [Int: Range<Int>] = [:]
+        for i in 0..<job.count {
+            let page = job.offsets[i] / Self.pageSize
+            let span = spans[job.blocks[i]]
+            spans[job.blocks[i]] = min(span?.lowerBound ?? page, page)..<max(span?.upperBound ?? page + 1, page + 1)
+        }
+        do {
+            for (block, pages) in spans { try tracker.prepareToRead(block: blocks[block].name, pages: pages) }
+        } catch { throw .state("cannot re-arm dirty tracking: \(error)") }
     }
 
     // MARK: destination

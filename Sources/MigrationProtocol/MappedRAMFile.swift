@@ -299,6 +299,13 @@ public struct MappedRAMBlockIndex: Equatable, Sendable {
 
     /// The runs of pages the file does not hold that are at least `minimum` pages long, in order.
     public func absentRuns(atLeast minimum: Int) -> [Range<Int>] {
+        Self.absentRuns(in: present, pageCount: pageCount, atLeast: minimum)
+    }
+
+    /// The runs of pages of a `pageCount`-page block that the bitmap `present`
+    /// (as `presentWords` decodes it) does not hold, at least `minimum` pages long, in order.
+    public static func absentRuns(in present: [UInt64], pageCount: Int, atLeast minimum: Int) -> [Range<Int>] {
+        precondition(present.count == (pageCount + 63) / 64)
         var runs: [Range<Int>] = []
         var start: Int?        // where the run of absent pages being walked began
         func held(at page: Int) {
@@ -318,6 +325,13 @@ public struct MappedRAMBlockIndex: Equatable, Sendable {
         }
         held(at: pageCount)
         return runs
+    }
+
+    /// A bitmap's words as the file holds them (little-endian).
+    public static func wireBytes(of words: [UInt64]) -> [UInt8] {
+        var w = WireWriter(capacity: words.count * 8)
+        for word in words { w.u64(word) }
+        return w.bytes
     }
 
     /// The bitmap's bytes then the checksum table's, as the file holds them.

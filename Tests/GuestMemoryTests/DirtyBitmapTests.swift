@@ -29,6 +29,7 @@ import Testing
             #expect(bitmap.count == oracle.count)
             #expect(bitmap.runs.flatMap { Array($0.first..<$0.first + $0.count) } == oracle.sorted())
             #expect(zip(bitmap.runs, bitmap.runs.dropFirst()).allSatisfy { $0.first + $0.count < $1.first }, "runs are maximal")
+            #expect(bitmap.complement.setPages == (0..<pageCount).filter { !oracle.contains($0) }, "the complement: no page past the end")
             let offset = Int.random(in: 0...pageCount, using: &rng)
             var big = DirtyBitmap(pageCount: pageCount * 2 + 64)
             big.insert(bitmap, atPage: offset)

@@ -29,21 +29,43 @@ import Testing
         #expect(mapping.residentChunks(chunkBytes: 4 << 20).setPages == [0, 2, 4], "coarser chunks: 1→0, 4 and 5→2, 9→4")
     }
 
+    @Test("asked about some chunks, each path answers for exactly those", arguments: [MemoryBackend.anon, .memfd])
+    func someChunks(backend: MemoryBackend) throws {
+        let mapping = try Self.written(backend)
+        let ranges = [3..<6, 0..<1, 2..<4, 5..<10, 9..<10, 8..<20]
+        for range in ranges {
+            let expected = Self.expected.filter(range.contains)
+            #expect(mapping.residentChunks(chunkBytes: Self.chunk, among: range).setPages == expected, "chunks \(range)")
+            let bytes = range.lowerBound * Self.chunk..<min(range.upperBound * Self.chunk, Self.byteCount)
+            let chunks = range.clamped(to: 0..<10)
+            #expect(mapping.mincoreChunks(chunkBytes: Self.chunk, chunks: chunks).setPages == expected)
+            switch backend {
+            case .anon:
+                #expect(mapping.scannedChunks(chunkBytes: Self.chunk, bytes: bytes)?.setPages == expected, "PAGEMAP_SCAN, chunks \(range)")
+                #expect(mapping.pagemapChunks(chunkBytes: Self.chunk, chunks: chunks)?.setPages == expected, "pagemap, chunks \(range)")
+            case .memfd:
+                #expect(mapping.dataExtentChunks(chunkBytes: Self.chunk, bytes: bytes)?.setPages == expected, "extents, chunks \(range)")
+            case .hugetlb:
+                break
+            }
+        }
+    }
+
     @Test("anon: PAGEMAP_SCAN and the pagemap entries agree")
     func anonPathsAgree() throws {
         let mapping = try Self.written(.anon)
-        let scanned = try #require(mapping.scannedChunks(chunkBytes: Self.chunk), "PAGEMAP_SCAN (Linux 6.7) failed")
+        let scanned = try #require(mapping.scannedChunks(chunkBytes: Self.chunk, bytes: 0..<Self.byteCount), "PAGEMAP_SCAN (Linux 6.7) failed")
         #expect(scanned.setPages == Self.expected)
-        #expect(mapping.pagemapChunks(chunkBytes: Self.chunk)?.setPages == Self.expected)
-        #expect(mapping.mincoreChunks(chunkBytes: Self.chunk).setPages == Self.expected, "nothing swapped: mincore agrees too")
+        #expect(mapping.pagemapChunks(chunkBytes: Self.chunk, chunks: 0..<10)?.setPages == Self.expected)
+        #expect(mapping.mincoreChunks(chunkBytes: Self.chunk, chunks: 0..<10).setPages == Self.expected, "nothing swapped: mincore agrees too")
     }
 
     @Test("memfd: the file's data extents")
     func memfdExtents() throws {
         let mapping = try Self.written(.memfd)
-        #expect(mapping.dataExtentChunks(chunkBytes: Self.chunk)?.setPages == Self.expected)
+        #expect(mapping.dataExtentChunks(chunkBytes: Self.chunk, bytes: 0..<Self.byteCount)?.setPages == Self.expected)
         // A shared mapping's pages are file pages: they are the file's data whether or not this mapping maps them.
-        #expect(mapping.mincoreChunks(chunkBytes: Self.chunk).setPages == Self.expected)
+        #expect(mapping.mincoreChunks(chunkBytes: Self.chunk, chunks: 0..<10).setPages == Self.expected)
     }
 
     @Test("hugetlb: the touched 2 MiB pages", .enabled(if: HostMemory.freeHugePages2M >= 10, "needs ten free 2 MiB huge pages"))

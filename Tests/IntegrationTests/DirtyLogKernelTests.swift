@@ -70,6 +70,7 @@ struct DirtyLogKernelTests {
         let source = machine.makeDirtyPageSource()
         try source.startTracking()
         _ = try source.collectDirtyPages()                      // every page, once
+        try source.prepareToRead(block: "pc.ram", pages: 0..<(64 << 20) / 4096)      // as before reading them
         #expect(try source.collectDirtyPages()["pc.ram"]?.isEmpty == true, "the guest has not run")
         // A write that straddles two pages marks both.
         try machine.memory.write([UInt8](repeating: 0x5a, count: 16), at: GuestAddress((40 << 20) + 4096 - 8))
@@ -88,6 +89,7 @@ struct DirtyLogKernelTests {
         let (machine, source) = try await trackedDirtyingMachine(cpus: 1)
         machine.pause()
         _ = try source.collectDirtyPages()                      // every page, once
+        try source.prepareToRead(block: "pc.ram", pages: 0..<(128 << 20) / 4096)     // as before reading them
         try machine.resume()
         try await Task.sleep(for: .milliseconds(250))
         machine.pause()
@@ -102,5 +104,53 @@ struct DirtyLogKernelTests {
         try source.stopTracking()
         machine.quit()
         #expect(machine.progress.verifyErrors == 0)
+    }
+
+    @Test("the first collection re-arms nothing: prepareToRead re-arms the pages about to be read, the next collection reports the others again")
+    func rearmWhenRead() async throws {
+        let (machine, source) = try await trackedDirtyingMachine(cpus: 1)
+        machine.pause()
+        let pages = Int(128 << 20) / 4096
+        #expect(try source.collectDirtyPages()["pc.ram"]?.count == pages, "the first collection: every page")
+        // The first 16 MiB are read now: the guest's data pages and the lower half of its working set.
+        let working = Int(GuestABI.workBase / 4096)..<Int(GuestABI.workBase + workingSet) / 4096
+        let readNow = 0..<working.lowerBound + working.count / 2
+        try source.prepareToRead(block: "pc.ram", pages: readNow)
+        let before = try generations(machine.memory)
+        try machine.resume()
+        try await Task.sleep(for: .milliseconds(250))
+        machine.pause()
+        let after = try generations(machine.memory)
+        let dirty = try #require(try source.collectDirtyPages()["pc.ram"])
+        let rewritten = Set((0..<before.count).filter { before[$0] != after[$0] }.map { working.lowerBound + $0 })
+        #expect(rewritten.filter(readNow.contains).count > 200 && rewritten.filter { !readNow.contains($0) }.count > 200,
+                "the guest rewrote pages on both sides")
+        #expect(rewritten.allSatisfy { dirty[$0] }, "no rewritten page escapes, re-armed or not")
+        #expect((readNow.upperBound..<pages).allSatisfy { dirty[$0] }, "pages never re-armed are all reported again")
+        let quietReArmed = readNow.filter { dirty[$0] && !rewritten.contains($0) }
+        #expect(quietReArmed.count < 64, "re-armed pages the guest left alone are not reported (bar its own data pages): \(quietReArmed.count)")
+        #expect(try source.collectDirtyPages()["pc.ram"]?.isEmpty == true, "that collection re-armed the rest")
+        try source.stopTracking()
+        machine.quit()
+        #expect(machine.progress.verifyErrors == 0)
+    }
+
+    @Test("a re-arm clears exactly the pages named, whatever their alignment")
+    func rearmIsExact() throws {
+        let machine = try Machine(MachineConfiguration(memoryBytes: 64 << 20, cpus: 1, boot: .embedded(.idle)), serialOutput: { _ in })
+        machine.start(paused: true)
+        let source = machine.makeDirtyPageSource()
+        try source.startTracking()
+        let slot = try #require(machine.memorySlots.first).slot
+        let pages = (64 << 20) / 4096
+        var cleared = Set<Int>()
+        for range in [100..<300, 64..<128, 1000..<1001, 4095..<4160, pages - 70..<pages + 10] {
+            try machine.vm.rearmDirtyLog(slot: slot, pages: range)
+            cleared.formUnion(range.clamped(to: 0..<pages))
+            let log = try machine.vm.collectDirtyLog(slot: slot, clearing: false)
+            #expect(log.setPages == (0..<pages).filter { !cleared.contains($0) }, "after re-arming \(range)")
+        }
+        try source.stopTracking()
+        machine.quit()
     }
 }

@@ -148,15 +148,16 @@ struct MappedRAMKernelTests {
         source.quit()
     }
 
-    @Test("x-ferry-incremental: a second save into the same file writes only what changed, and restores the latest state")
-    func incrementalSave() async throws {
+    @Test("x-ferry-incremental: a second save into the same file writes only what changed, and restores the latest state",
+          arguments: [false, true])
+    func incrementalSave(direct: Bool) async throws {
         let path = Self.path()
         defer { unlink(path) }
         // The guest writes its 64 MiB once in its first second, then goes round again.
         let (source, _) = try machine(workload: WorkloadSpec(dirtyRate: .bytesPerSecond(64 << 20), workingSet: 64 << 20), incoming: false)
         source.start()
         try await kit.waitFor { source.progress.minimumHeartbeats >= 12 }
-        configure(source, channels: 2, direct: false, incremental: true)
+        configure(source, channels: 2, direct: direct, incremental: true)
         let first = try await save(source, to: path)
         #expect(first.status == .completed, "\(first.errorDescription ?? "")")
         #expect(first.mappedRAM?.incremental == false)

@@ -98,11 +98,11 @@ struct SwappedMemoryTests {
         defer { swap.remove() }
         let block = try Self.swappedOutBlock(backend)
         #expect(block.mapping.residentChunks(chunkBytes: Self.chunk).setPages == Self.writtenChunks)
-        #expect(block.mapping.mincoreChunks(chunkBytes: Self.chunk).setPages == [], "mincore sees none of it: the defect")
+        #expect(block.mapping.mincoreChunks(chunkBytes: Self.chunk, chunks: 0..<block.mapping.byteCount / Self.chunk).setPages == [], "mincore sees none of it: the defect")
         if backend == .anon {
-            #expect(block.mapping.pagemapChunks(chunkBytes: Self.chunk)?.setPages == Self.writtenChunks, "the pre-6.7 fallback")
+            #expect(block.mapping.pagemapChunks(chunkBytes: Self.chunk, chunks: 0..<block.mapping.byteCount / Self.chunk)?.setPages == Self.writtenChunks, "the pre-6.7 fallback")
         } else {
-            #expect(block.mapping.scannedChunks(chunkBytes: Self.chunk)?.setPages == [], "a swapped shmem page leaves no page-table entry")
+            #expect(block.mapping.scannedChunks(chunkBytes: Self.chunk, bytes: 0..<block.mapping.byteCount)?.setPages == [], "a swapped shmem page leaves no page-table entry")
         }
         #expect(block.mapping.pagesInRAM()?.setPages == [], "asking for residency brought no page back")
     }
