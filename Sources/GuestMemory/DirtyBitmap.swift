@@ -39,6 +39,26 @@ public struct DirtyBitmap: Equatable, Sendable {
     /// The pages not set here, and only they.
     public var complement: DirtyBitmap { DirtyBitmap(words: words.map { ~$0 }, pageCount: pageCount) }
 
+    /// Clears every page set in `other`.
+    public mutating func subtract(_ other: DirtyBitmap) {
+        precondition(other.pageCount == pageCount)
+        for i in words.indices { words[i] &= ~other.words[i] }
+    }
+
+    /// A bitmap of `pageCount` pages with every page of each set unit of `units` set
+    /// (unit `u` is pages `u × unitPages ..< (u + 1) × unitPages`, a multiple of 64 pages).
+    public init(expanding units: DirtyBitmap, unitPages: Int, pageCount: Int) {
+        precondition(unitPages > 0 && unitPages % 64 == 0)
+        var words = [UInt64](repeating: 0, count: (pageCount + 63) / 64)
+        let wordsPerUnit = unitPages / 64
+        var from = 0
+        while let unit = units.nextSetPage(from: from), unit * wordsPerUnit < words.count {
+            for w in unit * wordsPerUnit..<min((unit + 1) * wordsPerUnit, words.count) { words[w] = ~0 }
+            from = unit + 1
+        }
+        self.init(words: words, pageCount: pageCount)
+    }
+
     public mutating func formUnion(_ other: DirtyBitmap) {
         precondition(other.pageCount == pageCount)
         for i in words.indices { words[i] |= other.words[i] }

@@ -119,7 +119,6 @@ extension Ioctl {
         guard result >= 0 else { throw .ioctl(.getDirtyLog, Errno(rawValue: Int32(-result))) }
     }
 
-    /// KVM_CLEAR_DIRTY_LOG of the pages set in `words`, from page 0 of the slot.
     /// KVM_CLEAR_DIRTY_LOG of the pages set in `words`, which covers `pageCount` pages from
     /// `firstPage` of the slot (a multiple of 64; `pageCount` too, unless it reaches the slot's end).
     static func clearDirtyLog(_ vm: Int32, slot: UInt32, firstPage: Int = 0, pageCount: Int, words: inout [UInt64]) throws(KVMError) {

@@ -19,7 +19,10 @@ public protocol DirtyPageSource: Sendable {
     /// collection left re-arming its tracking for later (KVM: the first one,
     /// which reports every page) re-arms it for them now, so that any write after
     /// this call is reported by the next collection.  Calling it early, or for
-    /// pages it does not cover, is harmless.
+    /// pages it does not cover, is harmless.  A page never prepared is not
+    /// reported again by a later collection: its first report stands, so the
+    /// caller must keep it pending until it prepares and reads it (a caller that
+    /// may drop pages unread, as free page hints do, prepares them all first).
     func prepareToRead(block: String, pages: Range<Int>) throws
     func stopTracking() throws
 }

@@ -153,8 +153,9 @@ public final class RAMMigration: Migratable {
     /// that is not resident is picked as zero without being read, so its chunk
     /// is re-armed now, and asked about again: a write that came before the
     /// re-arm has made it resident by then, and one after is in the next sync.
-    /// With free page hints everything is re-armed now: a hinted page is never
-    /// read, and a write after the hint must reach the dirty log.
+    /// With free page hints everything is re-armed now (empty chunks asked about
+    /// again all the same): a hinted page is never read, and a write after the
+    /// hint must reach the dirty log.
     func armTracking(_ resident: inout [DirtyBitmap]) throws(MigrationError) {
         guard let tracker else { return }
         let chunkPages = Self.chunkBytes / Self.pageSize
@@ -162,11 +163,12 @@ public final class RAMMigration: Migratable {
             for (number, block) in blocks.enumerated() {
                 if freePageHints != nil {
                     try tracker.prepareToRead(block: block.name, pages: 0..<resident[number].pageCount * chunkPages)
-                    continue
                 }
                 for run in resident[number].complement.runs {
                     let chunks = run.first..<run.first + run.count
-                    try tracker.prepareToRead(block: block.name, pages: chunks.lowerBound * chunkPages..<chunks.upperBound * chunkPages)
+                    if freePageHints == nil {
+                        try tracker.prepareToRead(block: block.name, pages: chunks.lowerBound * chunkPages..<chunks.upperBound * chunkPages)
+                    }
                     resident[number].formUnion(block.mapping.residentChunks(chunkBytes: Self.chunkBytes, among: chunks))
                 }
             }
@@ -496,17 +498,21 @@ public final class RAMMigration: Migratable {
         return job
     }
 
-    /// The tracker re-arms the span of each block the job's pages cover (`DirtyPageSource.prepareToRead`).
+    /// The tracker re-arms the spans the job's pages cover (`DirtyPageSource.prepareToRead`):
+    /// one per stretch of ascending pages of a block (a job that wraps round starts another).
     private func prepareToRead(_ job: PageJob) throws(MigrationError) {
         guard let tracker, job.count > 0 else { return }
-        var spans: [Int: Range<Int>] = [:]
+        var spans: [(block: Int, pages: Range<Int>)] = []
         for i in 0..<job.count {
-            let page = job.offsets[i] / Self.pageSize
-            let span = spans[job.blocks[i]]
-            spans[job.blocks[i]] = min(span?.lowerBound ?? page, page)..<max(span?.upperBound ?? page + 1, page + 1)
+            let (block, page) = (job.blocks[i], job.offsets[i] / Self.pageSize)
+            if let last = spans.last, last.block == block, page >= last.pages.upperBound {
+                spans[spans.count - 1].pages = last.pages.lowerBound..<page + 1
+            } else {
+                spans.append((block, page..<page + 1))
+            }
         }
         do {
-            for (block, pages) in spans { try tracker.prepareToRead(block: blocks[block].name, pages: pages) }
+            for span in spans { try tracker.prepareToRead(block: blocks[span.block].name, pages: span.pages) }
         } catch { throw .state("cannot re-arm dirty tracking: \(error)") }
     }
 

@@ -30,6 +30,16 @@ import Testing
             #expect(bitmap.runs.flatMap { Array($0.first..<$0.first + $0.count) } == oracle.sorted())
             #expect(zip(bitmap.runs, bitmap.runs.dropFirst()).allSatisfy { $0.first + $0.count < $1.first }, "runs are maximal")
             #expect(bitmap.complement.setPages == (0..<pageCount).filter { !oracle.contains($0) }, "the complement: no page past the end")
+            var other = DirtyBitmap(pageCount: pageCount)
+            let removed = Set((0..<pageCount).filter { _ in Bool.random(using: &rng) })
+            for page in removed { other[page] = true }
+            var rest = bitmap
+            rest.subtract(other)
+            #expect(rest.setPages == oracle.subtracting(removed).sorted())
+            // Units of 128 pages: every page of a set unit, none past the end.
+            let units = DirtyBitmap(words: [UInt64.random(in: 0...UInt64.max, using: &rng)], pageCount: (pageCount + 127) / 128)
+            let expanded = DirtyBitmap(expanding: units, unitPages: 128, pageCount: pageCount)
+            #expect(expanded.setPages == (0..<pageCount).filter { units[$0 / 128] })
             let offset = Int.random(in: 0...pageCount, using: &rng)
             var big = DirtyBitmap(pageCount: pageCount * 2 + 64)
             big.insert(bitmap, atPage: offset)

@@ -14,7 +14,9 @@ import Synchronization
 /// `prepareToRead`, one stretch (`rearmPages`) at a time just before its pages
 /// are read: write-protecting a 1.5 GiB guest at once took 12 ms before the
 /// first page could go out.  A stretch still waiting is re-armed by the next
-/// collection, which then reports its pages again.
+/// collection without being reported again: nothing has read its pages since
+/// the first collection reported them, so that report still stands (and a
+/// sync that counts what the guest dirtied does not count them).
 final class KVMDirtyLogSource: DirtyPageSource {
     let vm: VirtualMachine
     let slots: [MemorySlotMapping]
@@ -71,7 +73,9 @@ final class KVMDirtyLogSource: DirtyPageSource {
 
     func prepareToRead(block name: String, pages: Range<Int>) throws {
         try arming.withLock { arming in
-            guard var waiting = arming.waiting[name], !waiting.isEmpty else { return }
+            // Taken out while it changes (no copy of the bitmap), put back unless empty.
+            guard var waiting = arming.waiting.removeValue(forKey: name) else { return }
+            defer { if !waiting.isEmpty { arming.waiting[name] = waiting } }
             let units = Self.rearmPages
             let upper = min((pages.upperBound + units - 1) / units, waiting.pageCount)
             var unit = max(pages.lowerBound, 0) / units
@@ -81,7 +85,6 @@ final class KVMDirtyLogSource: DirtyPageSource {
                 while end < upper, waiting[end] { end += 1 }
                 try rearm(block: name, pages: start * units..<end * units)
                 for stretch in start..<end { waiting[stretch] = false }
-                arming.waiting[name] = waiting
                 unit = end
             }
         }
@@ -116,7 +119,12 @@ final class KVMDirtyLogSource: DirtyPageSource {
                     bitmap.insert(log, atPage: mapping.firstBlockPage)
                     result[mapping.block.name] = bitmap
                 }
-                // The clear covered every stretch still waiting (all set in the log, so all reported).
+                // Stretches still waiting are all set in the log: not reported again
+                // (the first collection's report stands), and re-armed by this clear.
+                for (name, stretches) in arming.waiting where result[name] != nil {
+                    let pageCount = result[name]!.pageCount
+                    result[name]!.subtract(DirtyBitmap(expanding: stretches, unitPages: Self.rearmPages, pageCount: pageCount))
+                }
                 if ending { arming.waiting = [:] }
             }
             // The VMM's own writes, which KVM does not log.
