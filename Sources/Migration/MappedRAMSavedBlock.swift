@@ -32,18 +32,19 @@ struct MappedRAMSavedBlock {
         let tableBytes = Int(entry.checksumBytes)
         guard tableBytes == pageCount * 8 else { throw .stream(.malformed("block '\(entry.name)': a checksum table of \(tableBytes) bytes")) }
         do {
-            if Self.asPages(tableBytes: tableBytes, at: entry.checksumsOffset, in: file) {
-                var list = ScatterList()
-                list.append(checksums, offset: 0, count: tableBytes)
-                try file.read(into: list, at: entry.checksumsOffset)
-            } else {
-                let bytes = try file.read(tableBytes, at: entry.checksumsOffset)
-                for page in 0..<pageCount {
-                    let word = bytes[page * 8..<page * 8 + 8].reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
-                    checksums.storeWord(word, at: page * 8)
-                }
+            guard Self.asPages(tableBytes: tableBytes, at: entry.checksumsOffset, in: file) else {
+                // Not whole pages with direct-io: read through the buffered descriptor by
+                // the file's one decoder (which checks the metadata checksum), then copied in.
+                let index = try MappedRAMBlockIndex(bitmap: bitmap, checksums: try file.read(tableBytes, at: entry.checksumsOffset), entry: entry)
+                for (page, sum) in index.checksums.enumerated() { checksums.storeWord(sum, at: page * 8) }
+                return
             }
-        } catch { throw .channel(error) }
+            var list = ScatterList()
+            list.append(checksums, offset: 0, count: tableBytes)
+            try file.read(into: list, at: entry.checksumsOffset)
+        } catch let error as ProtocolError { throw .stream(error) } catch let error as ChannelError { throw .channel(error) } catch {
+            throw .state("\(error)")
+        }
         let sum = checksums.withSpan(at: 0, count: tableBytes) { table in
             unsafe MappedRAMBlockIndex.checksum(bitmap: bitmap.span.bytes, checksums: table.bytes)     // SAFETY: UInt8 has no padding
         }
