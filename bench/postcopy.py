@@ -23,7 +23,6 @@ largest heartbeat gap across the move, and each process's CPU-seconds.  Medians 
 import asyncio
 import json
 import re
-import os
 import statistics
 import subprocess
 import time
@@ -178,7 +177,13 @@ async def postcopy_once(vmm, cmdline, memory, ready_pages, preempt, huge, pacing
             "gap": (first_destination - last_source) * 1000, "cpu_src": cpu[0], "cpu_dst": cpu[1],
             "cpu_src_mig": migration_cpu(threads[0]), "cpu_dst_mig": migration_cpu(threads[1]), "threads": threads,
             "network": network, "drops": network[NETNS[0]]["drops"], "retrans": network[NETNS[0]]["retrans"],
-            "pacing_mb_s": info.get("x-ferry-postcopy", {}).get("pacing", 0) / 1e6}
+            "pacing_mb_s": megabytes(info.get("x-ferry-postcopy", {}).get("pacing")),
+            "pacing_lowest_mb_s": megabytes(info.get("x-ferry-postcopy", {}).get("pacing-lowest"))}
+
+
+def megabytes(count):
+    """Bytes (per second) in MB; None for a figure the VMM does not report (QEMU)."""
+    return None if count is None else count / 1e6
 
 
 def guest_progress(source_beats, destination_beats, end):
@@ -248,7 +253,8 @@ def scenario_postcopy(ferry_vmm, qemu_vmm, vmms, runs, memory, working_set, mode
                ("guest slow p50 us", "slow_p50"), ("guest slow p99 us", "slow_p99"), ("slow writes", "slow"),
                ("guest stalled s", "stall_s"), ("guest MB/s written", "guest_mb_s"), ("gap ms", "gap"),
                ("CPU-s src", "cpu_src"), ("CPU-s dst", "cpu_dst"), ("mig CPU-s src", "cpu_src_mig"),
-               ("mig CPU-s dst", "cpu_dst_mig"), ("tbf drops src", "drops"), ("TCP retrans src", "retrans")]
+               ("mig CPU-s dst", "cpu_dst_mig"), ("tbf drops src", "drops"), ("TCP retrans src", "retrans"),
+               ("pace MB/s", "pacing_mb_s"), ("lowest pace MB/s", "pacing_lowest_mb_s")]
     print("\n| mode | VMM | " + " | ".join(name for name, _ in columns) + " |")
     print("| --- | --- | " + " | ".join("---" for _ in columns) + " |")
     for mode in modes:

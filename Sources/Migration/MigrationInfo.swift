@@ -45,6 +45,9 @@ public struct MigrationInfo: Equatable, Sendable {
     public var postcopyPauses: UInt64 = 0
     /// The background's pace after the switch (`PostcopyPacing`), bytes per second; 0: not paced.
     public var postcopyPacing: UInt64 = 0
+    /// The lowest pace the background had while requested pages took their share
+    /// (`PostcopyBackgroundPace`), bytes per second; 0: never lowered.
+    public var postcopyPacingLowest: UInt64 = 0
 
     public init() {}
 }

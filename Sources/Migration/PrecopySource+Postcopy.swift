@@ -54,7 +54,9 @@ extension PrecopySource {
             do throws(MigrationError) {
                 let urgent = preempt.withLock { $0 }?.writer
                 applyPostcopyPacing()
-                try parts.ram.sendPostcopy(writer, urgent: urgent, requests: requests)
+                try parts.ram.sendPostcopy(writer, urgent: urgent, requests: requests) { [self] in
+                    if let urgent { adaptPostcopyPacing(urgentBytes: urgent.bytesWritten) }
+                }
                 try urgent?.sendEnd()
                 try writer.sendEnd()
                 endsSent = true
@@ -74,12 +76,33 @@ extension PrecopySource {
     /// rates in the wrong order.
     func applyPostcopyPacing() {
         let parameters = self.parameters
-        let samples = linkSampler.withLock { $0 }?.rates ?? []
+        let samples = linkSampler.withLock { $0 }?.samples ?? []
         progress.withLock { p in
             let rate = PostcopyPacing.rate(p.recentWindows, linkSamples: samples, maxPostcopyBandwidth: parameters.maxPostcopyBandwidth,
                                            percent: parameters.postcopyPacing, preempt: capabilities.postcopyPreempt)
             p.info.postcopyPacing = rate ?? 0
+            // Paced from the link's estimate, the background leaves the requested pages their share.
+            // Not with huge pages: a requested 2 MiB page is 17 ms of a 1 Gbit/s link, fills the
+            // bottleneck's queue by itself, and 1 ms of queue ahead of it is little.
+            p.backgroundPace = nil
+            if rate != nil, parameters.maxPostcopyBandwidth == 0, parts.ram.blocks.allSatisfy({ $0.pageSize == .base }),
+               let link = PostcopyPacing.link(p.recentWindows, linkSamples: samples) {
+                p.backgroundPace = PostcopyBackgroundPace(link: UInt64(link), percent: parameters.postcopyPacing)
+            }
             channel.limitPacing(rate)
+        }
+    }
+
+    /// The background's pace, less what the preempt channel has carried of late
+    /// (`PostcopyBackgroundPace`); called by the background between its frames.
+    func adaptPostcopyPacing(urgentBytes: UInt64) {
+        progress.withLock { p in
+            guard var pace = p.backgroundPace else { return }
+            if let rate = pace.update(urgentBytes: urgentBytes, at: .now) {
+                channel.limitPacing(rate)
+                if rate < pace.most, p.info.postcopyPacingLowest == 0 || rate < p.info.postcopyPacingLowest { p.info.postcopyPacingLowest = rate }
+            }
+            p.backgroundPace = pace
         }
     }
 }

@@ -91,6 +91,9 @@ public final class PrecopySource: Sendable {
         /// The last live windows that sent something, for postcopy's pace (`PostcopyPacing`);
         /// emptied when postcopy pauses (a recovery may take another path).
         var recentWindows: [PostcopyPacing.Window] = []
+        /// The background's pace in postcopy, less the requested pages' share; nil when
+        /// it is not paced from the link's estimate.
+        var backgroundPace: PostcopyBackgroundPace?
         /// What main channels broken in postcopy carried (a recovery opens a new one).
         var earlierMain: (bytes: UInt64, frames: UInt64) = (0, 0)
         /// Times postcopy paused (its connection broke, or `migrate-pause`).

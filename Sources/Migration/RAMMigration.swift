@@ -343,7 +343,9 @@ public final class RAMMigration: Migratable {
     /// short, so a request waits behind at most one frame (plus what the socket
     /// holds).
     /// Returns once no page is dirty; a request after that names pages sent already.
-    func sendPostcopy(_ output: StreamWriter, urgent: StreamWriter?, requests: PostcopyRequests) throws(MigrationError) {
+    /// `betweenFrames` runs on this thread at least every 10 ms (the background's pace follows it).
+    func sendPostcopy(_ output: StreamWriter, urgent: StreamWriter?, requests: PostcopyRequests,
+                      betweenFrames: () -> Void = {}) throws(MigrationError) {
         let unitPages = blocks.map { $0.pageSize.byteCount / Self.pageSize }
         send.withLock { $0.picker = PostcopyPicker(unitPages: unitPages, preempt: urgent != nil) }
         // The background never blocks in a long write while a request waits: the main
@@ -375,7 +377,7 @@ public final class RAMMigration: Migratable {
                     try serve(request, on: urgent, requests: requests)
                 }
             }
-            try sendBackground(output, requests: requests, doorbell: doorbell)
+            try sendBackground(output, requests: requests, doorbell: doorbell, betweenFrames: betweenFrames)
             // A request whose sending failed after the background's last look took its
             // pages from the dirty set: the migration must not end as if they were sent.
             if let failure = requests.stopServing() { throw failure }
@@ -391,10 +393,11 @@ public final class RAMMigration: Migratable {
     /// Postcopy's background until no page is dirty, with the requests queued
     /// (no preempt channel) before each frame.
     private func sendBackground(_ output: StreamWriter, requests: PostcopyRequests,
-                                doorbell: (any ChannelDoorbell)?) throws(MigrationError) {
+                                doorbell: (any ChannelDoorbell)?, betweenFrames: () -> Void) throws(MigrationError) {
         var background = PageSender(writer: output, mappings: mappings, detection: .multifd, statistics: statistics)
         let wait: Duration = doorbell == nil ? .milliseconds(1) : .milliseconds(10)
         while true {
+            betweenFrames()
             while let request = try requests.take() {
                 switch pick(request) {
                 case .send(let job, _): try background.send(job)

@@ -343,20 +343,6 @@ public struct MappedRAMBlockIndex: Equatable, Sendable {
         return (b.bytes, c.bytes)
     }
 
-    /// Calls `body` with the bitmap's and the checksum table's bytes as the file
-    /// holds them (little-endian words), without copying them: on a little-endian
-    /// host the arrays' own bytes are that.  A save's end writes them, megabytes
-    /// for a large guest, where a copy would touch as much fresh memory.
-    public func withWireBytes<R, E: Error>(_ body: (RawSpan, RawSpan) throws(E) -> R) throws(E) -> R {
-        #if _endian(little)
-        // SAFETY: a span's bytes are unsafe only for elements with padding; UInt64 has none.
-        return try body(unsafe present.span.bytes, unsafe checksums.span.bytes)
-        #else
-        let (bitmap, table) = encode()
-        return try body(unsafe bitmap.span.bytes, unsafe table.span.bytes)
-        #endif
-    }
-
     /// The metadata checksum of a block: over its bitmap then its checksum table.
     public static func checksum(bitmap: RawSpan, checksums: RawSpan) -> UInt64 {
         FrameChecksum.of(bitmap, then: checksums)

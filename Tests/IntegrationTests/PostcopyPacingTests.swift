@@ -51,24 +51,39 @@ import Testing
         #expect(PostcopyPacing.rate(windows, maxPostcopyBandwidth: 50 << 20, percent: 95, preempt: false) == nil)
     }
 
-    @Test func theLinkSamplesEightiethPercentileWhenThereAreEnough() {
-        // 20 ms samples: the link's 119 MB/s while its queue was full, dips while TCP
-        // recovered a loss or the sender scanned zero pages, two bunched acknowledgements.
-        let samples = Array(repeating: 119e6, count: 20) + [40e6, 60e6, 0, 80e6, 90e6, 100e6] + [150e6, 170e6]
-        #expect(PostcopyPacing.linkRate(samples) == 119e6)
-        // Precopy's windows sent less than the link carries; TCP's samples ran ahead of it.
-        let windows = [Self.busy(80e6, 125_000_000), Self.busy(85e6, 130_000_000)]
-        #expect(PostcopyPacing.rate(windows, linkSamples: samples, maxPostcopyBandwidth: 0, percent: 90, preempt: true) == 107_100_000)
-        // TCP's samples under the short ones' percentile bound it.
-        let under = [Self.busy(80e6, 100_000_000), Self.busy(85e6, 110_000_000)]
-        #expect(PostcopyPacing.rate(under, linkSamples: samples, maxPostcopyBandwidth: 0, percent: 90, preempt: true) == 94_500_000)
-        // Too few samples (a short precopy): the windows.
-        let few = Array(samples.prefix(PostcopyPacing.minimumLinkSamples - 1))
+    /// Delivered counts every 20 ms from `rates` (bytes per second over each interval).
+    static func counts(_ rates: [Double], start: ContinuousClock.Instant = .now) -> [PostcopyPacing.Delivered] {
+        var bytes: UInt64 = 1 << 20
+        var counts = [PostcopyPacing.Delivered(at: start, bytes: bytes)]
+        for (index, rate) in rates.enumerated() {
+            bytes += UInt64(rate * 0.02)
+            counts.append(PostcopyPacing.Delivered(at: start + .milliseconds(20 * (index + 1)), bytes: bytes))
+        }
+        return counts
+    }
+
+    @Test func theEightiethPercentileOfHundredMillisecondStretches() {
+        // The link's 119 MB/s while its queue was full; then TCP recovering a loss, the sender
+        // scanning zero pages.  Acknowledgements came bunched: single 20 ms intervals read 100
+        // and 195 MB/s, which a stretch of 100 ms evens out.
+        let full = (0..<30).map { $0 % 5 == 4 ? 195e6 : 100e6 }
+        let samples = Self.counts(full + [40e6, 20e6, 0, 0, 10e6, 80e6, 90e6, 100e6])
+        let link = try! #require(PostcopyPacing.linkRate(samples))
+        #expect(abs(link - 119e6) < 1e6, "\(link)")
+        // Precopy's windows sent less than the link carries; TCP's samples ran ahead of it: neither counts.
+        let windows = [Self.busy(80e6, 125_000_000), Self.busy(85e6, 70_000_000)]
+        let rate = try! #require(PostcopyPacing.rate(windows, linkSamples: samples, maxPostcopyBandwidth: 0, percent: 90, preempt: true))
+        #expect(abs(Double(rate) - 107.1e6) < 1e6, "\(rate)")
+        // Too few counts for five stretches (a short precopy): the windows.
+        let few = Array(samples.prefix(9))
         #expect(PostcopyPacing.linkRate(few) == nil)
         #expect(PostcopyPacing.rate(windows, linkSamples: few, maxPostcopyBandwidth: 0, percent: 90, preempt: true) == 74_250_000)
-        // Nothing acknowledged at all: not a rate.
-        #expect(PostcopyPacing.linkRate(Array(repeating: 0, count: 30)) == nil)
-        // Windows held by max-bandwidth: the samples show the limit, not the link.
+        // Counts a sampler woke late for: a stretch spans at least 100 ms, however they fall.
+        let late = [0, 20, 150, 170, 190, 330, 350, 480, 500, 650].map { PostcopyPacing.Delivered(at: samples[0].at + .milliseconds($0), bytes: UInt64($0) * 100_000) }
+        #expect(PostcopyPacing.linkRate(late).map { abs($0 - 100e6) < 1 } == true)
+        // Nothing delivered at all: not a rate.
+        #expect(PostcopyPacing.linkRate(Self.counts(Array(repeating: 0, count: 30))) == nil)
+        // Windows held by max-bandwidth: the counts show the limit, not the link.
         let held = Window(sent: Double(64 << 20), delivery: 70_000_000, maxBandwidth: 64 << 20)
         #expect(PostcopyPacing.rate([held, held], linkSamples: samples, maxPostcopyBandwidth: 0, percent: 90, preempt: true) == nil)
     }

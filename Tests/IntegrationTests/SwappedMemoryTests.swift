@@ -88,7 +88,12 @@ struct SwappedMemoryTests {
             usleep(20_000)
             inRAM = mapping.pagesInRAM()?.setPages ?? writtenPages
         }
-        try #require(inRAM.isEmpty, "\(inRAM.count) of \(writtenPages.count) pages stayed in RAM after MADV_PAGEOUT: nothing was swapped out")
+        // A page now and then stays in RAM however often it is paged out (once, 1 of 1281 for 5 s
+        // on a busy host); the test needs every written chunk mostly swapped out, the lone page
+        // of chunk 3 (a chunk whose only data is swapped) included.
+        let perChunk = chunk / 4096
+        try #require(inRAM.count * 100 <= writtenPages.count && !inRAM.contains(3 * perChunk + 17),
+                     "\(inRAM.count) of \(writtenPages.count) pages stayed in RAM after MADV_PAGEOUT: too little was swapped out")
         return RAMBlock(name: "pc.ram", mapping: mapping, placements: [])
     }
 

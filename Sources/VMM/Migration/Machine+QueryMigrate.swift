@@ -110,7 +110,8 @@ extension Machine {
                                           "dropped-requests": .int(Int64(info.postcopyDroppedRequests)),
                                           "urgent-pages": .int(Int64(info.postcopyUrgentPages)),
                                           "pauses": .int(Int64(info.postcopyPauses)),
-                                          "pacing": .int(Int64(clamping: info.postcopyPacing))]
+                                          "pacing": .int(Int64(clamping: info.postcopyPacing)),
+                                          "pacing-lowest": .int(Int64(clamping: info.postcopyPacingLowest))]
         }
         // Ferry's own: what a completed mapped-ram save wrote.
         if let saved = info.mappedRAM {

@@ -1,0 +1,73 @@
+import Testing
+@testable import Migration
+
+/// Postcopy's background leaving the requested pages their share of the link.
+@Suite struct PostcopyBackgroundPaceTests {
+    static let link: UInt64 = 120_000_000
+
+    /// Counts of the preempt channel's bytes every 10 ms at `rate` bytes per second, from `bytes`.
+    static func feed(_ pace: inout PostcopyBackgroundPace, rate: Double, milliseconds: Int, from start: ContinuousClock.Instant,
+                     bytes: inout UInt64, at now: inout ContinuousClock.Instant) -> [UInt64] {
+        var applied: [UInt64] = []
+        for _ in 0..<(milliseconds / 10) {
+            now += .milliseconds(10)
+            bytes += UInt64(rate / 100)
+            if let new = pace.update(urgentBytes: bytes, at: now) { applied.append(new) }
+        }
+        return applied
+    }
+
+    @Test func fewRequestsLeaveThePercentPace() {
+        var pace = PostcopyBackgroundPace(link: Self.link, percent: 95)
+        #expect(pace.most == 114_000_000)
+        #expect(pace.applied == pace.most)
+        var now = ContinuousClock.now, bytes: UInt64 = 0
+        // 3 MB/s of requested pages: under the 5 % the percent leaves them.
+        #expect(Self.feed(&pace, rate: 3e6, milliseconds: 500, from: now, bytes: &bytes, at: &now).isEmpty)
+        #expect(pace.applied == 114_000_000)
+    }
+
+    @Test func moreRequestsTakeTheirShareFromTheBackground() {
+        var pace = PostcopyBackgroundPace(link: Self.link, percent: 95)
+        var now = ContinuousClock.now, bytes: UInt64 = 0
+        let applied = Self.feed(&pace, rate: 20e6, milliseconds: 300, from: now, bytes: &bytes, at: &now)
+        #expect(!applied.isEmpty)
+        #expect(abs(Double(pace.applied) - 100e6) < 1.5e6, "\(pace.applied)")
+        // The requests stop: within the window plus an interval the background has its pace back.
+        _ = Self.feed(&pace, rate: 0, milliseconds: 120, from: now, bytes: &bytes, at: &now)
+        #expect(pace.applied == pace.most)
+    }
+
+    @Test func theBackgroundKeepsHalfTheLinkWhateverTheRequests() {
+        var pace = PostcopyBackgroundPace(link: Self.link, percent: 95)
+        var now = ContinuousClock.now, bytes: UInt64 = 0
+        _ = Self.feed(&pace, rate: 200e6, milliseconds: 300, from: now, bytes: &bytes, at: &now)
+        #expect(pace.applied == 60_000_000)
+    }
+
+    @Test func countsCloserThanTheIntervalAndSmallChangesApplyNothing() {
+        var pace = PostcopyBackgroundPace(link: Self.link, percent: 100)
+        let start = ContinuousClock.now
+        #expect(pace.update(urgentBytes: 0, at: start) == nil)
+        // 5 ms later: ignored, however much was sent.
+        #expect(pace.update(urgentBytes: 50_000_000, at: start + .milliseconds(5)) == nil)
+        // 10 ms, 6000 bytes: 0.6 MB/s, under 1 % of the pace.
+        #expect(pace.update(urgentBytes: 6_000, at: start + .milliseconds(10)) == nil)
+        #expect(pace.applied == Self.link)
+        // 20 ms, 60 kB in all: 3 MB/s, 2.5 %.
+        #expect(pace.update(urgentBytes: 60_000, at: start + .milliseconds(20)) == 117_000_000)
+    }
+
+    @Test func aNewChannelCountingFromZeroStartsAfresh() {
+        var pace = PostcopyBackgroundPace(link: Self.link, percent: 95)
+        var now = ContinuousClock.now, bytes: UInt64 = 0
+        _ = Self.feed(&pace, rate: 30e6, milliseconds: 200, from: now, bytes: &bytes, at: &now)
+        #expect(pace.applied < 95_000_000)
+        // A recovery's new preempt channel: its count is not read as a huge negative rate.
+        now += .milliseconds(10)
+        #expect(pace.update(urgentBytes: 0, at: now) == nil)
+        bytes = 0
+        _ = Self.feed(&pace, rate: 0, milliseconds: 50, from: now, bytes: &bytes, at: &now)
+        #expect(pace.applied == pace.most)
+    }
+}
