@@ -5,7 +5,7 @@ import DequeModule
 ///
 /// Requested pages on the preempt channel cross the same bottleneck as the
 /// background: a guest that faults 2500 times a second asks for about 10 MB/s,
-/// 8 % of a 1 Gbit/s link.  The background paced at `percent` of the link
+/// 8 % of a 1 Gbit/s link.  The background paced at `x-ferry-postcopy-pacing` percent of the link
 /// leaves them that much; when they take more (measured over the last
 /// `window`), the background gives up what they take, so that the two together
 /// stay within the link and its bottleneck's queue stays short.  It never goes
@@ -32,10 +32,10 @@ public struct PostcopyBackgroundPace: Sendable, Equatable {
     /// The pace last returned by `update`.
     public private(set) var applied: UInt64
 
-    /// `percent` of `link` at most (`x-ferry-postcopy-pacing`).
-    public init(link: UInt64, percent: UInt8) {
+    /// At most `most`, the pace `PostcopyPacing.rate` gave (`x-ferry-postcopy-pacing` percent of `link`).
+    public init(link: UInt64, most: UInt64) {
         self.link = link
-        most = link / 100 * UInt64(percent)
+        self.most = most
         applied = most
     }
 

@@ -87,7 +87,7 @@ public enum PostcopyPacing {
     /// elsewhere, TCP recovering a loss).  Rates over 20 ms alone ran ahead of
     /// the link: acknowledgements come bunched, and on a shaped 1 Gbit/s link
     /// (about 119 MB/s of payload) their 80th percentile read 126-136 MB/s,
-    /// where 100 ms stretches read 114-123.  Nil with fewer than
+    /// where 100 ms stretches read 108-123.  Nil with fewer than
     /// `minimumStretches`, or when nothing was delivered.
     public static func linkRate(_ samples: [Delivered]) -> Double? {
         var rates: [Double] = []

@@ -85,9 +85,9 @@ extension PrecopySource {
             // Not with huge pages: a requested 2 MiB page is 17 ms of a 1 Gbit/s link, fills the
             // bottleneck's queue by itself, and 1 ms of queue ahead of it is little.
             p.backgroundPace = nil
-            if rate != nil, parameters.maxPostcopyBandwidth == 0, parts.ram.blocks.allSatisfy({ $0.pageSize == .base }),
+            if let rate, parameters.maxPostcopyBandwidth == 0, parts.ram.blocks.allSatisfy({ $0.pageSize == .base }),
                let link = PostcopyPacing.link(p.recentWindows, linkSamples: samples) {
-                p.backgroundPace = PostcopyBackgroundPace(link: UInt64(link), percent: parameters.postcopyPacing)
+                p.backgroundPace = PostcopyBackgroundPace(link: UInt64(link), most: rate)
             }
             channel.limitPacing(rate)
         }

@@ -18,7 +18,7 @@ import Testing
     }
 
     @Test func fewRequestsLeaveThePercentPace() {
-        var pace = PostcopyBackgroundPace(link: Self.link, percent: 95)
+        var pace = PostcopyBackgroundPace(link: Self.link, most: Self.link / 100 * 95)
         #expect(pace.most == 114_000_000)
         #expect(pace.applied == pace.most)
         var now = ContinuousClock.now, bytes: UInt64 = 0
@@ -28,7 +28,7 @@ import Testing
     }
 
     @Test func moreRequestsTakeTheirShareFromTheBackground() {
-        var pace = PostcopyBackgroundPace(link: Self.link, percent: 95)
+        var pace = PostcopyBackgroundPace(link: Self.link, most: Self.link / 100 * 95)
         var now = ContinuousClock.now, bytes: UInt64 = 0
         let applied = Self.feed(&pace, rate: 20e6, milliseconds: 300, from: now, bytes: &bytes, at: &now)
         #expect(!applied.isEmpty)
@@ -39,14 +39,14 @@ import Testing
     }
 
     @Test func theBackgroundKeepsHalfTheLinkWhateverTheRequests() {
-        var pace = PostcopyBackgroundPace(link: Self.link, percent: 95)
+        var pace = PostcopyBackgroundPace(link: Self.link, most: Self.link / 100 * 95)
         var now = ContinuousClock.now, bytes: UInt64 = 0
         _ = Self.feed(&pace, rate: 200e6, milliseconds: 300, from: now, bytes: &bytes, at: &now)
         #expect(pace.applied == 60_000_000)
     }
 
     @Test func countsCloserThanTheIntervalAndSmallChangesApplyNothing() {
-        var pace = PostcopyBackgroundPace(link: Self.link, percent: 100)
+        var pace = PostcopyBackgroundPace(link: Self.link, most: Self.link)
         let start = ContinuousClock.now
         #expect(pace.update(urgentBytes: 0, at: start) == nil)
         // 5 ms later: ignored, however much was sent.
@@ -59,7 +59,7 @@ import Testing
     }
 
     @Test func aNewChannelCountingFromZeroStartsAfresh() {
-        var pace = PostcopyBackgroundPace(link: Self.link, percent: 95)
+        var pace = PostcopyBackgroundPace(link: Self.link, most: Self.link / 100 * 95)
         var now = ContinuousClock.now, bytes: UInt64 = 0
         _ = Self.feed(&pace, rate: 30e6, milliseconds: 200, from: now, bytes: &bytes, at: &now)
         #expect(pace.applied < 95_000_000)
