@@ -178,7 +178,8 @@ async def postcopy_once(vmm, cmdline, memory, ready_pages, preempt, huge, pacing
             "cpu_src_mig": migration_cpu(threads[0]), "cpu_dst_mig": migration_cpu(threads[1]), "threads": threads,
             "network": network, "drops": network[NETNS[0]]["drops"], "retrans": network[NETNS[0]]["retrans"],
             "pacing_mb_s": megabytes(info.get("x-ferry-postcopy", {}).get("pacing")),
-            "pacing_lowest_mb_s": megabytes(info.get("x-ferry-postcopy", {}).get("pacing-lowest"))}
+            "pacing_lowest_mb_s": megabytes(info.get("x-ferry-postcopy", {}).get("pacing-lowest")),
+            "yields": info.get("x-ferry-postcopy", {}).get("yields")}
 
 
 def megabytes(count):
@@ -254,7 +255,7 @@ def scenario_postcopy(ferry_vmm, qemu_vmm, vmms, runs, memory, working_set, mode
                ("guest stalled s", "stall_s"), ("guest MB/s written", "guest_mb_s"), ("gap ms", "gap"),
                ("CPU-s src", "cpu_src"), ("CPU-s dst", "cpu_dst"), ("mig CPU-s src", "cpu_src_mig"),
                ("mig CPU-s dst", "cpu_dst_mig"), ("tbf drops src", "drops"), ("TCP retrans src", "retrans"),
-               ("pace MB/s", "pacing_mb_s"), ("lowest pace MB/s", "pacing_lowest_mb_s")]
+               ("pace MB/s", "pacing_mb_s"), ("lowest pace MB/s", "pacing_lowest_mb_s"), ("yields", "yields")]
     print("\n| mode | VMM | " + " | ".join(name for name, _ in columns) + " |")
     print("| --- | --- | " + " | ".join("---" for _ in columns) + " |")
     for mode in modes:

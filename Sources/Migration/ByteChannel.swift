@@ -42,6 +42,9 @@ public protocol ByteChannel: Sendable {
     /// the segments it counts delivered, times their size; it only grows); nil
     /// when the transport does not say.
     func deliveredBytes() -> UInt64?
+    /// The bytes written that the other side has not yet acknowledged (TCP:
+    /// unsent plus in flight); nil when the transport does not say.
+    func queuedBytes() -> UInt64?
     /// Waits up to `timeout` until a write would go ahead without waiting long
     /// (under the `limitUnsent` bound); true at once for channels without one.
     func waitWritable(timeout: Duration) throws(ChannelError) -> Bool
@@ -71,6 +74,7 @@ extension ByteChannel {
     public func limitBursts(_ bytes: Int?) {}
     public func deliveryRate() -> UInt64? { nil }
     public func deliveredBytes() -> UInt64? { nil }
+    public func queuedBytes() -> UInt64? { nil }
     public func waitWritable(timeout: Duration) throws(ChannelError) -> Bool { true }
     public func makeDoorbell() -> (any ChannelDoorbell)? { nil }
     public func waitWritable(timeout: Duration, orRung doorbell: (any ChannelDoorbell)?) throws(ChannelError) -> Bool {

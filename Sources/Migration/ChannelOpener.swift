@@ -74,6 +74,7 @@ final class PendingChannel: ByteChannel {
     func limitBursts(_ bytes: Int?) { (try? channel)?.limitBursts(bytes) }
     func deliveryRate() -> UInt64? { (try? channel)?.deliveryRate() }
     func deliveredBytes() -> UInt64? { (try? channel)?.deliveredBytes() }
+    func queuedBytes() -> UInt64? { (try? channel)?.queuedBytes() }
     func waitWritable(timeout: Duration) throws(ChannelError) -> Bool { try channel.waitWritable(timeout: timeout) }
     func makeDoorbell() -> (any ChannelDoorbell)? { (try? channel)?.makeDoorbell() }
     func waitWritable(timeout: Duration, orRung doorbell: (any ChannelDoorbell)?) throws(ChannelError) -> Bool {

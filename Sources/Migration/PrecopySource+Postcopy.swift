@@ -54,8 +54,11 @@ extension PrecopySource {
             do throws(MigrationError) {
                 let urgent = preempt.withLock { $0 }?.writer
                 applyPostcopyPacing()
-                try parts.ram.sendPostcopy(writer, urgent: urgent, requests: requests) { [self] in
-                    if let urgent { adaptPostcopyPacing(urgentBytes: urgent.bytesWritten) }
+                let hugePages = !parts.ram.blocks.allSatisfy { $0.pageSize == .base }
+                try parts.ram.sendPostcopy(writer, urgent: urgent, requests: requests) { [self] () -> Duration? in
+                    guard let urgent else { return nil }
+                    return adaptPostcopyPacing(urgentBytes: urgent.bytesWritten,
+                                               urgentQueued: hugePages ? urgent.channel.queuedBytes() : nil)
                 }
                 try urgent?.sendEnd()
                 try writer.sendEnd()
@@ -77,6 +80,7 @@ extension PrecopySource {
     func applyPostcopyPacing() {
         let parameters = self.parameters
         let samples = linkSampler.withLock { $0 }?.samples ?? []
+        let urgent = preempt.withLock { $0 }?.channel
         progress.withLock { p in
             let rate = PostcopyPacing.rate(p.recentWindows, linkSamples: samples, maxPostcopyBandwidth: parameters.maxPostcopyBandwidth,
                                            percent: parameters.postcopyPacing, preempt: capabilities.postcopyPreempt)
@@ -84,25 +88,42 @@ extension PrecopySource {
             // Paced from the link's estimate, the background leaves the requested pages their share.
             // Not with huge pages: a requested 2 MiB page is 17 ms of a 1 Gbit/s link, fills the
             // bottleneck's queue by itself, and 1 ms of queue ahead of it is little.
+            // With them, it steps aside while a requested page crosses the link instead.
+            let basePages = parts.ram.blocks.allSatisfy { $0.pageSize == .base }
             p.backgroundPace = nil
-            if let rate, parameters.maxPostcopyBandwidth == 0, parts.ram.blocks.allSatisfy({ $0.pageSize == .base }),
+            p.hugePageYield = nil
+            p.earlierYields = p.info.postcopyYields
+            if let rate, parameters.maxPostcopyBandwidth == 0, basePages,
                let link = PostcopyPacing.link(p.recentWindows, linkSamples: samples) {
                 p.backgroundPace = PostcopyBackgroundPace(link: UInt64(link), most: rate)
             }
+            if let rate, !basePages { p.hugePageYield = PostcopyHugePageYield(pace: rate) }
             channel.limitPacing(rate)
+            urgent?.limitPacing(p.hugePageYield?.urgentPace)
         }
     }
 
     /// The background's pace, less what the preempt channel has carried of late
-    /// (`PostcopyBackgroundPace`); called by the background between its frames.
-    func adaptPostcopyPacing(urgentBytes: UInt64) {
-        progress.withLock { p in
-            guard var pace = p.backgroundPace else { return }
-            if let rate = pace.update(urgentBytes: urgentBytes, at: .now) {
-                channel.limitPacing(rate)
-                if rate < pace.most, p.info.postcopyPacingLowest == 0 || rate < p.info.postcopyPacingLowest { p.info.postcopyPacingLowest = rate }
+    /// (`PostcopyBackgroundPace`), or stepping aside while it holds a requested
+    /// huge page (`PostcopyHugePageYield`, from `urgentQueued`, the preempt
+    /// channel's bytes not yet acknowledged); called by the background between
+    /// its frames.  Returns how soon the background should look again, nil: no sooner than it does.
+    func adaptPostcopyPacing(urgentBytes: UInt64, urgentQueued: UInt64?) -> Duration? {
+        progress.withLock { p -> Duration? in
+            if var pace = p.backgroundPace {
+                if let rate = pace.update(urgentBytes: urgentBytes, at: .now) {
+                    channel.limitPacing(rate)
+                    if rate < pace.most, p.info.postcopyPacingLowest == 0 || rate < p.info.postcopyPacingLowest {
+                        p.info.postcopyPacingLowest = rate
+                    }
+                }
+                p.backgroundPace = pace
             }
-            p.backgroundPace = pace
+            guard var yield = p.hugePageYield, let urgentQueued else { return nil }
+            if let rate = yield.update(urgentQueued: urgentQueued) { channel.limitPacing(rate) }
+            p.hugePageYield = yield
+            p.info.postcopyYields = p.earlierYields + yield.yields
+            return PostcopyHugePageYield.interval
         }
     }
 }

@@ -94,6 +94,10 @@ public final class PrecopySource: Sendable {
         /// The background's pace in postcopy, less the requested pages' share; nil when
         /// it is not paced from the link's estimate.
         var backgroundPace: PostcopyBackgroundPace?
+        /// With huge pages, the background stepping aside while a requested page is in flight.
+        var hugePageYield: PostcopyHugePageYield?
+        /// Yields counted before the last `applyPostcopyPacing` (a recovery starts a new count).
+        var earlierYields: UInt64 = 0
         /// What main channels broken in postcopy carried (a recovery opens a new one).
         var earlierMain: (bytes: UInt64, frames: UInt64) = (0, 0)
         /// Times postcopy paused (its connection broke, or `migrate-pause`).

@@ -343,9 +343,12 @@ public final class RAMMigration: Migratable {
     /// short, so a request waits behind at most one frame (plus what the socket
     /// holds).
     /// Returns once no page is dirty; a request after that names pages sent already.
-    /// `betweenFrames` runs on this thread at least every 10 ms (the background's pace follows it).
+    /// `betweenFrames` runs on this thread before each background frame and
+    /// each look at the requests, at least every 10 ms (the background's pace
+    /// follows it); what it returns, when not nil, shortens how long the
+    /// background then waits for room in its socket before it runs again.
     func sendPostcopy(_ output: StreamWriter, urgent: StreamWriter?, requests: PostcopyRequests,
-                      betweenFrames: () -> Void = {}) throws(MigrationError) {
+                      betweenFrames: () -> Duration? = { nil }) throws(MigrationError) {
         let unitPages = blocks.map { $0.pageSize.byteCount / Self.pageSize }
         send.withLock { $0.picker = PostcopyPicker(unitPages: unitPages, preempt: urgent != nil) }
         // The background never blocks in a long write while a request waits: the main
@@ -393,11 +396,11 @@ public final class RAMMigration: Migratable {
     /// Postcopy's background until no page is dirty, with the requests queued
     /// (no preempt channel) before each frame.
     private func sendBackground(_ output: StreamWriter, requests: PostcopyRequests,
-                                doorbell: (any ChannelDoorbell)?, betweenFrames: () -> Void) throws(MigrationError) {
+                                doorbell: (any ChannelDoorbell)?, betweenFrames: () -> Duration?) throws(MigrationError) {
         var background = PageSender(writer: output, mappings: mappings, detection: .multifd, statistics: statistics)
-        let wait: Duration = doorbell == nil ? .milliseconds(1) : .milliseconds(10)
+        let longest: Duration = doorbell == nil ? .milliseconds(1) : .milliseconds(10)
         while true {
-            betweenFrames()
+            let wait = min(longest, betweenFrames() ?? longest)
             while let request = try requests.take() {
                 switch pick(request) {
                 case .send(let job, _): try background.send(job)

@@ -174,6 +174,13 @@ public final class DescriptorChannel: ZeroCopyChannel {
         return delivered >= 0 ? UInt64(delivered) : nil
     }
 
+    /// What the socket holds written and not acknowledged (`SIOCOUTQ`); nil
+    /// for descriptors that are not sockets, or once closed.
+    public func queuedBytes() -> UInt64? {
+        let queued = closed.withLock { done in done ? -1 : CLinuxUAPI_socket_queued(descriptor) }
+        return queued >= 0 ? UInt64(queued) : nil
+    }
+
     public func waitWritable(timeout: Duration) throws(ChannelError) -> Bool {
         let result = closed.withLock { done in done ? 1 : CLinuxUAPI_wait_writable(descriptor, timeout.pollMilliseconds) }
         guard result >= 0 else { throw .system("poll on the migration channel", errno: -result) }

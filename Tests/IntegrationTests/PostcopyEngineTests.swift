@@ -156,6 +156,34 @@ import Transport
         }
     }
 
+    /// A destination on `listener` that notes the pages each channel carries, sends
+    /// `requests` after the first pages that follow the switch, and once both channels
+    /// ended says the load is done; the semaphore is signalled when it is.
+    static func destination(_ listener: IncomingListener, layout: [MigrationConfiguration.Block], carried: Carried,
+                            requests: [ReturnMessage]) -> DispatchSemaphore {
+        let finished = DispatchSemaphore(value: 0)
+        Thread {
+            defer { finished.signal() }
+            guard let main = try? listener.accept() else { return }
+            let answers = ReturnPathWriter(channel: main)
+            let preemptDone = DispatchSemaphore(value: 0)
+            Self.read(main, layout: layout, into: carried.main, afterFirstPostcopyPages: {
+                for request in requests { try? answers.send(request) }
+            }, onPlan: { plan in
+                guard plan.preempt, let preempt = try? listener.accept() else { return }
+                Thread {
+                    Self.read(preempt, layout: layout, into: carried.preempt, preempt: true)
+                    preemptDone.signal()
+                }.start()
+            })
+            preemptDone.wait()
+            try? answers.send(.loaded)
+            try? answers.send(.shut)
+            main.close()
+        }.start()
+        return finished
+    }
+
     @Test("preempt on huge pages: a request inside the huge page the background is sending is dropped, the other goes whole on the preempt channel")
     func dropRule() async throws {
         try await MultifdKernelTests.withHugePages(2) {
@@ -169,28 +197,9 @@ import Transport
             let listener = try Transport.listen(.unix(path: path))
             defer { listener.close() }
             let carried = Carried()
-            let finished = DispatchSemaphore(value: 0)
-            Thread {
-                defer { finished.signal() }
-                guard let main = try? listener.accept() else { return }
-                let answers = ReturnPathWriter(channel: main)
-                let preemptDone = DispatchSemaphore(value: 0)
-                Self.read(main, layout: layout, into: carried.main, afterFirstPostcopyPages: {
-                    // The background has sent 32 pages of huge page 0: a request inside it, and one for huge page 1.
-                    try? answers.send(.pageRequest(block: 0, offset: 0, length: 2 << 20))
-                    try? answers.send(.pageRequest(block: 0, offset: 2 << 20, length: 2 << 20))
-                }, onPlan: { plan in
-                    guard plan.preempt, let preempt = try? listener.accept() else { return }
-                    Thread {
-                        Self.read(preempt, layout: layout, into: carried.preempt, preempt: true)
-                        preemptDone.signal()
-                    }.start()
-                })
-                preemptDone.wait()
-                try? answers.send(.loaded)
-                try? answers.send(.shut)
-                main.close()
-            }.start()
+            // The background has sent 32 pages of huge page 0: a request inside it, and one for huge page 1.
+            let finished = Self.destination(listener, layout: layout, carried: carried, requests: [
+                .pageRequest(block: 0, offset: 0, length: 2 << 20), .pageRequest(block: 0, offset: 2 << 20, length: 2 << 20)])
             let vm = Kit.RecordingVM()
             var capabilities = MigrationCapabilities()
             (capabilities.postcopyRAM, capabilities.postcopyPreempt) = (true, true)
@@ -208,6 +217,41 @@ import Transport
             #expect(engine.info.postcopyUrgentPages == 512)
             #expect(carried.preempt.withLock { $0 } == Array(512..<1024), "huge page 1, whole, on the preempt channel")
             #expect(carried.main.withLock { $0 }.sorted() == Array(0..<512), "huge page 0, whole, on the main channel only")
+        }
+    }
+
+    @Test("preempt on huge pages over TCP: while a requested huge page is unacknowledged the background yields, and every page arrives")
+    func hugePageYield() async throws {
+        try await MultifdKernelTests.withHugePages(4) {
+            let block = RAMBlock(name: "pc.ram", mapping: try HostMapping(byteCount: 8 << 20, backend: .hugetlb), placements: [])
+            for page in stride(from: 0, to: 8 << 20, by: 4096) {
+                block.mapping.storePage([UInt8](repeating: UInt8(truncatingIfNeeded: page >> 12 | 1), count: 4096), range: 0..<4096, at: page)
+            }
+            let layout = RAMMigration.layout(of: [block])
+            let listener = try Transport.listen(.tcp(host: "127.0.0.1", port: 0))
+            defer { listener.close() }
+            let carried = Carried()
+            // The background is on huge page 0: huge page 3 goes on the preempt channel.
+            let finished = Self.destination(listener, layout: layout, carried: carried,
+                                            requests: [.pageRequest(block: 0, offset: 6 << 20, length: 2 << 20)])
+            var capabilities = MigrationCapabilities()
+            (capabilities.postcopyRAM, capabilities.postcopyPreempt) = (true, true)
+            var parameters = PrecopyEngineTests.fast
+            // The preempt channel paced at it too: the requested huge page stays
+            // unacknowledged for a quarter of a second.
+            parameters.maxPostcopyBandwidth = 8 << 20
+            let engine = PrecopySource(
+                .init(opener: try URIChannelOpener(listener.address), configuration: MigrationConfiguration(blocks: layout, vcpuCount: 1),
+                      ram: RAMMigration(blocks: [block], tracker: Kit.OneShotDirtyLog(pages: 2048)), devices: [], vm: Kit.RecordingVM()),
+                parameters: parameters, capabilities: capabilities, onStatus: { _ in })
+            try engine.startPostcopy()
+            engine.run()
+            finished.wait()
+            #expect(engine.info.status == .completed, "\(engine.info.errorDescription ?? "")")
+            #expect(engine.info.postcopyPacing == 8 << 20)
+            #expect(engine.info.postcopyYields >= 1, "the background stepped aside for huge page 3")
+            #expect(carried.preempt.withLock { $0 } == Array(1536..<2048), "huge page 3, whole, on the preempt channel")
+            #expect(carried.main.withLock { $0 }.sorted() == Array(0..<1536), "the others on the main channel")
         }
     }
 }

@@ -68,6 +68,31 @@ import Testing
         #expect(sender.deliveredBytes() == nil)  // closed
     }
 
+    @Test func aTCPChannelCountsWhatThePeerHasNotAcknowledged() throws {
+        let (sender, receiver) = try Kit.tcpPair()
+        defer { sender.close(); receiver.close() }
+        #expect(sender.queuedBytes() == 0)
+        // More than the peer's window takes while it reads nothing: the rest waits, unacknowledged.
+        let bytes = 16 << 20
+        let writer = WorkerThread { try sender.write([UInt8](repeating: 0x5A, count: bytes)) }
+        let deadline = ContinuousClock.now + .seconds(10)
+        var most: UInt64 = 0
+        while most < 64 << 10, ContinuousClock.now < deadline {
+            most = max(most, sender.queuedBytes() ?? 0)
+            usleep(1000)
+        }
+        #expect(most >= 64 << 10, "\(most)")
+        #expect(most <= UInt64(bytes))
+        let reader = ReaderThread(receiver, count: bytes)
+        #expect(try reader.wait().count == bytes)
+        #expect(writer.wait() == nil)
+        // Read and acknowledged: nothing left (the last ACK may still be on its way).
+        while sender.queuedBytes() != 0, ContinuousClock.now < deadline + .seconds(5) { usleep(1000) }
+        #expect(sender.queuedBytes() == 0)
+        sender.close()
+        #expect(sender.queuedBytes() == nil)    // closed
+    }
+
     @Test func aClosedChannelIsLeftAlone() throws {
         let (sender, receiver) = try Kit.tcpPair()
         sender.close()

@@ -111,7 +111,8 @@ extension Machine {
                                           "urgent-pages": .int(Int64(info.postcopyUrgentPages)),
                                           "pauses": .int(Int64(info.postcopyPauses)),
                                           "pacing": .int(Int64(clamping: info.postcopyPacing)),
-                                          "pacing-lowest": .int(Int64(clamping: info.postcopyPacingLowest))]
+                                          "pacing-lowest": .int(Int64(clamping: info.postcopyPacingLowest)),
+                                          "yields": .int(Int64(clamping: info.postcopyYields))]
         }
         // Ferry's own: what a completed mapped-ram save wrote.
         if let saved = info.mappedRAM {

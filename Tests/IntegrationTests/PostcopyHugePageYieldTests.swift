@@ -1,0 +1,63 @@
+import Testing
+@testable import Migration
+
+/// Postcopy's background stepping aside while a requested huge page crosses the link.
+@Suite struct PostcopyHugePageYieldTests {
+    static let pace: UInt64 = 113_000_000
+
+    /// The preempt channel's unacknowledged bytes as a 2 MiB page leaves at
+    /// `rate` bytes per second, looked at every millisecond: the paces applied.
+    static func send(_ yield: inout PostcopyHugePageYield, bytes: UInt64, rate: UInt64) -> [UInt64] {
+        var applied: [UInt64] = []
+        var queued = bytes
+        while true {
+            if let new = yield.update(urgentQueued: queued) { applied.append(new) }
+            guard queued > 0 else { return applied }
+            queued -= min(queued, rate / 1000)
+        }
+    }
+
+    @Test func aRequestedHugePageMakesTheBackgroundYieldUntilItIsAcknowledged() {
+        var yield = PostcopyHugePageYield(pace: Self.pace)
+        #expect(yield.state == .flowing)
+        #expect(yield.yieldingPace == 2_260_000)
+        #expect(yield.urgentPace == Self.pace)
+        #expect(Self.send(&yield, bytes: 2 << 20, rate: 107_000_000) == [2_260_000, Self.pace])
+        #expect(yield.state == .flowing)
+        #expect(yield.yields == 1)
+        // A second page, then a third: one yield each.
+        #expect(Self.send(&yield, bytes: 2 << 20, rate: 107_000_000) == [2_260_000, Self.pace])
+        #expect(Self.send(&yield, bytes: 2 << 20, rate: 107_000_000) == [2_260_000, Self.pace])
+        #expect(yield.yields == 3)
+    }
+
+    @Test func smallRequestsLeaveTheBackgroundAtItsPace() {
+        var yield = PostcopyHugePageYield(pace: Self.pace)
+        // Up to fifteen 4 KiB pages at once, and the frames' headers.
+        for queued: UInt64 in [0, 4096, 4096 * 15 + 64, 60 << 10, 255 << 10, 0] {
+            #expect(yield.update(urgentQueued: queued) == nil, "\(queued)")
+        }
+        #expect(yield.state == .flowing)
+        #expect(yield.yields == 0)
+    }
+
+    @Test func itFlowsAgainOnlyOnceAboutAMillisecondOfThePageIsLeft() {
+        var yield = PostcopyHugePageYield(pace: Self.pace)
+        #expect(yield.update(urgentQueued: 256 << 10) == 2_260_000)
+        // Between the bounds nothing changes, whichever way the count goes.
+        for queued: UInt64 in [2 << 20, 1 << 20, 200 << 10, 128 << 10, 300 << 10, 128 << 10] {
+            #expect(yield.update(urgentQueued: queued) == nil, "\(queued)")
+            #expect(yield.state == .yielding)
+        }
+        #expect(yield.update(urgentQueued: (128 << 10) - 1) == Self.pace)
+        #expect(yield.state == .flowing)
+        #expect(yield.update(urgentQueued: 200 << 10) == nil)
+    }
+
+    @Test func aTinyPaceYieldsToAPaceThatStillMoves() {
+        var yield = PostcopyHugePageYield(pace: 5)
+        #expect(yield.yieldingPace == 1)
+        #expect(yield.urgentPace == 5)
+        #expect(yield.update(urgentQueued: 1 << 30) == 1)
+    }
+}
