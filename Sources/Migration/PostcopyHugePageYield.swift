@@ -25,7 +25,7 @@ public struct PostcopyHugePageYield: Sendable, Equatable {
     /// The share of `pace` the background keeps while yielding.
     public static let share = 0.02
     /// Preempt bytes not yet acknowledged at or above which the background yields
-    /// (sixteen 4 KiB pages, an eighth of a 2 MiB one).
+    /// (sixty-four 4 KiB pages, an eighth of a 2 MiB one).
     public static let start: UInt64 = 256 << 10
     /// ... and under which it flows again (about 1 ms of a 1 Gbit/s link, as
     /// long as the background may take to notice).
@@ -39,8 +39,22 @@ public struct PostcopyHugePageYield: Sendable, Equatable {
     /// Times the background yielded.
     public private(set) var yields: UInt64 = 0
 
-    public init(pace: UInt64) {
+    /// `continuing`: the rule in force until a parameter changed the pace; its
+    /// state and count go on.
+    public init(pace: UInt64, continuing earlier: PostcopyHugePageYield? = nil) {
         self.pace = pace
+        if let earlier {
+            state = earlier.state
+            yields = earlier.yields
+        }
+    }
+
+    /// The background's pace in the current state, bytes per second.
+    public var currentPace: UInt64 {
+        switch state {
+        case .flowing: pace
+        case .yielding: yieldingPace
+        }
     }
 
     /// The background's pace while yielding, bytes per second (at least 1).

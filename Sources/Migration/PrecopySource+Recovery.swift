@@ -67,6 +67,8 @@ extension PrecopySource {
                 p.info.status = .postcopyPaused
                 p.postcopyPauses += 1
                 p.recentWindows = []        // the recovery may take another path: its pace is not known
+                p.hugePageYield = nil       // and a new preempt channel holds nothing yet
+                p.earlierYields = p.info.postcopyYields
             }
             onStatus(.postcopyPaused)
             guard let opener = recovery.take() else { throw .postcopyFailed("the machine quit while postcopy was paused") }

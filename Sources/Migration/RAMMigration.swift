@@ -421,6 +421,7 @@ public final class RAMMigration: Migratable {
             while output.isRateLimited && requests.isEmpty {
                 if let doorbell { _ = doorbell.wait(timeout: .milliseconds(1)) } else { sleepUntil(.now + .milliseconds(1)) }
                 output.limiter.renewIfDue()
+                _ = betweenFrames()     // the pace follows the preempt channel meanwhile too
             }
         }
     }

@@ -17,6 +17,8 @@ public final class DescriptorChannel: ZeroCopyChannel {
     let zeroCopy = Mutex(ZeroCopyCounts())
     /// Set by `limitBursts`: a gathered write leaves in pieces of at most this many bytes (0: whole).
     let burst = Atomic<Int>(0)
+    /// Set by `limitPacing`: the socket is paced (`pushUnsent` leaves it to TCP's pacing timer).
+    let paced = Atomic<Bool>(false)
 
     /// Adopts `descriptor`; `returnPath` is whether the other side can answer on it.
     public init(adopting descriptor: Int32, returnPath: Bool) {
@@ -127,6 +129,9 @@ public final class DescriptorChannel: ZeroCopyChannel {
     /// their acknowledgements send the rest: nothing to do.
     @discardableResult
     public func pushUnsent(within limit: Duration) -> Bool {
+        // Paced, a socket holds what is unsent until its pacing timer, nothing in
+        // flight meanwhile: that timer sends it, and so what a local queue dropped.
+        guard !paced.load(ordering: .relaxed) else { return true }
         let deadline = ContinuousClock.now + limit
         while true {
             let (unsent, queued) = closed.withLock { done -> (Int32, Int32) in
@@ -157,6 +162,7 @@ public final class DescriptorChannel: ZeroCopyChannel {
     /// `SO_MAX_PACING_RATE`: TCP spreads what it sends to at most `bytesPerSecond`
     /// (ignored by channels that are not TCP).
     public func limitPacing(_ bytesPerSecond: UInt64?) {
+        paced.store(bytesPerSecond != nil, ordering: .relaxed)
         _ = closed.withLock { done in done ? 0 : CLinuxUAPI_socket_max_pacing_rate(descriptor, bytesPerSecond ?? UInt64.max) }
     }
 

@@ -33,7 +33,7 @@ import Testing
 
     @Test func smallRequestsLeaveTheBackgroundAtItsPace() {
         var yield = PostcopyHugePageYield(pace: Self.pace)
-        // Up to fifteen 4 KiB pages at once, and the frames' headers.
+        // Up to sixty-three 4 KiB pages at once, and the frames' headers.
         for queued: UInt64 in [0, 4096, 4096 * 15 + 64, 60 << 10, 255 << 10, 0] {
             #expect(yield.update(urgentQueued: queued) == nil, "\(queued)")
         }
@@ -52,6 +52,24 @@ import Testing
         #expect(yield.update(urgentQueued: (128 << 10) - 1) == Self.pace)
         #expect(yield.state == .flowing)
         #expect(yield.update(urgentQueued: 200 << 10) == nil)
+    }
+
+    @Test func aNewPaceKeepsTheStateAndTheCount() {
+        var yield = PostcopyHugePageYield(pace: Self.pace)
+        #expect(yield.currentPace == Self.pace)
+        #expect(yield.update(urgentQueued: 2 << 20) == 2_260_000)
+        #expect(yield.currentPace == 2_260_000)
+        // A parameter changed the pace while a page is in flight: still yielding, at the new pace's share.
+        var changed = PostcopyHugePageYield(pace: 50_000_000, continuing: yield)
+        #expect(changed.state == .yielding && changed.yields == 1)
+        #expect(changed.currentPace == 1_000_000)
+        #expect(changed.urgentPace == 50_000_000)
+        #expect(changed.update(urgentQueued: 1 << 20) == nil)
+        #expect(changed.update(urgentQueued: 0) == 50_000_000)
+        #expect(changed.currentPace == 50_000_000)
+        // Without an earlier rule (the switch, a recovery): flowing, none counted.
+        let fresh = PostcopyHugePageYield(pace: 50_000_000, continuing: nil)
+        #expect(fresh.state == .flowing && fresh.yields == 0)
     }
 
     @Test func aTinyPaceYieldsToAPaceThatStillMoves() {

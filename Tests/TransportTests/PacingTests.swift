@@ -93,6 +93,22 @@ import Testing
         #expect(sender.queuedBytes() == nil)    // closed
     }
 
+    @Test func aPacedChannelLeavesWhatItHoldsUnsentToItsPacingTimer() throws {
+        let (sender, receiver) = try Kit.tcpPair()
+        defer { sender.close(); receiver.close() }
+        sender.limitPacing(20_000)          // 20 KB/s: after the first segments, the next one waits seconds
+        try sender.write([UInt8](repeating: 0x5A, count: 256 << 10))
+        // Once what went out is acknowledged, nothing is in flight and bytes are unsent: what a
+        // paced socket looks like between its sends.  No push, no wait (unpaced, that is a
+        // segment a local queue dropped, pushed until the limit).
+        usleep(200_000)
+        let queued = try #require(sender.queuedBytes())
+        #expect(queued > 0)
+        let start = ContinuousClock.now
+        #expect(sender.pushUnsent(within: .seconds(2)))
+        #expect(ContinuousClock.now - start < .milliseconds(500))
+    }
+
     @Test func aClosedChannelIsLeftAlone() throws {
         let (sender, receiver) = try Kit.tcpPair()
         sender.close()
