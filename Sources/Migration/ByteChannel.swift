@@ -45,6 +45,9 @@ public protocol ByteChannel: Sendable {
     /// The bytes written that the other side has not yet acknowledged (TCP:
     /// unsent plus in flight); nil when the transport does not say.
     func queuedBytes() -> UInt64?
+    /// How long the path's queues hold what the channel sends: its smoothed
+    /// round trip less the least one seen (TCP); nil when the transport does not say.
+    func queueDelay() -> Duration?
     /// Waits up to `timeout` until a write would go ahead without waiting long
     /// (under the `limitUnsent` bound); true at once for channels without one.
     func waitWritable(timeout: Duration) throws(ChannelError) -> Bool
@@ -75,6 +78,7 @@ extension ByteChannel {
     public func deliveryRate() -> UInt64? { nil }
     public func deliveredBytes() -> UInt64? { nil }
     public func queuedBytes() -> UInt64? { nil }
+    public func queueDelay() -> Duration? { nil }
     public func waitWritable(timeout: Duration) throws(ChannelError) -> Bool { true }
     public func makeDoorbell() -> (any ChannelDoorbell)? { nil }
     public func waitWritable(timeout: Duration, orRung doorbell: (any ChannelDoorbell)?) throws(ChannelError) -> Bool {

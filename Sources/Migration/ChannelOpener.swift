@@ -75,6 +75,7 @@ final class PendingChannel: ByteChannel {
     func deliveryRate() -> UInt64? { (try? channel)?.deliveryRate() }
     func deliveredBytes() -> UInt64? { (try? channel)?.deliveredBytes() }
     func queuedBytes() -> UInt64? { (try? channel)?.queuedBytes() }
+    func queueDelay() -> Duration? { (try? channel)?.queueDelay() }
     func waitWritable(timeout: Duration) throws(ChannelError) -> Bool { try channel.waitWritable(timeout: timeout) }
     func makeDoorbell() -> (any ChannelDoorbell)? { (try? channel)?.makeDoorbell() }
     func waitWritable(timeout: Duration, orRung doorbell: (any ChannelDoorbell)?) throws(ChannelError) -> Bool {

@@ -10,11 +10,28 @@ import DequeModule
 /// `window`), the background gives up what they take, so that the two together
 /// stay within the link and its bottleneck's queue stays short.  It never goes
 /// below `minimumShare` of the link, however many requests come.
+///
+/// Precopy's estimate of the link sometimes reads a few percent over it, and
+/// then the two together keep the bottleneck's queue full.  The main socket's
+/// queue delay (`ByteChannel.queueDelay`) says so: while its mean over the last
+/// `window` is over `standingQueue`, the link is taken `step` lower, a window at
+/// a time, down to `lowestScale` of the estimate; while under `shortQueue`, a
+/// `step` higher again, never over the estimate.
 public struct PostcopyBackgroundPace: Sendable, Equatable {
-    /// The link's rate, bytes per second (`PostcopyPacing.link`).
+    /// The link's rate as precopy estimated it, bytes per second (`PostcopyPacing.link`).
     public let link: UInt64
     /// The background's pace while requests take less than the rest (`PostcopyPacing.rate`).
     public let most: UInt64
+    /// A mean queue delay over which the queue is standing.
+    public static let standingQueue: Duration = .microseconds(400)
+    /// A mean queue delay under which the estimate may come back.
+    public static let shortQueue: Duration = .microseconds(150)
+    /// How much one window's correction moves the estimate.
+    public static let step = 0.03
+    /// The least share of the estimate the correction goes down to.
+    public static let lowestScale = 0.7
+    /// The share of `link` and `most` in force (1: the estimate as it was).
+    public private(set) var scale = 1.0
     /// How far back the requested pages' rate looks.
     public static let window: Duration = .milliseconds(100)
     /// How often a new count is taken (updates between are ignored).
@@ -27,8 +44,11 @@ public struct PostcopyBackgroundPace: Sendable, Equatable {
     struct Mark: Sendable, Equatable {
         let at: ContinuousClock.Instant
         let bytes: UInt64
+        let queueDelay: Duration?
     }
     private var marks: Deque<Mark> = []
+    /// When `scale` last moved (or the first count).
+    private var corrected: ContinuousClock.Instant?
     /// The pace last returned by `update`.
     public private(set) var applied: UInt64
 
@@ -40,22 +60,45 @@ public struct PostcopyBackgroundPace: Sendable, Equatable {
     }
 
     /// The background's pace for the preempt channel's byte count `urgentBytes`
-    /// at `now`; nil when the applied one stands.
-    public mutating func update(urgentBytes: UInt64, at now: ContinuousClock.Instant) -> UInt64? {
+    /// and the main channel's queue delay `queueDelay` (nil: not known) at
+    /// `now`; nil when the applied one stands.
+    public mutating func update(urgentBytes: UInt64, queueDelay: Duration? = nil, at now: ContinuousClock.Instant) -> UInt64? {
         if let last = marks.last {
             // A new channel (after a recovery) counts from zero again.
             if urgentBytes < last.bytes { marks.removeAll() }
             else if now - last.at < Self.interval { return nil }
         }
-        marks.append(Mark(at: now, bytes: urgentBytes))
+        marks.append(Mark(at: now, bytes: urgentBytes, queueDelay: queueDelay))
         while marks.count > 2, marks[1].at <= now - Self.window { marks.removeFirst() }
         guard let first = marks.first, now > first.at else { return nil }
+        correct(at: now)
         let urgentRate = Double(urgentBytes - first.bytes) / PrecopySource.seconds(now - first.at)
-        let floor = Double(link) * Self.minimumShare
-        let pace = UInt64(max(floor, min(Double(most), Double(link) - urgentRate)))
+        let link = Double(self.link) * scale
+        let floor = link * Self.minimumShare
+        let pace = UInt64(max(floor, min(Double(most) * scale, link - urgentRate)))
         let change = pace > applied ? pace - applied : applied - pace
         guard Double(change) > Double(applied) * Self.hysteresis else { return nil }
         applied = pace
         return pace
+    }
+
+    /// Moves `scale` by the marks' mean queue delay, at most once a `window`.
+    private mutating func correct(at now: ContinuousClock.Instant) {
+        guard let since = corrected else {
+            corrected = now
+            return
+        }
+        guard now - since >= Self.window else { return }
+        let delays = marks.compactMap(\.queueDelay)
+        guard !delays.isEmpty else { return }
+        let mean = delays.reduce(Duration.zero, +) / delays.count
+        if mean > Self.standingQueue {
+            scale = max(Self.lowestScale, scale - Self.step)
+        } else if mean < Self.shortQueue {
+            scale = min(1, scale + Self.step)
+        } else {
+            return
+        }
+        corrected = now
     }
 }

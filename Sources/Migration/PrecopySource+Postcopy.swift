@@ -58,7 +58,8 @@ extension PrecopySource {
                 try parts.ram.sendPostcopy(writer, urgent: urgent, requests: requests) { [self] () -> Duration? in
                     guard let urgent else { return nil }
                     return adaptPostcopyPacing(urgentBytes: urgent.bytesWritten,
-                                               urgentQueued: hugePages ? urgent.channel.queuedBytes() : nil)
+                                               urgentQueued: hugePages ? urgent.channel.queuedBytes() : nil,
+                                               queueDelay: hugePages ? nil : writer.channel.queueDelay())
                 }
                 flowAfterPostcopyBackground()
                 try urgent?.sendEnd()
@@ -106,14 +107,14 @@ extension PrecopySource {
     }
 
     /// The background's pace, less what the preempt channel has carried of late
-    /// (`PostcopyBackgroundPace`), or stepping aside while it holds a requested
+    /// and corrected by the main channel's `queueDelay` (`PostcopyBackgroundPace`), or stepping aside while it holds a requested
     /// huge page (`PostcopyHugePageYield`, from `urgentQueued`, the preempt
     /// channel's bytes not yet acknowledged); called by the background between
     /// its frames.  Returns how soon the background should look again, nil: no sooner than it does.
-    func adaptPostcopyPacing(urgentBytes: UInt64, urgentQueued: UInt64?) -> Duration? {
+    func adaptPostcopyPacing(urgentBytes: UInt64, urgentQueued: UInt64?, queueDelay: Duration? = nil) -> Duration? {
         progress.withLock { p -> Duration? in
             if var pace = p.backgroundPace {
-                if let rate = pace.update(urgentBytes: urgentBytes, at: .now) {
+                if let rate = pace.update(urgentBytes: urgentBytes, queueDelay: queueDelay, at: .now) {
                     channel.limitPacing(rate)
                     if rate < pace.most, p.info.postcopyPacingLowest == 0 || rate < p.info.postcopyPacingLowest {
                         p.info.postcopyPacingLowest = rate

@@ -187,6 +187,18 @@ public final class DescriptorChannel: ZeroCopyChannel {
         return queued >= 0 ? UInt64(queued) : nil
     }
 
+    /// TCP's smoothed round trip less the least one it has seen (`TCP_INFO`);
+    /// nil for descriptors that are not TCP sockets, or once closed.
+    public func queueDelay() -> Duration? {
+        var smoothed: UInt32 = 0, least: UInt32 = 0
+        let result = closed.withLock { done in
+            // SAFETY: both pointers are to locals that outlive the call.
+            done ? -1 : unsafe CLinuxUAPI_socket_round_trips(descriptor, &smoothed, &least)
+        }
+        guard result == 0 else { return nil }
+        return .microseconds(Int64(smoothed) - Int64(min(least, smoothed)))
+    }
+
     public func waitWritable(timeout: Duration) throws(ChannelError) -> Bool {
         let result = closed.withLock { done in done ? 1 : CLinuxUAPI_wait_writable(descriptor, timeout.pollMilliseconds) }
         guard result >= 0 else { throw .system("poll on the migration channel", errno: -result) }

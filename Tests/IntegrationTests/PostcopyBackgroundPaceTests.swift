@@ -7,12 +7,12 @@ import Testing
 
     /// Counts of the preempt channel's bytes every 10 ms at `rate` bytes per second, from `bytes`.
     static func feed(_ pace: inout PostcopyBackgroundPace, rate: Double, milliseconds: Int, from start: ContinuousClock.Instant,
-                     bytes: inout UInt64, at now: inout ContinuousClock.Instant) -> [UInt64] {
+                     bytes: inout UInt64, at now: inout ContinuousClock.Instant, delay: Duration? = nil) -> [UInt64] {
         var applied: [UInt64] = []
         for _ in 0..<(milliseconds / 10) {
             now += .milliseconds(10)
             bytes += UInt64(rate / 100)
-            if let new = pace.update(urgentBytes: bytes, at: now) { applied.append(new) }
+            if let new = pace.update(urgentBytes: bytes, queueDelay: delay, at: now) { applied.append(new) }
         }
         return applied
     }
@@ -69,5 +69,57 @@ import Testing
         bytes = 0
         _ = Self.feed(&pace, rate: 0, milliseconds: 50, from: now, bytes: &bytes, at: &now)
         #expect(pace.applied == pace.most)
+    }
+
+    /// Counts every 10 ms for `milliseconds` with no requests and the main channel's queue delay `delay`.
+    static func queue(_ pace: inout PostcopyBackgroundPace, delay: Duration?, milliseconds: Int,
+                      at now: inout ContinuousClock.Instant) {
+        for _ in 0..<(milliseconds / 10) {
+            now += .milliseconds(10)
+            _ = pace.update(urgentBytes: 0, queueDelay: delay, at: now)
+        }
+    }
+
+    @Test func aStandingQueueTakesTheEstimateDownAWindowAtATimeAndAShortOneBringsItBack() {
+        var pace = PostcopyBackgroundPace(link: Self.link, most: Self.link / 100 * 95)
+        var now = ContinuousClock.now
+        #expect(pace.update(urgentBytes: 0, queueDelay: .microseconds(900), at: now) == nil)
+        // A mean under the standing queue, over the short one: nothing moves.
+        Self.queue(&pace, delay: .microseconds(250), milliseconds: 500, at: &now)
+        #expect(pace.scale == 1 && pace.applied == 114_000_000)
+        // A queue of about 1 ms (the bottleneck's whole queue): 3 % of the estimate a window.
+        Self.queue(&pace, delay: .microseconds(900), milliseconds: 100, at: &now)
+        #expect(abs(pace.scale - 0.97) < 1e-9)
+        #expect(abs(Double(pace.applied) - 110.58e6) < 10)
+        Self.queue(&pace, delay: .microseconds(900), milliseconds: 200, at: &now)
+        #expect(abs(pace.scale - 0.91) < 1e-9)
+        // ... never under 70 % of it.
+        Self.queue(&pace, delay: .microseconds(900), milliseconds: 3000, at: &now)
+        #expect(abs(pace.scale - 0.7) < 1e-9)
+        #expect(abs(Double(pace.applied) - 79.8e6) < 10)
+        // A short queue: back up a step a window (two or three in 300 ms), never over the estimate.
+        Self.queue(&pace, delay: .microseconds(60), milliseconds: 300, at: &now)
+        #expect(pace.scale > 0.75 && pace.scale < 0.8, "\(pace.scale)")
+        Self.queue(&pace, delay: .microseconds(60), milliseconds: 2000, at: &now)
+        #expect(pace.scale == 1)
+        #expect(pace.applied == 114_000_000)
+    }
+
+    @Test func theCorrectionAndTheRequestsShareTogether() {
+        var pace = PostcopyBackgroundPace(link: Self.link, most: Self.link / 100 * 95)
+        var now = ContinuousClock.now, bytes: UInt64 = 0
+        Self.queue(&pace, delay: .microseconds(900), milliseconds: 230, at: &now)
+        #expect(abs(pace.scale - 0.94) < 1e-9)
+        // 20 MB/s of requests, the queue between the bounds: the corrected link (112.8 MB/s) less them.
+        _ = Self.feed(&pace, rate: 20e6, milliseconds: 100, from: now, bytes: &bytes, at: &now, delay: .microseconds(250))
+        #expect(abs(pace.scale - 0.94) < 1e-9)
+        #expect(abs(Double(pace.applied) - 92.8e6) < 0.3e6, "\(pace.applied)")
+    }
+
+    @Test func noQueueDelayLeavesTheEstimate() {
+        var pace = PostcopyBackgroundPace(link: Self.link, most: Self.link / 100 * 95)
+        var now = ContinuousClock.now
+        Self.queue(&pace, delay: nil, milliseconds: 1000, at: &now)
+        #expect(pace.scale == 1 && pace.applied == 114_000_000)
     }
 }

@@ -109,6 +109,23 @@ import Testing
         #expect(ContinuousClock.now - start < .milliseconds(500))
     }
 
+    @Test func aTCPChannelSaysHowLongThePathQueuesWhatItSends() throws {
+        let (sender, receiver) = try Kit.tcpPair()
+        defer { sender.close(); receiver.close() }
+        let bytes = 4 << 20
+        let reader = ReaderThread(receiver, count: bytes)
+        try sender.write([UInt8](repeating: 0x5A, count: bytes))
+        #expect(try reader.wait().count == bytes)
+        // Loopback queues little; a loaded host's scheduling shows up, but never a second.
+        let delay = try #require(sender.queueDelay())
+        #expect(delay >= .zero && delay < .seconds(1), "\(delay)")
+        let (a, b) = try Kit.socketPair()
+        defer { a.close(); b.close() }
+        #expect(a.queueDelay() == nil)       // not TCP
+        sender.close()
+        #expect(sender.queueDelay() == nil)  // closed
+    }
+
     @Test func aClosedChannelIsLeftAlone() throws {
         let (sender, receiver) = try Kit.tcpPair()
         sender.close()

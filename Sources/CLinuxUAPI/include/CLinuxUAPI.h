@@ -390,6 +390,19 @@ static inline int CLinuxUAPI_socket_unsent(int fd) {
     return ioctl(fd, SIOCOUTQNSD, &bytes) == 0 ? bytes : -errno;
 }
 /* Bytes TCP socket `fd` holds: unsent plus sent and not acknowledged (SIOCOUTQ), or -errno. */
+/* TCP socket `fd`'s smoothed round trip and the least one it has seen, in
+ * microseconds (TCP_INFO's tcpi_rtt at offset 68, tcpi_min_rtt at 148, Linux
+ * 4.10, of linux/tcp.h's struct tcp_info).  0, -errno on failure, -EOPNOTSUPP
+ * when the kernel's struct is too short. */
+static inline int CLinuxUAPI_socket_round_trips(int fd, unsigned int *smoothed, unsigned int *least) {
+    unsigned char info[232] = {0};
+    socklen_t length = sizeof info;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, info, &length) != 0) return -errno;
+    if (length < 152) return -EOPNOTSUPP;
+    memcpy(smoothed, info + 68, sizeof *smoothed);
+    memcpy(least, info + 148, sizeof *least);
+    return 0;
+}
 static inline int CLinuxUAPI_socket_queued(int fd) {
     int bytes = 0;
     return ioctl(fd, SIOCOUTQ, &bytes) == 0 ? bytes : -errno;
