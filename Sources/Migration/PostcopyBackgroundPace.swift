@@ -53,10 +53,12 @@ public struct PostcopyBackgroundPace: Sendable, Equatable {
     public private(set) var applied: UInt64
 
     /// At most `most`, the pace `PostcopyPacing.rate` gave (`x-ferry-postcopy-pacing` percent of `link`).
-    public init(link: UInt64, most: UInt64) {
+    /// `continuing`: the pace in force until a parameter changed; its correction of the estimate goes on.
+    public init(link: UInt64, most: UInt64, continuing earlier: PostcopyBackgroundPace? = nil) {
         self.link = link
         self.most = most
-        applied = most
+        if let earlier { scale = earlier.scale }
+        applied = UInt64(Double(most) * scale)
     }
 
     /// The background's pace for the preempt channel's byte count `urgentBytes`

@@ -54,7 +54,7 @@ extension PrecopySource {
             do throws(MigrationError) {
                 let urgent = preempt.withLock { $0 }?.writer
                 applyPostcopyPacing()
-                let hugePages = !parts.ram.blocks.allSatisfy { $0.pageSize == .base }
+                let hugePages = parts.ram.hasHugePages
                 try parts.ram.sendPostcopy(writer, urgent: urgent, requests: requests) { [self] () -> Duration? in
                     guard let urgent else { return nil }
                     return adaptPostcopyPacing(urgentBytes: urgent.bytesWritten,
@@ -91,17 +91,18 @@ extension PrecopySource {
             // Not with huge pages: a requested 2 MiB page is 17 ms of a 1 Gbit/s link, fills the
             // bottleneck's queue by itself, and 1 ms of queue ahead of it is little.
             // With them, it steps aside while a requested page crosses the link instead.
-            // A parameter changed while a requested page is in flight: the background goes on yielding.
-            let basePages = parts.ram.blocks.allSatisfy { $0.pageSize == .base }
-            let yielding = p.hugePageYield
+            // A parameter changed in postcopy: the background goes on yielding, or with the
+            // estimate's correction it had (a pause forgets both).
+            let hugePages = parts.ram.hasHugePages
+            let (earlierPace, yielding) = (p.backgroundPace, p.hugePageYield)
             p.backgroundPace = nil
             p.hugePageYield = nil
-            if let rate, parameters.maxPostcopyBandwidth == 0, basePages,
+            if let rate, parameters.maxPostcopyBandwidth == 0, !hugePages,
                let link = PostcopyPacing.link(p.recentWindows, linkSamples: samples) {
-                p.backgroundPace = PostcopyBackgroundPace(link: UInt64(link), most: rate)
+                p.backgroundPace = PostcopyBackgroundPace(link: UInt64(link), most: rate, continuing: earlierPace)
             }
-            if let rate, !basePages { p.hugePageYield = PostcopyHugePageYield(pace: rate, continuing: yielding) }
-            channel.limitPacing(p.hugePageYield?.currentPace ?? rate)
+            if let rate, hugePages { p.hugePageYield = PostcopyHugePageYield(pace: rate, continuing: yielding) }
+            channel.limitPacing(p.hugePageYield?.currentPace ?? p.backgroundPace?.applied ?? rate)
             urgent?.limitPacing(p.hugePageYield?.urgentPace)
         }
     }

@@ -68,6 +68,7 @@ extension PrecopySource {
                 p.postcopyPauses += 1
                 p.recentWindows = []        // the recovery may take another path: its pace is not known
                 p.hugePageYield = nil       // and a new preempt channel holds nothing yet
+                p.backgroundPace = nil
                 p.earlierYields = p.info.postcopyYields
             }
             onStatus(.postcopyPaused)

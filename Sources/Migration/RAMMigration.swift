@@ -33,6 +33,8 @@ public final class RAMMigration: Migratable {
     static let chunkBytes = Int(RAMResidency.chunkBytes)
 
     let blocks: [RAMBlock]
+    /// Some block has huge pages (postcopy's pace follows other rules then).
+    var hasHugePages: Bool { blocks.contains { $0.pageSize != .base } }
     let mappings: [HostMapping]
     let tracker: (any DirtyPageSource)?
     public let layout: [MigrationConfiguration.Block]

@@ -116,6 +116,20 @@ import Testing
         #expect(abs(Double(pace.applied) - 92.8e6) < 0.3e6, "\(pace.applied)")
     }
 
+    @Test func aNewPercentKeepsTheCorrection() {
+        var pace = PostcopyBackgroundPace(link: Self.link, most: Self.link / 100 * 95)
+        var now = ContinuousClock.now
+        Self.queue(&pace, delay: .microseconds(900), milliseconds: 230, at: &now)
+        #expect(abs(pace.scale - 0.94) < 1e-9)
+        // x-ferry-postcopy-pacing set to 90 in postcopy: the estimate stays corrected.
+        var changed = PostcopyBackgroundPace(link: Self.link, most: Self.link / 100 * 90, continuing: pace)
+        #expect(abs(changed.scale - 0.94) < 1e-9)
+        #expect(abs(Double(changed.applied) - 108e6 * 0.94) < 10)      // applied at once
+        Self.queue(&changed, delay: .microseconds(250), milliseconds: 50, at: &now)
+        #expect(abs(Double(changed.applied) - 108e6 * 0.94) < 10)
+        #expect(PostcopyBackgroundPace(link: Self.link, most: Self.link, continuing: nil).scale == 1)
+    }
+
     @Test func noQueueDelayLeavesTheEstimate() {
         var pace = PostcopyBackgroundPace(link: Self.link, most: Self.link / 100 * 95)
         var now = ContinuousClock.now

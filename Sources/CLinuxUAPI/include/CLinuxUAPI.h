@@ -389,7 +389,6 @@ static inline int CLinuxUAPI_socket_unsent(int fd) {
     int bytes = 0;
     return ioctl(fd, SIOCOUTQNSD, &bytes) == 0 ? bytes : -errno;
 }
-/* Bytes TCP socket `fd` holds: unsent plus sent and not acknowledged (SIOCOUTQ), or -errno. */
 /* TCP socket `fd`'s smoothed round trip and the least one it has seen, in
  * microseconds (TCP_INFO's tcpi_rtt at offset 68, tcpi_min_rtt at 148, Linux
  * 4.10, of linux/tcp.h's struct tcp_info).  0, -errno on failure, -EOPNOTSUPP
@@ -403,6 +402,7 @@ static inline int CLinuxUAPI_socket_round_trips(int fd, unsigned int *smoothed, 
     memcpy(least, info + 148, sizeof *least);
     return 0;
 }
+/* Bytes TCP socket `fd` holds: unsent plus sent and not acknowledged (SIOCOUTQ), or -errno. */
 static inline int CLinuxUAPI_socket_queued(int fd) {
     int bytes = 0;
     return ioctl(fd, SIOCOUTQ, &bytes) == 0 ? bytes : -errno;
