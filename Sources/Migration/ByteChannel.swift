@@ -35,6 +35,10 @@ public protocol ByteChannel: Sendable {
     /// Sends what is written in trains of at most `bytes` (nil: as the transport
     /// groups it), so a shaped link's queue never holds a large one at once.
     func limitBursts(_ bytes: Int?)
+    /// Resends what the other side has not acknowledged after `least` at the
+    /// earliest (TCP's minimum retransmission timeout); ignored where the
+    /// transport or kernel has no such setting.
+    func shortenRetransmitWait(to least: Duration)
     /// The path's latest delivery rate as the transport measured it while the
     /// channel kept it busy, in bytes per second; nil when unknown.
     func deliveryRate() -> UInt64?
@@ -75,6 +79,7 @@ extension ByteChannel {
     public func limitUnsent(_ bytes: Int) {}
     public func limitPacing(_ bytesPerSecond: UInt64?) {}
     public func limitBursts(_ bytes: Int?) {}
+    public func shortenRetransmitWait(to least: Duration) {}
     public func deliveryRate() -> UInt64? { nil }
     public func deliveredBytes() -> UInt64? { nil }
     public func queuedBytes() -> UInt64? { nil }

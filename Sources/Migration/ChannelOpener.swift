@@ -72,6 +72,7 @@ final class PendingChannel: ByteChannel {
     func limitUnsent(_ bytes: Int) { (try? channel)?.limitUnsent(bytes) }
     func limitPacing(_ bytesPerSecond: UInt64?) { (try? channel)?.limitPacing(bytesPerSecond) }
     func limitBursts(_ bytes: Int?) { (try? channel)?.limitBursts(bytes) }
+    func shortenRetransmitWait(to least: Duration) { (try? channel)?.shortenRetransmitWait(to: least) }
     func deliveryRate() -> UInt64? { (try? channel)?.deliveryRate() }
     func deliveredBytes() -> UInt64? { (try? channel)?.deliveredBytes() }
     func queuedBytes() -> UInt64? { (try? channel)?.queuedBytes() }

@@ -22,8 +22,10 @@ public struct PostcopyHugePageYield: Sendable, Equatable {
 
     /// The background's pace while no requested page is in flight (`PostcopyPacing.rate`), bytes per second.
     public let pace: UInt64
-    /// The share of `pace` the background keeps while yielding.
-    public static let share = 0.02
+    /// The share of `pace` the background keeps while yielding: enough for the
+    /// background's next train to leave within a millisecond of its pace coming
+    /// back (`RAMMigration.postcopyHugeBurstBytes`), little for the page.
+    public static let share = 0.05
     /// Preempt bytes not yet acknowledged at or above which the background yields
     /// (sixty-four 4 KiB pages, an eighth of a 2 MiB one).
     public static let start: UInt64 = 256 << 10

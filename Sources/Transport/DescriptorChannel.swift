@@ -159,6 +159,12 @@ public final class DescriptorChannel: ZeroCopyChannel {
         burst.store(max(0, bytes ?? 0), ordering: .relaxed)
     }
 
+    /// `TCP_RTO_MIN_US` (Linux 6.15; ignored before, and by channels that are not TCP).
+    public func shortenRetransmitWait(to least: Duration) {
+        let microseconds = Int32(clamping: least.components.seconds * 1_000_000 + least.components.attoseconds / 1_000_000_000_000)
+        _ = closed.withLock { done in done ? 0 : CLinuxUAPI_socket_least_retransmit_wait(descriptor, microseconds) }
+    }
+
     /// `SO_MAX_PACING_RATE`: TCP spreads what it sends to at most `bytesPerSecond`
     /// (ignored by channels that are not TCP).
     public func limitPacing(_ bytesPerSecond: UInt64?) {

@@ -20,14 +20,14 @@ import Testing
     @Test func aRequestedHugePageMakesTheBackgroundYieldUntilItIsAcknowledged() {
         var yield = PostcopyHugePageYield(pace: Self.pace)
         #expect(yield.state == .flowing)
-        #expect(yield.yieldingPace == 2_260_000)
+        #expect(yield.yieldingPace == 5_650_000)
         #expect(yield.urgentPace == Self.pace)
-        #expect(Self.send(&yield, bytes: 2 << 20, rate: 107_000_000) == [2_260_000, Self.pace])
+        #expect(Self.send(&yield, bytes: 2 << 20, rate: 107_000_000) == [5_650_000, Self.pace])
         #expect(yield.state == .flowing)
         #expect(yield.yields == 1)
         // A second page, then a third: one yield each.
-        #expect(Self.send(&yield, bytes: 2 << 20, rate: 107_000_000) == [2_260_000, Self.pace])
-        #expect(Self.send(&yield, bytes: 2 << 20, rate: 107_000_000) == [2_260_000, Self.pace])
+        #expect(Self.send(&yield, bytes: 2 << 20, rate: 107_000_000) == [5_650_000, Self.pace])
+        #expect(Self.send(&yield, bytes: 2 << 20, rate: 107_000_000) == [5_650_000, Self.pace])
         #expect(yield.yields == 3)
     }
 
@@ -43,7 +43,7 @@ import Testing
 
     @Test func itFlowsAgainOnlyOnceAboutAMillisecondOfThePageIsLeft() {
         var yield = PostcopyHugePageYield(pace: Self.pace)
-        #expect(yield.update(urgentQueued: 256 << 10) == 2_260_000)
+        #expect(yield.update(urgentQueued: 256 << 10) == 5_650_000)
         // Between the bounds nothing changes, whichever way the count goes.
         for queued: UInt64 in [2 << 20, 1 << 20, 200 << 10, 128 << 10, 300 << 10, 128 << 10] {
             #expect(yield.update(urgentQueued: queued) == nil, "\(queued)")
@@ -57,12 +57,12 @@ import Testing
     @Test func aNewPaceKeepsTheStateAndTheCount() {
         var yield = PostcopyHugePageYield(pace: Self.pace)
         #expect(yield.currentPace == Self.pace)
-        #expect(yield.update(urgentQueued: 2 << 20) == 2_260_000)
-        #expect(yield.currentPace == 2_260_000)
+        #expect(yield.update(urgentQueued: 2 << 20) == 5_650_000)
+        #expect(yield.currentPace == 5_650_000)
         // A parameter changed the pace while a page is in flight: still yielding, at the new pace's share.
         var changed = PostcopyHugePageYield(pace: 50_000_000, continuing: yield)
         #expect(changed.state == .yielding && changed.yields == 1)
-        #expect(changed.currentPace == 1_000_000)
+        #expect(changed.currentPace == 2_500_000)
         #expect(changed.urgentPace == 50_000_000)
         #expect(changed.update(urgentQueued: 1 << 20) == nil)
         #expect(changed.update(urgentQueued: 0) == 50_000_000)
@@ -77,5 +77,17 @@ import Testing
         #expect(yield.yieldingPace == 1)
         #expect(yield.urgentPace == 5)
         #expect(yield.update(urgentQueued: 1 << 30) == 1)
+    }
+
+    /// TCP schedules a paced train's departure from the one before at the pace
+    /// then in force: the background's trains while it yields must not hold it
+    /// back for long once its pace is back (16 KiB at 2 % held it 7.7 ms, longer
+    /// than the time between two requests).
+    @Test func aYieldingTrainHoldsTheNextForAMillisecondAtMost() {
+        for pace: UInt64 in [90_000_000, 113_000_000, 125_000_000] {
+            let yield = PostcopyHugePageYield(pace: pace)
+            let held = Double(RAMMigration.postcopyHugeBurstBytes) / Double(yield.yieldingPace)
+            #expect(held <= 0.001, "\(pace): \(held) s")
+        }
     }
 }

@@ -126,10 +126,28 @@ import Testing
         #expect(sender.queueDelay() == nil)  // closed
     }
 
+    /// `shortenRetransmitWait`: TCP's least retransmission timeout (`TCP_RTO_MIN_US`, Linux 6.15).
+    @Test func aTCPChannelResendsSoonerThanTheDefault() throws {
+        let (sender, receiver) = try Kit.tcpPair()
+        defer { sender.close(); receiver.close() }
+        var value: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        guard getsockopt(sender.descriptor, Int32(IPPROTO_TCP), 45 /* TCP_RTO_MIN_US */, &value, &length) == 0 else {
+            #expect(errno == ENOPROTOOPT, "a kernel before 6.15 has no such option")
+            return
+        }
+        #expect(value == 200_000, "the default, 200 ms")
+        sender.shortenRetransmitWait(to: .milliseconds(50))
+        #expect(getsockopt(sender.descriptor, Int32(IPPROTO_TCP), 45, &value, &length) == 0)
+        // The kernel rounds up to its tick (4 ms at 250 Hz).
+        #expect(value >= 50_000 && value < 60_000, "\(value)")
+    }
+
     @Test func aClosedChannelIsLeftAlone() throws {
         let (sender, receiver) = try Kit.tcpPair()
         sender.close()
         receiver.close()
         sender.limitPacing(1_000_000)       // no descriptor to set: nothing happens, nothing throws
+        sender.shortenRetransmitWait(to: .milliseconds(50))
     }
 }

@@ -575,6 +575,16 @@ static inline int CLinuxUAPI_socket_max_pacing_rate(int fd, unsigned long long b
     unsigned long long rate = bytes_per_second;
     return setsockopt(fd, SOL_SOCKET, 47 /* SO_MAX_PACING_RATE */, &rate, sizeof rate) == 0 ? 0 : -errno;
 }
+/* The least time TCP socket `fd` waits for an acknowledgement before it resends
+ * (TCP_RTO_MIN_US, Linux 6.15; the installed headers predate it; the kernel rounds
+ * up to its tick).  The default, 200 ms, is what a lost last segment of a burst
+ * costs when the tail-loss probe is lost too.  0 or -errno (ENOPROTOOPT before 6.15). */
+#ifndef TCP_RTO_MIN_US
+#define TCP_RTO_MIN_US 45
+#endif
+static inline int CLinuxUAPI_socket_least_retransmit_wait(int fd, int microseconds) {
+    return setsockopt(fd, IPPROTO_TCP, TCP_RTO_MIN_US, &microseconds, sizeof microseconds) == 0 ? 0 : -errno;
+}
 /* TCP's latest delivery-rate sample for socket `fd` in bytes per second (TCP_INFO's
  * tcpi_delivery_rate, Linux 4.9): what the path delivered while the sender kept it busy.
  * 0 when the sample was application-limited (it says nothing about the path) or the
