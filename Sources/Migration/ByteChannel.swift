@@ -36,8 +36,9 @@ public protocol ByteChannel: Sendable {
     /// groups it), so a shaped link's queue never holds a large one at once.
     func limitBursts(_ bytes: Int?)
     /// Resends what the other side has not acknowledged after `least` at the
-    /// earliest (TCP's minimum retransmission timeout); ignored where the
-    /// transport or kernel has no such setting.
+    /// earliest (TCP's minimum retransmission timeout, which Linux takes from
+    /// two ticks to 200 ms); ignored where the transport or kernel has no such
+    /// setting, or outside that range.
     func shortenRetransmitWait(to least: Duration)
     /// The path's latest delivery rate as the transport measured it while the
     /// channel kept it busy, in bytes per second; nil when unknown.

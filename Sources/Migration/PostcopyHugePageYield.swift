@@ -22,10 +22,20 @@ public struct PostcopyHugePageYield: Sendable, Equatable {
 
     /// The background's pace while no requested page is in flight (`PostcopyPacing.rate`), bytes per second.
     public let pace: UInt64
-    /// The share of `pace` the background keeps while yielding: enough for the
-    /// background's next train to leave within a millisecond of its pace coming
-    /// back (`RAMMigration.postcopyHugeBurstBytes`), little for the page.
+    /// The share of `pace` the background keeps while yielding: little for the
+    /// page, and enough for its next train to leave within a millisecond of its
+    /// pace coming back (with `trainBytes`, from a pace of 82 MB/s; under it,
+    /// `yieldingPace` keeps a train a millisecond).
     public static let share = 0.05
+    /// The background's trains while this rule applies (16 KiB without it,
+    /// `RAMMigration.postcopyBurstBytes`).  TCP schedules a paced train's
+    /// departure from the one before's length at the pace then in force, and
+    /// setting a new pace does not move it: a 16 KiB train at 2 % put the next
+    /// 7.7 ms later, longer than the 5-6 ms between two requests, so the
+    /// background sent one train every 8 ms throughout, the guest asked for 740
+    /// of its 768 huge pages, and the link carried 72 MB/s on average.  A 4 KiB
+    /// train at 5 % of 113 MB/s holds the next 0.7 ms.
+    public static let trainBytes = 4 << 10
     /// Preempt bytes not yet acknowledged at or above which the background yields
     /// (sixty-four 4 KiB pages, an eighth of a 2 MiB one).
     public static let start: UInt64 = 256 << 10
@@ -59,8 +69,12 @@ public struct PostcopyHugePageYield: Sendable, Equatable {
         }
     }
 
-    /// The background's pace while yielding, bytes per second (at least 1).
-    public var yieldingPace: UInt64 { max(1, UInt64(Double(pace) * Self.share)) }
+    /// The background's pace while yielding, bytes per second: `share` of
+    /// `pace`, and at least a train (`trainBytes`) a millisecond, never over `pace`.
+    public var yieldingPace: UInt64 {
+        let trainAMillisecond = UInt64(Self.trainBytes) * 1000
+        return min(pace, max(UInt64(Double(pace) * Self.share), trainAMillisecond))
+    }
 
     /// The preempt channel's pace, bytes per second: the background's own (the
     /// two together a `share` over it while a page is in flight; at nine tenths

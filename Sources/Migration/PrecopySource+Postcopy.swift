@@ -55,7 +55,10 @@ extension PrecopySource {
                 let urgent = preempt.withLock { $0 }?.writer
                 applyPostcopyPacing()
                 let hugePages = parts.ram.hasHugePages
-                try parts.ram.sendPostcopy(writer, urgent: urgent, requests: requests) { [self] () -> Duration? in
+                let yields = progress.withLock { $0.hugePageYield != nil }
+                try parts.ram.sendPostcopy(writer, urgent: urgent, requests: requests,
+                                           trainBytes: yields ? PostcopyHugePageYield.trainBytes : RAMMigration.postcopyBurstBytes) {
+                    [self] () -> Duration? in
                     guard let urgent else { return nil }
                     return adaptPostcopyPacing(urgentBytes: urgent.bytesWritten,
                                                urgentQueued: hugePages ? urgent.channel.queuedBytes() : nil,

@@ -292,14 +292,6 @@ public final class RAMMigration: Migratable {
     static let postcopyUnsentBytes = 1 << 20
     /// With a preempt channel, the background leaves in trains of at most this much.
     static let postcopyBurstBytes = 16 << 10
-    /// ... with huge pages, where it steps aside to `PostcopyHugePageYield.share`
-    /// of its pace while a requested page crosses: TCP schedules a paced train's
-    /// departure from the previous one's length at the pace then in force, and a
-    /// 16 KiB train at 2 % put the next one 7.7 ms later whatever pace was set
-    /// meanwhile.  Between two requests (5-6 ms apart) the background then sent
-    /// one train: the guest asked for 740 of its 768 huge pages, and the link
-    /// carried 72 MB/s on average.  A 4 KiB train at 5 % holds the next 0.7 ms.
-    static let postcopyHugeBurstBytes = 4 << 10
 
     /// The switch to postcopy, guest stopped and the dirty log synced: the
     /// pages still dirty, which the destination drops and gets again.  On
@@ -357,8 +349,9 @@ public final class RAMMigration: Migratable {
     /// each look at the requests, at least every 10 ms (the background's pace
     /// follows it); what it returns, when not nil, shortens how long the
     /// background then waits for room in its socket before it runs again.
+    /// With a preempt channel the background leaves in trains of `trainBytes`.
     func sendPostcopy(_ output: StreamWriter, urgent: StreamWriter?, requests: PostcopyRequests,
-                      betweenFrames: () -> Duration? = { nil }) throws(MigrationError) {
+                      trainBytes: Int = postcopyBurstBytes, betweenFrames: () -> Duration? = { nil }) throws(MigrationError) {
         let unitPages = blocks.map { $0.pageSize.byteCount / Self.pageSize }
         send.withLock { $0.picker = PostcopyPicker(unitPages: unitPages, preempt: urgent != nil) }
         // The background never blocks in a long write while a request waits: the main
@@ -371,8 +364,9 @@ public final class RAMMigration: Migratable {
         // which a shaped link's queue passes at once, not in the 64 KiB ones TCP builds on
         // a short round trip, each of which a requested page can wait behind (measured at
         // 1 Gbit/s behind a 32 KB tbf bucket, four runs each, alternating: request p99
-        // 0.38-1.12 ms, median 0.60, against 0.79-3.27 ms, median 1.47).
-        if urgent != nil { output.channel.limitBursts(hasHugePages ? Self.postcopyHugeBurstBytes : Self.postcopyBurstBytes) }
+        // 0.38-1.12 ms, median 0.60, against 0.79-3.27 ms, median 1.47).  With huge pages,
+        // shorter ones while the background yields (`PostcopyHugePageYield.trainBytes`).
+        if urgent != nil { output.channel.limitBursts(trainBytes) }
         defer { output.channel.limitBursts(nil) }
         // A request queued while this thread waits for room wakes it: it waits on the
         // socket and the requests' doorbell together (a poll that ended every millisecond

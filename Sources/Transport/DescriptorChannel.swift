@@ -161,7 +161,8 @@ public final class DescriptorChannel: ZeroCopyChannel {
 
     /// `TCP_RTO_MIN_US` (Linux 6.15; ignored before, and by channels that are not TCP).
     public func shortenRetransmitWait(to least: Duration) {
-        let microseconds = Int32(clamping: least.components.seconds * 1_000_000 + least.components.attoseconds / 1_000_000_000_000)
+        let (seconds, attoseconds) = least.components
+        let microseconds = Int32(clamping: min(max(seconds, 0), 3600) * 1_000_000 + max(attoseconds, 0) / 1_000_000_000_000)
         _ = closed.withLock { done in done ? 0 : CLinuxUAPI_socket_least_retransmit_wait(descriptor, microseconds) }
     }
 

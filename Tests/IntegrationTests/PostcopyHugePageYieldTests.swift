@@ -62,7 +62,7 @@ import Testing
         // A parameter changed the pace while a page is in flight: still yielding, at the new pace's share.
         var changed = PostcopyHugePageYield(pace: 50_000_000, continuing: yield)
         #expect(changed.state == .yielding && changed.yields == 1)
-        #expect(changed.currentPace == 2_500_000)
+        #expect(changed.currentPace == 4_096_000)
         #expect(changed.urgentPace == 50_000_000)
         #expect(changed.update(urgentQueued: 1 << 20) == nil)
         #expect(changed.update(urgentQueued: 0) == 50_000_000)
@@ -72,22 +72,28 @@ import Testing
         #expect(fresh.state == .flowing && fresh.yields == 0)
     }
 
-    @Test func aTinyPaceYieldsToAPaceThatStillMoves() {
-        var yield = PostcopyHugePageYield(pace: 5)
-        #expect(yield.yieldingPace == 1)
-        #expect(yield.urgentPace == 5)
-        #expect(yield.update(urgentQueued: 1 << 30) == 1)
+    @Test func underATrainAMillisecondThereIsNothingToYield() {
+        var yield = PostcopyHugePageYield(pace: 3_000_000)
+        #expect(yield.yieldingPace == 3_000_000)
+        #expect(yield.urgentPace == 3_000_000)
+        #expect(yield.update(urgentQueued: 1 << 30) == 3_000_000)
+        #expect(yield.yields == 1)
     }
 
     /// TCP schedules a paced train's departure from the one before at the pace
     /// then in force: the background's trains while it yields must not hold it
     /// back for long once its pace is back (16 KiB at 2 % held it 7.7 ms, longer
-    /// than the time between two requests).
+    /// than the time between two requests), at a 1 Gbit/s link's pace or at a
+    /// `max-postcopy-bandwidth` of a few MB/s.
     @Test func aYieldingTrainHoldsTheNextForAMillisecondAtMost() {
-        for pace: UInt64 in [90_000_000, 113_000_000, 125_000_000] {
+        for pace: UInt64 in [4_200_000, 20_000_000, 90_000_000, 113_000_000, 125_000_000, 1_250_000_000] {
             let yield = PostcopyHugePageYield(pace: pace)
-            let held = Double(RAMMigration.postcopyHugeBurstBytes) / Double(yield.yieldingPace)
+            let held = Double(PostcopyHugePageYield.trainBytes) / Double(yield.yieldingPace)
             #expect(held <= 0.001, "\(pace): \(held) s")
+            #expect(yield.yieldingPace < pace)
         }
+        // At 20 MB/s, a train a millisecond is a fifth of the pace, over `share`.
+        #expect(PostcopyHugePageYield(pace: 20_000_000).yieldingPace == 4_096_000)
     }
+
 }

@@ -577,8 +577,9 @@ static inline int CLinuxUAPI_socket_max_pacing_rate(int fd, unsigned long long b
 }
 /* The least time TCP socket `fd` waits for an acknowledgement before it resends
  * (TCP_RTO_MIN_US, Linux 6.15; the installed headers predate it; the kernel rounds
- * up to its tick).  The default, 200 ms, is what a lost last segment of a burst
- * costs when the tail-loss probe is lost too.  0 or -errno (ENOPROTOOPT before 6.15). */
+ * up to its tick).  The default, 200 ms (or net.ipv4.tcp_rto_min_us), is what a
+ * lost last segment of a burst costs when the tail-loss probe is lost too.  0 or
+ * -errno: EINVAL outside two ticks to 200 ms, ENOPROTOOPT before 6.15. */
 #ifndef TCP_RTO_MIN_US
 #define TCP_RTO_MIN_US 45
 #endif
