@@ -87,8 +87,11 @@ extension PrecopySource {
         let samples = linkSampler.withLock { $0 }?.samples ?? []
         let urgent = preempt.withLock { $0 }?.channel
         progress.withLock { p in
+            // With huge pages the link is read from the upper stretches (`PostcopyPacing.hugePageQuantile`).
+            let hugePages = parts.ram.hasHugePages
             let rate = PostcopyPacing.rate(p.recentWindows, linkSamples: samples, maxPostcopyBandwidth: parameters.maxPostcopyBandwidth,
-                                           percent: parameters.postcopyPacing, preempt: capabilities.postcopyPreempt)
+                                           percent: parameters.postcopyPacing, preempt: capabilities.postcopyPreempt,
+                                           quantile: hugePages ? PostcopyPacing.hugePageQuantile : PostcopyPacing.quantile)
             p.info.postcopyPacing = rate ?? 0
             // Paced from the link's estimate, the background leaves the requested pages their share.
             // Not with huge pages: a requested 2 MiB page is 17 ms of a 1 Gbit/s link, fills the
@@ -96,7 +99,6 @@ extension PrecopySource {
             // With them, it steps aside while a requested page crosses the link instead.
             // A parameter changed in postcopy: the background goes on yielding, or with the
             // estimate's correction it had (a pause forgets both).
-            let hugePages = parts.ram.hasHugePages
             let (earlierPace, yielding) = (p.backgroundPace, p.hugePageYield)
             p.backgroundPace = nil
             p.hugePageYield = nil

@@ -74,6 +74,14 @@ import Testing
         let windows = [Self.busy(80e6, 125_000_000), Self.busy(85e6, 70_000_000)]
         let rate = try! #require(PostcopyPacing.rate(windows, linkSamples: samples, maxPostcopyBandwidth: 0, percent: 90, preempt: true))
         #expect(abs(Double(rate) - 107.1e6) < 1e6, "\(rate)")
+        // A precopy that kept the link busy only in its last 160 ms: the 80th percentile reads
+        // under the link, the 95th (with huge pages) reads it.
+        let reachedLate = Self.counts(Array(repeating: 100e6, count: 32) + Array(repeating: 119e6, count: 8))
+        let cautious = try! #require(PostcopyPacing.linkRate(reachedLate))
+        let upper = try! #require(PostcopyPacing.linkRate(reachedLate, quantile: PostcopyPacing.hugePageQuantile))
+        #expect(cautious < 110e6 && abs(upper - 119e6) < 1e6, "\(cautious), \(upper)")
+        #expect(PostcopyPacing.rate(windows, linkSamples: reachedLate, maxPostcopyBandwidth: 0, percent: 90, preempt: true,
+                                    quantile: PostcopyPacing.hugePageQuantile) == UInt64(upper * 0.9))
         // Too few counts for five stretches (a short precopy): the windows.
         let few = Array(samples.prefix(9))
         #expect(PostcopyPacing.linkRate(few) == nil)
