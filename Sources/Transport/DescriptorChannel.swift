@@ -161,9 +161,7 @@ public final class DescriptorChannel: ZeroCopyChannel {
 
     /// `TCP_RTO_MIN_US` (Linux 6.15; ignored before, and by channels that are not TCP).
     public func shortenRetransmitWait(to least: Duration) {
-        let (seconds, attoseconds) = least.components
-        let microseconds = Int32(clamping: min(max(seconds, 0), 3600) * 1_000_000 + max(attoseconds, 0) / 1_000_000_000_000)
-        _ = closed.withLock { done in done ? 0 : CLinuxUAPI_socket_least_retransmit_wait(descriptor, microseconds) }
+        _ = closed.withLock { done in done ? 0 : CLinuxUAPI_socket_least_retransmit_wait(descriptor, least.socketMicroseconds) }
     }
 
     /// `SO_MAX_PACING_RATE`: TCP spreads what it sends to at most `bytesPerSecond`
@@ -286,5 +284,11 @@ extension Duration {
     var pollMilliseconds: Int32 {
         let milliseconds = Double(components.seconds) * 1000 + Double(components.attoseconds) / 1e15
         return Int32(max(0, min(Double(Int32.max), milliseconds)))
+    }
+
+    /// Whole microseconds for socket options, clamped to `Int32` (negative: 0).
+    var socketMicroseconds: Int32 {
+        let microseconds = Double(components.seconds) * 1e6 + Double(components.attoseconds) / 1e12
+        return Int32(max(0, min(Double(Int32.max), microseconds)))
     }
 }
