@@ -40,7 +40,10 @@ final class MappedRAMSaver: Sendable {
         case continuing(MappedRAMHeader, [MappedRAMSavedBlock])
     }
 
-    /// Reads the file's header, if it is a complete one that fits `layout`: what an incremental save may continue.
+    /// Reads the file's header, if it is a complete one that fits `layout`: what an
+    /// incremental save may continue.  Every region and the page size must be the
+    /// layout's: the saver indexes the file's bitmap and checksum table by this
+    /// machine's pages.
     static func existing(in file: any PageFile, layout: MappedRAMLayout) -> MappedRAMHeader? {
         guard let length = try? file.length(), length >= UInt64(MappedRAMFormat.fixedHeaderBytes),
               let prefix = try? file.read(MappedRAMFormat.fixedHeaderBytes, at: 0),
@@ -48,8 +51,9 @@ final class MappedRAMSaver: Sendable {
               let bytes = try? file.read(total, at: 0),
               let header = try? MappedRAMHeader(decoding: bytes, fileLength: length),
               header.isComplete, header.entries.map(\.name) == layout.entries.map(\.name),
-              header.stateOffset == layout.stateOffset,
-              zip(header.entries, layout.entries).allSatisfy({ $0.bitmapOffset == $1.bitmapOffset && $0.pagesOffset == $1.pagesOffset
+              header.stateOffset == layout.stateOffset, header.pageSize == layout.pageSize,
+              zip(header.entries, layout.entries).allSatisfy({ $0.pageSize == $1.pageSize
+                  && $0.bitmapOffset == $1.bitmapOffset && $0.pagesOffset == $1.pagesOffset
                   && $0.checksumsOffset == $1.checksumsOffset && $0.byteCount == $1.byteCount })
         else { return nil }
         return header

@@ -100,6 +100,15 @@ public struct MigrationParameters: Equatable, Sendable {
         }
     }
 
+    /// QEMU's checks across parameters (`migrate_params_check`), on the values a
+    /// `migrate-set-parameters` would leave: auto-converge's first step is
+    /// `cpu-throttle-initial`, so `max-cpu-throttle` may not be under it.
+    public func check() throws(MigrationError) {
+        if maxCPUThrottle < cpuThrottleInitial {
+            throw .invalidParameter("Parameter 'max_cpu_throttle' expects an integer in the range of cpu_throttle_initial to 99")
+        }
+    }
+
     /// Sets one parameter from an integer, with QEMU's range checks and error texts.
     public mutating func set(_ name: String, to value: Int64) throws(MigrationError) {
         func percent(_ range: ClosedRange<Int64>) throws(MigrationError) -> UInt8 {
@@ -125,7 +134,7 @@ public struct MigrationParameters: Equatable, Sendable {
             downtimeLimit = UInt64(value)
         case "cpu-throttle-initial": cpuThrottleInitial = try percent(1...99)
         case "cpu-throttle-increment": cpuThrottleIncrement = try percent(1...99)
-        case "max-cpu-throttle": maxCPUThrottle = try percent(1...99)
+        case "max-cpu-throttle": maxCPUThrottle = try percent(1...99)      // and at least cpu-throttle-initial (`check`)
         case "throttle-trigger-threshold": throttleTriggerThreshold = try percent(1...100)
         case "x-ferry-postcopy-pacing": postcopyPacing = try percent(0...100)
         case "x-inactivity-limit":

@@ -3,8 +3,8 @@
 /// when listening), `unix:PATH`, `fd:N` or `fd:NAME` (a descriptor QMP's
 /// `getfd` named; a name never starts with a digit, as in QEMU) and
 /// `file:PATH[,offset=N]` (the
-/// migration starts N bytes into the file; N in bytes, decimal or 0x hex, or
-/// with a K/M/G suffix, as QEMU parses it).
+/// migration starts N bytes into the file; the first ",offset=" ends the path,
+/// and N is a size as QEMU's `qemu_strtosz` reads one: see `size`).
 public enum MigrationURI: Equatable, Sendable, CustomStringConvertible {
     case tcp(host: String, port: UInt16)
     case unix(path: String)
@@ -36,16 +36,15 @@ public enum MigrationURI: Equatable, Sendable, CustomStringConvertible {
             guard let number = Int32(rest), number >= 0 else { throw .invalidURI("fd: URI needs a descriptor number, not '\(rest)'") }
             self = .fd(number)
         case "file":
+            // As QEMU's file_parse_offset: the first ",offset=" ends the path; a path may hold other commas.
             var path = Substring(rest), offset: UInt64 = 0
-            if let comma = rest.lastIndex(of: ","), rest[rest.index(after: comma)...].hasPrefix("offset=") {
-                path = rest[..<comma]
-                let value = rest[rest.index(comma, offsetBy: 8)...]
+            if let option = rest.range(of: ",offset=") {
+                path = rest[..<option.lowerBound]
+                let value = rest[option.upperBound...]
                 guard let parsed = Self.size(value) else {
-                    throw .invalidURI("file: URI offset '\(value)' is not a size in bytes (decimal, 0x hex, or with K, M, G)")
+                    throw .invalidURI("file: URI offset '\(value)' is not a size in bytes (decimal, 0x hex, with a B, K, M, G, T, P or E suffix, a fraction only with K-E)")
                 }
                 offset = parsed
-            } else if rest.contains(",") {
-                throw .invalidURI("file: URI option not understood in '\(text)' (the one option is ',offset=N')")
             }
             guard !path.isEmpty else { throw .invalidURI("file: URI needs a path") }
             self = .file(path: String(path), offset: offset)
@@ -54,17 +53,35 @@ public enum MigrationURI: Equatable, Sendable, CustomStringConvertible {
         }
     }
 
-    /// A byte count as QEMU's `qemu_strtosz` reads an offset: decimal or 0x hex, optional K, M, G, T suffix.
+    /// A byte count as QEMU's `qemu_strtosz` reads an offset: decimal (a fraction
+    /// only with a unit larger than a byte: "1.5M") or 0x hex, then an optional
+    /// suffix B, K, M, G, T, P or E (powers of 1024, either case); at most 2^63 - 1.
     static func size(_ text: Substring) -> UInt64? {
         var digits = text, scale: UInt64 = 1
-        if let last = digits.last, let unit = ["k": UInt64(1) << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40][last.lowercased()] {
+        let units: [Character: UInt64] = ["b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50, "e": 1 << 60]
+        if let last = digits.last, let unit = units[Character(last.lowercased())] {
             scale = unit
             digits = digits.dropLast()
         }
-        let value = digits.lowercased().hasPrefix("0x") ? UInt64(digits.dropFirst(2), radix: 16) : UInt64(digits)
-        guard let value, !digits.isEmpty else { return nil }
+        let value: UInt64, fraction: Double
+        if digits.lowercased().hasPrefix("0x") {
+            guard let hex = UInt64(digits.dropFirst(2), radix: 16), digits.count > 2 else { return nil }
+            (value, fraction) = (hex, 0)
+        } else {
+            let parts = digits.split(separator: ".", maxSplits: 1, omittingEmptySubsequences: false)
+            guard let whole = UInt64(parts[0]) else { return nil }
+            value = whole
+            if parts.count == 2 {
+                // "1." or "1.5" with no unit (or B) is refused, as QEMU does.
+                guard scale > 1, !parts[1].isEmpty, parts[1].allSatisfy(\.isASCII), let part = Double("0." + parts[1]) else { return nil }
+                fraction = part
+            } else {
+                fraction = 0
+            }
+        }
         let (bytes, overflow) = value.multipliedReportingOverflow(by: scale)
-        return overflow || bytes > UInt64(Int64.max) ? nil : bytes
+        let (total, overflowAgain) = bytes.addingReportingOverflow(UInt64(fraction * Double(scale)))
+        return overflow || overflowAgain || total > UInt64(Int64.max) ? nil : total
     }
 
     public var description: String {

@@ -17,17 +17,24 @@ final class PreemptReceiver: Sendable {
     let thread = Mutex<JoinableThread?>(nil)
     let onFailure: @Sendable (MigrationError) -> Void
 
-    /// Accepts the channel the plan announced and checks its handshake.
+    /// Accepts the channel the plan announced and checks its handshake, which
+    /// must arrive within `timeout` too: a connection that opens and says nothing
+    /// (a stray client on a recovery's port, a source gone mid-handshake) must not
+    /// hold the destination in `postcopy-recover` with its vCPUs waiting.
     static func accept(migrationID: [UInt8], from acceptor: any ChannelAcceptor, timeout: Duration) throws(MigrationError) -> any ByteChannel {
         let channel: any ByteChannel
         do { channel = try acceptor.acceptQuiet(timeout: timeout) } catch {
             throw .channel(.connectFailed(uri: "postcopy-preempt", reason: "the postcopy preempt channel did not arrive within \(timeout) (\(error))"))
         }
+        let watchdog = HandshakeWatchdog(channel: channel, limit: timeout)
         let identity: ChannelIdentity
         do { identity = try ChannelIdentity.read(from: channel, what: "postcopy preempt connection") } catch {
+            watchdog.disarm()
             channel.close()
+            if watchdog.hasFired { throw .channel(.timedOut("the postcopy preempt connection sent no stream header within \(timeout)")) }
             throw error
         }
+        watchdog.disarm()
         guard identity.role == .postcopyPreempt, identity.index == 0 else {
             channel.close()
             throw .stream(.unexpectedFrame("a connection opened as the \(identity) where the postcopy preempt channel was due"))

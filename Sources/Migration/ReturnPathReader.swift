@@ -104,6 +104,33 @@ public final class ReturnPathReader: Sendable {
         available.signal()
     }
 
+    /// Answers the migration thread has not taken yet, at most: a received bitmap
+    /// per RAM block (a recovery), and a few of the others (one per switchover).
+    static let unreadLimit = MigrationConfiguration.maximumBlocks + 16
+    /// ... and received-bitmap words among them, at most (one bitmap's worth).
+    static let unreadWordsLimit = ReturnMessage.maximumBitmapWords
+
+    /// Posts `message` unless the destination is flooding the mailbox with
+    /// answers nobody asked for (a hostile or broken peer would grow it until
+    /// the source ran out of memory).
+    func queue(_ message: ReturnMessage) throws(MigrationError) {
+        let refusal: String? = mailbox.withLock { events in
+            let words = events.reduce(message.bitmapWords) { sum, event in
+                if case .message(let queued) = event { sum + queued.bitmapWords } else { sum }
+            }
+            if events.count >= Self.unreadLimit {
+                return "the destination sent more than \(Self.unreadLimit) answers the source has not asked for"
+            }
+            if words > Self.unreadWordsLimit {
+                return "the destination sent received bitmaps of more than \(Self.unreadWordsLimit) words the source has not asked for"
+            }
+            events.append(.message(message))
+            return nil
+        }
+        if let refusal { throw .stream(.malformed(refusal)) }
+        available.signal()
+    }
+
     /// Reads until the return path ends; returns how it ended, having posted every message before.
     func readAll() -> Event {
         var reader = FrameReader(channel: channel)
@@ -131,7 +158,7 @@ public final class ReturnPathReader: Sendable {
                     guard epoch > applied.load(ordering: .relaxed) else { throw .stream(.malformed("applied epoch \(epoch) went backwards")) }
                     applied.store(epoch, ordering: .releasing)
                 case .loaded, .failed, .receivedBitmap, .switchoverAck:
-                    post(.message(message))
+                    try queue(message)
                 }
             }
         } catch {
@@ -141,4 +168,9 @@ public final class ReturnPathReader: Sendable {
             return .failed(error)
         }
     }
+}
+
+extension ReturnMessage {
+    /// Words of a received bitmap; 0 for any other message.
+    var bitmapWords: Int { if case .receivedBitmap(_, let words) = self { words.count } else { 0 } }
 }

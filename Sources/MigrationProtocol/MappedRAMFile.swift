@@ -257,7 +257,11 @@ public struct MappedRAMHeader: Equatable, Sendable {
             }
             regions.append(("block '\(entry.name)' page area", entry.pagesOffset..<end))
         }
-        if isComplete { try add("device state", stateOffset, stateLength, alignment: 8) }
+        if isComplete {
+            // An empty range would overlap nothing, wherever it lay; a save always writes state.
+            guard stateLength > 0 else { throw .malformed("a complete mapped-ram file with no device state") }
+            try add("device state", stateOffset, stateLength, alignment: 8)
+        }
     }
 
     /// Checks the header's blocks against the RAM this machine has.

@@ -160,6 +160,10 @@ struct MultifdKernelTests {
         #expect(destination.execute(.migrateSetParameters(["multifd-compression": .string("zstd")]))
                 == .failure(.generic("Zero copy only available for non-compressed non-TLS multifd migration")))
         try destination.startIncoming(from: "unix:" + MigrationKernelTests.socketPath(), onFailure: { reason in capture.failure.withLock { $0 = reason } })
+        // QEMU's rule once incoming has started: multifd left on may be set again, and turned off, but not turned on.
+        #expect(destination.execute(.migrateSetCapabilities([.init(capability: "multifd", state: true)])) == .success(.object([:])))
+        #expect(destination.execute(.migrateSetCapabilities([.init(capability: "zero-copy-send", state: false), .init(capability: "multifd", state: false)]))
+                == .success(.object([:])))
         #expect(destination.execute(.migrateSetCapabilities([.init(capability: "multifd", state: true)]))
                 == .failure(.generic("Multifd must be set before incoming starts")))
         let (source, _) = try machine(.anon, workload: .idle, incoming: false)

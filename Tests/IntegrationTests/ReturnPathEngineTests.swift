@@ -69,6 +69,39 @@ import Transport
         #expect(unhooked.ignoredPageRequests == 1)
     }
 
+    @Test("answers nobody takes are bounded: a destination flooding the mailbox fails the return path, with the reason")
+    func floodedMailbox() throws {
+        let (source, destination, listener) = try Self.socketPair()
+        defer { listener.close(); source.close(); destination.close() }
+        let reader = ReturnPathReader(channel: source)
+        reader.start()
+        let writer = ReturnPathWriter(channel: destination)
+        for _ in 0...ReturnPathReader.unreadLimit { try? writer.send(.switchoverAck) }
+        // None taken until the reader has read them all (or stopped).
+        let deadline = ContinuousClock.now + .seconds(10)
+        while reader.mailbox.withLock({ $0.last?.ends != true }), ContinuousClock.now < deadline { usleep(1000) }
+        for _ in 0..<ReturnPathReader.unreadLimit { #expect(reader.next(timeout: .seconds(5)) == .message(.switchoverAck)) }
+        #expect(reader.next(timeout: .seconds(5)) == .failed(.stream(.malformed(
+            "the destination sent more than \(ReturnPathReader.unreadLimit) answers the source has not asked for"))))
+        reader.join()
+
+        // Bitmaps: two of the largest a message may carry, unread, are one too many.
+        let (source2, destination2, listener2) = try Self.socketPair()
+        defer { listener2.close(); source2.close(); destination2.close() }
+        let flooded = ReturnPathReader(channel: source2)
+        flooded.start()
+        let big = [UInt64](repeating: 0, count: ReturnMessage.maximumBitmapWords)
+        let writer2 = ReturnPathWriter(channel: destination2)
+        try writer2.send(.receivedBitmap(block: 0, words: big))
+        try? writer2.send(.receivedBitmap(block: 1, words: big))
+        while flooded.mailbox.withLock({ $0.last?.ends != true }), ContinuousClock.now < deadline + .seconds(20) { usleep(1000) }
+        let first = flooded.next(timeout: .seconds(10))
+        #expect(first.map { if case .message(.receivedBitmap(0, let words)) = $0 { words.count } else { -1 } } == big.count)
+        #expect(flooded.next(timeout: .seconds(10)) == .failed(.stream(.malformed(
+            "the destination sent received bitmaps of more than \(ReturnMessage.maximumBitmapWords) words the source has not asked for"))))
+        flooded.join()
+    }
+
     @Test("a reader blocked in read: shutting the channel wakes it, and join returns")
     func shutdownWakesTheReader() throws {
         let (source, destination, listener) = try Self.socketPair()

@@ -146,6 +146,9 @@ import Testing
         #expect(try refusal { $0.entries[0].bitmapOffset += 4 }.contains("is not aligned to 8 bytes"))
         #expect(try refusal { $0.entries[0].pagesOffset = .max - 4095 }.contains("block 'pc.ram' page area overflows"))
         #expect(try refusal { $0.stateOffset = $0.entries[1].pagesOffset }.contains("device state at offset"))
+        // An empty range overlaps nothing: a complete file's state must have bytes, wherever it claims to be.
+        #expect(try refusal { $0.stateOffset = $0.entries[1].pagesOffset; $0.stateLength = 0 }
+            == "malformed stream: a complete mapped-ram file with no device state")
         let end = try fileLength
         #expect(try refusal { $0.entries[1].checksumsOffset = end }.contains("lies past the end of the file"))
     }

@@ -386,7 +386,10 @@ extension Machine {
                     }
                 } catch { throw QMPError.generic("\(error)") }
             }
-            do { try s.capabilities.check(with: parameters) } catch { throw QMPError.generic("\(error)") }
+            do throws(MigrationError) {
+                try parameters.check()
+                try s.capabilities.check(with: parameters)
+            } catch { throw QMPError.generic("\(error)") }
             s.parameters = parameters
             // As in QEMU, a running migration takes the new values at once.
             if let current = s.outgoing, !current.status.isFinished { current.update(parameters) }
@@ -407,11 +410,12 @@ extension Machine {
                !UserfaultWriteProtection.supported(backend: configuration.backend) {
                 throw QMPError.generic("Background-snapshot is not supported by host kernel")
             }
-            // The destination learns the channels from the source, but takes QEMU's rule as it is.
-            if capabilities.multifd && s.incoming != nil {
+            // The destination learns the channels from the source, but takes QEMU's rules as
+            // they are: neither may be turned on once incoming has started (off, or left on, may).
+            if capabilities.multifd && !s.capabilities.multifd && s.incoming != nil {
                 throw QMPError.generic("Multifd must be set before incoming starts")
             }
-            if capabilities.postcopyPreempt != s.capabilities.postcopyPreempt && s.incoming != nil {
+            if capabilities.postcopyPreempt && !s.capabilities.postcopyPreempt && s.incoming != nil {
                 throw QMPError.generic("Postcopy preempt must be set before incoming starts")
             }
             s.capabilities = capabilities

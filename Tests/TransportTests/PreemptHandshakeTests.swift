@@ -1,0 +1,22 @@
+import Dispatch
+@testable import Migration
+import Testing
+import Transport
+
+/// The postcopy preempt channel's handshake is bounded like the main channel's.
+@Suite struct PreemptHandshakeTests {
+    @Test("a preempt connection that opens and says nothing is dropped within the channel timeout, with the reason")
+    func silentConnection() throws {
+        let listener = try Transport.listen(.tcp(host: "127.0.0.1", port: 0))
+        defer { listener.close() }
+        let client = try Transport.connect(listener.address)      // connects, never writes
+        // Without a limit the read would wait for ever; the client's close after 3 s ends it with another error.
+        DispatchQueue.global().asyncAfter(deadline: .now() + 3) { client.close() }
+        let limit = Duration.milliseconds(300)
+        let started = ContinuousClock.now
+        #expect(throws: MigrationError.channel(.timedOut("the postcopy preempt connection sent no stream header within \(limit)"))) {
+            _ = try PreemptReceiver.accept(migrationID: [UInt8](repeating: 1, count: 16), from: listener, timeout: limit)
+        }
+        #expect(ContinuousClock.now - started < .seconds(2))
+    }
+}
