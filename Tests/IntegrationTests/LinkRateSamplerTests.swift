@@ -2,7 +2,7 @@ import Foundation
 import Synchronization
 import Testing
 @testable import Migration
-import Transport
+@testable import Transport
 
 /// The main channel's delivery sampled every 20 ms for postcopy's pace.
 @Suite struct LinkRateSamplerTests {
@@ -42,6 +42,28 @@ import Transport
         #expect(zip(samples, samples.dropFirst()).allSatisfy { $0.bytes <= $1.bytes && $0.at < $1.at })
         // Segments counted at the full segment size: on loopback's 64 KiB ones, more than was sent, not half again.
         #expect(Double(samples.last!.bytes - samples.first!.bytes) <= Double(sent) * 1.5)
+        // TCP's pace was held to 15 % over what the stretches read (the last cap, from 100 ms before the end at most).
+        var pace: UInt64 = 0
+        var length = socklen_t(MemoryLayout<UInt64>.size)
+        #expect(getsockopt(sender.descriptor, SOL_SOCKET, 47 /* SO_MAX_PACING_RATE */, &pace, &length) == 0)
+        #expect(pace < UInt64.max, "a cap is in force")
+        let last = try #require(LinkRateSampler.cap(samples))
+        #expect(Double(pace) > Double(last) / 2 && Double(pace) < Double(last) * 2, "paced at \(pace), the counts' cap \(last)")
+    }
+
+    @Test("the cap: 15 % over the 95th percentile of the 100 ms stretches, none with too few")
+    func capOverTheStretches() throws {
+        let start = ContinuousClock.now
+        // 20 ms counts at 100 MB/s, then a stall, then 100 MB/s again: the stall's stretches are the lowest.
+        var bytes: UInt64 = 0
+        var samples: [PostcopyPacing.Delivered] = []
+        for index in 0..<60 {
+            if !(20..<25).contains(index) { bytes += 2_000_000 }
+            samples.append(.init(at: start + .milliseconds(20 * index), bytes: bytes))
+        }
+        #expect(LinkRateSampler.cap(Array(samples.prefix(4))) == nil)
+        let cap = try #require(LinkRateSampler.cap(samples))
+        #expect(abs(Double(cap) - 115e6) < 1e5, "\(cap)")
     }
 
     @Test("on a channel that is not TCP the sampler ends at once with nothing")
