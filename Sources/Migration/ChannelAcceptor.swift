@@ -44,4 +44,16 @@ extension ChannelIdentity {
             throw .stream(.truncated("a \(what) closed before its stream header (\(error))"))
         }
     }
+
+    /// `read`, within `limit`: a connection that opens and says nothing (a stray
+    /// client on the port, a source gone mid-handshake) is shut, and the error says so.
+    static func read(from channel: any ByteChannel, what: String, within limit: Duration) throws(MigrationError) -> ChannelIdentity {
+        let watchdog = HandshakeWatchdog(channel: channel, limit: limit)
+        defer { watchdog.disarm() }
+        do { return try read(from: channel, what: what) } catch {
+            watchdog.disarm()
+            if watchdog.hasFired { throw .channel(.timedOut("the \(what) sent no stream header within \(limit)")) }
+            throw error
+        }
+    }
 }

@@ -20,7 +20,8 @@ final class MultifdReceivers: Sendable {
     let onFailure: @Sendable (MigrationError) -> Void
 
     /// Takes `plan.multifd` connections from `acceptor` within `timeout` in all,
-    /// each opening with a multifd identity of this migration, every index once.
+    /// each opening with a multifd identity of this migration, every index once
+    /// (its header within what is left of `timeout`, and at least a second).
     static func accept(_ count: Int, migrationID: [UInt8], from acceptor: any ChannelAcceptor,
                        timeout: Duration) throws(MigrationError) -> [any ByteChannel] {
         var channels = [(any ByteChannel)?](repeating: nil, count: count)
@@ -35,7 +36,10 @@ final class MultifdReceivers: Sendable {
                         "multifd channel(s) \(missing) did not arrive within \(timeout) (\(error))"))
                 }
                 let identity: ChannelIdentity
-                do { identity = try ChannelIdentity.read(from: channel, what: "multifd connection") } catch {
+                do {
+                    identity = try ChannelIdentity.read(from: channel, what: "multifd connection",
+                                                        within: max(deadline - .now, .seconds(1)))
+                } catch {
                     channel.close()
                     throw error
                 }

@@ -159,6 +159,10 @@ final class MultifdSender: Sendable {
         if let failure = state.withLock({ $0.failure }) { throw failure }
     }
 
+    /// The first channel's failure, if one failed (its queued jobs are dropped:
+    /// whoever waits for them to be written must look here).
+    var failure: MigrationError? { state.withLock { $0.failure } }
+
     /// Stops every channel now (failure or cancel): blocked writes fail, threads end.
     func abort() {
         fail(.cancelled)

@@ -102,6 +102,9 @@ extension PrecopySource {
         while true {
             try checkCancelled()
             if let failure = handler.failure { throw failure }
+            // A writer that failed drops its queue: those units are never finished (nor
+            // released), and once every unit is claimed nothing else would say so.
+            if let failure = ram.multifd?.failure { throw failure }
             for latency in handler.takeLatencies() { limiter.faultResolved(latency: latency) }
             // Faulted copies first: the guest has moved on, but they hold the queue's room.
             let faulted = copies.take(maxBytes: RAMMigration.jobPages * pageSize)

@@ -26,15 +26,11 @@ final class PreemptReceiver: Sendable {
         do { channel = try acceptor.acceptQuiet(timeout: timeout) } catch {
             throw .channel(.connectFailed(uri: "postcopy-preempt", reason: "the postcopy preempt channel did not arrive within \(timeout) (\(error))"))
         }
-        let watchdog = HandshakeWatchdog(channel: channel, limit: timeout)
         let identity: ChannelIdentity
-        do { identity = try ChannelIdentity.read(from: channel, what: "postcopy preempt connection") } catch {
-            watchdog.disarm()
+        do { identity = try ChannelIdentity.read(from: channel, what: "postcopy preempt connection", within: timeout) } catch {
             channel.close()
-            if watchdog.hasFired { throw .channel(.timedOut("the postcopy preempt connection sent no stream header within \(timeout)")) }
             throw error
         }
-        watchdog.disarm()
         guard identity.role == .postcopyPreempt, identity.index == 0 else {
             channel.close()
             throw .stream(.unexpectedFrame("a connection opened as the \(identity) where the postcopy preempt channel was due"))

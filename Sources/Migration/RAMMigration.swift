@@ -144,10 +144,14 @@ public final class RAMMigration: Migratable {
             } catch { throw .state("cannot start dirty tracking: \(error)") }
         }
         send.withLock { $0.tracking = true }
-        _ = try sync()      // every page, or (continuing) every page written since the last save
+        // Every page, or (continuing) every page written since the last save.
+        _ = try sync(hinting: false)
         var resident = residentChunks()
         try armTracking(&resident)
         send.withLock { $0.selector.resident = resident }
+        // Hints only now: a page cleared by a hint before its tracking was re-armed,
+        // and written in between, would reach neither the log nor the destination.
+        freePageHints?.didSync(epoch: send.withLock { $0.syncEpoch }, ram: self)
     }
 
     /// After the first sync: the tracker may have left re-arming its tracking
@@ -222,8 +226,10 @@ public final class RAMMigration: Migratable {
     /// dirtied since the previous sync.  With multifd, every channel then gets
     /// its `sync` barrier.
     /// `guestStopped`: the last sync before the switchover; free page hints end.
+    /// `hinting` false: no round of hints starts after it (`setup` starts the
+    /// first once tracking is re-armed).
     @discardableResult
-    public func sync(guestStopped: Bool = false) throws(MigrationError) -> Int {
+    public func sync(guestStopped: Bool = false, hinting: Bool = true) throws(MigrationError) -> Int {
         guard let tracker else { throw .invalidState("RAM has no dirty-page source") }
         let collected: [String: DirtyBitmap]
         freePageHints?.willSync()
@@ -239,7 +245,7 @@ public final class RAMMigration: Migratable {
             defer { state.lastSync = now }
             return (dirtied, state.selector.dirtyCount, now - state.lastSync, state.syncEpoch)
         }
-        if guestStopped { freePageHints?.finish() } else { freePageHints?.didSync(epoch: epoch, ram: self) }
+        if guestStopped { freePageHints?.finish() } else if hinting { freePageHints?.didSync(epoch: epoch, ram: self) }
         try multifd?.sync()
         statistics.withLock { s in
             s.dirtySyncCount += 1

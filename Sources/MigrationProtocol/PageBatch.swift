@@ -36,6 +36,10 @@ public enum PageFrame {
     public static let maximumRecords = 1 << 16
     /// Flag bit 0: the tail is one zstd frame.
     public static let compressedFlag: UInt16 = 1
+    /// Bound on the page bytes one compressed frame may hold (a sender puts
+    /// 1 MiB in one): the receiver allocates what a frame claims to decompress
+    /// to before it has the tail, so a claim is held to what a sender does.
+    public static let maximumCompressedBytes = 4 << 20
 
     /// The largest tail `n` bytes of pages may compress to (zstd's worst case is
     /// a little more than the input).
@@ -153,6 +157,9 @@ public struct PageIndex: Sendable {
         }
         let compressed = flags & PageFrame.compressedFlag != 0
         if compressed {
+            guard data <= PageFrame.maximumCompressedBytes else {
+                throw .malformed("a compressed frame of \(data) bytes of pages (at most \(PageFrame.maximumCompressedBytes))")
+            }
             guard data > 0, tailLength > 0, tailLength <= UInt64(PageFrame.compressedBound(data)) else {
                 throw .malformed("a compressed tail of \(tailLength) bytes for \(data) bytes of pages")
             }

@@ -208,6 +208,32 @@ struct BackgroundSnapshotKernelTests {
         source.quit()
     }
 
+    @Test("into a mapped-ram file on a file system that fills up: the snapshot fails with the reason, the guest runs on unprotected")
+    func fileSystemFull() async throws {
+        let directory = "/tmp/ferry-full-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try #require(mkdir(directory, 0o700) == 0)
+        defer { rmdir(directory) }
+        // Room for most of the guest's 64 MiB working set, not all: the writers fail near the end.
+        try #require(mount("tmpfs", directory, "tmpfs", 0, "size=63m") == 0, "mount: \(errno)")
+        defer { umount(directory) }
+        let path = directory + "/vm.snapshot"
+        defer { unlink(path) }
+        let (source, _) = try machine(workload: WorkloadSpec(dirtyRate: .max, workingSet: 64 << 20), incoming: false)
+        source.start()
+        try await kit.waitFor { source.progress.minimumHeartbeats >= 5 && source.progress.pagesWritten > 3 * 16384 }
+        enable(source, mappedRAM: MappedRAM(channels: 2, direct: false))
+        #expect(source.execute(.migrate(uri: "file:" + path)) == .success(.object([:])))
+        try await kit.waitFor(seconds: 30) { kit.outgoingStatus(source).isFinished }
+        #expect(kit.outgoingStatus(source) == .failed)
+        let reason = source.outgoingMigration?.errorDescription ?? ""
+        #expect(reason.contains("No space left on device") || reason.contains("ENOSPC"), "\(reason)")
+        #expect(source.state == .running)
+        // Nothing left protected: the guest writes its whole working set again.
+        let written = source.progress.pagesWritten
+        try await kit.waitFor { source.progress.pagesWritten > written + 4 * 16384 }
+        source.quit()
+    }
+
     @Test("a guest paused by stop during the snapshot: completed, still paused, and the image restores clean")
     func stoppedDuringSnapshot() async throws {
         let path = Self.path()

@@ -58,4 +58,30 @@ import Testing
         #expect(hints.calls.withLock { $0 }.last == "done", "the end is told again on cleanup (failure, cancel)")
         #expect(ram.dropFreePages(block: 0, pages: 0..<1024, epoch: 3) == 0, "nothing after cleanup")
     }
+
+    /// Tells one shared log when it re-arms tracking, and (as `FreePageHints`) when a round starts.
+    final class OrderLog: DirtyPageSource, FreePageHints {
+        let events = Mutex<[String]>([])
+        func startTracking() throws {}
+        func stopTracking() throws {}
+        func collectDirtyPages() throws -> [String: DirtyBitmap] {
+            var bitmap = DirtyBitmap(pageCount: 512)
+            for page in 0..<512 { bitmap[page] = true }
+            return ["pc.ram": bitmap]
+        }
+        func prepareToRead(block: String, pages: Range<Int>) throws { events.withLock { $0.append("arm") } }
+        func willSync() {}
+        func didSync(epoch: UInt64, ram: RAMMigration) { events.withLock { $0.append("start \(epoch)") } }
+        func finish() {}
+    }
+
+    @Test("the first round of hints starts only once tracking is re-armed everywhere: a page hinted before its re-arm and written then would be lost")
+    func hintsStartAfterTheFirstReArm() throws {
+        let block = RAMBlock(name: "pc.ram", mapping: try HostMapping(byteCount: 512 * 4096, backend: .anon), placements: [])
+        let log = OrderLog()
+        let ram = RAMMigration(blocks: [block], tracker: log, freePageHints: log)
+        try ram.setup()
+        #expect(log.events.withLock { $0 } == ["arm", "start 1"])
+        try ram.cleanup()
+    }
 }

@@ -186,6 +186,18 @@ import Testing
             try index(tail: 99999, flags: 1) { record(&$0, kind: 1, offset: 0) }
         }
         #expect(throws: ProtocolError.malformed("page frame flags 2")) { try index(flags: 2) { record(&$0, offset: 0) } }
+        // A compressed frame claims at most 4 MiB of pages: its decompressed size is allocated before its tail arrives.
+        let big: [MigrationConfiguration.Block] = [.init(name: "pc.ram", byteCount: 64 << 20, pageSize: 4096)]
+        func compressed(_ pages: Int) throws -> Int {
+            var records = WireWriter()
+            for page in 0..<pages { record(&records, kind: 1, offset: UInt64(page) * 4096) }
+            var w = WireWriter()
+            w.u32(UInt32(pages)); w.u16(1); w.u16(0)
+            w.append(records.bytes)
+            return try PageIndex(decoding: w.bytes, tailLength: 8192, layout: big).dataByteCount
+        }
+        #expect(try compressed(1024) == 4 << 20)
+        #expect(throws: ProtocolError.malformed("a compressed frame of \(1025 * 4096) bytes of pages (at most \(4 << 20))")) { try compressed(1025) }
         #expect(try index(tail: 4096) { record(&$0, kind: 1, offset: 4096, checksum: 9) } == [PageRecord(block: 0, offset: 4096, kind: .data, checksum: 9)])
         // A lying count.
         var lying = WireWriter()

@@ -3,8 +3,8 @@ import Dispatch
 import Testing
 import Transport
 
-/// The postcopy preempt channel's handshake is bounded like the main channel's.
-@Suite struct PreemptHandshakeTests {
+/// The preempt and multifd channels' handshakes are bounded like the main channel's.
+@Suite struct ChannelHandshakeTests {
     @Test("a preempt connection that opens and says nothing is dropped within the channel timeout, with the reason")
     func silentConnection() throws {
         let listener = try Transport.listen(.tcp(host: "127.0.0.1", port: 0))
@@ -18,5 +18,18 @@ import Transport
             _ = try PreemptReceiver.accept(migrationID: [UInt8](repeating: 1, count: 16), from: listener, timeout: limit)
         }
         #expect(ContinuousClock.now - started < .seconds(2))
+    }
+
+    @Test("a multifd connection that opens and says nothing is dropped within what is left of the timeout")
+    func silentMultifdConnection() throws {
+        let listener = try Transport.listen(.tcp(host: "127.0.0.1", port: 0))
+        defer { listener.close() }
+        let client = try Transport.connect(listener.address)
+        DispatchQueue.global().asyncAfter(deadline: .now() + 5) { client.close() }
+        let started = ContinuousClock.now
+        #expect(throws: MigrationError.channel(.timedOut("the multifd connection sent no stream header within \(Duration.seconds(1))"))) {
+            _ = try MultifdReceivers.accept(2, migrationID: [UInt8](repeating: 1, count: 16), from: listener, timeout: .milliseconds(300))
+        }
+        #expect(ContinuousClock.now - started < .seconds(3))
     }
 }
