@@ -2,6 +2,7 @@ import Dispatch
 import HostIO
 import NIOCore
 import QMP
+import Synchronization
 
 /// One QMP connection: greeting on connect, then each JSON text through a
 /// `QMPSession`; decoded commands go to the executor off the event loop.
@@ -52,7 +53,7 @@ final class QMPChannelHandler: ChannelInboundHandler, @unchecked Sendable {
             if wasNegotiating && session.phase == .commandMode { connections.add(context.channel) }
         case .execute(let command, let id):
             let channel = context.channel
-            let (execute, afterReply) = (self.execute, self.afterReply)
+            let (execute, afterReply, queue) = (self.execute, self.afterReply, self.queue)
             // A descriptor the command does not take (it failed) is closed once it has run.
             let descriptor = command.takesDescriptor ? inbox.takeFirst(forTextEndingAt: text.end) : nil
             queue.async {
@@ -61,9 +62,14 @@ final class QMPChannelHandler: ChannelInboundHandler, @unchecked Sendable {
                 case .failure(let error): QMPSession.error(error, id: id)
                 }
                 descriptor?.close()     // a no-op if the command took it
-                // The queue is not an event loop, so it may wait for the flush.
-                try? channel.writeAndFlush(ByteBuffer(string: reply + "\r\n")).wait()
-                afterReply(command)
+                // Not waited for here: a client that stops reading its replies would hold
+                // every client's commands behind its flush.  What follows a reply (quit)
+                // runs on this queue once it is flushed, or after a second at most.
+                let flushed = channel.writeAndFlush(ByteBuffer(string: reply + "\r\n"))
+                let once = Once()
+                let follow: @Sendable () -> Void = { if once.claim() { queue.async { afterReply(command) } } }
+                flushed.whenComplete { _ in follow() }
+                channel.eventLoop.scheduleTask(in: .seconds(1)) { follow() }
             }
         }
     }
@@ -77,4 +83,10 @@ final class QMPChannelHandler: ChannelInboundHandler, @unchecked Sendable {
     private func send(_ text: String, context: ChannelHandlerContext) {
         context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: text + "\r\n")), promise: nil)
     }
+}
+
+/// Claimed by the first caller only.
+final class Once: Sendable {
+    private let claimed = Atomic<Bool>(false)
+    func claim() -> Bool { !claimed.exchange(true, ordering: .acquiringAndReleasing) }
 }

@@ -16,7 +16,7 @@ public enum DeviceSpec: Equatable, Sendable, CustomStringConvertible {
         for item in items.dropFirst() {
             let parts = item.split(separator: "=", maxSplits: 1).map(String.init)
             guard parts.count == 2, parts[0] == "free-page-hint" else {
-                throw ParseError(description: "virtio-balloon: unknown property '\(parts[0])' (expected free-page-hint=on|off)")
+                throw ParseError(description: "virtio-balloon: unknown property '\(parts.first ?? item)' (expected free-page-hint=on|off)")
             }
             guard let flag = ["on": true, "off": false, "true": true, "false": false][parts[1]] else {
                 throw ParseError(description: "virtio-balloon: free-page-hint takes on or off, not '\(parts[1])'")

@@ -41,6 +41,8 @@ def free_huge_pages():
     (["--device", "virtio-net"], "invalid --device: unknown device 'virtio-net'"),
     (["--device", "virtio-balloon,free-page-hint=maybe"], "free-page-hint takes on or off, not 'maybe'"),
     (["--device", "virtio-balloon,deflate-on-oom=on"], "unknown property 'deflate-on-oom'"),
+    (["--device", "virtio-balloon,"], "unknown property ''"),
+    (["--device", "virtio-balloon,="], "unknown property '='"),
     (["--device", "virtio-balloon", "-device", "virtio-balloon"], "at most one --device"),
     (["--workload", "dirty-rate=0,free=3M"], "invalid value '3M' for workload key 'free'"),
     (["--workload", "dirty-rate=0,working-set=64M,free=64M"], "invalid value '64M' for workload key 'free'"),
