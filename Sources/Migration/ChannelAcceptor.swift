@@ -51,7 +51,6 @@ extension ChannelIdentity {
         let watchdog = HandshakeWatchdog(channel: channel, limit: limit)
         defer { watchdog.disarm() }
         do { return try read(from: channel, what: what) } catch {
-            watchdog.disarm()
             if watchdog.hasFired { throw .channel(.timedOut("the \(what) sent no stream header within \(limit)")) }
             throw error
         }

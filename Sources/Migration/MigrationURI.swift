@@ -73,7 +73,7 @@ public enum MigrationURI: Equatable, Sendable, CustomStringConvertible {
             value = whole
             if parts.count == 2 {
                 // "1." or "1.5" with no unit (or B) is refused, as QEMU does.
-                guard scale > 1, !parts[1].isEmpty, parts[1].allSatisfy(\.isASCII), let part = Double("0." + parts[1]) else { return nil }
+                guard scale > 1, !parts[1].isEmpty, parts[1].allSatisfy({ ("0"..."9").contains($0) }), let part = Double("0." + parts[1]) else { return nil }
                 fraction = part
             } else {
                 fraction = 0

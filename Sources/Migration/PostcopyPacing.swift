@@ -81,15 +81,6 @@ public enum PostcopyPacing {
     /// precopy gave 20 counts).
     public static let minimumStretches = 5
 
-    /// The link's rate from delivered counts taken every few milliseconds
-    /// (bytes per second): the `quantile` of their rates over stretches
-    /// of at least `stretch`, one starting at each count.  The stretches under
-    /// it are the moments the link's queue ran empty (the sender busy
-    /// elsewhere, TCP recovering a loss).  Rates over 20 ms alone ran ahead of
-    /// the link: acknowledgements come bunched, and on a shaped 1 Gbit/s link
-    /// (about 119 MB/s of payload) their 80th percentile read 126-136 MB/s,
-    /// where 100 ms stretches read 108-123.  Nil with fewer than
-    /// `minimumStretches`, or when nothing was delivered.
     /// `linkRate`'s quantile with 4 KiB pages.
     public static let quantile = 0.8
     /// ... with huge pages: there the preempt channel is paced at the estimate and
@@ -102,6 +93,15 @@ public enum PostcopyPacing {
     /// at the 80th in the runs whose estimate read under it (4 rounds each).
     public static let hugePageQuantile = 0.95
 
+    /// The link's rate from delivered counts taken every few milliseconds
+    /// (bytes per second): the `quantile` of their rates over stretches
+    /// of at least `stretch`, one starting at each count.  The stretches under
+    /// it are the moments the link's queue ran empty (the sender busy
+    /// elsewhere, TCP recovering a loss).  Rates over 20 ms alone ran ahead of
+    /// the link: acknowledgements come bunched, and on a shaped 1 Gbit/s link
+    /// (about 119 MB/s of payload) their 80th percentile read 126-136 MB/s,
+    /// where 100 ms stretches read 108-123.  Nil with fewer than
+    /// `minimumStretches`, or when nothing was delivered.
     public static func linkRate(_ samples: [Delivered], quantile: Double = quantile) -> Double? {
         var rates: [Double] = []
         var end = 0

@@ -25,6 +25,7 @@ import Testing
         #expect(MigrationURI.size("1.5") == nil)
         #expect(MigrationURI.size("1.5B") == nil)
         #expect(MigrationURI.size("1.M") == nil)
+        #expect(MigrationURI.size("1.5e3M") == nil)              // digits only after the point
         #expect(MigrationURI.size("12Q") == nil)
         #expect(MigrationURI.size("") == nil)
         #expect(MigrationURI.size("0x") == nil)
