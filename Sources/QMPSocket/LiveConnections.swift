@@ -1,4 +1,5 @@
 import HostIO
+import QMP
 import Synchronization
 
 /// The server's threads still reading (the accept thread and one per
@@ -11,19 +12,36 @@ final class LiveConnections: Sendable {
         var closing = false
     }
     let state = Mutex(State())
+    /// Connections served at once; one more is told so and closed.
+    let connectionLimit: Int
+
+    init(connectionLimit: Int) { self.connectionLimit = connectionLimit }
 
     /// Counts one more reader (of `socket`, if any) and runs `start(done)`;
     /// the reader calls `done` when it ends.  Once shutting down, nothing is
-    /// started and `socket` is closed.
+    /// started and `socket` is closed; past `connectionLimit` connections,
+    /// `socket` gets an error and is closed.
     func track(_ socket: UnixSocketConnection?, _ start: (@escaping @Sendable () -> Void) -> Void) {
+        enum Admission { case admitted, closing, full }
         let key = socket.map { ObjectIdentifier($0) }
-        let admitted = state.withLock { state -> Bool in
-            guard !state.closing else { return false }
+        let admission = state.withLock { state -> Admission in
+            guard !state.closing else { return .closing }
+            if let key, let socket {
+                guard state.sockets.count < connectionLimit else { return .full }
+                state.sockets[key] = socket
+            }
             state.running += 1
-            if let key, let socket { state.sockets[key] = socket }
-            return true
+            return .admitted
         }
-        guard admitted else {
+        switch admission {
+        case .admitted: break
+        case .closing:
+            socket?.close()
+            return
+        case .full:
+            // A new socket's buffer takes this short text at once.
+            let text = QMPSession.error(.generic("too many QMP clients: \(connectionLimit) are connected"), id: nil)
+            try? socket?.send(Array((text + "\r\n").utf8))
             socket?.close()
             return
         }

@@ -35,14 +35,26 @@ public final class QMPServer: Sendable {
     let connections: Connections
     let live: LiveConnections
 
+    /// Unread bytes of replies and events one client may leave queued before
+    /// its connection is closed (``OutputLimit``); replies and events are
+    /// small, the largest (`query-qmp-schema`) under 200 KB.
+    public static let defaultOutputLimit = 8 << 20
+    /// Clients served at once (each has a reader thread); one more is told
+    /// so and closed.  QEMU's monitor socket serves one client at a time.
+    public static let defaultConnectionLimit = 32
+
     /// Binds `path` (replacing a stale socket file) and starts serving.
     public static func start(path: String, version: QMPVersion, execute: @escaping Executor,
-                             afterReply: @escaping AfterReply = { _ in }) async throws -> QMPServer {
+                             afterReply: @escaping AfterReply = { _ in },
+                             outputLimit: Int = defaultOutputLimit,
+                             connectionLimit: Int = defaultConnectionLimit) async throws -> QMPServer {
         let listener = try UnixSocketListener(path: path)
-        let server = QMPServer(group: MultiThreadedEventLoopGroup(numberOfThreads: 1), listener: listener)
+        let server = QMPServer(group: MultiThreadedEventLoopGroup(numberOfThreads: 1), listener: listener,
+                               connectionLimit: connectionLimit)
         let queue = DispatchQueue(label: "ferry.qmp.commands")
         let (group, connections) = (server.group, server.connections)
         let pipeline: QMPConnection.Pipeline = { channel, inbox in
+            try channel.pipeline.syncOperations.addHandler(OutputLimit(limit: outputLimit))
             try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(JSONObjectDecoder()))
             try channel.pipeline.syncOperations.addHandler(
                 QMPChannelHandler(version: version, execute: execute, afterReply: afterReply,
@@ -71,11 +83,11 @@ public final class QMPServer: Sendable {
         }
     }
 
-    init(group: MultiThreadedEventLoopGroup, listener: UnixSocketListener) {
+    init(group: MultiThreadedEventLoopGroup, listener: UnixSocketListener, connectionLimit: Int) {
         self.group = group
         self.listener = listener
         self.connections = Connections()
-        self.live = LiveConnections()
+        self.live = LiveConnections(connectionLimit: connectionLimit)
     }
 
     /// Sends `event` to every client in command mode.

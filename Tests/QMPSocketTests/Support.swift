@@ -56,6 +56,9 @@ final class Client {
         #expect(try line() == #"{"return":{}}"#)
     }
 
+    /// A client on `socket` that has read nothing yet (not even the greeting).
+    init(raw socket: UnixSocketConnection) { self.socket = socket }
+
     func send(_ text: String, passing descriptors: [Int32] = []) throws {
         try socket.send(Array(text.utf8), passing: descriptors)
     }
@@ -90,11 +93,13 @@ struct Harness {
     let path: String
     let server: QMPServer
 
-    static func start(delay: TimeInterval = 0) async throws -> Harness {
+    static func start(delay: TimeInterval = 0, outputLimit: Int = QMPServer.defaultOutputLimit,
+                      connectionLimit: Int = QMPServer.defaultConnectionLimit) async throws -> Harness {
         let recorder = Recorder(delay: delay)
         let path = socketPath()
         let server = try await QMPServer.start(path: path, version: QMPVersion(major: 10, minor: 0, micro: 0, package: ""),
-                                               execute: recorder.executor)
+                                               execute: recorder.executor, outputLimit: outputLimit,
+                                               connectionLimit: connectionLimit)
         return Harness(recorder: recorder, path: path, server: server)
     }
 
