@@ -9,12 +9,13 @@ public protocol ChannelOpener: Sendable {
     func cancel()
 }
 
-/// A channel that is already open (tests, tools).
+/// A channel that is already open (tests, tools).  Cancelled before the
+/// migration took it, it is shut down, so the peer sees the end.
 public struct OpenChannel: ChannelOpener {
     let channel: any ByteChannel
     public init(_ channel: any ByteChannel) { self.channel = channel }
     public func open() throws(ChannelError) -> any ByteChannel { channel }
-    public func cancel() {}
+    public func cancel() { channel.shutdown() }
 }
 
 /// The source's channel before and after it is open: `shutdown` before the

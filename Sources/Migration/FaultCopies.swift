@@ -1,3 +1,4 @@
+import DequeModule
 import Foundation
 
 /// A protection unit copied out by the write-fault handler before it let the
@@ -15,8 +16,9 @@ struct FaultCopy: Sendable {
 final class FaultCopies: @unchecked Sendable {
     // @unchecked: every field is guarded by `condition`.
     private let condition = NSCondition()
-    private var queue: [FaultCopy] = []
-    private var head = 0
+    // A deque: a taken copy's bytes are freed as it is taken, even when the
+    // queue never empties (an array with a moving head kept them all).
+    private var queue: Deque<FaultCopy> = []
     private var usedBytes = 0
     private var aborted = false
     let capacity: Int
@@ -48,14 +50,9 @@ final class FaultCopies: @unchecked Sendable {
         defer { condition.unlock() }
         var taken: [FaultCopy] = []
         var bytes = 0
-        while head < queue.count, taken.isEmpty || bytes + queue[head].bytes.count <= maxBytes {
-            bytes += queue[head].bytes.count
-            taken.append(queue[head])
-            head += 1
-        }
-        if head == queue.count {
-            queue.removeAll(keepingCapacity: true)
-            head = 0
+        while let first = queue.first, taken.isEmpty || bytes + first.bytes.count <= maxBytes {
+            bytes += first.bytes.count
+            taken.append(queue.removeFirst())
         }
         return taken
     }
@@ -74,16 +71,23 @@ final class FaultCopies: @unchecked Sendable {
         let deadline = Date(timeIntervalSinceNow: seconds)
         condition.lock()
         defer { condition.unlock() }
-        while head == queue.count && !aborted {
+        while queue.isEmpty && !aborted {
             if !condition.wait(until: deadline) { break }
         }
-        return head < queue.count
+        return !queue.isEmpty
     }
 
     var isEmpty: Bool {
         condition.lock()
         defer { condition.unlock() }
-        return head == queue.count
+        return queue.isEmpty
+    }
+
+    /// Copies queued and not yet taken (what the queue holds).
+    var count: Int {
+        condition.lock()
+        defer { condition.unlock() }
+        return queue.count
     }
 
     /// No more room will come: a waiting handler gives up.

@@ -140,7 +140,16 @@ public final class LazyRestore: Sendable {
                     }
                 }
             }
-        } catch { fail(error) }
+        } catch { failUnlessComplete(error) }
+    }
+
+    /// A thread's error, unless the restore completed meanwhile: another thread
+    /// placed the last unit while this one was reading units it had found
+    /// missing, and released RAM, so its own placement failed (`UFFDIO_COPY`
+    /// on RAM no longer registered).  Every unit is in, each checked: nothing
+    /// failed.
+    private func failUnlessComplete(_ error: MigrationError) {
+        if !isComplete { fail(error) }
     }
 
     /// Segments of `prefetchPages`, block by block, lowest first, taken by the readers in turn.
@@ -159,7 +168,7 @@ public final class LazyRestore: Sendable {
                 let units = firstPage / unitPages[block]..<(lastPage / unitPages[block])
                 try serve(block: block, units: units, wakeIfPlaced: false)
             }
-        } catch { fail(error) }
+        } catch { failUnlessComplete(error) }
     }
 
     /// Reads, checks and places the units of `units` not placed yet (counted as

@@ -27,7 +27,7 @@ extension PrecopySource {
     /// discard set, every device's state, the switch; then RAM follows until
     /// every page is out, and the destination confirms.
     func runPostcopy(stopRequested: ContinuousClock.Instant) throws(MigrationError) {
-        parts.vm.setThrottle(percent: 0)
+        removeThrottle()
         setStatus(.device)
         let bytesBefore = limiter.totalBytes
         try parts.ram.sync(guestStopped: true)

@@ -15,16 +15,19 @@ import MigrationProtocol
 extension PrecopySource {
     /// QMP `migrate` with `resume: true`: reconnect a paused postcopy through `opener`.
     public func resume(through opener: any ChannelOpener) throws(MigrationError) {
-        let paused = progress.withLock { p -> Bool in
-            guard p.info.status == .postcopyPaused else { return false }
-            p.info.status = .postcopyRecoverSetup
-            return true
+        let paused = statusEvents.withLock { _ -> Bool in
+            let paused = progress.withLock { p -> Bool in
+                guard p.info.status == .postcopyPaused else { return false }
+                p.info.status = .postcopyRecoverSetup
+                return true
+            }
+            if paused { onStatus(.postcopyRecoverSetup) }
+            return paused
         }
         guard paused else {
             opener.cancel()
             throw .invalidState("Cannot resume if there is no paused migration")
         }
-        onStatus(.postcopyRecoverSetup)
         recovery.offer(opener)
     }
 
@@ -63,15 +66,17 @@ extension PrecopySource {
         }
         while true {
             closeConnection()
-            progress.withLock { p in
-                p.info.status = .postcopyPaused
-                p.postcopyPauses += 1
-                p.recentWindows = []        // the recovery may take another path: its pace is not known
-                p.hugePageYield = nil       // and a new preempt channel holds nothing yet
-                p.backgroundPace = nil
-                p.earlierYields = p.info.postcopyYields
+            statusEvents.withLock { _ in
+                progress.withLock { p in
+                    p.info.status = .postcopyPaused
+                    p.postcopyPauses += 1
+                    p.recentWindows = []        // the recovery may take another path: its pace is not known
+                    p.hugePageYield = nil       // and a new preempt channel holds nothing yet
+                    p.backgroundPace = nil
+                    p.earlierYields = p.info.postcopyYields
+                }
+                onStatus(.postcopyPaused)
             }
-            onStatus(.postcopyPaused)
             guard let opener = recovery.take() else { throw .postcopyFailed("the machine quit while postcopy was paused") }
             do {
                 try reconnect(through: opener)

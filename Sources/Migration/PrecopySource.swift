@@ -127,6 +127,11 @@ public final class PrecopySource: Sendable {
     let onStatus: @Sendable (MigrationStatus) -> Void
     let onPass: @Sendable (UInt64) -> Void
     let progress = Mutex(Progress())
+    /// Held across every status change and its MIGRATION event, so events go
+    /// out in the order of the changes, whichever thread makes them (QMP's
+    /// `migrate_cancel` and `migrate resume` beside the migration thread);
+    /// true once `setup` has been announced.  Taken before `progress`.
+    let statusEvents = Mutex(false)
     /// Reads the destination's messages once the channel is open (sockets only).
     let returnPath = Mutex<ReturnPathReader?>(nil)
     /// A mapped-ram save's file side, once set up.
@@ -220,14 +225,21 @@ public final class PrecopySource: Sendable {
     /// running.  Past the point of no return the request is ignored: the
     /// destination may already run the guest, and its answer decides.
     public func cancel() {
-        let changed = progress.withLock { p -> Bool in
-            guard !p.info.status.isFinished, p.info.status != .cancelling, p.phase.cancellable else { return false }
-            p.cancelRequested = true
-            p.info.status = .cancelling
+        let changed = statusEvents.withLock { announced -> Bool in
+            let changed = progress.withLock { p -> Bool in
+                guard !p.info.status.isFinished, p.info.status != .cancelling, p.phase.cancellable else { return false }
+                p.cancelRequested = true
+                p.info.status = .cancelling
+                return true
+            }
+            guard changed else { return false }
+            // Cancelled before the migration thread announced `setup`: it comes first all the same.
+            if !announced { onStatus(.setup) }
+            announced = true
+            onStatus(.cancelling)
             return true
         }
         guard changed else { return }
-        onStatus(.cancelling)
         channel.shutdown()      // before the connect is done, this abandons it
         for extra in multifdChannels.withLock({ $0 }) { extra.shutdown() }
         preempt.withLock { $0 }?.channel.shutdown()
@@ -236,7 +248,10 @@ public final class PrecopySource: Sendable {
     /// Runs the whole migration; returns when it has completed, failed or been cancelled.
     public func run() {
         progress.withLock { $0.startedAt = .now }
-        if status == .setup { onStatus(.setup) }
+        statusEvents.withLock { announced in
+            if !announced && status == .setup { onStatus(.setup) }
+            announced = true
+        }
         var stoppedGuest: Bool?      // non-nil once the guest was stopped: whether it had been running
         var throttle = 0             // auto-converge's level: it only rises during one migration
         do throws(MigrationError) {
@@ -457,13 +472,20 @@ public final class PrecopySource: Sendable {
     /// Throttle off, dirty tracking off, devices released: after any outcome.
     /// What failed to clean up is reported in `error-desc`.
     func endTracking() {
-        parts.vm.setThrottle(percent: 0)
+        removeThrottle()
         var failures: [String] = []
         for part in [parts.ram as any Migratable] + parts.devices {
             do { try part.cleanup() } catch { failures.append(error.description) }
         }
         guard !failures.isEmpty else { return }
         progress.withLock { $0.cleanupFailure = failures.joined(separator: "; ") }
+    }
+
+    /// Auto-converge's throttle off; `cpu-throttle-percentage` reads 0 from
+    /// now on (as QEMU's, which reports the throttle in force).
+    func removeThrottle() {
+        parts.vm.setThrottle(percent: 0)
+        progress.withLock { p in p.info.cpuThrottlePercentage = p.info.cpuThrottlePercentage.map { _ in 0 } }
     }
 
     /// The first section name that more than one device claims.
@@ -742,21 +764,29 @@ public final class PrecopySource: Sendable {
     }
 
     func setStatus(_ status: MigrationStatus) {
-        let changed = progress.withLock { p -> Bool in
-            guard p.info.status != status, !p.cancelRequested || status == .cancelled else { return false }
-            p.info.status = status
-            return true
+        statusEvents.withLock { _ in
+            let changed = progress.withLock { p -> Bool in
+                guard p.info.status != status, !p.cancelRequested || status == .cancelled else { return false }
+                p.info.status = status
+                return true
+            }
+            if changed { onStatus(status) }
         }
-        if changed { onStatus(status) }
     }
 
+    /// The last status.  A failure after `migrate_cancel` was accepted (it
+    /// came while the failure was being handled) ends `cancelled`, as in QEMU:
+    /// `cancelling` never leads to `failed`.
     func finish(_ status: MigrationStatus) {
-        progress.withLock { p in
-            p.endedAt = p.endedAt ?? .now
-            p.info.status = status
-            p.info.bandwidth = 0
+        statusEvents.withLock { _ in
+            let final = progress.withLock { p -> MigrationStatus in
+                p.endedAt = p.endedAt ?? .now
+                p.info.status = status == .failed && p.info.status == .cancelling ? .cancelled : status
+                p.info.bandwidth = 0
+                return p.info.status
+            }
+            onStatus(final)
         }
-        onStatus(status)
     }
 
     static func milliseconds(_ duration: Duration) -> UInt64 {

@@ -136,6 +136,9 @@ public final class RAMMigration: Migratable {
     public func setup(continuing: Bool) throws(MigrationError) {
         guard let tracker else { throw .invalidState("RAM has no dirty-page source") }
         precondition(!continuing || trackingKeptOn, "only tracking kept on can be continued")
+        // Counted as on before it starts: a start that fails half way (one slot
+        // logging, the next refused) is stopped by `cleanup` all the same.
+        send.withLock { $0.tracking = true }
         if !continuing {
             do {
                 // Restarted, so that the first collection reports every page again.
@@ -143,7 +146,6 @@ public final class RAMMigration: Migratable {
                 try tracker.startTracking()
             } catch { throw .state("cannot start dirty tracking: \(error)") }
         }
-        send.withLock { $0.tracking = true }
         // Every page, or (continuing) every page written since the last save.
         _ = try sync(hinting: false)
         var resident = residentChunks()

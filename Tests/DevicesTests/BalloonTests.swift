@@ -1,3 +1,4 @@
+import Foundation
 import Devices
 import GuestMemory
 import Synchronization
@@ -116,5 +117,33 @@ import Testing
         #expect(stopped && !hinting.accepting && hinting.configCommandID == 0)
         let finished = hinting.finish()
         #expect(finished && hinting.configCommandID == 1)
+    }
+
+    /// A vCPU inflating holds the device's lock while it asks the machine
+    /// (under the machine's migration lock) whether it may discard; `migrate`
+    /// holds that migration lock while it asks the balloon whether it hints.
+    /// So the question must not take the device's lock: it used to, and the
+    /// two waited on each other for good.
+    @Test func whetherItHintsIsAnsweredWhileTheDeviceIsBusy() throws {
+        let holding = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0)
+        let memory = try GuestMemoryMap.pc(byteCount: 16 << 20, backend: .anon)
+        let balloon = VirtioBalloon(memory: memory, freePageHint: true, host: HostLog().host, setInterruptLine: { _ in })
+        let busy = Thread {
+            balloon.transport.withBackend { _, _ in
+                holding.signal()
+                _ = release.wait(timeout: .now() + 10)
+            }
+        }
+        busy.start()
+        holding.wait()
+        let answered = DispatchSemaphore(value: 0)
+        Thread {
+            _ = balloon.freePageHint
+            answered.signal()
+        }.start()
+        let inTime = answered.wait(timeout: .now() + 2) == .success
+        #expect(inTime, "freePageHint waited for the device's lock")
+        release.signal()
+        if !inTime { _ = answered.wait(timeout: .now() + 10) }
     }
 }

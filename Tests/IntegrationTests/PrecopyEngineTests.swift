@@ -65,6 +65,9 @@ import Transport
         #expect(throttles.count >= 3, "\(throttles)")
         #expect(throttles == throttles.sorted(), "the throttle went down: \(throttles)")
         #expect(run.info.switchoverRetries == 2)
+        // The throttle is off once the migration ends, and query-migrate says so (it went on reporting the last level).
+        #expect(vm.throttles.withLock { $0 }.last == 0)
+        #expect(run.info.cpuThrottlePercentage == 0)
     }
 
     /// Dirties every page at each sync while the guest runs and the throttle is
@@ -101,6 +104,27 @@ import Transport
         #expect(run.info.status == .completed)
         #expect(run.info.errorDescription?.contains("cannot stop dirty tracking: KVM_SET_USER_MEMORY_REGION failed: EBUSY") == true,
                 "\(run.info.errorDescription ?? "nothing reported")")
+    }
+
+    /// Starts half way (the first slot logging, the next refused), and records the stop.
+    final class HalfStartedLog: DirtyPageSource {
+        let stops = Atomic<Int>(0)
+        func startTracking() throws { throw MigrationError.state("KVM_SET_USER_MEMORY_REGION failed: EEXIST") }
+        func collectDirtyPages() throws -> [String: DirtyBitmap] { [:] }
+        func stopTracking() throws { stops.add(1, ordering: .relaxed) }
+    }
+
+    @Test("dirty tracking that failed to start is stopped: what it turned on is not left on")
+    func failedStartIsStopped() throws {
+        let vm = Kit.RecordingVM()
+        let tracker = HalfStartedLog()
+        let run = try Kit.runMigration(vm: vm, tracker: tracker,
+                                       sourceDevices: [Kit.StopSizedDevice(vm: vm, largeStops: 0)],
+                                       destinationDevices: [Kit.StopSizedDevice(vm: nil, largeStops: 0)], parameters: Self.fast)
+        #expect(run.info.status == .failed)
+        #expect(run.info.errorDescription?.contains("cannot start dirty tracking") == true, "\(run.info.errorDescription ?? "")")
+        // Before, cleanup took tracking for never started and left the first slots logging.
+        #expect(tracker.stops.load(ordering: .relaxed) == 1)
     }
 
     @Test("two pieces of state claiming one section name fail the migration with a reason")

@@ -107,7 +107,8 @@ import Transport
     static func runMigration(vm: any MigrationVMControl, tracker: any DirtyPageSource, sourceDevices: [any Migratable],
                              destinationDevices: [any Migratable], parameters: MigrationParameters,
                              capabilities: MigrationCapabilities = MigrationCapabilities(),
-                             started: (PrecopySource) -> Void = { _ in }) throws -> Run {
+                             started: (PrecopySource) -> Void = { _ in },
+                             onStatus: @escaping @Sendable (MigrationStatus) -> Void = { _ in }) throws -> Run {
         let source = try Self.block(filled: true), target = try Self.block(filled: false)
         let configuration = MigrationConfiguration(blocks: RAMMigration.layout(of: [source]), vcpuCount: 1)
         let path = "/tmp/ferry-retry-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
@@ -117,7 +118,7 @@ import Transport
         let engine = PrecopySource(
             .init(channel: try Transport.connect(.unix(path: path)), configuration: configuration,
                   ram: RAMMigration(blocks: [source], tracker: tracker), devices: sourceDevices, vm: vm),
-            parameters: parameters, capabilities: capabilities, onStatus: { _ in })
+            parameters: parameters, capabilities: capabilities, onStatus: onStatus)
         started(engine)
         engine.run()
         destination.wait(recordingFailure: false)

@@ -6,15 +6,19 @@ import GuestMemory
 /// page hint commands.
 public final class VirtioBalloon: Sendable {
     public let transport: VirtioMMIOTransport<BalloonBackend>
+    /// Whether the device offers free page hints (`free-page-hint=on`).  Kept
+    /// here, not read from the backend: that takes the device's lock, which an
+    /// inflating vCPU holds while it asks the machine's migration state.
+    public let freePageHint: Bool
 
     public init(memory: GuestMemoryMap, freePageHint: Bool, host: BalloonHost,
                 setInterruptLine: @escaping @Sendable (Bool) -> Void,
                 onBroken: @escaping @Sendable (VirtqueueError) -> Void = { _ in }) {
+        self.freePageHint = freePageHint
         transport = VirtioMMIOTransport(BalloonBackend(ramBytes: memory.totalBytes, freePageHint: freePageHint, host: host),
                                         memory: memory, setInterruptLine: setInterruptLine, onBroken: onBroken)
     }
 
-    public var freePageHint: Bool { transport.backend.freePageHint }
     /// Whether the driver is up (DRIVER_OK) and the device not broken: QMP's `balloon` needs it.
     public var isActive: Bool { transport.status.contains(.driverOK) && transport.brokenReason == nil }
     /// The guest's memory now: RAM minus what the balloon holds (`query-balloon`'s `actual`).
