@@ -74,6 +74,10 @@ extension MigrationDestination {
             return p
         }
         receiver?.abort()
+        // The first connection's listener has nothing more to take (the preempt channel
+        // comes again through the recovery's): closed, so `migrate-recover` may listen
+        // on the same address, as QEMU lets it.
+        acceptor?.close()
         // A pause is a connection lost; a reconnection refused before it was taken is not another.
         load.pause(counting: status != .postcopyPaused)
         link.retireCurrent(why)

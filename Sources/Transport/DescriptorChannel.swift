@@ -36,9 +36,7 @@ public final class DescriptorChannel: ZeroCopyChannel {
                 // SAFETY: the range [written, count) lies inside the array.
                 unsafe CLinuxUAPI_write(descriptor, raw.baseAddress! + written, raw.count - written)
             }
-            guard result > 0 else {
-                throw .system("write to the migration channel", errno: result == 0 ? 32 : Int32(-result))
-            }
+            guard result > 0 else { throw writeError(result == 0 ? EPIPE : Int32(-result)) }
             written += result
         }
     }
@@ -72,7 +70,7 @@ public final class DescriptorChannel: ZeroCopyChannel {
         switch outcome {
         case .complete: return
         case .ended: throw .system("write to the migration channel", errno: EPIPE)
-        case .failed(let errno): throw .system("write to the migration channel", errno: errno)
+        case .failed(let errno): throw writeError(errno)
         }
     }
 
@@ -103,9 +101,23 @@ public final class DescriptorChannel: ZeroCopyChannel {
     /// shared by a migration's channels, a read whose wait timed out while
     /// another of them received waits again: the limit is on the migration
     /// falling silent, not one channel.  Sockets only: a file's read never waits.
+    ///
+    /// A write that waits as long for room fails too (the send timeout): on a
+    /// destination's channel that is the return path, and a source that never
+    /// reads it would otherwise hold the writing thread, and the load's failure
+    /// that waits for it, for ever.
     public func limitInactivity(_ limit: Duration?, sharing activity: ChannelActivity? = nil) {
         guard CLinuxUAPI_set_receive_timeout(descriptor, limit?.pollMilliseconds ?? 0) == 0 else { return }
+        _ = CLinuxUAPI_set_send_timeout(descriptor, limit?.pollMilliseconds ?? 0)
         inactivity.withLock { $0 = (limit, limit == nil ? nil : activity) }
+    }
+
+    /// A failed write: with an inactivity limit, EAGAIN is its send timeout.
+    func writeError(_ errno: Int32) -> ChannelError {
+        if errno == EAGAIN, let limit = inactivity.withLock({ $0.limit }) {
+            return .system("write to the migration channel: the other side took nothing for \(limit) (x-inactivity-limit)", errno: errno)
+        }
+        return .system("write to the migration channel", errno: errno)
     }
 
     /// Runs `read` (bytes read, or -errno) and counts what it read in the shared

@@ -100,16 +100,23 @@ public final class IncomingListener: ChannelAcceptor {
     /// A file's or descriptor's channel until `accept` hands it out.
     let readyChannel: Mutex<DescriptorChannel?>
 
+    /// A Unix socket's file as bound (device and inode): `close` removes the
+    /// path only while it is still this one, not a newer listener's that
+    /// replaced it (`migrate-recover` on the same path again).
+    let socketFile: FileIdentity?
+
     init(listening descriptor: Int32, address: MigrationURI) {
         kind = .socket(descriptor)
         readyChannel = Mutex(nil)
         self.address = address
+        if case .unix(let path) = address { socketFile = FileIdentity(path: path) } else { socketFile = nil }
     }
 
     init(ready channel: DescriptorChannel, address: MigrationURI) {
         kind = .ready
         readyChannel = Mutex(channel)
         self.address = address
+        socketFile = nil
     }
 
     deinit { close() }
@@ -164,7 +171,7 @@ public final class IncomingListener: ChannelAcceptor {
         case .socket(let fd):
             _ = CLinuxUAPI_shutdown(fd)
             _ = Glibc.close(fd)
-            if case .unix(let path) = address { _ = unsafe unlink(path) }
+            if case .unix(let path) = address, let socketFile, FileIdentity(path: path) == socketFile { _ = unsafe unlink(path) }
         }
     }
 }
@@ -208,4 +215,14 @@ public struct URIChannelOpener: ChannelOpener {
     }
 
     public func cancel() { cancellation.cancel() }
+}
+
+extension FileIdentity {
+    /// The file `path` names; nil when it names nothing.
+    init?(path: String) {
+        var device: UInt64 = 0, inode: UInt64 = 0
+        // SAFETY: both pointers are to locals that outlive the call.
+        guard unsafe CLinuxUAPI_path_identity(path, &device, &inode) == 0 else { return nil }
+        self.init(device: device, inode: inode)
+    }
 }

@@ -213,8 +213,11 @@ public final class Machine: Sendable {
         }
         guard first else { return }
         // An incoming load stops, as it would with the process; a vCPU waiting on a
-        // page a postcopy will now never bring could not exit otherwise.
-        migration.state.withLock { $0.incoming }?.destination.withLock { $0 }?.abort()
+        // page a postcopy will now never bring could not exit otherwise.  One still
+        // waiting for its source stops listening (its thread's accept fails).
+        let incoming = migration.state.withLock { $0.incoming }
+        incoming?.destination.withLock { $0 }?.abort()
+        incoming?.listener?.close()
         // A paused postcopy's source will never be resumed now.
         migration.state.withLock { $0.outgoing }?.abandon()
         control.terminate { kickAll() }
@@ -228,6 +231,8 @@ public final class Machine: Sendable {
     }
 
     public var isFinished: Bool { lifecycle.withLock { $0 == .finished } }
+    /// Not quitting or quit.
+    var isLive: Bool { lifecycle.withLock { $0 == .live } }
 
     func kickAll() { for vcpu in vcpus { vcpu.kick() } }
 

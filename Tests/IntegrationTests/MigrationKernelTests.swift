@@ -171,6 +171,22 @@ struct MigrationKernelTests {
         destination.quit()
     }
 
+    @Test("quit while waiting for the source: the listener goes (socket file removed, connects refused) and the guest never runs")
+    func quitBeforeTheSourceConnects() async throws {
+        let (destination, capture) = try machine(memory: 64 << 20, cpus: 1, incoming: true)
+        destination.start()
+        let path = Self.socketPath()
+        try destination.startIncoming(from: "unix:" + path, onFailure: { reason in capture.failure.withLock { $0 = reason } })
+        #expect(access(path, F_OK) == 0)
+        destination.quit()
+        await destination.waitUntilFinished()
+        // Before, the listener stayed: its file, a thread in accept, and a source that came later was loaded.
+        try await waitFor(seconds: 10) { access(path, F_OK) != 0 }
+        #expect(throws: ChannelError.self) { _ = try Transport.connect(.unix(path: path)) }
+        try await waitFor(seconds: 10) { destination.incomingMigration?.status.withLock({ $0 }) == .failed }
+        #expect(destination.state == .shutdown)
+    }
+
     @Test("file: save and restore round trip")
     func fileRoundTrip() async throws {
         let path = "/tmp/ferry-test-\(getpid()).state"

@@ -71,4 +71,18 @@ import Testing
         }
         #expect(waited < .milliseconds(500))
     }
+
+    @Test("a write the other side never makes room for fails after the limit (a source that never reads the return path)")
+    func writeWithoutRoomFails() throws {
+        let (peer, channel) = try Kit.socketPair()
+        defer { peer.close(); channel.close() }
+        channel.limitInactivity(Self.limit)
+        // Far more than the socket's buffers hold; the peer reads nothing.
+        let writing = WorkerThread { try channel.write([UInt8](repeating: 7, count: 64 << 20)) }
+        let start = ContinuousClock.now
+        let error = writing.wait()
+        // Before, the write waited for ever (the worker's 30 s deadline ran out).
+        #expect(ContinuousClock.now - start < .seconds(10))
+        #expect(error?.description.contains("the other side took nothing for 0.1 seconds") == true, "\(String(describing: error))")
+    }
 }

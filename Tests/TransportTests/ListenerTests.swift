@@ -80,6 +80,21 @@ struct ListenerTests {
         #expect(throws: ChannelError.self) { _ = try Transport.connect(.unix(path: path)) }
     }
 
+    @Test("a Unix listener replaced on its path by a newer one leaves the newer one's path when it closes")
+    func replacedUnixPath() throws {
+        let path = "/tmp/ferry-transport-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
+        let older = try Transport.listen(.unix(path: path))
+        let newer = try Transport.listen(.unix(path: path))     // migrate-recover on the same path again
+        older.close()
+        // Before, the older listener's close removed the path the newer one had bound.
+        #expect(access(path, F_OK) == 0, "the newer listener's path is gone")
+        let connection = try Transport.connect(.unix(path: path))
+        defer { connection.close() }
+        _ = try newer.accept(timeout: .seconds(10))
+        newer.close()
+        #expect(access(path, F_OK) != 0)
+    }
+
     @Test("a file listener hands out its one channel, then says there is no other")
     func fileOnce() throws {
         let path = "/tmp/ferry-transport-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).state"

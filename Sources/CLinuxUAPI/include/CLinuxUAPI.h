@@ -527,6 +527,11 @@ static inline int CLinuxUAPI_set_receive_timeout(int fd, int milliseconds) {
     struct timeval t = { .tv_sec = milliseconds / 1000, .tv_usec = (milliseconds % 1000) * 1000 };
     return setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &t, sizeof t) == 0 ? 0 : -errno;
 }
+/* A socket write that waits `milliseconds` (0: forever) for room fails with EAGAIN (SO_SNDTIMEO). */
+static inline int CLinuxUAPI_set_send_timeout(int fd, int milliseconds) {
+    struct timeval t = { .tv_sec = milliseconds / 1000, .tv_usec = (milliseconds % 1000) * 1000 };
+    return setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &t, sizeof t) == 0 ? 0 : -errno;
+}
 /* The eventfd that cancels a connect: created, signalled. */
 static inline int CLinuxUAPI_eventfd(void) { int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); return fd >= 0 ? fd : -errno; }
 /* Sets the calling thread's nice value (Linux: per thread); 0 or -errno.
@@ -866,6 +871,13 @@ static inline int CLinuxUAPI_file_identity(int fd, uint64_t *size, uint64_t *dev
     if (fstat(fd, &st) != 0) return -errno;
     *size = (uint64_t)st.st_size; *device = (uint64_t)st.st_dev; *inode = (uint64_t)st.st_ino;
     *regular = S_ISREG(st.st_mode);
+    return 0;
+}
+/* The device and inode of the file `path` names (lstat: a socket's own file), or -errno. */
+static inline int CLinuxUAPI_path_identity(const char *path, uint64_t *device, uint64_t *inode) {
+    struct stat st;
+    if (lstat(path, &st) != 0) return -errno;
+    *device = (uint64_t)st.st_dev; *inode = (uint64_t)st.st_ino;
     return 0;
 }
 /* Bytes the file system allocated for the file (st_blocks, in 512-byte units), or -errno. */

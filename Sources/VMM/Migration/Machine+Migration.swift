@@ -210,6 +210,14 @@ extension Machine {
             if let current = s.incoming, current.status.withLock({ $0 }) != .failed {
                 throw QMPError.generic("The incoming migration has already been started")
             }
+            // A load that failed after the switch to postcopy leaves a guest that ran here, on
+            // RAM still registered for the pages it never got: a new load would write into it
+            // (and dropping the old one would hand its waiting vCPUs zero pages).  QEMU refuses
+            // every second start.
+            if let current = s.incoming, current.destination.withLock({ $0 })?.switchedToPostcopy == true {
+                throw QMPError.generic("The incoming migration failed in postcopy, after this guest ran: "
+                                       + "restart the process to receive another migration")
+            }
             let incoming: MigrationSlot.Incoming
             // A mapped-ram file is restored as one even without the capability (`--incoming
             // file:` cannot set it): the file says what it is.  Ferry's leniency; QEMU refuses.
@@ -323,6 +331,8 @@ extension Machine {
                 blocktimeVCPUThreads: blocktimeThreads,
                 onStatus: fromDestination)
             incoming.destination.withLock { $0 = destination }
+            // A quit between the accept and here found no load to stop: this one stops now.
+            if !isLive { destination.abort() }
             try destination.run()
         } catch {
             incoming.error.withLock { $0 = "\(error)" }
@@ -354,7 +364,8 @@ extension Machine {
     func finishIncoming(run: Bool) {
         let next: RunState = run ? .running : .paused
         let moved = runState.withLock { state -> Bool in
-            guard state != .internalError else { return false }
+            // Quit meanwhile: the machine is gone, and its guest never runs.
+            guard state != .internalError, state != .shutdown else { return false }
             state = next
             return true
         }
