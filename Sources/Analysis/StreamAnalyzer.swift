@@ -17,6 +17,8 @@ struct StreamAnalyzer {
     /// Where the stream starts in the file, to report frame offsets from the file's base.
     let base: UInt64
     private(set) var report = StreamAnalysis()
+    /// The sections' names so far (a stream of millions of sections is checked in linear time).
+    private var sectionNames: Set<String> = []
     private var tally: PageTally?
 
     init(mappedRAM: Bool, base: UInt64) { (self.mappedRAM, self.base) = (mappedRAM, base) }
@@ -106,7 +108,7 @@ struct StreamAnalyzer {
         case .section:
             let section: StateSection
             do { section = try StateSection(decoding: payload) } catch { throw AnalysisStop(error.description) }
-            guard !report.sections.contains(where: { $0.name == section.name }) else {
+            guard sectionNames.insert(section.name).inserted else {
                 throw AnalysisStop("unexpected frame: section '\(section.name)' arrived twice")
             }
             report.sections.append(.init(name: section.name, version: section.version, bytes: section.state.count, offset: start))

@@ -48,7 +48,9 @@ public enum GuestABI {
               let perCPU = try? memory.readUInt64(at: GuestAddress(imageHeaderAddress + perCPUOffset)) else { return [] }
         var pages = Set<GuestAddress>()
         for cpu in 0..<UInt64(min(cpus, 256)) {
-            if let writing = try? memory.readUInt64(at: GuestAddress(perCPU + cpu * perCPUSize + writingOffset)), writing != 0 {
+            // `perCPU` is the guest's word: an address past the end of the address space is no CPU's.
+            let (start, over) = perCPU.addingReportingOverflow(cpu * perCPUSize + writingOffset)
+            if !over, let writing = try? memory.readUInt64(at: GuestAddress(start)), writing != 0 {
                 pages.insert(GuestAddress(writing - 1))
             }
         }

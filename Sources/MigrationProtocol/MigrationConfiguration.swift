@@ -19,6 +19,10 @@ public struct MigrationConfiguration: Equatable, Sendable {
     /// Bounds on what a stream may declare, so a hostile one cannot make us allocate much.
     public static let maximumBlocks = 256
     public static let maximumVCPUs: UInt32 = 1024
+    /// The largest RAM block a stream may describe (64 TiB, as a mapped-ram
+    /// file's header allows): past it, counts derived from the size (pages,
+    /// bitmap units) could overflow where nothing local bounds them (`ferry analyze`).
+    public static let maximumBlockBytes: UInt64 = 1 << 46
 
     public let blocks: [Block]
     public let vcpuCount: UInt32
@@ -51,7 +55,8 @@ public struct MigrationConfiguration: Equatable, Sendable {
             let name = try r.string("block \(index) name")
             let bytes = try r.u64("block \(index) size")
             let pageSize = try r.u32("block \(index) page size")
-            guard pageSize >= 4096, pageSize & (pageSize - 1) == 0, bytes > 0, bytes % UInt64(pageSize) == 0 else {
+            guard pageSize >= 4096, pageSize & (pageSize - 1) == 0, bytes > 0, bytes % UInt64(pageSize) == 0,
+                  bytes <= Self.maximumBlockBytes else {
                 throw .malformed("block '\(name)' has size \(bytes) and page size \(pageSize)")
             }
             blocks.append(Block(name: name, byteCount: bytes, pageSize: pageSize))

@@ -18,9 +18,17 @@ public struct GuestProgress: Sendable {
     init(cpuCount: Int) { cpus = Array(repeating: CPU(), count: cpuCount) }
 
     public var heartbeats: Int { cpus.reduce(0) { $0 + $1.heartbeats } }
-    public var pagesWritten: UInt64 { cpus.reduce(0) { $0 + ($1.last?.pagesWritten ?? 0) } }
-    public var verifyErrors: UInt64 { cpus.reduce(0) { $0 + ($1.last?.verifyErrors ?? 0) } }
-    public var timerTicks: UInt64 { cpus.reduce(0) { $0 + ($1.last?.timerTicks ?? 0) } }
+    // The guest's own numbers: summed saturating, so a guest that reports absurd ones cannot trap the VMM.
+    public var pagesWritten: UInt64 { Self.sum(cpus.map { $0.last?.pagesWritten ?? 0 }) }
+    public var verifyErrors: UInt64 { Self.sum(cpus.map { $0.last?.verifyErrors ?? 0 }) }
+    public var timerTicks: UInt64 { Self.sum(cpus.map { $0.last?.timerTicks ?? 0 }) }
+
+    static func sum(_ values: [UInt64]) -> UInt64 {
+        values.reduce(0) { total, value in
+            let (sum, overflow) = total.addingReportingOverflow(value)
+            return overflow ? .max : sum
+        }
+    }
     public var maxGap: Duration { cpus.map(\.maxGap).max() ?? .zero }
     /// The lowest heartbeat count of any vCPU: a vCPU that stopped beating holds this back.
     public var minimumHeartbeats: Int { cpus.map(\.heartbeats).min() ?? 0 }

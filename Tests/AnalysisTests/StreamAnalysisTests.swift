@@ -81,6 +81,26 @@ import Testing
         #expect(report.error?.contains(message) == true, "\(what): \(report.error ?? "no error")")
     }
 
+    @Test("a configuration with an absurd block size is refused, not counted into an overflow (the analyzer trapped)")
+    func absurdBlockSize() {
+        let huge = MigrationConfiguration(blocks: [.init(name: "pc.ram", byteCount: 0xFFFF_FFFF_FFFF_F000, pageSize: 4096)], vcpuCount: 1)
+        let report = F.analyze(F.stream([(.configuration, huge.encode(), []), (.residency, RAMResidency(words: [[1]]).encode(), [])]))
+        #expect(report.status == .error && report.status.exitStatus == 1)
+        #expect(report.error?.contains("block 'pc.ram' has size 18446744073709547520 and page size 4096") == true, "\(report.error ?? "no error")")
+    }
+
+    @Test("200 000 sections are checked for repeats in linear time")
+    func manySections() {
+        let configuration: Fixtures.Frame = (.configuration, F.configuration.encode(), [])
+        let plan: Fixtures.Frame = (.channels, ChannelPlan(multifd: 0).encode(), [])
+        let sections = (0..<200_000).map { F.section("s\($0)", bytes: 1) }
+        let start = ContinuousClock.now
+        let report = F.analyze(F.stream([configuration, plan] + sections))
+        // Quadratic, this took minutes (2 * 10^10 name comparisons).
+        #expect(ContinuousClock.now - start < .seconds(30))
+        #expect(report.stream?.sections.count == 200_000, "\(report.error ?? "")")
+    }
+
     @Test("frames in an order or place a restore refuses")
     func order() {
         let configuration: Fixtures.Frame = (.configuration, F.configuration.encode(), [])

@@ -99,4 +99,14 @@ import Testing
         #expect(written.contains(0) && !written.contains(1) && written.contains(2))
         #expect(written.contains(69) && !written.contains(70) && !written.contains(1 << 40))
     }
+
+    @Test func aPerCPUAddressPastTheAddressSpaceIsNoCPUs() throws {
+        let memory = try loadedGuest()
+        // The guest's own words: one CPU, its per-CPU blocks 16 bytes before the end of the address space.
+        try memory.write([1, 0, 0, 0], at: GuestAddress(GuestABI.imageHeaderAddress + 12))
+        try memory.write([UInt8](repeating: 0xff, count: 8).enumerated().map { $0.offset == 0 ? 0xf0 : $0.element },
+                         at: GuestAddress(GuestABI.imageHeaderAddress + 24))
+        // Before, the address overflowed and trapped the VMM (ferry run --verify-on-exit).
+        #expect(GuestABI.pagesBeingWritten(in: memory).isEmpty)
+    }
 }
