@@ -100,7 +100,8 @@ struct PageSelector: Sendable {
         while page < pages.upperBound, let next = bitmaps[block].nextSetPage(from: page), next < pages.upperBound {
             bitmaps[block][next] = false
             dirtyCount -= 1
-            job.append(block: block, offset: next * PageSize.base.byteCount, zero: false)
+            // A chunk never resident is zero: not read (as `next` picks it).
+            job.append(block: block, offset: next * PageSize.base.byteCount, zero: !(resident?[block][next / chunkPages] ?? true))
             page = next + 1
         }
         return job
@@ -114,12 +115,12 @@ struct PageSelector: Sendable {
 
     /// Postcopy recovery: exactly `pages` are dirty from now on (what the
     /// destination still lacks), and the pass starts again from the first.
+    /// What is known resident stays known: the guest has not run here since the switch.
     mutating func replace(with pages: [DirtyBitmap]) {
         precondition(pages.map(\.pageCount) == bitmaps.map(\.pageCount))
         bitmaps = pages
         dirtyCount = pages.reduce(0) { $0 + $1.count }
         cursor = (0, 0)
-        resident = nil
     }
 
     /// Marks dirty every page of each unit of `unitPages[block]` pages that has

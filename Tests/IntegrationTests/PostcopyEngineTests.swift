@@ -254,4 +254,35 @@ import Transport
             #expect(carried.main.withLock { $0 }.sorted() == Array(0..<1536), "the others on the main channel")
         }
     }
+
+    @Test("postcopy sends huge pages the guest never touched as zero pages without reading them: they stay unallocated here")
+    func untouchedHugePagesStayUntouched() async throws {
+        try await MultifdKernelTests.withHugePages(4) {
+            let block = RAMBlock(name: "pc.ram", mapping: try HostMapping(byteCount: 8 << 20, backend: .hugetlb), placements: [])
+            // Huge pages 0 and 2 written; 1 and 3 never touched.
+            for page in stride(from: 0, to: 8 << 20, by: 4096) where (page >> 21) % 2 == 0 {
+                block.mapping.storePage([UInt8](repeating: UInt8(truncatingIfNeeded: page >> 12 | 1), count: 4096), range: 0..<4096, at: page)
+            }
+            let chunk = Int(RAMResidency.chunkBytes)
+            #expect(block.mapping.residentChunks(chunkBytes: chunk).words == [0b0101])
+            let layout = RAMMigration.layout(of: [block])
+            let listener = try Transport.listen(.tcp(host: "127.0.0.1", port: 0))
+            defer { listener.close() }
+            let carried = Carried()
+            let finished = Self.destination(listener, layout: layout, carried: carried, requests: [])
+            var capabilities = MigrationCapabilities()
+            (capabilities.postcopyRAM, capabilities.postcopyPreempt) = (true, true)
+            let engine = PrecopySource(
+                .init(opener: try URIChannelOpener(listener.address), configuration: MigrationConfiguration(blocks: layout, vcpuCount: 1),
+                      ram: RAMMigration(blocks: [block], tracker: Kit.OneShotDirtyLog(pages: 2048)), devices: [], vm: Kit.RecordingVM()),
+                parameters: PrecopyEngineTests.fast, capabilities: capabilities, onStatus: { _ in })
+            try engine.startPostcopy()
+            engine.run()
+            finished.wait()
+            #expect(engine.info.status == .completed, "\(engine.info.errorDescription ?? "")")
+            #expect(carried.main.withLock { $0 }.sorted() == Array(0..<2048), "every page sent after the switch")
+            // Before, the background read huge pages 1 and 3 to test them for zero, and the kernel allocated them.
+            #expect(block.mapping.residentChunks(chunkBytes: chunk).words == [0b0101])
+        }
+    }
 }
