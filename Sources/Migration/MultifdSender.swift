@@ -124,7 +124,7 @@ final class MultifdSender: Sendable {
     /// Queues `job` on the channel with the most room, waiting while all are
     /// full; throws the first channel's failure.  One thread picks.
     func send(_ job: PageJob) throws(MigrationError) {
-        if let failure = state.withLock({ $0.failure }) { throw failure }
+        if let failure { throw failure }
         slots.wait()
         let chosen = try state.withLock { q throws(MigrationError) -> Int in
             if let failure = q.failure { throw failure }
@@ -156,7 +156,7 @@ final class MultifdSender: Sendable {
     func finish() throws(MigrationError) {
         try enqueueOnAll { _ in .end }
         running.wait()
-        if let failure = state.withLock({ $0.failure }) { throw failure }
+        if let failure { throw failure }
     }
 
     /// The first channel's failure, if one failed (its queued jobs are dropped:
