@@ -12,9 +12,10 @@ final class GuestABIPorts: PortDevice {
 
     func attach(_ machine: Machine) { reference.withLock { $0.machine = machine } }
 
-    func read(port: UInt16, count: Int) -> [UInt8] { [UInt8](repeating: 0xff, count: count) }
+    func read(port: UInt16, size: Int, count: Int) -> [UInt8] { [UInt8](repeating: 0xff, count: count) }
 
-    func write(port: UInt16, bytes: [UInt8]) {
+    /// One 32-bit `out` for the heartbeat's address, any for the panic vector.
+    func write(port: UInt16, size: Int, bytes: [UInt8]) {
         guard let machine = reference.withLock({ $0.machine }) else { return }
         switch port {
         case GuestABI.heartbeatPort where bytes.count == 4:

@@ -22,10 +22,10 @@ struct VCPURunLoop {
 
     func handle(_ exit: VCPUExit) {
         switch exit {
-        case .ioOut(let port, _, let data):
-            machine.bus.portWrite(port, bytes: data)
+        case .ioOut(let port, let size, let data):
+            machine.bus.portWrite(port, size: size, bytes: data)
         case .ioIn(let port, let size, let count):
-            vcpu.completeIORead(machine.bus.portRead(port, count: size * count))
+            vcpu.completeIORead(machine.bus.portRead(port, size: size, count: size * count))
         case .mmioRead(let address, let length):
             vcpu.completeMMIORead(machine.bus.mmioRead(address: address, count: length))
         case .mmioWrite(let address, let data):

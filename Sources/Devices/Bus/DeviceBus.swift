@@ -5,10 +5,12 @@ public protocol MMIODevice: AnyObject, Sendable {
     func write(offset: UInt64, bytes: [UInt8])
 }
 
-/// A device the guest reaches through I/O ports.  `port` is absolute.
+/// A device the guest reaches through I/O ports.  `port` is absolute; an
+/// exit carries one or more accesses (`rep ins`/`outs`) of `size` bytes (1, 2
+/// or 4) each, all at `port`: `count` or `bytes.count` is their sum.
 public protocol PortDevice: AnyObject, Sendable {
-    func read(port: UInt16, count: Int) -> [UInt8]
-    func write(port: UInt16, bytes: [UInt8])
+    func read(port: UInt16, size: Int, count: Int) -> [UInt8]
+    func write(port: UInt16, size: Int, bytes: [UInt8])
 }
 
 /// Where MMIO and port exits go: devices by address range.  Built once with
@@ -71,12 +73,12 @@ public struct DeviceBus: Sendable {
         device.write(offset: offset, bytes: bytes)
     }
 
-    public func portRead(_ port: UInt16, count: Int) -> [UInt8] {
+    public func portRead(_ port: UInt16, size: Int, count: Int) -> [UInt8] {
         guard let entry = ports.first(where: { $0.ports.contains(port) }) else { return [UInt8](repeating: 0xff, count: count) }
-        return entry.device.read(port: port, count: count)
+        return entry.device.read(port: port, size: size, count: count)
     }
 
-    public func portWrite(_ port: UInt16, bytes: [UInt8]) {
-        ports.first(where: { $0.ports.contains(port) })?.device.write(port: port, bytes: bytes)
+    public func portWrite(_ port: UInt16, size: Int, bytes: [UInt8]) {
+        ports.first(where: { $0.ports.contains(port) })?.device.write(port: port, size: size, bytes: bytes)
     }
 }

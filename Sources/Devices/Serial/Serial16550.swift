@@ -149,6 +149,26 @@ extension Serial16550: PortDevice {
     /// The eight ports from `base`: what a device bus attaches.
     public var ports: ClosedRange<UInt16> { base...(base + 7) }
 
-    /// `count` bytes read from one port (`rep insb` reads the same register each time).
-    public func read(port: UInt16, count: Int) -> [UInt8] { (0..<count).map { _ in read(port: port) } }
+    /// `count` bytes of accesses of `size` bytes at `port`.  The UART's registers
+    /// are a byte each: byte `i` of an access is register `port + i`'s (`in ax`
+    /// at the base reads the data and interrupt-enable registers), and a byte past
+    /// the eighth port reads as nothing there (0xff).  Each access reads its
+    /// registers again (`rep insb` reads the same one each time).
+    public func read(port: UInt16, size: Int, count: Int) -> [UInt8] {
+        let width = max(size, 1)
+        return (0..<count).map { index in
+            let target = port &+ UInt16(truncatingIfNeeded: index % width)
+            return handles(port: target) ? read(port: target) : 0xff
+        }
+    }
+
+    /// Accesses of `size` bytes at `port`: byte `i` of each is written to
+    /// register `port + i`, as `read` reads them; bytes past the eighth port go nowhere.
+    public func write(port: UInt16, size: Int, bytes: [UInt8]) {
+        guard size > 1 else { return write(port: port, bytes: bytes) }
+        for (index, value) in bytes.enumerated() {
+            let target = port &+ UInt16(truncatingIfNeeded: index % size)
+            if handles(port: target) { write(port: target, bytes: [value]) }
+        }
+    }
 }
