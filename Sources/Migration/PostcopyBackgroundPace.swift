@@ -11,27 +11,17 @@ import DequeModule
 /// stay within the link and its bottleneck's queue stays short.  It never goes
 /// below `minimumShare` of the link, however many requests come.
 ///
-/// Precopy's estimate of the link sometimes reads a few percent over it, and
-/// then the two together keep the bottleneck's queue full.  The main socket's
-/// queue delay (`ByteChannel.queueDelay`) says so: while its mean over the last
-/// `window` is over `standingQueue`, the link is taken `step` lower, a window at
-/// a time, down to `lowestScale` of the estimate; while under `shortQueue`, a
-/// `step` higher again, never over the estimate.
+/// The link is precopy's estimate as `LinkEstimateCorrection` corrects it by
+/// the main socket's queue delay.
 public struct PostcopyBackgroundPace: Sendable, Equatable {
     /// The link's rate as precopy estimated it, bytes per second (`PostcopyPacing.link`).
     public let link: UInt64
     /// The background's pace while requests take less than the rest (`PostcopyPacing.rate`).
     public let most: UInt64
-    /// A mean queue delay over which the queue is standing.
-    public static let standingQueue: Duration = .microseconds(400)
-    /// A mean queue delay under which the estimate may come back.
-    public static let shortQueue: Duration = .microseconds(150)
-    /// How much one window's correction moves the estimate.
-    public static let step = 0.03
-    /// The least share of the estimate the correction goes down to.
-    public static let lowestScale = 0.7
+    /// The estimate's correction by the main socket's queue delay.
+    public private(set) var correction: LinkEstimateCorrection
     /// The share of `link` and `most` in force (1: the estimate as it was).
-    public private(set) var scale = 1.0
+    public var scale: Double { correction.scale }
     /// How far back the requested pages' rate looks.
     public static let window: Duration = .milliseconds(100)
     /// How often a new count is taken (updates between are ignored).
@@ -44,11 +34,8 @@ public struct PostcopyBackgroundPace: Sendable, Equatable {
     struct Mark: Sendable, Equatable {
         let at: ContinuousClock.Instant
         let bytes: UInt64
-        let queueDelay: Duration?
     }
     private var marks: Deque<Mark> = []
-    /// When `scale` last moved (or the first count).
-    private var corrected: ContinuousClock.Instant?
     /// The pace last returned by `update`.
     public private(set) var applied: UInt64
 
@@ -57,8 +44,8 @@ public struct PostcopyBackgroundPace: Sendable, Equatable {
     public init(link: UInt64, most: UInt64, continuing earlier: PostcopyBackgroundPace? = nil) {
         self.link = link
         self.most = most
-        if let earlier { scale = earlier.scale }
-        applied = UInt64(Double(most) * scale)
+        correction = LinkEstimateCorrection(continuing: earlier?.correction)
+        applied = UInt64(Double(most) * correction.scale)
     }
 
     /// The background's pace for the preempt channel's byte count `urgentBytes`
@@ -70,10 +57,10 @@ public struct PostcopyBackgroundPace: Sendable, Equatable {
             if urgentBytes < last.bytes { marks.removeAll() }
             else if now - last.at < Self.interval { return nil }
         }
-        marks.append(Mark(at: now, bytes: urgentBytes, queueDelay: queueDelay))
+        marks.append(Mark(at: now, bytes: urgentBytes))
         while marks.count > 2, marks[1].at <= now - Self.window { marks.removeFirst() }
         guard let first = marks.first, now > first.at else { return nil }
-        correct(at: now)
+        _ = correction.update(queueDelay: queueDelay, at: now)
         let urgentRate = Double(urgentBytes - first.bytes) / PrecopySource.seconds(now - first.at)
         let link = Double(self.link) * scale
         let floor = link * Self.minimumShare
@@ -82,25 +69,5 @@ public struct PostcopyBackgroundPace: Sendable, Equatable {
         guard Double(change) > Double(applied) * Self.hysteresis else { return nil }
         applied = pace
         return pace
-    }
-
-    /// Moves `scale` by the marks' mean queue delay, at most once a `window`.
-    private mutating func correct(at now: ContinuousClock.Instant) {
-        guard let since = corrected else {
-            corrected = now
-            return
-        }
-        guard now - since >= Self.window else { return }
-        let delays = marks.compactMap(\.queueDelay)
-        guard !delays.isEmpty else { return }
-        let mean = delays.reduce(Duration.zero, +) / delays.count
-        if mean > Self.standingQueue {
-            scale = max(Self.lowestScale, scale - Self.step)
-        } else if mean < Self.shortQueue {
-            scale = min(1, scale + Self.step)
-        } else {
-            return
-        }
-        corrected = now
     }
 }

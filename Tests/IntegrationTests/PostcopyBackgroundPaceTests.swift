@@ -97,12 +97,15 @@ import Testing
         Self.queue(&pace, delay: .microseconds(900), milliseconds: 3000, at: &now)
         #expect(abs(pace.scale - 0.7) < 1e-9)
         #expect(abs(Double(pace.applied) - 79.8e6) < 10)
-        // A short queue: back up a step a window (two or three in 300 ms), never over the estimate.
+        // A short queue: back up a step a window (two or three in 300 ms), and past the
+        // estimate (it may have read under the link), up to twice it.
         Self.queue(&pace, delay: .microseconds(60), milliseconds: 300, at: &now)
         #expect(pace.scale > 0.75 && pace.scale < 0.8, "\(pace.scale)")
-        Self.queue(&pace, delay: .microseconds(60), milliseconds: 2000, at: &now)
-        #expect(pace.scale == 1)
-        #expect(pace.applied == 114_000_000)
+        Self.queue(&pace, delay: .microseconds(60), milliseconds: 1000, at: &now)
+        #expect(pace.scale > 1 && pace.scale < 1.1, "\(pace.scale)")
+        Self.queue(&pace, delay: .microseconds(60), milliseconds: 5000, at: &now)
+        #expect(abs(pace.scale - 2) < 1e-9)
+        #expect(abs(Double(pace.applied) - 228e6) <= 228e6 * PostcopyBackgroundPace.hysteresis)   // 1.99 to 2: under the hysteresis
     }
 
     @Test func theCorrectionAndTheRequestsShareTogether() {
