@@ -117,11 +117,17 @@ struct DirtyLogKernelTests {
         let readNow = 0..<working.lowerBound + working.count / 2
         try source.prepareToRead(block: "pc.ram", pages: readNow)
 
-        /// Runs the guest 250 ms; returns the working-set pages it rewrote (block page numbers) and the next collection.
+        /// Runs the guest once through its working set (by its heartbeats: at 24 MiB/s about
+        /// 0.7 s; a fixed 250 ms was, on a loaded host, sometimes too little to reach both
+        /// halves); returns the working-set pages it rewrote (block page numbers) and the next collection.
         func run() async throws -> (rewritten: Set<Int>, dirty: DirtyBitmap) {
             let before = try generations(machine.memory)
+            let written = machine.progress.pagesWritten
             try machine.resume()
-            try await Task.sleep(for: .milliseconds(250))
+            let deadline = ContinuousClock.now + .seconds(20)
+            while machine.progress.pagesWritten < written + UInt64(working.count), ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(10))
+            }
             machine.pause()
             let after = try generations(machine.memory)
             let dirty = try #require(try source.collectDirtyPages()["pc.ram"])
