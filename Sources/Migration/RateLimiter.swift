@@ -48,10 +48,22 @@ public final class RateLimiter: Sendable {
     /// Whether this window's budget is spent, promised bytes included (the caller should `waitForBudget`).
     public var isLimited: Bool { window.withLock { $0.spent } }
 
-    /// Sleeps until the current window ends if its budget is spent; starts a new window when due.
+    /// How soon a wait looks again while bytes are promised: a promise is a
+    /// job's whole pages, and its zero pages go out as a few bytes each.
+    static let promiseCheck: Duration = .milliseconds(1)
+
+    /// Sleeps while the current window's budget is spent, until it ends; starts
+    /// a new window when due.  While bytes are promised it looks again every
+    /// `promiseCheck`: a job that turned out mostly zero pages hands back the
+    /// budget it held, and the caller goes on in the same window (multifd at
+    /// 16 MiB/s sent 10.6 MiB/s of a guest with zero pages when it slept to the end).
     public func waitForBudget() {
-        let (limited, end) = window.withLock { w in (w.spent, w.start + Self.period) }
-        if limited && ContinuousClock.now < end { sleepUntil(end) }
+        while true {
+            let (limited, end, promised) = window.withLock { w in (w.spent, w.start + Self.period, w.reserved > 0) }
+            let now = ContinuousClock.now
+            guard limited && now < end else { break }
+            sleepUntil(promised ? min(end, now + Self.promiseCheck) : end)
+        }
         renewIfDue()
     }
 
