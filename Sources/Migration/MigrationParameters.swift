@@ -46,7 +46,6 @@ public struct MigrationParameters: Equatable, Sendable {
 
     /// QEMU's bounds, checked before a value is taken.
     public static let maximumDowntimeLimit: UInt64 = 2_000_000
-    public static let maximumBandwidth: UInt64 = UInt64(Int64.max)
 
     /// The parameters Ferry honours, by QEMU name.
     public static let names = ["max-bandwidth", "avail-switchover-bandwidth", "max-postcopy-bandwidth", "downtime-limit", "cpu-throttle-initial",
@@ -65,7 +64,7 @@ public struct MigrationParameters: Equatable, Sendable {
         switch name {
         case "direct-io": directIO = flag
         case _ where Self.textNames.contains(name): throw .invalidParameter("Invalid parameter type for '\(name)', expected: string")
-        case _ where Self.names.contains(name): throw .invalidParameter("Invalid parameter type for '\(name)', expected: integer")
+        case _ where Self.names.contains(name): throw Self.notAnInteger(name)
         default: throw .invalidParameter("Parameter '\(name)' is unexpected")
         }
     }
@@ -95,60 +94,83 @@ public struct MigrationParameters: Equatable, Sendable {
             }
             snapshotLimiter.mode = value
         case _ where Self.booleanNames.contains(name): throw .invalidParameter("Invalid parameter type for '\(name)', expected: boolean")
-        case _ where Self.names.contains(name): throw .invalidParameter("Invalid parameter type for '\(name)', expected: integer")
+        case _ where Self.names.contains(name): throw Self.notAnInteger(name)
         default: throw .invalidParameter("Parameter '\(name)' is unexpected")
         }
     }
+
+    static let maxCPUThrottleRange = MigrationError.invalidParameter(
+        "Parameter 'max_cpu_throttle' expects an integer in the range of cpu_throttle_initial to 99")
 
     /// QEMU's checks across parameters (`migrate_params_check`), on the values a
     /// `migrate-set-parameters` would leave: auto-converge's first step is
     /// `cpu-throttle-initial`, so `max-cpu-throttle` may not be under it.
     public func check() throws(MigrationError) {
-        if maxCPUThrottle < cpuThrottleInitial {
-            throw .invalidParameter("Parameter 'max_cpu_throttle' expects an integer in the range of cpu_throttle_initial to 99")
-        }
+        if maxCPUThrottle < cpuThrottleInitial { throw Self.maxCPUThrottleRange }
     }
 
-    /// Sets one parameter from an integer, with QEMU's range checks and error texts.
+    /// QEMU's QAPI type of each integer parameter narrower than `uint64` (the
+    /// sizes and times are `uint64`): a value past it is refused by QEMU's input
+    /// visitor, in its words, before any range check.
+    static let narrowIntegers: [String: (maximum: UInt64, type: String)] = [
+        "cpu-throttle-initial": (255, "uint8_t"), "cpu-throttle-increment": (255, "uint8_t"),
+        "max-cpu-throttle": (255, "uint8_t"), "throttle-trigger-threshold": (255, "uint8_t"),
+        "multifd-channels": (255, "uint8_t"), "multifd-zstd-level": (255, "uint8_t")]
+
+    /// What QEMU says of a value that is not an integer for an integer parameter.
+    public static func notAnInteger(_ name: String) -> MigrationError {
+        .invalidParameter("Parameter '\(name)' expects uint64")
+    }
+
+    /// Sets one parameter from an integer as QEMU's input visitor reads a
+    /// `uint64` (a negative number is taken as its two's complement, which
+    /// QEMU keeps "for backward compatibility"), with QEMU's width and range
+    /// checks and error texts (`migrate_params_check` names the parameter with underscores).
     public mutating func set(_ name: String, to value: Int64) throws(MigrationError) {
-        func percent(_ range: ClosedRange<Int64>) throws(MigrationError) -> UInt8 {
+        try set(name, unsigned: UInt64(bitPattern: value))
+    }
+
+    /// The same from an integer above `Int64.max`.
+    public mutating func set(_ name: String, unsigned value: UInt64) throws(MigrationError) {
+        if let narrow = Self.narrowIntegers[name], value > narrow.maximum {
+            throw .invalidParameter("Parameter '\(name)' expects \(narrow.type)")
+        }
+        func percent(_ qemuName: String, _ range: ClosedRange<UInt64>) throws(MigrationError) -> UInt8 {
             guard range.contains(value) else {
-                throw .invalidParameter("Parameter '\(name)' expects an integer in the range of \(range.lowerBound) to \(range.upperBound)")
+                throw .invalidParameter("Parameter '\(qemuName)' expects an integer in the range of \(range.lowerBound) to \(range.upperBound)")
             }
             return UInt8(value)
         }
         switch name {
-        case "max-bandwidth", "avail-switchover-bandwidth", "max-postcopy-bandwidth":
-            guard value >= 0 else {
-                throw .invalidParameter("Parameter '\(name)' expects an integer in the range of 0 to \(Self.maximumBandwidth) bytes/second")
-            }
-            switch name {
-            case "max-bandwidth": maxBandwidth = UInt64(value)
-            case "max-postcopy-bandwidth": maxPostcopyBandwidth = UInt64(value)
-            default: availSwitchoverBandwidth = UInt64(value)
-            }
+        // Any uint64: QEMU's bound is SIZE_MAX.
+        case "max-bandwidth": maxBandwidth = value
+        case "max-postcopy-bandwidth": maxPostcopyBandwidth = value
+        case "avail-switchover-bandwidth": availSwitchoverBandwidth = value
         case "downtime-limit":
-            guard value >= 0, UInt64(value) <= Self.maximumDowntimeLimit else {
-                throw .invalidParameter("Parameter 'downtime_limit' expects an integer in the range of 0 to \(Self.maximumDowntimeLimit) ms")
+            guard value <= Self.maximumDowntimeLimit else {
+                throw .invalidParameter("Parameter 'downtime_limit' expects an integer in the range of 0 to (2000 * 1000) ms")
             }
-            downtimeLimit = UInt64(value)
-        case "cpu-throttle-initial": cpuThrottleInitial = try percent(1...99)
-        case "cpu-throttle-increment": cpuThrottleIncrement = try percent(1...99)
-        case "max-cpu-throttle": maxCPUThrottle = try percent(1...99)      // and at least cpu-throttle-initial (`check`)
-        case "throttle-trigger-threshold": throttleTriggerThreshold = try percent(1...100)
-        case "x-ferry-postcopy-pacing": postcopyPacing = try percent(0...100)
+            downtimeLimit = value
+        case "cpu-throttle-initial": cpuThrottleInitial = try percent("cpu_throttle_initial", 1...99)
+        case "cpu-throttle-increment": cpuThrottleIncrement = try percent("cpu_throttle_increment", 1...99)
+        case "max-cpu-throttle":
+            // And at least cpu-throttle-initial (`check`), in the same words.
+            guard value <= 99 else { throw Self.maxCPUThrottleRange }
+            maxCPUThrottle = UInt8(value)
+        case "throttle-trigger-threshold": throttleTriggerThreshold = try percent("throttle_trigger_threshold", 1...100)
+        case "x-ferry-postcopy-pacing": postcopyPacing = try percent("x-ferry-postcopy-pacing", 0...100)
         case "x-inactivity-limit":
-            guard value >= 0, UInt64(value) <= Self.maximumDowntimeLimit * 1000 else {
+            guard value <= Self.maximumDowntimeLimit * 1000 else {
                 throw .invalidParameter("Parameter 'x-inactivity-limit' expects an integer in the range of 0 to \(Self.maximumDowntimeLimit * 1000) ms")
             }
-            inactivityLimit = UInt64(value)
+            inactivityLimit = value
         case "multifd-channels":
-            guard (1...255).contains(value) else {
+            guard value >= 1 else {
                 throw .invalidParameter("Parameter 'multifd_channels' expects a value between 1 and 255")
             }
             multifdChannels = UInt8(value)
         case "multifd-zstd-level":
-            guard (0...20).contains(value) else {
+            guard value <= 20 else {
                 throw .invalidParameter("Parameter 'multifd_zstd_level' expects a value between 0 and 20")
             }
             multifdZstdLevel = UInt8(value)
@@ -157,7 +179,7 @@ public struct MigrationParameters: Equatable, Sendable {
             guard (1...10_000_000).contains(value) else {
                 throw .invalidParameter("Parameter '\(name)' expects an integer in the range of 1 to 10000000 microseconds")
             }
-            let duration = Duration.microseconds(value)
+            let duration = Duration.microseconds(Int64(value))
             switch name {
             case "x-ferry-snapshot-fault-threshold": snapshotLimiter.faultThreshold = duration
             case "x-ferry-snapshot-poll": snapshotLimiter.poll = duration

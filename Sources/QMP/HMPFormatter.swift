@@ -38,7 +38,7 @@ public enum HMPFormatter {
             let names = known.filter { members[$0] != nil } + members.keys.filter { !known.contains($0) }.sorted()
             return names.map { name in
                 let unit = parameterUnits.first(where: { $0.name == name })?.unit ?? (name.hasSuffix("-limit") ? " ms" : "")
-                return "\(name): \(int(members[name]).map { String($0) } ?? "?")\(unit)\n"
+                return "\(name): \(integerText(members[name]) ?? "?")\(unit)\n"
             }.joined()
         case .migrate:
             return migrate(value)
@@ -115,6 +115,15 @@ public enum HMPFormatter {
     static func int(_ value: JSONValue?) -> Int64? {
         if case .int(let number)? = value { return number }
         return nil
+    }
+
+    /// An integer of either sign's range, as text (parameters reach 2^64 - 1).
+    static func integerText(_ value: JSONValue?) -> String? {
+        switch value {
+        case .int(let number)?: String(number)
+        case .uint(let number)?: String(number)
+        default: nil
+        }
     }
 
     static func double(_ value: JSONValue?) -> Double? {

@@ -18,4 +18,32 @@ import Testing
         try parameters.set("cpu-throttle-initial", to: 50)
         #expect(throws: Self.refusal) { try parameters.check() }
     }
+
+    @Test("integers as QEMU's input visitor reads them: the sizes take any uint64, a negative number wraps, the uint8 ones say so past 255")
+    func qemuIntegerWidths() throws {
+        var parameters = MigrationParameters()
+        try parameters.set("max-bandwidth", unsigned: UInt64.max)
+        #expect(parameters.maxBandwidth == UInt64.max)
+        try parameters.set("max-postcopy-bandwidth", to: -5)
+        #expect(parameters.maxPostcopyBandwidth == UInt64.max - 4)
+        try parameters.set("avail-switchover-bandwidth", unsigned: 1 << 63)
+        #expect(parameters.availSwitchoverBandwidth == 1 << 63)
+        #expect(throws: MigrationError.invalidParameter("Parameter 'multifd-channels' expects uint8_t")) {
+            try parameters.set("multifd-channels", to: 256)
+        }
+        #expect(throws: MigrationError.invalidParameter("Parameter 'cpu-throttle-initial' expects uint8_t")) {
+            try parameters.set("cpu-throttle-initial", to: -5)
+        }
+        #expect(throws: MigrationError.invalidParameter("Parameter 'cpu_throttle_initial' expects an integer in the range of 1 to 99")) {
+            try parameters.set("cpu-throttle-initial", to: 100)
+        }
+        #expect(throws: MigrationError.invalidParameter("Parameter 'downtime_limit' expects an integer in the range of 0 to (2000 * 1000) ms")) {
+            try parameters.set("downtime-limit", to: -1)
+        }
+        #expect(throws: MigrationError.invalidParameter("Parameter 'max-bandwidth' expects uint64")) {
+            try parameters.set("max-bandwidth", text: "fast")
+        }
+        #expect(parameters.cpuThrottleInitial == 20 && parameters.multifdChannels == 2 && parameters.downtimeLimit == 300,
+                "nothing refused was taken")
+    }
 }

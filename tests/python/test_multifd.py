@@ -221,18 +221,55 @@ def test_ferry_refuses_bad_multifd_parameters(vms):
         client = (await vm.connect()).qmp
         cases = [
             ({"multifd-channels": 0}, "Parameter 'multifd_channels' expects a value between 1 and 255"),
-            ({"multifd-channels": 256}, "Parameter 'multifd_channels' expects a value between 1 and 255"),
+            ({"multifd-channels": 256}, "Parameter 'multifd-channels' expects uint8_t"),
             ({"multifd-compression": "zlib"}, "multifd-compression 'zlib' is not supported by Ferry (it has none and zstd)"),
             ({"multifd-compression": "lz4"}, "Parameter 'multifd-compression' does not accept value 'lz4'"),
             ({"multifd-zstd-level": 21}, "Parameter 'multifd_zstd_level' expects a value between 0 and 20"),
             ({"zero-page-detection": "smart"}, "Parameter 'zero-page-detection' does not accept value 'smart'"),
-            ({"multifd-channels": "four"}, "Invalid parameter type for 'multifd-channels', expected: integer"),
+            ({"multifd-channels": "four"}, "Parameter 'multifd-channels' expects uint64"),
         ]
         for arguments, message in cases:
             assert message in await refused(client, "migrate-set-parameters", arguments), arguments
         params = await client.execute("query-migrate-parameters")
         assert params["multifd-channels"] == 2 and params["multifd-compression"] == "none"
         assert params["multifd-zstd-level"] == 1 and params["zero-page-detection"] == "multifd"
+        await vm.quit()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("kind", ["ferry", pytest.param("qemu", marks=needs_qemu)])
+def test_integer_parameters_read_as_qemu_reads_them(vms, kind):
+    """migrate-set-parameters' integers as QEMU's input visitor reads them, in QEMU's words on both VMMs: the
+    bandwidths take any uint64 (a negative number as its two's complement), the uint8 ones refuse what does not
+    fit before their range is checked, and a value that is not an integer is refused as not a uint64."""
+    vm = vms(kind, "vm")
+
+    async def scenario():
+        client = (await vm.connect()).qmp
+        for name in ("max-bandwidth", "max-postcopy-bandwidth", "avail-switchover-bandwidth"):
+            for value, back in ((2**64 - 1, 2**64 - 1), (2**63, 2**63), (-5, 2**64 - 5), (1 << 20, 1 << 20)):
+                await client.execute("migrate-set-parameters", {name: value})
+                assert (await client.execute("query-migrate-parameters"))[name] == back, (name, value)
+        cases = [({"max-bandwidth": 2**64}, "Parameter 'max-bandwidth' expects uint64"),
+                 ({"max-bandwidth": 1.5}, "Parameter 'max-bandwidth' expects uint64"),
+                 ({"max-bandwidth": None}, "Parameter 'max-bandwidth' expects uint64"),
+                 ({"max-bandwidth": True}, "Parameter 'max-bandwidth' expects uint64"),
+                 ({"downtime-limit": "soon"}, "Parameter 'downtime-limit' expects uint64"),
+                 ({"downtime-limit": -5}, "Parameter 'downtime_limit' expects an integer in the range of 0 to (2000 * 1000) ms"),
+                 ({"multifd-channels": 256}, "Parameter 'multifd-channels' expects uint8_t"),
+                 ({"multifd-channels": 0}, "Parameter 'multifd_channels' expects a value between 1 and 255"),
+                 ({"cpu-throttle-initial": 100}, "Parameter 'cpu_throttle_initial' expects an integer in the range of 1 to 99"),
+                 ({"cpu-throttle-initial": -5}, "Parameter 'cpu-throttle-initial' expects uint8_t"),
+                 ({"cpu-throttle-increment": 100}, "Parameter 'cpu_throttle_increment' expects an integer in the range of 1 to 99"),
+                 ({"throttle-trigger-threshold": 101}, "Parameter 'throttle_trigger_threshold' expects an integer in the range of 1 to 100"),
+                 ({"max-cpu-throttle": 100}, "Parameter 'max_cpu_throttle' expects an integer in the range of cpu_throttle_initial to 99"),
+                 ({"multifd-zstd-level": 256}, "Parameter 'multifd-zstd-level' expects uint8_t"),
+                 ({"multifd-zstd-level": 21}, "Parameter 'multifd_zstd_level' expects a value between 0 and 20")]
+        for arguments, message in cases:
+            assert await refused(client, "migrate-set-parameters", arguments) == message, arguments
+        params = await client.execute("query-migrate-parameters")
+        assert params["downtime-limit"] == 300 and params["multifd-channels"] == 2 and params["cpu-throttle-initial"] == 20
         await vm.quit()
 
     asyncio.run(scenario())

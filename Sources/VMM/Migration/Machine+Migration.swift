@@ -387,13 +387,18 @@ extension Machine {
                 do throws(MigrationError) {
                     switch value {
                     case .int(let number): try parameters.set(name, to: number)
+                    case .uint(let number): try parameters.set(name, unsigned: number)
                     case .string(let text): try parameters.set(name, text: text)
                     case .bool(let flag): try parameters.set(name, flag: flag)
                     default:
                         guard MigrationParameters.names.contains(name) else { throw .invalidParameter("Parameter '\(name)' is unexpected") }
-                        let expected = MigrationParameters.textNames.contains(name) ? "string"
-                            : MigrationParameters.booleanNames.contains(name) ? "boolean" : "integer"
-                        throw .invalidParameter("Invalid parameter type for '\(name)', expected: \(expected)")
+                        if MigrationParameters.textNames.contains(name) {
+                            throw .invalidParameter("Invalid parameter type for '\(name)', expected: string")
+                        }
+                        if MigrationParameters.booleanNames.contains(name) {
+                            throw .invalidParameter("Invalid parameter type for '\(name)', expected: boolean")
+                        }
+                        throw MigrationParameters.notAnInteger(name)
                     }
                 } catch { throw QMPError.generic("\(error)") }
             }

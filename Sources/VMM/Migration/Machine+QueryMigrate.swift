@@ -142,7 +142,7 @@ extension Machine {
     var migrationParametersJSON: JSONValue {
         var result: [String: JSONValue] = [:]
         let parameters = migrationParameters
-        for (name, value) in parameters.values { result[name] = .int(Int64(value)) }
+        for (name, value) in parameters.values { result[name] = .unsigned(value) }
         for (name, value) in parameters.textValues { result[name] = .string(value) }
         for (name, value) in parameters.booleanValues { result[name] = .bool(value) }
         return .object(result)
