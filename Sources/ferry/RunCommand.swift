@@ -21,10 +21,12 @@ struct RunCommand: AsyncParsableCommand {
 
     @OptionGroup var machine: MachineOptions
 
-    @Option(help: "COM1 output: stdio (input is read from stdin too), file:PATH or none.")
+    @Option(name: [.long, .customLong("serial", withSingleDash: true)],
+            help: "COM1 output: stdio (input is read from stdin too), file:PATH or none.")
     var serial: String = "stdio"
 
-    @Option(help: ArgumentHelp("QMP control socket, e.g. unix:/tmp/ferry.qmp.", valueName: "unix:PATH"))
+    @Option(name: [.long, .customLong("qmp", withSingleDash: true)],
+            help: ArgumentHelp("QMP control socket, e.g. unix:/tmp/ferry.qmp (QEMU's ,server=on,wait=off accepted).", valueName: "unix:PATH"))
     var qmp: String?
 
     @Option(name: [.long, .customLong("monitor", withSingleDash: true)],

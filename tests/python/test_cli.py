@@ -174,3 +174,35 @@ def test_demo_rejects_bad_durations(ferry, seconds):
 def test_demo_rejects_bad_bandwidth(ferry, rate):
     result = run(ferry, "demo", f"--max-bandwidth={rate}")
     assert result.returncode == 2 and "invalid --max-bandwidth" in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_qemus_spellings_of_the_machine_options(ferry, tmp_path):
+    """A QEMU command line's -m, -qmp (with ,server=on,wait=off), -serial, -S and -incoming run Ferry as they are."""
+    from qemu.qmp import QMPClient
+    import asyncio
+    sock, serial = tmp_path / "qmp.sock", tmp_path / "serial.log"
+    proc = subprocess.Popen([ferry, "run", "-m", "64M", "-qmp", f"unix:{sock},server=on,wait=off",
+                             "-serial", f"file:{serial}", "-S"], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        async def scenario():
+            deadline = time.monotonic() + 20
+            while not sock.exists():
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()
+                await asyncio.sleep(0.05)
+            client = QMPClient()
+            await client.connect(str(sock))
+            assert (await client.execute("query-status"))["status"] == "prelaunch"
+            await client.execute("cont")
+            while "HB 3 " not in serial.read_text():
+                assert time.monotonic() < deadline, serial.read_text()
+                await asyncio.sleep(0.05)
+            try:
+                await client.execute("quit")
+                await client.disconnect()
+            except EOFError:
+                pass
+        asyncio.run(scenario())
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
