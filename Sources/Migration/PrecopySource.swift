@@ -582,7 +582,7 @@ public final class PrecopySource: Sendable {
                 var exact = parts.ram.pendingEstimate()
                 for device in parts.devices { exact += try device.pendingExact() }
                 if exact <= threshold {
-                    let quick = UInt64(switchoverBandwidth * Self.seconds(Self.quickSwitchover))
+                    let quick = Self.byteCount(switchoverBandwidth * Self.seconds(Self.quickSwitchover))
                     let stalled = converging.map { exact * 2 > $0.lastExact || $0.passes >= Self.maximumConvergingPasses } ?? false
                     if (exact <= quick || stalled) && caughtUp {
                         progress.withLock { $0.info.expectedDowntime = nil }
@@ -607,7 +607,13 @@ public final class PrecopySource: Sendable {
     /// set, else `measured`) and the bytes it may send within `downtime-limit`.
     static func switchoverBudget(measured: Double, _ parameters: MigrationParameters) -> (bandwidth: Double, threshold: UInt64) {
         let bandwidth = parameters.availSwitchoverBandwidth > 0 ? Double(parameters.availSwitchoverBandwidth) : measured
-        return (bandwidth, UInt64(bandwidth * Double(parameters.downtimeLimit) / 1000))
+        return (bandwidth, byteCount(bandwidth * Double(parameters.downtimeLimit) / 1000))
+    }
+
+    /// Bytes from a product of rates and times, at most `UInt64.max`: the
+    /// parameters take any uint64, and 2^63 bytes/s times a 2000 s limit is past it.
+    static func byteCount(_ value: Double) -> UInt64 {
+        value >= 0x1p64 ? .max : value > 0 ? UInt64(value) : 0
     }
 
     /// Bytes per second sent since the migration started, over at least one

@@ -1,4 +1,4 @@
-import Migration
+@testable import Migration
 import Testing
 
 /// QEMU's checks across migration parameters (`migrate_params_check`).
@@ -45,5 +45,17 @@ import Testing
         }
         #expect(parameters.cpuThrottleInitial == 20 && parameters.multifdChannels == 2 && parameters.downtimeLimit == 300,
                 "nothing refused was taken")
+    }
+
+    @Test("the switchover's byte budget from the largest parameters saturates instead of trapping")
+    func switchoverBudgetOfTheLargestParameters() throws {
+        var parameters = MigrationParameters()
+        try parameters.set("avail-switchover-bandwidth", unsigned: UInt64.max)
+        try parameters.set("downtime-limit", to: 2_000_000)
+        let budget = PrecopySource.switchoverBudget(measured: 1e8, parameters)
+        #expect(budget.threshold == UInt64.max && budget.bandwidth == 0x1p64)
+        try parameters.set("avail-switchover-bandwidth", to: 0)
+        #expect(PrecopySource.switchoverBudget(measured: 1e8, parameters).threshold == 200_000_000_000)
+        #expect(PrecopySource.byteCount(-1) == 0 && PrecopySource.byteCount(1.5) == 1)
     }
 }
