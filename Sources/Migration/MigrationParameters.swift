@@ -63,9 +63,7 @@ public struct MigrationParameters: Equatable, Sendable {
     public mutating func set(_ name: String, flag: Bool) throws(MigrationError) {
         switch name {
         case "direct-io": directIO = flag
-        case _ where Self.textNames.contains(name): throw .invalidParameter("Invalid parameter type for '\(name)', expected: string")
-        case _ where Self.names.contains(name): throw Self.notAnInteger(name)
-        default: throw .invalidParameter("Parameter '\(name)' is unexpected")
+        default: throw Self.wrongType(name)
         }
     }
 
@@ -93,9 +91,7 @@ public struct MigrationParameters: Equatable, Sendable {
                 throw .invalidParameter("Parameter 'x-ferry-snapshot-limiter' does not accept value '\(text)' (off, seed or latency)")
             }
             snapshotLimiter.mode = value
-        case _ where Self.booleanNames.contains(name): throw .invalidParameter("Invalid parameter type for '\(name)', expected: boolean")
-        case _ where Self.names.contains(name): throw Self.notAnInteger(name)
-        default: throw .invalidParameter("Parameter '\(name)' is unexpected")
+        default: throw Self.wrongType(name)
         }
     }
 
@@ -117,9 +113,13 @@ public struct MigrationParameters: Equatable, Sendable {
         "max-cpu-throttle": (255, "uint8_t"), "throttle-trigger-threshold": (255, "uint8_t"),
         "multifd-channels": (255, "uint8_t"), "multifd-zstd-level": (255, "uint8_t")]
 
-    /// What QEMU says of a value that is not an integer for an integer parameter.
-    public static func notAnInteger(_ name: String) -> MigrationError {
-        .invalidParameter("Parameter '\(name)' expects uint64")
+    /// What QEMU says of a value of the wrong type for `name` (or of a name it
+    /// does not have): an integer parameter "expects uint64" whatever it got.
+    public static func wrongType(_ name: String) -> MigrationError {
+        if textNames.contains(name) { return .invalidParameter("Invalid parameter type for '\(name)', expected: string") }
+        if booleanNames.contains(name) { return .invalidParameter("Invalid parameter type for '\(name)', expected: boolean") }
+        if names.contains(name) { return .invalidParameter("Parameter '\(name)' expects uint64") }
+        return .invalidParameter("Parameter '\(name)' is unexpected")
     }
 
     /// Sets one parameter from an integer as QEMU's input visitor reads a
@@ -190,9 +190,7 @@ public struct MigrationParameters: Equatable, Sendable {
                 throw .invalidParameter("Parameter 'x-ferry-snapshot-fault-only-pages' expects an integer in the range of 1 to 1000000")
             }
             snapshotLimiter.faultOnlyPages = Int(value)
-        case _ where Self.textNames.contains(name): throw .invalidParameter("Invalid parameter type for '\(name)', expected: string")
-        case _ where Self.booleanNames.contains(name): throw .invalidParameter("Invalid parameter type for '\(name)', expected: boolean")
-        default: throw .invalidParameter("Parameter '\(name)' is unexpected")
+        default: throw Self.wrongType(name)
         }
     }
 

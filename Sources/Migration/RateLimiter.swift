@@ -1,3 +1,4 @@
+import Dispatch
 import Glibc
 import Synchronization
 
@@ -17,10 +18,14 @@ public final class RateLimiter: Sendable {
         /// Bytes promised to channels but not written yet (multifd's queued pages):
         /// they count against the window, so queues cannot burst past the limit.
         var reserved: UInt64 = 0
+        /// Whether `waitForBudget` waits for a promise to be handed back (`handedBack`).
+        var awaitingRelease = false
 
         var spent: Bool { limit != 0 && bytes + reserved >= limit / 10 }
     }
     let window = Mutex(Window())
+    /// Signalled by `release` when `waitForBudget` waits on promised bytes.
+    let handedBack = DispatchSemaphore(value: 0)
     static let period: Duration = .milliseconds(100)
 
     public init() {}
@@ -43,27 +48,42 @@ public final class RateLimiter: Sendable {
     public func reserve(_ bytes: Int) { window.withLock { $0.reserved += UInt64(bytes) } }
 
     /// A promise kept (the bytes were charged as written) or dropped.
-    public func release(_ bytes: Int) { window.withLock { $0.reserved -= min($0.reserved, UInt64(bytes)) } }
+    public func release(_ bytes: Int) {
+        let waiter = window.withLock { w in
+            w.reserved -= min(w.reserved, UInt64(bytes))
+            defer { w.awaitingRelease = false }
+            return w.awaitingRelease
+        }
+        if waiter { handedBack.signal() }
+    }
 
     /// Whether this window's budget is spent, promised bytes included (the caller should `waitForBudget`).
     public var isLimited: Bool { window.withLock { $0.spent } }
 
-    /// How soon a wait looks again while bytes are promised: a promise is a
-    /// job's whole pages, and its zero pages go out as a few bytes each.
-    static let promiseCheck: Duration = .milliseconds(1)
-
     /// Sleeps while the current window's budget is spent, until it ends; starts
-    /// a new window when due.  While bytes are promised it looks again every
-    /// `promiseCheck`: a job that turned out mostly zero pages hands back the
-    /// budget it held, and the caller goes on in the same window (multifd at
-    /// 16 MiB/s sent 10.6 MiB/s of a guest with zero pages when it slept to the end).
+    /// a new window when due.  While bytes are promised it also wakes when a
+    /// promise is handed back: a job that turned out mostly zero pages wrote a
+    /// few bytes of the whole pages it promised, and the caller goes on in the
+    /// same window (multifd at 16 MiB/s sent 10.6 MiB/s of a guest with zero
+    /// pages when it slept to the end).
     public func waitForBudget() {
         while true {
-            let (limited, end, promised) = window.withLock { w in (w.spent, w.start + Self.period, w.reserved > 0) }
+            let (limited, end, promised) = window.withLock { w in
+                let promised = w.spent && w.reserved > 0
+                if promised { w.awaitingRelease = true }
+                return (w.spent, w.start + Self.period, promised)
+            }
             let now = ContinuousClock.now
             guard limited && now < end else { break }
-            sleepUntil(promised ? min(end, now + Self.promiseCheck) : end)
+            if promised {
+                // A signal left from an earlier wait only makes this look once more.
+                let (seconds, attoseconds) = (end - now).components
+                _ = handedBack.wait(timeout: .now() + .nanoseconds(Int(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)))
+            } else {
+                sleepUntil(end)
+            }
         }
+        window.withLock { $0.awaitingRelease = false }
         renewIfDue()
     }
 

@@ -177,7 +177,7 @@ def test_demo_rejects_bad_bandwidth(ferry, rate):
 
 
 def test_qemus_spellings_of_the_machine_options(ferry, tmp_path):
-    """A QEMU command line's -m, -qmp (with ,server=on,wait=off), -serial, -S and -incoming run Ferry as they are."""
+    """A QEMU command line's -m, -qmp (with ,server=on,wait=off), -serial and -S run Ferry as they are (-incoming: test_free_page_hints)."""
     from qemu.qmp import QMPClient
     import asyncio
     sock, serial = tmp_path / "qmp.sock", tmp_path / "serial.log"

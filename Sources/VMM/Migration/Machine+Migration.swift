@@ -390,15 +390,7 @@ extension Machine {
                     case .uint(let number): try parameters.set(name, unsigned: number)
                     case .string(let text): try parameters.set(name, text: text)
                     case .bool(let flag): try parameters.set(name, flag: flag)
-                    default:
-                        guard MigrationParameters.names.contains(name) else { throw .invalidParameter("Parameter '\(name)' is unexpected") }
-                        if MigrationParameters.textNames.contains(name) {
-                            throw .invalidParameter("Invalid parameter type for '\(name)', expected: string")
-                        }
-                        if MigrationParameters.booleanNames.contains(name) {
-                            throw .invalidParameter("Invalid parameter type for '\(name)', expected: boolean")
-                        }
-                        throw MigrationParameters.notAnInteger(name)
+                    default: throw MigrationParameters.wrongType(name)
                     }
                 } catch { throw QMPError.generic("\(error)") }
             }
