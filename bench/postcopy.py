@@ -179,7 +179,9 @@ async def postcopy_once(vmm, cmdline, memory, ready_pages, preempt, huge, pacing
             "network": network, "drops": network[NETNS[0]]["drops"], "retrans": network[NETNS[0]]["retrans"],
             "pacing_mb_s": megabytes(info.get("x-ferry-postcopy", {}).get("pacing")),
             "pacing_lowest_mb_s": megabytes(info.get("x-ferry-postcopy", {}).get("pacing-lowest")),
-            "yields": info.get("x-ferry-postcopy", {}).get("yields")}
+            "yields": info.get("x-ferry-postcopy", {}).get("yields"),
+            # Ferry's own figures whole, for the raw samples (dropped requests, urgent pages, the latency histogram).
+            "ferry_source": info.get("x-ferry-postcopy"), "ferry_destination": dinfo.get("x-ferry-postcopy")}
 
 
 def megabytes(count):

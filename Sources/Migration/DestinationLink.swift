@@ -5,10 +5,16 @@ import Synchronization
 /// the return path on it.  A postcopy recovery replaces both; every thread
 /// that answers the source (the loading thread, the fault thread, the preempt
 /// receiver) reaches it through here, so none holds a channel that was closed.
+///
+/// With a postcopy preempt channel, page requests go back on that channel,
+/// apart from the main connection, which the source keeps busy with the
+/// background (`PrecopySource.startPreemptRequests`).
 final class DestinationLink: Sendable {
     struct Connection: Sendable {
         let channel: any ByteChannel
         let returnPath: ReturnPathWriter
+        /// The preempt channel's way back, once it is connected: page requests go there.
+        var requests: ReturnPathWriter?
     }
     private let current: Mutex<Connection>
 
@@ -28,11 +34,16 @@ final class DestinationLink: Sendable {
     func ask(block: Int, offset: Int, length: Int) {
         let connection = current.withLock { $0 }
         do throws(MigrationError) {
-            try connection.returnPath.send(.pageRequest(block: UInt16(block), offset: UInt64(offset), length: UInt64(length)))
+            try (connection.requests ?? connection.returnPath)
+                .send(.pageRequest(block: UInt16(block), offset: UInt64(offset), length: UInt64(length)))
         } catch {
             connection.channel.shutdown()
         }
     }
+
+    /// Page requests go on `writer` (the preempt channel's way back) from now
+    /// on, until the connection is replaced.  Its owner retires it before closing its channel.
+    func sendRequests(on writer: ReturnPathWriter) { current.withLock { $0.requests = writer } }
 
     /// Shuts the current channel: its reader and writers fail at once.
     func shutdown() { channel.shutdown() }

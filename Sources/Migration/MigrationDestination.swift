@@ -328,6 +328,7 @@ public final class MigrationDestination: Sendable {
             link.shutdown()
         }
         preempt.withLock { $0 = receiver }
+        link.sendRequests(on: receiver.requests)
     }
 
     /// The switch to postcopy: the discarded pages freed, RAM registered for

@@ -13,7 +13,10 @@ import Synchronization
 /// with a preempt channel), served at once on the reader's thread: the pages
 /// leave on the preempt channel without a second thread to wake (measured at
 /// 1 Gbit/s: that wake was a request's largest wait, 28 µs at the median and
-/// 0.6 ms at the 99th percentile on a busy host).
+/// 0.6 ms at the 99th percentile on a busy host).  Requests arrive on two
+/// readers' threads then (the main return path's, and the preempt channel's
+/// own way back); one serves at a time, and a request that arrives on the
+/// other meanwhile is handed over to it.
 final class PostcopyRequests: Sendable {
     struct Request: Equatable, Sendable {
         let block: Int
@@ -37,8 +40,10 @@ final class PostcopyRequests: Sendable {
         var doorbell: (any ChannelDoorbell)?
         /// Serves requests as they arrive instead of queueing them (`serveOnArrival`).
         var server: Server?
-        /// The reader's thread is in `server`: `stopServing` waits for it.
+        /// A reader's thread is in `server`: `stopServing` waits for it.
         var serving = false
+        /// Requests another reader's thread received while one was serving: it serves them next.
+        var handedOver = Deque<Request>()
         /// `abandonServing` is shutting the channel a request is being served on:
         /// that request's failure is a consequence, not a cause, and is not kept.
         var abandoning = false
@@ -65,6 +70,7 @@ final class PostcopyRequests: Sendable {
     func reset() {
         state.withLock { s in
             s.queue.removeAll()
+            s.handedOver.removeAll()
             s.failure = nil
         }
     }
@@ -87,6 +93,16 @@ final class PostcopyRequests: Sendable {
                     return (false, s.doorbell, nil)
                 }
                 if let server = s.server {
+                    // Another reader's thread is serving: it takes this one next (one server at a time).
+                    if s.serving {
+                        guard s.handedOver.count < Self.maximumQueued else {
+                            s.failure = .stream(.malformed("more than \(Self.maximumQueued) page requests waiting"))
+                            return (false, s.doorbell, nil)
+                        }
+                        s.received += 1
+                        s.handedOver.append(request)
+                        return (true, nil, nil)
+                    }
                     s.received += 1
                     s.serving = true
                     return (true, nil, (server, request))
@@ -102,17 +118,33 @@ final class PostcopyRequests: Sendable {
         }
         doorbell?.ring()        // outside the lock: a write to an eventfd
         guard let (server, request) = served else { return accepted }
-        // Outside the lock: the server sends.
-        var failure: MigrationError?
-        do { try server(request) } catch { failure = error }
-        let ring = state.withLock { s -> (any ChannelDoorbell)? in
-            s.serving = false
-            guard let failure, s.failure == nil, !s.abandoning else { return nil }
-            s.failure = failure
-            return s.doorbell
-        }
-        ring?.ring()
+        serve(request, with: server)
         return true
+    }
+
+    /// Serves `request`, then those handed over meanwhile by another reader's
+    /// thread, outside the lock (the server sends).  Once the server fails or is
+    /// removed, the handed-over requests go to the queue, for whoever serves next.
+    private func serve(_ request: Request, with server: Server) {
+        var next: Request? = request
+        while let current = next {
+            var failure: MigrationError?
+            do { try server(current) } catch { failure = error }
+            let ring: (any ChannelDoorbell)?
+            (next, ring) = state.withLock { s -> (Request?, (any ChannelDoorbell)?) in
+                var ring: (any ChannelDoorbell)?
+                if let failure, s.failure == nil, !s.abandoning {
+                    s.failure = failure
+                    ring = s.doorbell
+                }
+                if failure == nil, s.failure == nil, s.server != nil, let handed = s.handedOver.popFirst() { return (handed, nil) }
+                s.queue.prepend(contentsOf: s.handedOver)
+                s.handedOver.removeAll()
+                s.serving = false
+                return (nil, ring)
+            }
+            ring?.ring()
+        }
     }
 
     /// Serves every request from now on with `server`, on the thread it arrives
@@ -192,6 +224,16 @@ final class PostcopyRequests: Sendable {
     func dropped() { state.withLock { $0.dropped += 1 } }
     func served(urgentPages count: Int) { state.withLock { $0.urgentPages += UInt64(count) } }
     var counts: (dropped: UInt64, urgentPages: UInt64) { state.withLock { ($0.dropped, $0.urgentPages) } }
+
+    /// The way back a request came on failed (`error`): kept as a refused request's failure.
+    func refuse(_ error: MigrationError) {
+        let ring = state.withLock { s -> (any ChannelDoorbell)? in
+            guard s.failure == nil else { return nil }
+            s.failure = error
+            return s.doorbell
+        }
+        ring?.ring()
+    }
 
     /// Why a request was refused, if one was.
     var failure: MigrationError? { state.withLock { $0.failure } }

@@ -96,11 +96,9 @@ extension PrecopySource {
     /// Shuts the main and preempt channels, waits for the return-path reader,
     /// closes them; what the main channel carried is kept for `query-migrate`.
     func closeConnection() {
-        if let (extra, _) = preempt.withLock({ $0 }) {
-            extra.shutdown()
-            extra.close()
-        }
+        closePreempt()
         preempt.withLock { $0 = nil }
+        preemptRequests.withLock { $0 = nil }
         closeChannel()
         // What it carried is kept aside, and a writer with nothing written stands in until a
         // new connection (`query-migrate` adds the two: counted once).

@@ -9,6 +9,8 @@ import Synchronization
 /// the channel ends with its own `end`, checked like any stream's.
 final class PreemptReceiver: Sendable {
     let channel: any ByteChannel
+    /// The channel's way back, for the page requests (`DestinationLink.sendRequests`).
+    let requests: ReturnPathWriter
     struct State {
         var finished = false
         var failure: MigrationError?
@@ -45,6 +47,7 @@ final class PreemptReceiver: Sendable {
     /// Starts loading from `channel` into `ram`.
     init(channel: any ByteChannel, ram: RAMMigration, onFailure: @escaping @Sendable (MigrationError) -> Void) {
         self.channel = channel
+        requests = ReturnPathWriter(channel: channel)
         self.onFailure = onFailure
         let started = JoinableThread(name: "mig/dst/preempt") { [self] in receive(ram) }
         thread.withLock { $0 = started }
@@ -97,6 +100,8 @@ final class PreemptReceiver: Sendable {
     /// The load failed elsewhere: the channel stops; waits for its thread, then closes it.
     func abort() {
         state.withLock { if $0.failure == nil && !$0.finished { $0.failure = .cancelled } }
+        // No request lands on the descriptor once closed (its number may be reused at once).
+        requests.retire("the postcopy preempt channel is closed")
         channel.shutdown()
         thread.withLock { $0 }?.join()
         channel.close()

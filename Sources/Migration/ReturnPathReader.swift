@@ -38,6 +38,10 @@ public final class ReturnPathReader: Sendable {
 
     let channel: any ByteChannel
     let onPageRequest: PageRequestHandler?
+    /// Only page requests may come (the preempt channel's way back); anything else is malformed.
+    let pageRequestsOnly: Bool
+    /// Called on the reader's thread when it ends with `.failed`.
+    let onFailure: (@Sendable (MigrationError) -> Void)?
     /// Events not yet taken; the last one, once the reader has ended, stays (every later `next` sees it).
     let mailbox = Mutex<[Event]>([])
     /// Signalled once per event posted (and again whenever the final event is looked at).
@@ -50,6 +54,15 @@ public final class ReturnPathReader: Sendable {
 
     public init(channel: any ByteChannel, onPageRequest: PageRequestHandler? = nil) {
         (self.channel, self.onPageRequest) = (channel, onPageRequest)
+        (pageRequestsOnly, onFailure) = (false, nil)
+    }
+
+    /// A reader of page requests alone (postcopy's preempt channel, whose way
+    /// back carries them apart from the main connection), all to `onPageRequest`;
+    /// `onFailure` hears a malformed stream or a failed read (nobody takes this reader's mailbox).
+    init(pageRequestsOn channel: any ByteChannel, onPageRequest: @escaping PageRequestHandler,
+         onFailure: @escaping @Sendable (MigrationError) -> Void) {
+        (self.channel, self.onPageRequest, pageRequestsOnly, self.onFailure) = (channel, onPageRequest, true, onFailure)
     }
 
     /// Page requests that arrived with no handler to serve them.
@@ -68,10 +81,12 @@ public final class ReturnPathReader: Sendable {
         // A thread of its own, not a dispatch queue: it blocks in `read` for the whole
         // migration, and dispatch's shared pool (two threads on a 2-core host, shared
         // with Swift's tasks) could leave it waiting to start while the answer sits unread.
-        HostThread.start("mig/src/return") { [self] in
+        HostThread.start(pageRequestsOnly ? "mig/src/preempt" : "mig/src/return") { [self] in
             // Postcopy's page requests: a vCPU on the destination waits on each.
             HostThread.makeUrgent()
-            post(readAll())
+            let end = readAll()
+            post(end)
+            if case .failed(let error) = end { onFailure?(error) }
             finished.signal()
         }
     }
@@ -147,6 +162,9 @@ public final class ReturnPathReader: Sendable {
                 }
                 let message: ReturnMessage
                 do { message = try ReturnMessage(kind: header.kind, payload: payload) } catch { throw .stream(error) }
+                if pageRequestsOnly, message.type != .pageRequest {
+                    throw .stream(.unexpectedFrame("a \(message.type) message on the postcopy preempt channel's way back, which carries page requests only"))
+                }
                 switch message {
                 case .pageRequest(let block, let offset, let length):
                     if let onPageRequest { onPageRequest(block, offset, length) } else { ignoredRequests.add(1, ordering: .relaxed) }

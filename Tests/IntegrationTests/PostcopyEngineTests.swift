@@ -36,14 +36,36 @@ import Transport
         }.start()
     }
 
+    /// A destination with a preempt channel that sends `message` back on that
+    /// channel once the switch arrives on the main one, and reads on until the stream ends.
+    static func hostilePreemptDestination(_ listener: IncomingListener, message: ReturnMessage) {
+        Thread {
+            guard let main = try? listener.accept() else { return }
+            var reader = FrameReader(channel: main)
+            var payload: [UInt8] = [], tail: [UInt8] = []
+            _ = try? reader.readStreamHeader()
+            var preempt: (any ByteChannel)?
+            while let header = try? reader.next(into: &payload) {
+                if reader.pendingTail > 0 { _ = try? reader.readTail(into: &tail) }
+                if header.kind == .channels { preempt = try? listener.accept() }
+                if header.kind == .postcopy, let preempt { try? ReturnPathWriter(channel: preempt).send(message) }
+                if header.kind == .end { break }
+            }
+            preempt?.close()
+            main.close()
+        }.start()
+    }
+
     /// Runs the source to its end; with `postcopy`, also what `query-migrate` said while it was paused (nil: it never paused).
-    static func runSource(_ path: String, vm: Kit.RecordingVM, postcopy: Bool) throws -> (engine: PrecopySource, paused: MigrationInfo?) {
+    static func runSource(_ path: String, vm: Kit.RecordingVM, postcopy: Bool,
+                          preempt: Bool = false) throws -> (engine: PrecopySource, paused: MigrationInfo?) {
         let block = try Kit.block(filled: true)
         let configuration = MigrationConfiguration(blocks: RAMMigration.layout(of: [block]), vcpuCount: 1)
         var capabilities = MigrationCapabilities()
         capabilities.postcopyRAM = true
+        capabilities.postcopyPreempt = preempt
         let engine = PrecopySource(
-            .init(channel: try Transport.connect(.unix(path: path)), configuration: configuration,
+            .init(opener: try URIChannelOpener(.unix(path: path)), configuration: configuration,
                   ram: RAMMigration(blocks: [block], tracker: Kit.OneShotDirtyLog(pages: 1024)),
                   devices: [Kit.StopSizedDevice(vm: vm, largeStops: 0)], vm: vm),
             parameters: PrecopyEngineTests.fast, capabilities: capabilities, onStatus: { _ in })
@@ -92,6 +114,28 @@ import Transport
         #expect(engine.info.errorDescription?.contains("the machine quit while postcopy was paused") == true, "\(engine.info.errorDescription ?? "")")
         #expect(vm.events.withLock { $0 } == ["stop"], "stopped at the switch, and never resumed")
         #expect(engine.info.destinationMayRun)
+    }
+
+    @Test("on the preempt channel's way back, a hostile page request or any other message pauses postcopy with its reason",
+          arguments: [
+            Case(request: .pageRequest(block: 3, offset: 0, length: 4096), reason: "a page request for RAM block 3; there are 1"),
+            Case(request: .pageRequest(block: 0, offset: 4096, length: 8192),
+                 reason: "a page request for 8192 bytes at 4096 of RAM block 'pc.ram', which is not one whole 4096-byte page of it"),
+            Case(request: .pageRequest(block: 0, offset: 100, length: 4096), reason: "page request at 100 for 4096 bytes is not 4096-byte aligned"),
+            Case(request: .loaded, reason: "a loaded message on the postcopy preempt channel's way back, which carries page requests only"),
+            Case(request: .shut, reason: "a shut message on the postcopy preempt channel's way back, which carries page requests only"),
+          ])
+    func hostileOnThePreemptChannel(_ test: Case) throws {
+        let path = "/tmp/ferry-pc-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
+        let listener = try Transport.listen(.unix(path: path))
+        defer { listener.close() }
+        Self.hostilePreemptDestination(listener, message: test.request)
+        let vm = Kit.RecordingVM()
+        let (engine, paused) = try Self.runSource(path, vm: vm, postcopy: true, preempt: true)
+        #expect(paused?.status == .postcopyPaused)
+        #expect(paused?.errorDescription?.contains(test.reason) == true, "\(paused?.errorDescription ?? "never paused")")
+        #expect(engine.info.status == .failed)
+        #expect(vm.events.withLock { $0 } == ["stop"], "stopped at the switch, and never resumed")
     }
 
     @Test("an unaligned page request is refused by the return path's decoder")
@@ -157,20 +201,25 @@ import Transport
     }
 
     /// A destination on `listener` that notes the pages each channel carries, sends
-    /// `requests` after the first pages that follow the switch, and once both channels
+    /// `requests` after the first pages that follow the switch (on the preempt
+    /// channel's way back with `requestsOnPreempt`, as Ferry's destination does, else
+    /// on the main return path, as an older one did), and once both channels
     /// ended says the load is done; the semaphore is signalled when it is.
     static func destination(_ listener: IncomingListener, layout: [MigrationConfiguration.Block], carried: Carried,
-                            requests: [ReturnMessage]) -> DispatchSemaphore {
+                            requests: [ReturnMessage], requestsOnPreempt: Bool = false) -> DispatchSemaphore {
         let finished = DispatchSemaphore(value: 0)
         Thread {
             defer { finished.signal() }
             guard let main = try? listener.accept() else { return }
             let answers = ReturnPathWriter(channel: main)
+            let urgentAnswers = Mutex<ReturnPathWriter?>(nil)
             let preemptDone = DispatchSemaphore(value: 0)
             Self.read(main, layout: layout, into: carried.main, afterFirstPostcopyPages: {
-                for request in requests { try? answers.send(request) }
+                let way: ReturnPathWriter? = requestsOnPreempt ? urgentAnswers.withLock { $0 } : answers
+                for request in requests { try? way?.send(request) }
             }, onPlan: { plan in
                 guard plan.preempt, let preempt = try? listener.accept() else { return }
+                urgentAnswers.withLock { $0 = ReturnPathWriter(channel: preempt) }
                 Thread {
                     Self.read(preempt, layout: layout, into: carried.preempt, preempt: true)
                     preemptDone.signal()
@@ -184,8 +233,9 @@ import Transport
         return finished
     }
 
-    @Test("preempt on huge pages: a request inside the huge page the background is sending is dropped, the other goes whole on the preempt channel")
-    func dropRule() async throws {
+    @Test("preempt on huge pages: a request inside the huge page the background is sending is dropped, the other goes whole on the preempt channel",
+          arguments: [false, true])
+    func dropRule(requestsOnPreempt: Bool) async throws {
         try await MultifdKernelTests.withHugePages(2) {
             let block = RAMBlock(name: "pc.ram", mapping: try HostMapping(byteCount: 4 << 20, backend: .hugetlb), placements: [])
             for page in stride(from: 0, to: 4 << 20, by: 4096) {
@@ -199,7 +249,8 @@ import Transport
             let carried = Carried()
             // The background has sent 32 pages of huge page 0: a request inside it, and one for huge page 1.
             let finished = Self.destination(listener, layout: layout, carried: carried, requests: [
-                .pageRequest(block: 0, offset: 0, length: 2 << 20), .pageRequest(block: 0, offset: 2 << 20, length: 2 << 20)])
+                .pageRequest(block: 0, offset: 0, length: 2 << 20), .pageRequest(block: 0, offset: 2 << 20, length: 2 << 20)],
+                requestsOnPreempt: requestsOnPreempt)
             let vm = Kit.RecordingVM()
             var capabilities = MigrationCapabilities()
             (capabilities.postcopyRAM, capabilities.postcopyPreempt) = (true, true)
@@ -233,7 +284,7 @@ import Transport
             let carried = Carried()
             // The background is on huge page 0: huge page 3 goes on the preempt channel.
             let finished = Self.destination(listener, layout: layout, carried: carried,
-                                            requests: [.pageRequest(block: 0, offset: 6 << 20, length: 2 << 20)])
+                                            requests: [.pageRequest(block: 0, offset: 6 << 20, length: 2 << 20)], requestsOnPreempt: true)
             var capabilities = MigrationCapabilities()
             (capabilities.postcopyRAM, capabilities.postcopyPreempt) = (true, true)
             var parameters = PrecopyEngineTests.fast

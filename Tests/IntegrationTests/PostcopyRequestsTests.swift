@@ -160,4 +160,63 @@ import Testing
         #expect(requests.failure == nil, "the migration thread's own failure is the cause")
         #expect(try requests.take() == nil)
     }
+    /// Counts the threads inside the server at once.
+    final class Overlap: Sendable {
+        let inside = Mutex((now: 0, most: 0))
+        func enter() { inside.withLock { $0.now += 1; $0.most = max($0.most, $0.now) } }
+        func leave() { inside.withLock { $0.now -= 1 } }
+        var most: Int { inside.withLock { $0.most } }
+    }
+
+    @Test("two readers' threads (the main return path and the preempt channel's way back) never serve at once, and every request is served once")
+    func twoReadersServeOneAtATime() throws {
+        let requests = Self.queue()
+        let (server, overlap) = (RecordingServer(), Overlap())
+        try requests.serveOnArrival { request in
+            overlap.enter()
+            usleep(300)             // a send: long enough for the other reader's request to arrive meanwhile
+            server.serve(request)
+            overlap.leave()
+        }
+        let readers = [0..<32, 32..<64].map { pages in
+            Thread { for page in pages { _ = requests.add(block: 0, offset: UInt64(page) * 4096, length: 4096) } }
+        }
+        for reader in readers { reader.start() }
+        let deadline = Date().addingTimeInterval(10)
+        while server.requests.count < 64 && Date() < deadline { Thread.sleep(forTimeInterval: 0.001) }
+        requests.stopServing()
+        #expect(overlap.most == 1, "one server at a time")
+        #expect(server.requests.map(\.pages.lowerBound).sorted() == Array(0..<64), "each request served once")
+        #expect(requests.received == 64)
+        #expect(try requests.take() == nil)
+    }
+
+    @Test("a request handed over to the serving thread when serving stops goes to the queue, for the migration thread")
+    func aHandedOverRequestIsQueuedWhenServingStops() throws {
+        let requests = Self.queue()
+        let (entered, release) = (Flag(), Flag())
+        let server = RecordingServer()
+        try requests.serveOnArrival { request in
+            entered.set()
+            release.await()
+            server.serve(request)
+        }
+        let first = Thread { _ = requests.add(block: 0, offset: 0, length: 4096) }
+        first.start()
+        try #require(entered.await())
+        #expect(requests.add(block: 0, offset: 4096, length: 4096))      // the other reader: handed over
+        let stopped = Flag()
+        let stopper = Thread {
+            requests.stopServing()
+            stopped.set()
+        }
+        stopper.start()
+        Thread.sleep(forTimeInterval: 0.05)
+        #expect(!stopped.isSet, "stopServing waits for the request being served")
+        release.set()
+        try #require(stopped.await())
+        #expect(server.requests == [.init(block: 0, pages: 0..<1)])
+        #expect(try requests.take() == .init(block: 0, pages: 1..<2))
+        #expect(try requests.take() == nil)
+    }
 }

@@ -120,6 +120,52 @@ import Transport
         preempt.close()
     }
 
+    /// The return-path messages that arrive on `channel` within `within` (up to the first `count`).
+    static func messages(on channel: DescriptorChannel, count: Int, within: Duration) throws -> [ReturnMessage] {
+        var decoder = ReturnPathDecoder()
+        var messages: [ReturnMessage] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        let deadline = ContinuousClock.now + within
+        while messages.count < count, ContinuousClock.now < deadline {
+            guard try channel.waitReadable(timeout: min(.milliseconds(20), deadline - .now)) else { continue }
+            let read = try channel.read(upTo: buffer.count, into: &buffer, at: 0)
+            guard read > 0 else { break }
+            decoder.feed(buffer[0..<read])
+            while case .message(let message) = try decoder.next() { messages.append(message) }
+        }
+        return messages
+    }
+
+    @Test("with a preempt channel the destination asks for pages on that channel's way back, not on the main return path")
+    func requestsGoBackOnThePreemptChannel() throws {
+        let destination = try Destination()
+        var mainFrames = FrameEncoder(), urgentFrames = FrameEncoder()
+        let (main, preempt) = try destination.open(main: &mainFrames)
+        try main.write(Self.switchFrame(&mainFrames))
+        let deadline = ContinuousClock.now + .seconds(10)
+        while destination.engine.withLock({ $0 })?.status != .postcopyActive, ContinuousClock.now < deadline { usleep(1000) }
+        // A thread touches page 2, not yet here: its fault becomes a request.
+        final class Read: Sendable { let page = Mutex<[UInt8]?>(nil) }
+        let read = Read()
+        Thread {
+            let page = destination.page(8192)
+            read.page.withLock { $0 = page }
+        }.start()
+        #expect(try Self.messages(on: preempt, count: 1, within: .seconds(10)) == [.pageRequest(block: 0, offset: 8192, length: 4096)])
+        #expect(try Self.messages(on: main, count: 1, within: .milliseconds(200)).isEmpty, "nothing asked on the main return path")
+        let urgent = Self.pages([(8192, 0x22)])
+        try preempt.write(urgentFrames.frame(.pages, payload: urgent.payload, tail: urgent.tail) + urgentFrames.end())
+        let background = Self.pages([(0, 0x20), (4096, 0x21), (12288, 0x23)])
+        try main.write(mainFrames.frame(.pages, payload: background.payload, tail: background.tail) + mainFrames.end())
+        let outcome = destination.outcome()
+        guard case .success? = outcome else { Issue.record("destination: \(String(describing: outcome))"); return }
+        let waitedFor = ContinuousClock.now + .seconds(5)
+        while read.page.withLock({ $0 }) == nil, ContinuousClock.now < waitedFor { usleep(1000) }
+        #expect(read.page.withLock { $0 } == [UInt8](repeating: 0x22, count: 4096), "the faulting thread read the page sent")
+        main.close()
+        preempt.close()
+    }
+
     struct Hostile: Sendable, CustomTestStringConvertible {
         let name: String
         let beforeSwitch: Bool
