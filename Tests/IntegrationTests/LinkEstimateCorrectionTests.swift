@@ -29,21 +29,29 @@ import Testing
     @Test func aStandingQueueTakesItDownToItsBoundAndAQueueBetweenLeavesIt() {
         var correction = LinkEstimateCorrection()
         var now = ContinuousClock.now
-        #expect(Self.feed(&correction, delay: .microseconds(250), milliseconds: 1000, at: &now) == 0)
+        #expect(Self.feed(&correction, delay: .microseconds(180), milliseconds: 1000, at: &now) == 0)
         #expect(correction.scale == 1)
         _ = Self.feed(&correction, delay: .microseconds(900), milliseconds: 5000, at: &now)
         #expect(abs(correction.scale - LinkEstimateCorrection.lowestScale) < 1e-9)
     }
 
-    @Test func theMeanOverTheWindowDecides() {
+    @Test("the least delay over the window decides: a busy host's late acknowledgements are not a queue, a standing queue delays every one")
+    func theLeastDelayOverTheWindowDecides() {
         var correction = LinkEstimateCorrection()
         var now = ContinuousClock.now
-        // Alternating 20 µs and 900 µs: a mean of 460 µs, a standing queue.
+        // Alternating 20 µs and 900 µs (a mean of 460): no standing queue.
         for index in 0..<30 {
             now += .milliseconds(10)
             _ = correction.update(queueDelay: .microseconds(index % 2 == 0 ? 20 : 900), at: now)
         }
-        #expect(correction.scale < 1)
+        #expect(correction.scale > 1)
+        // 300-900 µs throughout: a standing queue.
+        let raised = correction.scale
+        for index in 0..<30 {
+            now += .milliseconds(10)
+            _ = correction.update(queueDelay: .microseconds(index % 2 == 0 ? 300 : 900), at: now)
+        }
+        #expect(correction.scale < raised)
     }
 
     @Test func noDelayKnownLeavesTheEstimateAndACorrectionCarriesOver() {

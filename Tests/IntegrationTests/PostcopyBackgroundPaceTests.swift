@@ -84,11 +84,12 @@ import Testing
         var pace = PostcopyBackgroundPace(link: Self.link, most: Self.link / 100 * 95)
         var now = ContinuousClock.now
         #expect(pace.update(urgentBytes: 0, queueDelay: .microseconds(900), at: now) == nil)
-        // A mean under the standing queue, over the short one: nothing moves.
-        Self.queue(&pace, delay: .microseconds(250), milliseconds: 500, at: &now)
+        // A least under the standing queue, over the short one: nothing moves.
+        Self.queue(&pace, delay: .microseconds(180), milliseconds: 500, at: &now)
         #expect(pace.scale == 1 && pace.applied == 114_000_000)
-        // A queue of about 1 ms (the bottleneck's whole queue): 3 % of the estimate a window.
-        Self.queue(&pace, delay: .microseconds(900), milliseconds: 100, at: &now)
+        // A queue of about 1 ms (the bottleneck's whole queue): 3 % of the estimate a window,
+        // once a whole window has seen it.
+        Self.queue(&pace, delay: .microseconds(900), milliseconds: 200, at: &now)
         #expect(abs(pace.scale - 0.97) < 1e-9)
         #expect(abs(Double(pace.applied) - 110.58e6) < 10)
         Self.queue(&pace, delay: .microseconds(900), milliseconds: 200, at: &now)
