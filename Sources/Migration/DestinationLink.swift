@@ -6,7 +6,8 @@ import Synchronization
 /// that answers the source (the loading thread, the fault thread, the preempt
 /// receiver) reaches it through here, so none holds a channel that was closed.
 ///
-/// With a postcopy preempt channel, page requests go back on that channel,
+/// With a postcopy preempt channel whose plan says the source reads them there
+/// (`ChannelPlan.preemptRequests`), page requests go back on that channel,
 /// apart from the main connection, which the source keeps busy with the
 /// background (`PrecopySource.startPreemptRequests`).
 final class DestinationLink: Sendable {

@@ -116,11 +116,12 @@ extension MigrationDestination {
             }
             let announced: ChannelPlan
             do { announced = try ChannelPlan(decoding: payload) } catch { throw .stream(error) }
-            let expected = ChannelPlan(multifd: 0, preempt: plan.preempt)
+            let expected = ChannelPlan(multifd: 0, preempt: plan.preempt, preemptRequests: plan.preemptRequests)
             guard announced == expected else {
+                let requests = { (p: ChannelPlan) in p.preemptRequests ? " with page requests on its way back" : "" }
                 throw .stream(.unexpectedFrame("the recovered connection announces \(announced.multifd) multifd channel(s) and "
-                                               + "\(announced.preempt ? "a" : "no") preempt channel; the migration had "
-                                               + "\(plan.preempt ? "a" : "no") preempt channel"))
+                                               + "\(announced.preempt ? "a" : "no") preempt channel\(requests(announced)); the migration had "
+                                               + "\(plan.preempt ? "a" : "no") preempt channel\(requests(plan))"))
             }
         } catch {
             channel.close()
@@ -130,7 +131,7 @@ extension MigrationDestination {
         // The link first: a migrate-pause from now on shuts the new connection.
         link.replace(with: channel)
         setStatus(.postcopyRecover)
-        if plan.preempt { try startPreempt(migrationID: migrationID, from: acceptor) }
+        if plan.preempt { try startPreempt(migrationID: migrationID, from: acceptor, requestsBack: plan.preemptRequests) }
         recovery.release(acceptor)
         if let failure = load.failure { throw failure }
         for (block, words) in load.receivedWords.enumerated() {

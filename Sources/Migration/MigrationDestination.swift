@@ -253,7 +253,9 @@ public final class MigrationDestination: Sendable {
                         : "a mapped-ram file's device state without the mapped-ram flag"))
                 }
                 if announced.multifd > 0 && !announced.mappedRAM { try startReceivers(announced, migrationID: migrationID) }
-                if announced.preempt { try startPreempt(migrationID: migrationID, from: acceptor) }
+                if announced.preempt {
+                    try startPreempt(migrationID: migrationID, from: acceptor, requestsBack: announced.preemptRequests)
+                }
             case .section:
                 let section: StateSection
                 do { section = try StateSection(decoding: payload) } catch { throw .stream(error) }
@@ -316,7 +318,8 @@ public final class MigrationDestination: Sendable {
     }
 
     /// Accepts the `postcopy-preempt` channel the plan announces and starts loading from it.
-    func startPreempt(migrationID: [UInt8], from acceptor: (any ChannelAcceptor)?) throws(MigrationError) {
+    /// With `requestsBack` (the source reads them there) page requests go back on it.
+    func startPreempt(migrationID: [UInt8], from acceptor: (any ChannelAcceptor)?, requestsBack: Bool) throws(MigrationError) {
         guard let acceptor, channel.hasReturnPath else {
             throw .stream(.unexpectedFrame("the source announced a postcopy preempt channel, but this destination reads a file or descriptor"))
         }
@@ -328,7 +331,7 @@ public final class MigrationDestination: Sendable {
             link.shutdown()
         }
         preempt.withLock { $0 = receiver }
-        link.sendRequests(on: receiver.requests)
+        if requestsBack { link.sendRequests(on: receiver.requests) }
     }
 
     /// The switch to postcopy: the discarded pages freed, RAM registered for

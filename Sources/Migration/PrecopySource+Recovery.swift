@@ -124,7 +124,7 @@ extension PrecopySource {
         startReturnPath()
         try writer.sendStreamHeader(ChannelIdentity(role: .main, migrationID: migrationID))
         let preempting = capabilities.postcopyPreempt
-        try writer.send(.resume, payload: ChannelPlan(multifd: 0, preempt: preempting).encode())
+        try writer.send(.resume, payload: ChannelPlan(multifd: 0, preempt: preempting, preemptRequests: preempting).encode())
         if preempting { try openPreempt(migrationID: migrationID, opener: opener) }
         setStatus(.postcopyRecover)
         try parts.ram.resumePostcopy(received: try awaitReceivedBitmaps())

@@ -288,7 +288,7 @@ public final class PrecopySource: Sendable {
             } else {
                 try writer.send(.residency, payload: parts.ram.residency().encode())
                 let preempting = capabilities.postcopyRAM && capabilities.postcopyPreempt
-                try writer.send(.channels, payload: ChannelPlan(multifd: 0, preempt: preempting).encode())
+                try writer.send(.channels, payload: ChannelPlan(multifd: 0, preempt: preempting, preemptRequests: preempting).encode())
                 if preempting { try openPreempt(migrationID: migrationID) }
                 parts.ram.use(.inline(start.zeroPageDetection))
             }

@@ -100,9 +100,10 @@ final class PreemptReceiver: Sendable {
     /// The load failed elsewhere: the channel stops; waits for its thread, then closes it.
     func abort() {
         state.withLock { if $0.failure == nil && !$0.finished { $0.failure = .cancelled } }
-        // No request lands on the descriptor once closed (its number may be reused at once).
-        requests.retire("the postcopy preempt channel is closed")
+        // Shut first: a request write blocked on a full socket fails at once. Retired before
+        // the close: no request lands on the descriptor once closed (its number may be reused).
         channel.shutdown()
+        requests.retire("the postcopy preempt channel is closed")
         thread.withLock { $0 }?.join()
         channel.close()
     }

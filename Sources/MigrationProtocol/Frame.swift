@@ -206,18 +206,24 @@ public struct ChannelPlan: Equatable, Sendable {
     public let mappedRAM: Bool
     /// A `postcopy-preempt` channel connects after the multifd channels.
     public let preempt: Bool
+    /// The source reads page requests on the preempt connection's way back (with
+    /// `preempt` only): the destination sends them there, else on the main return path.
+    public let preemptRequests: Bool
     static let mappedRAMFlag: UInt8 = 1
     static let preemptFlag: UInt8 = 2
+    static let preemptRequestsFlag: UInt8 = 4
 
-    public init(multifd: UInt16, compression: Compression = .none, mappedRAM: Bool = false, preempt: Bool = false) {
+    public init(multifd: UInt16, compression: Compression = .none, mappedRAM: Bool = false, preempt: Bool = false,
+                preemptRequests: Bool = false) {
         (self.multifd, self.compression, self.mappedRAM, self.preempt) = (multifd, compression, mappedRAM, preempt)
+        self.preemptRequests = preemptRequests
     }
 
     public func encode() -> [UInt8] {
         var w = WireWriter(capacity: Self.byteCount)
         w.u16(multifd)
         w.u8(compression.rawValue)
-        w.u8((mappedRAM ? Self.mappedRAMFlag : 0) | (preempt ? Self.preemptFlag : 0))
+        w.u8((mappedRAM ? Self.mappedRAMFlag : 0) | (preempt ? Self.preemptFlag : 0) | (preemptRequests ? Self.preemptRequestsFlag : 0))
         w.u32(0)
         return w.bytes
     }
@@ -229,13 +235,17 @@ public struct ChannelPlan: Equatable, Sendable {
         let raw = try r.u8("multifd compression")
         guard let compression = Compression(rawValue: raw) else { throw .malformed("multifd compression \(raw)") }
         let flags = try r.u8("channel flags")
-        guard flags & ~(Self.mappedRAMFlag | Self.preemptFlag) == 0, try r.u32("channels reserved") == 0 else { throw .reservedFieldNotZero }
+        guard flags & ~(Self.mappedRAMFlag | Self.preemptFlag | Self.preemptRequestsFlag) == 0, try r.u32("channels reserved") == 0 else {
+            throw .reservedFieldNotZero
+        }
         guard r.isAtEnd else { throw .malformed("\(r.remaining) extra bytes after the channel plan") }
         let mappedRAM = flags & Self.mappedRAMFlag != 0
         let preempt = flags & Self.preemptFlag != 0
         guard !mappedRAM || compression == .none else { throw .malformed("a mapped-ram file with compressed pages") }
         guard !(mappedRAM && preempt) else { throw .malformed("a mapped-ram file with a postcopy preempt channel") }
-        self.init(multifd: count, compression: compression, mappedRAM: mappedRAM, preempt: preempt)
+        let preemptRequests = flags & Self.preemptRequestsFlag != 0
+        guard preempt || !preemptRequests else { throw .malformed("page requests on a postcopy preempt channel the plan does not have") }
+        self.init(multifd: count, compression: compression, mappedRAM: mappedRAM, preempt: preempt, preemptRequests: preemptRequests)
     }
 }
 

@@ -51,7 +51,7 @@ import Transport
             try engine.pause()
         }
 
-        let plan = ChannelPlan(multifd: 0, preempt: true).encode()
+        let plan = ChannelPlan(multifd: 0, preempt: true, preemptRequests: true).encode()
         let cases: [(identity: ChannelIdentity, first: (FrameKind, [UInt8]), reason: String)] = [
             (ChannelIdentity(role: .main, migrationID: [UInt8](repeating: 9, count: 16)), (.resume, plan),
              "the recovered connection belongs to another migration"),
@@ -59,7 +59,9 @@ import Transport
             (ChannelIdentity(role: .main, migrationID: Kit.id), (.sync, SyncMarker.encode(epoch: 1)),
              "a recovered connection must open with a resume frame, not a frame of kind 7"),
             (ChannelIdentity(role: .main, migrationID: Kit.id), (.resume, ChannelPlan(multifd: 0).encode()),
-             "announces 0 multifd channel(s) and no preempt channel; the migration had a preempt channel"),
+             "announces 0 multifd channel(s) and no preempt channel; the migration had a preempt channel with page requests on its way back"),
+            (ChannelIdentity(role: .main, migrationID: Kit.id), (.resume, ChannelPlan(multifd: 0, preempt: true).encode()),
+             "announces 0 multifd channel(s) and a preempt channel; the migration had a preempt channel with page requests on its way back"),
         ]
         for bad in cases {
             let listener = try Transport.listen(.unix(path: MultifdEngineTests.socketPath()))

@@ -47,13 +47,14 @@ import Transport
             thread.start()
         }
 
-        /// The main channel up to the plan (with preempt), and the preempt channel's header.
-        func open(main encoder: inout FrameEncoder) throws -> (main: DescriptorChannel, preempt: DescriptorChannel) {
+        /// The main channel up to the plan (with preempt; with `requestsBack`, page requests on its way back),
+        /// and the preempt channel's header.
+        func open(main encoder: inout FrameEncoder, requestsBack: Bool = true) throws -> (main: DescriptorChannel, preempt: DescriptorChannel) {
             let main = try Transport.connect(listener.address)
             let configuration = MigrationConfiguration(blocks: RAMMigration.layout(of: [target]), vcpuCount: 1)
             try main.write(StreamHeader.encode(ChannelIdentity(role: .main, migrationID: PreemptChannelTests.id))
                            + encoder.frame(.configuration, payload: configuration.encode())
-                           + encoder.frame(.channels, payload: ChannelPlan(multifd: 0, preempt: true).encode()))
+                           + encoder.frame(.channels, payload: ChannelPlan(multifd: 0, preempt: true, preemptRequests: requestsBack).encode()))
             let preempt = try Transport.connect(listener.address)
             try preempt.write(StreamHeader.encode(ChannelIdentity(role: .postcopyPreempt, migrationID: PreemptChannelTests.id)))
             return (main, preempt)
@@ -136,11 +137,13 @@ import Transport
         return messages
     }
 
-    @Test("with a preempt channel the destination asks for pages on that channel's way back, not on the main return path")
-    func requestsGoBackOnThePreemptChannel() throws {
+    @Test("with a preempt channel the destination asks for pages on that channel's way back when the plan says the source reads them there, else on the main return path",
+          arguments: [true, false])
+    func requestsGoBackOnThePreemptChannel(requestsBack: Bool) throws {
         let destination = try Destination()
         var mainFrames = FrameEncoder(), urgentFrames = FrameEncoder()
-        let (main, preempt) = try destination.open(main: &mainFrames)
+        let (main, preempt) = try destination.open(main: &mainFrames, requestsBack: requestsBack)
+        let (asked, other) = requestsBack ? (preempt, main) : (main, preempt)
         try main.write(Self.switchFrame(&mainFrames))
         let deadline = ContinuousClock.now + .seconds(10)
         while destination.engine.withLock({ $0 })?.status != .postcopyActive, ContinuousClock.now < deadline { usleep(1000) }
@@ -151,8 +154,8 @@ import Transport
             let page = destination.page(8192)
             read.page.withLock { $0 = page }
         }.start()
-        #expect(try Self.messages(on: preempt, count: 1, within: .seconds(10)) == [.pageRequest(block: 0, offset: 8192, length: 4096)])
-        #expect(try Self.messages(on: main, count: 1, within: .milliseconds(200)).isEmpty, "nothing asked on the main return path")
+        #expect(try Self.messages(on: asked, count: 1, within: .seconds(10)) == [.pageRequest(block: 0, offset: 8192, length: 4096)])
+        #expect(try Self.messages(on: other, count: 1, within: .milliseconds(200)).isEmpty, "nothing asked on the other way back")
         let urgent = Self.pages([(8192, 0x22)])
         try preempt.write(urgentFrames.frame(.pages, payload: urgent.payload, tail: urgent.tail) + urgentFrames.end())
         let background = Self.pages([(0, 0x20), (4096, 0x21), (12288, 0x23)])

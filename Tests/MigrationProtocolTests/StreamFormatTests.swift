@@ -80,6 +80,15 @@ import Testing
         #expect(try ChannelPlan(decoding: ChannelPlan(multifd: 4, compression: .zstd).encode()) == ChannelPlan(multifd: 4, compression: .zstd))
         #expect(throws: ProtocolError.malformed("multifd compression 7")) { try ChannelPlan(decoding: [4, 0, 7, 0, 0, 0, 0, 0]) }
         #expect(throws: ProtocolError.malformed("256 multifd channels (at most 255)")) { try ChannelPlan(decoding: [0, 1, 0, 0, 0, 0, 0, 0]) }
+        // Page requests on the preempt connection's way back: flag bit 2, only with the preempt channel (bit 1).
+        let requestsBack = ChannelPlan(multifd: 0, preempt: true, preemptRequests: true)
+        #expect(requestsBack.encode() == [0, 0, 0, 6, 0, 0, 0, 0])
+        #expect(try ChannelPlan(decoding: requestsBack.encode()) == requestsBack)
+        #expect(try ChannelPlan(decoding: [0, 0, 0, 2, 0, 0, 0, 0]) == ChannelPlan(multifd: 0, preempt: true))
+        #expect(throws: ProtocolError.malformed("page requests on a postcopy preempt channel the plan does not have")) {
+            try ChannelPlan(decoding: [0, 0, 0, 4, 0, 0, 0, 0])
+        }
+        #expect(throws: ProtocolError.reservedFieldNotZero) { try ChannelPlan(decoding: [0, 0, 0, 8, 0, 0, 0, 0]) }
         #expect(try SyncMarker.decode(SyncMarker.encode(epoch: 42)) == 42)
         #expect(throws: ProtocolError.malformed("a sync frame of 7 bytes")) { try SyncMarker.decode([0, 0, 0, 0, 0, 0, 0]) }
     }
