@@ -71,7 +71,7 @@ public struct LinkEstimateCorrection: Sendable, Equatable {
             return false
         }
         guard now - since >= Self.window else { return false }
-        let least = delays.map(\.delay).min() ?? .zero
+        let least = delays.lazy.map(\.delay).min() ?? .zero
         let earlier = scale
         if least > Self.standingQueue {
             scale = max(Self.lowestScale, scale - Self.step)

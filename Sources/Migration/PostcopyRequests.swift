@@ -92,26 +92,23 @@ final class PostcopyRequests: Sendable {
                     s.failure = .stream(.unexpectedFrame("a page request before the switch to postcopy"))
                     return (false, s.doorbell, nil)
                 }
-                if let server = s.server {
-                    // Another reader's thread is serving: it takes this one next (one server at a time).
-                    if s.serving {
-                        guard s.handedOver.count < Self.maximumQueued else {
-                            s.failure = .stream(.malformed("more than \(Self.maximumQueued) page requests waiting"))
-                            return (false, s.doorbell, nil)
-                        }
-                        s.received += 1
-                        s.handedOver.append(request)
-                        return (true, nil, nil)
-                    }
+                if let server = s.server, !s.serving {
                     s.received += 1
                     s.serving = true
                     return (true, nil, (server, request))
                 }
-                guard s.queue.count < Self.maximumQueued else {
+                // Queued for the migration thread, or, while another reader's thread is serving,
+                // handed over to it (one server at a time).
+                let handing = s.server != nil
+                guard (handing ? s.handedOver.count : s.queue.count) < Self.maximumQueued else {
                     s.failure = .stream(.malformed("more than \(Self.maximumQueued) page requests waiting"))
                     return (false, s.doorbell, nil)
                 }
                 s.received += 1
+                if handing {
+                    s.handedOver.append(request)
+                    return (true, nil, nil)
+                }
                 s.queue.append(request)
                 return (true, s.doorbell, nil)
             }

@@ -426,7 +426,10 @@ public final class PrecopySource: Sendable {
             if !requests.add(block: block, offset: offset, length: length) { main.shutdown() }
         }, onFailure: { error in
             // A broken connection is seen where it is written to; a malformed way back only here.
-            guard case .stream = error else { return }
+            // A frame cut short is the connection ending (this side shuts it at a pause, and its
+            // cause, not the cut, is the reason), as the end between two frames is.
+            guard case .stream(let problem) = error else { return }
+            if case .truncated = problem { return }
             requests.refuse(error)
             main.shutdown()
         })
