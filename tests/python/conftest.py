@@ -49,6 +49,14 @@ def assert_verified_clean(stderr):
 HEARTBEAT = re.compile(r"HB (\d+) t=(\d+) pages=\d+ err=(\d+)")
 
 
+def last_heartbeat_errors(text):
+    """The guest verifier's error count in its last heartbeat (the log's last line may be
+    another report, such as the slow-access histogram)."""
+    beats = HEARTBEAT.findall(text)
+    assert beats, text[-300:]
+    return int(beats[-1][2])
+
+
 def assert_beats_continue(source_serial, destination_serial):
     """The guest's heartbeats go on at the destination where the source's stopped, none lost or
     repeated; returns (sequence, guest ms) of the source's beats and of the destination's.  The
