@@ -18,7 +18,10 @@ VMMs), how many there were and the seconds they add up to, the MB/s the guest
 wrote from its last heartbeat on the source to its last before the end (what
 it got done while its memory moved: percentiles alone compare a guest that
 faults often and briefly with one that faults rarely and waits long), the
-largest heartbeat gap across the move, and each process's CPU-seconds.  Medians over the runs, Ferry and QEMU alternating.
+largest heartbeat gap across the move, each process's CPU-seconds, and how long the
+guest took to write its working set once (`guest ready s`: its first touch of its RAM).
+Medians over the runs, Ferry and QEMU alternating.  A fresh hugetlb pool is touched once
+before the 2 MiB runs (`warm_hugetlb_pool`).
 """
 import asyncio
 import json
@@ -144,11 +147,13 @@ async def postcopy_once(vmm, cmdline, memory, ready_pages, preempt, huge, pacing
         if pacing is not None and vmm.name == "ferry":
             await src.execute("migrate-set-parameters", {"x-ferry-postcopy-pacing": pacing})
         await dst.execute("migrate-incoming", {"uri": f"tcp:{ADDRESS[1]}:{PORT}"})
-        deadline = time.monotonic() + 300
+        booted = time.monotonic()
+        deadline = booted + 300
         while sconsole.pages() < ready_pages or len(sconsole.slow) < 2:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{vmm.name}: guest never got ready ({sconsole.pages()} pages)")
             await asyncio.sleep(0.05)
+        ready = time.monotonic() - booted
         await asyncio.sleep(SETTLE_SECONDS)
         cpu = [cpu_seconds(sproc.pid), cpu_seconds(dproc.pid)]
         samplers = [ThreadSampler(sproc.pid), ThreadSampler(dproc.pid)]
@@ -158,8 +163,13 @@ async def postcopy_once(vmm, cmdline, memory, ready_pages, preempt, huge, pacing
         await asyncio.sleep(1.0)
         switched = time.monotonic()
         await src.execute("migrate-start-postcopy")
+        # Ferry's background pace through postcopy (ms after the switch, MB/s), every 100 ms.
+        pace_track = []
         while True:
             info = await src.execute("query-migrate")
+            now = info.get("x-ferry-postcopy", {}).get("pacing-now")
+            if now is not None and (not pace_track or time.monotonic() - switched >= pace_track[-1][0] / 1000 + 0.1):
+                pace_track.append([round((time.monotonic() - switched) * 1000), round(now / 1e6, 1)])
             if info.get("status") == "completed":
                 break
             if info.get("status") in ("failed", "cancelled") or time.monotonic() > start + 600:
@@ -201,7 +211,14 @@ async def postcopy_once(vmm, cmdline, memory, ready_pages, preempt, huge, pacing
             "pacing_lowest_mb_s": megabytes(info.get("x-ferry-postcopy", {}).get("pacing-lowest")),
             "yields": info.get("x-ferry-postcopy", {}).get("yields"),
             # Ferry's own figures whole, for the raw samples (dropped requests, urgent pages, the latency histogram).
-            "ferry_source": info.get("x-ferry-postcopy"), "ferry_destination": dinfo.get("x-ferry-postcopy")}
+            "ferry_source": info.get("x-ferry-postcopy"), "ferry_destination": dinfo.get("x-ferry-postcopy"),
+            "pace_track": pace_track or None,
+            # From the guest's start (QMP up) to its working set written once: its first touch of its RAM.
+            # A destination placing pages into memory freed seconds before (the run before's) costs
+            # 4 µs a page here; into memory freed long before, 29 (the host's host takes it back):
+            # a guest slow to fill its RAM (Ferry's before it advised huge pages: 38 s against QEMU's
+            # 2) migrates later, into colder memory, and its receiving thread spent 13 CPU-s, not 5.
+            "ready_s": ready}
 
 
 def megabytes(count):
@@ -267,7 +284,7 @@ def scenario_postcopy(ferry_vmm, qemu_vmm, vmms, runs, memory, working_set, mode
                             print(f"  {mode} {vmm.name} run {run + 1}: FAILED: {error}", flush=True)
                             continue
                         results.setdefault((mode, vmm.name), []).append(sample)
-                        print(f"  {mode} {vmm.name} run {run + 1}: " + json.dumps(sample), flush=True)
+                        print(f"  {mode} {vmm.name} run {run + 1}: " + json.dumps({k: v for k, v in sample.items() if k != "pace_track"}), flush=True)
             finally:
                 if huge:
                     Path("/proc/sys/vm/nr_hugepages").write_text("0\n")
@@ -279,14 +296,15 @@ def scenario_postcopy(ferry_vmm, qemu_vmm, vmms, runs, memory, working_set, mode
                ("guest stalled s", "stall_s"), ("guest MB/s written", "guest_mb_s"), ("gap ms", "gap"),
                ("CPU-s src", "cpu_src"), ("CPU-s dst", "cpu_dst"), ("mig CPU-s src", "cpu_src_mig"),
                ("mig CPU-s dst", "cpu_dst_mig"), ("tbf drops src", "drops"), ("TCP retrans src", "retrans"),
-               ("pace MB/s", "pacing_mb_s"), ("lowest pace MB/s", "pacing_lowest_mb_s"), ("yields", "yields")]
+               ("pace MB/s", "pacing_mb_s"), ("lowest pace MB/s", "pacing_lowest_mb_s"), ("yields", "yields"),
+               ("guest ready s", "ready_s")]
     print("\n| mode | VMM | " + " | ".join(name for name, _ in columns) + " |")
     print("| --- | --- | " + " | ".join("---" for _ in columns) + " |")
     for mode in modes:
         for vmm in vmms:
             samples = results.get((mode, vmm.name), [])
             forms = {"cpu_src": "{:.1f}", "cpu_dst": "{:.1f}", "cpu_src_mig": "{:.1f}", "cpu_dst_mig": "{:.1f}",
-                     "stall_s": "{:.2f}", "guest_mb_s": "{:.1f}"}
+                     "stall_s": "{:.2f}", "guest_mb_s": "{:.1f}", "ready_s": "{:.1f}"}
             print(f"| {mode} | {vmm.name} ({len(samples)}) | "
                   + " | ".join(cell(median(samples, key), forms.get(key, "{:.0f}")) for _, key in columns) + " |")
     for mode in modes:

@@ -107,7 +107,7 @@ extension PrecopySource {
                 p.backgroundPace = PostcopyBackgroundPace(link: UInt64(link), most: rate, continuing: earlierPace)
             }
             if let rate, hugePages { p.hugePageYield = PostcopyHugePageYield(pace: rate, continuing: yielding) }
-            channel.limitPacing(p.hugePageYield?.currentPace ?? p.backgroundPace?.applied ?? rate)
+            pacePostcopyBackground(p.hugePageYield?.currentPace ?? p.backgroundPace?.applied ?? rate, &p.info)
             urgent?.limitPacing(p.hugePageYield?.urgentPace)
         }
     }
@@ -121,7 +121,7 @@ extension PrecopySource {
         progress.withLock { p -> Duration? in
             if var pace = p.backgroundPace {
                 if let rate = pace.update(urgentBytes: urgentBytes, queueDelay: queueDelay, at: .now) {
-                    channel.limitPacing(rate)
+                    pacePostcopyBackground(rate, &p.info)
                     if rate < pace.most, p.info.postcopyPacingLowest == 0 || rate < p.info.postcopyPacingLowest {
                         p.info.postcopyPacingLowest = rate
                     }
@@ -130,7 +130,7 @@ extension PrecopySource {
             }
             guard var yield = p.hugePageYield else { return nil }
             // No count (the preempt channel closed): nothing of it is in the way.
-            if let rate = yield.update(urgentQueued: urgentQueued ?? 0) { channel.limitPacing(rate) }
+            if let rate = yield.update(urgentQueued: urgentQueued ?? 0) { pacePostcopyBackground(rate, &p.info) }
             p.hugePageYield = yield
             p.info.postcopyYields = p.earlierYields + yield.yields
             // Every millisecond, flowing too: a page asked for is sent by the return path's
@@ -145,8 +145,14 @@ extension PrecopySource {
     func flowAfterPostcopyBackground() {
         progress.withLock { p in
             guard var yield = p.hugePageYield else { return }
-            if let rate = yield.update(urgentQueued: 0) { channel.limitPacing(rate) }
+            if let rate = yield.update(urgentQueued: 0) { pacePostcopyBackground(rate, &p.info) }
             p.hugePageYield = yield
         }
+    }
+
+    /// Paces the main channel at `rate` (nil: not paced), and says so in `x-ferry-postcopy`'s `pacing-now`.
+    private func pacePostcopyBackground(_ rate: UInt64?, _ info: inout MigrationInfo) {
+        channel.limitPacing(rate)
+        info.postcopyPacingNow = rate ?? 0
     }
 }

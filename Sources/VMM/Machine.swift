@@ -71,9 +71,10 @@ public final class Machine: Sendable {
         } catch { throw .kvm(error) }
         do { memory = try GuestMemoryMap.pc(byteCount: configuration.memoryBytes, backend: configuration.backend) }
         catch { throw .memory(error) }
-        // A destination fills its whole RAM at once: transparent huge pages make that one
-        // fault per 2 MiB instead of per 4 KiB.
-        if incoming { for block in memory.blocks { block.mapping.adviseHugePages() } }
+        // Transparent huge pages, as QEMU advises its guest RAM: a guest's first touch of its
+        // memory, and a destination filling all of it at once, cost one fault per 2 MiB instead
+        // of per 4 KiB (here a guest writing its first 1.5 GiB took 29-38 s without them, 1.9-12 with).
+        for block in memory.blocks { block.mapping.adviseHugePages() }
         if configuration.preallocate {
             do { for block in memory.blocks { try block.mapping.prefault() } } catch { throw .memory(error) }
         }

@@ -77,6 +77,8 @@ def test_postcopy_qemu_recipe(vms, kind, preempt):
             # With a preempt channel the background went paced at max-postcopy-bandwidth; without
             # one nothing is paced (a request would queue behind the main socket's unsent bytes).
             assert info["x-ferry-postcopy"]["pacing"] == (64 << 20 if preempt else 0), info["x-ferry-postcopy"]
+            # ... and held it to the end (no share given up: max-postcopy-bandwidth is the pace).
+            assert info["x-ferry-postcopy"]["pacing-now"] == (64 << 20 if preempt else 0), info["x-ferry-postcopy"]
             assert info["x-ferry-postcopy"]["yields"] == 0, info["x-ferry-postcopy"]     # 4 KiB pages never yield
         await destination.quit()
         await source.quit()

@@ -112,6 +112,7 @@ extension Machine {
                                           "pauses": .int(Int64(info.postcopyPauses)),
                                           "pacing": .int(Int64(clamping: info.postcopyPacing)),
                                           "pacing-lowest": .int(Int64(clamping: info.postcopyPacingLowest)),
+                                          "pacing-now": .int(Int64(clamping: info.postcopyPacingNow)),
                                           "yields": .int(Int64(clamping: info.postcopyYields))]
         }
         // Ferry's own: what a completed mapped-ram save wrote.
