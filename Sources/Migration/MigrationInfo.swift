@@ -49,7 +49,8 @@ public struct MigrationInfo: Equatable, Sendable {
     /// (`PostcopyBackgroundPace`), bytes per second; 0: never lowered.
     public var postcopyPacingLowest: UInt64 = 0
     /// The background's pace in force, bytes per second; 0: not paced.  It moves
-    /// with the requested pages' share, the estimate's correction, and the yields.
+    /// with the requested pages' share, the estimate's correction, and the yields;
+    /// after the end (or at a pause), the last one applied.
     public var postcopyPacingNow: UInt64 = 0
     /// Times the background stepped aside for a requested huge page in flight (`PostcopyHugePageYield`).
     public var postcopyYields: UInt64 = 0
