@@ -286,6 +286,8 @@ extension Machine {
                     },
                     onStatus: fromDestination)
                 incoming.destination.withLock { $0 = destination }
+                // A quit since the file was opened found no load to stop: this one stops now.
+                if !isLive { destination.abort() }
                 try destination.run()
                 finishIncoming(run: autostart && global.sourceWasRunning == true)
                 destination.complete()
