@@ -53,6 +53,8 @@ public final class MigrationDestination: Sendable {
     /// A recovered connection being checked (its header and `resume` frame): shut by a newer
     /// `migrate-recover` or by `abort`, so neither waits on a peer that says nothing.
     let handshaking = Mutex<(any ByteChannel)?>(nil)
+    /// `abort()` came: a load not yet started never starts (a file's shutdown stops nothing).
+    let aborted = Mutex(false)
 
     /// `mappedRAM`: restore from a mapped-ram file (`channel` must be that
     /// file): its pages first, in parallel, then the device state it holds.
@@ -101,6 +103,7 @@ public final class MigrationDestination: Sendable {
     /// exited: its connections are shut (the source sees them close), and a
     /// postcopy is abandoned.
     public func abort() {
+        aborted.withLock { $0 = true }
         lazy.withLock { $0 }?.abandon()
         recovery.abandon()
         handshaking.withLock { $0 }?.shutdown()
@@ -177,6 +180,7 @@ public final class MigrationDestination: Sendable {
     public func complete() { setStatus(.completed) }
 
     func load() throws(MigrationError) {
+        guard !aborted.withLock({ $0 }) else { throw .cancelled }
         if let name = duplicateSection { throw .invalidState("two pieces of state claim section '\(name)'") }
         if let (file, readers) = mappedRAM {
             // Every offset checked before a page is read; then the pages, in parallel.

@@ -74,8 +74,13 @@ struct SwappedMemoryTests {
         (0..<4096).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ page &* 31) | 1 }
     }
 
-    /// A block with the written pages filled, then paged out; fails the test if they stay in RAM.
-    static func swappedOutBlock(_ backend: MemoryBackend) throws -> RAMBlock {
+    /// A block with the written pages filled, then paged out, and the written pages still in RAM.
+    ///
+    /// Some pages stay in RAM however often they are paged out (1 of 1281 on a busy host, 24 of
+    /// 769 on a CI machine): the tests count on most being swapped out, the lone page of chunk 3
+    /// (a chunk whose only data is swapped) among them, and expect of the rest what is true of
+    /// pages in RAM.
+    static func swappedOutBlock(_ backend: MemoryBackend) throws -> (block: RAMBlock, stillInRAM: [Int]) {
         let mapping = try HostMapping(byteCount: UInt64(byteCount), backend: backend)
         for page in writtenPages {
             pattern(page: page).withUnsafeBytes { mapping.storeBytes($0, at: page * 4096) }
@@ -88,35 +93,43 @@ struct SwappedMemoryTests {
             usleep(20_000)
             inRAM = mapping.pagesInRAM()?.setPages ?? writtenPages
         }
-        // A page now and then stays in RAM however often it is paged out (once, 1 of 1281 for 5 s
-        // on a busy host); the test needs every written chunk mostly swapped out, the lone page
-        // of chunk 3 (a chunk whose only data is swapped) included.
         let perChunk = chunk / 4096
-        try #require(inRAM.count * 100 <= writtenPages.count && !inRAM.contains(3 * perChunk + 17),
+        try #require(inRAM.count * 4 <= writtenPages.count && !inRAM.contains(3 * perChunk + 17),
                      "\(inRAM.count) of \(writtenPages.count) pages stayed in RAM after MADV_PAGEOUT: too little was swapped out")
-        return RAMBlock(name: "pc.ram", mapping: mapping, placements: [])
+        return (RAMBlock(name: "pc.ram", mapping: mapping, placements: []), inRAM)
+    }
+
+    /// The chunks holding any of `pages`.
+    static func chunks(of pages: [Int]) -> [Int] {
+        Array(Set(pages.map { $0 * 4096 / chunk })).sorted()
     }
 
     @Test("swapped-out pages: their chunks are resident", arguments: [MemoryBackend.anon, .memfd])
     func swappedChunksAreResident(backend: MemoryBackend) throws {
         let swap = try #require(TemporarySwap(megabytes: 256), "swapon failed")
         defer { swap.remove() }
-        let block = try Self.swappedOutBlock(backend)
-        #expect(block.mapping.residentChunks(chunkBytes: Self.chunk).setPages == Self.writtenChunks)
-        #expect(block.mapping.mincoreChunks(chunkBytes: Self.chunk, chunks: 0..<block.mapping.byteCount / Self.chunk).setPages == [], "mincore sees none of it: the defect")
+        let (block, stillInRAM) = try Self.swappedOutBlock(backend)
+        let chunksInRAM = Self.chunks(of: stillInRAM)
+        let mapping = block.mapping
+        let all = 0..<mapping.byteCount / Self.chunk
+        #expect(mapping.residentChunks(chunkBytes: Self.chunk).setPages == Self.writtenChunks)
+        #expect(mapping.mincoreChunks(chunkBytes: Self.chunk, chunks: all).setPages == chunksInRAM,
+                "mincore sees only chunks with a page in RAM, not chunk 3's swapped page: the defect")
         if backend == .anon {
-            #expect(block.mapping.pagemapChunks(chunkBytes: Self.chunk, chunks: 0..<block.mapping.byteCount / Self.chunk)?.setPages == Self.writtenChunks, "the pre-6.7 fallback")
+            #expect(mapping.pagemapChunks(chunkBytes: Self.chunk, chunks: all)?.setPages == Self.writtenChunks, "the pre-6.7 fallback")
         } else {
-            #expect(block.mapping.scannedChunks(chunkBytes: Self.chunk, bytes: 0..<block.mapping.byteCount)?.setPages == [], "a swapped shmem page leaves no page-table entry")
+            let scanned = try #require(mapping.scannedChunks(chunkBytes: Self.chunk, bytes: 0..<mapping.byteCount)?.setPages)
+            #expect(Set(scanned).isSubset(of: chunksInRAM), "a swapped shmem page leaves no page-table entry")
         }
-        #expect(block.mapping.pagesInRAM()?.setPages == [], "asking for residency brought no page back")
+        let after = mapping.pagesInRAM()?.setPages ?? Self.writtenPages
+        #expect(Set(after).isSubset(of: stillInRAM), "asking for residency brought no page back")
     }
 
     @Test("swapped-out pages migrate byte for byte, not as zero pages", arguments: [MemoryBackend.anon, .memfd])
     func swappedPagesMigrate(backend: MemoryBackend) throws {
         let swap = try #require(TemporarySwap(megabytes: 256), "swapon failed")
         defer { swap.remove() }
-        let source = try Self.swappedOutBlock(backend)
+        let source = try Self.swappedOutBlock(backend).block
         let target = RAMBlock(name: "pc.ram", mapping: try HostMapping(byteCount: UInt64(Self.byteCount), backend: .anon), placements: [])
         let info = try Self.migrate(source, to: target)
         #expect(info.status == .completed, "\(info.errorDescription ?? "")")
