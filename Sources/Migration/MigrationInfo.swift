@@ -38,9 +38,11 @@ public struct MigrationInfo: Equatable, Sendable {
     /// Bytes sent after the switch to postcopy (QEMU's `ram.postcopy-bytes`).
     public var postcopyBytes: UInt64 = 0
     /// Postcopy with preempt (Ferry's own): requests inside the huge page the
-    /// background was sending (it finished them), and pages sent on the preempt channel.
+    /// background was sending (it finished them), pages sent on the preempt channel,
+    /// and of those the ones the background had sent already (still on their way).
     public var postcopyDroppedRequests: UInt64 = 0
     public var postcopyUrgentPages: UInt64 = 0
+    public var postcopyResentPages: UInt64 = 0
     /// Times postcopy paused (its connection broke, or `migrate-pause`) and waited for a recovery.
     public var postcopyPauses: UInt64 = 0
     /// The background's pace after the switch (`PostcopyPacing`), bytes per second; 0: not paced.

@@ -140,7 +140,8 @@ final class PostcopyLoad: Sendable {
 
     /// Places the pages of one frame: `data` holds its data pages in record
     /// order, each already checked against its checksum.  A page not in the
-    /// discard set, or arriving twice, is refused.
+    /// discard set, or arriving twice, is refused, but for the second copy of a
+    /// 4 KiB page asked for, which is dropped (`PostcopyPicker`'s resend).
     func place(_ records: [PageRecord], data: [UInt8], loader: Int = 0) throws(MigrationError) {
         var position = 0
         var index = 0
@@ -149,6 +150,11 @@ final class PostcopyLoad: Sendable {
             let page = Int(record.offset) / Self.pageSize
             let unitPages = self.unitPages[record.block]
             guard map.withLock({ $0.isNeeded(block: record.block, page: page) }) else {
+                if unitPages == 1, map.withLock({ $0.takeSecondCopy(block: record.block, page: page) }) {
+                    if record.kind == .data { position += Self.pageSize }
+                    index += 1
+                    continue
+                }
                 throw .stream(.unexpectedFrame("page at offset \(record.offset) of RAM block '\(layout[record.block].name)' arrived in postcopy, but it was not in the discard set or arrived already"))
             }
             if unitPages > 1 {

@@ -15,6 +15,10 @@ struct PostcopyPageMap: Sendable {
     let unitPages: [Int]
     /// Per block: units asked for and not yet complete, with when they were asked.
     private var requested: [[Int: ContinuousClock.Instant]]
+    /// Per block of 4 KiB units: pages asked for and placed whose second copy
+    /// may still come (the source sends a requested page again when the
+    /// background already had it on its way: `PostcopyPicker`).  One each.
+    private var secondCopyDue: [DirtyBitmap]
 
     enum FaultAction: Equatable {
         /// Ask the source for this unit (bytes).
@@ -35,6 +39,7 @@ struct PostcopyPageMap: Sendable {
         neededCount = discard.reduce(0) { $0 + $1.count }
         self.unitPages = unitPages
         requested = Array(repeating: [:], count: discard.count)
+        secondCopyDue = zip(discard, unitPages).map { DirtyBitmap(pageCount: $1 == 1 ? $0.pageCount : 0) }
         blocktime = blocktimeVCPUs.map { PostcopyBlocktime(vcpuCount: $0) }
     }
 
@@ -55,8 +60,17 @@ struct PostcopyPageMap: Sendable {
         return .request(offset: unit * unitBytes, length: unitBytes)
     }
 
-    /// Whether page `page` of `block` is still to come (a page that is not must not arrive).
+    /// Whether page `page` of `block` is still to come (a page that is not must
+    /// not arrive, but as a requested page's second copy: `takeSecondCopy`).
     func isNeeded(block: Int, page: Int) -> Bool { needed[block][page] }
+
+    /// Whether page `page` of `block`, here already, may arrive this once more:
+    /// it was asked for, and this is its first second copy (to be dropped).
+    mutating func takeSecondCopy(block: Int, page: Int) -> Bool {
+        guard page < secondCopyDue[block].pageCount, secondCopyDue[block][page] else { return false }
+        secondCopyDue[block][page] = false
+        return true
+    }
 
     /// Pages `pages` of `block` are placed.  For each unit that completes and
     /// was asked for, how long it took.
@@ -72,6 +86,7 @@ struct PostcopyPageMap: Sendable {
             let first = unit * unitPages
             if let next = needed[block].nextSetPage(from: first), next < first + unitPages { continue }
             requested[block][unit] = nil
+            if unitPages == 1 { secondCopyDue[block][unit] = true }
             blocktime?.placed(block: block, unit: unit, at: now)
             latencies.append(now - asked)
         }

@@ -35,6 +35,8 @@ final class PostcopyRequests: Sendable {
         var dropped: UInt64 = 0
         /// Pages sent on the preempt channel.
         var urgentPages: UInt64 = 0
+        /// Of those, pages the background had sent already (`PostcopyPicker.RequestPick.resend`).
+        var resentPages: UInt64 = 0
         var failure: MigrationError?
         /// Rung when a request is queued or refused, so a migration thread waiting to write the background sees it at once.
         var doorbell: (any ChannelDoorbell)?
@@ -219,8 +221,15 @@ final class PostcopyRequests: Sendable {
     var isEmpty: Bool { state.withLock { $0.queue.isEmpty && $0.failure == nil } }
 
     func dropped() { state.withLock { $0.dropped += 1 } }
-    func served(urgentPages count: Int) { state.withLock { $0.urgentPages += UInt64(count) } }
-    var counts: (dropped: UInt64, urgentPages: UInt64) { state.withLock { ($0.dropped, $0.urgentPages) } }
+    func served(urgentPages count: Int, resent: Bool = false) {
+        state.withLock {
+            $0.urgentPages += UInt64(count)
+            if resent { $0.resentPages += UInt64(count) }
+        }
+    }
+    var counts: (dropped: UInt64, urgentPages: UInt64, resentPages: UInt64) {
+        state.withLock { ($0.dropped, $0.urgentPages, $0.resentPages) }
+    }
 
     /// The way back a request came on failed (`error`): kept as a refused request's failure.
     func refuse(_ error: MigrationError) {

@@ -183,7 +183,7 @@ public final class PrecopySource: Sendable {
         info.mappedRAM = progress.withLock { $0.mappedRAM }
         info.snapshot = snapshot.withLock { $0?.statistics }
         info.postcopyRequests = requests.received
-        (info.postcopyDroppedRequests, info.postcopyUrgentPages) = requests.counts
+        (info.postcopyDroppedRequests, info.postcopyUrgentPages, info.postcopyResentPages) = requests.counts
         if let start = progress.withLock({ $0.postcopyStart }) { info.postcopyBytes = limiter.totalBytes - start }
         info.postcopyPauses = progress.withLock { $0.postcopyPauses }
         // While paused or recovering, why (QEMU's source shows the error that paused it).

@@ -422,7 +422,7 @@ public final class RAMMigration: Migratable {
                 switch pick(request) {
                 case .send(let job, _): try background.send(job)
                 case .dropped: requests.dropped()
-                case .nothing: break
+                case .nothing, .resend: break     // `resend` only with a preempt channel
                 }
             }
             let writable: Bool
@@ -462,6 +462,11 @@ public final class RAMMigration: Migratable {
             // A faulting vCPU waits for it: it must leave now, not when TCP next tries.
             urgent.channel.pushUnsent(within: Self.urgentPushLimit)
             requests.served(urgentPages: job.count)
+        case .resend(let job):
+            var sender = PageSender(writer: urgent, mappings: mappings, detection: .multifd, statistics: statistics)
+            try sender.send(job)
+            urgent.channel.pushUnsent(within: Self.urgentPushLimit)
+            requests.served(urgentPages: job.count, resent: true)
         case .dropped:
             requests.dropped()
         case .nothing:

@@ -233,42 +233,64 @@ import Transport
         return finished
     }
 
+    /// A 4 MiB block of `backend`, every page filled, migrated in postcopy with
+    /// preempt (over a Unix socket, the background paced at `pace` bytes a second)
+    /// to `destination` that sends `requests`: the engine, once done, and what each channel carried.
+    static func preemptRun(_ backend: MemoryBackend, requests: [ReturnMessage], requestsOnPreempt: Bool,
+                           pace: UInt64) throws -> (PrecopySource, Carried) {
+        let block = RAMBlock(name: "pc.ram", mapping: try HostMapping(byteCount: 4 << 20, backend: backend), placements: [])
+        for page in stride(from: 0, to: 4 << 20, by: 4096) {
+            block.mapping.storePage([UInt8](repeating: UInt8(truncatingIfNeeded: page >> 12 | 1), count: 4096), range: 0..<4096, at: page)
+        }
+        let layout = RAMMigration.layout(of: [block])
+        let path = "/tmp/ferry-pc-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
+        let listener = try Transport.listen(.unix(path: path))
+        defer { listener.close() }
+        let carried = Carried()
+        let finished = Self.destination(listener, layout: layout, carried: carried, requests: requests, requestsOnPreempt: requestsOnPreempt)
+        var capabilities = MigrationCapabilities()
+        (capabilities.postcopyRAM, capabilities.postcopyPreempt) = (true, true)
+        var parameters = PrecopyEngineTests.fast
+        parameters.maxPostcopyBandwidth = pace
+        let engine = PrecopySource(
+            .init(opener: try URIChannelOpener(.unix(path: path)), configuration: MigrationConfiguration(blocks: layout, vcpuCount: 1),
+                  ram: RAMMigration(blocks: [block], tracker: Kit.OneShotDirtyLog(pages: 1024)), devices: [], vm: Kit.RecordingVM()),
+            parameters: parameters, capabilities: capabilities, onStatus: { _ in })
+        try engine.startPostcopy()
+        engine.run()
+        finished.wait()
+        return (engine, carried)
+    }
+
     @Test("preempt on huge pages: a request inside the huge page the background is sending is dropped, the other goes whole on the preempt channel",
           arguments: [false, true])
     func dropRule(requestsOnPreempt: Bool) async throws {
         try await MultifdKernelTests.withHugePages(2) {
-            let block = RAMBlock(name: "pc.ram", mapping: try HostMapping(byteCount: 4 << 20, backend: .hugetlb), placements: [])
-            for page in stride(from: 0, to: 4 << 20, by: 4096) {
-                let bytes = [UInt8](repeating: UInt8(truncatingIfNeeded: page >> 12 | 1), count: 4096)
-                block.mapping.storePage(bytes, range: 0..<4096, at: page)
-            }
-            let layout = RAMMigration.layout(of: [block])
-            let path = "/tmp/ferry-pc-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
-            let listener = try Transport.listen(.unix(path: path))
-            defer { listener.close() }
-            let carried = Carried()
-            // The background has sent 32 pages of huge page 0: a request inside it, and one for huge page 1.
-            let finished = Self.destination(listener, layout: layout, carried: carried, requests: [
+            // The background has sent 32 pages of huge page 0: a request inside it, and one for huge page 1
+            // (2 s a huge page: the requests come while huge page 0 is under way).
+            let (engine, carried) = try Self.preemptRun(.hugetlb, requests: [
                 .pageRequest(block: 0, offset: 0, length: 2 << 20), .pageRequest(block: 0, offset: 2 << 20, length: 2 << 20)],
-                requestsOnPreempt: requestsOnPreempt)
-            let vm = Kit.RecordingVM()
-            var capabilities = MigrationCapabilities()
-            (capabilities.postcopyRAM, capabilities.postcopyPreempt) = (true, true)
-            var parameters = PrecopyEngineTests.fast
-            parameters.maxPostcopyBandwidth = 1 << 20      // 2 s a huge page: the requests come while huge page 0 is under way
-            let engine = PrecopySource(
-                .init(opener: try URIChannelOpener(.unix(path: path)), configuration: MigrationConfiguration(blocks: layout, vcpuCount: 1),
-                      ram: RAMMigration(blocks: [block], tracker: Kit.OneShotDirtyLog(pages: 1024)), devices: [], vm: vm),
-                parameters: parameters, capabilities: capabilities, onStatus: { _ in })
-            try engine.startPostcopy()
-            engine.run()
-            finished.wait()
+                requestsOnPreempt: requestsOnPreempt, pace: 1 << 20)
             #expect(engine.info.status == .completed, "\(engine.info.errorDescription ?? "")")
             #expect(engine.info.postcopyDroppedRequests == 1, "the request inside huge page 0 was dropped")
             #expect(engine.info.postcopyUrgentPages == 512)
             #expect(carried.preempt.withLock { $0 } == Array(512..<1024), "huge page 1, whole, on the preempt channel")
             #expect(carried.main.withLock { $0 }.sorted() == Array(0..<512), "huge page 0, whole, on the main channel only")
         }
+    }
+
+    @Test("preempt on 4 KiB pages: a page asked for after the background sent it goes again on the preempt channel (counted), one not yet sent goes there only")
+    func resendOfAPageOnItsWay() throws {
+        // After the background's first frame (from page 0): page 0, sent, and page 1000, not yet
+        // (1 s in all: the requests come long before page 1000's turn).
+        let (engine, carried) = try Self.preemptRun(.anon, requests: [
+            .pageRequest(block: 0, offset: 0, length: 4096), .pageRequest(block: 0, offset: 1000 * 4096, length: 4096)],
+            requestsOnPreempt: true, pace: 4 << 20)
+        #expect(engine.info.status == .completed, "\(engine.info.errorDescription ?? "")")
+        #expect(engine.info.postcopyUrgentPages == 2 && engine.info.postcopyResentPages == 1)
+        #expect(carried.preempt.withLock { $0 }.sorted() == [0, 1000])
+        let main = carried.main.withLock { $0 }
+        #expect(main.sorted() == Array(0..<1000) + Array(1001..<1024), "every page once on the main channel, but 1000")
     }
 
     @Test("preempt on huge pages over TCP: while a requested huge page is unacknowledged the background yields, and every page arrives")

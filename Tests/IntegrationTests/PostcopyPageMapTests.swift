@@ -46,6 +46,26 @@ import GuestMemory
                 "placed since the fault: the caller finds it there and wakes")
     }
 
+    @Test("a 4 KiB page asked for and placed may arrive once more, and is then dropped; one never asked for, or a huge unit, may not")
+    func secondCopyOfARequestedPage() {
+        let start = ContinuousClock.now
+        var map = PostcopyPageMap(discard: [Self.bitmap(16, set: [2, 3]), Self.bitmap(1024, set: Array(0..<512))], unitPages: [1, 512])
+        _ = map.fault(block: 0, offset: 2 * 4096, at: start)
+        var taken = map.takeSecondCopy(block: 0, page: 2)
+        #expect(!taken, "not placed yet: the first copy is still to come")
+        _ = map.placed(block: 0, pages: 2..<4, at: start)
+        taken = map.takeSecondCopy(block: 0, page: 2)
+        #expect(taken)
+        taken = map.takeSecondCopy(block: 0, page: 2)
+        #expect(!taken, "one second copy, no third")
+        taken = map.takeSecondCopy(block: 0, page: 3)
+        #expect(!taken, "never asked for")
+        _ = map.fault(block: 1, offset: 0, at: start)
+        _ = map.placed(block: 1, pages: 0..<512, at: start)
+        taken = map.takeSecondCopy(block: 1, page: 0)
+        #expect(!taken, "a huge unit is never sent twice")
+    }
+
     @Test("a run of pages completes every unit asked for within it, each with its own latency")
     func runCompletesSeveralRequests() {
         let start = ContinuousClock.now
@@ -135,15 +155,34 @@ import GuestMemory
         #expect(job.offsets == (32..<512).map { $0 * 4096 }, "the rest of the huge page, in order, right behind its start")
     }
 
-    @Test("4 KiB pages are never interrupted: a request for any of them goes at once, and the background follows it")
-    func basePages() throws {
+    /// 64 dirty 4 KiB pages, a picker, and the background's first batch of 8 taken.
+    static func basePagesAfterABatch(preempt: Bool) throws -> (PageSelector, PostcopyPicker) {
         var selector = PageSelector(pageCounts: [64], chunkPages: 512)
         _ = selector.merge([PostcopyPageMapTests.bitmap(64, set: Array(0..<64))])
-        var picker = PostcopyPicker(unitPages: [1], preempt: true)
+        var picker = PostcopyPicker(unitPages: [1], preempt: preempt)
         _ = try #require(picker.background(8, from: &selector))
+        return (selector, picker)
+    }
+
+    @Test("4 KiB pages are never interrupted: a request for any of them goes at once, and the background follows it")
+    func basePages() throws {
+        var (selector, picker) = try Self.basePagesAfterABatch(preempt: true)
         #expect(picker.interrupted == nil)
         guard case .send(let job, on: .urgent) = picker.request(block: 0, pages: 40..<41, from: &selector) else { Issue.record("not sent"); return }
         #expect(job.offsets == [40 * 4096])
         #expect(picker.background(4, from: &selector)?.offsets == (41..<45).map { $0 * 4096 }, "the pages after the one asked for come next")
+    }
+
+    @Test("a 4 KiB page asked for after the background took it goes again on the preempt channel; without one, or on a huge page, nothing goes")
+    func resendsAPageTheBackgroundTook() throws {
+        var (selector, picker) = try Self.basePagesAfterABatch(preempt: true)
+        guard case .resend(let job) = picker.request(block: 0, pages: 3..<4, from: &selector) else { Issue.record("not resent"); return }
+        #expect(job.offsets == [3 * 4096] && job.blocks == [0] && job.knownZero == [false], "read again, not assumed zero")
+        #expect(selector.dirtyCount == 56, "nothing taken from the dirty set")
+
+        var (other, single) = try Self.basePagesAfterABatch(preempt: false)
+        guard case .nothing = single.request(block: 0, pages: 3..<4, from: &other) else {
+            Issue.record("resent on the one channel, behind the copy it would overtake"); return
+        }
     }
 }

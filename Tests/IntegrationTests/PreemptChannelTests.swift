@@ -88,6 +88,25 @@ import Transport
         }
     }
 
+    /// A thread reading the page at `offset` of the destination's RAM (a fault while it is missing).
+    final class Touch: Sendable {
+        let page = Mutex<[UInt8]?>(nil)
+
+        init(_ destination: Destination, offset: Int) {
+            Thread { [self] in
+                let bytes = destination.page(offset)
+                page.withLock { $0 = bytes }
+            }.start()
+        }
+
+        /// What the thread read, once it could (nil if it still waits after 5 s).
+        func read() -> [UInt8]? {
+            let deadline = ContinuousClock.now + .seconds(5)
+            while page.withLock({ $0 }) == nil, ContinuousClock.now < deadline { usleep(1000) }
+            return page.withLock { $0 }
+        }
+    }
+
     /// The switch with pages 0-3 of the 1 MiB block discarded.
     static func switchFrame(_ encoder: inout FrameEncoder) -> [UInt8] {
         encoder.frame(.postcopy, payload: PostcopyDiscard(words: [[0b1111, 0, 0, 0]]).encode())
@@ -121,6 +140,38 @@ import Transport
         preempt.close()
     }
 
+    @Test("a page asked for may come on both channels: the second copy is dropped, not placed over the first; a third is refused")
+    func aRequestedPageOnBothChannels() throws {
+        let destination = try Destination()
+        var mainFrames = FrameEncoder(), urgentFrames = FrameEncoder()
+        let (main, preempt) = try destination.open(main: &mainFrames)
+        try main.write(Self.switchFrame(&mainFrames))
+        usleep(100_000)
+        let touch = Touch(destination, offset: 8192)
+        #expect(try Self.messages(on: preempt, count: 1, within: .seconds(10)) == [.pageRequest(block: 0, offset: 8192, length: 4096)])
+        // The source's resend on the preempt channel lands first; the background's copy
+        // (made different here, to show it is not placed) follows on the main one.
+        let urgent = Self.pages([(8192, 0x22)])
+        try preempt.write(urgentFrames.frame(.pages, payload: urgent.payload, tail: urgent.tail))
+        #expect(touch.read() == [UInt8](repeating: 0x22, count: 4096))
+        let background = Self.pages([(0, 0x20), (4096, 0x21), (8192, 0x99), (12288, 0x23)])
+        try main.write(mainFrames.frame(.pages, payload: background.payload, tail: background.tail))
+        usleep(200_000)
+        // Refused, the load would pause with page 3 missing, and reading it would wait for good.
+        let paused = destination.engine.withLock { $0 }?.status == .postcopyPaused
+        try #require(!paused, "the second copy was refused: \(destination.engine.withLock { $0 }?.pauseReason ?? "")")
+        #expect(destination.page(8192) == [UInt8](repeating: 0x22, count: 4096), "the second copy was dropped")
+        #expect(destination.page(12288) == [UInt8](repeating: 0x23, count: 4096), "the pages after it in its frame landed")
+        // A third copy is refused.
+        let third = Self.pages([(8192, 0x22)])
+        try preempt.write(urgentFrames.frame(.pages, payload: third.payload, tail: third.tail))
+        let reason = destination.pauseReason()
+        #expect(reason?.contains("page at offset 8192 of RAM block 'pc.ram' arrived in postcopy, but it was not in the discard set or arrived already") == true,
+                "\(reason ?? "not paused")")
+        main.close()
+        preempt.close()
+    }
+
     /// The return-path messages that arrive on `channel` within `within` (up to the first `count`).
     static func messages(on channel: DescriptorChannel, count: Int, within: Duration) throws -> [ReturnMessage] {
         var decoder = ReturnPathDecoder()
@@ -148,12 +199,7 @@ import Transport
         let deadline = ContinuousClock.now + .seconds(10)
         while destination.engine.withLock({ $0 })?.status != .postcopyActive, ContinuousClock.now < deadline { usleep(1000) }
         // A thread touches page 2, not yet here: its fault becomes a request.
-        final class Read: Sendable { let page = Mutex<[UInt8]?>(nil) }
-        let read = Read()
-        Thread {
-            let page = destination.page(8192)
-            read.page.withLock { $0 = page }
-        }.start()
+        let touch = Touch(destination, offset: 8192)
         #expect(try Self.messages(on: asked, count: 1, within: .seconds(10)) == [.pageRequest(block: 0, offset: 8192, length: 4096)])
         #expect(try Self.messages(on: other, count: 1, within: .milliseconds(200)).isEmpty, "nothing asked on the other way back")
         let urgent = Self.pages([(8192, 0x22)])
@@ -162,9 +208,7 @@ import Transport
         try main.write(mainFrames.frame(.pages, payload: background.payload, tail: background.tail) + mainFrames.end())
         let outcome = destination.outcome()
         guard case .success? = outcome else { Issue.record("destination: \(String(describing: outcome))"); return }
-        let waitedFor = ContinuousClock.now + .seconds(5)
-        while read.page.withLock({ $0 }) == nil, ContinuousClock.now < waitedFor { usleep(1000) }
-        #expect(read.page.withLock { $0 } == [UInt8](repeating: 0x22, count: 4096), "the faulting thread read the page sent")
+        #expect(touch.read() == [UInt8](repeating: 0x22, count: 4096), "the faulting thread read the page sent")
         main.close()
         preempt.close()
     }

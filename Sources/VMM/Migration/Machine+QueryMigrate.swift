@@ -109,6 +109,7 @@ extension Machine {
             result["x-ferry-postcopy"] = ["requests": .int(Int64(info.postcopyRequests)),
                                           "dropped-requests": .int(Int64(info.postcopyDroppedRequests)),
                                           "urgent-pages": .int(Int64(info.postcopyUrgentPages)),
+                                          "resent-pages": .int(Int64(info.postcopyResentPages)),
                                           "pauses": .int(Int64(info.postcopyPauses)),
                                           "pacing": .int(Int64(clamping: info.postcopyPacing)),
                                           "pacing-lowest": .int(Int64(clamping: info.postcopyPacingLowest)),
