@@ -455,18 +455,18 @@ public final class RAMMigration: Migratable {
     /// (the return path's reader; the migration thread meanwhile sends the background).
     private func serve(_ request: PostcopyRequests.Request, on urgent: StreamWriter,
                        requests: PostcopyRequests) throws(MigrationError) {
-        switch pick(request) {
-        case .send(let job, _):
+        let picked = pick(request)
+        switch picked {
+        case .send(let job, _), .resend(let job):
             var sender = PageSender(writer: urgent, mappings: mappings, detection: .multifd, statistics: statistics)
             try sender.send(job)
             // A faulting vCPU waits for it: it must leave now, not when TCP next tries.
             urgent.channel.pushUnsent(within: Self.urgentPushLimit)
-            requests.served(urgentPages: job.count)
-        case .resend(let job):
-            var sender = PageSender(writer: urgent, mappings: mappings, detection: .multifd, statistics: statistics)
-            try sender.send(job)
-            urgent.channel.pushUnsent(within: Self.urgentPushLimit)
-            requests.served(urgentPages: job.count, resent: true)
+            if case .resend = picked {
+                requests.served(urgentPages: job.count, resent: true)
+            } else {
+                requests.served(urgentPages: job.count)
+            }
         case .dropped:
             requests.dropped()
         case .nothing:

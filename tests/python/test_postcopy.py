@@ -80,6 +80,10 @@ def test_postcopy_qemu_recipe(vms, kind, preempt):
             # ... and held it to the end (no share given up: max-postcopy-bandwidth is the pace).
             assert info["x-ferry-postcopy"]["pacing-now"] == (64 << 20 if preempt else 0), info["x-ferry-postcopy"]
             assert info["x-ferry-postcopy"]["yields"] == 0, info["x-ferry-postcopy"]     # 4 KiB pages never yield
+            # Pages sent again on the preempt channel are among its urgent pages (none without one).
+            figures = info["x-ferry-postcopy"]
+            assert 0 <= figures["resent-pages"] <= figures["urgent-pages"], figures
+            assert preempt or figures["resent-pages"] == 0, figures
         await destination.quit()
         await source.quit()
 
