@@ -173,6 +173,15 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def machine_cpu_seconds():
+    """CPU-seconds the whole machine spent busy (user, nice, system, irq and softirq of
+    /proc/stat's cpu line): the kernel's network work for a veth pair runs in softirq on
+    whichever thread or idle CPU it interrupts, so the processes' own times miss part of it."""
+    with open("/proc/stat") as stat:
+        fields = stat.readline().split()
+    return sum(int(fields[i]) for i in (1, 2, 3, 6, 7)) / CLOCK_TICKS
+
+
 def thread_cpu(pid):
     """{tid: (thread name, utime + stime seconds)} of every living thread of `pid`."""
     threads = {}
@@ -393,7 +402,8 @@ def scenario_migrate(ferry_vmm, qemu_vmm, runs, name, workload, ready_pages):
     if len(results) == 1:       # --only: one VMM, no ratio
         (name, r), = results.items()
         print(f"{name}: total {r['total']:.0f} ms, downtime {r['downtime']:.0f} ms, pause {r['gap']:.0f} ms, "
-              f"{r['mbps'] / 8:.0f} MB/s, {r['transferred'] / 2**20:.0f} MiB sent")
+              f"{r['mbps'] / 8:.0f} MB/s, {r['transferred'] / 2**20:.0f} MiB sent, "
+              f"mig CPU-s src {r['src_mig_cpu']:.2f} dst {r['dst_mig_cpu']:.2f}")
         return
     f, q = results["ferry"], results["qemu"]
     print(f"{'':>26} {'Ferry':>10} {'QEMU 10':>10} {'ratio':>8}")

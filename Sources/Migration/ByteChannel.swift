@@ -13,6 +13,8 @@ public protocol ByteChannel: Sendable {
     func read(into list: borrowing ScatterList) throws(ChannelError)
     /// Reads what is there, at most `count` bytes, into `buffer[offset...]`
     /// (which must have room), waiting for at least one; 0 at the end of the stream.
+    /// A TCP socket asked for a large count waits a little for all of it
+    /// (`DescriptorChannel.readWhole`): the caller needs them all before it can go on.
     func read(upTo count: Int, into buffer: inout [UInt8], at offset: Int) throws(ChannelError) -> Int
     /// Waits up to `timeout` for the next bytes; `false` if none came (for the return path).
     func waitReadable(timeout: Duration) throws(ChannelError) -> Bool

@@ -574,6 +574,26 @@ static inline int CLinuxUAPI_wait_writable_or_event(int fd, int event, int milli
 static inline int CLinuxUAPI_socket_limit_unsent(int fd, int bytes) {
     return setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &bytes, sizeof bytes) == 0 ? 0 : -errno;
 }
+/* A blocking read of socket `fd` waits until `bytes` are there (or the stream
+ * ends, or the receive buffer is under pressure: TCP wakes it then anyway), not
+ * for the first one (SO_RCVLOWAT; 1 is the default).  0 or -errno. */
+static inline int CLinuxUAPI_socket_receive_lowat(int fd, int bytes) {
+    return setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &bytes, sizeof bytes) == 0 ? 0 : -errno;
+}
+/* Whether `fd` is a TCP socket: 1 yes, 0 no (a file, a pipe, another socket). */
+static inline int CLinuxUAPI_socket_is_tcp(int fd) {
+    int protocol = 0;
+    socklen_t length = sizeof protocol;
+    if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &protocol, &length) != 0) return 0;
+    return protocol == IPPROTO_TCP;
+}
+/* Reads what socket `fd` holds, at most `count` bytes, without waiting: bytes
+ * read, 0 at the end of the stream, -EAGAIN when it holds none, or -errno. */
+static inline long CLinuxUAPI_read_nowait(int fd, void *buffer, size_t count) {
+    long r;
+    do { r = recv(fd, buffer, count, MSG_DONTWAIT); } while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : r;
+}
 /* Paces what TCP socket `fd` sends to at most `bytes_per_second` (SO_MAX_PACING_RATE;
  * TCP paces by itself, no fq qdisc needed); ~0 lifts the limit.  0 or -errno. */
 static inline int CLinuxUAPI_socket_max_pacing_rate(int fd, unsigned long long bytes_per_second) {
