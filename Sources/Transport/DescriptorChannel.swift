@@ -73,7 +73,7 @@ public final class DescriptorChannel: ZeroCopyChannel {
     }
 
     /// A large read from a TCP socket wakes once, when all `count` bytes (at
-    /// most `wholeReadMost`) are there, or the kernel's receive buffer or window
+    /// most `wholeReadMost`, and a quarter of the receive buffer) are there, or the kernel's receive buffer or window
     /// is full, not at each train of packets: the receive low-water mark is set
     /// to it (`SO_RCVLOWAT`), the socket polled, then what it holds read without
     /// waiting.  A 2 MiB page on a 1 Gbit/s link otherwise woke its reader about
@@ -84,7 +84,14 @@ public final class DescriptorChannel: ZeroCopyChannel {
     /// reach the mark, whatever the reader took already).  Nil when nothing came
     /// within `wholeReadWait`: the caller reads as usual.
     private func readWhole(_ count: Int, into buffer: inout [UInt8], at offset: Int) throws(ChannelError) -> Int? {
-        markReceive(min(count, Self.wholeReadMost))
+        // At most a quarter of the receive buffer: TCP's window, about half of it, then
+        // holds the whole mark, so the sender is never held for a window update that only
+        // a read would send (on a fresh socket a read waited out `wholeReadWait` so).
+        // A buffer still small reads as usual; reading grows it (TCP's autotuning).
+        let room = Int(CLinuxUAPI_socket_receive_buffer(descriptor)) / 4
+        let mark = min(count, Self.wholeReadMost, room)
+        guard mark >= Self.wholeReadBytes else { return nil }
+        markReceive(mark)
         let ready = CLinuxUAPI_wait_readable(descriptor, Self.wholeReadWait.pollMilliseconds)
         guard ready >= 0 else { throw .system("poll on the migration channel", errno: -ready) }
         let result = unsafe buffer.withUnsafeMutableBytes { raw in

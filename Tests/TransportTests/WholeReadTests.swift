@@ -1,5 +1,6 @@
 import Glibc
 import GuestMemory
+import CLinuxUAPI
 import Migration
 import Testing
 @testable import Transport
@@ -10,6 +11,21 @@ import Testing
 /// never waits for more than its count.
 @Suite struct WholeReadTests {
     static let count = 256 << 10
+
+    /// A TCP loopback pair whose receiving socket's buffer is 8 MiB, as a
+    /// migration's grow to once TCP's autotuning has seen their first frames
+    /// (`SO_RCVBUFFORCE`, root: the tests run as root): a fresh socket's 128 KiB
+    /// is too small for a 256 KiB read to wait for its bytes whole, and
+    /// autotuning over loopback grows it by how fast the reader happens to be.
+    static func warmPair() throws -> (DescriptorChannel, DescriptorChannel) {
+        let (writer, reader) = try Kit.tcpPair()
+        var bytes: Int32 = 4 << 20     // the kernel doubles it
+        let set = setsockopt(reader.descriptor, SOL_SOCKET, SO_RCVBUFFORCE, &bytes, socklen_t(MemoryLayout<Int32>.size))
+        try #require(set == 0, "SO_RCVBUFFORCE: errno \(errno)")
+        let room = Int(CLinuxUAPI_socket_receive_buffer(reader.descriptor)) / 4
+        try #require(room >= count, "the receive buffer is only \(room * 4) bytes")
+        return (writer, reader)
+    }
 
     /// Writes `stream` in `pieces` equal parts, `gap` apart, on a thread of its own.
     static func dribble(_ stream: [UInt8], to writer: DescriptorChannel, pieces: Int, gap: Duration,
@@ -27,7 +43,7 @@ import Testing
 
     @Test("a 256 KiB read over TCP, its bytes sent in eight parts 1 ms apart, returns them all at once")
     func wholeAtOnce() throws {
-        let (writer, reader) = try Kit.tcpPair()
+        let (writer, reader) = try Self.warmPair()
         defer { writer.close(); reader.close() }
         let stream = Kit.stream(pages: Self.count / 4096, seed: 3)
         let sending = Self.dribble(stream, to: writer, pieces: 8, gap: .milliseconds(1))
@@ -42,7 +58,7 @@ import Testing
 
     @Test("bytes that stop coming part-way are read after the wait, and the rest, sent 300 ms later, by the next read")
     func partThenRest() throws {
-        let (writer, reader) = try Kit.tcpPair()
+        let (writer, reader) = try Self.warmPair()
         defer { writer.close(); reader.close() }
         let stream = Kit.stream(pages: Self.count / 4096, seed: 4)
         let sending = Self.dribble(stream, to: writer, pieces: 2, gap: .milliseconds(300))
@@ -67,7 +83,7 @@ import Testing
 
     @Test("a read into guest memory (readv) after a large read that took part of its count waits only for its own bytes")
     func scatteredAfterPart() throws {
-        let (writer, reader) = try Kit.tcpPair()
+        let (writer, reader) = try Self.warmPair()
         defer { writer.close(); reader.close() }
         let pages = 64
         let stream = Kit.stream(pages: pages, seed: 5)
@@ -97,7 +113,7 @@ import Testing
 
     @Test("a large read of a stream that ends part-way returns what came, then the end")
     func endPartWay() throws {
-        let (writer, reader) = try Kit.tcpPair()
+        let (writer, reader) = try Self.warmPair()
         defer { reader.close() }
         let stream = Kit.stream(pages: 24, seed: 6)     // 96 KiB of the 256 asked for
         let sending = Self.dribble(stream, to: writer, pieces: 3, gap: .milliseconds(30), thenClose: true)

@@ -580,6 +580,13 @@ static inline int CLinuxUAPI_socket_limit_unsent(int fd, int bytes) {
 static inline int CLinuxUAPI_socket_receive_lowat(int fd, int bytes) {
     return setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &bytes, sizeof bytes) == 0 ? 0 : -errno;
 }
+/* Socket `fd`'s receive buffer in bytes as the kernel holds it (SO_RCVBUF:
+ * payload and overhead, grown by TCP's autotuning), or -errno. */
+static inline int CLinuxUAPI_socket_receive_buffer(int fd) {
+    int bytes = 0;
+    socklen_t length = sizeof bytes;
+    return getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, &length) == 0 ? bytes : -errno;
+}
 /* Whether `fd` is a TCP socket: 1 yes, 0 no (a file, a pipe, another socket). */
 static inline int CLinuxUAPI_socket_is_tcp(int fd) {
     int protocol = 0;
