@@ -73,16 +73,17 @@ public final class DescriptorChannel: ZeroCopyChannel {
     }
 
     /// A large read from a TCP socket wakes once, when all `count` bytes (at
-    /// most `wholeReadMost`, and a quarter of the receive buffer) are there, or the kernel's receive buffer or window
-    /// is full, not at each train of packets: the receive low-water mark is set
-    /// to it (`SO_RCVLOWAT`), the socket polled, then what it holds read without
-    /// waiting.  A 2 MiB page on a 1 Gbit/s link otherwise woke its reader about
-    /// 60 times, each wake-up taking the socket's lock against the packets
-    /// arriving on the other CPU.  Polled, not
-    /// read: a blocking read copies what is there, then waits for the mark's
-    /// whole count more (the kernel wakes a reader when the bytes it holds
-    /// reach the mark, whatever the reader took already).  Nil when nothing came
-    /// within `wholeReadWait`: the caller reads as usual.
+    /// most `wholeReadMost` and a quarter of the receive buffer) are there, or
+    /// the kernel's receive buffer or window is full, not at each train of
+    /// packets: the receive low-water mark is set to it (`SO_RCVLOWAT`), the
+    /// socket polled, then what it holds read without waiting.  A 2 MiB page on
+    /// a 1 Gbit/s link otherwise woke its reader about 60 times, each wake-up
+    /// taking the socket's lock against the packets arriving on the other CPU.
+    /// Polled, not read: a blocking read copies what is there, then waits for
+    /// the mark's whole count more (the kernel wakes a reader when the bytes it
+    /// holds reach the mark, whatever the reader took already).  Nil when the
+    /// buffer is still small or nothing came within `wholeReadWait`: the caller
+    /// reads as usual.
     private func readWhole(_ count: Int, into buffer: inout [UInt8], at offset: Int) throws(ChannelError) -> Int? {
         // At most a quarter of the receive buffer: TCP's window, about half of it, then
         // holds the whole mark, so the sender is never held for a window update that only
@@ -103,7 +104,6 @@ public final class DescriptorChannel: ZeroCopyChannel {
         if result > 0, let activity = inactivity.withLock({ $0.activity }) { activity.add(result) }
         return result
     }
-
 
     /// Sets the socket's receive low-water mark to `bytes` unless it is there
     /// already (the kernel caps it at half the largest receive buffer).
