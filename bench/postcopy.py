@@ -300,7 +300,8 @@ def scenario_postcopy(ferry_vmm, qemu_vmm, vmms, runs, memory, working_set, mode
                ("guest slow p50 us", "slow_p50"), ("guest slow p99 us", "slow_p99"), ("slow writes", "slow"),
                ("guest stalled s", "stall_s"), ("guest MB/s written", "guest_mb_s"), ("gap ms", "gap"),
                ("CPU-s src", "cpu_src"), ("CPU-s dst", "cpu_dst"), ("mig CPU-s src", "cpu_src_mig"),
-               ("mig CPU-s dst", "cpu_dst_mig"), ("machine CPU-s less vCPUs", "cpu_machine"), ("tbf drops src", "drops"), ("TCP retrans src", "retrans"),
+               ("mig CPU-s dst", "cpu_dst_mig"), ("machine CPU-s less vCPUs", "cpu_machine"), ("tbf drops src", "drops"),
+               ("TCP retrans src", "retrans"),
                ("pace MB/s", "pacing_mb_s"), ("lowest pace MB/s", "pacing_lowest_mb_s"), ("yields", "yields"),
                ("guest ready s", "ready_s")]
     print("\n| mode | VMM | " + " | ".join(name for name, _ in columns) + " |")

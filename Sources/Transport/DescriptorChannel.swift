@@ -61,7 +61,7 @@ public final class DescriptorChannel: ZeroCopyChannel {
         precondition(offset >= 0 && count >= 0 && offset + count <= buffer.count)
         guard count > 0 else { return 0 }
         if isTCP, count >= Self.wholeReadBytes, let got = try readWhole(count, into: &buffer, at: offset) { return got }
-        if isTCP { markReceive(1) }
+        markReceive(1)
         let result = unsafe buffer.withUnsafeMutableBytes { raw in
             awaitingArrival {
                 // SAFETY: the precondition keeps [offset, offset + count) inside the buffer.
@@ -106,7 +106,9 @@ public final class DescriptorChannel: ZeroCopyChannel {
     }
 
     /// Sets the socket's receive low-water mark to `bytes` unless it is there
-    /// already (the kernel caps it at half the largest receive buffer).
+    /// already (the kernel caps it at half the largest receive buffer).  Only
+    /// `readWhole` raises it, on TCP sockets: lowering it elsewhere costs a
+    /// syscall only after that.
     private func markReceive(_ bytes: Int) {
         let mark = min(bytes, Int(Int32.max))
         guard receiveMark.exchange(mark, ordering: .relaxed) != mark else { return }
@@ -145,7 +147,7 @@ public final class DescriptorChannel: ZeroCopyChannel {
                 // moved a 256 MiB working set in 382-496 ms against 380-434, 3 runs each).  The
                 // mark a large read left is lowered first: a blocking read under it would wait for
                 // the mark's count beyond what it took.
-                if isTCP { markReceive(1) }
+                markReceive(1)
                 return awaitingArrival { unsafe CLinuxUAPI_readv(descriptor, vectors, count) }       // retries EINTR itself
             }
         }
@@ -300,7 +302,7 @@ public final class DescriptorChannel: ZeroCopyChannel {
     }
 
     public func waitReadable(timeout: Duration) throws(ChannelError) -> Bool {
-        if isTCP { markReceive(1) }
+        markReceive(1)
         let result = CLinuxUAPI_wait_readable(descriptor, timeout.pollMilliseconds)
         guard result >= 0 else { throw .system("poll on the migration channel", errno: -result) }
         return result > 0

@@ -1,6 +1,6 @@
+import CLinuxUAPI
 import Glibc
 import GuestMemory
-import CLinuxUAPI
 import Migration
 import Testing
 @testable import Transport
