@@ -163,6 +163,7 @@ async def postcopy_once(vmm, cmdline, memory, ready_pages, preempt, huge, pacing
         await src.execute("migrate", {"uri": f"tcp:{ADDRESS[1]}:{PORT}"})
         await asyncio.sleep(1.0)
         switched = time.monotonic()
+        precopy = (await src.execute("query-migrate")).get("ram", {})
         await src.execute("migrate-start-postcopy")
         # Ferry's background pace through postcopy (ms after the switch, MB/s), every 100 ms.
         pace_track = []
@@ -204,6 +205,10 @@ async def postcopy_once(vmm, cmdline, memory, ready_pages, preempt, huge, pacing
     latency = dinfo.get("x-ferry-postcopy", {}).get("request-latency-us", {})
     return {"total": info["total-time"], "downtime": info.get("downtime"), "postcopy_ms": (end - switched) * 1000,
             "requests": info["ram"].get("postcopy-requests"), "postcopy_mb": info["ram"].get("postcopy-bytes", 0) / 1e6,
+            # What precopy had sent (and found zero) by the switch, and all the source sent:
+            # postcopy's bytes are what precopy left, less what the guest rewrote before the switch.
+            "precopy_mb": megabytes(precopy.get("transferred")), "precopy_zero": precopy.get("duplicate"),
+            "sent_mb": megabytes(info["ram"].get("transferred")),
             "lat_p50": latency.get("p50"), "lat_p99": latency.get("p99"), "lat_max": latency.get("max"),
             "slow_p50": p50, "slow_p99": p99, "slow": slow, "guest_mb_s": progress, "stall_s": stall,
             "gap": (first_destination - last_source) * 1000, "cpu_src": cpu[0], "cpu_dst": cpu[1],
@@ -295,7 +300,8 @@ def scenario_postcopy(ferry_vmm, qemu_vmm, vmms, runs, memory, working_set, mode
                     Path("/proc/sys/vm/nr_hugepages").write_text("0\n")
     finally:
         network_down()
-    columns = [("total ms", "total"), ("downtime", "downtime"), ("postcopy ms", "postcopy_ms"), ("requests", "requests"),
+    columns = [("total ms", "total"), ("downtime", "downtime"), ("postcopy ms", "postcopy_ms"), ("precopy MB", "precopy_mb"),
+               ("precopy zero pages", "precopy_zero"), ("postcopy MB", "postcopy_mb"), ("sent MB", "sent_mb"), ("requests", "requests"),
                ("req p50 us", "lat_p50"), ("req p99 us", "lat_p99"), ("req max us", "lat_max"),
                ("guest slow p50 us", "slow_p50"), ("guest slow p99 us", "slow_p99"), ("slow writes", "slow"),
                ("guest stalled s", "stall_s"), ("guest MB/s written", "guest_mb_s"), ("gap ms", "gap"),
