@@ -13,7 +13,6 @@ let package = Package(
     platforms: [.macOS(.v15)],
     dependencies: [
         .package(name: ferry, path: ".."),
-        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
     targets: [
         // What the stream-shaped targets share: the input as a channel, the frame fixer.
@@ -31,9 +30,7 @@ let package = Package(
         .executableTarget(name: "FuzzVirtio", dependencies: [.product(name: "FerryFuzzable", package: ferry)],
                           swiftSettings: strict),
         // QMP text: JSON splitting, session, command decoding, URIs and parameters.
-        .executableTarget(name: "FuzzQMP", dependencies: [.product(name: "FerryFuzzable", package: ferry),
-                                                          .product(name: "NIOCore", package: "swift-nio"),
-                                                          .product(name: "NIOEmbedded", package: "swift-nio")],
+        .executableTarget(name: "FuzzQMP", dependencies: [.product(name: "FerryFuzzable", package: ferry)],
                           swiftSettings: strict),
     ]
 )

@@ -9,26 +9,26 @@ import Synchronization
 
 /// The control socket: a Unix socket speaking the QEMU Machine Protocol.
 ///
-/// Commands from every connection run one at a time on one serial queue (a
-/// `stop` waits for the vCPUs to park, so never on the event loop); replies go
-/// back in order.  Events go to every connection past negotiation.
+/// Each connection's commands run on its reader thread, one at a time across
+/// all connections (`QMPCommands`; a `stop` waits for the vCPUs to park, so
+/// never on the event loop); replies go back in order.  Events go to every
+/// connection past negotiation.
 ///
 /// Reading and writing take different roads.  A client may pass descriptors
 /// with its bytes (`SCM_RIGHTS`, for `getfd` and `add-fd`), which SwiftNIO's
 /// stream channels cannot receive: they read with `read(2)`, and the kernel
 /// drops descriptors a plain read does not ask for.  So `HostIO` accepts the
-/// connections and a thread per connection reads them with `recvmsg`
-/// (``QMPConnection``); each read's descriptors and bytes go to the event loop
-/// together, in order.  Everything else stays on SwiftNIO: an output-only
-/// channel on a duplicate of the socket writes replies and events without
-/// blocking anyone, and the same pipeline as before frames the bytes into
-/// JSON texts and runs the session.
+/// connections and a thread per connection reads them with `recvmsg`, frames
+/// the bytes into JSON texts and answers them (``QMPConnection``,
+/// ``QMPInput``).  Writing stays on SwiftNIO: an output-only channel on a
+/// duplicate of the socket writes replies and events without blocking anyone.
 public final class QMPServer: Sendable {
     /// Runs one command; the descriptor is the one the client passed for it
     /// (`QMPCommand.takesDescriptor`), closed afterwards unless the command took it.
     public typealias Executor = @Sendable (QMPCommand, ReceivedDescriptor?) -> Result<JSONValue, QMPError>
-    /// Runs after a command's reply has been flushed to its client.
-    public typealias AfterReply = @Sendable (QMPCommand) -> Void
+    /// What runs after a command's reply has been flushed to its client; nil
+    /// for nothing (the reply is then written and not waited for at all).
+    public typealias AfterReply = @Sendable (QMPCommand) -> (@Sendable () -> Void)?
 
     let group: MultiThreadedEventLoopGroup
     let listener: UnixSocketListener
@@ -45,26 +45,25 @@ public final class QMPServer: Sendable {
 
     /// Binds `path` (replacing a stale socket file) and starts serving.
     public static func start(path: String, version: QMPVersion, execute: @escaping Executor,
-                             afterReply: @escaping AfterReply = { _ in },
+                             afterReply: @escaping AfterReply = { _ in nil },
                              outputLimit: Int = defaultOutputLimit,
                              connectionLimit: Int = defaultConnectionLimit) async throws -> QMPServer {
         let listener = try UnixSocketListener(path: path)
         let server = QMPServer(group: MultiThreadedEventLoopGroup(numberOfThreads: 1), listener: listener,
                                connectionLimit: connectionLimit)
-        let queue = DispatchQueue(label: "ferry.qmp.commands")
+        let commands = QMPCommands(executor: execute, afterReply: afterReply)
         let (group, connections) = (server.group, server.connections)
-        let pipeline: QMPConnection.Pipeline = { channel, inbox in
+        let pipeline: QMPConnection.Pipeline = { channel in
             try channel.pipeline.syncOperations.addHandler(OutputLimit(limit: outputLimit))
-            try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(JSONObjectDecoder()))
-            try channel.pipeline.syncOperations.addHandler(
-                QMPChannelHandler(version: version, execute: execute, afterReply: afterReply,
-                                  queue: queue, connections: connections, inbox: inbox))
+        }
+        let input: QMPConnection.Input = { channel, inbox in
+            QMPInput(version: version, channel: channel, commands: commands, connections: connections, inbox: inbox)
         }
         let live = server.live
         live.track(nil) { done in
             HostThread.start("ferry-qmp") {
                 while let socket = acceptNext(listener) {
-                    live.track(socket) { finished in QMPConnection.serve(socket, group: group, pipeline: pipeline, done: finished) }
+                    live.track(socket) { finished in QMPConnection.serve(socket, group: group, pipeline: pipeline, input: input, done: finished) }
                 }
                 done()
             }

@@ -108,14 +108,15 @@ extension Machine {
         }
     }
 
-    /// What a command does once its reply has been sent: `quit` stops the machine
-    /// (emitting SHUTDOWN) only after the client has its `{"return": {}}`.
-    public func afterReply(to command: QMPCommand) {
+    /// What a command does once its reply has been sent (nil: nothing): `quit`
+    /// stops the machine (emitting SHUTDOWN) only after the client has its `{"return": {}}`.
+    public func afterReply(to command: QMPCommand) -> (@Sendable () -> Void)? {
         switch command {
-        case .quit: quit()
+        case .quit: return { self.quit() }
         case .humanMonitorCommand(let line, _):
-            if case .run(.quit, _)? = try? HMPCommand(parsing: line) { quit() }
-        default: break
+            if case .run(.quit, _)? = try? HMPCommand(parsing: line) { return { self.quit() } }
+            return nil
+        default: return nil
         }
     }
 }

@@ -13,7 +13,7 @@ enum HumanMonitor {
             while let line = readLine(strippingNewline: true) {
                 let command = QMPCommand.humanMonitorCommand(commandLine: line, cpuIndex: nil)
                 if case .success(.string(let text)) = commands.withLock({ vm.execute(command) }) { write(text) }
-                vm.afterReply(to: command)
+                vm.afterReply(to: command)?()
                 if vm.isFinished { return }
                 write("(qemu) ")
             }

@@ -1,13 +1,11 @@
 import Glibc
 import Migration
-import NIOCore
-import NIOEmbedded
 import QMP
 import QMPSocket
 
 /// libFuzzer target `qmp`: the fuzz input is what a client sends on the QMP
 /// socket.  It goes through the same path as on a real connection, without a
-/// socket: `JSONObjectDecoder` (in two writes, split in the middle, so texts
+/// socket: `JSONTextFramer` (in two reads, split in the middle, so texts
 /// cross a read boundary) splits it into JSON texts, one `QMPSession` decodes
 /// each (negotiation, then commands), and the commands' arguments go through
 /// the parsers the VMM applies them with (`MigrationURI`, `MigrationParameters`,
@@ -27,33 +25,33 @@ enum QMPTarget {
     static let explain = unsafe getenv("FERRY_FUZZ_EXPLAIN") != nil
 
     static func run(_ bytes: [UInt8]) {
-        let channel = EmbeddedChannel(handler: ByteToMessageHandler(JSONObjectDecoder()))
+        var framer = JSONTextFramer()
         var session = QMPSession()
         var parameters = MigrationParameters()
         var capabilities = MigrationCapabilities()
         let half = bytes.count / 2
         for part in [bytes[..<half], bytes[half...]] {
-            do { try channel.writeInbound(ByteBuffer(bytes: part)) } catch {
-                if explain { print("decoder: \(error)") }
-                drain(channel, &session, &parameters, &capabilities)
-                _ = try? channel.finish()
-                return
+            framer.append(part)
+            while true {
+                let text: JSONText?
+                do { text = try framer.next() } catch {
+                    if explain { print("framer: \(error)") }
+                    return
+                }
+                guard let text else { break }
+                step(text, &session, &parameters, &capabilities)
             }
-            drain(channel, &session, &parameters, &capabilities)
         }
-        _ = try? channel.finish()
     }
 
-    static func drain(_ channel: EmbeddedChannel, _ session: inout QMPSession,
-                      _ parameters: inout MigrationParameters, _ capabilities: inout MigrationCapabilities) {
-        while let text = try? channel.readInbound(as: JSONText.self) {
-            switch session.step(text.bytes) {
-            case .reply(let reply):
-                if explain { print("reply: \(reply)") }
-            case .execute(let command, let id):
-                if explain { print("execute: \(command) id \(String(describing: id))") }
-                apply(command, &parameters, &capabilities)
-            }
+    static func step(_ text: JSONText, _ session: inout QMPSession,
+                     _ parameters: inout MigrationParameters, _ capabilities: inout MigrationCapabilities) {
+        switch session.step(text.bytes) {
+        case .reply(let reply):
+            if explain { print("reply: \(reply)") }
+        case .execute(let command, let id):
+            if explain { print("execute: \(command) id \(String(describing: id))") }
+            apply(command, &parameters, &capabilities)
         }
     }
 

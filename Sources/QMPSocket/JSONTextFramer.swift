@@ -11,14 +11,14 @@ public struct JSONText: Equatable, Sendable {
 /// Splits a byte stream into complete top-level JSON texts, as QEMU's JSON
 /// streamer does: by bracket depth, outside strings.  Whitespace between texts
 /// is skipped.  A text longer than `maximumLength` is an error.
-public struct JSONObjectDecoder: ByteToMessageDecoder {
-    public typealias InboundOut = JSONText
-
+public struct JSONTextFramer: Sendable {
     /// Far above any QMP command; bounds what a client can make us buffer.
     public static let maximumLength = 1 << 20
 
-    public enum DecodeError: Error { case tooLong, unbalanced }
+    public enum FramingError: Error, Equatable { case tooLong, unbalanced }
 
+    /// The bytes received and not yet framed.
+    private var buffer = ByteBuffer()
     private var scanned = 0
     private var depth = 0
     private var inString = false
@@ -28,17 +28,20 @@ public struct JSONObjectDecoder: ByteToMessageDecoder {
 
     public init() {}
 
-    public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        let view = buffer.readableBytesView
+    /// Takes the next bytes of the stream.
+    public mutating func append(_ bytes: some Sequence<UInt8>) {
+        buffer.discardReadBytes()
+        buffer.writeBytes(bytes)
+    }
+
+    /// The next complete text; nil until more bytes come.  After an error the
+    /// stream cannot be framed any further.
+    public mutating func next() throws(FramingError) -> JSONText? {
         // Leading whitespace between texts.
         if scanned == 0 {
-            var skip = 0
-            for byte in view { if byte == 0x20 || byte == 0x0a || byte == 0x0d || byte == 0x09 { skip += 1 } else { break } }
-            if skip > 0 {
-                buffer.moveReaderIndex(forwardBy: skip)
-                consumed += skip
-                return .continue
-            }
+            let skip = buffer.readableBytesView.prefix { $0 == 0x20 || $0 == 0x0a || $0 == 0x0d || $0 == 0x09 }.count
+            buffer.moveReaderIndex(forwardBy: skip)
+            consumed += skip
         }
         let bytes = buffer.readableBytesView
         var index = bytes.startIndex + scanned
@@ -54,7 +57,7 @@ public struct JSONObjectDecoder: ByteToMessageDecoder {
             case 0x7b, 0x5b: depth += 1
             case 0x7d, 0x5d:
                 depth -= 1
-                if depth < 0 { throw DecodeError.unbalanced }
+                if depth < 0 { throw .unbalanced }
             default: break
             }
             // A complete text: balanced brackets, or a bare scalar ended by whitespace.
@@ -63,16 +66,11 @@ public struct JSONObjectDecoder: ByteToMessageDecoder {
                 let text = buffer.readBytes(length: length) ?? []
                 scanned = 0
                 consumed += length
-                context.fireChannelRead(Self.wrapInboundOut(JSONText(bytes: text, end: consumed)))
-                return .continue
+                return JSONText(bytes: text, end: consumed)
             }
         }
         scanned = index - bytes.startIndex
-        if scanned > Self.maximumLength { throw DecodeError.tooLong }
-        return .needMoreData
-    }
-
-    public mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
-        try decode(context: context, buffer: &buffer)
+        if scanned > Self.maximumLength { throw .tooLong }
+        return nil
     }
 }
