@@ -24,8 +24,9 @@ enum QMPConnection {
             done()
             return
         }
-        // Whichever side ends first ends the other: the channel closing (bad
-        // input, too much unread output, server shutdown) wakes the reader's `recvmsg`.
+        // The channel closing (too much unread output) wakes the reader's
+        // `recvmsg`; the reader ending (end of stream, bad input, the server's
+        // shutdown of the socket) closes the channel.
         channel.closeFuture.whenComplete { _ in socket.shutdown() }
         HostThread.start("ferry-qmp-read") {
             read(socket, into: input(channel, DescriptorInbox()))
@@ -70,7 +71,7 @@ enum QMPConnection {
         while let message = try? socket.receive(), !message.bytes.isEmpty {
             offset += message.bytes.count
             input.inbox.deliver(message.descriptors, forTextsEndingFrom: offset)
-            guard input.read(message.bytes, endingAt: offset) else { break }
+            guard input.read(message.bytes) else { break }
             input.inbox.keepLatest()
         }
         input.connections.remove(input.channel)

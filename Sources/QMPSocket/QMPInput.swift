@@ -5,9 +5,9 @@ import QMP
 import Synchronization
 
 /// One QMP connection's input, on its reader thread: the greeting, then each
-/// JSON text through a `QMPSession`.  A command runs on this thread, under the
-/// server's `CommandTurn` (one command at a time, whoever sent it), and its
-/// reply goes to the connection's output channel.  A command that takes a
+/// JSON text through a `QMPSession`.  A command runs on this thread, one at a
+/// time across connections (`QMPCommands`), and its reply goes to the
+/// connection's output channel.  A command that takes a
 /// passed descriptor (`getfd`, `add-fd`) takes it from `inbox` as it is
 /// decoded, so it gets the descriptor sent for it.
 ///
@@ -35,12 +35,13 @@ struct QMPInput {
         send(QMPSession.greeting(version: version))
     }
 
-    /// Frames and answers the texts that `bytes`, the read that ends at offset
-    /// `end` of the stream, completes.  False once the input cannot be framed
-    /// (said to the client; the connection is closing).
-    mutating func read(_ bytes: [UInt8], endingAt end: Int) -> Bool {
+    /// Frames and answers the texts that the next read, `bytes`, completes.
+    /// False once the connection is closing: its input cannot be framed (said
+    /// to the client), or its channel closed (a client that left too much
+    /// output unread is dropped, and what it had sent meanwhile goes unanswered).
+    mutating func read(_ bytes: [UInt8]) -> Bool {
         framer.append(bytes)
-        while true {
+        while channel.isActive {
             let text: JSONText?
             do { text = try framer.next() } catch {
                 // Oversized or unbalanced input: say so and drop the connection.
@@ -51,6 +52,7 @@ struct QMPInput {
             guard let text else { return true }
             answer(text)
         }
+        return false
     }
 
     private mutating func answer(_ text: JSONText) {
@@ -62,12 +64,15 @@ struct QMPInput {
         case .execute(let command, let id):
             // A descriptor the command does not take (it failed) is closed once it has run.
             let descriptor = command.takesDescriptor ? inbox.takeFirst(forTextEndingAt: text.end) : nil
-            let reply = switch commands.execute(command, descriptor) {
+            let result = commands.execute(command, descriptor)
+            let reply = switch result {
             case .success(let value): QMPSession.success(value, id: id)
             case .failure(let error): QMPSession.error(error, id: id)
             }
             descriptor?.close()     // a no-op if the command took it
-            commands.reply(reply, to: command, on: channel)
+            // A command refused (an HMP `quit` with no such CPU) has nothing to follow.
+            let succeeded = if case .success = result { true } else { false }
+            commands.reply(reply, to: succeeded ? command : nil, on: channel)
         }
     }
 
@@ -98,15 +103,20 @@ final class QMPCommands: Sendable {
     /// Writes `reply` to `channel`, not waiting for it to be flushed: a client
     /// that stops reading its replies would hold every client's commands behind
     /// its flush.  What follows a reply (quit) runs once it is flushed, or after
-    /// a second at most; a command with nothing to follow costs no more wake-ups.
-    func reply(_ reply: String, to command: QMPCommand, on channel: any Channel) {
+    /// a second at most, in its turn among the commands (no command runs half
+    /// before and half after a quit); a command with nothing to follow costs no
+    /// more wake-ups.
+    /// `command`: the command that succeeded (nil: none, or it failed).
+    func reply(_ reply: String, to command: QMPCommand?, on channel: any Channel) {
         let bytes = ByteBuffer(string: reply + "\r\n")
-        guard let follow = afterReply(command) else {
+        guard let follow = command.flatMap(afterReply) else {
             channel.writeAndFlush(bytes, promise: nil)
             return
         }
         let once = Once()
-        let run: @Sendable () -> Void = { [followers] in if once.claim() { followers.async(execute: follow) } }
+        let run: @Sendable () -> Void = { [self] in
+            if once.claim() { followers.async { self.turn.withLock { _ in follow() } } }
+        }
         channel.writeAndFlush(bytes).whenComplete { _ in run() }
         channel.eventLoop.scheduleTask(in: .seconds(1)) { run() }
     }

@@ -108,8 +108,9 @@ extension Machine {
         }
     }
 
-    /// What a command does once its reply has been sent (nil: nothing): `quit`
-    /// stops the machine (emitting SHUTDOWN) only after the client has its `{"return": {}}`.
+    /// What a command that succeeded does once its reply has been sent (nil:
+    /// nothing): `quit` stops the machine (emitting SHUTDOWN) only after the
+    /// client has its `{"return": {}}`.
     public func afterReply(to command: QMPCommand) -> (@Sendable () -> Void)? {
         switch command {
         case .quit: return { self.quit() }

@@ -12,8 +12,9 @@ enum HumanMonitor {
             write("QEMU \(Machine.version.major).\(Machine.version.minor).\(Machine.version.micro) monitor (Ferry) - type 'help' for more information\n(qemu) ")
             while let line = readLine(strippingNewline: true) {
                 let command = QMPCommand.humanMonitorCommand(commandLine: line, cpuIndex: nil)
-                if case .success(.string(let text)) = commands.withLock({ vm.execute(command) }) { write(text) }
-                vm.afterReply(to: command)?()
+                let result = commands.withLock { vm.execute(command) }
+                if case .success(.string(let text)) = result { write(text) }
+                if case .success = result { vm.afterReply(to: command)?() }
                 if vm.isFinished { return }
                 write("(qemu) ")
             }

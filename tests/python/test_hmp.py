@@ -134,6 +134,11 @@ def test_stop_cont_quit_through_hmp(vms):
         assert await hmp(vm, "c") == ""
         assert await hmp(vm, "info status") == "VM status: running\n"
         assert re.fullmatch(r"10\.0\.0 \(ferry [^)]+\)\n", await hmp(vm, "info version"))
+        # A quit refused (no such CPU) quits nothing: what follows a reply runs within a second.
+        with pytest.raises(ExecuteError, match="Invalid CPU index"):
+            await hmp(vm, "quit", **{"cpu-index": 5})
+        await asyncio.sleep(1.5)
+        assert (await vm.qmp.execute("query-status"))["status"] == "running"
         shutdown = asyncio.ensure_future(wait_for_event(vm.qmp, "SHUTDOWN", timeout=20))
         assert await hmp(vm, "quit") == ""
         assert (await shutdown)["data"]["reason"] == "host-qmp-quit"
