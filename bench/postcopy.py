@@ -35,7 +35,7 @@ from pathlib import Path
 
 from side_by_side import (SETTLE_SECONDS, ThreadSampler, connect_qmp, cpu_seconds, first_touch_ms, machine_cpu_seconds,
                           migration_command, migration_cpu, quit_all, thread_medians)
-from snapshot import SlowAccesses, bucket_floor_us, histogram_delta, slow_percentiles
+from snapshot import SlowAccesses, bucket_floor_us, histogram_delta, slow_max, slow_percentiles
 
 NETNS = ("ferry-pc-src", "ferry-pc-dst")
 VETH = ("ferry-pc-s", "ferry-pc-d")
@@ -197,6 +197,9 @@ async def postcopy_once(vmm, cmdline, memory, ready_pages, preempt, huge, pacing
         last_source = max((b[0] for b in sconsole.beats if b[0] <= end), default=switched)
         first_destination = min((b[0] for b in dconsole.beats), default=end)
         progress = guest_progress(sconsole.beats, dconsole.beats, end)
+        precopy_progress = window_progress(sconsole.beats, start, switched)
+        written = moved_written(sconsole.beats, dconsole.beats, start, end)
+        slowest = slow_max(before[-1] if before else [], dconsole.slow[-1][1] if dconsole.slow else [])
         stall = slow_seconds(before[-1] if before else [], dconsole.slow[-1][1] if dconsole.slow else [])
         errors = dconsole.errors
         await quit_all([src, dst], [sproc, dproc])
@@ -210,7 +213,8 @@ async def postcopy_once(vmm, cmdline, memory, ready_pages, preempt, huge, pacing
             "precopy_mb": megabytes(precopy.get("transferred")), "precopy_zero": precopy.get("duplicate"),
             "sent_mb": megabytes(info["ram"].get("transferred")),
             "lat_p50": latency.get("p50"), "lat_p99": latency.get("p99"), "lat_max": latency.get("max"),
-            "slow_p50": p50, "slow_p99": p99, "slow": slow, "guest_mb_s": progress, "stall_s": stall,
+            "slow_p50": p50, "slow_p99": p99, "slow": slow, "slow_max": slowest, "guest_mb_s": progress, "stall_s": stall,
+            "precopy_guest_mb_s": precopy_progress, "moved_written_mb": written,
             "gap": (first_destination - last_source) * 1000, "cpu_src": cpu[0], "cpu_dst": cpu[1],
             # The whole machine's busy time less both vCPUs' (a guest that is served sooner
             # runs more): the migration's cost wherever the kernel ran its part of it.
@@ -244,6 +248,25 @@ def guest_progress(source_beats, destination_beats, end):
     if not source_beats or not after or after[-1][0] <= source_beats[-1][0]:
         return None
     return (after[-1][3] - source_beats[-1][3]) * 4096 / (after[-1][0] - source_beats[-1][0]) / 1e6
+
+
+def window_progress(beats, start, end):
+    """MB/s the guest wrote between its first heartbeat after `start` and its last before
+    `end` (host times): on the source, how fast it ran while precopy tracked its writes."""
+    inside = [b for b in beats if start <= b[0] <= end]
+    if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+        return None
+    return (inside[-1][3] - inside[0][3]) * 4096 / (inside[-1][0] - inside[0][0]) / 1e6
+
+
+def moved_written(source_beats, destination_beats, start, end):
+    """MB the guest wrote from its first heartbeat after `migrate` (on the source) to its
+    last before the end (on the destination): all it got done across the move."""
+    first = [b for b in source_beats if b[0] >= start]
+    last = [b for b in destination_beats if b[0] <= end]
+    if not first or not last:
+        return None
+    return (last[-1][3] - first[0][3]) * 4096 / 1e6
 
 
 def slow_seconds(before, after):
@@ -303,8 +326,9 @@ def scenario_postcopy(ferry_vmm, qemu_vmm, vmms, runs, memory, working_set, mode
     columns = [("total ms", "total"), ("downtime", "downtime"), ("postcopy ms", "postcopy_ms"), ("precopy MB", "precopy_mb"),
                ("precopy zero pages", "precopy_zero"), ("postcopy MB", "postcopy_mb"), ("sent MB", "sent_mb"), ("requests", "requests"),
                ("req p50 us", "lat_p50"), ("req p99 us", "lat_p99"), ("req max us", "lat_max"),
-               ("guest slow p50 us", "slow_p50"), ("guest slow p99 us", "slow_p99"), ("slow writes", "slow"),
-               ("guest stalled s", "stall_s"), ("guest MB/s written", "guest_mb_s"), ("gap ms", "gap"),
+               ("guest slow p50 us", "slow_p50"), ("guest slow p99 us", "slow_p99"), ("guest slow max us", "slow_max"), ("slow writes", "slow"),
+               ("guest stalled s", "stall_s"), ("guest MB/s written", "guest_mb_s"),
+               ("guest MB/s in precopy", "precopy_guest_mb_s"), ("guest MB written in the move", "moved_written_mb"), ("gap ms", "gap"),
                ("CPU-s src", "cpu_src"), ("CPU-s dst", "cpu_dst"), ("mig CPU-s src", "cpu_src_mig"),
                ("mig CPU-s dst", "cpu_dst_mig"), ("machine CPU-s less vCPUs", "cpu_machine"), ("tbf drops src", "drops"),
                ("TCP retrans src", "retrans"),
@@ -316,7 +340,7 @@ def scenario_postcopy(ferry_vmm, qemu_vmm, vmms, runs, memory, working_set, mode
         for vmm in vmms:
             samples = results.get((mode, vmm.name), [])
             forms = {"cpu_src": "{:.1f}", "cpu_dst": "{:.1f}", "cpu_src_mig": "{:.1f}", "cpu_dst_mig": "{:.1f}",
-                     "cpu_machine": "{:.1f}", "stall_s": "{:.2f}", "guest_mb_s": "{:.1f}", "ready_s": "{:.1f}"}
+                     "cpu_machine": "{:.1f}", "stall_s": "{:.2f}", "guest_mb_s": "{:.1f}", "precopy_guest_mb_s": "{:.1f}", "ready_s": "{:.1f}"}
             print(f"| {mode} | {vmm.name} ({len(samples)}) | "
                   + " | ".join(cell(median(samples, key), forms.get(key, "{:.0f}")) for _, key in columns) + " |")
     for mode in modes:

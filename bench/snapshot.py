@@ -77,6 +77,13 @@ def slow_percentiles(before, after):
     return at(0.50), at(0.99), total
 
 
+def slow_max(before, after):
+    """The slowest page access (us, its bucket's lower bound) between two cumulative histograms."""
+    delta = histogram_delta(before, after)
+    top = max((bucket for bucket, count in enumerate(delta) if count > 0), default=None)
+    return None if top is None else bucket_floor_us(top)
+
+
 async def snapshot_once(vmm, cmdline, memory, ready_pages, limiter, path):
     async with vmm_process(vmm, memory, cmdline, None, [], SlowAccesses) as (proc, console, client):
         mode, _, target = limiter.partition("/")
