@@ -33,6 +33,7 @@ final class PostcopyLoad: Sendable {
         var requests: UInt64 = 0
         var zeroFilled: UInt64 = 0
         var placedPages: UInt64 = 0
+        var zeroLeft: UInt64 = 0
         /// Times the connection broke and the load waited for a recovery.
         var pauses: UInt64 = 0
         var failure: MigrationError?
@@ -49,6 +50,8 @@ final class PostcopyLoad: Sendable {
         var bytes: [UInt8]
         /// Which of its 4 KiB pages arrived.
         var arrived: DirtyBitmap
+        /// Whether one of them carried data (else the unit is zero).
+        var data = false
     }
     /// Huge pages being gathered at once, at most: Ferry's source has one or two
     /// under way; a source that starts many is refused before it costs a lot of memory.
@@ -215,7 +218,10 @@ final class PostcopyLoad: Sendable {
                     ? "page at offset \(page * Self.pageSize) of RAM block '\(name)' arrived twice in postcopy"
                     : "the huge page at offset \(first * Self.pageSize) of RAM block '\(name)' arrived on two channels"))
             }
-            if let bytes { entry.bytes.replaceSubrange(at..<at + Self.pageSize, with: bytes) }
+            if let bytes {
+                entry.bytes.replaceSubrange(at..<at + Self.pageSize, with: bytes)
+                entry.data = true
+            }
             entry.arrived[page % unitPages] = true
             // The page is in the buffer, not yet in RAM: still "needed" for a fault, which then waits.
             guard entry.arrived.count == unitPages else {
@@ -225,10 +231,21 @@ final class PostcopyLoad: Sendable {
                 units[key] = entry
                 return nil
             }
-            return entry.bytes
+            return entry.data ? entry.bytes : []
         }
         guard let complete else { return }
-        _ = try placement.place(complete, range: 0..<unitBytes, block: record.block, offset: first * Self.pageSize)
+        // A zero huge page nobody waits for is not placed: placing it zeroes 2 MiB of
+        // fresh memory (hugetlb has no zero page), 2-4 ms here, and a requested page
+        // behind a run of them in the stream waited for all of them.
+        if complete.isEmpty, map.withLock({ $0.leaveZero(block: record.block, unit: key.unit) }) {
+            self.record.withLock { $0.zeroLeft += UInt64(unitPages) }
+            return
+        }
+        if complete.isEmpty {
+            _ = try placement.placeZero(block: record.block, offset: first * Self.pageSize, length: unitBytes)
+        } else {
+            _ = try placement.place(complete, range: 0..<unitBytes, block: record.block, offset: first * Self.pageSize)
+        }
         placed(block: record.block, pages: first..<first + unitPages)
     }
 
@@ -277,7 +294,7 @@ final class PostcopyLoad: Sendable {
     var statistics: PostcopyStatistics {
         let blocktime = map.withLock { $0.blocktime?.report }
         return record.withLock { r in
-            PostcopyStatistics(faults: r.faults, requests: r.requests, zeroFilled: r.zeroFilled, placedPages: r.placedPages,
+            PostcopyStatistics(faults: r.faults, requests: r.requests, zeroFilled: r.zeroFilled, placedPages: r.placedPages, zeroLeft: r.zeroLeft,
                                pauses: r.pauses, latency: LatencySummary(r.latency), blocktime: blocktime)
         }
     }
@@ -293,6 +310,9 @@ public struct PostcopyStatistics: Equatable, Sendable {
     public var zeroFilled: UInt64
     /// 4 KiB pages placed since the switch.
     public var placedPages: UInt64
+    /// 4 KiB pages of huge pages that arrived all zero with nobody waiting for
+    /// them, counted as here and left unplaced (their memory reads as zero).
+    public var zeroLeft: UInt64
     /// Times the connection broke and the load waited for a recovery.
     public var pauses: UInt64 = 0
     /// Microseconds from a request to its page placed.

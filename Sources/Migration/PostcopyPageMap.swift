@@ -93,6 +93,21 @@ struct PostcopyPageMap: Sendable {
         return latencies
     }
 
+    /// Unit `unit` of `block` arrived all zero: unless it was asked for, it is
+    /// counted as here without being placed (true), and its memory, freed at the
+    /// switch or never used, reads as zero; an access to it then finds nothing
+    /// to come (`absent`) and fills it.  False when it was asked for: the caller
+    /// places it, which wakes the access.
+    mutating func leaveZero(block: Int, unit: Int) -> Bool {
+        guard requested[block][unit] == nil else { return false }
+        let first = unit * unitPages[block]
+        for page in first..<first + unitPages[block] where needed[block][page] {
+            needed[block][page] = false
+            neededCount -= 1
+        }
+        return true
+    }
+
     /// The units asked for and not yet placed, oldest first: after a recovery
     /// they are asked for again (the requests may have been lost with the connection).
     var outstandingRequests: [(block: Int, offset: Int, length: Int)] {

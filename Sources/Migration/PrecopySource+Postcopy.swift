@@ -57,7 +57,10 @@ extension PrecopySource {
                 let hugePages = parts.ram.hasHugePages
                 let yields = progress.withLock { $0.hugePageYield != nil }
                 try parts.ram.sendPostcopy(writer, urgent: urgent, requests: requests,
-                                           trainBytes: yields ? PostcopyHugePageYield.trainBytes : RAMMigration.postcopyBurstBytes) {
+                                           trainBytes: yields ? PostcopyHugePageYield.trainBytes : RAMMigration.postcopyBurstBytes,
+                                           afterUrgent: { [self] in
+                                               if yields, let urgent { yieldToUrgentPage(urgentQueued: urgent.channel.queuedBytes()) }
+                                           }) {
                     [self] () -> Duration? in
                     guard let urgent else { return nil }
                     return adaptPostcopyPacing(urgentBytes: urgent.bytesWritten,
@@ -137,6 +140,21 @@ extension PrecopySource {
             // reader, and nothing wakes this thread for it (looked at only after each frame,
             // 2 ms or more apart, the request p99 rose from 20-22 to 27 ms).
             return PostcopyHugePageYield.interval
+        }
+    }
+
+    /// A requested page was just written to the preempt channel, which holds
+    /// `urgentQueued` bytes not yet acknowledged: the background steps aside now
+    /// (`PostcopyHugePageYield`), on the return path's reader, rather than when
+    /// it next looks (up to `PostcopyHugePageYield.interval` later, at its full
+    /// pace meanwhile).  Only ever to yield: the background alone sees the page
+    /// through and flows again.
+    func yieldToUrgentPage(urgentQueued: UInt64?) {
+        progress.withLock { p in
+            guard var yield = p.hugePageYield, yield.state == .flowing else { return }
+            if let rate = yield.update(urgentQueued: urgentQueued ?? 0) { pacePostcopyBackground(rate, &p.info) }
+            p.hugePageYield = yield
+            p.info.postcopyYields = p.earlierYields + yield.yields
         }
     }
 

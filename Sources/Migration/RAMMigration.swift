@@ -362,9 +362,12 @@ public final class RAMMigration: Migratable {
     /// each look at the requests, at least every 10 ms (the background's pace
     /// follows it); what it returns, when not nil, shortens how long the
     /// background then waits for room in its socket before it runs again.
-    /// With a preempt channel the background leaves in trains of `trainBytes`.
+    /// With a preempt channel the background leaves in trains of `trainBytes`,
+    /// and `afterUrgent` runs on the return path's reader after each request's
+    /// pages went to the preempt channel.
     func sendPostcopy(_ output: StreamWriter, urgent: StreamWriter?, requests: PostcopyRequests,
-                      trainBytes: Int = postcopyBurstBytes, betweenFrames: () -> Duration? = { nil }) throws(MigrationError) {
+                      trainBytes: Int = postcopyBurstBytes, afterUrgent: @escaping @Sendable () -> Void = {},
+                      betweenFrames: () -> Duration? = { nil }) throws(MigrationError) {
         let unitPages = blocks.map { $0.pageSize.byteCount / Self.pageSize }
         send.withLock { $0.picker = PostcopyPicker(unitPages: unitPages, preempt: urgent != nil) }
         // The background never blocks in a long write while a request waits: the main
@@ -395,6 +398,7 @@ public final class RAMMigration: Migratable {
             if let urgent {
                 try requests.serveOnArrival { [self] request throws(MigrationError) in
                     try serve(request, on: urgent, requests: requests)
+                    afterUrgent()
                 }
             }
             try sendBackground(output, requests: requests, doorbell: doorbell, betweenFrames: betweenFrames)

@@ -59,21 +59,22 @@ struct PostcopyKernelTests {
     @Test("the destination runs from the switch and faults its pages in; the guest verifies clean and beats on",
           arguments: [MemoryBackend.anon, .memfd, .hugetlb])
     func postcopyRunsOnDestination(_ backend: MemoryBackend) async throws {
+        try await on(backend) { try await runsOnDestination(backend, preempt: false) }
+    }
+
+    /// Runs `body` with huge pages reserved for both machines when `backend` is hugetlb.
+    func on(_ backend: MemoryBackend, _ body: () async throws -> Void) async throws {
         if backend == .hugetlb {
-            try await MultifdKernelTests.withHugePages(2 * 128 + 8) { try await runsOnDestination(backend, preempt: false) }
+            try await MultifdKernelTests.withHugePages(2 * Int(Self.memory >> 21) + 8, body)
         } else {
-            try await runsOnDestination(backend, preempt: false)
+            try await body()
         }
     }
 
     @Test("with postcopy-preempt the pages asked for travel on their own channel; the guest verifies clean",
           arguments: [MemoryBackend.anon, .hugetlb])
     func preemptRunsOnDestination(_ backend: MemoryBackend) async throws {
-        if backend == .hugetlb {
-            try await MultifdKernelTests.withHugePages(2 * 128 + 8) { try await runsOnDestination(backend, preempt: true) }
-        } else {
-            try await runsOnDestination(backend, preempt: true)
-        }
+        try await on(backend) { try await runsOnDestination(backend, preempt: true) }
     }
 
     func runsOnDestination(_ backend: MemoryBackend, preempt: Bool) async throws {
@@ -131,10 +132,15 @@ struct PostcopyKernelTests {
         destination.quit()
     }
 
-    @Test("a destination kept paused (-S) receives every page after the switch: page for page the source's memory")
-    func pausedDestinationPageForPage() async throws {
-        let (source, _) = try machine(.anon, workload: Self.dirtying, incoming: false)
-        let (destination, capture) = try machine(.anon, incoming: true)
+    @Test("a destination kept paused (-S) receives every page after the switch: page for page the source's memory",
+          arguments: [MemoryBackend.anon, .hugetlb])
+    func pausedDestinationPageForPage(_ backend: MemoryBackend) async throws {
+        try await on(backend) { try await pausedPageForPage(backend) }
+    }
+
+    func pausedPageForPage(_ backend: MemoryBackend) async throws {
+        let (source, _) = try machine(backend, workload: Self.dirtying, incoming: false)
+        let (destination, capture) = try machine(backend, incoming: true)
         source.start()
         destination.start()
         try await kit.waitFor { source.progress.minimumHeartbeats >= 5 }
@@ -146,6 +152,13 @@ struct PostcopyKernelTests {
         guard info.status == .completed else { source.quit(); destination.quit(); return }
         #expect(destination.state == .paused)
         #expect(info.postcopyRequests == 0, "a paused guest asks for nothing")
+        let stats = try #require(destination.incomingMigration?.destination.withLock { $0 }?.postcopyStatistics)
+        if backend == .hugetlb {
+            // The huge pages past the working set came as zero pages, and were left unplaced.
+            #expect(stats.zeroLeft > 0 && stats.zeroLeft % 512 == 0, "\(stats)")
+        } else {
+            #expect(stats.zeroLeft == 0, "4 KiB zero pages are placed (the shared zero page)")
+        }
         #expect(try kit.differingPages(source.memory, destination.memory) == [])
         #expect(PageVerifier.verify(destination.memory).failureCount == 0)
         #expect(destination.execute(.cont) == .success(.object([:])))

@@ -46,6 +46,23 @@ import GuestMemory
                 "placed since the fault: the caller finds it there and wakes")
     }
 
+    @Test("a huge page that arrived all zero is left unplaced unless asked for; an access then finds it absent")
+    func zeroHugePageLeftUnplaced() {
+        let start = ContinuousClock.now
+        var map = PostcopyPageMap(discard: [Self.bitmap(2048, set: Array(0..<1536))], unitPages: [512])
+        #expect(map.fault(block: 0, offset: 512 * 4096 + 7, at: start) == .request(offset: 512 * 4096, length: 512 * 4096))
+        var left = map.leaveZero(block: 0, unit: 1)
+        #expect(!left, "asked for: the caller places it, which wakes the access")
+        #expect(map.isNeeded(block: 0, page: 512) && map.neededCount == 1536)
+        left = map.leaveZero(block: 0, unit: 2)
+        #expect(left)
+        #expect(!map.isNeeded(block: 0, page: 1024) && !map.isNeeded(block: 0, page: 1535) && map.neededCount == 1024)
+        #expect(map.fault(block: 0, offset: 1100 * 4096, at: start) == .absent(offset: 1024 * 4096, length: 512 * 4096),
+                "an access after: filled with zeroes here, not asked for")
+        #expect(map.receivedWords[0][16..<24].allSatisfy { $0 == ~0 }, "counted as received, so a recovery does not ask for it again")
+        #expect(map.placed(block: 0, pages: 512..<1024, at: start + .milliseconds(3)) == [.milliseconds(3)])
+    }
+
     @Test("a 4 KiB page asked for and placed may arrive once more, and is then dropped; one never asked for, or a huge unit, may not")
     func secondCopyOfARequestedPage() {
         let start = ContinuousClock.now

@@ -36,6 +36,7 @@ extension Machine {
                 var entry: [String: JSONValue] = ["faults": .int(Int64(postcopy.faults)), "requests": .int(Int64(postcopy.requests)),
                                                   "zero-filled": .int(Int64(postcopy.zeroFilled)),
                                                   "placed-pages": .int(Int64(postcopy.placedPages)),
+                                                  "zero-left-pages": .int(Int64(postcopy.zeroLeft)),
                                                   "pauses": .int(Int64(postcopy.pauses))]
                 if let latency = postcopy.latency { entry["request-latency-us"] = Self.json(latency) }
                 result["x-ferry-postcopy"] = .object(entry)
