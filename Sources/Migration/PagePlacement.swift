@@ -9,6 +9,10 @@
 public protocol PagePlacement: Sendable {
     /// Bytes per placement unit of each block.
     var unitBytes: [Int] { get }
+    /// Whether a unit that arrived all zero, with no access waiting for it, may
+    /// be left unplaced (it reads as zero); false when RAM was preallocated,
+    /// which must end with every page backed.
+    var leavesZeroUnits: Bool { get }
     /// Frees `ranges[block]` (byte ranges, whole units) and registers every
     /// block for missing-page faults (the guest is stopped).
     func prepare(discarding ranges: [[Range<Int>]]) throws(MigrationError)

@@ -40,6 +40,14 @@ public struct PostcopyHugePageYield: Sendable, Equatable {
     /// of its 768 huge pages, and the link carried 72 MB/s on average.  A 4 KiB
     /// train at 5 % of 113 MB/s holds the next 0.7 ms.
     public static let trainBytes = 4 << 10
+    /// ... and while it flows: those of 4 KiB pages (`RAMMigration.postcopyBurstBytes`).
+    /// A train is one `sendmsg`, and the background's send and the network work the
+    /// kernel runs in its context cost per train: in 4 KiB trains throughout, the
+    /// source's migration threads spent 4.4 CPU-s a run against 3.5, and the
+    /// machine 17.8 against 16.4 (medians of 6 alternating runs; total time 15.2
+    /// against 15.4 s, request p99 28.4 against 27.4 ms).  A train sent at the
+    /// full pace holds the next 0.14 ms, whatever the pace that follows.
+    public static let flowingTrainBytes = RAMMigration.postcopyBurstBytes
     /// Preempt bytes not yet acknowledged at or above which the background yields
     /// (sixty-four 4 KiB pages, an eighth of a 2 MiB one).
     public static let start: UInt64 = 256 << 10
@@ -73,6 +81,15 @@ public struct PostcopyHugePageYield: Sendable, Equatable {
         }
     }
 
+    /// The background's trains in the current state: `trainBytes` while it
+    /// yields, `flowingTrainBytes` while it flows.
+    public var currentTrainBytes: Int {
+        switch state {
+        case .flowing: Self.flowingTrainBytes
+        case .yielding: Self.trainBytes
+        }
+    }
+
     /// The background's pace while yielding, bytes per second: `share` of
     /// `pace`, and at least a train (`trainBytes`) a millisecond, never over `pace`.
     public var yieldingPace: UInt64 {
@@ -82,7 +99,11 @@ public struct PostcopyHugePageYield: Sendable, Equatable {
 
     /// The preempt channel's pace, bytes per second: the background's less its
     /// `share`, so that the two together keep to the pace while a page is in
-    /// flight.  At the pace each, the pair ran 5 % over it: the bottleneck's
+    /// flight (from about 82 MB/s up, where `yieldingPace` is that share; under
+    /// it the yielding background keeps a train a millisecond, and the two run
+    /// over the pace, at a `max-postcopy-bandwidth` of a few MB/s up to twice
+    /// it; never `pace - yieldingPace`, which is 0 there and would stop the
+    /// preempt channel).  At the pace each, the pair ran 5 % over it: the bottleneck's
     /// queue dropped 12-18 000 segments a run, against 5-10 000 (6 runs each).
     /// Not lower: at nine tenths of the pace, leaving the background a tenth,
     /// the pages that carried most of the guest's memory took 10 % longer.

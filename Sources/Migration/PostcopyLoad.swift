@@ -234,10 +234,11 @@ final class PostcopyLoad: Sendable {
             return entry.data ? entry.bytes : []
         }
         guard let complete else { return }
-        // A zero huge page nobody waits for is not placed: placing it zeroes 2 MiB of
-        // fresh memory (hugetlb has no zero page), 2-4 ms here, and a requested page
-        // behind a run of them in the stream waited for all of them.
-        if complete.isEmpty, map.withLock({ $0.leaveZero(block: record.block, unit: key.unit) }) {
+        // A zero huge page nobody waits for is not placed (unless RAM was preallocated):
+        // placing it zeroes 2 MiB of fresh memory (hugetlb has no zero page), 2-4 ms
+        // here, and a requested page behind a run of them in the stream waited for all
+        // of them.  A later access fills it on the fault thread (`absent`).
+        if complete.isEmpty, placement.leavesZeroUnits, map.withLock({ $0.leaveZero(block: record.block, unit: key.unit) }) {
             self.record.withLock { $0.zeroLeft += UInt64(unitPages) }
             return
         }

@@ -15,6 +15,7 @@ import Transport
     /// the kernel does on RAM no longer registered.
     final class LateFaultPlacement: PagePlacement {
         let unitBytes = [4096]
+        let leavesZeroUnits = true
         let released = Atomic<Bool>(false)
         let faultHandedOut = Atomic<Bool>(false)
         let heldFault = Atomic<Bool>(false)

@@ -312,8 +312,10 @@ extension Machine {
             }
             // Postcopy's page placement, made at the switch (a userfaultfd only when one is needed).
             let blocks = memory.blocks
+            // With -mem-prealloc every page stays backed: a zero huge page is placed, not left.
+            let leavesZeroUnits = !configuration.preallocate
             let placement: @Sendable () throws(MigrationError) -> any PagePlacement = { () throws(MigrationError) in
-                try UserfaultPagePlacement(blocks: blocks)
+                try UserfaultPagePlacement(blocks: blocks, leavesZeroUnits: leavesZeroUnits)
             }
             let (postcopyExpected, blocktime) = migration.state.withLock { ($0.capabilities.postcopyRAM, $0.capabilities.postcopyBlocktime) }
             // postcopy-blocktime: the vCPUs' threads, read at the switch (they run by then).

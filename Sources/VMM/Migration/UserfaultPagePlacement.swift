@@ -13,12 +13,14 @@ final class UserfaultPagePlacement: PagePlacement {
     let blocks: [RAMBlock]
     let descriptor: Userfaultfd
     let unitBytes: [Int]
+    let leavesZeroUnits: Bool
     let registered: Mutex<[Bool]>
     /// A zeroed huge page, for zero units on hugetlb (made once, when first needed).
     let zeroHugePage = Mutex<[UInt8]?>(nil)
 
-    init(blocks: [RAMBlock]) throws(MigrationError) {
+    init(blocks: [RAMBlock], leavesZeroUnits: Bool = true) throws(MigrationError) {
         self.blocks = blocks
+        self.leavesZeroUnits = leavesZeroUnits
         unitBytes = blocks.map { $0.pageSize.byteCount }
         registered = Mutex(Array(repeating: false, count: blocks.count))
         // The faulting thread's TID too, where the kernel has it (postcopy blocktime tells vCPUs apart by it).
