@@ -40,14 +40,6 @@ public struct PostcopyHugePageYield: Sendable, Equatable {
     /// of its 768 huge pages, and the link carried 72 MB/s on average.  A 4 KiB
     /// train at 5 % of 113 MB/s holds the next 0.7 ms.
     public static let trainBytes = 4 << 10
-    /// ... and while it flows: those of 4 KiB pages (`RAMMigration.postcopyBurstBytes`).
-    /// A train is one `sendmsg`, and the background's send and the network work the
-    /// kernel runs in its context cost per train: in 4 KiB trains throughout, the
-    /// source's migration threads spent 4.4 CPU-s a run against 3.5, and the
-    /// machine 17.8 against 16.4 (medians of 6 alternating runs; total time 15.2
-    /// against 15.4 s, request p99 28.4 against 27.4 ms).  A train sent at the
-    /// full pace holds the next 0.14 ms, whatever the pace that follows.
-    public static let flowingTrainBytes = RAMMigration.postcopyBurstBytes
     /// Preempt bytes not yet acknowledged at or above which the background yields
     /// (sixty-four 4 KiB pages, an eighth of a 2 MiB one).
     public static let start: UInt64 = 256 << 10
@@ -78,15 +70,6 @@ public struct PostcopyHugePageYield: Sendable, Equatable {
         switch state {
         case .flowing: pace
         case .yielding: yieldingPace
-        }
-    }
-
-    /// The background's trains in the current state: `trainBytes` while it
-    /// yields, `flowingTrainBytes` while it flows.
-    public var currentTrainBytes: Int {
-        switch state {
-        case .flowing: Self.flowingTrainBytes
-        case .yielding: Self.trainBytes
         }
     }
 

@@ -57,7 +57,7 @@ extension PrecopySource {
                 let hugePages = parts.ram.hasHugePages
                 let yields = progress.withLock { $0.hugePageYield != nil }
                 try parts.ram.sendPostcopy(writer, urgent: urgent, requests: requests,
-                                           trainBytes: progress.withLock { $0.hugePageYield?.currentTrainBytes } ?? RAMMigration.postcopyBurstBytes,
+                                           trainBytes: yields ? PostcopyHugePageYield.trainBytes : RAMMigration.postcopyBurstBytes,
                                            afterUrgent: { [self] in
                                                if yields, let urgent { yieldToUrgentPage(urgentQueued: urgent.channel.queuedBytes()) }
                                            }) {
@@ -133,7 +133,7 @@ extension PrecopySource {
             }
             guard var yield = p.hugePageYield else { return nil }
             // No count (the preempt channel closed): nothing of it is in the way.
-            if let rate = yield.update(urgentQueued: urgentQueued ?? 0) { paceYieldingBackground(rate, yield, &p.info) }
+            if let rate = yield.update(urgentQueued: urgentQueued ?? 0) { pacePostcopyBackground(rate, &p.info) }
             p.hugePageYield = yield
             p.info.postcopyYields = p.earlierYields + yield.yields
             // Every millisecond, flowing too: a page asked for is sent by the return path's
@@ -152,7 +152,7 @@ extension PrecopySource {
     func yieldToUrgentPage(urgentQueued: UInt64?) {
         progress.withLock { p in
             guard var yield = p.hugePageYield, yield.state == .flowing else { return }
-            if let rate = yield.update(urgentQueued: urgentQueued ?? 0) { paceYieldingBackground(rate, yield, &p.info) }
+            if let rate = yield.update(urgentQueued: urgentQueued ?? 0) { pacePostcopyBackground(rate, &p.info) }
             p.hugePageYield = yield
             p.info.postcopyYields = p.earlierYields + yield.yields
         }
@@ -166,12 +166,6 @@ extension PrecopySource {
             if let rate = yield.update(urgentQueued: 0) { pacePostcopyBackground(rate, &p.info) }
             p.hugePageYield = yield
         }
-    }
-
-    /// Paces the main channel at `rate`, in trains of the yield's state.
-    private func paceYieldingBackground(_ rate: UInt64, _ yield: PostcopyHugePageYield, _ info: inout MigrationInfo) {
-        pacePostcopyBackground(rate, &info)
-        channel.limitBursts(yield.currentTrainBytes)
     }
 
     /// Paces the main channel at `rate` (nil: not paced), and says so in `x-ferry-postcopy`'s `pacing-now`.

@@ -31,17 +31,6 @@ import Testing
         #expect(yield.yields == 3)
     }
 
-    @Test func theBackgroundsTrainsAreShortOnlyWhileItYields() {
-        var yield = PostcopyHugePageYield(pace: Self.pace)
-        #expect(yield.currentTrainBytes == 16 << 10)
-        _ = yield.update(urgentQueued: 2 << 20)
-        #expect(yield.currentTrainBytes == PostcopyHugePageYield.trainBytes)
-        _ = yield.update(urgentQueued: 0)
-        #expect(yield.currentTrainBytes == 16 << 10)
-        // A flowing train at the pace holds the next well under a millisecond.
-        #expect(Double(PostcopyHugePageYield.flowingTrainBytes) / Double(Self.pace) < 0.0002)
-    }
-
     @Test func smallRequestsLeaveTheBackgroundAtItsPace() {
         var yield = PostcopyHugePageYield(pace: Self.pace)
         // Up to sixty-three 4 KiB pages at once, and the frames' headers.
