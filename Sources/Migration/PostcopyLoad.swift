@@ -47,11 +47,15 @@ final class PostcopyLoad: Sendable {
 
     struct PartialUnit {
         let loader: Int
-        var bytes: [UInt8]
+        /// Made at its first data page: nil for a unit all of whose pages so far are zero.
+        var bytes: [UInt8]?
         /// Which of its 4 KiB pages arrived.
         var arrived: DirtyBitmap
-        /// Whether one of them carried data (else the unit is zero).
-        var data = false
+    }
+    /// A huge page all of whose pages arrived.
+    enum WholeUnit {
+        case zero
+        case data([UInt8])
     }
     /// Huge pages being gathered at once, at most: Ferry's source has one or two
     /// under way; a source that starts many is refused before it costs a lot of memory.
@@ -207,10 +211,10 @@ final class PostcopyLoad: Sendable {
         let bytes: ArraySlice<UInt8>? = record.kind == .data ? data[position..<position + Self.pageSize] : nil
         if record.kind == .data { position += Self.pageSize }
         let name = layout[record.block].name
-        let complete = try partial.withLock { units throws(MigrationError) -> [UInt8]? in
+        let complete = try partial.withLock { units throws(MigrationError) -> WholeUnit? in
             // A huge page is discarded whole (checked at the switch), so all its pages come, each once.
             var entry = units.removeValue(forKey: key)
-                ?? PartialUnit(loader: loader, bytes: [UInt8](repeating: 0, count: unitBytes), arrived: DirtyBitmap(pageCount: unitPages))
+                ?? PartialUnit(loader: loader, arrived: DirtyBitmap(pageCount: unitPages))
             guard entry.loader == loader, !entry.arrived[page % unitPages] else {
                 let twice = entry.loader == loader
                 units[key] = entry
@@ -219,8 +223,8 @@ final class PostcopyLoad: Sendable {
                     : "the huge page at offset \(first * Self.pageSize) of RAM block '\(name)' arrived on two channels"))
             }
             if let bytes {
-                entry.bytes.replaceSubrange(at..<at + Self.pageSize, with: bytes)
-                entry.data = true
+                if entry.bytes == nil { entry.bytes = [UInt8](repeating: 0, count: unitBytes) }
+                entry.bytes!.replaceSubrange(at..<at + Self.pageSize, with: bytes)
             }
             entry.arrived[page % unitPages] = true
             // The page is in the buffer, not yet in RAM: still "needed" for a fault, which then waits.
@@ -231,21 +235,23 @@ final class PostcopyLoad: Sendable {
                 units[key] = entry
                 return nil
             }
-            return entry.data ? entry.bytes : []
+            return entry.bytes.map { .data($0) } ?? .zero
         }
-        guard let complete else { return }
-        // A zero huge page nobody waits for is not placed (unless RAM was preallocated):
-        // placing it zeroes 2 MiB of fresh memory (hugetlb has no zero page), 2-4 ms
-        // here, and a requested page behind a run of them in the stream waited for all
-        // of them.  A later access fills it on the fault thread (`absent`).
-        if complete.isEmpty, placement.leavesZeroUnits, map.withLock({ $0.leaveZero(block: record.block, unit: key.unit) }) {
-            self.record.withLock { $0.zeroLeft += UInt64(unitPages) }
+        switch complete {
+        case nil:
             return
-        }
-        if complete.isEmpty {
+        case .data(let bytes):
+            _ = try placement.place(bytes, range: 0..<unitBytes, block: record.block, offset: first * Self.pageSize)
+        case .zero:
+            // A zero huge page nobody waits for is not placed (unless RAM was preallocated):
+            // placing it zeroes 2 MiB of fresh memory (hugetlb has no zero page), 2-4 ms
+            // here, and a requested page behind a run of them in the stream waited for all
+            // of them.  A later access fills it on the fault thread (`absent`).
+            if placement.leavesZeroUnits, map.withLock({ $0.leaveZero(block: record.block, unit: key.unit) }) {
+                self.record.withLock { $0.zeroLeft += UInt64(unitPages) }
+                return
+            }
             _ = try placement.placeZero(block: record.block, offset: first * Self.pageSize, length: unitBytes)
-        } else {
-            _ = try placement.place(complete, range: 0..<unitBytes, block: record.block, offset: first * Self.pageSize)
         }
         placed(block: record.block, pages: first..<first + unitPages)
     }

@@ -26,7 +26,7 @@ import Transport
                               placements: [])
             let blocks = [target]
             let placement: @Sendable () throws(MigrationError) -> any PagePlacement = { () throws(MigrationError) in
-                try UserfaultPagePlacement(blocks: blocks)
+                try UserfaultPagePlacement(blocks: blocks, leavesZeroUnits: true)
             }
             let configuration = MigrationConfiguration(blocks: RAMMigration.layout(of: blocks), vcpuCount: 1)
             let thread = Thread { [self] in

@@ -276,7 +276,9 @@ extension Machine {
                     channel: file, configuration: migrationConfiguration,
                     ram: RAMMigration(blocks: memory.blocks, tracker: nil, destinationStartsZero: startsZero),
                     devices: migratableDevices(global: global), mappedRAM: (file, readers),
-                    placement: { () throws(MigrationError) in try UserfaultPagePlacement(blocks: blocks) },
+                    placement: { [preallocated = configuration.preallocate] () throws(MigrationError) in
+                        try UserfaultPagePlacement(blocks: blocks, leavesZeroUnits: !preallocated)
+                    },
                     lazyRestore: lazy,
                     onLazyFailure: { [weak self, weak incoming] error in
                         // The guest cannot go on without the page it waits for: it stops (or never

@@ -18,7 +18,8 @@ final class UserfaultPagePlacement: PagePlacement {
     /// A zeroed huge page, for zero units on hugetlb (made once, when first needed).
     let zeroHugePage = Mutex<[UInt8]?>(nil)
 
-    init(blocks: [RAMBlock], leavesZeroUnits: Bool = true) throws(MigrationError) {
+    /// `leavesZeroUnits`: false when RAM was preallocated (`PagePlacement.leavesZeroUnits`).
+    init(blocks: [RAMBlock], leavesZeroUnits: Bool) throws(MigrationError) {
         self.blocks = blocks
         self.leavesZeroUnits = leavesZeroUnits
         unitBytes = blocks.map { $0.pageSize.byteCount }
