@@ -181,13 +181,46 @@ import GuestMemory
         return (selector, picker)
     }
 
-    @Test("4 KiB pages are never interrupted: a request for any of them goes at once, and the background follows it")
+    @Test("4 KiB pages are never interrupted: a request goes at once; one that continues a run takes the next pages along, and the background follows it")
     func basePages() throws {
         var (selector, picker) = try Self.basePagesAfterABatch(preempt: true)
         #expect(picker.interrupted == nil)
-        guard case .send(let job, on: .urgent) = picker.request(block: 0, pages: 40..<41, from: &selector) else { Issue.record("not sent"); return }
-        #expect(job.offsets == [40 * 4096])
-        #expect(picker.background(4, from: &selector)?.offsets == (41..<45).map { $0 * 4096 }, "the pages after the one asked for come next")
+        guard case .send(let job, on: .urgent) = picker.request(block: 0, pages: 20..<21, from: &selector) else { Issue.record("not sent"); return }
+        #expect(job.offsets == [20 * 4096])
+        #expect(picker.background(4, from: &selector)?.offsets == (8..<12).map { $0 * 4096 }, "a request on its own moves nothing")
+        guard case .send(let run, on: .urgent) = picker.request(block: 0, pages: 21..<22, from: &selector) else { Issue.record("not sent"); return }
+        #expect(run.offsets == (21..<37).map { $0 * 4096 }, "the page asked for and the \(PostcopyPicker.readAhead) after it")
+        #expect(picker.background(4, from: &selector)?.offsets == (37..<41).map { $0 * 4096 }, "the background goes on after the run")
+        // A run that reaches the block's end, or pages the background took, stops there.
+        guard case .send(let lone, on: .urgent) = picker.request(block: 0, pages: 60..<61, from: &selector),
+              case .send(let end, on: .urgent) = picker.request(block: 0, pages: 61..<62, from: &selector) else { Issue.record("not sent"); return }
+        #expect(lone.offsets == [60 * 4096] && end.offsets == (61..<64).map { $0 * 4096 })
+        guard case .send(let start, on: .urgent) = picker.request(block: 0, pages: 45..<46, from: &selector),
+              case .send(let before, on: .urgent) = picker.request(block: 0, pages: 46..<47, from: &selector) else { Issue.record("not sent"); return }
+        #expect(start.offsets == [45 * 4096] && before.offsets == (46..<60).map { $0 * 4096 }, "pages 60 and 61, sent already, stay out")
+        #expect(selector.dirtyCount == 12, "pages 12..<20 and 41..<45 are left")
+    }
+
+    @Test("a 4 KiB page asked for again while its preempt copy is on its way goes nowhere; without a preempt channel nothing moves the background but requests")
+    func runsOnThePreemptChannelAreNotResent() throws {
+        var (selector, picker) = try Self.basePagesAfterABatch(preempt: true)
+        _ = picker.request(block: 0, pages: 20..<21, from: &selector)
+        _ = picker.request(block: 0, pages: 21..<22, from: &selector)          // 21..<37 on the preempt channel
+        guard case .nothing = picker.request(block: 0, pages: 30..<31, from: &selector) else {
+            Issue.record("sent again behind the copy on the same channel"); return
+        }
+        guard case .nothing = picker.request(block: 0, pages: 20..<21, from: &selector) else { Issue.record("sent again"); return }
+        // Forgotten after `recentRuns` newer runs: then a request is resent as any the background took.
+        let apart = [9, 11, 13, 15, 17, 19] + Array(stride(from: 38, to: 58, by: 2))     // none continues a run
+        #expect(apart.count == PostcopyPicker.recentRuns)
+        for page in apart { _ = picker.request(block: 0, pages: page..<page + 1, from: &selector) }
+        guard case .resend = picker.request(block: 0, pages: 30..<31, from: &selector) else { Issue.record("not resent"); return }
+
+        var (other, single) = try Self.basePagesAfterABatch(preempt: false)
+        guard case .send(let job, on: .background) = single.request(block: 0, pages: 20..<21, from: &other),
+              case .send(let next, on: .background) = single.request(block: 0, pages: 21..<22, from: &other) else { Issue.record("not sent"); return }
+        #expect(job.offsets == [20 * 4096] && next.offsets == [21 * 4096], "no pages along without a preempt channel")
+        #expect(single.background(2, from: &other)?.offsets == [22 * 4096, 23 * 4096], "the background follows each request")
     }
 
     @Test("a 4 KiB page asked for after the background took it goes again on the preempt channel; without one, or on a huge page, nothing goes")
@@ -196,6 +229,10 @@ import GuestMemory
         guard case .resend(let job) = picker.request(block: 0, pages: 3..<4, from: &selector) else { Issue.record("not resent"); return }
         #expect(job.offsets == [3 * 4096] && job.blocks == [0] && job.knownZero == [false], "read again, not assumed zero")
         #expect(selector.dirtyCount == 56, "nothing taken from the dirty set")
+        guard case .nothing = picker.request(block: 0, pages: 3..<4, from: &selector) else { Issue.record("resent twice"); return }
+        // The next page continues the run, but the background took it too: resent alone, nothing along.
+        guard case .resend(let next) = picker.request(block: 0, pages: 4..<5, from: &selector) else { Issue.record("not resent"); return }
+        #expect(next.offsets == [4 * 4096] && selector.dirtyCount == 56)
 
         var (other, single) = try Self.basePagesAfterABatch(preempt: false)
         guard case .nothing = single.request(block: 0, pages: 3..<4, from: &other) else {
