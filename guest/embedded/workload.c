@@ -48,6 +48,7 @@
  * vCPU 0 drives the virtio-balloon there (balloon.c).
  */
 #include "guest.h"
+#include "slow.h"
 
 struct start_info {                     /* hvm_start_info, version 1 */
     u32 magic, version, flags, nr_modules;
@@ -87,7 +88,6 @@ static volatile u64 shared_errors[MAX_CPUS];
 static volatile u64 shared_reads[MAX_CPUS];
 
 /* Slow page writes per vCPU (see the top of this file). */
-#define SLOW_BUCKETS 65
 static volatile u64 slow_counts[MAX_CPUS][SLOW_BUCKETS];
 static volatile u64 slow_total[MAX_CPUS];
 static char slow_line[1024];
@@ -335,10 +335,7 @@ static inline u64 xorshift(u64 *state) {
 
 /* Counts one page write of `micros` us (>= 16). */
 static void record_slow(u64 cpu, u64 micros) {
-    u64 v = micros / 16, octave = 63 - (u64)__builtin_clzl(v);
-    u64 bucket = octave * 4 + (((v << 2) >> octave) & 3);
-    if (bucket >= SLOW_BUCKETS) bucket = SLOW_BUCKETS - 1;
-    slow_counts[cpu][bucket]++;
+    slow_counts[cpu][slow_bucket(micros)]++;
     slow_total[cpu]++;
 }
 
@@ -536,7 +533,7 @@ void workload_main(u64 cpu, const struct start_info *si) {
     }
 
     u64 hz = c.tsc_khz * 1000, beat = hz / 10;
-    u64 slow_cycles = c.tsc_khz * 16 / 1000;      /* 16 us */
+    u64 slow_from = slow_cycles(c.tsc_khz);
     u64 t0 = rdtsc(), next_beat = t0;      /* first heartbeat at once */
     u64 rate_pages = c.dirty_rate / PAGE_SIZE / c.cpus;   /* per vCPU per second */
     struct cursor cur = { 0, 0, 0, 0 };
@@ -593,7 +590,7 @@ void workload_main(u64 cpu, const struct start_info *si) {
                 if (st.pages == 0) break;
             }
             u64 took = rdtsc() - started;
-            if (took >= slow_cycles) record_slow(cpu, took * 1000 / c.tsc_khz);
+            if (took >= slow_from) record_slow(cpu, slow_micros(took, c.tsc_khz));
             if (c.random_access) {
                 /* A page anywhere in the stripe, as the sweep left it. */
                 u64 at = xorshift(&random_state) % st.pages;
@@ -605,7 +602,7 @@ void workload_main(u64 cpu, const struct start_info *si) {
                 }
                 shared_reads[cpu]++;
                 took = rdtsc() - started;
-                if (took >= slow_cycles) record_slow(cpu, took * 1000 / c.tsc_khz);
+                if (took >= slow_from) record_slow(cpu, slow_micros(took, c.tsc_khz));
             }
             if (rdtsc() >= next_beat) break;
         }
