@@ -16,12 +16,13 @@ import GuestMemory
 ///   channel, the background goes on from the end of its range (unless it is
 ///   in the middle of a huge page, which it finishes first): a guest that
 ///   touched one page is likely to touch the next ones, and they are then
-///   already on their way (QEMU's background scan, too, continues from the
-///   page it was asked for).
+///   already on their way (without a preempt channel, QEMU's background scan
+///   too continues from the page it was asked for).
 /// - With a preempt channel and 4 KiB pages, a request that continues a run
 ///   (the page before it went on the preempt channel lately: `recentRuns`)
-///   takes the `readAhead` pages after it along, and the background goes on
-///   from there; a request on its own moves nothing.  The background behind
+///   takes the `readAhead` pages after it along (those still dirty), and the
+///   background goes on after them (after the page alone when it was sent
+///   already and goes again); a request on its own moves nothing.  The background behind
 ///   a jump is milliseconds from the destination (its socket's unsent bytes
 ///   and the bottleneck's queue), and a guest reading on from the page it
 ///   asked for overtook it: 1.6-4.8 thousand pages a run were asked for again
@@ -41,7 +42,7 @@ struct PostcopyPicker: Sendable {
     enum Channel: Equatable, Sendable { case background, urgent }
 
     enum RequestPick {
-        /// These pages (the request's still dirty ones), on this channel.
+        /// These pages (the request's still dirty ones, and any taken along with it), on this channel.
         case send(PageJob, on: Channel)
         /// Inside the interrupted huge page: the background sends it.
         case dropped
@@ -67,8 +68,10 @@ struct PostcopyPicker: Sendable {
     /// to 75-174, request p99 unchanged (2 runs each, alternating); 15 puts less
     /// in front of the next request.
     static let readAhead = 15
-    /// How many runs sent on the preempt channel are remembered: those of the
-    /// last few milliseconds, while their pages may still be on their way.
+    /// How many runs sent on the preempt channel are remembered (a count, not a
+    /// time: at the bench's 3000 requests a second, about the last 5 ms, while
+    /// their pages may still be on their way).  A page forgotten too soon is
+    /// only sent again, as any the background took.
     static let recentRuns = 16
 
     init(unitPages: [Int], preempt: Bool) { (self.unitPages, self.preempt) = (unitPages, preempt) }

@@ -4,7 +4,8 @@ import MigrationProtocol
 import Synchronization
 
 /// A postcopy destination's `postcopy-preempt` channel: one thread loads the
-/// pages the guest asked for as they come, beside the main channel's.  Pages
+/// pages the guest asked for (and, with 4 KiB pages, those the source sends
+/// along with a run of them) as they come, beside the main channel's.  Pages
 /// may arrive only after the switch to postcopy (nothing is asked before), and
 /// the channel ends with its own `end`, checked like any stream's.
 final class PreemptReceiver: Sendable {

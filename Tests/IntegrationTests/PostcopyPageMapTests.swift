@@ -201,6 +201,20 @@ import GuestMemory
         #expect(selector.dirtyCount == 12, "pages 12..<20 and 41..<45 are left")
     }
 
+    @Test("a run of 4 KiB pages does not move the background while a huge page of another block is half sent")
+    func runBesideAnInterruptedHugePage() throws {
+        var selector = PageSelector(pageCounts: [1024, 64], chunkPages: 512)
+        _ = selector.merge([PostcopyPageMapTests.bitmap(1024, set: Array(0..<1024)), PostcopyPageMapTests.bitmap(64, set: Array(0..<64))])
+        var picker = PostcopyPicker(unitPages: [512, 1], preempt: true)
+        #expect(try #require(picker.background(32, from: &selector)).offsets.first == 0)
+        #expect(picker.interrupted?.block == 0 && picker.interrupted?.unit == 0)
+        guard case .send(let lone, on: .urgent) = picker.request(block: 1, pages: 20..<21, from: &selector),
+              case .send(let run, on: .urgent) = picker.request(block: 1, pages: 21..<22, from: &selector) else { Issue.record("not sent"); return }
+        #expect(lone.offsets == [20 * 4096] && run.offsets == (21..<37).map { $0 * 4096 } && run.blocks.allSatisfy { $0 == 1 })
+        let next = try #require(picker.background(32, from: &selector))
+        #expect(next.blocks.allSatisfy { $0 == 0 } && next.offsets == (32..<64).map { $0 * 4096 }, "huge page 0 resumed where it stopped")
+    }
+
     @Test("a 4 KiB page asked for again while its preempt copy is on its way goes nowhere; without a preempt channel nothing moves the background but requests")
     func runsOnThePreemptChannelAreNotResent() throws {
         var (selector, picker) = try Self.basePagesAfterABatch(preempt: true)
